@@ -1,0 +1,44 @@
+//! keyward: a local secrets broker.
+//!
+//! A root-owned agent, `keywardd`, keeps API keys age-encrypted on disk per
+//! environment and serves each key's current primary and fallback over gRPC
+//! on a permissioned Unix socket, to the callers its policy names. Every
+//! fetch and every change is written to a hash-chained audit log before it
+//! is answered.
+//!
+//! # Layout
+//!
+//! - [`secret`]: the [`secret::Secret`] type (zeroizing, never printed),
+//!   key names ([`secret::KeyRef`]) and fingerprints.
+//! - [`keyset`]: the state of one key: generation, primary, fallback,
+//!   history.
+//! - [`config`]: the TOML config file, parsed raw and validated into typed
+//!   values; also the dev-mode defaults.
+//! - [`policy`]: who may read which keys. Pure functions, table-tested.
+//! - [`store`]: the agent identity, the age-encrypted key files, atomic
+//!   writes and the in-memory view the fetch path reads.
+//! - [`audit`]: the append-only, hash-chained audit log: one writer task with
+//!   group commit, and the offline verifier.
+//! - [`hygiene`]: process hardening (no core dumps, locked memory).
+//! - [`server`]: socket binding, caller identity from peer credentials, the
+//!   `Keys` and `Admin` gRPC services, and [`server::run`], the one way in.
+//! - [`client`]: connecting to the agent's sockets (used by the CLI, tests and
+//!   benchmarks).
+//! - [`proto`]: the generated gRPC types of `proto/keyward/v1`.
+//!
+//! The binaries live in `src/bin`: `keywardd` (the agent) and `keyward` (the
+//! CLI).
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod audit;
+pub mod client;
+pub mod config;
+pub mod hygiene;
+pub mod keyset;
+pub mod policy;
+pub mod proto;
+pub mod secret;
+pub mod server;
+pub mod store;
