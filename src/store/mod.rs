@@ -1,0 +1,460 @@
+//! The key store: one age-encrypted file per key, `<dir>/<env>/<name>.age`,
+//! and the in-memory view the fetch path reads.
+//!
+//! Invariants:
+//! - A commit is durable before it is visible: the file is replaced
+//!   atomically (see [`atomic`]) and only then is the in-memory entry
+//!   swapped. A failed commit changes neither.
+//! - The store never follows a symlink, never reads a file another user
+//!   could have written, and never deletes a file it cannot read: a bad file
+//!   is reported as a [`LoadProblem`] and left for the operator. Loose
+//!   permissions on a key file are fatal at open, as ssh does.
+//! - [`Store::get`] is one read lock and an `Arc` clone.
+//! - Every file the store writes decodes back to exactly the state that was
+//!   committed (times are kept in whole milliseconds, see [`record`]).
+
+mod atomic;
+pub mod identity;
+mod perms;
+pub mod record;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::io::{self, Write};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::SystemTime;
+
+use age::x25519;
+
+use crate::keyset::{KeySetState, Version};
+use crate::secret::{validate_name, Fingerprinter, KeyRef, Secret};
+use atomic::Mode;
+use perms::Kind;
+
+/// Largest key file read, in bytes.
+const MAX_KEY_FILE: u64 = 16 * 1024 * 1024;
+
+/// What went wrong in the store. Every message names the path or key and
+/// what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A file or directory could not be read or written.
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A file or directory is not private to the agent's user.
+    #[error("{path} is not private to the agent's user (mode {mode:04o}, owner uid {uid}); keyward refuses to use it: {fix}")]
+    Permissions {
+        /// The file or directory.
+        path: PathBuf,
+        /// Its mode bits (`& 0o7777`).
+        mode: u32,
+        /// Its owner.
+        uid: u32,
+        /// The command that fixes it, e.g. "run `chmod 600 /path`".
+        fix: String,
+    },
+    /// The key is not in the store.
+    #[error("key {key} does not exist")]
+    NotFound {
+        /// The key, `ENV/NAME`.
+        key: String,
+    },
+    /// A value, file or state is not acceptable; the message says why.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A file the store skipped at open. The agent logs it and keeps running;
+/// the file is left on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadProblem {
+    /// The skipped file.
+    pub path: PathBuf,
+    /// Why it was skipped and what to do.
+    pub reason: String,
+}
+
+impl fmt::Display for LoadProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path.display(), self.reason)
+    }
+}
+
+/// What [`Store::open`] needs.
+pub struct StoreOptions {
+    /// The store directory, holding one directory per environment.
+    pub dir: PathBuf,
+    /// The agent identity: every file is encrypted to it and read with it.
+    pub identity: identity::AgentIdentity,
+    /// More `age1…` recipients every file is also encrypted to (break-glass).
+    pub extra_recipients: Vec<String>,
+    /// The configured environments.
+    pub environments: Vec<String>,
+    /// Computes the fingerprints of loaded and new versions.
+    pub fingerprinter: Fingerprinter,
+}
+
+/// The key store.
+pub struct Store {
+    dir: PathBuf,
+    identity: identity::AgentIdentity,
+    /// The identity's own recipient first, then the extra ones.
+    recipients: Vec<x25519::Recipient>,
+    environments: BTreeSet<String>,
+    fingerprinter: Fingerprinter,
+    keys: RwLock<BTreeMap<KeyRef, Arc<KeySetState>>>,
+}
+
+impl Store {
+    /// Opens the store: checks (or creates, 0700) the store directory and
+    /// every configured environment's directory, removes leftover temp files,
+    /// and loads every `*.age` file.
+    ///
+    /// Files that cannot be loaded are skipped and returned as
+    /// [`LoadProblem`]s. Fails on a bad option, a directory that is not
+    /// private, or a key file with loose permissions.
+    pub fn open(opts: StoreOptions) -> Result<(Store, Vec<LoadProblem>), StoreError> {
+        let StoreOptions {
+            dir,
+            identity,
+            extra_recipients,
+            environments,
+            fingerprinter,
+        } = opts;
+        let mut recipients = vec![identity.age_recipient().clone()];
+        for r in &extra_recipients {
+            let parsed = x25519::Recipient::from_str(r.trim()).map_err(|e| {
+                StoreError::Invalid(format!(
+                    "extra recipient {r:?} is not an age X25519 public key ({e}): use the `age1…` line that `age-keygen -y` prints"
+                ))
+            })?;
+            recipients.push(parsed);
+        }
+        let mut envs = BTreeSet::new();
+        for env in environments {
+            validate_name("environment", &env).map_err(|e| StoreError::Invalid(format!("configured {e}")))?;
+            envs.insert(env);
+        }
+
+        perms::ensure_private_dir(&dir)?;
+        for env in &envs {
+            perms::ensure_private_dir(&dir.join(env))?;
+        }
+        warn_unknown_dirs(&dir, &envs);
+
+        let store = Store {
+            dir,
+            identity,
+            recipients,
+            environments: envs,
+            fingerprinter,
+            keys: RwLock::new(BTreeMap::new()),
+        };
+        let mut problems = Vec::new();
+        let mut keys = BTreeMap::new();
+        for env in &store.environments {
+            store.load_env(env, &mut keys, &mut problems)?;
+        }
+        for p in &problems {
+            tracing::warn!(path = %p.path.display(), reason = %p.reason, "skipped a key file");
+        }
+        tracing::info!(dir = %store.dir.display(), keys = keys.len(), skipped = problems.len(), "key store opened");
+        *store.keys.write().unwrap_or_else(PoisonError::into_inner) = keys;
+        Ok((store, problems))
+    }
+
+    /// The current state of `key`. The fetch path: one read lock, one clone.
+    pub fn get(&self, key: &KeyRef) -> Option<Arc<KeySetState>> {
+        self.keys
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .cloned()
+    }
+
+    /// Every key (of `env`, if given), sorted by key.
+    pub fn list(&self, env: Option<&str>) -> Vec<Arc<KeySetState>> {
+        self.keys
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .filter(|s| env.is_none_or(|e| s.key.env() == e))
+            .cloned()
+            .collect()
+    }
+
+    /// How many keys are loaded.
+    pub fn len(&self) -> usize {
+        self.keys.read().unwrap_or_else(PoisonError::into_inner).len()
+    }
+
+    /// True when no key is loaded.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A new version with its fingerprint (times kept to the millisecond, as
+    /// stored).
+    pub fn new_version(
+        &self,
+        number: u64,
+        secret: Secret,
+        created_at: SystemTime,
+        expires_at: Option<SystemTime>,
+    ) -> Version {
+        Version {
+            number,
+            fingerprint: self.fingerprinter.fingerprint(&secret),
+            secret,
+            created_at: record::truncate_to_millis(created_at),
+            expires_at: expires_at.map(record::truncate_to_millis),
+            promoted_at: None,
+        }
+    }
+
+    /// Writes `next` to its file atomically, then makes it the current state
+    /// of its key. On error, neither the file nor the current state changed
+    /// (except that if only the final directory fsync fails, the new file may
+    /// be on disk while memory keeps the old state).
+    ///
+    /// Safe to call concurrently for different keys; commits of one key must
+    /// be serialized by the caller (the admin lock does).
+    pub fn commit(&self, mut next: KeySetState) -> Result<Arc<KeySetState>, StoreError> {
+        let key = next.key.clone();
+        if !self.environments.contains(key.env()) {
+            return Err(StoreError::Invalid(format!(
+                "environment {:?} of key {key} is not configured (configured: {}): add it to the config's environments",
+                key.env(),
+                self.environments.iter().cloned().collect::<Vec<_>>().join(", ")
+            )));
+        }
+        record::normalize_times(&mut next);
+        let plaintext = record::encode(&next).map_err(|e| StoreError::Invalid(format!("cannot store {key}: {e}")))?;
+        let path = self.key_path(&key);
+        let ciphertext = self.encrypt(&plaintext, &path)?;
+        drop(plaintext);
+        let env_dir = self.dir.join(key.env());
+        ensure_env_dir_for_write(&env_dir)?;
+        atomic::write_file(&env_dir, &file_name(&key), &ciphertext, Mode::Replace)?;
+
+        let next = Arc::new(next);
+        self.keys
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, Arc::clone(&next));
+        tracing::debug!(key = %next.key, generation = next.generation, "committed");
+        Ok(next)
+    }
+
+    /// Removes `key`'s file (durably) and its entry; returns the removed
+    /// state. [`StoreError::NotFound`] if the key is not loaded.
+    pub fn delete(&self, key: &KeyRef) -> Result<Arc<KeySetState>, StoreError> {
+        let not_found = || StoreError::NotFound { key: key.to_string() };
+        if self.get(key).is_none() {
+            return Err(not_found());
+        }
+        let path = self.key_path(key);
+        match atomic::remove_file(&path) {
+            Ok(()) => {}
+            Err(StoreError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                tracing::warn!(path = %path.display(), "key file already gone; removing the key from memory");
+            }
+            Err(e) => return Err(e),
+        }
+        let removed = self
+            .keys
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(key)
+            .ok_or_else(not_found)?;
+        tracing::debug!(key = %key, "deleted");
+        Ok(removed)
+    }
+
+    /// The store directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The file that holds `key`: `<dir>/<env>/<name>.age`.
+    pub fn key_path(&self, key: &KeyRef) -> PathBuf {
+        self.dir.join(key.env()).join(file_name(key))
+    }
+
+    /// The configured environments, sorted.
+    pub fn environments(&self) -> impl Iterator<Item = &str> {
+        self.environments.iter().map(String::as_str)
+    }
+
+    /// Loads every key file of one environment into `keys`.
+    fn load_env(
+        &self,
+        env: &str,
+        keys: &mut BTreeMap<KeyRef, Arc<KeySetState>>,
+        problems: &mut Vec<LoadProblem>,
+    ) -> Result<(), StoreError> {
+        let env_dir = self.dir.join(env);
+        let io_err = |source| StoreError::Io {
+            path: env_dir.clone(),
+            source,
+        };
+        let mut names = std::fs::read_dir(&env_dir)
+            .map_err(io_err)?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(io_err)?;
+        names.sort();
+        for name in names {
+            let path = env_dir.join(&name);
+            let Some(name) = name.to_str() else {
+                tracing::warn!(path = %path.display(), "ignoring a file whose name is not UTF-8");
+                continue;
+            };
+            let mut skip = |reason: String| {
+                problems.push(LoadProblem {
+                    path: path.clone(),
+                    reason,
+                })
+            };
+            if atomic::is_temp_key_file(name) {
+                remove_leftover_temp(&path);
+                continue;
+            }
+            let Some(stem) = name.strip_suffix(".age") else {
+                tracing::warn!(path = %path.display(), "ignoring a file that is not a key file (*.age)");
+                continue;
+            };
+            let meta = match std::fs::symlink_metadata(&path) {
+                Ok(m) => m,
+                Err(e) => {
+                    skip(format!("cannot examine it: {e}"));
+                    continue;
+                }
+            };
+            if meta.file_type().is_symlink() {
+                skip(perms::symlink_error(&path).to_string());
+                continue;
+            }
+            if !meta.file_type().is_file() {
+                skip("not a regular file: key files are regular files; move it away".to_owned());
+                continue;
+            }
+            let key = match KeyRef::new(env, stem) {
+                Ok(k) => k,
+                Err(e) => {
+                    skip(format!("the file name is not a valid key: {e}; rename it to NAME.age"));
+                    continue;
+                }
+            };
+            // Loose permissions are fatal, not skipped: refuse to start.
+            perms::check_metadata(&path, &meta, Kind::File)?;
+            match self.read_key_file(&path, key.clone()) {
+                Ok(state) => {
+                    keys.insert(key, Arc::new(state));
+                }
+                Err(e @ StoreError::Permissions { .. }) => return Err(e),
+                Err(e) => skip(e.to_string()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads, decrypts and decodes one key file.
+    fn read_key_file(&self, path: &Path, key: KeyRef) -> Result<KeySetState, StoreError> {
+        let (_, ciphertext) = atomic::read_private(path, MAX_KEY_FILE)?;
+        let plaintext = self.identity.decrypt(&ciphertext).map_err(|e| {
+            StoreError::Invalid(format!(
+                "cannot decrypt it with the agent identity ({e}): encrypt it to {} (e.g. `age -r {}`)",
+                self.identity.recipient(),
+                self.identity.recipient()
+            ))
+        })?;
+        record::decode(key, &plaintext, &self.fingerprinter).map_err(|e| StoreError::Invalid(e.to_string()))
+    }
+
+    /// Encrypts to the agent identity and the extra recipients.
+    fn encrypt(&self, plaintext: &[u8], path: &Path) -> Result<Vec<u8>, StoreError> {
+        let encryptor = age::Encryptor::with_recipients(self.recipients.iter().map(|r| r as &dyn age::Recipient))
+            .map_err(|e| StoreError::Invalid(format!("cannot encrypt {}: {e}", path.display())))?;
+        let mut out = Vec::with_capacity(plaintext.len() + 1024);
+        let io_err = |source| StoreError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let mut writer = encryptor.wrap_output(&mut out).map_err(io_err)?;
+        writer.write_all(plaintext).map_err(io_err)?;
+        writer.finish().map_err(io_err)?;
+        Ok(out)
+    }
+}
+
+/// `<name>.age`.
+fn file_name(key: &KeyRef) -> String {
+    format!("{}.age", key.name())
+}
+
+/// Before a write: creates the environment's directory (0700) if it is
+/// missing, and refuses one that is not a private directory. A directory
+/// swapped for something else is an I/O failure of the store, not a bad
+/// request.
+fn ensure_env_dir_for_write(env_dir: &Path) -> Result<(), StoreError> {
+    let io_err = |source| StoreError::Io {
+        path: env_dir.to_owned(),
+        source,
+    };
+    match std::fs::symlink_metadata(env_dir) {
+        Ok(meta) if meta.file_type().is_dir() => perms::check_metadata(env_dir, &meta, Kind::Dir),
+        Ok(_) => Err(io_err(io::Error::new(
+            io::ErrorKind::NotADirectory,
+            "not a directory (or a symlink, which keyward never follows): move it away so keyward can recreate it",
+        ))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new().mode(0o700).create(env_dir).map_err(io_err)?;
+            atomic::sync_dir(env_dir.parent().unwrap_or(Path::new(".")))
+        }
+        Err(e) => Err(io_err(e)),
+    }
+}
+
+/// Removes a temp file left by a crash: it is never a committed state.
+fn remove_leftover_temp(path: &Path) {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.file_type().is_dir() => match std::fs::remove_file(path) {
+            Ok(()) => {
+                tracing::info!(path = %path.display(), "removed a temp file left by an interrupted write")
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove a leftover temp file")
+            }
+        },
+        _ => tracing::warn!(path = %path.display(), "ignoring a directory named like a temp file"),
+    }
+}
+
+/// Logs directories of the store that belong to no configured environment.
+fn warn_unknown_dirs(dir: &Path, envs: &BTreeSet<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        let known = entry.file_name().to_str().is_some_and(|n| envs.contains(n));
+        if is_dir && !known {
+            tracing::warn!(
+                path = %entry.path().display(),
+                "ignoring a directory for an environment that is not configured"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
