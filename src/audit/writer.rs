@@ -1,0 +1,912 @@
+//! The writer thread: continues the chain from the log's tail, commits
+//! queued records in groups, and keeps the head file.
+//!
+//! Invariant: the log only ever grows by whole batches. A batch whose write
+//! or sync fails is cut back off (ftruncate to the length before it), its
+//! callers all get an error, and the chain does not advance; if the cut
+//! itself fails, nothing more is written until it succeeds, so a half
+//! record is never followed by new ones.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    check_line, decode_head, encode_head, encode_record, head_path, lock, torn_detail, AuditError, AuditEvent,
+    AuditOptions, AuditStatus, Durability, Head, LineError, Msg, EVENT_RECOVERED, OUTCOME_HEAD_INVALID,
+    OUTCOME_HEAD_MISMATCH, OUTCOME_MISSING_TAIL, OUTCOME_TORN, ZERO_HASH,
+};
+
+/// How much of the log's end `start` reads first to find the last record.
+const TAIL_WINDOW: u64 = 64 * 1024;
+
+/// The log file as the writer uses it: appends, syncs, cuts back a failed
+/// batch, and reads its tail. A trait so tests can make writes fail.
+pub(super) trait LogFile: Send {
+    /// Appends all of `buf` (the file is opened with O_APPEND).
+    fn append(&mut self, buf: &[u8]) -> io::Result<()>;
+    /// fdatasync.
+    fn sync(&mut self) -> io::Result<()>;
+    /// Current length.
+    fn len(&self) -> io::Result<u64>;
+    /// ftruncate.
+    fn truncate(&mut self, len: u64) -> io::Result<()>;
+    /// Fills `buf` from `offset`.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+}
+
+impl LogFile for File {
+    fn append(&mut self, buf: &[u8]) -> io::Result<()> {
+        io::Write::write_all(self, buf)
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        self.sync_data()
+    }
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.metadata()?.len())
+    }
+    fn truncate(&mut self, len: u64) -> io::Result<()> {
+        self.set_len(len)
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.read_exact_at(buf, offset)
+    }
+}
+
+/// Opens the log and its head, recovers the tail, and spawns the writer.
+pub(super) fn start(
+    opts: AuditOptions,
+    wrap: impl FnOnce(File) -> Box<dyn LogFile>,
+    status: Arc<Mutex<AuditStatus>>,
+    rx: mpsc::Receiver<Msg>,
+) -> Result<std::thread::JoinHandle<()>, AuditError> {
+    let path = opts.path.clone();
+    let io_err = |e| AuditError::io(&path, e);
+    let log = wrap(open_private(&path, true).map_err(io_err)?);
+    let head_file = open_private(&head_path(&path), false).map_err(io_err)?;
+
+    let tail = scan_tail(&*log, &opts.key).map_err(io_err)?;
+    let mut notices = Vec::new();
+    if let Some(torn) = &tail.torn {
+        tracing::warn!(path = %path.display(), offset = torn.offset, len = torn.len,
+            "the audit log ends with a torn fragment (a crash during a write); keeping it and marking it");
+        notices.push(notice(OUTCOME_TORN, torn_detail(torn.offset, torn.len)));
+    }
+    let mut head_bytes = vec![0; super::HEAD_LEN];
+    let head_read = read_prefix(&head_file, &mut head_bytes).map_err(io_err)?;
+    match decode_head(&opts.key, &head_bytes[..head_read]) {
+        Ok(None) => {}
+        Ok(Some(head)) if head.seq > tail.seq => notices.push(notice(
+            OUTCOME_MISSING_TAIL,
+            format!(
+                "the head file says the log reached seq {} but it ends at seq {}: records {}..{} are missing from the end (if the log was rotated on purpose, move {} with it)",
+                head.seq,
+                tail.seq,
+                tail.seq + 1,
+                head.seq,
+                head_path(&path).display()
+            ),
+        )),
+        Ok(Some(head)) if head.seq == tail.seq && head.hash != tail.hash => notices.push(notice(
+            OUTCOME_HEAD_MISMATCH,
+            format!(
+                "the head file names seq {} with hash {}, but the log's record {} has hash {}: the end of the log was replaced",
+                head.seq, head.hash, tail.seq, tail.hash
+            ),
+        )),
+        Ok(Some(_)) => {}
+        Err(message) => notices.push(notice(OUTCOME_HEAD_INVALID, message)),
+    }
+    for n in &notices[usize::from(tail.torn.is_some())..] {
+        tracing::error!(path = %path.display(), detail = n.detail.as_deref().unwrap_or(""),
+            "the audit log's head file does not match the log");
+    }
+
+    *lock(&status) = AuditStatus {
+        sequence: tail.seq,
+        head: tail.hash.clone(),
+        error: None,
+    };
+    let mut writer = Writer {
+        log,
+        head_file,
+        key: opts.key,
+        path: path.clone(),
+        durability: opts.durability,
+        fsync_interval: opts.fsync_interval,
+        max_batch: opts.max_batch,
+        seq: tail.seq,
+        hash: tail.hash,
+        len: tail.len,
+        cut_back_pending: false,
+        needs_newline: tail.needs_newline,
+        notices,
+        unsynced: true,
+        last_sync: Instant::now(),
+        status,
+    };
+    // Mark what was found (and make the tail durable) before the first
+    // caller's record, so a `verify` right after start already sees it.
+    // A failure here is not fatal: the marks stay pending for the next
+    // batch, and status() reports the error.
+    if let Err(e) = writer.write_batch(std::iter::empty()) {
+        writer.failed("write", &e, 0);
+    } else if let Err(e) = writer.sync_now() {
+        writer.failed("sync", &e, 0);
+    }
+
+    // The writer's own small runtime gives `recv` a timeout for the
+    // periodic sync. It is built and dropped on the writer thread, never in
+    // the caller's (possibly async) context.
+    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+    let thread = std::thread::Builder::new()
+        .name("keyward-audit".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            let _ = ready_tx.send(Ok(()));
+            let close_ack = writer.run(&rt, rx);
+            drop(writer);
+            drop(rt);
+            if let Some(ack) = close_ack {
+                let _ = ack.send(());
+            }
+        })
+        .map_err(io_err)?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok(thread),
+        Ok(Err(e)) => Err(io_err(e)),
+        Err(_) => Err(io_err(io::Error::other("the audit writer thread died"))),
+    }
+}
+
+/// Opens `path` for reading and writing (appending if `append`), creating
+/// it 0600; refuses a symlink (O_NOFOLLOW) or anything but a regular file.
+fn open_private(path: &Path, append: bool) -> io::Result<File> {
+    let mut o = OpenOptions::new();
+    o.read(true).create(true).mode(0o600);
+    if append {
+        o.append(true);
+    } else {
+        o.write(true);
+    }
+    let file = o
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "{} is a symbolic link; refusing to follow it (point the config at the real file)",
+                        path.display()
+                    ),
+                )
+            } else {
+                e
+            }
+        })?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not a regular file", path.display()),
+        ));
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        tracing::warn!(path = %path.display(), mode = format!("{:o}", meta.permissions().mode() & 0o777),
+            "audit file is readable by others; chmod 600 it");
+    }
+    Ok(file)
+}
+
+/// Reads up to `buf.len()` bytes from the start of `file`.
+fn read_prefix(file: &File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match FileExt::read_at(file, &mut buf[n..], n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+fn notice(outcome: &'static str, detail: String) -> AuditEvent {
+    AuditEvent {
+        event: EVENT_RECOVERED,
+        outcome,
+        detail: Some(detail),
+        ..AuditEvent::default()
+    }
+}
+
+/// Where the chain stands at the end of the log.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Tail {
+    /// Seq and hash of the last record (0 and zeros if none).
+    pub seq: u64,
+    pub hash: String,
+    /// File length.
+    pub len: u64,
+    /// The file does not end in `\n`.
+    pub needs_newline: bool,
+    /// Bytes after the last record that are not records.
+    pub torn: Option<Torn>,
+}
+
+/// A torn fragment: `len` bytes at `offset`, not counting the `\n` that
+/// ends it (there, or to be appended).
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Torn {
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// Finds the last record at the end of the log, reading backwards from the
+/// end (64 KiB first, more only if a record is longer).
+///
+/// Lines after the last record that are not JSON are a torn fragment: a
+/// crash cut a write short (possibly twice, so it may span lines). A line
+/// that is a record but fails its MAC stops the agent from starting: it
+/// means a wrong install key or an edited log, and the chain cannot
+/// honestly continue from it.
+pub(super) fn scan_tail(log: &dyn LogFile, key: &[u8; 32]) -> io::Result<Tail> {
+    let len = log.len()?;
+    let mut window = TAIL_WINDOW.min(len);
+    loop {
+        let start = len - window;
+        let mut buf = vec![0; window as usize];
+        log.read_at(&mut buf, start)?;
+        match last_record(&buf, start, key)? {
+            // The last record (or the torn run after it) begins before the
+            // window: look further back.
+            None => window = (window * 2).min(len),
+            Some(last) => {
+                let needs_newline = buf.last().is_some_and(|&b| b != b'\n');
+                let (seq, hash, after) = match last {
+                    Some((rec, line_end)) => (rec.seq, rec.hash, (line_end + 1).min(len)),
+                    None => (0, ZERO_HASH.to_owned(), 0),
+                };
+                // Everything after the last record is torn; its length does
+                // not count the `\n` that ends it (there, or to be added).
+                let torn = (after < len).then(|| Torn {
+                    offset: after,
+                    len: len - after - u64::from(!needs_newline),
+                });
+                return Ok(Tail {
+                    seq,
+                    hash,
+                    len,
+                    needs_newline,
+                    torn,
+                });
+            }
+        }
+    }
+}
+
+/// Walks the lines of `buf` (the log from byte `start` to its end)
+/// backwards to the last valid record. `Ok(None)`: the window is too short;
+/// `Ok(Some(None))`: the log holds no record at all; `Ok(Some(Some((record,
+/// offset one past its last byte))))`.
+#[allow(clippy::type_complexity)]
+fn last_record(buf: &[u8], start: u64, key: &[u8; 32]) -> io::Result<Option<Option<(super::CheckedLine, u64)>>> {
+    // `end`: one past the current line's last byte.
+    let mut end = match buf.last() {
+        Some(b'\n') => buf.len() - 1,
+        _ => buf.len(),
+    };
+    loop {
+        let line_start = match buf[..end].iter().rposition(|&b| b == b'\n') {
+            Some(i) => i + 1,
+            None if start == 0 => 0,
+            None => return Ok(None),
+        };
+        match check_line(key, &buf[line_start..end]) {
+            Ok(rec) if rec.mac_ok => return Ok(Some(Some((rec, start + end as u64)))),
+            Ok(rec) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "the record at byte offset {} (seq {}) does not verify under this install's audit key: the key changed or the log was edited. Run `keyward audit verify`; to start a new log, move the file and its .head aside",
+                        start + line_start as u64,
+                        rec.seq
+                    ),
+                ));
+            }
+            Err(LineError::NotJson(_) | LineError::BadFields(_)) => {
+                if line_start == 0 {
+                    return Ok(Some(None));
+                }
+                end = line_start - 1;
+            }
+        }
+    }
+}
+
+/// The writer thread's state.
+struct Writer {
+    log: Box<dyn LogFile>,
+    head_file: File,
+    key: [u8; 32],
+    path: PathBuf,
+    durability: Durability,
+    fsync_interval: Duration,
+    max_batch: usize,
+    /// The chain's tip: seq and hash of the last record written.
+    seq: u64,
+    hash: String,
+    /// File length after the last good write.
+    len: u64,
+    /// A failed batch could not be cut back off yet.
+    cut_back_pending: bool,
+    /// The file ends in a torn fragment without its `\n`.
+    needs_newline: bool,
+    /// Records about the log itself, written before the next batch.
+    notices: Vec<AuditEvent>,
+    /// Records written since the last fdatasync.
+    unsynced: bool,
+    last_sync: Instant,
+    status: Arc<Mutex<AuditStatus>>,
+}
+
+type Ack = oneshot::Sender<Result<u64, AuditError>>;
+
+enum Next {
+    Msg(Msg),
+    SyncDue,
+    Disconnected,
+}
+
+impl Writer {
+    /// Serves the queue until it is closed; returns the close ack, if a
+    /// caller is waiting for one.
+    fn run(&mut self, rt: &tokio::runtime::Runtime, mut rx: mpsc::Receiver<Msg>) -> Option<oneshot::Sender<()>> {
+        let mut close_ack = None;
+        let mut batch: Vec<(AuditEvent, Ack)> = Vec::new();
+        loop {
+            let first = match self.next(rt, &mut rx) {
+                Next::Msg(m) => m,
+                Next::SyncDue => {
+                    self.sync_in_background();
+                    continue;
+                }
+                Next::Disconnected => break,
+            };
+            let mut msg = Some(first);
+            while let Some(m) = msg.take() {
+                match m {
+                    Msg::Record(ev, ack) => batch.push((ev, ack)),
+                    Msg::Close(ack) => close_ack = Some(ack),
+                }
+                if close_ack.is_some() || batch.len() > self.max_batch {
+                    break;
+                }
+                msg = rx.try_recv().ok();
+            }
+            self.commit(&mut batch);
+            if close_ack.is_some() {
+                break;
+            }
+            self.sync_in_background();
+        }
+        // Closing: refuse new records, but write every one already queued.
+        rx.close();
+        while let Some(m) = rt.block_on(rx.recv()) {
+            match m {
+                Msg::Record(ev, ack) => batch.push((ev, ack)),
+                Msg::Close(ack) => close_ack = close_ack.or(Some(ack)),
+            }
+            if batch.len() > self.max_batch {
+                self.commit(&mut batch);
+            }
+        }
+        self.commit(&mut batch);
+        if let Err(e) = self.sync_now() {
+            self.failed("sync", &e, 0);
+        }
+        if let Err(e) = self.head_file.sync_data() {
+            tracing::error!(path = %head_path(&self.path).display(), error = %e, "could not sync the audit head file");
+        }
+        close_ack
+    }
+
+    /// Waits for a message, or until a periodic sync is due.
+    fn next(&self, rt: &tokio::runtime::Runtime, rx: &mut mpsc::Receiver<Msg>) -> Next {
+        let due = (self.durability == Durability::Write && self.unsynced).then(|| self.last_sync + self.fsync_interval);
+        rt.block_on(async {
+            let got = match due {
+                Some(due) => match tokio::time::timeout_at(tokio::time::Instant::from_std(due), rx.recv()).await {
+                    Ok(got) => got,
+                    Err(_) => return Next::SyncDue,
+                },
+                None => rx.recv().await,
+            };
+            got.map_or(Next::Disconnected, Next::Msg)
+        })
+    }
+
+    /// Writes the batch and answers every caller in it.
+    fn commit(&mut self, batch: &mut Vec<(AuditEvent, Ack)>) {
+        if batch.is_empty() {
+            return;
+        }
+        match self.write_batch(batch.iter().map(|(ev, _)| ev)) {
+            Ok(first) => {
+                for (seq, (_, ack)) in (first..).zip(batch.drain(..)) {
+                    let _ = ack.send(Ok(seq));
+                }
+            }
+            Err(e) => {
+                self.failed("write", &e, batch.len());
+                for (_, ack) in batch.drain(..) {
+                    let _ = ack.send(Err(AuditError::io_copy(&self.path, &e)));
+                }
+            }
+        }
+    }
+
+    /// Appends pending notices and `events` as one write; returns the seq
+    /// of the first of `events`. On failure, cuts the batch back off and
+    /// leaves the chain where it was.
+    fn write_batch<'e>(&mut self, events: impl Iterator<Item = &'e AuditEvent>) -> io::Result<u64> {
+        if self.cut_back_pending {
+            self.log.truncate(self.len)?;
+            self.cut_back_pending = false;
+        }
+        let mut buf = Vec::with_capacity(4096);
+        if self.needs_newline {
+            buf.push(b'\n');
+        }
+        let (mut seq, mut hash) = (self.seq, self.hash.clone());
+        for ev in &self.notices {
+            seq += 1;
+            hash = encode_record(&mut buf, &self.key, seq, &hash, ev, SystemTime::now());
+        }
+        for ev in events {
+            seq += 1;
+            hash = encode_record(&mut buf, &self.key, seq, &hash, ev, SystemTime::now());
+        }
+        if buf.is_empty() {
+            return Ok(seq + 1);
+        }
+        let written = self.log.append(&buf).and_then(|()| match self.durability {
+            Durability::Fsync => self.log.sync(),
+            Durability::Write => Ok(()),
+        });
+        if let Err(e) = written {
+            if self.log.truncate(self.len).is_err() {
+                self.cut_back_pending = true;
+            }
+            return Err(e);
+        }
+        let first = self.seq + self.notices.len() as u64 + 1;
+        self.len += buf.len() as u64;
+        self.seq = seq;
+        self.hash = hash;
+        self.needs_newline = false;
+        self.notices.clear();
+        match self.durability {
+            Durability::Fsync => {
+                self.unsynced = false;
+                self.last_sync = Instant::now();
+                self.write_head();
+            }
+            Durability::Write => self.unsynced = true,
+        }
+        *lock(&self.status) = AuditStatus {
+            sequence: self.seq,
+            head: self.hash.clone(),
+            error: None,
+        };
+        Ok(first)
+    }
+
+    /// With [`Durability::Write`]: fdatasync once `fsync_interval` has
+    /// passed since the last one.
+    fn sync_in_background(&mut self) {
+        if self.durability == Durability::Write && self.unsynced && self.last_sync.elapsed() >= self.fsync_interval {
+            if let Err(e) = self.sync_now() {
+                self.failed("sync", &e, 0);
+            }
+        }
+    }
+
+    /// fdatasync the log, then move the head to the now durable tip.
+    fn sync_now(&mut self) -> io::Result<()> {
+        if self.unsynced {
+            // Retried at the next interval on failure.
+            self.last_sync = Instant::now();
+            self.log.sync()?;
+            self.unsynced = false;
+        }
+        if self.notices.is_empty() && !self.unsynced {
+            self.write_head();
+        }
+        Ok(())
+    }
+
+    /// Overwrites the head file in place. A failure only weakens the
+    /// detection of a cut tail, so it is logged, not returned.
+    fn write_head(&mut self) {
+        let head = Head {
+            seq: self.seq,
+            hash: self.hash.clone(),
+        };
+        if let Err(e) = self.head_file.write_all_at(&encode_head(&self.key, &head), 0) {
+            tracing::error!(path = %head_path(&self.path).display(), error = %e,
+                "could not update the audit head file");
+        }
+    }
+
+    /// Reports a failed write or sync; `refused`: records answered with an
+    /// error.
+    fn failed(&self, what: &str, e: &io::Error, refused: usize) {
+        let message = format!("{what} failed: {}", AuditError::io_copy(&self.path, e));
+        tracing::error!(error = %message, refused, "audit log {what} failed");
+        lock(&self.status).error = Some(message);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::super::tests::{fetch, lines, opts, write_lines, write_log, KEY};
+    use super::super::{verify, Audit, ProblemKind};
+    use super::*;
+
+    #[tokio::test]
+    async fn chain_continues_across_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = opts(dir.path(), Durability::Fsync);
+        assert_eq!(write_log(&opts, 3).await, [1, 2, 3]);
+        assert_eq!(write_log(&opts, 2).await, [4, 5]);
+
+        let report = verify(&opts.path, &KEY).unwrap();
+        assert!(report.is_ok(), "{report}");
+        assert_eq!((report.records_checked, report.last_seq), (5, 5));
+        assert!(report.notes.is_empty(), "{report}");
+        let mode = std::fs::metadata(&opts.path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let mode = std::fs::metadata(head_path(&opts.path)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[tokio::test]
+    async fn torn_tail_is_kept_marked_and_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = opts(dir.path(), Durability::Fsync);
+        write_log(&opts, 3).await;
+        let before = std::fs::read(&opts.path).unwrap();
+        let fragment = b"{\"time\":\"2025-01-02T03:04:05.000000Z\",\"seq\":4,\"ev";
+        let mut torn = before.clone();
+        torn.extend_from_slice(fragment);
+        std::fs::write(&opts.path, &torn).unwrap();
+
+        let audit = Audit::start(opts.clone()).unwrap();
+        // The recovery record took seq 4.
+        assert_eq!(audit.status().sequence, 4);
+        assert_eq!(audit.record(fetch(9)).await.unwrap(), 5);
+        audit.close().await;
+
+        // Nothing was deleted: the fragment is still there, on its own line.
+        let after = std::fs::read(&opts.path).unwrap();
+        assert!(after.starts_with(&torn));
+        assert_eq!(after[torn.len()], b'\n');
+        let lines = lines(&opts.path);
+        assert!(lines[4].contains("\"event\":\"audit_recovered\""), "{}", lines[4]);
+        assert!(lines[4].contains("\"outcome\":\"torn_tail\""), "{}", lines[4]);
+        let detail = torn_detail(before.len() as u64, fragment.len() as u64);
+        assert!(lines[4].contains(&detail), "{}", lines[4]);
+
+        let report = verify(&opts.path, &KEY).unwrap();
+        assert!(report.is_ok(), "{report}");
+        assert_eq!(report.last_seq, 5);
+        assert_eq!(report.notes.len(), 1, "{report}");
+        assert!(report.notes[0].starts_with("line 4: a torn fragment"), "{report}");
+    }
+
+    #[tokio::test]
+    async fn torn_tail_from_a_crash_during_recovery_verifies() {
+        // A crash during the recovery write itself: the fragment got its
+        // `\n`, then the recovery record was torn too.
+        let dir = tempfile::tempdir().unwrap();
+        let opts = opts(dir.path(), Durability::Fsync);
+        write_log(&opts, 2).await;
+        let good = std::fs::read(&opts.path).unwrap();
+        let mut torn = good.clone();
+        torn.extend_from_slice(b"{\"time\":\"2025\n{\"time\":\"2025-01-02T03:04:05");
+        std::fs::write(&opts.path, &torn).unwrap();
+        write_log(&opts, 1).await;
+
+        let report = verify(&opts.path, &KEY).unwrap();
+        assert!(report.is_ok(), "{report}");
+        assert_eq!(report.last_seq, 4);
+        assert!(report.notes[0].starts_with("lines 3-4: a torn fragment"), "{report}");
+    }
+
+    #[tokio::test]
+    async fn verify_notes_an_unmarked_torn_tail_after_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = opts(dir.path(), Durability::Fsync);
+        write_log(&opts, 2).await;
+        let mut torn = std::fs::read(&opts.path).unwrap();
+        torn.extend_from_slice(b"{\"time\":");
+        std::fs::write(&opts.path, &torn).unwrap();
+        let report = verify(&opts.path, &KEY).unwrap();
+        assert!(report.is_ok(), "{report}");
+        assert!(report.notes[0].contains("will mark it"), "{report}");
+    }
+
+    #[tokio::test]
+    async fn a_whole_record_without_its_newline_is_kept_in_the_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = opts(dir.path(), Durability::Fsync);
+        write_log(&opts, 3).await;
+        let mut bytes = std::fs::read(&opts.path).unwrap();
+        bytes.pop();
+        std::fs::write(&opts.path, &bytes).unwrap();
+        assert_eq!(write_log(&opts, 1).await, [4]);
+        let report = verify(&opts.path, &KEY).unwrap();
+        assert!(report.is_ok() && report.notes.is_empty(), "{report}");
+        assert_eq!(report.records_checked, 4);
+    }
+
+    #[tokio::test]
+    async fn a_tail_cut_while_stopped_is_recorded_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = opts(dir.path(), Durability::Fsync);
+        write_log(&opts, 5).await;
+        let kept = lines(&opts.path)[..3].to_vec();
+        write_lines(&opts.path, &kept);
+        // The agent restarts and moves the head on; the evidence stays in
+        // the log.
+        assert_eq!(write_log(&opts, 1).await, [5]);
+        let report = verify(&opts.path, &KEY).unwrap();
+        assert_eq!(report.problems.len(), 1, "{report}");
+        let p = &report.problems[0];
+        assert_eq!((p.kind, p.line, p.seq), (ProblemKind::CutTail, 4, Some(4)));
+        assert!(p.message.contains("records 4..5 are missing"), "{report}");
+    }
+
+    #[tokio::test]
+    async fn start_refuses_a_symlink_and_a_wrong_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = opts(dir.path(), Durability::Fsync);
+        write_log(&opts, 1).await;
+
+        let link = dir.path().join("link.jsonl");
+        std::os::unix::fs::symlink(&opts.path, &link).unwrap();
+        let err = Audit::start(AuditOptions {
+            path: link,
+            ..opts.clone()
+        })
+        .err()
+        .unwrap();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+
+        let err = Audit::start(AuditOptions {
+            key: [8; 32],
+            ..opts.clone()
+        })
+        .err()
+        .unwrap();
+        assert!(err.to_string().contains("audit key"), "{err}");
+    }
+
+    /// A log file whose writes (and cut-backs) can be made to fail, as on a
+    /// full disk: a failing append writes half the buffer first.
+    struct Flaky {
+        file: File,
+        fail_append: Arc<AtomicBool>,
+        fail_truncate: Arc<AtomicBool>,
+    }
+
+    impl LogFile for Flaky {
+        fn append(&mut self, buf: &[u8]) -> io::Result<()> {
+            if self.fail_append.load(Ordering::SeqCst) {
+                self.file.append(&buf[..buf.len() / 2])?;
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            self.file.append(buf)
+        }
+        fn sync(&mut self) -> io::Result<()> {
+            self.file.sync()
+        }
+        fn len(&self) -> io::Result<u64> {
+            LogFile::len(&self.file)
+        }
+        fn truncate(&mut self, len: u64) -> io::Result<()> {
+            if self.fail_truncate.load(Ordering::SeqCst) {
+                return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
+            self.file.truncate(len)
+        }
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+            LogFile::read_at(&self.file, buf, offset)
+        }
+    }
+
+    fn start_flaky(opts: &AuditOptions) -> (Audit, Arc<AtomicBool>, Arc<AtomicBool>) {
+        let fail_append = Arc::new(AtomicBool::new(false));
+        let fail_truncate = Arc::new(AtomicBool::new(false));
+        let (a, t) = (Arc::clone(&fail_append), Arc::clone(&fail_truncate));
+        let audit = Audit::start_with(opts.clone(), move |file| {
+            Box::new(Flaky {
+                file,
+                fail_append: a,
+                fail_truncate: t,
+            })
+        })
+        .unwrap();
+        (audit, fail_append, fail_truncate)
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_is_refused_cut_back_and_retried() {
+        for durability in [Durability::Fsync, Durability::Write] {
+            let dir = tempfile::tempdir().unwrap();
+            let opts = opts(dir.path(), durability);
+            let (audit, fail_append, _) = start_flaky(&opts);
+            assert_eq!(audit.record(fetch(1)).await.unwrap(), 1);
+            let len = std::fs::metadata(&opts.path).unwrap().len();
+
+            fail_append.store(true, Ordering::SeqCst);
+            let err = audit.record(fetch(2)).await.unwrap_err();
+            match &err {
+                AuditError::Io { source, .. } => {
+                    assert_eq!(source.raw_os_error(), Some(libc::ENOSPC))
+                }
+                other => panic!("{other}"),
+            }
+            let status = audit.status();
+            assert_eq!(status.sequence, 1);
+            assert!(status.error.unwrap().contains("No space left"));
+            // The half-written record was cut back off.
+            assert_eq!(std::fs::metadata(&opts.path).unwrap().len(), len);
+
+            fail_append.store(false, Ordering::SeqCst);
+            assert_eq!(audit.record(fetch(3)).await.unwrap(), 2);
+            assert_eq!(audit.status().error, None);
+            audit.close().await;
+            let report = verify(&opts.path, &KEY).unwrap();
+            assert!(report.is_ok() && report.notes.is_empty(), "{report}");
+            assert_eq!(report.last_seq, 2);
+        }
+    }
+
+    #[tokio::test]
+    async fn nothing_is_written_after_a_half_record_until_it_is_cut_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = opts(dir.path(), Durability::Fsync);
+        let (audit, fail_append, fail_truncate) = start_flaky(&opts);
+        audit.record(fetch(1)).await.unwrap();
+        let len = std::fs::metadata(&opts.path).unwrap().len();
+
+        fail_append.store(true, Ordering::SeqCst);
+        fail_truncate.store(true, Ordering::SeqCst);
+        audit.record(fetch(2)).await.unwrap_err();
+        let dirty = std::fs::metadata(&opts.path).unwrap().len();
+        assert!(dirty > len);
+        // Writes work again, but the half record cannot be cut back yet.
+        fail_append.store(false, Ordering::SeqCst);
+        audit.record(fetch(3)).await.unwrap_err();
+        assert_eq!(std::fs::metadata(&opts.path).unwrap().len(), dirty);
+        assert!(audit.status().error.is_some());
+
+        fail_truncate.store(false, Ordering::SeqCst);
+        assert_eq!(audit.record(fetch(4)).await.unwrap(), 2);
+        audit.close().await;
+        let report = verify(&opts.path, &KEY).unwrap();
+        assert!(report.is_ok() && report.notes.is_empty(), "{report}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn group_commit_gives_1000_concurrent_records_distinct_seqs() {
+        for durability in [Durability::Fsync, Durability::Write] {
+            let dir = tempfile::tempdir().unwrap();
+            let opts = opts(dir.path(), durability);
+            let audit = Audit::start(opts.clone()).unwrap();
+            let tasks: Vec<_> = (0..1000)
+                .map(|i| {
+                    let audit = audit.clone();
+                    tokio::spawn(async move { audit.record(fetch(i)).await.unwrap() })
+                })
+                .collect();
+            let mut seqs = Vec::new();
+            for t in tasks {
+                seqs.push(t.await.unwrap());
+            }
+            seqs.sort_unstable();
+            assert_eq!(seqs, (1..=1000).collect::<Vec<u64>>());
+            audit.close().await;
+            let report = verify(&opts.path, &KEY).unwrap();
+            assert!(report.is_ok(), "{report}");
+            assert_eq!((report.records_checked, report.last_seq), (1000, 1000));
+        }
+    }
+
+    #[tokio::test]
+    async fn close_writes_what_is_queued_and_is_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = opts(dir.path(), Durability::Write);
+        let audit = Audit::start(opts.clone()).unwrap();
+        let pending: Vec<_> = (0..50)
+            .map(|i| {
+                let audit = audit.clone();
+                tokio::spawn(async move { audit.record(fetch(i)).await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        let (a, b) = (audit.clone(), audit.clone());
+        tokio::join!(a.close(), b.close());
+        audit.close().await;
+        // Every record got an answer: written, or refused as closed.
+        let mut written = 0;
+        for t in pending {
+            match t.await.unwrap() {
+                Ok(_) => written += 1,
+                Err(AuditError::Closed) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(matches!(audit.record(fetch(99)).await, Err(AuditError::Closed)));
+        assert_eq!(audit.status().sequence, written);
+        // The head file names the last record.
+        let report = verify(&opts.path, &KEY).unwrap();
+        assert!(report.is_ok() && report.notes.is_empty(), "{report}");
+        assert_eq!(report.last_seq, written);
+    }
+
+    #[test]
+    fn works_without_a_runtime_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = opts(dir.path(), Durability::Fsync);
+        let audit = Audit::start(opts.clone()).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(async {
+            assert_eq!(audit.record(fetch(1)).await.unwrap(), 1);
+            audit.close().await;
+        });
+        assert!(verify(&opts.path, &KEY).unwrap().is_ok());
+    }
+
+    #[tokio::test]
+    async fn write_mode_syncs_and_moves_the_head_in_the_background() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = opts(dir.path(), Durability::Write);
+        let audit = Audit::start(opts.clone()).unwrap();
+        for i in 0..3 {
+            audit.record(fetch(i)).await.unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let bytes = std::fs::read(head_path(&opts.path)).unwrap();
+            let head = super::super::decode_head(&KEY, &bytes).unwrap();
+            if head.is_some_and(|h| h.seq == 3) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the head never reached seq 3");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            audit.status().head,
+            lines(&opts.path)[2][lines(&opts.path)[2].len() - 66..][..64]
+        );
+        audit.close().await;
+    }
+}
