@@ -1,0 +1,64 @@
+//! Process hardening for an agent that holds secrets in memory.
+//!
+//! Invariant: after [`harden`], the process cannot write a core dump and is
+//! not ptrace-able by other processes of the same uid; its memory is locked
+//! (never swapped) where the system allows, and the operator is told when it
+//! is not.
+
+use nix::sys::resource::{getrlimit, setrlimit, Resource, RLIM_INFINITY};
+
+/// What [`harden`] achieved.
+#[derive(Debug, Clone, Default)]
+pub struct HygieneReport {
+    /// `PR_SET_DUMPABLE` is 0 and `RLIMIT_CORE` is 0.
+    pub core_dumps_disabled: bool,
+    /// `mlockall(MCL_CURRENT | MCL_FUTURE)` succeeded.
+    pub memory_locked: bool,
+    /// Things an operator should know (each says what to do).
+    pub warnings: Vec<String>,
+}
+
+/// Turns off core dumps and, if `lock_memory`, locks all current and future
+/// memory.
+///
+/// Memory is only locked when the process may lock without limit (root with
+/// `CAP_IPC_LOCK`, or an unlimited `RLIMIT_MEMLOCK`): with `MCL_FUTURE` and a
+/// small limit, later allocations would fail, which is worse than swapping.
+pub fn harden(lock_memory: bool) -> HygieneReport {
+    let mut report = HygieneReport::default();
+
+    let dumpable = nix::sys::prctl::set_dumpable(false);
+    let core = setrlimit(Resource::RLIMIT_CORE, 0, 0);
+    match (dumpable, core) {
+        (Ok(()), Ok(())) => report.core_dumps_disabled = true,
+        (d, c) => report.warnings.push(format!(
+            "could not disable core dumps (prctl: {d:?}, setrlimit: {c:?}); set LimitCORE=0 in the unit"
+        )),
+    }
+
+    if lock_memory {
+        let unlimited = matches!(getrlimit(Resource::RLIMIT_MEMLOCK), Ok((soft, _)) if soft == RLIM_INFINITY);
+        if nix::unistd::geteuid().is_root() || unlimited {
+            use nix::sys::mman::{mlockall, MlockAllFlags};
+            match mlockall(MlockAllFlags::MCL_CURRENT | MlockAllFlags::MCL_FUTURE) {
+                Ok(()) => report.memory_locked = true,
+                Err(e) => report.warnings.push(format!(
+                    "memory is not locked (mlockall: {e}); secrets may be swapped: grant CAP_IPC_LOCK or set LimitMEMLOCK=infinity"
+                )),
+            }
+        } else {
+            report.warnings.push(
+                "memory is not locked: RLIMIT_MEMLOCK is limited and the agent is not root; secrets may be swapped: grant CAP_IPC_LOCK or set LimitMEMLOCK=infinity (or lock_memory = false to silence this)"
+                    .to_owned(),
+            );
+        }
+    }
+    report
+}
+
+/// True when this process's dumpable flag is off (read back from the
+/// kernel, for tests and `GetStatus`).
+pub fn core_dumps_disabled() -> bool {
+    let core_limit_zero = matches!(getrlimit(Resource::RLIMIT_CORE), Ok((0, 0)));
+    matches!(nix::sys::prctl::get_dumpable(), Ok(false)) && core_limit_zero
+}

@@ -1,0 +1,271 @@
+//! The `Admin` service on the admin socket: operators change keys here.
+//!
+//! Invariants: only root, the agent's own user or the configured admin group
+//! get past [`AdminService::authorize`]; changes are serialized by one lock,
+//! durable before they return, and audited with the generation before and
+//! after. A refused change leaves the old state serving.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tonic::{Request, Response, Status};
+
+use super::error::ApiError;
+use super::keys::served_versions;
+use super::peer::{caller_of, Caller};
+use super::Agent;
+use crate::audit::AuditEvent;
+use crate::keyset::{from_timestamp, timestamp, KeySetState, RotationState};
+use crate::proto;
+use crate::secret::{KeyRef, Secret};
+
+/// The admin-socket gRPC service.
+pub struct AdminService {
+    agent: Arc<Agent>,
+}
+
+impl AdminService {
+    /// Administers `agent`.
+    pub fn new(agent: Arc<Agent>) -> AdminService {
+        AdminService { agent }
+    }
+
+    /// Refuses callers that are not root, the agent's user or in the admin
+    /// group. The socket's mode already keeps them out; this is the second
+    /// lock on the door (e.g. a socket passed in by a service manager).
+    async fn authorize<T>(&self, req: &Request<T>) -> Result<Arc<Caller>, ApiError> {
+        let caller = caller_of(req).map_err(|s| ApiError::PermissionDenied(s.message().to_owned()))?;
+        if let Some(limit) = &caller.over_limit {
+            return Err(ApiError::ResourceExhausted(limit.clone()));
+        }
+        let me = nix::unistd::geteuid().as_raw();
+        let in_admin_group = self
+            .agent
+            .config
+            .admin_group
+            .is_some_and(|g| caller.gid == g || caller.groups.contains(&g));
+        if caller.uid == 0 || caller.uid == me || in_admin_group {
+            return Ok(caller);
+        }
+        let msg = format!(
+            "{} may not use the admin socket: run the command as root (or as a member of the configured admin_group)",
+            caller.describe()
+        );
+        let _ = self
+            .agent
+            .audit
+            .record(AuditEvent {
+                event: "admin",
+                caller: Some(caller.record.clone()),
+                outcome: "denied",
+                detail: Some(msg.clone()),
+                ..Default::default()
+            })
+            .await;
+        Err(ApiError::PermissionDenied(msg))
+    }
+
+    async fn put_key(&self, caller: &Caller, req: proto::PutKeyRequest) -> Result<proto::PutKeyResponse, ApiError> {
+        let key = self.agent.key_ref(req.key.as_ref())?;
+        let limit = self.agent.config.limits.max_secret_bytes;
+        if req.secret.is_empty() {
+            return Err(ApiError::InvalidArgument(format!(
+                "the secret for {key} is empty: pipe the key on stdin (e.g. `printf %s \"$KEY\" | keyward put {key}`)"
+            )));
+        }
+        if req.secret.len() > limit {
+            return Err(ApiError::InvalidArgument(format!(
+                "the secret for {key} is {} bytes; the limit is {limit} bytes (limits.max_secret_bytes): nothing was stored",
+                req.secret.len()
+            )));
+        }
+        let expires_at = match &req.expires_at {
+            Some(t) => Some(from_timestamp(t).ok_or_else(|| {
+                ApiError::InvalidArgument("expires_at is out of range: give a date between 1970 and 9999".into())
+            })?),
+            None => None,
+        };
+        let secret = Secret::copy_from(&req.secret);
+        drop(req.secret);
+
+        let _serial = self.agent.admin_lock.lock().await;
+        let existing = self.agent.store.get(&key);
+        check_generation(&key, existing.as_deref(), req.expected_generation)?;
+        let now = SystemTime::now();
+        let next = match &existing {
+            None => KeySetState::create(key.clone(), self.agent.store.new_version(1, secret, now, expires_at)),
+            Some(old) if !req.overwrite => {
+                return Err(ApiError::AlreadyExists(format!(
+                    "key {key} already exists (generation {}): pass --overwrite to replace it, or rotate it with `keyward stage {key}`; nothing was changed",
+                    old.generation
+                )))
+            }
+            Some(old) if old.state != RotationState::Steady => {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "key {key} is mid-rotation ({}): finish the rotation or abort it before overwriting; nothing was changed",
+                    old.state.as_str()
+                )))
+            }
+            Some(old) => old.overwrite(self.agent.store.new_version(0, secret, now, expires_at), now),
+        };
+        let committed = self.agent.store.commit(next)?;
+        self.audit_change(
+            caller,
+            "put",
+            &key,
+            existing.as_deref(),
+            Some(&committed),
+            req.overwrite,
+        )
+        .await?;
+        Ok(proto::PutKeyResponse {
+            key: Some(committed.to_info()),
+        })
+    }
+
+    async fn delete_key(
+        &self,
+        caller: &Caller,
+        req: proto::DeleteKeyRequest,
+    ) -> Result<proto::DeleteKeyResponse, ApiError> {
+        let key = self.agent.key_ref(req.key.as_ref())?;
+        let _serial = self.agent.admin_lock.lock().await;
+        let existing = self.agent.store.get(&key);
+        check_generation(&key, existing.as_deref(), req.expected_generation)?;
+        if existing.is_none() {
+            return Err(ApiError::NotFound(format!(
+                "key {key} does not exist; nothing was deleted"
+            )));
+        }
+        let removed = self.agent.store.delete(&key)?;
+        self.audit_change(caller, "delete", &key, Some(&removed), None, false)
+            .await?;
+        Ok(proto::DeleteKeyResponse {
+            deleted: Some(removed.to_info()),
+        })
+    }
+
+    /// Records a change that has already been made durable. If the record
+    /// cannot be written the operator is told plainly that the change did
+    /// happen.
+    async fn audit_change(
+        &self,
+        caller: &Caller,
+        event: &'static str,
+        key: &KeyRef,
+        before: Option<&KeySetState>,
+        after: Option<&KeySetState>,
+        forced: bool,
+    ) -> Result<(), ApiError> {
+        let record = AuditEvent {
+            event,
+            caller: Some(caller.record.clone()),
+            key: Some(key.to_string()),
+            versions: after.or(before).map(served_versions).unwrap_or_default(),
+            generation_before: before.map(|s| s.generation),
+            generation_after: after.map(|s| s.generation),
+            outcome: "ok",
+            detail: forced.then(|| "overwrite".to_owned()),
+        };
+        self.agent.audit.record(record).await.map(|_| ()).map_err(|e| {
+            tracing::error!(key = %key, event, error = %e, "change applied but its audit record failed");
+            ApiError::Unavailable(format!(
+                "the {event} of {key} was applied and is durable, but its audit record could not be written ({e}): fix the audit disk; the agent withholds keys until it can audit"
+            ))
+        })
+    }
+
+    fn status(&self) -> proto::AgentStatus {
+        let a = &self.agent;
+        let audit = a.audit.status();
+        let p = &a.config.paths;
+        proto::AgentStatus {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            pid: std::process::id(),
+            started_at: Some(timestamp(a.started_at)),
+            service_socket: p.service_socket.display().to_string(),
+            admin_socket: p.admin_socket.display().to_string(),
+            store_dir: p.store_dir.display().to_string(),
+            audit_file: p.audit_file.display().to_string(),
+            environments: a.config.environments.keys().cloned().collect(),
+            keys: a.store.len() as u64,
+            connections: a.connections.total() as u64,
+            audit_sequence: audit.sequence,
+            audit_head: audit.head,
+            audit_error: audit.error.unwrap_or_default(),
+            memory_locked: a.memory_locked,
+            agent_recipient: a.recipient.clone(),
+        }
+    }
+}
+
+/// Compare and swap: `expected` (0 = must not exist) must equal the key's
+/// current generation.
+fn check_generation(key: &KeyRef, current: Option<&KeySetState>, expected: Option<u64>) -> Result<(), ApiError> {
+    let Some(expected) = expected else { return Ok(()) };
+    let actual = current.map_or(0, |s| s.generation);
+    if actual == expected {
+        return Ok(());
+    }
+    Err(ApiError::Aborted(format!(
+        "key {key} is at generation {actual}, not {expected}: someone else changed it; re-read it (`keyward list`) and retry"
+    )))
+}
+
+#[tonic::async_trait]
+impl proto::admin_server::Admin for AdminService {
+    async fn put_key(&self, request: Request<proto::PutKeyRequest>) -> Result<Response<proto::PutKeyResponse>, Status> {
+        let caller = self.authorize(&request).await?;
+        Ok(Response::new(self.put_key(&caller, request.into_inner()).await?))
+    }
+
+    async fn list_keys(
+        &self,
+        request: Request<proto::ListKeysRequest>,
+    ) -> Result<Response<proto::ListKeysResponse>, Status> {
+        self.authorize(&request).await?;
+        let env = request.get_ref().environment.as_str();
+        if !env.is_empty() && !self.agent.config.environments.contains_key(env) {
+            return Err(ApiError::InvalidArgument(self.agent.unknown_env_message(env)).into());
+        }
+        let keys = self
+            .agent
+            .store
+            .list((!env.is_empty()).then_some(env))
+            .iter()
+            .map(|k| k.to_info())
+            .collect();
+        Ok(Response::new(proto::ListKeysResponse { keys }))
+    }
+
+    async fn delete_key(
+        &self,
+        request: Request<proto::DeleteKeyRequest>,
+    ) -> Result<Response<proto::DeleteKeyResponse>, Status> {
+        let caller = self.authorize(&request).await?;
+        Ok(Response::new(self.delete_key(&caller, request.into_inner()).await?))
+    }
+
+    async fn get_status(
+        &self,
+        request: Request<proto::GetStatusRequest>,
+    ) -> Result<Response<proto::AgentStatus>, Status> {
+        self.authorize(&request).await?;
+        Ok(Response::new(self.status()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cas_table() {
+        let key: KeyRef = "prod/a".parse().unwrap();
+        assert!(check_generation(&key, None, None).is_ok());
+        assert!(check_generation(&key, None, Some(0)).is_ok());
+        let e = check_generation(&key, None, Some(3)).unwrap_err();
+        assert!(matches!(e, ApiError::Aborted(_)));
+        assert!(e.to_string().contains("generation 0, not 3"), "{e}");
+    }
+}

@@ -1,0 +1,157 @@
+//! The `Keys` service on the service socket: what local services call.
+//!
+//! Invariant: a key is answered only after the policy allowed the caller and
+//! the fetch's audit record is written (fail closed unless the environment
+//! is configured fail-open). Every refusal is audited too.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::error::ApiError;
+use super::peer::{caller_of, Caller};
+use super::Agent;
+use crate::audit::{AuditEvent, VersionRecord};
+use crate::config::AuditFailureMode;
+use crate::keyset::KeySetState;
+use crate::proto;
+
+/// The service-socket gRPC service.
+pub struct KeysService {
+    agent: Arc<Agent>,
+}
+
+impl KeysService {
+    /// Serves `agent`'s keys.
+    pub fn new(agent: Arc<Agent>) -> KeysService {
+        KeysService { agent }
+    }
+
+    async fn get_key(&self, caller: &Arc<Caller>, req: &proto::GetKeyRequest) -> Result<proto::KeySet, ApiError> {
+        let audit_refusal = |key: String, outcome: &'static str, detail: String| AuditEvent {
+            event: "fetch",
+            caller: Some(caller.record.clone()),
+            key: Some(key),
+            outcome,
+            detail: Some(detail),
+            ..Default::default()
+        };
+        if let Some(limit) = &caller.over_limit {
+            return Err(ApiError::ResourceExhausted(limit.clone()));
+        }
+        let key = match self.agent.key_ref(req.key.as_ref()) {
+            Ok(k) => k,
+            Err(e) => {
+                let shown = req.key.as_ref().map(shown_key).unwrap_or_default();
+                // A refusal that cannot be audited is still a refusal.
+                let _ = self
+                    .agent
+                    .audit
+                    .record(audit_refusal(shown, "invalid_argument", e.to_string()))
+                    .await;
+                return Err(e);
+            }
+        };
+        if !self.agent.config.policy.allows(&caller.principal(), &key) {
+            let msg = format!(
+                "{} may not read {key}: no grant in the policy names this caller for this key; add a [[grant]] to the agent's config",
+                caller.describe()
+            );
+            let _ = self
+                .agent
+                .audit
+                .record(audit_refusal(key.to_string(), "denied", msg.clone()))
+                .await;
+            return Err(ApiError::PermissionDenied(msg));
+        }
+        let Some(state) = self.agent.store.get(&key) else {
+            let msg = format!("key {key} does not exist: create it with `keyward put {key}`");
+            let _ = self
+                .agent
+                .audit
+                .record(audit_refusal(key.to_string(), "not_found", msg.clone()))
+                .await;
+            return Err(ApiError::NotFound(msg));
+        };
+        let event = AuditEvent {
+            event: "fetch",
+            caller: Some(caller.record.clone()),
+            key: Some(key.to_string()),
+            versions: served_versions(&state),
+            generation_after: Some(state.generation),
+            outcome: "ok",
+            ..Default::default()
+        };
+        if let Err(e) = self.agent.audit.record(event).await {
+            match self.agent.on_audit_failure(&key) {
+                AuditFailureMode::FailClosed => return Err(e.into()),
+                AuditFailureMode::FailOpen => {
+                    tracing::warn!(key = %key, error = %e, "serving without an audit record (environment is fail-open)")
+                }
+            }
+        }
+        Ok(state.to_proto())
+    }
+}
+
+/// The versions a fetch hands out, as the audit records them.
+pub fn served_versions(state: &KeySetState) -> Vec<VersionRecord> {
+    let mut v = vec![VersionRecord {
+        role: "primary",
+        version: state.primary.number,
+        fingerprint: state.primary.fingerprint.clone(),
+    }];
+    if let Some(f) = &state.fallback {
+        v.push(VersionRecord {
+            role: "fallback",
+            version: f.number,
+            fingerprint: f.fingerprint.clone(),
+        });
+    }
+    v
+}
+
+/// A key as the caller sent it, escaped and bounded, for audit records of
+/// refusals.
+pub fn shown_key(k: &proto::KeyRef) -> String {
+    let mut s = format!("{:?}/{:?}", k.environment, k.name);
+    if s.len() > 300 {
+        let mut end = 300;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
+    }
+    s
+}
+
+type EventStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<proto::KeyEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl proto::keys_server::Keys for KeysService {
+    async fn get_key(&self, request: Request<proto::GetKeyRequest>) -> Result<Response<proto::KeySet>, Status> {
+        let caller = caller_of(&request)?;
+        Ok(Response::new(self.get_key(&caller, request.get_ref()).await?))
+    }
+
+    type WatchKeysStream = EventStream;
+
+    async fn watch_keys(
+        &self,
+        _request: Request<proto::WatchKeysRequest>,
+    ) -> Result<Response<Self::WatchKeysStream>, Status> {
+        Err(Status::unimplemented(
+            "WatchKeys is not available in this keywardd version: poll GetKey instead",
+        ))
+    }
+
+    async fn report_auth_failure(
+        &self,
+        _request: Request<proto::AuthFailureReport>,
+    ) -> Result<Response<proto::AuthFailureAck>, Status> {
+        Err(Status::unimplemented(
+            "ReportAuthFailure is not available in this keywardd version",
+        ))
+    }
+}

@@ -1,0 +1,321 @@
+//! The agent's server side: sockets, caller identity, the two gRPC services
+//! and [`run`], the one way in.
+//!
+//! `keywardd`'s `main` opens an [`Agent`] (store, audit, lock), binds the
+//! sockets with [`bind_listeners`] and calls [`run`] with a signal future;
+//! tests do the same with a oneshot. Shutdown stops accepting, lets in-flight
+//! calls finish within the configured grace, flushes the audit log and
+//! removes the socket files.
+
+pub mod admin;
+pub mod error;
+pub mod keys;
+pub mod peer;
+pub mod sockets;
+
+use std::fs::File;
+use std::future::Future;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use nix::fcntl::Flock;
+use tokio_stream::wrappers::UnixListenerStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::transport::Server;
+
+use crate::audit::{Audit, AuditError, AuditEvent, AuditOptions};
+use crate::config::{AuditFailureMode, Config};
+use crate::hygiene::HygieneReport;
+use crate::proto;
+use crate::secret::{Fingerprinter, KeyRef};
+use crate::store::identity::{AgentIdentity, InstallKey};
+use crate::store::{Store, StoreError, StoreOptions};
+use error::ApiError;
+use peer::{Caller, ConnectionTracker, PeerStream};
+use sockets::BindError;
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A socket or the lock.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// The identity, install key or store.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The audit log.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    /// The state directory.
+    #[error("cannot create {path}: {source}")]
+    StateDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+}
+
+/// Everything the services share.
+pub struct Agent {
+    /// The validated configuration.
+    pub config: Config,
+    /// The keys.
+    pub store: Store,
+    /// The audit log.
+    pub audit: Audit,
+    /// Open connections.
+    pub connections: Arc<ConnectionTracker>,
+    /// When the agent started.
+    pub started_at: SystemTime,
+    /// Whether `mlockall` succeeded.
+    pub memory_locked: bool,
+    /// The agent identity's public key (`age1…`).
+    pub recipient: String,
+    /// Serializes every change to the store.
+    pub admin_lock: tokio::sync::Mutex<()>,
+    _state_lock: Flock<File>,
+}
+
+impl Agent {
+    /// Takes the state lock, loads the identity, install key and store, and
+    /// starts the audit writer. In dev mode, missing state is created; in
+    /// system mode the identity must exist (`keyward init`).
+    pub fn open(config: Config, hygiene: &HygieneReport) -> Result<Agent, StartError> {
+        let p = &config.paths;
+        for dir in [
+            Some(p.state_dir.as_path()),
+            p.service_socket.parent(),
+            p.audit_file.parent(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if config.dev_mode && !dir.as_os_str().is_empty() && !dir.exists() {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
+                    .map_err(|source| StartError::StateDir {
+                        path: dir.to_path_buf(),
+                        source,
+                    })?;
+            }
+        }
+        let state_lock = sockets::lock_state(&p.lock_file)?;
+        let (identity, install_key) = if config.dev_mode {
+            (
+                AgentIdentity::load_or_create(&p.identity_file)?,
+                InstallKey::load_or_create(&p.install_key_file)?,
+            )
+        } else {
+            (
+                AgentIdentity::load(&p.identity_file)?,
+                InstallKey::load(&p.install_key_file)?,
+            )
+        };
+        let recipient = identity.recipient();
+        let (store, problems) = Store::open(StoreOptions {
+            dir: p.store_dir.clone(),
+            identity,
+            extra_recipients: config.extra_recipients.clone(),
+            environments: config.environments.keys().cloned().collect(),
+            fingerprinter: Fingerprinter::new(&install_key.fingerprint_salt()),
+        })?;
+        for problem in &problems {
+            tracing::error!(path = %problem.path.display(), reason = %problem.reason, "key file not loaded; the file is left in place");
+        }
+        let audit = Audit::start(AuditOptions {
+            path: p.audit_file.clone(),
+            key: install_key.audit_key(),
+            durability: config.audit.durability,
+            fsync_interval: config.audit.fsync_interval,
+            max_batch: config.audit.max_batch,
+        })?;
+        Ok(Agent {
+            store,
+            audit,
+            connections: Arc::new(ConnectionTracker::default()),
+            started_at: SystemTime::now(),
+            memory_locked: hygiene.memory_locked,
+            recipient,
+            admin_lock: tokio::sync::Mutex::new(()),
+            _state_lock: state_lock,
+            config,
+        })
+    }
+
+    /// Validates a wire key and checks that its environment is configured.
+    pub fn key_ref(&self, key: Option<&proto::KeyRef>) -> Result<KeyRef, ApiError> {
+        let key = KeyRef::from_proto(key)?;
+        if !self.config.environments.contains_key(key.env()) {
+            return Err(ApiError::InvalidArgument(self.unknown_env_message(key.env())));
+        }
+        Ok(key)
+    }
+
+    /// "environment 'qa' is not configured …".
+    pub fn unknown_env_message(&self, env: &str) -> String {
+        let known: Vec<&str> = self.config.environments.keys().map(String::as_str).collect();
+        format!(
+            "environment {env:?} is not configured (configured: {}): use one of those or add [environments.{env}] to the config",
+            known.join(", ")
+        )
+    }
+
+    /// What to do when a fetch from `key`'s environment cannot be audited.
+    pub fn on_audit_failure(&self, key: &KeyRef) -> AuditFailureMode {
+        self.config
+            .environments
+            .get(key.env())
+            .map_or(AuditFailureMode::FailClosed, |e| e.on_audit_failure)
+    }
+}
+
+/// The two listening sockets.
+pub struct Listeners {
+    /// `keys.sock`: the `Keys` service.
+    pub service: std::os::unix::net::UnixListener,
+    /// `admin.sock`: the `Admin` service.
+    pub admin: std::os::unix::net::UnixListener,
+}
+
+/// Binds both sockets with the configured modes and groups.
+pub fn bind_listeners(config: &Config) -> Result<Listeners, BindError> {
+    let p = &config.paths;
+    let service = sockets::bind(
+        &p.service_socket,
+        config.service_socket_mode,
+        config.service_socket_group,
+    )?;
+    let (admin_mode, admin_gid) = match config.admin_group {
+        Some(g) => (0o660, Some(g)),
+        None => (0o600, None),
+    };
+    let admin = sockets::bind(&p.admin_socket, admin_mode, admin_gid).inspect_err(|_| {
+        let _ = std::fs::remove_file(&p.service_socket);
+    })?;
+    Ok(Listeners { service, admin })
+}
+
+/// Serves both sockets until `shutdown` resolves, then drains.
+pub async fn run(listeners: Listeners, agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -> io::Result<()> {
+    let limits = agent.config.limits.clone();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let keys = proto::keys_server::KeysServer::new(keys::KeysService::new(agent.clone()))
+        .max_decoding_message_size(limits.max_message_bytes)
+        .max_encoding_message_size(limits.max_message_bytes);
+    let admin = proto::admin_server::AdminServer::new(admin::AdminService::new(agent.clone()))
+        .max_decoding_message_size(limits.max_message_bytes)
+        .max_encoding_message_size(limits.max_message_bytes);
+
+    let service_incoming = incoming(tokio::net::UnixListener::from_std(listeners.service)?, agent.clone());
+    let admin_incoming = incoming(tokio::net::UnixListener::from_std(listeners.admin)?, agent.clone());
+    let mut service_task = tokio::spawn(
+        Server::builder()
+            .add_service(keys)
+            .serve_with_incoming_shutdown(service_incoming, stopped(stop_rx.clone())),
+    );
+    let mut admin_task = tokio::spawn(
+        Server::builder()
+            .add_service(admin)
+            .serve_with_incoming_shutdown(admin_incoming, stopped(stop_rx)),
+    );
+
+    let _ = agent
+        .audit
+        .record(AuditEvent {
+            event: "agent_start",
+            outcome: "ok",
+            detail: Some(format!("pid {}, {} keys", std::process::id(), agent.store.len())),
+            ..Default::default()
+        })
+        .await;
+
+    let mut failure = None;
+    tokio::select! {
+        _ = shutdown => {}
+        r = &mut service_task => failure = Some(format!("service socket server stopped: {r:?}")),
+        r = &mut admin_task => failure = Some(format!("admin socket server stopped: {r:?}")),
+    }
+    if let Some(f) = &failure {
+        tracing::error!("{f}");
+    }
+    tracing::info!("shutting down: no new connections; draining in-flight calls");
+    let _ = stop_tx.send(true);
+    let grace = agent.config.shutdown_grace;
+    let drained = tokio::time::timeout(grace, async {
+        let _ = (&mut service_task).await;
+        let _ = (&mut admin_task).await;
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(grace = ?grace, "in-flight calls did not finish within the grace period; closing them");
+        service_task.abort();
+        admin_task.abort();
+    }
+    let _ = agent
+        .audit
+        .record(AuditEvent {
+            event: "agent_stop",
+            outcome: "ok",
+            ..Default::default()
+        })
+        .await;
+    agent.audit.close().await;
+    remove_socket(&agent.config.paths.service_socket);
+    remove_socket(&agent.config.paths.admin_socket);
+    tracing::info!("stopped");
+    match failure {
+        Some(f) => Err(io::Error::other(f)),
+        None => Ok(()),
+    }
+}
+
+fn remove_socket(path: &Path) {
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Accepted connections with their callers attached, after the connection
+/// limits: over the total limit a connection is closed at once; over the
+/// per-uid limit it is kept but every call on it is refused with a message.
+fn incoming(listener: tokio::net::UnixListener, agent: Arc<Agent>) -> impl Stream<Item = io::Result<PeerStream>> {
+    UnixListenerStream::new(listener).filter_map(move |accepted| {
+        let stream = match accepted {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                return None;
+            }
+        };
+        let mut caller = match Caller::identify(&stream) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "peer left before it could be identified");
+                return None;
+            }
+        };
+        let limits = &agent.config.limits;
+        let (guard, per_uid, total) = agent.connections.register(caller.uid);
+        if total > limits.max_connections {
+            tracing::warn!(uid = caller.uid, total, limit = limits.max_connections, "connection refused: agent is at its connection limit");
+            return None;
+        }
+        if per_uid > limits.max_connections_per_uid {
+            caller.over_limit = Some(format!(
+                "uid {} has {per_uid} connections open; the limit is {} (limits.max_connections_per_uid): reuse one connection per process",
+                caller.uid, limits.max_connections_per_uid
+            ));
+        }
+        Some(Ok(PeerStream::new(stream, Arc::new(caller), guard)))
+    })
+}
