@@ -1,0 +1,164 @@
+//! `keywardd`: the keyward agent.
+//!
+//! System mode reads `/etc/keyward/keyward.toml` (or `--config`); dev mode
+//! (`--dev DIR`) needs no root and no config file and keeps everything in
+//! DIR. Exit codes: 0 after a clean shutdown, 64 (EX_USAGE) for a bad
+//! config, 1 when the agent cannot start.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use keyward::config::Config;
+use keyward::server::{self, Agent};
+use tokio::signal::unix::{signal, SignalKind};
+
+const EX_USAGE: u8 = 64;
+
+/// The keyward agent: serves age-encrypted API keys to local services.
+#[derive(Parser)]
+#[command(name = "keywardd", version)]
+struct Args {
+    /// Config file (system mode).
+    #[arg(long, value_name = "FILE", default_value = "/etc/keyward/keyward.toml")]
+    config: PathBuf,
+    /// Dev mode: no root; identity, store, sockets and audit log all in DIR
+    /// (created if needed). The current user may read every key. With an
+    /// explicit --config, that file's settings apply too.
+    #[arg(long, value_name = "DIR")]
+    dev: Option<PathBuf>,
+    /// Validate the config, print a summary and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("KEYWARD_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+
+    let config = match load_config(&args) {
+        Ok(c) => c,
+        Err(msg) => {
+            eprintln!("keywardd: {msg}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    if args.check_config {
+        println!(
+            "config ok: {} environments, {} grants, service socket {}",
+            config.environments.len(),
+            config.policy.grants.len(),
+            config.paths.service_socket.display()
+        );
+        return ExitCode::SUCCESS;
+    }
+
+    let hygiene = keyward::hygiene::harden(config.lock_memory);
+    for w in &hygiene.warnings {
+        tracing::warn!("{w}");
+    }
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("keywardd: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let dev = config.dev_mode;
+        // Handlers go in before anything is announced, so that a SIGTERM
+        // right after "ready" still shuts down cleanly.
+        let shutdown = match shutdown_signal() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("keywardd: cannot install signal handlers: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let agent = match Agent::open(config, &hygiene) {
+            Ok(a) => Arc::new(a),
+            Err(e) => {
+                eprintln!("keywardd: cannot start: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let listeners = match server::bind_listeners(&agent.config) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("keywardd: cannot start: {e}");
+                agent.audit.close().await;
+                return ExitCode::FAILURE;
+            }
+        };
+        let p = &agent.config.paths;
+        println!(
+            "keywardd {} ready{}",
+            env!("CARGO_PKG_VERSION"),
+            if dev { " (dev mode)" } else { "" }
+        );
+        println!("  service socket: {}", p.service_socket.display());
+        println!("  admin socket:   {}", p.admin_socket.display());
+        println!("  audit log:      {}", p.audit_file.display());
+        println!(
+            "  store:          {} ({} keys)",
+            p.store_dir.display(),
+            agent.store.len()
+        );
+        tracing::info!(
+            service_socket = %p.service_socket.display(),
+            admin_socket = %p.admin_socket.display(),
+            keys = agent.store.len(),
+            "ready"
+        );
+        match server::run(listeners, agent, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("keywardd: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn load_config(args: &Args) -> Result<Config, String> {
+    let uid = nix::unistd::geteuid().as_raw();
+    let explicit_config = std::env::args_os().any(|a| a == "--config" || a.to_string_lossy().starts_with("--config="));
+    match &args.dev {
+        Some(dir) => {
+            let dir = std::path::absolute(dir).map_err(|e| format!("--dev {}: {e}", dir.display()))?;
+            if explicit_config {
+                Ok(Config::load(&args.config)
+                    .map_err(|e| e.to_string())?
+                    .into_dev(&dir, uid))
+            } else {
+                Ok(Config::dev(&dir, uid))
+            }
+        }
+        None => Config::load(&args.config).map_err(|e| e.to_string()),
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT. Also takes SIGHUP (logged: config reload
+/// needs a restart in this version) and SIGXFSZ (a full audit file must give
+/// an error, not kill the agent).
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut xfsz = signal(SignalKind::from_raw(libc::SIGXFSZ))?;
+    Ok(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM received"); break }
+                _ = int.recv() => { tracing::info!("SIGINT received"); break }
+                _ = hup.recv() => tracing::warn!("SIGHUP received: this version does not reload its config; restart keywardd to apply changes"),
+                _ = xfsz.recv() => tracing::warn!("SIGXFSZ received: a file hit its size limit (see the audit error)"),
+            }
+        }
+    })
+}
