@@ -1,0 +1,271 @@
+//! A real agent on temp sockets, for the integration tests.
+//!
+//! Each test starts the real `keywardd` binary in dev mode in a fresh temp
+//! directory and talks to it with the real `keyward` CLI or the gRPC client.
+//! Everything the agent prints is captured, so tests can check that no
+//! secret ever reaches its output.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use keyward::proto::{admin_client::AdminClient, keys_client::KeysClient};
+use tonic::transport::Channel;
+
+pub const KEYWARDD: &str = env!("CARGO_BIN_EXE_keywardd");
+pub const KEYWARD: &str = env!("CARGO_BIN_EXE_keyward");
+
+/// A running agent and its temp directory.
+pub struct TestAgent {
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    pub child: Option<Child>,
+    output: Arc<Mutex<Vec<u8>>>,
+    config: Option<PathBuf>,
+}
+
+impl TestAgent {
+    /// A dev-mode agent in a fresh temp dir.
+    pub fn start() -> TestAgent {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("state");
+        let mut a = TestAgent {
+            dir,
+            _tmp: Some(tmp),
+            child: None,
+            output: Arc::default(),
+            config: None,
+        };
+        a.spawn().expect("agent starts");
+        a
+    }
+
+    /// A dev-mode agent with a config file (written into the temp dir), in
+    /// a state dir that other uids may traverse.
+    pub fn start_with_config(toml: &str) -> TestAgent {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let dir = tmp.path().join("state");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let config = tmp.path().join("keyward.toml");
+        std::fs::write(&config, toml).unwrap();
+        let mut a = TestAgent {
+            dir,
+            _tmp: Some(tmp),
+            child: None,
+            output: Arc::default(),
+            config: Some(config),
+        };
+        a.spawn().expect("agent starts");
+        a
+    }
+
+    /// The command that starts this agent (also used to start a second one).
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(KEYWARDD);
+        cmd.arg("--dev").arg(&self.dir);
+        if let Some(c) = &self.config {
+            cmd.arg("--config").arg(c);
+        }
+        cmd.env("KEYWARD_LOG", "debug");
+        cmd
+    }
+
+    /// Starts (or restarts) the agent and waits until it says it is ready.
+    pub fn spawn(&mut self) -> Result<(), String> {
+        self.spawn_with(self.command())
+    }
+
+    /// Starts `cmd` as this agent and waits until it is ready.
+    pub fn spawn_with(&mut self, mut cmd: Command) -> Result<(), String> {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn keywardd");
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let out = self.output.clone();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).split(b'\n').map_while(Result::ok) {
+                if line.windows(5).any(|w| w == b"ready") {
+                    let _ = ready_tx.send(());
+                }
+                let mut o = out.lock().unwrap();
+                o.extend_from_slice(&line);
+                o.push(b'\n');
+            }
+        });
+        let out = self.output.clone();
+        let mut stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stderr.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                out.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if ready_rx.recv_timeout(Duration::from_millis(20)).is_ok() {
+                self.child = Some(child);
+                return Ok(());
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(50));
+                return Err(format!("keywardd exited with {status}: {}", self.logs()));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("keywardd did not become ready: {}", self.logs());
+            }
+        }
+    }
+
+    pub fn keys_sock(&self) -> PathBuf {
+        self.dir.join("keys.sock")
+    }
+    pub fn admin_sock(&self) -> PathBuf {
+        self.dir.join("admin.sock")
+    }
+    pub fn audit_file(&self) -> PathBuf {
+        self.dir.join("audit.jsonl")
+    }
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Everything the agent printed (stdout and stderr) so far.
+    pub fn logs(&self) -> String {
+        String::from_utf8_lossy(&self.output.lock().unwrap()).into_owned()
+    }
+
+    /// Runs `keyward --dev DIR ARGS…`, feeding `stdin`.
+    pub fn cli(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        run_cli(Command::new(KEYWARD).arg("--dev").arg(&self.dir).args(args), stdin)
+    }
+
+    /// Stores a key through the CLI and asserts it worked.
+    pub fn put(&self, key: &str, secret: &str) {
+        let out = self.cli(&["put", key], Some(secret.as_bytes()));
+        assert!(
+            out.status.success(),
+            "put {key}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// SIGTERM and wait; returns the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        wait_timeout(&mut child, Duration::from_secs(20)).expect("agent stops after SIGTERM")
+    }
+
+    /// SIGKILL and wait.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    pub async fn keys(&self) -> KeysClient<Channel> {
+        KeysClient::new(
+            keyward::client::connect(&self.keys_sock())
+                .await
+                .expect("connect keys.sock"),
+        )
+    }
+
+    pub async fn admin(&self) -> AdminClient<Channel> {
+        AdminClient::new(
+            keyward::client::connect(&self.admin_sock())
+                .await
+                .expect("connect admin.sock"),
+        )
+    }
+
+    pub fn audit_lines(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.audit_file())
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn run_cli(cmd: &mut Command, stdin: Option<&[u8]>) -> Output {
+    let mut child = cmd
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn keyward");
+    if let Some(data) = stdin {
+        child.stdin.take().unwrap().write_all(data).unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
+pub fn wait_timeout(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(s) = child.try_wait().unwrap() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Asserts that none of `secrets` occurs in `haystack` (named `what`).
+pub fn assert_no_secret(what: &str, haystack: &[u8], secrets: &[&str]) {
+    for s in secrets {
+        assert!(
+            !haystack.windows(s.len()).any(|w| w == s.as_bytes()),
+            "secret {s:?} leaked into {what}"
+        );
+    }
+}
+
+pub fn key(env: &str, name: &str) -> Option<keyward::proto::KeyRef> {
+    Some(keyward::proto::KeyRef {
+        environment: env.into(),
+        name: name.into(),
+    })
+}
+
+/// Copies the CLI where uid 65534 can run it (the build tree may not be
+/// reachable by other users).
+pub fn cli_for_other_users(dir: &Path) -> PathBuf {
+    let dest = dir.join("keyward-cli");
+    std::fs::copy(KEYWARD, &dest).unwrap();
+    std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dest
+}
