@@ -1,0 +1,258 @@
+//! GetKey benchmark: the real agent against a no-op gRPC server (the
+//! transport floor), side by side in one run.
+//!
+//! Run with `cargo bench --bench getkey` (add `-- --quick` for a short run).
+//! It starts the release `keywardd` in dev mode in a temp dir (audit on,
+//! default durability) and, as a separate process, a server on a Unix
+//! socket whose GetKey handler returns a constant KeySet and does nothing
+//! else. Both are measured by the same client code: latency with one client
+//! over one connection, then throughput with 16 concurrent connections. The
+//! rounds alternate between the two servers so that machine noise hits both.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keyward::proto::{self, keys_client::KeysClient};
+use tonic::transport::Channel;
+
+const SECRET: &[u8] = b"sk_live_benchmark_0123456789abcdef0123456789";
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--noop-server") {
+        return noop_server(PathBuf::from(&args[i + 1]));
+    }
+    let quick = args.iter().any(|a| a == "--quick");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(bench(quick));
+}
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_for_socket(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::os::unix::net::UnixStream::connect(path).is_err() {
+        assert!(Instant::now() < deadline, "{} never came up", path.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+async fn bench(quick: bool) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("agent");
+    let agent = Proc(
+        Command::new(env!("CARGO_BIN_EXE_keywardd"))
+            .arg("--dev")
+            .arg(&dir)
+            .env("KEYWARD_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start keywardd"),
+    );
+    wait_for_socket(&dir.join("admin.sock"));
+    let noop_sock = tmp.path().join("noop.sock");
+    let noop = Proc(
+        Command::new(std::env::current_exe().unwrap())
+            .arg("--noop-server")
+            .arg(&noop_sock)
+            .spawn()
+            .expect("start no-op server"),
+    );
+    wait_for_socket(&noop_sock);
+
+    let admin_channel = keyward::client::connect(&dir.join("admin.sock")).await.unwrap();
+    proto::admin_client::AdminClient::new(admin_channel)
+        .put_key(proto::PutKeyRequest {
+            key: Some(bench_key()),
+            secret: bytes::Bytes::from_static(SECRET),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    let (calls, secs, rounds) = if quick { (3_000, 2, 1) } else { (20_000, 5, 3) };
+    let agent_sock = dir.join("keys.sock");
+    println!(
+        "GetKey over a Unix socket, {} cores; {rounds} alternating rounds",
+        num_cpus()
+    );
+    println!(
+        "latency: 1 client, 1 connection, {calls} calls after 1000 warm-up; throughput: 16 connections, {secs} s\n"
+    );
+    println!(
+        "{:<10} {:>6} {:>10} {:>10} {:>10} {:>12}",
+        "server", "round", "p50 µs", "p99 µs", "mean µs", "calls/s (16)"
+    );
+    let mut floor = Vec::new();
+    let mut real = Vec::new();
+    for round in 1..=rounds {
+        for (name, sock, out) in [("no-op", &noop_sock, &mut floor), ("keywardd", &agent_sock, &mut real)] {
+            let lat = latency(sock, calls).await;
+            let tput = throughput(sock, 16, Duration::from_secs(secs)).await;
+            println!(
+                "{name:<10} {round:>6} {:>10.1} {:>10.1} {:>10.1} {:>12.0}",
+                lat.p50, lat.p99, lat.mean, tput
+            );
+            out.push((lat, tput));
+        }
+    }
+    let med = |v: &Vec<(Latency, f64)>, f: fn(&(Latency, f64)) -> f64| {
+        let mut xs: Vec<f64> = v.iter().map(f).collect();
+        xs.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        xs[xs.len() / 2]
+    };
+    let (fp50, fp99, ft) = (med(&floor, |x| x.0.p50), med(&floor, |x| x.0.p99), med(&floor, |x| x.1));
+    let (rp50, rp99, rt) = (med(&real, |x| x.0.p50), med(&real, |x| x.0.p99), med(&real, |x| x.1));
+    println!("\nmedian of rounds:");
+    println!("  no-op floor: p50 {fp50:.1} µs, p99 {fp99:.1} µs, {ft:.0} calls/s");
+    println!("  keywardd:    p50 {rp50:.1} µs, p99 {rp99:.1} µs, {rt:.0} calls/s");
+    println!(
+        "  ratio:       p50 {:.2}x the floor (target <= 1.5x), throughput {:.2}x the floor (target >= 0.7x)",
+        rp50 / fp50,
+        rt / ft
+    );
+    let audit = std::fs::read_to_string(dir.join("audit.jsonl")).unwrap_or_default();
+    println!("  audit records written by keywardd: {}", audit.lines().count());
+    drop(noop);
+    drop(agent);
+}
+
+fn num_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn bench_key() -> proto::KeyRef {
+    proto::KeyRef {
+        environment: "prod".into(),
+        name: "bench-api".into(),
+    }
+}
+
+struct Latency {
+    p50: f64,
+    p99: f64,
+    mean: f64,
+}
+
+async fn client(sock: &Path) -> KeysClient<Channel> {
+    KeysClient::new(keyward::client::connect(sock).await.unwrap())
+}
+
+async fn latency(sock: &Path, calls: usize) -> Latency {
+    let mut c = client(sock).await;
+    let req = || proto::GetKeyRequest { key: Some(bench_key()) };
+    for _ in 0..1000 {
+        c.get_key(req()).await.unwrap();
+    }
+    let mut samples = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let t = Instant::now();
+        let r = c.get_key(req()).await.unwrap();
+        samples.push(t.elapsed().as_secs_f64() * 1e6);
+        assert_eq!(&r.into_inner().primary.unwrap().secret[..], SECRET);
+    }
+    samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    Latency {
+        p50: samples[samples.len() / 2],
+        p99: samples[samples.len() * 99 / 100],
+        mean: samples.iter().sum::<f64>() / samples.len() as f64,
+    }
+}
+
+async fn throughput(sock: &Path, conns: usize, dur: Duration) -> f64 {
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let mut c = client(sock).await;
+        let (done, stop) = (done.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                c.get_key(proto::GetKeyRequest { key: Some(bench_key()) })
+                    .await
+                    .unwrap();
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let start_count = done.load(Ordering::Relaxed);
+    let t = Instant::now();
+    tokio::time::sleep(dur).await;
+    let n = done.load(Ordering::Relaxed) - start_count;
+    let elapsed = t.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    n as f64 / elapsed
+}
+
+/// The floor: a Keys server whose GetKey returns a constant KeySet.
+struct Noop(proto::KeySet);
+
+#[tonic::async_trait]
+impl proto::keys_server::Keys for Noop {
+    async fn get_key(
+        &self,
+        _: tonic::Request<proto::GetKeyRequest>,
+    ) -> Result<tonic::Response<proto::KeySet>, tonic::Status> {
+        Ok(tonic::Response::new(self.0.clone()))
+    }
+    type WatchKeysStream = tokio_stream::Empty<Result<proto::KeyEvent, tonic::Status>>;
+    async fn watch_keys(
+        &self,
+        _: tonic::Request<proto::WatchKeysRequest>,
+    ) -> Result<tonic::Response<Self::WatchKeysStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("no-op"))
+    }
+    async fn report_auth_failure(
+        &self,
+        _: tonic::Request<proto::AuthFailureReport>,
+    ) -> Result<tonic::Response<proto::AuthFailureAck>, tonic::Status> {
+        Err(tonic::Status::unimplemented("no-op"))
+    }
+}
+
+fn noop_server(sock: PathBuf) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let listener = tokio::net::UnixListener::bind(&sock).unwrap();
+        let set = proto::KeySet {
+            key: Some(bench_key()),
+            generation: 1,
+            primary: Some(proto::KeyVersion {
+                version: 1,
+                secret: bytes::Bytes::from_static(SECRET),
+                fingerprint: "0123456789abcdef".into(),
+                created_at: Some(prost_types::Timestamp { seconds: 1, nanos: 0 }),
+                expires_at: None,
+            }),
+            fallback: None,
+            state: proto::RotationState::Steady as i32,
+        };
+        tonic::transport::Server::builder()
+            .add_service(proto::keys_server::KeysServer::new(Noop(set)))
+            .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener))
+            .await
+            .unwrap();
+    });
+}
