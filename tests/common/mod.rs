@@ -224,7 +224,8 @@ pub fn run_cli(cmd: &mut Command, stdin: Option<&[u8]>) -> Output {
         .spawn()
         .expect("spawn keyward");
     if let Some(data) = stdin {
-        child.stdin.take().unwrap().write_all(data).unwrap();
+        // The command may exit before reading (a usage error): EPIPE is fine.
+        let _ = child.stdin.take().unwrap().write_all(data);
     }
     child.wait_with_output().unwrap()
 }
