@@ -134,6 +134,20 @@ pub struct KeySetState {
     pub history: Vec<VersionMeta>,
 }
 
+/// Metadata only: a `KeySetState` never prints secret bytes.
+impl std::fmt::Debug for KeySetState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeySetState")
+            .field("key", &self.key)
+            .field("generation", &self.generation)
+            .field("state", &self.state)
+            .field("primary", &self.primary.meta())
+            .field("fallback", &self.fallback.as_ref().map(Version::meta))
+            .field("history", &self.history.len())
+            .finish()
+    }
+}
+
 impl KeySetState {
     /// A new key in the steady state: generation 1, version 1.
     pub fn create(key: KeyRef, primary: Version) -> KeySetState {

@@ -15,6 +15,8 @@
 //! - [`config`]: the TOML config file, parsed raw and validated into typed
 //!   values; also the dev-mode defaults.
 //! - [`policy`]: who may read which keys. Pure functions, table-tested.
+//! - [`rotation`]: the rotation state machine (stage, promote, rollback,
+//!   abort, retire). Pure functions, table-tested.
 //! - [`store`]: the agent identity, the age-encrypted key files, atomic
 //!   writes and the in-memory view the fetch path reads.
 //! - [`audit`]: the append-only, hash-chained audit log: one writer task with
@@ -39,6 +41,7 @@ pub mod hygiene;
 pub mod keyset;
 pub mod policy;
 pub mod proto;
+pub mod rotation;
 pub mod secret;
 pub mod server;
 pub mod store;

@@ -1,0 +1,391 @@
+//! The rotation state machine: pure functions over [`KeySetState`], no I/O.
+//!
+//! | from \ command | stage | promote | rollback | abort | retire |
+//! |---|---|---|---|---|---|
+//! | STEADY | → STAGED (new = fallback) | refused | refused | refused | refused |
+//! | STAGED | refused (or replace the staged key when asked) | → PROMOTED | refused | → STEADY (new dropped) | refused |
+//! | PROMOTED | refused | refused | → STAGED (old = primary again) | refused | → STEADY (old dropped), gated |
+//!
+//! Invariants: every transition bumps the generation by one; the version
+//! serving as primary is never dropped by any command (abort drops the
+//! staged fallback, retire the old fallback, and nothing else); version
+//! numbers are never reused; dropped versions keep their metadata in the
+//! bounded history. Retire is refused while its gate is closed (grace
+//! period not over, or auth failures reported against the new primary since
+//! promotion) unless forced.
+
+use std::time::{Duration, SystemTime};
+
+use crate::keyset::{KeySetState, RotationState, Version, VersionMeta, HISTORY_LIMIT};
+
+/// A rotation command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Add a new key as the fallback.
+    Stage,
+    /// Make the staged key the primary.
+    Promote,
+    /// Make the old key the primary again.
+    Rollback,
+    /// Drop the staged key.
+    Abort,
+    /// Drop the old key after promotion.
+    Retire,
+}
+
+impl Command {
+    /// The command's name as the CLI spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Command::Stage => "stage",
+            Command::Promote => "promote",
+            Command::Rollback => "rollback",
+            Command::Abort => "abort",
+            Command::Retire => "retire",
+        }
+    }
+
+    /// The watch `reason` of the state this command produces.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Command::Stage => "staged",
+            Command::Promote => "promoted",
+            Command::Rollback => "rolled_back",
+            Command::Abort => "aborted",
+            Command::Retire => "retired",
+        }
+    }
+
+    /// Every command, for tables.
+    pub const ALL: [Command; 5] = [
+        Command::Stage,
+        Command::Promote,
+        Command::Rollback,
+        Command::Abort,
+        Command::Retire,
+    ];
+}
+
+/// What retire checks before it drops the old key.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RetireGate {
+    /// How long after promotion the old key must be kept.
+    pub grace: Duration,
+    /// Auth failures reported against the current primary since it was
+    /// promoted.
+    pub failures_since_promotion: u64,
+    /// Retire anyway (audited as forced).
+    pub force: bool,
+}
+
+/// Why a command was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RotationError {
+    /// The command does not apply in this state.
+    #[error("cannot {command} {key}: it is {state}; {next}")]
+    WrongState {
+        /// The key.
+        key: String,
+        /// The refused command.
+        command: &'static str,
+        /// Its state.
+        state: &'static str,
+        /// What to do instead.
+        next: String,
+    },
+    /// Retire's gate is closed.
+    #[error("cannot retire the old key of {key} yet: {reason}; wait, investigate or roll back (`keyward rollback {key}`), or pass --force to retire anyway")]
+    GateClosed {
+        /// The key.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What to do next from `state`, for messages.
+pub fn next_step(state: &KeySetState) -> String {
+    let k = &state.key;
+    match state.state {
+        RotationState::Steady => format!("the next step is `keyward stage {k}` (or `keyward rotate {k}`)"),
+        RotationState::Staged => format!(
+            "the next step is `keyward promote {k}` (or drop the staged key with `keyward abort {k}`)"
+        ),
+        RotationState::Promoted => format!(
+            "the next step is `keyward retire {k}` (or go back with `keyward rollback {k}`)"
+        ),
+    }
+}
+
+fn refuse(state: &KeySetState, command: Command) -> RotationError {
+    RotationError::WrongState {
+        key: state.key.to_string(),
+        command: command.as_str(),
+        state: state.state.as_str(),
+        next: next_step(state),
+    }
+}
+
+fn dropped(v: &Version, now: SystemTime) -> VersionMeta {
+    VersionMeta {
+        retired_at: Some(now),
+        ..v.meta()
+    }
+}
+
+fn push_history(history: &mut Vec<VersionMeta>, meta: VersionMeta) {
+    history.insert(0, meta);
+    history.truncate(HISTORY_LIMIT);
+}
+
+/// Stages `new` as the fallback. `new.number` is replaced by the next free
+/// version number. With `replace`, a key that is already staged gets its
+/// staged key replaced (the old staged key goes to history).
+pub fn stage(state: &KeySetState, mut new: Version, replace: bool, now: SystemTime) -> Result<KeySetState, RotationError> {
+    let mut next = state.clone();
+    match state.state {
+        RotationState::Steady => {}
+        RotationState::Staged if replace => {
+            if let Some(old_staged) = &state.fallback {
+                push_history(&mut next.history, dropped(old_staged, now));
+            }
+        }
+        _ => return Err(refuse(state, Command::Stage)),
+    }
+    new.number = state.max_version() + 1;
+    new.promoted_at = None;
+    next.fallback = Some(new);
+    next.state = RotationState::Staged;
+    next.generation += 1;
+    Ok(next)
+}
+
+/// Applies promote, rollback, abort or retire.
+pub fn apply(state: &KeySetState, command: Command, gate: RetireGate, now: SystemTime) -> Result<KeySetState, RotationError> {
+    let mut next = state.clone();
+    match (state.state, command, &state.fallback) {
+        (RotationState::Staged, Command::Promote, Some(new)) => {
+            let mut new = new.clone();
+            new.promoted_at = Some(now);
+            next.fallback = Some(state.primary.clone());
+            next.primary = new;
+            next.state = RotationState::Promoted;
+        }
+        (RotationState::Promoted, Command::Rollback, Some(old)) => {
+            next.fallback = Some(state.primary.clone());
+            next.primary = old.clone();
+            next.state = RotationState::Staged;
+        }
+        (RotationState::Staged, Command::Abort, Some(staged)) => {
+            push_history(&mut next.history, dropped(staged, now));
+            next.fallback = None;
+            next.state = RotationState::Steady;
+        }
+        (RotationState::Promoted, Command::Retire, Some(old)) => {
+            if !gate.force {
+                check_gate(state, gate, now)?;
+            }
+            push_history(&mut next.history, dropped(old, now));
+            next.fallback = None;
+            next.state = RotationState::Steady;
+        }
+        _ => return Err(refuse(state, command)),
+    }
+    next.generation += 1;
+    Ok(next)
+}
+
+fn check_gate(state: &KeySetState, gate: RetireGate, now: SystemTime) -> Result<(), RotationError> {
+    let closed = |reason: String| RotationError::GateClosed {
+        key: state.key.to_string(),
+        reason,
+    };
+    if gate.failures_since_promotion > 0 {
+        return Err(closed(format!(
+            "{} auth failure(s) were reported against the new primary v{} since it was promoted",
+            gate.failures_since_promotion, state.primary.number
+        )));
+    }
+    let promoted = state.primary.promoted_at.unwrap_or(state.primary.created_at);
+    let elapsed = now.duration_since(promoted).unwrap_or_default();
+    if elapsed < gate.grace {
+        let left = gate.grace - elapsed;
+        return Err(closed(format!(
+            "the grace period after promotion has {} left (grace {})",
+            humantime::format_duration(Duration::from_secs(left.as_secs().max(1))),
+            humantime::format_duration(gate.grace)
+        )));
+    }
+    Ok(())
+}
+
+/// Seconds of grace left before retire is allowed (0 when it is).
+pub fn grace_left(state: &KeySetState, grace: Duration, now: SystemTime) -> Duration {
+    if state.state != RotationState::Promoted {
+        return Duration::ZERO;
+    }
+    let promoted = state.primary.promoted_at.unwrap_or(state.primary.created_at);
+    grace.saturating_sub(now.duration_since(promoted).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Secret;
+
+    fn version(n: u64, s: &str) -> Version {
+        Version {
+            number: n,
+            secret: Secret::copy_from(s.as_bytes()),
+            fingerprint: format!("fp-{s}"),
+            created_at: SystemTime::UNIX_EPOCH,
+            expires_at: None,
+            promoted_at: None,
+        }
+    }
+
+    fn steady() -> KeySetState {
+        KeySetState::create("prod/api".parse().unwrap(), version(1, "old"))
+    }
+
+    fn staged() -> KeySetState {
+        stage(&steady(), version(0, "new"), false, SystemTime::UNIX_EPOCH).unwrap()
+    }
+
+    fn promoted() -> KeySetState {
+        apply(&staged(), Command::Promote, RetireGate::default(), SystemTime::UNIX_EPOCH).unwrap()
+    }
+
+    fn secret_of(v: &Version) -> &[u8] {
+        v.secret.expose_secret()
+    }
+
+    fn run(state: &KeySetState, command: Command) -> Result<KeySetState, RotationError> {
+        match command {
+            Command::Stage => stage(state, version(0, "newer"), false, SystemTime::UNIX_EPOCH),
+            c => apply(state, c, RetireGate::default(), SystemTime::UNIX_EPOCH),
+        }
+    }
+
+    /// Every (state, command) pair: the resulting state, or refusal.
+    #[test]
+    fn transition_table() {
+        use RotationState::*;
+        let table: [(KeySetState, [Option<RotationState>; 5]); 3] = [
+            (steady(), [Some(Staged), None, None, None, None]),
+            (staged(), [None, Some(Promoted), None, Some(Steady), None]),
+            (promoted(), [None, None, Some(Staged), None, Some(Steady)]),
+        ];
+        for (from, expected) in table {
+            for (command, want) in Command::ALL.into_iter().zip(expected) {
+                let got = run(&from, command);
+                match want {
+                    Some(to) => {
+                        let next = got.unwrap_or_else(|e| panic!("{:?} {command:?}: {e}", from.state));
+                        assert_eq!(next.state, to, "{:?} {command:?}", from.state);
+                        assert_eq!(next.generation, from.generation + 1);
+                    }
+                    None => {
+                        let err = got.err().unwrap_or_else(|| panic!("{:?} {command:?} must be refused", from.state));
+                        let msg = err.to_string();
+                        assert!(msg.contains(from.state.as_str()) && msg.contains("next step"), "{msg}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_safe_sequence_moves_the_right_keys() {
+        let s = staged();
+        assert_eq!((secret_of(&s.primary), s.fallback.as_ref().map(secret_of)), (&b"old"[..], Some(&b"new"[..])));
+        assert_eq!(s.fallback.as_ref().unwrap().number, 2);
+        let p = promoted();
+        assert_eq!((secret_of(&p.primary), p.fallback.as_ref().map(secret_of)), (&b"new"[..], Some(&b"old"[..])));
+        assert!(p.primary.promoted_at.is_some());
+        let back = apply(&p, Command::Rollback, RetireGate::default(), SystemTime::UNIX_EPOCH).unwrap();
+        assert_eq!((secret_of(&back.primary), back.fallback.as_ref().map(secret_of)), (&b"old"[..], Some(&b"new"[..])));
+        let retired = apply(&p, Command::Retire, RetireGate::default(), SystemTime::UNIX_EPOCH).unwrap();
+        assert_eq!(secret_of(&retired.primary), b"new");
+        assert!(retired.fallback.is_none());
+        assert_eq!(retired.history[0].number, 1);
+        assert!(retired.history[0].retired_at.is_some());
+        let aborted = apply(&s, Command::Abort, RetireGate::default(), SystemTime::UNIX_EPOCH).unwrap();
+        assert_eq!(secret_of(&aborted.primary), b"old");
+        assert_eq!(aborted.history[0].number, 2);
+    }
+
+    #[test]
+    fn staging_again_needs_replace_and_uses_a_fresh_number() {
+        let s = staged();
+        assert!(stage(&s, version(0, "x"), false, SystemTime::UNIX_EPOCH).is_err());
+        let r = stage(&s, version(0, "x"), true, SystemTime::UNIX_EPOCH).unwrap();
+        assert_eq!(r.fallback.as_ref().unwrap().number, 3);
+        assert_eq!(secret_of(&r.primary), b"old");
+        assert_eq!(r.history[0].number, 2);
+        assert!(stage(&promoted(), version(0, "x"), true, SystemTime::UNIX_EPOCH).is_err());
+    }
+
+    #[test]
+    fn retire_gate_grace_and_failures_and_force() {
+        let promoted_at = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        let p = apply(&staged(), Command::Promote, RetireGate::default(), promoted_at).unwrap();
+        let gate = RetireGate {
+            grace: Duration::from_secs(60),
+            ..Default::default()
+        };
+        let early = apply(&p, Command::Retire, gate, promoted_at + Duration::from_secs(10)).unwrap_err();
+        assert!(early.to_string().contains("grace period"), "{early}");
+        assert_eq!(grace_left(&p, gate.grace, promoted_at + Duration::from_secs(10)), Duration::from_secs(50));
+        apply(&p, Command::Retire, gate, promoted_at + Duration::from_secs(61)).unwrap();
+        let failing = RetireGate {
+            failures_since_promotion: 3,
+            ..gate
+        };
+        let e = apply(&p, Command::Retire, failing, promoted_at + Duration::from_secs(600)).unwrap_err();
+        assert!(e.to_string().contains("3 auth failure"), "{e}");
+        let forced = RetireGate { force: true, ..failing };
+        apply(&p, Command::Retire, forced, promoted_at).unwrap();
+    }
+
+    /// Random command sequences (a deterministic generator, many seeds):
+    /// the serving primary is never dropped, generations grow by one per
+    /// accepted command, version numbers never repeat.
+    #[test]
+    fn random_sequences_never_drop_the_primary() {
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rand = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..2000 {
+            let mut state = steady();
+            let mut seen = vec![1u64];
+            for _ in 0..40 {
+                let command = Command::ALL[(rand() % 5) as usize];
+                let replace = rand() % 2 == 0;
+                let result = match command {
+                    Command::Stage => stage(&state, version(0, "s"), replace, SystemTime::UNIX_EPOCH),
+                    c => apply(&state, c, RetireGate::default(), SystemTime::UNIX_EPOCH),
+                };
+                let Ok(next) = result else { continue };
+                assert_eq!(next.generation, state.generation + 1);
+                // The old primary survives as primary or fallback, except
+                // after promote+retire where the new primary replaced it.
+                let old_primary = state.primary.number;
+                let kept = next.primary.number == old_primary
+                    || next.fallback.as_ref().is_some_and(|f| f.number == old_primary);
+                assert!(kept, "{command:?} dropped the serving primary");
+                if command == Command::Stage {
+                    let n = next.fallback.as_ref().unwrap().number;
+                    assert!(!seen.contains(&n), "version {n} reused");
+                    seen.push(n);
+                }
+                assert!(next.history.len() <= HISTORY_LIMIT);
+                state = next;
+            }
+        }
+    }
+}
