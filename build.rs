@@ -9,8 +9,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // zeroizing buffers without copying them.
         .bytes(".keyward.v1.KeyVersion.secret")
         .bytes(".keyward.v1.PutKeyRequest.secret")
+        .bytes(".keyward.v1.StageKeyRequest.secret")
         // Messages that carry secrets get a hand-written, redacting Debug.
-        .skip_debug([".keyward.v1.KeyVersion", ".keyward.v1.PutKeyRequest"])
+        .skip_debug([
+            ".keyward.v1.KeyVersion",
+            ".keyward.v1.PutKeyRequest",
+            ".keyward.v1.StageKeyRequest",
+        ])
         .compile_fds(fds)?;
     for p in protos {
         println!("cargo:rerun-if-changed={p}");

@@ -45,3 +45,4 @@ pub mod rotation;
 pub mod secret;
 pub mod server;
 pub mod store;
+pub mod watch;

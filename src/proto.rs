@@ -34,6 +34,19 @@ impl fmt::Debug for PutKeyRequest {
     }
 }
 
+impl fmt::Debug for StageKeyRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StageKeyRequest")
+            .field("key", &self.key)
+            .field("secret", &format_args!("[redacted; {} bytes]", self.secret.len()))
+            .field("generate", &self.generate)
+            .field("replace", &self.replace)
+            .field("expected_generation", &self.expected_generation)
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -87,7 +87,7 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let listeners = match server::bind_listeners(&agent.config) {
+        let listeners = match server::bind_listeners(&agent.config()) {
             Ok(l) => l,
             Err(e) => {
                 eprintln!("keywardd: cannot start: {e}");
@@ -95,7 +95,8 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let p = &agent.config.paths;
+        let config = agent.config();
+        let p = &config.paths;
         println!(
             "keywardd {} ready{}",
             env!("CARGO_PKG_VERSION"),

@@ -41,7 +41,7 @@ impl AdminService {
         let me = nix::unistd::geteuid().as_raw();
         let in_admin_group = self
             .agent
-            .config
+            .config()
             .admin_group
             .is_some_and(|g| caller.gid == g || caller.groups.contains(&g));
         if caller.uid == 0 || caller.uid == me || in_admin_group {
@@ -67,7 +67,7 @@ impl AdminService {
 
     async fn put_key(&self, caller: &Caller, req: proto::PutKeyRequest) -> Result<proto::PutKeyResponse, ApiError> {
         let key = self.agent.key_ref(req.key.as_ref())?;
-        let limit = self.agent.config.limits.max_secret_bytes;
+        let limit = self.agent.config().limits.max_secret_bytes;
         if req.secret.is_empty() {
             return Err(ApiError::InvalidArgument(format!(
                 "the secret for {key} is empty: pipe the key on stdin (e.g. `printf %s \"$KEY\" | keyward put {key}`)"
@@ -138,6 +138,7 @@ impl AdminService {
             )));
         }
         let removed = self.agent.store.delete(&key)?;
+        self.agent.watchers.publish(&key, None, "deleted");
         self.audit_change(caller, "delete", &key, Some(&removed), None, false)
             .await?;
         Ok(proto::DeleteKeyResponse {
@@ -178,7 +179,8 @@ impl AdminService {
     fn status(&self) -> proto::AgentStatus {
         let a = &self.agent;
         let audit = a.audit.status();
-        let p = &a.config.paths;
+        let config = a.config();
+        let p = &config.paths;
         proto::AgentStatus {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             pid: std::process::id(),
@@ -187,7 +189,7 @@ impl AdminService {
             admin_socket: p.admin_socket.display().to_string(),
             store_dir: p.store_dir.display().to_string(),
             audit_file: p.audit_file.display().to_string(),
-            environments: a.config.environments.keys().cloned().collect(),
+            environments: config.environments.keys().cloned().collect(),
             keys: a.store.len() as u64,
             connections: a.connections.total() as u64,
             audit_sequence: audit.sequence,
@@ -225,7 +227,7 @@ impl proto::admin_server::Admin for AdminService {
     ) -> Result<Response<proto::ListKeysResponse>, Status> {
         self.authorize(&request).await?;
         let env = request.get_ref().environment.as_str();
-        if !env.is_empty() && !self.agent.config.environments.contains_key(env) {
+        if !env.is_empty() && !self.agent.config().environments.contains_key(env) {
             return Err(ApiError::InvalidArgument(self.agent.unknown_env_message(env)).into());
         }
         let keys = self

@@ -52,7 +52,7 @@ impl KeysService {
                 return Err(e);
             }
         };
-        if !self.agent.config.policy.allows(&caller.principal(), &key) {
+        if !self.agent.config().policy.allows(&caller.principal(), &key) {
             let msg = format!(
                 "{} may not read {key}: no grant in the policy names this caller for this key; add a [[grant]] to the agent's config",
                 caller.describe()

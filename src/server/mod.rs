@@ -18,7 +18,7 @@ use std::future::Future;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::SystemTime;
 
 use nix::fcntl::Flock;
@@ -61,8 +61,8 @@ pub enum StartError {
 
 /// Everything the services share.
 pub struct Agent {
-    /// The validated configuration.
-    pub config: Config,
+    /// The validated configuration; replaced as a whole on reload.
+    config: RwLock<Arc<Config>>,
     /// The keys.
     pub store: Store,
     /// The audit log.
@@ -77,6 +77,8 @@ pub struct Agent {
     pub recipient: String,
     /// Serializes every change to the store.
     pub admin_lock: tokio::sync::Mutex<()>,
+    /// WatchKeys subscribers, per key.
+    pub watchers: crate::watch::Watchers,
     _state_lock: Flock<File>,
 }
 
@@ -143,15 +145,28 @@ impl Agent {
             memory_locked: hygiene.memory_locked,
             recipient,
             admin_lock: tokio::sync::Mutex::new(()),
+            watchers: crate::watch::Watchers::default(),
             _state_lock: state_lock,
-            config,
+            config: RwLock::new(Arc::new(config)),
         })
+    }
+
+    /// The current configuration (a snapshot: a reload swaps in a new one).
+    pub fn config(&self) -> Arc<Config> {
+        self.config.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Replaces the configuration (SIGHUP). Settings that only take effect
+    /// at start (paths, sockets, audit, limits) are kept from the running
+    /// config; the caller reports them.
+    pub fn replace_config(&self, new: Config) {
+        *self.config.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(new);
     }
 
     /// Validates a wire key and checks that its environment is configured.
     pub fn key_ref(&self, key: Option<&proto::KeyRef>) -> Result<KeyRef, ApiError> {
         let key = KeyRef::from_proto(key)?;
-        if !self.config.environments.contains_key(key.env()) {
+        if !self.config().environments.contains_key(key.env()) {
             return Err(ApiError::InvalidArgument(self.unknown_env_message(key.env())));
         }
         Ok(key)
@@ -159,7 +174,8 @@ impl Agent {
 
     /// "environment 'qa' is not configured …".
     pub fn unknown_env_message(&self, env: &str) -> String {
-        let known: Vec<&str> = self.config.environments.keys().map(String::as_str).collect();
+        let config = self.config();
+        let known: Vec<&str> = config.environments.keys().map(String::as_str).collect();
         format!(
             "environment {env:?} is not configured (configured: {}): use one of those or add [environments.{env}] to the config",
             known.join(", ")
@@ -168,7 +184,7 @@ impl Agent {
 
     /// What to do when a fetch from `key`'s environment cannot be audited.
     pub fn on_audit_failure(&self, key: &KeyRef) -> AuditFailureMode {
-        self.config
+        self.config()
             .environments
             .get(key.env())
             .map_or(AuditFailureMode::FailClosed, |e| e.on_audit_failure)
@@ -203,7 +219,7 @@ pub fn bind_listeners(config: &Config) -> Result<Listeners, BindError> {
 
 /// Serves both sockets until `shutdown` resolves, then drains.
 pub async fn run(listeners: Listeners, agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -> io::Result<()> {
-    let limits = agent.config.limits.clone();
+    let limits = agent.config().limits.clone();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -250,7 +266,7 @@ pub async fn run(listeners: Listeners, agent: Arc<Agent>, shutdown: impl Future<
     }
     tracing::info!("shutting down: no new connections; draining in-flight calls");
     let _ = stop_tx.send(true);
-    let grace = agent.config.shutdown_grace;
+    let grace = agent.config().shutdown_grace;
     let drained = tokio::time::timeout(grace, async {
         let _ = (&mut service_task).await;
         let _ = (&mut admin_task).await;
@@ -270,8 +286,9 @@ pub async fn run(listeners: Listeners, agent: Arc<Agent>, shutdown: impl Future<
         })
         .await;
     agent.audit.close().await;
-    remove_socket(&agent.config.paths.service_socket);
-    remove_socket(&agent.config.paths.admin_socket);
+    let config = agent.config();
+    remove_socket(&config.paths.service_socket);
+    remove_socket(&config.paths.admin_socket);
     tracing::info!("stopped");
     match failure {
         Some(f) => Err(io::Error::other(f)),
@@ -304,7 +321,8 @@ fn incoming(listener: tokio::net::UnixListener, agent: Arc<Agent>) -> impl Strea
                 return None;
             }
         };
-        let limits = &agent.config.limits;
+        let config = agent.config();
+        let limits = &config.limits;
         let (guard, per_uid, total) = agent.connections.register(caller.uid);
         if total > limits.max_connections {
             tracing::warn!(uid = caller.uid, total, limit = limits.max_connections, "connection refused: agent is at its connection limit");
