@@ -108,12 +108,12 @@ pub fn next_step(state: &KeySetState) -> String {
     let k = &state.key;
     match state.state {
         RotationState::Steady => format!("the next step is `keyward stage {k}` (or `keyward rotate {k}`)"),
-        RotationState::Staged => format!(
-            "the next step is `keyward promote {k}` (or drop the staged key with `keyward abort {k}`)"
-        ),
-        RotationState::Promoted => format!(
-            "the next step is `keyward retire {k}` (or go back with `keyward rollback {k}`)"
-        ),
+        RotationState::Staged => {
+            format!("the next step is `keyward promote {k}` (or drop the staged key with `keyward abort {k}`)")
+        }
+        RotationState::Promoted => {
+            format!("the next step is `keyward retire {k}` (or go back with `keyward rollback {k}`)")
+        }
     }
 }
 
@@ -141,7 +141,12 @@ fn push_history(history: &mut Vec<VersionMeta>, meta: VersionMeta) {
 /// Stages `new` as the fallback. `new.number` is replaced by the next free
 /// version number. With `replace`, a key that is already staged gets its
 /// staged key replaced (the old staged key goes to history).
-pub fn stage(state: &KeySetState, mut new: Version, replace: bool, now: SystemTime) -> Result<KeySetState, RotationError> {
+pub fn stage(
+    state: &KeySetState,
+    mut new: Version,
+    replace: bool,
+    now: SystemTime,
+) -> Result<KeySetState, RotationError> {
     let mut next = state.clone();
     match state.state {
         RotationState::Steady => {}
@@ -161,7 +166,12 @@ pub fn stage(state: &KeySetState, mut new: Version, replace: bool, now: SystemTi
 }
 
 /// Applies promote, rollback, abort or retire.
-pub fn apply(state: &KeySetState, command: Command, gate: RetireGate, now: SystemTime) -> Result<KeySetState, RotationError> {
+pub fn apply(
+    state: &KeySetState,
+    command: Command,
+    gate: RetireGate,
+    now: SystemTime,
+) -> Result<KeySetState, RotationError> {
     let mut next = state.clone();
     match (state.state, command, &state.fallback) {
         (RotationState::Staged, Command::Promote, Some(new)) => {
@@ -253,7 +263,13 @@ mod tests {
     }
 
     fn promoted() -> KeySetState {
-        apply(&staged(), Command::Promote, RetireGate::default(), SystemTime::UNIX_EPOCH).unwrap()
+        apply(
+            &staged(),
+            Command::Promote,
+            RetireGate::default(),
+            SystemTime::UNIX_EPOCH,
+        )
+        .unwrap()
     }
 
     fn secret_of(v: &Version) -> &[u8] {
@@ -286,7 +302,9 @@ mod tests {
                         assert_eq!(next.generation, from.generation + 1);
                     }
                     None => {
-                        let err = got.err().unwrap_or_else(|| panic!("{:?} {command:?} must be refused", from.state));
+                        let err = got
+                            .err()
+                            .unwrap_or_else(|| panic!("{:?} {command:?} must be refused", from.state));
                         let msg = err.to_string();
                         assert!(msg.contains(from.state.as_str()) && msg.contains("next step"), "{msg}");
                     }
@@ -298,13 +316,22 @@ mod tests {
     #[test]
     fn the_safe_sequence_moves_the_right_keys() {
         let s = staged();
-        assert_eq!((secret_of(&s.primary), s.fallback.as_ref().map(secret_of)), (&b"old"[..], Some(&b"new"[..])));
+        assert_eq!(
+            (secret_of(&s.primary), s.fallback.as_ref().map(secret_of)),
+            (&b"old"[..], Some(&b"new"[..]))
+        );
         assert_eq!(s.fallback.as_ref().unwrap().number, 2);
         let p = promoted();
-        assert_eq!((secret_of(&p.primary), p.fallback.as_ref().map(secret_of)), (&b"new"[..], Some(&b"old"[..])));
+        assert_eq!(
+            (secret_of(&p.primary), p.fallback.as_ref().map(secret_of)),
+            (&b"new"[..], Some(&b"old"[..]))
+        );
         assert!(p.primary.promoted_at.is_some());
         let back = apply(&p, Command::Rollback, RetireGate::default(), SystemTime::UNIX_EPOCH).unwrap();
-        assert_eq!((secret_of(&back.primary), back.fallback.as_ref().map(secret_of)), (&b"old"[..], Some(&b"new"[..])));
+        assert_eq!(
+            (secret_of(&back.primary), back.fallback.as_ref().map(secret_of)),
+            (&b"old"[..], Some(&b"new"[..]))
+        );
         let retired = apply(&p, Command::Retire, RetireGate::default(), SystemTime::UNIX_EPOCH).unwrap();
         assert_eq!(secret_of(&retired.primary), b"new");
         assert!(retired.fallback.is_none());
@@ -336,7 +363,10 @@ mod tests {
         };
         let early = apply(&p, Command::Retire, gate, promoted_at + Duration::from_secs(10)).unwrap_err();
         assert!(early.to_string().contains("grace period"), "{early}");
-        assert_eq!(grace_left(&p, gate.grace, promoted_at + Duration::from_secs(10)), Duration::from_secs(50));
+        assert_eq!(
+            grace_left(&p, gate.grace, promoted_at + Duration::from_secs(10)),
+            Duration::from_secs(50)
+        );
         apply(&p, Command::Retire, gate, promoted_at + Duration::from_secs(61)).unwrap();
         let failing = RetireGate {
             failures_since_promotion: 3,

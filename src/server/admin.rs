@@ -109,6 +109,7 @@ impl AdminService {
             Some(old) => old.overwrite(self.agent.store.new_version(0, secret, now, expires_at), now),
         };
         let committed = self.agent.store.commit(next)?;
+        self.agent.watchers.publish(&key, Some(committed.clone()), "put");
         self.audit_change(
             caller,
             "put",
@@ -254,6 +255,54 @@ impl proto::admin_server::Admin for AdminService {
     ) -> Result<Response<proto::AgentStatus>, Status> {
         self.authorize(&request).await?;
         Ok(Response::new(self.status()))
+    }
+
+    async fn stage_key(
+        &self,
+        request: Request<proto::StageKeyRequest>,
+    ) -> Result<Response<proto::RotationResponse>, Status> {
+        self.authorize(&request).await?;
+        Err(Status::unimplemented("in progress"))
+    }
+
+    async fn promote_key(
+        &self,
+        request: Request<proto::RotationRequest>,
+    ) -> Result<Response<proto::RotationResponse>, Status> {
+        self.authorize(&request).await?;
+        Err(Status::unimplemented("in progress"))
+    }
+
+    async fn rollback_key(
+        &self,
+        request: Request<proto::RotationRequest>,
+    ) -> Result<Response<proto::RotationResponse>, Status> {
+        self.authorize(&request).await?;
+        Err(Status::unimplemented("in progress"))
+    }
+
+    async fn abort_key(
+        &self,
+        request: Request<proto::RotationRequest>,
+    ) -> Result<Response<proto::RotationResponse>, Status> {
+        self.authorize(&request).await?;
+        Err(Status::unimplemented("in progress"))
+    }
+
+    async fn retire_key(
+        &self,
+        request: Request<proto::RetireKeyRequest>,
+    ) -> Result<Response<proto::RotationResponse>, Status> {
+        self.authorize(&request).await?;
+        Err(Status::unimplemented("in progress"))
+    }
+
+    async fn get_rotation_status(
+        &self,
+        request: Request<proto::RotationStatusRequest>,
+    ) -> Result<Response<proto::RotationStatus>, Status> {
+        self.authorize(&request).await?;
+        Err(Status::unimplemented("in progress"))
     }
 }
 
