@@ -1,9 +1,33 @@
 //! The audit log: append-only JSON Lines, each record chained to the one
-//! before it by a keyed hash, written by one dedicated thread with group
-//! commit, and checked offline by [`verify`].
+//! before it by a keyed hash, committed in groups by whichever caller gets
+//! there first, and checked offline by [`verify()`].
+//!
+//! # How records are committed
+//!
+//! There is no writer thread on the fetch path. [`Audit::record`] queues its
+//! event under a mutex; if nobody is writing, the caller becomes the
+//! *leader*: it takes the writer state and everything queued, serializes,
+//! chains and appends that batch itself, on its own thread, and repeats
+//! while more records arrived in the meantime. Callers that find a leader
+//! at work are *followers*: they wait on a oneshot for their seq. This is
+//! the leader/follower group commit of RocksDB's write groups and MySQL's
+//! binlog, and it means an uncontended record costs one `write(2)` and no
+//! thread wake-up. See `commit.rs`.
+//!
+//! With [`Durability::Write`] a background thread fdatasyncs every
+//! `fsync_interval` and then moves the head file; with
+//! [`Durability::Fsync`] the leader syncs each batch before answering
+//! (inside `block_in_place` on a multi-thread runtime).
 //!
 //! Invariants this module keeps:
 //!
+//! - One leader writes at a time, and the log grows by whole batches.
+//!   Records are chained in the order they are written, which is the order
+//!   they were queued.
+//! - The leader never awaits between taking the writer state and putting it
+//!   back, so a cancelled `record` future can never strand a half-written
+//!   batch or the writer state; a cancelled follower's record is still
+//!   written.
 //! - The agent never rewrites or deletes a record. The only bytes the writer
 //!   ever removes are those of a batch whose write has just failed, so that
 //!   a failed write leaves no half record behind; until they are gone, it
@@ -40,18 +64,18 @@
 //! part, closed with `}`; the verifier strips that suffix and recomputes the
 //! MAC over the bytes as written, never over a re-serialization.
 
+mod commit;
 mod verify;
 mod writer;
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
-use tokio::sync::{mpsc, oneshot};
 
 pub use verify::{verify, ProblemKind, VerifyProblem, VerifyReport};
 
@@ -184,39 +208,22 @@ pub fn head_path(path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// How many records may wait for the writer before `record` waits too.
-const QUEUE_CAPACITY: usize = 65536;
-
-/// A message to the writer thread.
-enum Msg {
-    /// Write this event, then say its seq (or why not).
-    Record(AuditEvent, oneshot::Sender<Result<u64, AuditError>>),
-    /// Write everything queued, sync, update the head and stop.
-    Close(oneshot::Sender<()>),
-}
-
-/// A handle on the audit log. Cheap to clone; all clones feed the same
-/// writer thread.
+/// A handle on the audit log. Cheap to clone; all clones share one queue
+/// and one writer state.
 #[derive(Clone)]
 pub struct Audit {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    tx: mpsc::Sender<Msg>,
-    status: Arc<Mutex<AuditStatus>>,
-    /// The writer thread, until `close` has joined it.
-    thread: tokio::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    inner: Arc<commit::Shared>,
 }
 
 impl Audit {
     /// Opens (or creates) the log, continues its chain, marks a torn tail
-    /// left by a crash, and starts the writer thread.
+    /// left by a crash, and (with [`Durability::Write`]) starts the thread
+    /// that syncs it in the background.
     ///
-    /// Works inside or outside a tokio runtime: the writer is a plain
-    /// thread. Fails if the log or its head file cannot be opened, is a
-    /// symlink or not a regular file, or if the last record in the log does
-    /// not verify under `opts.key` (wrong install key, or an edited log).
+    /// Works inside or outside a tokio runtime. Fails if the log or its head
+    /// file cannot be opened, is a symlink or not a regular file, or if the
+    /// last record in the log does not verify under `opts.key` (wrong
+    /// install key, or an edited log).
     pub fn start(opts: AuditOptions) -> Result<Audit, AuditError> {
         Audit::start_with(opts, |file| Box::new(file))
     }
@@ -228,28 +235,20 @@ impl Audit {
         wrap: impl FnOnce(std::fs::File) -> Box<dyn writer::LogFile>,
     ) -> Result<Audit, AuditError> {
         let status = Arc::new(Mutex::new(AuditStatus::default()));
-        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-        let thread = writer::start(opts, wrap, Arc::clone(&status), rx)?;
+        let (writer, head) = writer::open(&opts, wrap, Arc::clone(&status))?;
         Ok(Audit {
-            inner: Arc::new(Inner {
-                tx,
-                status,
-                thread: tokio::sync::Mutex::new(Some(thread)),
-            }),
+            inner: Arc::new(commit::Shared::start(&opts, writer, head, status)?),
         })
     }
 
     /// Writes `event` and returns its sequence number once it is written
     /// (per the [`Durability`] mode). Concurrent calls are committed
     /// together. After [`Audit::close`], returns [`AuditError::Closed`].
+    ///
+    /// Cancel-safe: dropping the future never loses or corrupts other
+    /// records; the dropped call's own record may still be written.
     pub async fn record(&self, event: AuditEvent) -> Result<u64, AuditError> {
-        let (ack, done) = oneshot::channel();
-        self.inner
-            .tx
-            .send(Msg::Record(event, ack))
-            .await
-            .map_err(|_| AuditError::Closed)?;
-        done.await.map_err(|_| AuditError::Closed)?
+        self.inner.record(event).await
     }
 
     /// The last written seq and hash and the current error. Never waits on
@@ -258,31 +257,19 @@ impl Audit {
         lock(&self.inner.status).clone()
     }
 
-    /// Writes everything queued, fdatasyncs, updates the head file, stops
-    /// the writer thread and waits for it. Idempotent; a second caller waits
-    /// for the first to finish.
+    /// Writes everything queued, fdatasyncs, updates the head file and stops
+    /// the background sync thread. Idempotent; a second caller waits for the
+    /// first to finish.
     pub async fn close(&self) {
-        let mut thread = self.inner.thread.lock().await;
-        let Some(handle) = thread.take() else {
-            return;
-        };
-        let (ack, done) = oneshot::channel();
-        if self.inner.tx.send(Msg::Close(ack)).await.is_ok() {
-            // Err only if the writer is already gone.
-            let _ = done.await;
-        }
-        // The writer acknowledges as its very last act, so this join does
-        // not wait on I/O.
-        if handle.join().is_err() {
-            tracing::error!("the audit writer thread panicked");
-        }
+        self.inner.close().await
     }
 }
 
-/// Locks the status, even if a panicking thread poisoned it (it only holds
-/// plain values, always consistent).
-fn lock(status: &Mutex<AuditStatus>) -> std::sync::MutexGuard<'_, AuditStatus> {
-    status.lock().unwrap_or_else(PoisonError::into_inner)
+/// Locks `m`, even if a panicking thread poisoned it: the audit's mutexes
+/// only guard state that is consistent between statements (a panicking
+/// leader is handled by `commit.rs`, which closes the log).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 // ---------------------------------------------------------------------------
@@ -320,6 +307,36 @@ fn hmac(key: &[u8; 32]) -> HmacSha256 {
     HmacSha256::new_from_slice(key).expect("HMAC takes any key length")
 }
 
+/// A record's hash as written: 64 lowercase hex digits.
+type HashHex = [u8; 64];
+
+/// `hash` as text.
+fn hash_str(hash: &HashHex) -> &str {
+    std::str::from_utf8(hash).expect("hex digits are ASCII")
+}
+
+/// A record's `time`, RFC 3339 UTC with microseconds, formatted on the
+/// stack: one per batch, shared by its records.
+struct TimeText {
+    bytes: [u8; 40],
+    len: usize,
+}
+
+impl TimeText {
+    fn new(time: SystemTime) -> TimeText {
+        let mut bytes = [0; 40];
+        let mut rest = &mut bytes[..];
+        io::Write::write_fmt(&mut rest, format_args!("{}", humantime::format_rfc3339_micros(time)))
+            .expect("an RFC 3339 time fits in 40 bytes");
+        let len = 40 - rest.len();
+        TimeText { bytes, len }
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..self.len]).expect("humantime writes ASCII")
+    }
+}
+
 /// A record as serialized, fields in their fixed order, without `hash`.
 #[derive(serde::Serialize)]
 struct RecordOut<'a> {
@@ -347,11 +364,18 @@ fn no_versions(v: &&[VersionRecord]) -> bool {
 }
 
 /// Appends the line of record `seq` (with its `\n`) to `buf`; returns its
-/// hash.
-fn encode_record(buf: &mut Vec<u8>, key: &[u8; 32], seq: u64, prev: &str, ev: &AuditEvent, time: SystemTime) -> String {
-    let time = humantime::format_rfc3339_micros(time).to_string();
+/// hash. `mac` is keyed with the install's audit key and never updated
+/// (each record hashes a clone, which saves re-deriving the key pads).
+fn encode_record(
+    buf: &mut Vec<u8>,
+    mac: &HmacSha256,
+    seq: u64,
+    prev: &str,
+    ev: &AuditEvent,
+    time: &TimeText,
+) -> HashHex {
     let out = RecordOut {
-        time: &time,
+        time: time.as_str(),
         seq,
         event: ev.event,
         caller: ev.caller.as_deref(),
@@ -365,12 +389,13 @@ fn encode_record(buf: &mut Vec<u8>, key: &[u8; 32], seq: u64, prev: &str, ev: &A
     };
     let start = buf.len();
     serde_json::to_writer(&mut *buf, &out).expect("a record always serializes");
-    let mut mac = hmac(key);
+    let mut mac = mac.clone();
     mac.update(&buf[start..]);
-    let hash = hex::encode(mac.finalize().into_bytes());
+    let mut hash = [0; 64];
+    hex::encode_to_slice(mac.finalize().into_bytes(), &mut hash).expect("64 hex digits for 32 bytes");
     buf.pop(); // the closing '}'
     buf.extend_from_slice(b",\"hash\":\"");
-    buf.extend_from_slice(hash.as_bytes());
+    buf.extend_from_slice(&hash);
     buf.extend_from_slice(b"\"}\n");
     hash
 }
@@ -585,8 +610,9 @@ mod tests {
 
     fn encode(seq: u64, prev: &str, ev: &AuditEvent) -> (String, String) {
         let mut buf = Vec::new();
-        let hash = encode_record(&mut buf, &KEY, seq, prev, ev, SystemTime::UNIX_EPOCH);
-        (String::from_utf8(buf).unwrap(), hash)
+        let time = TimeText::new(SystemTime::UNIX_EPOCH);
+        let hash = encode_record(&mut buf, &hmac(&KEY), seq, prev, ev, &time);
+        (String::from_utf8(buf).unwrap(), hash_str(&hash).to_owned())
     }
 
     #[test]

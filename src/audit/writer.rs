@@ -1,5 +1,6 @@
-//! The writer thread: continues the chain from the log's tail, commits
-//! queued records in groups, and keeps the head file.
+//! The writer state: continues the chain from the log's tail at start,
+//! appends batches for whichever caller is leading (see `commit.rs`), and
+//! keeps the head file.
 //!
 //! Invariant: the log only ever grows by whole batches. A batch whose write
 //! or sync fails is cut back off (ftruncate to the length before it), its
@@ -12,17 +13,15 @@ use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
-
-use tokio::sync::{mpsc, oneshot};
+use std::time::SystemTime;
 
 use super::{
-    check_line, decode_head, encode_head, encode_record, head_path, lock, torn_detail, AuditError, AuditEvent,
-    AuditOptions, AuditStatus, Durability, Head, LineError, Msg, EVENT_RECOVERED, OUTCOME_HEAD_INVALID,
-    OUTCOME_HEAD_MISMATCH, OUTCOME_MISSING_TAIL, OUTCOME_TORN, ZERO_HASH,
+    check_line, decode_head, encode_head, encode_record, hash_str, head_path, hmac, lock, torn_detail, AuditError,
+    AuditEvent, AuditOptions, AuditStatus, Durability, HashHex, Head, HmacSha256, LineError, TimeText, EVENT_RECOVERED,
+    OUTCOME_HEAD_INVALID, OUTCOME_HEAD_MISMATCH, OUTCOME_MISSING_TAIL, OUTCOME_TORN, ZERO_HASH,
 };
 
-/// How much of the log's end `start` reads first to find the last record.
+/// How much of the log's end `open` reads first to find the last record.
 const TAIL_WINDOW: u64 = 64 * 1024;
 
 /// The log file as the writer uses it: appends, syncs, cuts back a failed
@@ -38,6 +37,8 @@ pub(super) trait LogFile: Send {
     fn truncate(&mut self, len: u64) -> io::Result<()>;
     /// Fills `buf` from `offset`.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Another handle on the same open file, for the background sync.
+    fn try_clone(&self) -> io::Result<Box<dyn LogFile>>;
 }
 
 impl LogFile for File {
@@ -56,15 +57,21 @@ impl LogFile for File {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.read_exact_at(buf, offset)
     }
+    fn try_clone(&self) -> io::Result<Box<dyn LogFile>> {
+        Ok(Box::new(File::try_clone(self)?))
+    }
 }
 
-/// Opens the log and its head, recovers the tail, and spawns the writer.
-pub(super) fn start(
-    opts: AuditOptions,
+/// Opens the log and its head, recovers the tail, and writes the notices
+/// about what it found (and syncs) before any caller's record, so that a
+/// `verify` right after start already sees them. A failure of that first
+/// write is not fatal: the notices stay pending for the next batch, and
+/// `status()` reports the error.
+pub(super) fn open(
+    opts: &AuditOptions,
     wrap: impl FnOnce(File) -> Box<dyn LogFile>,
     status: Arc<Mutex<AuditStatus>>,
-    rx: mpsc::Receiver<Msg>,
-) -> Result<std::thread::JoinHandle<()>, AuditError> {
+) -> Result<(Writer, Arc<Mutex<HeadFile>>), AuditError> {
     let path = opts.path.clone();
     let io_err = |e| AuditError::io(&path, e);
     let log = wrap(open_private(&path, true).map_err(io_err)?);
@@ -79,7 +86,8 @@ pub(super) fn start(
     }
     let mut head_bytes = vec![0; super::HEAD_LEN];
     let head_read = read_prefix(&head_file, &mut head_bytes).map_err(io_err)?;
-    match decode_head(&opts.key, &head_bytes[..head_read]) {
+    let found = decode_head(&opts.key, &head_bytes[..head_read]);
+    match &found {
         Ok(None) => {}
         Ok(Some(head)) if head.seq > tail.seq => notices.push(notice(
             OUTCOME_MISSING_TAIL,
@@ -100,74 +108,54 @@ pub(super) fn start(
             ),
         )),
         Ok(Some(_)) => {}
-        Err(message) => notices.push(notice(OUTCOME_HEAD_INVALID, message)),
+        Err(message) => notices.push(notice(OUTCOME_HEAD_INVALID, message.clone())),
     }
     for n in &notices[usize::from(tail.torn.is_some())..] {
         tracing::error!(path = %path.display(), detail = n.detail.as_deref().unwrap_or(""),
             "the audit log's head file does not match the log");
     }
 
+    // While notices are pending, the head stays as found (it is evidence)
+    // until a seq past the tail, i.e. past the notices, is durable.
+    let names = match found {
+        _ if !notices.is_empty() => Some(tail.seq),
+        Ok(Some(head)) => Some(head.seq),
+        Ok(None) | Err(_) => None,
+    };
+    let head = Arc::new(Mutex::new(HeadFile {
+        file: head_file,
+        key: opts.key,
+        path: head_path(&path),
+        names,
+    }));
     *lock(&status) = AuditStatus {
         sequence: tail.seq,
         head: tail.hash.clone(),
         error: None,
     };
+    let mut hash = [0; 64];
+    hash.copy_from_slice(tail.hash.as_bytes());
     let mut writer = Writer {
         log,
-        head_file,
-        key: opts.key,
-        path: path.clone(),
+        mac: hmac(&opts.key),
+        path,
         durability: opts.durability,
-        fsync_interval: opts.fsync_interval,
-        max_batch: opts.max_batch,
         seq: tail.seq,
-        hash: tail.hash,
+        hash,
         len: tail.len,
         cut_back_pending: false,
         needs_newline: tail.needs_newline,
         notices,
-        unsynced: true,
-        last_sync: Instant::now(),
+        buf: Vec::new(),
         status,
+        head: Arc::clone(&head),
     };
-    // Mark what was found (and make the tail durable) before the first
-    // caller's record, so a `verify` right after start already sees it.
-    // A failure here is not fatal: the marks stay pending for the next
-    // batch, and status() reports the error.
     if let Err(e) = writer.write_batch(std::iter::empty()) {
         writer.failed("write", &e, 0);
-    } else if let Err(e) = writer.sync_now() {
-        writer.failed("sync", &e, 0);
+    } else {
+        writer.sync_and_move_head();
     }
-
-    // The writer's own small runtime gives `recv` a timeout for the
-    // periodic sync. It is built and dropped on the writer thread, never in
-    // the caller's (possibly async) context.
-    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
-    let thread = std::thread::Builder::new()
-        .name("keyward-audit".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                    return;
-                }
-            };
-            let _ = ready_tx.send(Ok(()));
-            let close_ack = writer.run(&rt, rx);
-            drop(writer);
-            drop(rt);
-            if let Some(ack) = close_ack {
-                let _ = ack.send(());
-            }
-        })
-        .map_err(io_err)?;
-    match ready_rx.recv() {
-        Ok(Ok(())) => Ok(thread),
-        Ok(Err(e)) => Err(io_err(e)),
-        Err(_) => Err(io_err(io::Error::other("the audit writer thread died"))),
-    }
+    Ok((writer, head))
 }
 
 /// Opens `path` for reading and writing (appending if `append`), creating
@@ -337,18 +325,17 @@ fn last_record(buf: &[u8], start: u64, key: &[u8; 32]) -> io::Result<Option<Opti
     }
 }
 
-/// The writer thread's state.
-struct Writer {
+/// The writer state: the log and the tip of its chain. Held by one leader
+/// at a time (see `commit.rs`), never shared.
+pub(super) struct Writer {
     log: Box<dyn LogFile>,
-    head_file: File,
-    key: [u8; 32],
+    /// HMAC-SHA256 keyed with the install's audit key, cloned per record.
+    mac: HmacSha256,
     path: PathBuf,
     durability: Durability,
-    fsync_interval: Duration,
-    max_batch: usize,
     /// The chain's tip: seq and hash of the last record written.
     seq: u64,
-    hash: String,
+    hash: HashHex,
     /// File length after the last good write.
     len: u64,
     /// A failed batch could not be cut back off yet.
@@ -357,213 +344,164 @@ struct Writer {
     needs_newline: bool,
     /// Records about the log itself, written before the next batch.
     notices: Vec<AuditEvent>,
-    /// Records written since the last fdatasync.
-    unsynced: bool,
-    last_sync: Instant,
+    /// The batch being written, reused from one batch to the next.
+    buf: Vec<u8>,
     status: Arc<Mutex<AuditStatus>>,
+    head: Arc<Mutex<HeadFile>>,
 }
 
-type Ack = oneshot::Sender<Result<u64, AuditError>>;
-
-enum Next {
-    Msg(Msg),
-    SyncDue,
-    Disconnected,
-}
+/// Most bytes the batch buffer keeps between batches.
+const KEEP_BUF: usize = 1 << 20;
 
 impl Writer {
-    /// Serves the queue until it is closed; returns the close ack, if a
-    /// caller is waiting for one.
-    fn run(&mut self, rt: &tokio::runtime::Runtime, mut rx: mpsc::Receiver<Msg>) -> Option<oneshot::Sender<()>> {
-        let mut close_ack = None;
-        let mut batch: Vec<(AuditEvent, Ack)> = Vec::new();
-        loop {
-            let first = match self.next(rt, &mut rx) {
-                Next::Msg(m) => m,
-                Next::SyncDue => {
-                    self.sync_in_background();
-                    continue;
-                }
-                Next::Disconnected => break,
-            };
-            let mut msg = Some(first);
-            while let Some(m) = msg.take() {
-                match m {
-                    Msg::Record(ev, ack) => batch.push((ev, ack)),
-                    Msg::Close(ack) => close_ack = Some(ack),
-                }
-                if close_ack.is_some() || batch.len() > self.max_batch {
-                    break;
-                }
-                msg = rx.try_recv().ok();
-            }
-            self.commit(&mut batch);
-            if close_ack.is_some() {
-                break;
-            }
-            self.sync_in_background();
-        }
-        // Closing: refuse new records, but write every one already queued.
-        rx.close();
-        while let Some(m) = rt.block_on(rx.recv()) {
-            match m {
-                Msg::Record(ev, ack) => batch.push((ev, ack)),
-                Msg::Close(ack) => close_ack = close_ack.or(Some(ack)),
-            }
-            if batch.len() > self.max_batch {
-                self.commit(&mut batch);
-            }
-        }
-        self.commit(&mut batch);
-        if let Err(e) = self.sync_now() {
-            self.failed("sync", &e, 0);
-        }
-        if let Err(e) = self.head_file.sync_data() {
-            tracing::error!(path = %head_path(&self.path).display(), error = %e, "could not sync the audit head file");
-        }
-        close_ack
+    /// Another handle on the log file, for the background sync.
+    pub(super) fn clone_log(&self) -> io::Result<Box<dyn LogFile>> {
+        self.log.try_clone()
     }
 
-    /// Waits for a message, or until a periodic sync is due.
-    fn next(&self, rt: &tokio::runtime::Runtime, rx: &mut mpsc::Receiver<Msg>) -> Next {
-        let due = (self.durability == Durability::Write && self.unsynced).then(|| self.last_sync + self.fsync_interval);
-        rt.block_on(async {
-            let got = match due {
-                Some(due) => match tokio::time::timeout_at(tokio::time::Instant::from_std(due), rx.recv()).await {
-                    Ok(got) => got,
-                    Err(_) => return Next::SyncDue,
-                },
-                None => rx.recv().await,
-            };
-            got.map_or(Next::Disconnected, Next::Msg)
-        })
+    /// The seq of the last record written.
+    pub(super) fn seq(&self) -> u64 {
+        self.seq
     }
 
-    /// Writes the batch and answers every caller in it.
-    fn commit(&mut self, batch: &mut Vec<(AuditEvent, Ack)>) {
-        if batch.is_empty() {
-            return;
-        }
-        match self.write_batch(batch.iter().map(|(ev, _)| ev)) {
-            Ok(first) => {
-                for (seq, (_, ack)) in (first..).zip(batch.drain(..)) {
-                    let _ = ack.send(Ok(seq));
-                }
-            }
-            Err(e) => {
-                self.failed("write", &e, batch.len());
-                for (_, ack) in batch.drain(..) {
-                    let _ = ack.send(Err(AuditError::io_copy(&self.path, &e)));
-                }
-            }
-        }
-    }
-
-    /// Appends pending notices and `events` as one write; returns the seq
+    /// Appends pending notices and `events` as one write (and, with
+    /// [`Durability::Fsync`], syncs it and moves the head); returns the seq
     /// of the first of `events`. On failure, cuts the batch back off and
     /// leaves the chain where it was.
-    fn write_batch<'e>(&mut self, events: impl Iterator<Item = &'e AuditEvent>) -> io::Result<u64> {
+    pub(super) fn write_batch<'e>(&mut self, events: impl Iterator<Item = &'e AuditEvent>) -> io::Result<u64> {
         if self.cut_back_pending {
             self.log.truncate(self.len)?;
             self.cut_back_pending = false;
         }
-        let mut buf = Vec::with_capacity(4096);
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
         if self.needs_newline {
             buf.push(b'\n');
         }
-        let (mut seq, mut hash) = (self.seq, self.hash.clone());
+        // One time for the batch: its records are committed together.
+        let time = TimeText::new(SystemTime::now());
+        let (mut seq, mut hash) = (self.seq, self.hash);
         for ev in &self.notices {
             seq += 1;
-            hash = encode_record(&mut buf, &self.key, seq, &hash, ev, SystemTime::now());
+            hash = encode_record(&mut buf, &self.mac, seq, hash_str(&hash), ev, &time);
         }
         for ev in events {
             seq += 1;
-            hash = encode_record(&mut buf, &self.key, seq, &hash, ev, SystemTime::now());
+            hash = encode_record(&mut buf, &self.mac, seq, hash_str(&hash), ev, &time);
         }
-        if buf.is_empty() {
+        let result = self.append(&buf);
+        let written = buf.len() as u64;
+        if buf.capacity() <= KEEP_BUF {
+            self.buf = buf;
+        }
+        result?;
+        if written == 0 {
             return Ok(seq + 1);
         }
-        let written = self.log.append(&buf).and_then(|()| match self.durability {
-            Durability::Fsync => self.log.sync(),
-            Durability::Write => Ok(()),
-        });
-        if let Err(e) = written {
-            if self.log.truncate(self.len).is_err() {
-                self.cut_back_pending = true;
-            }
-            return Err(e);
-        }
         let first = self.seq + self.notices.len() as u64 + 1;
-        self.len += buf.len() as u64;
+        self.len += written;
         self.seq = seq;
         self.hash = hash;
         self.needs_newline = false;
         self.notices.clear();
-        match self.durability {
-            Durability::Fsync => {
-                self.unsynced = false;
-                self.last_sync = Instant::now();
-                self.write_head();
-            }
-            Durability::Write => self.unsynced = true,
+        if self.durability == Durability::Fsync {
+            lock(&self.head).advance(self.seq, hash_str(&self.hash));
         }
-        *lock(&self.status) = AuditStatus {
-            sequence: self.seq,
-            head: self.hash.clone(),
-            error: None,
-        };
+        let mut status = lock(&self.status);
+        status.sequence = self.seq;
+        status.head.clear();
+        status.head.push_str(hash_str(&self.hash));
+        status.error = None;
         Ok(first)
     }
 
-    /// With [`Durability::Write`]: fdatasync once `fsync_interval` has
-    /// passed since the last one.
-    fn sync_in_background(&mut self) {
-        if self.durability == Durability::Write && self.unsynced && self.last_sync.elapsed() >= self.fsync_interval {
-            if let Err(e) = self.sync_now() {
-                self.failed("sync", &e, 0);
-            }
+    /// Appends `buf` (and syncs it, with [`Durability::Fsync`]); on failure
+    /// cuts it back off, or remembers that it must be.
+    fn append(&mut self, buf: &[u8]) -> io::Result<()> {
+        if buf.is_empty() {
+            return Ok(());
         }
+        let written = self.log.append(buf).and_then(|()| match self.durability {
+            Durability::Fsync => self.log.sync(),
+            Durability::Write => Ok(()),
+        });
+        if written.is_err() && self.log.truncate(self.len).is_err() {
+            self.cut_back_pending = true;
+        }
+        written
     }
 
-    /// fdatasync the log, then move the head to the now durable tip.
-    fn sync_now(&mut self) -> io::Result<()> {
-        if self.unsynced {
-            // Retried at the next interval on failure.
-            self.last_sync = Instant::now();
-            self.log.sync()?;
-            self.unsynced = false;
+    /// fdatasyncs the log, then moves the head to the now durable tip.
+    /// Failures are reported in the status.
+    pub(super) fn sync_and_move_head(&mut self) {
+        if let Err(e) = self.log.sync() {
+            self.failed("sync", &e, 0);
+            return;
         }
-        if self.notices.is_empty() && !self.unsynced {
-            self.write_head();
-        }
-        Ok(())
-    }
-
-    /// Overwrites the head file in place. A failure only weakens the
-    /// detection of a cut tail, so it is logged, not returned.
-    fn write_head(&mut self) {
-        let head = Head {
-            seq: self.seq,
-            hash: self.hash.clone(),
-        };
-        if let Err(e) = self.head_file.write_all_at(&encode_head(&self.key, &head), 0) {
-            tracing::error!(path = %head_path(&self.path).display(), error = %e,
-                "could not update the audit head file");
+        if self.notices.is_empty() {
+            lock(&self.head).advance(self.seq, hash_str(&self.hash));
         }
     }
 
     /// Reports a failed write or sync; `refused`: records answered with an
     /// error.
-    fn failed(&self, what: &str, e: &io::Error, refused: usize) {
-        let message = format!("{what} failed: {}", AuditError::io_copy(&self.path, e));
-        tracing::error!(error = %message, refused, "audit log {what} failed");
-        lock(&self.status).error = Some(message);
+    pub(super) fn failed(&self, what: &str, e: &io::Error, refused: usize) {
+        report_failure(&self.status, &self.path, what, e, refused);
+    }
+}
+
+/// Logs a failed write or sync and puts it in the status, where it stays
+/// until the next successful write.
+pub(super) fn report_failure(status: &Mutex<AuditStatus>, path: &Path, what: &str, e: &io::Error, refused: usize) {
+    let message = format!("{what} failed: {}", AuditError::io_copy(path, e));
+    tracing::error!(error = %message, refused, "audit log {what} failed");
+    lock(status).error = Some(message);
+}
+
+/// The head file, behind its own mutex: moved by the leader after each
+/// batch with [`Durability::Fsync`], by the background sync thread with
+/// [`Durability::Write`], and by `close`.
+pub(super) struct HeadFile {
+    file: File,
+    key: [u8; 32],
+    path: PathBuf,
+    /// The seq the file names, if it names a valid one; it only moves
+    /// forward (a background sync that started before a newer one ended
+    /// must not move it back).
+    names: Option<u64>,
+}
+
+impl HeadFile {
+    /// Names record `seq` (with `hash`), which must be durable, if that is
+    /// past what the file names. Overwrites in place; a failure only
+    /// weakens the detection of a cut tail, so it is logged (and retried at
+    /// the next move), not returned.
+    pub(super) fn advance(&mut self, seq: u64, hash: &str) {
+        if self.names.is_some_and(|names| names >= seq) {
+            return;
+        }
+        let head = Head {
+            seq,
+            hash: hash.to_owned(),
+        };
+        match self.file.write_all_at(&encode_head(&self.key, &head), 0) {
+            Ok(()) => self.names = Some(seq),
+            Err(e) => tracing::error!(path = %self.path.display(), error = %e, "could not update the audit head file"),
+        }
+    }
+
+    /// fdatasyncs the head file (at close).
+    pub(super) fn sync(&self) {
+        if let Err(e) = self.file.sync_data() {
+            tracing::error!(path = %self.path.display(), error = %e, "could not sync the audit head file");
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
 
     use super::super::tests::{fetch, lines, opts, write_lines, write_log, KEY};
     use super::super::{verify, Audit, ProblemKind};
@@ -738,6 +676,9 @@ mod tests {
         }
         fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
             LogFile::read_at(&self.file, buf, offset)
+        }
+        fn try_clone(&self) -> io::Result<Box<dyn LogFile>> {
+            LogFile::try_clone(&self.file)
         }
     }
 
