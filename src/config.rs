@@ -4,15 +4,16 @@
 //! in two steps: serde fills private `Raw*` structs that reject any unknown
 //! key (`deny_unknown_fields`, so a typo is an error rather than a silently
 //! ignored setting), then validation resolves users and groups, parses
-//! durations, modes and key patterns, checks the limits against each other,
-//! and builds the [`Policy`]. Every error names the file and line and says
-//! what to do.
+//! durations, modes, key patterns and hook command lines, checks the limits
+//! against each other, and builds the [`Policy`]. Every error names the file
+//! and line and says what to do.
 //!
 //! # The file
 //!
 //! Every setting is optional; the values shown are the defaults, except for
-//! the recipients, the groups and the grant, which have none. An empty file
-//! is a valid config that grants nothing.
+//! the recipients, the groups, the grant, the per-environment grace and the
+//! `[[key]]` entry, which have none. An empty file is a valid config that
+//! grants nothing.
 //!
 //! ```toml
 //! # /etc/keyward/keyward.toml
@@ -56,14 +57,49 @@
 //! max_connections_per_uid = 64
 //! max_connections = 4096
 //!
+//! # Rotation defaults for every key (see `keyward rotate`).
+//! [rotation]
+//! # Retire is refused until this long after promotion ("0s" allowed).
+//! grace = "10m"
+//! # Each hook is killed (with its process group) after this.
+//! hook_timeout = "30s"
+//! # `keyward rotate` waits this long for every live subscriber of the key
+//! # to be sent the staged key.
+//! propagation_timeout = "30s"
+//! # Auth failures reported against the new primary during the grace period
+//! # that make `keyward rotate` roll back.
+//! failure_threshold = 3
+//!
 //! # The environments keys may live in. Without an [environments] table:
 //! # dev, staging and prod, all fail-closed.
 //! [environments.prod]
 //! # "fail-closed": a fetch whose audit record cannot be written fails.
 //! # "fail-open": it is answered anyway (and an alert is raised).
 //! on_audit_failure = "fail-closed"
+//! # Overrides [rotation] grace for the keys of this environment.
+//! grace = "1h"
 //! [environments.staging]
 //! [environments.dev]
+//!
+//! # Per-key rotation settings and hooks. For each key the first entry with a
+//! # matching pattern applies; what it leaves out comes from the key's
+//! # [environments.ENV] (grace only), then [rotation], then the defaults.
+//! [[key]]
+//! keys = ["prod/billing-api"]      # key patterns, as in grants
+//! # Hooks are argv lists: the program is an absolute path (no PATH lookup:
+//! # the agent runs as root), the arguments are never secrets. Secrets go
+//! # through stdin and stdout only; hooks must not print them on stderr,
+//! # which is shown in error messages.
+//! # Prints the new secret on stdout (one trailing newline is removed).
+//! generator = ["/usr/local/bin/new-billing-key", "--env", "prod"]
+//! # Gets the candidate on stdin; exit 0 = the provider accepts it.
+//! validator = ["/usr/local/bin/check-billing-key"]
+//! # Gets the retired secret on stdin and revokes it at the provider.
+//! revoker = ["/usr/local/bin/revoke-billing-key"]
+//! grace = "15m"
+//! hook_timeout = "20s"
+//! propagation_timeout = "30s"
+//! failure_threshold = 5
 //!
 //! # Who may read what. Deny by default. A grant applies to a caller when
 //! # every kind of selector it lists matches (users/uids, groups/gids,
@@ -83,6 +119,14 @@
 //! [`crate::policy`]); a pattern whose environment has no `*` must name a
 //! configured environment.
 //!
+//! A `[[key]]` entry must list at least one key pattern; its other settings
+//! are optional (an entry with none gives its keys the defaults and no
+//! hooks, shadowing later entries). `hook_timeout` and
+//! `propagation_timeout` must be positive, `failure_threshold` at least 1.
+//! Hooks run with a minimal environment that names the key (see
+//! [`crate::hooks`]); [`Config::rotation_for`] gives a key's effective
+//! settings.
+//!
 //! # Dev mode
 //!
 //! [`Config::dev`] is the config of `keywardd --dev DIR` without a file:
@@ -101,8 +145,9 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::audit::Durability;
+use crate::hooks::HookCommand;
 use crate::policy::{Grant, KeyPattern, Policy};
-use crate::secret::validate_name;
+use crate::secret::{validate_name, KeyRef};
 
 /// Where the agent looks for its config when not told otherwise.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/keyward/keyward.toml";
@@ -121,6 +166,14 @@ pub const DEFAULT_ENVIRONMENTS: [&str; 3] = ["dev", "staging", "prod"];
 /// How much larger than a secret a message must be allowed to be (the
 /// KeySet's metadata and framing).
 pub const MESSAGE_OVERHEAD_BYTES: usize = 16 * 1024;
+/// Default `rotation.grace`.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(10 * 60);
+/// Default `rotation.hook_timeout`.
+pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default `rotation.propagation_timeout`.
+pub const DEFAULT_PROPAGATION_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default `rotation.failure_threshold`.
+pub const DEFAULT_FAILURE_THRESHOLD: u64 = 3;
 
 /// Every file and socket the agent uses.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -189,6 +242,86 @@ pub enum AuditFailureMode {
 pub struct EnvConfig {
     /// What a fetch does when the audit log cannot be written.
     pub on_audit_failure: AuditFailureMode,
+    /// Overrides `[rotation] grace` for this environment's keys.
+    pub grace: Option<Duration>,
+}
+
+/// The `[rotation]` table: the settings of every key without an override.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RotationDefaults {
+    /// Retire is refused until this long after promotion.
+    pub grace: Duration,
+    /// Each hook is killed after this.
+    pub hook_timeout: Duration,
+    /// How long `keyward rotate` waits for live subscribers to be sent the
+    /// staged key.
+    pub propagation_timeout: Duration,
+    /// Auth failures against the new primary during the grace period that
+    /// make `keyward rotate` roll back.
+    pub failure_threshold: u64,
+}
+
+impl Default for RotationDefaults {
+    fn default() -> RotationDefaults {
+        RotationDefaults {
+            grace: DEFAULT_GRACE,
+            hook_timeout: DEFAULT_HOOK_TIMEOUT,
+            propagation_timeout: DEFAULT_PROPAGATION_TIMEOUT,
+            failure_threshold: DEFAULT_FAILURE_THRESHOLD,
+        }
+    }
+}
+
+/// One `[[key]]` entry: hooks and overrides for the keys it matches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyEntry {
+    /// The keys it applies to (unless an earlier entry matches first).
+    pub keys: Vec<KeyPattern>,
+    /// Prints a new secret on stdout.
+    pub generator: Option<HookCommand>,
+    /// Gets a candidate on stdin; exit 0 = accepted.
+    pub validator: Option<HookCommand>,
+    /// Gets the retired secret on stdin.
+    pub revoker: Option<HookCommand>,
+    /// Overrides the grace period.
+    pub grace: Option<Duration>,
+    /// Overrides the hook timeout.
+    pub hook_timeout: Option<Duration>,
+    /// Overrides the propagation timeout.
+    pub propagation_timeout: Option<Duration>,
+    /// Overrides the failure threshold.
+    pub failure_threshold: Option<u64>,
+    /// Where it was written, e.g. `keyward.toml line 12`.
+    pub origin: String,
+}
+
+/// The rotation settings: `[rotation]` and the `[[key]]` entries, in file
+/// order. Use [`Config::rotation_for`] to get one key's settings.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct RotationConfig {
+    /// The `[rotation]` table.
+    pub defaults: RotationDefaults,
+    /// The `[[key]]` entries; the first match wins.
+    pub keys: Vec<KeyEntry>,
+}
+
+/// The effective rotation settings of one key (see [`Config::rotation_for`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRotation {
+    /// Retire is refused until this long after promotion.
+    pub grace: Duration,
+    /// Each hook is killed after this.
+    pub hook_timeout: Duration,
+    /// How long `keyward rotate` waits for live subscribers.
+    pub propagation_timeout: Duration,
+    /// Auth failures on the new primary during grace that roll back.
+    pub failure_threshold: u64,
+    /// Prints a new secret on stdout; told the key in its environment.
+    pub generator: Option<HookCommand>,
+    /// Gets a candidate on stdin; told the key in its environment.
+    pub validator: Option<HookCommand>,
+    /// Gets the retired secret on stdin; told the key in its environment.
+    pub revoker: Option<HookCommand>,
 }
 
 /// The `[audit]` table.
@@ -262,6 +395,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Extra age recipients (`age1...`) every key file is also encrypted to.
     pub extra_recipients: Vec<String>,
+    /// `[rotation]` and the `[[key]]` entries.
+    pub rotation: RotationConfig,
     /// Started with `--dev`.
     pub dev_mode: bool,
 }
@@ -349,6 +484,7 @@ impl Config {
             lock_memory: true,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             extra_recipients: Vec::new(),
+            rotation: RotationConfig::default(),
             dev_mode: true,
         }
     }
@@ -362,6 +498,35 @@ impl Config {
         self.policy.grants.push(Grant::allow_all_for_uid(uid));
         self.dev_mode = true;
         self
+    }
+
+    /// The effective rotation settings of `key`: each value comes from the
+    /// first `[[key]]` entry matching the key if it sets it, else (grace
+    /// only) from the key's `[environments.ENV]`, else from `[rotation]`,
+    /// else the default. Hooks come only from that first matching entry;
+    /// they are told the key through `KEYWARD_KEY`, `KEYWARD_ENV` and
+    /// `KEYWARD_NAME`.
+    pub fn rotation_for(&self, key: &KeyRef) -> KeyRotation {
+        let defaults = &self.rotation.defaults;
+        let entry = self
+            .rotation
+            .keys
+            .iter()
+            .find(|e| e.keys.iter().any(|p| p.matches(key)));
+        let set = |f: fn(&KeyEntry) -> Option<Duration>| entry.and_then(f);
+        let hook = |f: fn(&KeyEntry) -> Option<&HookCommand>| entry.and_then(f).map(|c| c.clone().for_key(key));
+        let env_grace = self.environments.get(key.env()).and_then(|e| e.grace);
+        KeyRotation {
+            grace: set(|e| e.grace).or(env_grace).unwrap_or(defaults.grace),
+            hook_timeout: set(|e| e.hook_timeout).unwrap_or(defaults.hook_timeout),
+            propagation_timeout: set(|e| e.propagation_timeout).unwrap_or(defaults.propagation_timeout),
+            failure_threshold: entry
+                .and_then(|e| e.failure_threshold)
+                .unwrap_or(defaults.failure_threshold),
+            generator: hook(|e| e.generator.as_ref()),
+            validator: hook(|e| e.validator.as_ref()),
+            revoker: hook(|e| e.revoker.as_ref()),
+        }
     }
 
     /// Things that are allowed but probably not meant, for the log and
@@ -379,6 +544,16 @@ impl Config {
                     out.push(format!(
                         "key pattern \"{pattern}\" in grant at {} matches no configured environment",
                         grant.origin
+                    ));
+                }
+            }
+        }
+        for entry in &self.rotation.keys {
+            for pattern in &entry.keys {
+                if !self.environments.keys().any(|e| pattern.matches_env(e)) {
+                    out.push(format!(
+                        "key pattern \"{pattern}\" in [[key]] at {} matches no configured environment",
+                        entry.origin
                     ));
                 }
             }
@@ -459,6 +634,9 @@ struct RawConfig {
     environments: Option<BTreeMap<String, Spanned<RawEnv>>>,
     #[serde(default, rename = "grant")]
     grants: Vec<Spanned<RawGrant>>,
+    rotation: Option<RawRotation>,
+    #[serde(default, rename = "key")]
+    key_entries: Vec<Spanned<RawKeyEntry>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -497,6 +675,32 @@ struct RawLimits {
 #[serde(deny_unknown_fields)]
 struct RawEnv {
     on_audit_failure: Option<RawFailureMode>,
+    grace: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRotation {
+    grace: Option<Spanned<String>>,
+    hook_timeout: Option<Spanned<String>>,
+    propagation_timeout: Option<Spanned<String>>,
+    failure_threshold: Option<Spanned<u64>>,
+}
+
+/// A hook's argv: the span of the list (for "empty") and of each value.
+type RawArgv = Option<Spanned<Vec<Spanned<String>>>>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKeyEntry {
+    keys: RawList<String>,
+    generator: RawArgv,
+    validator: RawArgv,
+    revoker: RawArgv,
+    grace: Option<Spanned<String>>,
+    hook_timeout: Option<Spanned<String>>,
+    propagation_timeout: Option<Spanned<String>>,
+    failure_threshold: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -614,6 +818,15 @@ impl RawConfig {
             grants.push(grant(src, raw, &environments)?);
         }
 
+        let defaults = match self.rotation {
+            None => RotationDefaults::default(),
+            Some(raw) => raw.validate(src)?,
+        };
+        let mut key_entries = Vec::with_capacity(self.key_entries.len());
+        for raw in self.key_entries {
+            key_entries.push(key_entry(src, raw, &environments)?);
+        }
+
         Ok(Config {
             paths: Paths::new(&state_dir, &runtime_dir, &audit_file),
             service_socket_group,
@@ -626,6 +839,10 @@ impl RawConfig {
             lock_memory: self.lock_memory.unwrap_or(true),
             shutdown_grace,
             extra_recipients,
+            rotation: RotationConfig {
+                defaults,
+                keys: key_entries,
+            },
             dev_mode: false,
         })
     }
@@ -883,23 +1100,32 @@ fn environments(
         let span = env.span();
         validate_name("environment", &name)
             .map_err(|e| src.invalid(&span, format!("[environments.{name}] at {}: {e}", src.at(&span))))?;
-        let on_audit_failure = match env.into_inner().on_audit_failure {
+        let env = env.into_inner();
+        let on_audit_failure = match env.on_audit_failure {
             None | Some(RawFailureMode::FailClosed) => AuditFailureMode::FailClosed,
             Some(RawFailureMode::FailOpen) => AuditFailureMode::FailOpen,
         };
-        out.insert(name, EnvConfig { on_audit_failure });
+        let grace = env.grace.map(|g| duration(src, &g, "grace")).transpose()?;
+        out.insert(
+            name,
+            EnvConfig {
+                on_audit_failure,
+                grace,
+            },
+        );
     }
     Ok(out)
 }
 
-/// The values of one grant list, or an error when it was written empty
-/// (an empty list would silently widen or void the grant).
-fn list<T>(src: &Source<'_>, raw: RawList<T>, key: &str, grant_at: &str) -> Result<Vec<Spanned<T>>, ConfigError> {
+/// The values of one list in a grant or `[[key]]` entry (`context`, e.g.
+/// "grant at keyward.toml:3"), or an error when it was written empty (an
+/// empty list would silently widen or void the entry).
+fn list<T>(src: &Source<'_>, raw: RawList<T>, key: &str, context: &str) -> Result<Vec<Spanned<T>>, ConfigError> {
     match raw {
         None => Ok(Vec::new()),
         Some(v) if v.get_ref().is_empty() => Err(src.invalid(
             &v.span(),
-            format!("{key} = [] in grant at {grant_at} is empty: add a value or remove the line"),
+            format!("{key} = [] in {context} is empty: add a value or remove the line"),
         )),
         Some(v) => Ok(v.into_inner()),
     }
@@ -914,30 +1140,31 @@ fn grant(
     let at = src.at(&span);
     let origin = format!("{} line {}", src.origin, src.line_col(span.start).0);
     let raw = raw.into_inner();
+    let ctx = format!("grant at {at}");
 
     let mut uids = Vec::new();
-    for user in list(src, raw.users, "users", &at)? {
+    for user in list(src, raw.users, "users", &ctx)? {
         uids.push(lookup_user(src, user.get_ref(), &user.span())?);
     }
-    uids.extend(list(src, raw.uids, "uids", &at)?.into_iter().map(Spanned::into_inner));
+    uids.extend(list(src, raw.uids, "uids", &ctx)?.into_iter().map(Spanned::into_inner));
 
     let mut gids = Vec::new();
-    for group in list(src, raw.groups, "groups", &at)? {
+    for group in list(src, raw.groups, "groups", &ctx)? {
         gids.push(lookup_group(src, group.get_ref(), &group.span(), "in grant at")?);
     }
-    gids.extend(list(src, raw.gids, "gids", &at)?.into_iter().map(Spanned::into_inner));
+    gids.extend(list(src, raw.gids, "gids", &ctx)?.into_iter().map(Spanned::into_inner));
 
     let mut executables = Vec::new();
-    for exe in list(src, raw.executables, "executables", &at)? {
+    for exe in list(src, raw.executables, "executables", &ctx)? {
         executables.push(executable(src, &exe)?);
     }
 
     let mut units = Vec::new();
-    for unit in list(src, raw.units, "units", &at)? {
+    for unit in list(src, raw.units, "units", &ctx)? {
         units.push(unit_name(src, &unit)?);
     }
 
-    let raw_keys = list(src, raw.keys, "keys", &at)?;
+    let raw_keys = list(src, raw.keys, "keys", &ctx)?;
     if raw_keys.is_empty() {
         return Err(src.invalid(
             &span,
@@ -946,7 +1173,7 @@ fn grant(
     }
     let mut keys = Vec::with_capacity(raw_keys.len());
     for k in raw_keys {
-        keys.push(key_pattern(src, &k, environments)?);
+        keys.push(key_pattern(src, &k, environments, "grant")?);
     }
 
     let grant = Grant {
@@ -1008,20 +1235,22 @@ fn unit_name(src: &Source<'_>, v: &Spanned<String>) -> Result<String, ConfigErro
     }
 }
 
+/// A key pattern written in a `what` ("grant" or "[[key]]").
 fn key_pattern(
     src: &Source<'_>,
     v: &Spanned<String>,
     environments: &BTreeMap<String, EnvConfig>,
+    what: &str,
 ) -> Result<KeyPattern, ConfigError> {
     let pattern = KeyPattern::parse(v.get_ref())
-        .map_err(|e| src.invalid(&v.span(), format!("grant at {}: {e}", src.at(&v.span()))))?;
+        .map_err(|e| src.invalid(&v.span(), format!("{what} at {}: {e}", src.at(&v.span()))))?;
     if let Some(env) = pattern.literal_env() {
         if !environments.contains_key(env) {
             let known: Vec<&str> = environments.keys().map(String::as_str).collect();
             return Err(src.invalid(
                 &v.span(),
                 format!(
-                    "key pattern \"{pattern}\" in grant at {} names environment '{env}', which is not configured: add [environments.{env}] or fix the name (configured: {})",
+                    "key pattern \"{pattern}\" in {what} at {} names environment '{env}', which is not configured: add [environments.{env}] or fix the name (configured: {})",
                     src.at(&v.span()),
                     known.join(", ")
                 ),
@@ -1029,6 +1258,120 @@ fn key_pattern(
         }
     }
     Ok(pattern)
+}
+
+impl RawRotation {
+    fn validate(self, src: &Source<'_>) -> Result<RotationDefaults, ConfigError> {
+        let default = RotationDefaults::default();
+        Ok(RotationDefaults {
+            grace: match self.grace {
+                None => default.grace,
+                Some(v) => duration(src, &v, "grace")?,
+            },
+            hook_timeout: match self.hook_timeout {
+                None => default.hook_timeout,
+                Some(v) => positive_duration(src, &v, "hook_timeout")?,
+            },
+            propagation_timeout: match self.propagation_timeout {
+                None => default.propagation_timeout,
+                Some(v) => positive_duration(src, &v, "propagation_timeout")?,
+            },
+            failure_threshold: match self.failure_threshold {
+                None => default.failure_threshold,
+                Some(v) => failure_threshold(src, &v)?,
+            },
+        })
+    }
+}
+
+/// A timeout: zero would fail every hook or every wait before it starts.
+fn positive_duration(src: &Source<'_>, v: &Spanned<String>, key: &str) -> Result<Duration, ConfigError> {
+    let d = duration(src, v, key)?;
+    if d.is_zero() {
+        return Err(src.invalid(
+            &v.span(),
+            format!(
+                "{key} at {} is zero: give a positive duration such as \"30s\", or remove the line for the default",
+                src.at(&v.span())
+            ),
+        ));
+    }
+    Ok(d)
+}
+
+fn failure_threshold(src: &Source<'_>, v: &Spanned<u64>) -> Result<u64, ConfigError> {
+    if *v.get_ref() == 0 {
+        return Err(src.invalid(
+            &v.span(),
+            format!(
+                "failure_threshold at {} is 0: give the number of auth failures on the new primary that should roll a rotation back (at least 1; default {DEFAULT_FAILURE_THRESHOLD})",
+                src.at(&v.span())
+            ),
+        ));
+    }
+    Ok(*v.get_ref())
+}
+
+/// A hook's argv, checked by [`HookCommand::new`]; the error points at the
+/// offending value (the list itself when it is empty).
+fn hook_command(src: &Source<'_>, raw: RawArgv, hook: &str) -> Result<Option<HookCommand>, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    let list_span = raw.span();
+    let values = raw.into_inner();
+    let spans: Vec<Range<usize>> = values.iter().map(Spanned::span).collect();
+    let argv = values.into_iter().map(Spanned::into_inner).collect();
+    HookCommand::new(argv).map(Some).map_err(|e| {
+        let span = match e {
+            crate::hooks::InvalidHookCommand::Empty => list_span,
+            crate::hooks::InvalidHookCommand::NotAbsolute { .. } => spans[0].clone(),
+            crate::hooks::InvalidHookCommand::Nul { index } => spans[index].clone(),
+        };
+        src.invalid(&span, format!("{hook} in [[key]] at {} {e}", src.at(&span)))
+    })
+}
+
+fn key_entry(
+    src: &Source<'_>,
+    raw: Spanned<RawKeyEntry>,
+    environments: &BTreeMap<String, EnvConfig>,
+) -> Result<KeyEntry, ConfigError> {
+    let span = raw.span();
+    let at = src.at(&span);
+    let origin = format!("{} line {}", src.origin, src.line_col(span.start).0);
+    let raw = raw.into_inner();
+
+    let raw_keys = list(src, raw.keys, "keys", &format!("[[key]] at {at}"))?;
+    if raw_keys.is_empty() {
+        return Err(src.invalid(
+            &span,
+            format!(
+                "[[key]] at {at} names no keys: add keys = [\"ENV/NAME\", ...], e.g. keys = [\"prod/billing-api\"]"
+            ),
+        ));
+    }
+    let mut keys = Vec::with_capacity(raw_keys.len());
+    for k in raw_keys {
+        keys.push(key_pattern(src, &k, environments, "[[key]]")?);
+    }
+    Ok(KeyEntry {
+        keys,
+        generator: hook_command(src, raw.generator, "generator")?,
+        validator: hook_command(src, raw.validator, "validator")?,
+        revoker: hook_command(src, raw.revoker, "revoker")?,
+        grace: raw.grace.map(|v| duration(src, &v, "grace")).transpose()?,
+        hook_timeout: (raw.hook_timeout)
+            .map(|v| positive_duration(src, &v, "hook_timeout"))
+            .transpose()?,
+        propagation_timeout: (raw.propagation_timeout)
+            .map(|v| positive_duration(src, &v, "propagation_timeout"))
+            .transpose()?,
+        failure_threshold: (raw.failure_threshold)
+            .map(|v| failure_threshold(src, &v))
+            .transpose()?,
+        origin,
+    })
 }
 
 #[cfg(test)]
@@ -1061,8 +1404,15 @@ max_message_bytes = 17408
 max_connections_per_uid = 8
 max_connections = 100
 
+[rotation]
+grace = "5m"
+hook_timeout = "45s"
+propagation_timeout = "1m"
+failure_threshold = 4
+
 [environments.prod]
 on_audit_failure = "fail-open"
+grace = "1h"
 [environments.staging]
 on_audit_failure = "fail-closed"
 [environments.dev]
@@ -1079,6 +1429,20 @@ keys = ["prod/billing-*", "*/crm-api"]
 [[grant]]
 gids = [2000]
 keys = ["staging/*"]
+
+[[key]]
+keys = ["prod/billing-api"]
+generator = ["/usr/local/bin/new-billing-key", "--env", "prod"]
+validator = ["/usr/local/bin/check-billing-key"]
+revoker = ["/usr/local/bin/revoke-billing-key"]
+grace = "15m"
+hook_timeout = "20s"
+failure_threshold = 5
+
+[[key]]
+keys = ["prod/billing-*", "*/crm-api"]
+revoker = ["/usr/local/bin/revoke-generic"]
+propagation_timeout = "10s"
 "#;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
@@ -1159,8 +1523,50 @@ keys = ["staging/*"]
         assert_eq!(g.units, ["billing-worker.service"]);
         let keys: Vec<String> = g.keys.iter().map(ToString::to_string).collect();
         assert_eq!(keys, ["prod/billing-*", "*/crm-api"]);
-        assert_eq!(g.origin, "keyward.toml line 31");
-        assert_eq!(c.policy.grants[1].origin, "keyward.toml line 40");
+        assert_eq!(g.origin, "keyward.toml line 38");
+        assert_eq!(c.policy.grants[1].origin, "keyward.toml line 47");
+        assert_eq!(c.environments["prod"].grace, Some(Duration::from_secs(3600)));
+        assert_eq!(c.environments["dev"].grace, None);
+        assert_eq!(
+            c.rotation.defaults,
+            RotationDefaults {
+                grace: Duration::from_secs(300),
+                hook_timeout: Duration::from_secs(45),
+                propagation_timeout: Duration::from_secs(60),
+                failure_threshold: 4,
+            }
+        );
+        let argv = |a: &[&str]| Some(HookCommand::new(a.iter().map(ToString::to_string).collect()).unwrap());
+        assert_eq!(
+            c.rotation.keys,
+            [
+                KeyEntry {
+                    keys: vec![KeyPattern::parse("prod/billing-api").unwrap()],
+                    generator: argv(&["/usr/local/bin/new-billing-key", "--env", "prod"]),
+                    validator: argv(&["/usr/local/bin/check-billing-key"]),
+                    revoker: argv(&["/usr/local/bin/revoke-billing-key"]),
+                    grace: Some(Duration::from_secs(900)),
+                    hook_timeout: Some(Duration::from_secs(20)),
+                    propagation_timeout: None,
+                    failure_threshold: Some(5),
+                    origin: "keyward.toml line 51".to_owned(),
+                },
+                KeyEntry {
+                    keys: vec![
+                        KeyPattern::parse("prod/billing-*").unwrap(),
+                        KeyPattern::parse("*/crm-api").unwrap()
+                    ],
+                    generator: None,
+                    validator: None,
+                    revoker: argv(&["/usr/local/bin/revoke-generic"]),
+                    grace: None,
+                    hook_timeout: None,
+                    propagation_timeout: Some(Duration::from_secs(10)),
+                    failure_threshold: None,
+                    origin: "keyward.toml line 60".to_owned(),
+                },
+            ]
+        );
         assert!(!c.dev_mode);
         assert!(c.warnings().is_empty(), "{:?}", c.warnings());
     }
@@ -1188,10 +1594,184 @@ keys = ["staging/*"]
         assert_eq!(c.environments.keys().collect::<Vec<_>>(), ["dev", "prod", "staging"]);
         assert!(c.policy.grants.is_empty());
         assert!(!c.dev_mode);
+        assert_eq!(c.rotation, RotationConfig::default());
         // Empty tables are the defaults too.
-        let c = parse("[sockets]\n[audit]\n[limits]\n").unwrap();
+        let c = parse("[sockets]\n[audit]\n[limits]\n[rotation]\n").unwrap();
         assert_eq!(c.service_socket_mode, 0o660);
         assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.rotation, RotationConfig::default());
+    }
+
+    #[test]
+    fn rotation_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(
+            c.rotation_for(&"prod/billing-api".parse().unwrap()),
+            KeyRotation {
+                grace: Duration::from_secs(600),
+                hook_timeout: Duration::from_secs(30),
+                propagation_timeout: Duration::from_secs(30),
+                failure_threshold: 3,
+                generator: None,
+                validator: None,
+                revoker: None,
+            }
+        );
+    }
+
+    #[test]
+    fn rotation_for_precedence() {
+        let c = parse(EXAMPLE).unwrap();
+        let for_key = |k: &str| c.rotation_for(&k.parse().unwrap());
+        let s = |secs| Duration::from_secs(secs);
+
+        // The first [[key]] entry sets everything but propagation_timeout.
+        let r = for_key("prod/billing-api");
+        assert_eq!(
+            (r.grace, r.hook_timeout, r.propagation_timeout, r.failure_threshold),
+            (s(900), s(20), s(60), 5)
+        );
+        let generator = r.generator.unwrap();
+        assert_eq!(generator.argv, ["/usr/local/bin/new-billing-key", "--env", "prod"]);
+        assert!(generator
+            .env
+            .contains(&("KEYWARD_KEY".into(), "prod/billing-api".into())));
+        assert_eq!(r.validator.unwrap().program(), "/usr/local/bin/check-billing-key");
+        assert_eq!(r.revoker.unwrap().program(), "/usr/local/bin/revoke-billing-key");
+
+        // Second entry: grace from [environments.prod], the rest from
+        // [rotation], no hooks it does not name.
+        let r = for_key("prod/billing-ledger");
+        assert_eq!(
+            (r.grace, r.hook_timeout, r.propagation_timeout, r.failure_threshold),
+            (s(3600), s(45), s(10), 4)
+        );
+        assert_eq!((r.generator, r.validator), (None, None));
+        let revoker = r.revoker.unwrap();
+        assert_eq!(revoker.program(), "/usr/local/bin/revoke-generic");
+        assert!(revoker.env.contains(&("KEYWARD_NAME".into(), "billing-ledger".into())));
+
+        // Second entry in an environment without its own grace.
+        let r = for_key("staging/crm-api");
+        assert_eq!((r.grace, r.propagation_timeout), (s(300), s(10)));
+        assert!(r.revoker.is_some());
+
+        // No entry: the environment's grace, else [rotation].
+        let r = for_key("prod/other");
+        assert_eq!((r.grace, r.hook_timeout, r.revoker), (s(3600), s(45), None));
+        let r = for_key("dev/other");
+        assert_eq!(
+            (r.grace, r.hook_timeout, r.propagation_timeout, r.failure_threshold),
+            (s(300), s(45), s(60), 4)
+        );
+
+        // The first matching entry wins, even one that sets nothing.
+        let c = parse(
+            "[[key]]\nkeys = [\"prod/*\"]\n[[key]]\nkeys = [\"prod/a\"]\ngenerator = [\"/bin/gen\"]\ngrace = \"0s\"\n",
+        )
+        .unwrap();
+        let r = c.rotation_for(&"prod/a".parse().unwrap());
+        assert_eq!((r.generator, r.grace), (None, DEFAULT_GRACE));
+        let r = c.rotation_for(&"dev/a".parse().unwrap());
+        assert_eq!(r.generator, None);
+    }
+
+    #[test]
+    fn hook_paths_must_be_absolute() {
+        let e = parse_err("[[key]]\nkeys = [\"prod/x\"]\n\nvalidator = [\"check-key\", \"--strict\"]\n");
+        assert_has(
+            &e,
+            &[
+                "validator in [[key]] at keyward.toml:4",
+                "\"check-key\"",
+                "absolute path",
+                "root",
+                "PATH",
+            ],
+        );
+        let e = parse_err("[[key]]\nkeys = [\"prod/x\"]\nrevoker = [\n  \"./revoke\",\n]\n");
+        assert_has(&e, &["revoker in [[key]] at keyward.toml:4", "absolute path"]);
+        let e = parse_err("[[key]]\nkeys = [\"prod/x\"]\ngenerator = []\n");
+        assert_has(
+            &e,
+            &[
+                "generator in [[key]] at keyward.toml:3 is empty",
+                "[\"/usr/local/bin/new-key\"",
+            ],
+        );
+        let e = parse_err("[[key]]\nkeys = [\"prod/x\"]\ngenerator = \"/bin/gen --env prod\"\n");
+        assert!(e.starts_with("keyward.toml:3:"), "{e}");
+        let e = parse_err("[[key]]\nkeys = [\"prod/x\"]\ngenerator = [\"/bin/gen\",\n \"a\\u0000b\"]\n");
+        assert_has(&e, &["keyward.toml:4", "NUL"]);
+    }
+
+    #[test]
+    fn key_entries_need_valid_keys() {
+        let e = parse_err("lock_memory = true\n[[key]]\ngrace = \"1m\"\n");
+        assert_has(&e, &["[[key]] at keyward.toml:2 names no keys", "keys = ["]);
+        let e = parse_err("[[key]]\nkeys = []\n");
+        assert_has(&e, &["keys = [] in [[key]] at keyward.toml:1 is empty"]);
+        let e = parse_err("[[key]]\nkeys = [\n\"prd/x\"]\n");
+        assert_has(
+            &e,
+            &[
+                "key pattern \"prd/x\" in [[key]] at keyward.toml:3",
+                "[environments.prd]",
+            ],
+        );
+        let e = parse_err("[[key]]\nkeys = [\"prod\"]\n");
+        assert_has(&e, &["[[key]] at keyward.toml:2", "ENV/NAME"]);
+        let c = parse("[[key]]\nkeys = [\"q*/x\"]\n").unwrap();
+        let w = c.warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert_has(&w[0], &["q*/x", "[[key]] at keyward.toml line 1"]);
+    }
+
+    #[test]
+    fn rotation_durations_and_thresholds() {
+        for (text, key, line) in [
+            ("[rotation]\nhook_timeout = \"0s\"\n", "hook_timeout", 2),
+            ("[rotation]\npropagation_timeout = \"0ms\"\n", "propagation_timeout", 2),
+            (
+                "[[key]]\nkeys = [\"dev/x\"]\nhook_timeout = \"0s\"\n",
+                "hook_timeout",
+                3,
+            ),
+            (
+                "[[key]]\nkeys = [\"dev/x\"]\npropagation_timeout = \"0s\"\n",
+                "propagation_timeout",
+                3,
+            ),
+        ] {
+            let e = parse_err(text);
+            assert_has(&e, &[&format!("{key} at keyward.toml:{line} is zero"), "positive"]);
+        }
+        for text in [
+            "[rotation]\nfailure_threshold = 0\n",
+            "[[key]]\nkeys = [\"dev/x\"]\n\nfailure_threshold = 0\n",
+        ] {
+            let e = parse_err(text);
+            assert_has(&e, &["failure_threshold at keyward.toml:", "is 0", "at least 1"]);
+        }
+        let e = parse_err("[rotation]\nfailure_threshold = -1\n");
+        assert!(e.starts_with("keyward.toml:2:"), "{e}");
+        for (text, line) in [
+            ("[rotation]\ngrace = \"soon\"\n", 2),
+            ("[environments.prod]\n\ngrace = \"1 fortnight\"\n", 3),
+            ("[[key]]\nkeys = [\"dev/x\"]\ngrace = \"10\"\n", 3),
+            ("[[key]]\nkeys = [\"dev/x\"]\nhook_timeout = \"x\"\n", 3),
+        ] {
+            let e = parse_err(text);
+            assert_has(&e, &[&format!("keyward.toml:{line}"), "not a duration"]);
+        }
+        // A zero grace is allowed everywhere (tests rotate quickly).
+        let c = parse(
+            "[rotation]\ngrace = \"0s\"\n[environments.dev]\ngrace = \"0s\"\n[[key]]\nkeys = [\"dev/x\"]\ngrace = \"0s\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.rotation.defaults.grace, Duration::ZERO);
+        assert_eq!(c.environments["dev"].grace, Some(Duration::ZERO));
+        assert_eq!(c.rotation_for(&"dev/x".parse().unwrap()).grace, Duration::ZERO);
     }
 
     #[test]
@@ -1227,6 +1807,15 @@ keys = ["staging/*"]
                 "[[grant]]\nuids = [1]\nkeys = [\"dev/*\"]\nuser = [\"x\"]\n",
                 "keyward.toml:4:1: unknown field `user`",
             ),
+            (
+                "[rotation]\ngrace_period = \"1m\"\n",
+                "keyward.toml:2:1: unknown field `grace_period`",
+            ),
+            (
+                "[[key]]\nkeys = [\"dev/*\"]\ngenrator = [\"/bin/x\"]\n",
+                "keyward.toml:3:1: unknown field `genrator`",
+            ),
+            ("[[keys]]\nkeys = [\"dev/*\"]\n", "keyward.toml:1:"),
             ("[[grants]]\nuids = [1]\n", "keyward.toml:1:"),
             ("[socket]\n", "keyward.toml:1:"),
         ];
@@ -1466,6 +2055,9 @@ keys = ["staging/*"]
         assert_eq!(c.limits, Limits::default());
         assert_eq!(c.audit, AuditSettings::default());
         assert_eq!(c.shutdown_grace, Duration::from_secs(10));
+        assert_eq!(c.rotation, RotationConfig::default());
+        let r = c.rotation_for(&"prod/x".parse().unwrap());
+        assert_eq!((r.grace, r.hook_timeout), (DEFAULT_GRACE, DEFAULT_HOOK_TIMEOUT));
     }
 
     #[test]
@@ -1484,6 +2076,7 @@ keys = ["staging/*"]
         assert_eq!(c.service_socket_mode, file.service_socket_mode);
         assert_eq!(c.admin_group, file.admin_group);
         assert_eq!(c.audit, file.audit);
+        assert_eq!(c.rotation, file.rotation);
     }
 
     #[test]
