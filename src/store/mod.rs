@@ -1,5 +1,6 @@
 //! The key store: one age-encrypted file per key, `<dir>/<env>/<name>.age`,
-//! and the in-memory view the fetch path reads.
+//! and the in-memory view the fetch path reads. Files written into the store
+//! by other tools are applied by [`reload`].
 //!
 //! Invariants:
 //! - A commit is durable before it is visible: the file is replaced
@@ -17,6 +18,7 @@ mod atomic;
 pub mod identity;
 mod perms;
 pub mod record;
+pub mod reload;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -111,6 +113,8 @@ pub struct Store {
     environments: BTreeSet<String>,
     fingerprinter: Fingerprinter,
     keys: RwLock<BTreeMap<KeyRef, Arc<KeySetState>>>,
+    /// When [`Store::open`] started reading the files.
+    opened_at: SystemTime,
 }
 
 impl Store {
@@ -151,6 +155,7 @@ impl Store {
         warn_unknown_dirs(&dir, &envs);
 
         let store = Store {
+            opened_at: SystemTime::now(),
             dir,
             identity,
             recipients,
@@ -277,6 +282,12 @@ impl Store {
             .ok_or_else(not_found)?;
         tracing::debug!(key = %key, "deleted");
         Ok(removed)
+    }
+
+    /// When [`Store::open`] started reading the key files: a file changed
+    /// after this may not be what was loaded.
+    pub fn opened_at(&self) -> SystemTime {
+        self.opened_at
     }
 
     /// The store directory.

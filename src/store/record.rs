@@ -28,7 +28,7 @@ pub const HEADER: &[u8] = b"keyward-keyset v1\n";
 
 /// Longest accepted metadata line, in bytes (the history is bounded, so a
 /// real one is a few KiB at most).
-const MAX_META_LEN: usize = 256 * 1024;
+pub(crate) const MAX_META_LEN: usize = 256 * 1024;
 
 /// Longest accepted fingerprint in the history, in characters.
 const MAX_FINGERPRINT_LEN: usize = 64;

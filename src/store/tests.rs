@@ -463,3 +463,5 @@ fn concurrent_commits_on_different_keys() {
     }
     assert_eq!(names_in(&f.dir.join("prod")).len(), 8);
 }
+
+mod reload;
