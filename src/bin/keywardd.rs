@@ -11,8 +11,9 @@ use std::sync::Arc;
 
 use clap::Parser;
 use keyward::config::Config;
+use keyward::server::config_reload::ConfigSource;
 use keyward::server::{self, Agent};
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 const EX_USAGE: u8 = 64;
 
@@ -40,7 +41,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
 
-    let config = match load_config(&args) {
+    let (config, source) = match load_config(&args) {
         Ok(c) => c,
         Err(msg) => {
             eprintln!("keywardd: {msg}");
@@ -73,7 +74,7 @@ fn main() -> ExitCode {
         let dev = config.dev_mode;
         // Handlers go in before anything is announced, so that a SIGTERM
         // right after "ready" still shuts down cleanly.
-        let shutdown = match shutdown_signal() {
+        let signals = match Signals::install() {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("keywardd: cannot install signal handlers: {e}");
@@ -81,7 +82,7 @@ fn main() -> ExitCode {
             }
         };
         let agent = match Agent::open(config, &hygiene) {
-            Ok(a) => Arc::new(a),
+            Ok(a) => Arc::new(a.with_config_source(source)),
             Err(e) => {
                 eprintln!("keywardd: cannot start: {e}");
                 return ExitCode::FAILURE;
@@ -116,6 +117,7 @@ fn main() -> ExitCode {
             keys = agent.store.len(),
             "ready"
         );
+        let shutdown = signals.until_shutdown(agent.clone());
         match server::run(listeners, agent, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -126,40 +128,73 @@ fn main() -> ExitCode {
     })
 }
 
-fn load_config(args: &Args) -> Result<Config, String> {
+/// The config, and where it came from (SIGHUP loads it again from there).
+fn load_config(args: &Args) -> Result<(Config, ConfigSource), String> {
     let uid = nix::unistd::geteuid().as_raw();
     let explicit_config = std::env::args_os().any(|a| a == "--config" || a.to_string_lossy().starts_with("--config="));
-    match &args.dev {
-        Some(dir) => {
-            let dir = std::path::absolute(dir).map_err(|e| format!("--dev {}: {e}", dir.display()))?;
-            if explicit_config {
-                Ok(Config::load(&args.config)
-                    .map_err(|e| e.to_string())?
-                    .into_dev(&dir, uid))
-            } else {
-                Ok(Config::dev(&dir, uid))
+    let source = match &args.dev {
+        Some(dir) => ConfigSource::Dev {
+            dir: std::path::absolute(dir).map_err(|e| format!("--dev {}: {e}", dir.display()))?,
+            uid,
+            file: explicit_config.then(|| args.config.clone()),
+        },
+        // keywardd never changes its working directory, so a relative path
+        // names the same file at every reload.
+        None => ConfigSource::File(args.config.clone()),
+    };
+    let config = source.load().map_err(|e| e.to_string())?;
+    Ok((config, source))
+}
+
+/// The signals the agent handles. Installed before anything is announced,
+/// so that a SIGTERM right after "ready" still shuts down cleanly.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+    xfsz: Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+            xfsz: signal(SignalKind::from_raw(libc::SIGXFSZ))?,
+        })
+    }
+
+    /// Resolves on SIGTERM or SIGINT. SIGHUP reloads the config and policy;
+    /// SIGXFSZ is only logged (a full audit file must give an error, not
+    /// kill the agent).
+    async fn until_shutdown(mut self, agent: Arc<Agent>) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => { tracing::info!("SIGTERM received"); break }
+                _ = self.int.recv() => { tracing::info!("SIGINT received"); break }
+                _ = self.hup.recv() => reload(&agent).await,
+                _ = self.xfsz.recv() => tracing::warn!("SIGXFSZ received: a file hit its size limit (see the audit error)"),
             }
         }
-        None => Config::load(&args.config).map_err(|e| e.to_string()),
     }
 }
 
-/// Resolves on SIGTERM or SIGINT. Also takes SIGHUP (logged: config reload
-/// needs a restart in this version) and SIGXFSZ (a full audit file must give
-/// an error, not kill the agent).
-fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut xfsz = signal(SignalKind::from_raw(libc::SIGXFSZ))?;
-    Ok(async move {
-        loop {
-            tokio::select! {
-                _ = term.recv() => { tracing::info!("SIGTERM received"); break }
-                _ = int.recv() => { tracing::info!("SIGINT received"); break }
-                _ = hup.recv() => tracing::warn!("SIGHUP received: this version does not reload its config; restart keywardd to apply changes"),
-                _ = xfsz.recv() => tracing::warn!("SIGXFSZ received: a file hit its size limit (see the audit error)"),
+/// SIGHUP: reloads the config and logs what changed and what needs a
+/// restart. An invalid config changes nothing.
+async fn reload(agent: &Agent) {
+    tracing::info!("SIGHUP received: reloading the config");
+    match agent.reload_config().await {
+        Ok(report) => {
+            tracing::info!(applied = ?report.applied, "config reloaded: {}", report.summary());
+            if !report.needs_restart.is_empty() {
+                tracing::warn!(
+                    settings = ?report.needs_restart,
+                    "these settings changed in the config but only apply at start; the running values are kept until keywardd is restarted: {}",
+                    report.needs_restart.join(", ")
+                );
             }
         }
-    })
+        Err(e) => tracing::error!("config reload rejected, keeping the running config: {e}"),
+    }
 }

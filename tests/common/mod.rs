@@ -270,3 +270,57 @@ pub fn cli_for_other_users(dir: &Path) -> PathBuf {
     std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755)).unwrap();
     dest
 }
+
+// Helpers for system-mode agents and config reloads (tests/watch.rs).
+
+impl TestAgent {
+    /// A system-mode agent (no `--dev`: the config's policy alone decides who
+    /// reads what), its state, sockets and audit log in the temp dir's
+    /// `state/` prepared by `keyward init`. `toml` follows the path settings
+    /// in its config file; write it again with [`TestAgent::rewrite_config`].
+    pub fn start_system(toml: &str) -> TestAgent {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("state");
+        let out = run_cli(Command::new(KEYWARD).args(["init", "--state-dir"]).arg(&dir), None);
+        assert!(out.status.success(), "keyward init: {}", text(&out.stderr));
+        let config = tmp.path().join("keyward.toml");
+        let mut a = TestAgent {
+            dir,
+            _tmp: Some(tmp),
+            child: None,
+            output: Arc::default(),
+            config: Some(config),
+        };
+        a.rewrite_config(toml);
+        let cmd = a.system_command();
+        a.spawn_with(cmd).expect("agent starts");
+        a
+    }
+
+    /// `keywardd --config FILE` (system mode) for this agent's config file.
+    pub fn system_command(&self) -> Command {
+        let mut cmd = Command::new(KEYWARDD);
+        cmd.arg("--config").arg(self.config.as_ref().expect("a config file"));
+        cmd.env("KEYWARD_LOG", "debug");
+        cmd
+    }
+
+    /// Replaces the config file of a [`TestAgent::start_system`] agent with
+    /// its path settings followed by `toml`.
+    pub fn rewrite_config(&self, toml: &str) {
+        let dir = self.dir.display();
+        let text = format!(
+            "state_dir = \"{dir}\"\nruntime_dir = \"{dir}\"\naudit_file = \"{dir}/audit.jsonl\"\nlock_memory = false\n{toml}"
+        );
+        std::fs::write(self.config.as_ref().expect("a config file"), text).unwrap();
+    }
+
+    /// Sends SIGHUP: the agent reloads its config.
+    pub fn sighup(&self) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid() as i32),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .unwrap();
+    }
+}

@@ -1,0 +1,263 @@
+//! Reloading the config on SIGHUP.
+//!
+//! Invariant: the running config is only ever replaced by a valid one, and
+//! only in the settings that can change while the agent runs. A file that
+//! does not load or validate changes nothing. Settings that were used once
+//! at start (paths, sockets, the audit log, limits, memory locking, the
+//! recipients, the list of environments) are kept from the running config
+//! and reported as needing a restart; everything else (the policy above
+//! all) is swapped in as a whole, and the config epoch is bumped so that
+//! every live `WatchKeys` stream re-checks its caller's access.
+
+use std::path::PathBuf;
+
+use crate::audit::AuditEvent;
+use crate::config::{Config, ConfigError};
+
+use super::Agent;
+
+/// How the running config was built, so that a reload builds the new one
+/// the same way.
+#[derive(Clone, Debug)]
+pub enum ConfigSource {
+    /// System mode: `--config FILE`.
+    File(PathBuf),
+    /// Dev mode: `--dev DIR` for uid `uid`, on top of `--config FILE` if
+    /// one was given.
+    Dev {
+        /// The dev directory.
+        dir: PathBuf,
+        /// The uid that may read every key.
+        uid: u32,
+        /// The explicit config file, if any.
+        file: Option<PathBuf>,
+    },
+}
+
+impl ConfigSource {
+    /// Loads and validates the config this source names.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        match self {
+            ConfigSource::File(path) => Config::load(path),
+            ConfigSource::Dev {
+                dir,
+                uid,
+                file: Some(path),
+            } => Ok(Config::load(path)?.into_dev(dir, *uid)),
+            ConfigSource::Dev { dir, uid, file: None } => Ok(Config::dev(dir, *uid)),
+        }
+    }
+}
+
+/// Why a reload changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The agent was not told where its config came from.
+    #[error("this agent was started without a config source, so there is nothing to reload: restart keywardd to apply changes")]
+    NoSource,
+    /// The new config does not load or validate.
+    #[error("{0}; the running config is unchanged")]
+    Config(#[from] ConfigError),
+}
+
+/// What a successful reload did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Settings that changed and now apply.
+    pub applied: Vec<String>,
+    /// Settings that changed in the file but only apply at start: the
+    /// running values are kept until keywardd is restarted.
+    pub needs_restart: Vec<String>,
+}
+
+impl ReloadReport {
+    /// One line for the log and the audit.
+    pub fn summary(&self) -> String {
+        let mut s = if self.applied.is_empty() {
+            "no live setting changed".to_owned()
+        } else {
+            format!("applied: {}", self.applied.join(", "))
+        };
+        if !self.needs_restart.is_empty() {
+            s.push_str(&format!(
+                "; changed but kept until keywardd restarts: {}",
+                self.needs_restart.join(", ")
+            ));
+        }
+        s
+    }
+}
+
+/// The config to run with after a reload: `new`, with the settings that
+/// only apply at start taken from `old`, and what changed.
+pub fn merge(old: &Config, mut new: Config) -> (Config, ReloadReport) {
+    let mut report = ReloadReport::default();
+    macro_rules! keep {
+        ($field:ident, $name:expr) => {
+            if new.$field != old.$field {
+                report.needs_restart.push($name.to_owned());
+                new.$field = old.$field.clone();
+            }
+        };
+    }
+    keep!(paths, "paths (state_dir, runtime_dir, audit_file)");
+    keep!(service_socket_group, "sockets.service_group");
+    keep!(service_socket_mode, "sockets.service_mode");
+    keep!(admin_group, "sockets.admin_group");
+    keep!(audit, "[audit]");
+    keep!(limits, "[limits]");
+    keep!(lock_memory, "lock_memory");
+    keep!(extra_recipients, "extra_recipients");
+    keep!(dev_mode, "dev mode");
+    // The store was opened for the environments configured at start; an
+    // environment's failure mode is read at each fetch and may change.
+    if !new.environments.keys().eq(old.environments.keys()) {
+        report.needs_restart.push("the list of [environments]".to_owned());
+        new.environments = old.environments.clone();
+    } else if new.environments != old.environments {
+        report.applied.push("environment on_audit_failure modes".to_owned());
+    }
+
+    if new.policy != old.policy {
+        report.applied.push(format!(
+            "policy ({} grants, was {})",
+            new.policy.grants.len(),
+            old.policy.grants.len()
+        ));
+    }
+    if new.shutdown_grace != old.shutdown_grace {
+        report.applied.push("shutdown_grace".to_owned());
+    }
+    // Whatever else Config holds (rotation settings, hooks…) is live too;
+    // Config has no PartialEq, but its Debug form covers every field and
+    // holds no secret.
+    let mut rest = new.clone();
+    rest.policy = old.policy.clone();
+    rest.shutdown_grace = old.shutdown_grace;
+    rest.environments = old.environments.clone();
+    if format!("{rest:?}") != format!("{old:?}") {
+        report.applied.push("other settings (rotation, hooks)".to_owned());
+    }
+    (new, report)
+}
+
+/// Loads the config the agent was started with, swaps in its live settings
+/// and audits the outcome. See [`Agent::reload_config`].
+pub(super) async fn reload(agent: &Agent) -> Result<ReloadReport, ReloadError> {
+    let loaded = match &agent.config_source {
+        Some(source) => source.load().map_err(ReloadError::from),
+        None => Err(ReloadError::NoSource),
+    };
+    let record = |outcome: &'static str, detail: String| AuditEvent {
+        event: "config_reload",
+        outcome,
+        detail: Some(detail),
+        ..Default::default()
+    };
+    let new = match loaded {
+        Ok(c) => c,
+        Err(e) => {
+            // A rejected reload changes nothing, audited or not.
+            let _ = agent.audit.record(record("rejected", e.to_string())).await;
+            return Err(e);
+        }
+    };
+    let (next, report) = merge(&agent.config(), new);
+    agent.replace_config(next);
+    let _ = agent.audit.record(record("ok", report.summary())).await;
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn parse(text: &str) -> Config {
+        Config::parse(text, "keyward.toml").unwrap()
+    }
+
+    #[test]
+    fn nothing_changed() {
+        let c = parse("[[grant]]\nuids = [1]\nkeys = [\"prod/*\"]\n");
+        let (next, report) = merge(&c, c.clone());
+        assert_eq!(report, ReloadReport::default());
+        assert_eq!(report.summary(), "no live setting changed");
+        assert_eq!(next.policy, c.policy);
+    }
+
+    #[test]
+    fn policy_applies_and_start_only_settings_are_kept() {
+        let old = parse("[[grant]]\nuids = [1]\nkeys = [\"prod/*\"]\n");
+        let new = parse(
+            "state_dir = \"/srv/kw\"\nlock_memory = false\nshutdown_grace = \"3s\"\n[limits]\nmax_connections = 9\n[audit]\nmax_batch = 7\n[sockets]\nservice_mode = \"0600\"\n",
+        );
+        let (next, report) = merge(&old, new);
+        assert!(next.policy.grants.is_empty());
+        assert_eq!(next.shutdown_grace, std::time::Duration::from_secs(3));
+        assert_eq!(next.paths, old.paths);
+        assert_eq!(next.limits, old.limits);
+        assert_eq!(next.audit, old.audit);
+        assert_eq!(next.service_socket_mode, old.service_socket_mode);
+        assert!(next.lock_memory);
+        assert_eq!(report.applied, ["policy (0 grants, was 1)", "shutdown_grace"]);
+        assert_eq!(
+            report.needs_restart,
+            [
+                "paths (state_dir, runtime_dir, audit_file)",
+                "sockets.service_mode",
+                "[audit]",
+                "[limits]",
+                "lock_memory"
+            ]
+        );
+        assert!(
+            report.summary().contains("kept until keywardd restarts: paths"),
+            "{}",
+            report.summary()
+        );
+    }
+
+    #[test]
+    fn environments_list_is_start_only_but_modes_are_live() {
+        let old = parse("[environments.prod]\n[environments.dev]\n");
+        let (next, report) = merge(&old, parse("[environments.prod]\n[environments.qa]\n"));
+        assert_eq!(next.environments, old.environments);
+        assert_eq!(report.needs_restart, ["the list of [environments]"]);
+        let (next, report) = merge(
+            &old,
+            parse("[environments.prod]\non_audit_failure = \"fail-open\"\n[environments.dev]\n"),
+        );
+        assert_ne!(next.environments, old.environments);
+        assert_eq!(report.applied, ["environment on_audit_failure modes"]);
+    }
+
+    #[test]
+    fn dev_source_reapplies_dev_mode() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("keyward.toml");
+        std::fs::write(&file, "[[grant]]\nuids = [5]\nkeys = [\"prod/a\"]\n").unwrap();
+        let dir = Path::new("/tmp/kw-reload-dev");
+        let c = ConfigSource::Dev {
+            dir: dir.into(),
+            uid: 1000,
+            file: Some(file.clone()),
+        }
+        .load()
+        .unwrap();
+        assert!(c.dev_mode);
+        assert_eq!(c.policy.grants.len(), 2);
+        assert_eq!(c.paths.state_dir, dir);
+        let c = ConfigSource::Dev {
+            dir: dir.into(),
+            uid: 1000,
+            file: None,
+        }
+        .load()
+        .unwrap();
+        assert_eq!(c.policy.grants.len(), 1);
+        let e = ConfigSource::File(tmp.path().join("missing.toml")).load().unwrap_err();
+        assert!(matches!(e, ConfigError::NotFound { .. }));
+    }
+}

@@ -1,0 +1,351 @@
+//! `WatchKeys`: the full state of each requested key at once, then the full
+//! state after every change, until the client goes away.
+//!
+//! At subscribe, every key is checked the way a fetch is: a malformed key or
+//! an unconfigured environment is `INVALID_ARGUMENT`, a key the policy does
+//! not give the caller is `PERMISSION_DENIED`, and a key that does not exist
+//! is `NOT_FOUND` (a watch never starts without an initial state to send;
+//! create the key first). Each refusal is audited as a `watch` record.
+//!
+//! Then, per key: one event with reason `initial`, and one event per change
+//! with the reason the change was published with (`put`, `staged`,
+//! `promoted`, `deleted`, `reloaded`…). A deleted key sends a `KeySet` that
+//! holds only the key, and the watch goes on (a later put is sent as usual).
+//!
+//! Invariants:
+//!
+//! - Every event is a full `KeySet`, never a diff, and a state equal to the
+//!   one last sent for that key is never sent again.
+//! - A slow client only ever gets the latest state of a key: the stream
+//!   reads latest-value channels ([`crate::watch`]), so it holds at most one
+//!   pending state per key and never slows a publisher.
+//! - Nothing is sent that is not audited first: each event gets its own
+//!   `watch` record (the audit commits them in groups). If the record cannot
+//!   be written and the key's environment is fail-closed, the stream ends
+//!   with `UNAVAILABLE` instead of sending the key.
+//! - Nothing is sent that the current policy does not allow: each event is
+//!   checked against the config of the moment, and every config reload
+//!   (the config epoch) re-checks all the stream's keys, ending the stream
+//!   with `PERMISSION_DENIED` when the caller lost any of them.
+//! - The subscriber's delivered generation moves when tonic takes the event
+//!   from the stream, not before.
+//! - The stream costs no task of its own: it is polled by the call's task in
+//!   the server. While it waits it holds only its channels' receivers; the
+//!   future that audits and builds an event exists only while one is being
+//!   delivered. The whole subscription ends (and leaves the registry) when
+//!   tonic drops the stream because the client went away.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use tokio_stream::wrappers::WatchStream;
+use tokio_stream::Stream;
+use tonic::Status;
+
+use super::error::ApiError;
+use super::keys::{served_versions, shown_key};
+use super::peer::Caller;
+use super::Agent;
+use crate::audit::AuditEvent;
+use crate::config::AuditFailureMode;
+use crate::keyset::KeySetState;
+use crate::proto;
+use crate::secret::KeyRef;
+use crate::watch::{same_state, Subscription};
+
+/// Most keys one `WatchKeys` call may name.
+pub const MAX_KEYS_PER_WATCH: usize = 1024;
+
+/// Checks the request, subscribes and reads the initial states; returns the
+/// stream of events. Refusals are audited.
+pub async fn watch(
+    agent: Arc<Agent>,
+    caller: Arc<Caller>,
+    req: proto::WatchKeysRequest,
+) -> Result<WatchEvents, ApiError> {
+    if let Some(limit) = &caller.over_limit {
+        return Err(ApiError::ResourceExhausted(limit.clone()));
+    }
+    let refuse = |key: Option<String>, outcome: &'static str, error: ApiError| {
+        let agent = agent.clone();
+        let event = AuditEvent {
+            event: "watch",
+            caller: Some(caller.record.clone()),
+            key,
+            outcome,
+            detail: Some(error.to_string()),
+            ..Default::default()
+        };
+        async move {
+            // A refusal that cannot be audited is still a refusal.
+            let _ = agent.audit.record(event).await;
+            Err(error)
+        }
+    };
+    if req.keys.is_empty() || req.keys.len() > MAX_KEYS_PER_WATCH {
+        let msg = format!(
+            "WatchKeys takes 1 to {MAX_KEYS_PER_WATCH} keys, got {}: name the keys to watch (split a longer list over several calls)",
+            req.keys.len()
+        );
+        return refuse(None, "invalid_argument", ApiError::InvalidArgument(msg)).await;
+    }
+    let mut keys: Vec<KeyRef> = Vec::with_capacity(req.keys.len());
+    for k in &req.keys {
+        match agent.key_ref(Some(k)) {
+            Ok(key) if keys.contains(&key) => {}
+            Ok(key) => keys.push(key),
+            Err(e) => return refuse(Some(shown_key(k)), "invalid_argument", e).await,
+        }
+    }
+
+    // The epoch is read before the policy, so that a reload that lands
+    // after this check is seen by the stream.
+    let epoch = agent.config_epoch();
+    let config = agent.config();
+    for key in &keys {
+        if !config.policy.allows(&caller.principal(), key) {
+            let msg = format!(
+                "{} may not read {key}: no grant in the policy names this caller for this key; add a [[grant]] to the agent's config",
+                caller.describe()
+            );
+            return refuse(Some(key.to_string()), "denied", ApiError::PermissionDenied(msg)).await;
+        }
+    }
+    drop(config);
+
+    // Subscribe first, then read: see the invariants in crate::watch.
+    let subscription = agent.watchers.subscribe(&keys, caller.record.clone());
+    let mut initial = Vec::with_capacity(keys.len());
+    for key in &keys {
+        match agent.store.get(key) {
+            Some(state) => initial.push(state),
+            None => {
+                let msg = format!(
+                    "key {key} does not exist: create it with `keyward put {key}` before watching it (WatchKeys starts only on existing keys)"
+                );
+                return refuse(Some(key.to_string()), "not_found", ApiError::NotFound(msg)).await;
+            }
+        }
+    }
+    let session = Session {
+        agent,
+        caller,
+        subscription,
+        epoch: WatchStream::from_changes(epoch),
+        sent: initial.into_iter().map(Sent::State).collect(),
+        initial_sent: 0,
+    };
+    Ok(WatchEvents {
+        session: Some(session),
+        delivering: None,
+    })
+}
+
+/// What was last sent for one key.
+enum Sent {
+    State(Arc<KeySetState>),
+    Deleted,
+}
+
+/// An event ready to hand to tonic.
+struct Delivery {
+    event: proto::KeyEvent,
+    /// Which key it is for, and the state it carries (`None`: deleted).
+    index: usize,
+    state: Option<Arc<KeySetState>>,
+}
+
+/// Audits and builds one event, or says why the stream must end.
+type Delivering = Pin<Box<dyn Future<Output = Result<Delivery, Status>> + Send>>;
+
+/// The state of one `WatchKeys` call.
+struct Session {
+    agent: Arc<Agent>,
+    caller: Arc<Caller>,
+    subscription: Subscription,
+    /// Config swaps since the policy was checked at subscribe.
+    epoch: WatchStream<u64>,
+    /// Per key (parallel to `subscription.keys()`): the last state sent, or
+    /// before the initial event, the initial state to send.
+    sent: Vec<Sent>,
+    /// How many initial events were sent.
+    initial_sent: usize,
+}
+
+impl Session {
+    /// What to deliver next, if anything is ready; `Err` ends the stream.
+    fn poll_next_delivery(&mut self, cx: &mut Context<'_>) -> Poll<Result<Delivering, Status>> {
+        if self.initial_sent < self.sent.len() {
+            let index = self.initial_sent;
+            self.initial_sent += 1;
+            let Sent::State(state) = &self.sent[index] else {
+                unreachable!("initial states are all present")
+            };
+            return Poll::Ready(Ok(self.deliver(index, Some(state.clone()), "initial")));
+        }
+        // A reload first: nothing more goes out under a policy that no
+        // longer allows it.
+        while let Poll::Ready(epoch) = Pin::new(&mut self.epoch).poll_next(cx) {
+            if epoch.is_none() {
+                return Poll::Ready(Err(shutting_down()));
+            }
+            let keys = self.subscription.keys();
+            if let Some(lost) = keys.iter().position(|k| !allowed(&self.agent, &self.caller, k)) {
+                let refusal = refuse_access(
+                    self.agent.clone(),
+                    self.caller.clone(),
+                    keys[lost].clone(),
+                    "was removed by a config reload",
+                );
+                return Poll::Ready(Ok(Box::pin(async move { Err(refusal.await) })));
+            }
+        }
+        loop {
+            let Some((index, published)) = ready!(self.subscription.poll_changed(cx)) else {
+                return Poll::Ready(Err(shutting_down()));
+            };
+            let unchanged = match (&self.sent[index], &published.state) {
+                (Sent::State(last), Some(new)) => same_state(last, new),
+                (Sent::Deleted, None) => true,
+                _ => false,
+            };
+            if !unchanged {
+                return Poll::Ready(Ok(self.deliver(index, published.state, published.reason)));
+            }
+        }
+    }
+
+    /// The future that checks, audits and builds the event for key `index`
+    /// in `state` (`None`: deleted).
+    fn deliver(&self, index: usize, state: Option<Arc<KeySetState>>, reason: &'static str) -> Delivering {
+        let agent = self.agent.clone();
+        let caller = self.caller.clone();
+        let key = self.subscription.keys()[index].clone();
+        Box::pin(async move {
+            if !allowed(&agent, &caller, &key) {
+                return Err(refuse_access(agent, caller, key, "is not allowed by the current config").await);
+            }
+            let record = AuditEvent {
+                event: "watch",
+                caller: Some(caller.record.clone()),
+                key: Some(key.to_string()),
+                versions: state.as_deref().map(served_versions).unwrap_or_default(),
+                generation_after: state.as_ref().map(|s| s.generation),
+                outcome: "ok",
+                detail: Some(reason.to_owned()),
+                ..Default::default()
+            };
+            if let Err(e) = agent.audit.record(record).await {
+                match agent.on_audit_failure(&key) {
+                    AuditFailureMode::FailClosed => return Err(ApiError::from(e).into()),
+                    AuditFailureMode::FailOpen => {
+                        tracing::warn!(key = %key, error = %e, "watch event sent without an audit record (environment is fail-open)")
+                    }
+                }
+            }
+            let key_set = match &state {
+                Some(s) => s.to_proto(),
+                None => proto::KeySet {
+                    key: Some(key.to_proto()),
+                    ..Default::default()
+                },
+            };
+            Ok(Delivery {
+                event: proto::KeyEvent {
+                    key_set: Some(key_set),
+                    reason: reason.to_owned(),
+                },
+                index,
+                state,
+            })
+        })
+    }
+
+    /// Records what was handed to tonic.
+    fn delivered(&mut self, index: usize, state: Option<Arc<KeySetState>>) {
+        self.sent[index] = match state {
+            Some(s) => {
+                self.subscription.mark_delivered(index, s.generation);
+                Sent::State(s)
+            }
+            None => Sent::Deleted,
+        };
+    }
+}
+
+/// Whether the current policy lets `caller` read `key`.
+fn allowed(agent: &Agent, caller: &Caller, key: &KeyRef) -> bool {
+    agent.config().policy.allows(&caller.principal(), key)
+}
+
+/// Audits that `caller` lost access to `key` and gives the status that ends
+/// the stream.
+async fn refuse_access(agent: Arc<Agent>, caller: Arc<Caller>, key: KeyRef, why: &'static str) -> Status {
+    let msg = format!(
+        "access to {key} {why}: {} may no longer read it, so this watch has ended; ask for a [[grant]] in the agent's config",
+        caller.describe()
+    );
+    let _ = agent
+        .audit
+        .record(AuditEvent {
+            event: "watch",
+            caller: Some(caller.record.clone()),
+            key: Some(key.to_string()),
+            outcome: "denied",
+            detail: Some(msg.clone()),
+            ..Default::default()
+        })
+        .await;
+    ApiError::PermissionDenied(msg).into()
+}
+
+fn shutting_down() -> Status {
+    Status::unavailable("keywardd is shutting down: watch again once it is back")
+}
+
+/// The `WatchKeys` response stream. Ends after an error; dropping it ends
+/// the subscription.
+pub struct WatchEvents {
+    /// `None` once the stream has ended.
+    session: Option<Session>,
+    /// The event being audited and built, if any.
+    delivering: Option<Delivering>,
+}
+
+impl Stream for WatchEvents {
+    type Item = Result<proto::KeyEvent, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        let Some(session) = &mut this.session else {
+            return Poll::Ready(None);
+        };
+        let outcome = loop {
+            match &mut this.delivering {
+                Some(delivering) => {
+                    let outcome = ready!(delivering.as_mut().poll(cx));
+                    this.delivering = None;
+                    break outcome;
+                }
+                None => match ready!(session.poll_next_delivery(cx)) {
+                    Ok(delivering) => this.delivering = Some(delivering),
+                    Err(status) => break Err(status),
+                },
+            }
+        };
+        match outcome {
+            Ok(Delivery { event, index, state }) => {
+                // tonic has the event as soon as this returns.
+                session.delivered(index, state);
+                Poll::Ready(Some(Ok(event)))
+            }
+            Err(status) => {
+                // The stream is over: drop the subscription now.
+                this.session = None;
+                Poll::Ready(Some(Err(status)))
+            }
+        }
+    }
+}
