@@ -17,6 +17,9 @@
 //! - [`policy`]: who may read which keys. Pure functions, table-tested.
 //! - [`rotation`]: the rotation state machine (stage, promote, rollback,
 //!   abort, retire). Pure functions, table-tested.
+//! - [`hooks`]: running the per-key generator, validator and revoker
+//!   commands: secrets only on stdin and stdout, a timeout that kills the
+//!   hook's whole process group, errors that never contain the secret.
 //! - [`store`]: the agent identity, the age-encrypted key files, atomic
 //!   writes and the in-memory view the fetch path reads.
 //! - [`audit`]: the append-only, hash-chained audit log: one writer task with
@@ -37,6 +40,7 @@
 pub mod audit;
 pub mod client;
 pub mod config;
+pub mod hooks;
 pub mod hygiene;
 pub mod keyset;
 pub mod policy;

@@ -13,10 +13,12 @@ use tonic::{Request, Response, Status};
 use super::error::ApiError;
 use super::keys::served_versions;
 use super::peer::{caller_of, Caller};
+use super::rotate;
 use super::Agent;
 use crate::audit::AuditEvent;
 use crate::keyset::{from_timestamp, timestamp, KeySetState, RotationState};
 use crate::proto;
+use crate::rotation::Command;
 use crate::secret::{KeyRef, Secret};
 
 /// The admin-socket gRPC service.
@@ -204,7 +206,11 @@ impl AdminService {
 
 /// Compare and swap: `expected` (0 = must not exist) must equal the key's
 /// current generation.
-fn check_generation(key: &KeyRef, current: Option<&KeySetState>, expected: Option<u64>) -> Result<(), ApiError> {
+pub(super) fn check_generation(
+    key: &KeyRef,
+    current: Option<&KeySetState>,
+    expected: Option<u64>,
+) -> Result<(), ApiError> {
     let Some(expected) = expected else { return Ok(()) };
     let actual = current.map_or(0, |s| s.generation);
     if actual == expected {
@@ -261,40 +267,78 @@ impl proto::admin_server::Admin for AdminService {
         &self,
         request: Request<proto::StageKeyRequest>,
     ) -> Result<Response<proto::RotationResponse>, Status> {
-        self.authorize(&request).await?;
-        Err(Status::unimplemented("in progress"))
+        let caller = self.authorize(&request).await?;
+        Ok(Response::new(
+            rotate::stage(&self.agent, &caller, request.into_inner()).await?,
+        ))
     }
 
     async fn promote_key(
         &self,
         request: Request<proto::RotationRequest>,
     ) -> Result<Response<proto::RotationResponse>, Status> {
-        self.authorize(&request).await?;
-        Err(Status::unimplemented("in progress"))
+        let caller = self.authorize(&request).await?;
+        let r = request.into_inner();
+        let done = rotate::transition(
+            &self.agent,
+            &caller,
+            r.key.as_ref(),
+            r.expected_generation,
+            Command::Promote,
+            false,
+        );
+        Ok(Response::new(done.await?))
     }
 
     async fn rollback_key(
         &self,
         request: Request<proto::RotationRequest>,
     ) -> Result<Response<proto::RotationResponse>, Status> {
-        self.authorize(&request).await?;
-        Err(Status::unimplemented("in progress"))
+        let caller = self.authorize(&request).await?;
+        let r = request.into_inner();
+        let done = rotate::transition(
+            &self.agent,
+            &caller,
+            r.key.as_ref(),
+            r.expected_generation,
+            Command::Rollback,
+            false,
+        );
+        Ok(Response::new(done.await?))
     }
 
     async fn abort_key(
         &self,
         request: Request<proto::RotationRequest>,
     ) -> Result<Response<proto::RotationResponse>, Status> {
-        self.authorize(&request).await?;
-        Err(Status::unimplemented("in progress"))
+        let caller = self.authorize(&request).await?;
+        let r = request.into_inner();
+        let done = rotate::transition(
+            &self.agent,
+            &caller,
+            r.key.as_ref(),
+            r.expected_generation,
+            Command::Abort,
+            false,
+        );
+        Ok(Response::new(done.await?))
     }
 
     async fn retire_key(
         &self,
         request: Request<proto::RetireKeyRequest>,
     ) -> Result<Response<proto::RotationResponse>, Status> {
-        self.authorize(&request).await?;
-        Err(Status::unimplemented("in progress"))
+        let caller = self.authorize(&request).await?;
+        let r = request.into_inner();
+        let done = rotate::transition(
+            &self.agent,
+            &caller,
+            r.key.as_ref(),
+            r.expected_generation,
+            Command::Retire,
+            r.force,
+        );
+        Ok(Response::new(done.await?))
     }
 
     async fn get_rotation_status(
@@ -302,7 +346,10 @@ impl proto::admin_server::Admin for AdminService {
         request: Request<proto::RotationStatusRequest>,
     ) -> Result<Response<proto::RotationStatus>, Status> {
         self.authorize(&request).await?;
-        Err(Status::unimplemented("in progress"))
+        Ok(Response::new(rotate::status(
+            &self.agent,
+            request.get_ref().key.as_ref(),
+        )?))
     }
 }
 

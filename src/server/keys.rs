@@ -139,19 +139,19 @@ impl proto::keys_server::Keys for KeysService {
 
     async fn watch_keys(
         &self,
-        _request: Request<proto::WatchKeysRequest>,
+        request: Request<proto::WatchKeysRequest>,
     ) -> Result<Response<Self::WatchKeysStream>, Status> {
-        Err(Status::unimplemented(
-            "WatchKeys is not available in this keywardd version: poll GetKey instead",
-        ))
+        let caller = caller_of(&request)?;
+        let events = super::watch_stream::watch(self.agent.clone(), caller, request.into_inner()).await?;
+        Ok(Response::new(Box::pin(events)))
     }
 
     async fn report_auth_failure(
         &self,
-        _request: Request<proto::AuthFailureReport>,
+        request: Request<proto::AuthFailureReport>,
     ) -> Result<Response<proto::AuthFailureAck>, Status> {
-        Err(Status::unimplemented(
-            "ReportAuthFailure is not available in this keywardd version",
-        ))
+        let caller = caller_of(&request)?;
+        super::reports::report(&self.agent, &caller, request.get_ref()).await?;
+        Ok(Response::new(proto::AuthFailureAck {}))
     }
 }

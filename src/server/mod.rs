@@ -8,10 +8,15 @@
 //! removes the socket files.
 
 pub mod admin;
+pub mod config_reload;
 pub mod error;
+pub mod hot_reload;
 pub mod keys;
 pub mod peer;
+pub mod reports;
+pub mod rotate;
 pub mod sockets;
+pub mod watch_stream;
 
 use std::fs::File;
 use std::future::Future;
@@ -79,6 +84,12 @@ pub struct Agent {
     pub admin_lock: tokio::sync::Mutex<()>,
     /// WatchKeys subscribers, per key.
     pub watchers: crate::watch::Watchers,
+    /// Auth failures reported by clients.
+    pub failures: reports::FailureLog,
+    /// Bumped on every config swap; watch streams re-check access on it.
+    config_epoch: tokio::sync::watch::Sender<u64>,
+    /// Where the config came from, so that SIGHUP can load it again.
+    config_source: Option<config_reload::ConfigSource>,
     _state_lock: Flock<File>,
 }
 
@@ -146,6 +157,9 @@ impl Agent {
             recipient,
             admin_lock: tokio::sync::Mutex::new(()),
             watchers: crate::watch::Watchers::default(),
+            failures: reports::FailureLog::default(),
+            config_epoch: tokio::sync::watch::Sender::new(0),
+            config_source: None,
             _state_lock: state_lock,
             config: RwLock::new(Arc::new(config)),
         })
@@ -161,6 +175,27 @@ impl Agent {
     /// config; the caller reports them.
     pub fn replace_config(&self, new: Config) {
         *self.config.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(new);
+        self.config_epoch.send_modify(|e| *e += 1);
+    }
+
+    /// Changes on every [`Agent::replace_config`]; read it *before* checking
+    /// anything against [`Agent::config`] to be sure to see a later swap.
+    pub fn config_epoch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.config_epoch.subscribe()
+    }
+
+    /// Remembers how the config was built, for [`Agent::reload_config`].
+    pub fn with_config_source(mut self, source: config_reload::ConfigSource) -> Agent {
+        self.config_source = Some(source);
+        self
+    }
+
+    /// SIGHUP: loads the config again from where it came from. An invalid
+    /// file changes nothing; a valid one has its live settings (the policy
+    /// above all) swapped in and its start-only ones reported. Audited
+    /// either way. See [`config_reload`].
+    pub async fn reload_config(&self) -> Result<config_reload::ReloadReport, config_reload::ReloadError> {
+        config_reload::reload(self).await
     }
 
     /// Validates a wire key and checks that its environment is configured.
@@ -221,6 +256,8 @@ pub fn bind_listeners(config: &Config) -> Result<Listeners, BindError> {
 pub async fn run(listeners: Listeners, agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -> io::Result<()> {
     let limits = agent.config().limits.clone();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // Files written into the store by other tools: applied until shutdown.
+    let hot_reload = hot_reload::spawn(agent.clone(), stop_rx.clone());
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
@@ -266,6 +303,8 @@ pub async fn run(listeners: Listeners, agent: Arc<Agent>, shutdown: impl Future<
     }
     tracing::info!("shutting down: no new connections; draining in-flight calls");
     let _ = stop_tx.send(true);
+    // Watch streams never end by themselves: end them so the drain can.
+    agent.watchers.close();
     let grace = agent.config().shutdown_grace;
     let drained = tokio::time::timeout(grace, async {
         let _ = (&mut service_task).await;
@@ -277,6 +316,7 @@ pub async fn run(listeners: Listeners, agent: Arc<Agent>, shutdown: impl Future<
         service_task.abort();
         admin_task.abort();
     }
+    hot_reload.finish().await;
     let _ = agent
         .audit
         .record(AuditEvent {

@@ -79,6 +79,112 @@ pub enum Command {
     /// Work with the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Rotation step 1–3: add a new key as the fallback (from stdin, --file,
+    /// or the configured generator with --generate).
+    Stage(StageArgs),
+    /// Rotation step 4: make the staged key the primary (the old one stays as
+    /// fallback).
+    Promote(StepArgs),
+    /// Go back after promote: the old key is primary again, the new one
+    /// stays staged.
+    Rollback(StepArgs),
+    /// Drop a staged key that was not promoted.
+    Abort(StepArgs),
+    /// Rotation step 5: drop the old key (and run the revoker hook). Refused
+    /// during the grace period or while failures are reported against the
+    /// new primary, unless --force.
+    Retire {
+        #[command(flatten)]
+        step: StepArgs,
+        /// Retire although the gate is closed (audited as forced).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Run the whole safe sequence with each step's gate: stage → wait for
+    /// subscribers → promote → grace period (rolls back on failures) →
+    /// retire. Run it again to resume a key left STAGED or PROMOTED.
+    Rotate(RotateArgs),
+    /// Print each key's state as it changes (Ctrl-C to stop).
+    Watch {
+        /// ENV/NAME …
+        #[arg(required = true)]
+        keys: Vec<String>,
+        /// One JSON object per event (secrets shown as fingerprints only).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show where a key's rotation stands: subscribers, failures, gate.
+    RotationStatus {
+        /// ENV/NAME.
+        key: String,
+    },
+}
+
+/// The key and compare-and-swap shared by the rotation steps.
+#[derive(Args, Debug)]
+pub struct StepArgs {
+    /// ENV/NAME, e.g. prod/billing-api.
+    pub key: String,
+    /// Only act if the key is at this generation.
+    #[arg(long, value_name = "N")]
+    pub expected_generation: Option<u64>,
+}
+
+/// `keyward stage`.
+#[derive(Args, Debug)]
+pub struct StageArgs {
+    #[command(flatten)]
+    pub step: StepArgs,
+    /// Run the key's configured generator hook in the agent instead of
+    /// reading a secret.
+    #[arg(long, conflicts_with = "file")]
+    pub generate: bool,
+    /// Replace a key that is already staged.
+    #[arg(long)]
+    pub replace: bool,
+    /// Read the new secret from this file instead of stdin.
+    #[arg(long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Keep the input byte for byte (do not strip one trailing newline).
+    #[arg(long)]
+    pub raw: bool,
+    /// When the new version expires (RFC 3339).
+    #[arg(long, value_name = "TIME")]
+    pub expires: Option<String>,
+}
+
+/// Where `keyward rotate` stops.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Until {
+    /// After staging (and propagation).
+    Staged,
+    /// After promotion.
+    Promoted,
+    /// The whole sequence, through retire.
+    Retired,
+}
+
+/// `keyward rotate`.
+#[derive(Args, Debug)]
+pub struct RotateArgs {
+    /// ENV/NAME, e.g. prod/billing-api.
+    pub key: String,
+    /// Read the new secret from stdin (otherwise the configured generator
+    /// makes it).
+    #[arg(long, conflicts_with = "file")]
+    pub stdin: bool,
+    /// Read the new secret from this file.
+    #[arg(long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Keep the input byte for byte.
+    #[arg(long)]
+    pub raw: bool,
+    /// Stop after this step.
+    #[arg(long, value_enum, default_value = "retired")]
+    pub until: Until,
+    /// How often to check subscribers and failures.
+    #[arg(long, value_name = "DURATION", default_value = "200ms", value_parser = humantime::parse_duration)]
+    pub poll: std::time::Duration,
 }
 
 /// `keyward put`.

@@ -5,6 +5,7 @@
 //! finds a problem.
 
 mod cli;
+mod rotate;
 
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
@@ -39,7 +40,7 @@ fn main() -> ExitCode {
     }
 }
 
-type Outcome = Result<ExitCode, String>;
+pub(crate) type Outcome = Result<ExitCode, String>;
 
 async fn run(cli: Cli) -> Outcome {
     match &cli.command {
@@ -54,10 +55,18 @@ async fn run(cli: Cli) -> Outcome {
         } => delete(&cli, key, *yes, *expected_generation).await,
         Command::Status { json } => status(&cli, *json).await,
         Command::Audit(AuditCommand::Verify { file, key }) => verify(&cli, file.as_deref(), key.as_deref()),
+        Command::Stage(args) => rotate::stage(&cli, args).await,
+        Command::Promote(step) => rotate::step(&cli, step, rotate::Step::Promote).await,
+        Command::Rollback(step) => rotate::step(&cli, step, rotate::Step::Rollback).await,
+        Command::Abort(step) => rotate::step(&cli, step, rotate::Step::Abort).await,
+        Command::Retire { step, force } => rotate::step(&cli, step, rotate::Step::Retire { force: *force }).await,
+        Command::Rotate(args) => rotate::rotate(&cli, args).await,
+        Command::Watch { keys, json } => rotate::watch(&cli, keys, *json).await,
+        Command::RotationStatus { key } => rotate::rotation_status(&cli, key).await,
     }
 }
 
-fn service_socket(cli: &Cli) -> PathBuf {
+pub(crate) fn service_socket(cli: &Cli) -> PathBuf {
     match (&cli.socket, &cli.dev) {
         (Some(s), _) => s.clone(),
         (None, Some(dir)) => dir.join("keys.sock"),
@@ -73,17 +82,17 @@ fn admin_socket(cli: &Cli) -> PathBuf {
     }
 }
 
-async fn admin(cli: &Cli) -> Result<AdminClient<tonic::transport::Channel>, String> {
+pub(crate) async fn admin(cli: &Cli) -> Result<AdminClient<tonic::transport::Channel>, String> {
     let channel = client::connect(&admin_socket(cli)).await.map_err(|e| e.to_string())?;
     Ok(AdminClient::new(channel))
 }
 
-fn key_arg(text: &str) -> Result<KeyRef, String> {
+pub(crate) fn key_arg(text: &str) -> Result<KeyRef, String> {
     text.parse().map_err(|e: keyward::secret::NameError| e.to_string())
 }
 
 /// The agent's message, without tonic's framing.
-fn refused(status: tonic::Status) -> String {
+pub(crate) fn refused(status: tonic::Status) -> String {
     format!("{} ({:?})", status.message(), status.code())
 }
 
@@ -102,16 +111,18 @@ fn init(dir: Option<&Path>) -> Outcome {
     Ok(ExitCode::SUCCESS)
 }
 
-fn read_secret(args: &PutArgs) -> Result<Zeroizing<Vec<u8>>, String> {
+/// Reads a secret from `file`, or stdin (a hidden prompt on a terminal).
+/// One trailing newline is removed unless `raw`.
+pub(crate) fn read_secret(key: &str, file: Option<&Path>, raw: bool) -> Result<Zeroizing<Vec<u8>>, String> {
     let mut buf = Zeroizing::new(Vec::new());
-    match &args.file {
+    match file {
         Some(path) => {
             let mut f = std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
             f.read_to_end(&mut buf)
                 .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         }
         None if std::io::stdin().is_terminal() => {
-            eprint!("secret for {} (input hidden): ", args.key);
+            eprint!("secret for {key} (input hidden): ");
             let _ = std::io::stderr().flush();
             let line = read_hidden_line()?;
             buf.extend_from_slice(&line);
@@ -123,7 +134,7 @@ fn read_secret(args: &PutArgs) -> Result<Zeroizing<Vec<u8>>, String> {
                 .map_err(|e| format!("cannot read the secret from stdin: {e}"))?;
         }
     }
-    if !args.raw {
+    if !raw {
         if buf.ends_with(b"\r\n") {
             let n = buf.len() - 2;
             buf.truncate(n);
@@ -166,7 +177,7 @@ async fn put(cli: &Cli, args: &PutArgs) -> Outcome {
         })?)),
         None => None,
     };
-    let secret = read_secret(args)?;
+    let secret = read_secret(&args.key, args.file.as_deref(), args.raw)?;
     if secret.is_empty() {
         return Err(format!(
             "no secret given for {key}: pipe it on stdin (e.g. `printf %s \"$KEY\" | keyward put {key}`) or use --file"
@@ -197,7 +208,7 @@ async fn put(cli: &Cli, args: &PutArgs) -> Outcome {
     Ok(ExitCode::SUCCESS)
 }
 
-fn state_name(state: i32) -> &'static str {
+pub(crate) fn state_name(state: i32) -> &'static str {
     match proto::RotationState::try_from(state) {
         Ok(proto::RotationState::Steady) => "steady",
         Ok(proto::RotationState::Staged) => "staged",
@@ -259,7 +270,7 @@ async fn get(cli: &Cli, key: &str, primary_only: bool, json: bool) -> Outcome {
     Ok(ExitCode::SUCCESS)
 }
 
-fn time_text(t: Option<&prost_types::Timestamp>) -> String {
+pub(crate) fn time_text(t: Option<&prost_types::Timestamp>) -> String {
     t.and_then(from_timestamp)
         .map(|t| humantime::format_rfc3339_seconds(t).to_string())
         .unwrap_or_else(|| "-".into())

@@ -1,0 +1,264 @@
+//! The rotation commands of the `Admin` service: stage, promote, rollback,
+//! abort, retire, and the rotation status `keyward rotate` polls.
+//!
+//! Invariants: the state machine ([`crate::rotation`]) decides what is
+//! allowed; every accepted command is committed to disk, then pushed to
+//! watchers, then audited, before it returns. Hooks get secrets only on
+//! stdin. The generator and validator run before the admin lock is taken
+//! (they may be slow) and the key's generation is re-checked afterwards;
+//! the revoker runs under the lock, before the old key is dropped, so that
+//! a failed revoke leaves the key promoted and retryable.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::admin::check_generation;
+use super::error::ApiError;
+use super::keys::served_versions;
+use super::peer::Caller;
+use super::Agent;
+use crate::audit::AuditEvent;
+use crate::hooks;
+use crate::keyset::{from_timestamp, KeySetState, RotationState};
+use crate::proto;
+use crate::rotation::{self, Command, RetireGate, RotationError};
+use crate::secret::{KeyRef, Secret};
+
+impl From<RotationError> for ApiError {
+    fn from(e: RotationError) -> ApiError {
+        ApiError::FailedPrecondition(e.to_string())
+    }
+}
+
+impl From<hooks::HookError> for ApiError {
+    fn from(e: hooks::HookError) -> ApiError {
+        ApiError::FailedPrecondition(format!("{e}; nothing was changed"))
+    }
+}
+
+fn existing(agent: &Agent, key: &KeyRef) -> Result<Arc<KeySetState>, ApiError> {
+    agent.store.get(key).ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "key {key} does not exist: create it with `keyward put {key}` before rotating it"
+        ))
+    })
+}
+
+/// `StageKey`: a new key becomes the fallback.
+pub async fn stage(
+    agent: &Arc<Agent>,
+    caller: &Caller,
+    req: proto::StageKeyRequest,
+) -> Result<proto::RotationResponse, ApiError> {
+    let key = agent.key_ref(req.key.as_ref())?;
+    let config = agent.config();
+    let settings = config.rotation_for(&key);
+    let limit = config.limits.max_secret_bytes;
+    let before = existing(agent, &key)?;
+    check_generation(&key, Some(&before), req.expected_generation)?;
+    // Refuse early (before running any hook) when the state forbids it.
+    if !(before.state == RotationState::Steady || before.state == RotationState::Staged && req.replace) {
+        return Err(
+            rotation::stage(&before, before.primary.clone(), req.replace, SystemTime::now())
+                .err()
+                .map(ApiError::from)
+                .unwrap_or_else(|| ApiError::FailedPrecondition(format!("cannot stage {key} now"))),
+        );
+    }
+    let (secret, origin) = match (req.generate, req.secret.is_empty()) {
+        (true, false) => {
+            return Err(ApiError::InvalidArgument(
+                "give either a secret or --generate, not both".to_owned(),
+            ))
+        }
+        (true, true) => {
+            let Some(generator) = &settings.generator else {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "no generator hook is configured for {key}: pipe the new key on stdin, or add a [[key]] entry with generator = [...] to the config"
+                )));
+            };
+            (
+                hooks::generate(generator, settings.hook_timeout, limit).await?,
+                "generated",
+            )
+        }
+        (false, true) => {
+            return Err(ApiError::InvalidArgument(format!(
+                "no new secret for {key}: pipe it on stdin, or use --generate with a configured generator hook"
+            )))
+        }
+        (false, false) => {
+            if req.secret.len() > limit {
+                return Err(ApiError::InvalidArgument(format!(
+                    "the new secret for {key} is {} bytes; the limit is {limit} bytes (limits.max_secret_bytes): nothing was staged",
+                    req.secret.len()
+                )));
+            }
+            (Secret::copy_from(&req.secret), "provided")
+        }
+    };
+    drop(req.secret);
+    let now = SystemTime::now();
+    let expires_at = req.expires_at.as_ref().and_then(from_timestamp);
+    let version = agent.store.new_version(0, secret, now, expires_at);
+    if version.fingerprint == before.primary.fingerprint {
+        return Err(ApiError::FailedPrecondition(format!(
+            "the new key for {key} is the same as its current primary (fingerprint {}): give a different key",
+            version.fingerprint
+        )));
+    }
+    let mut notes = vec![format!("new key {origin}, fingerprint {}", version.fingerprint)];
+    if let Some(validator) = &settings.validator {
+        hooks::validate(validator, &version.secret, settings.hook_timeout).await?;
+        notes.push("validator accepted the new key".to_owned());
+    }
+
+    let _serial = agent.admin_lock.lock().await;
+    let current = existing(agent, &key)?;
+    if current.generation != before.generation {
+        return Err(ApiError::Aborted(format!(
+            "key {key} changed (generation {} → {}) while the new key was being prepared: nothing was staged; retry",
+            before.generation, current.generation
+        )));
+    }
+    let next = rotation::stage(&current, version, req.replace, now)?;
+    commit(agent, caller, Command::Stage, &current, next, notes.join("; ")).await
+}
+
+/// `PromoteKey`, `RollbackKey`, `AbortKey` and `RetireKey`.
+pub async fn transition(
+    agent: &Arc<Agent>,
+    caller: &Caller,
+    key: Option<&proto::KeyRef>,
+    expected_generation: Option<u64>,
+    command: Command,
+    force: bool,
+) -> Result<proto::RotationResponse, ApiError> {
+    let key = agent.key_ref(key)?;
+    let settings = agent.config().rotation_for(&key);
+    let _serial = agent.admin_lock.lock().await;
+    let current = existing(agent, &key)?;
+    check_generation(&key, Some(&current), expected_generation)?;
+    let now = SystemTime::now();
+    let gate = RetireGate {
+        grace: settings.grace,
+        failures_since_promotion: agent.failures.since_promotion(&current).0,
+        force,
+    };
+    // Dry run first: a refused command must not run the revoker.
+    let next = rotation::apply(&current, command, gate, now)?;
+    let mut detail = Vec::new();
+    if command == Command::Retire {
+        if force {
+            if let Err(closed) = rotation::apply(&current, command, RetireGate { force: false, ..gate }, now) {
+                detail.push(format!("forced: {closed}"));
+            }
+        }
+        if let (Some(revoker), Some(old)) = (&settings.revoker, &current.fallback) {
+            let note = hooks::revoke(revoker, &old.secret, settings.hook_timeout)
+                .await
+                .map_err(|e| {
+                    ApiError::FailedPrecondition(format!("{e}; the old key was not retired: fix the revoker and retry"))
+                })?;
+            detail.push(format!("revoker: {note}"));
+        }
+    }
+    commit(agent, caller, command, &current, next, detail.join("; ")).await
+}
+
+/// Makes `next` durable, pushes it to watchers and audits it.
+async fn commit(
+    agent: &Arc<Agent>,
+    caller: &Caller,
+    command: Command,
+    before: &KeySetState,
+    next: KeySetState,
+    detail: String,
+) -> Result<proto::RotationResponse, ApiError> {
+    let key = next.key.clone();
+    let committed = agent.store.commit(next)?;
+    agent.watchers.publish(&key, Some(committed.clone()), command.reason());
+    tracing::info!(key = %key, command = command.as_str(), generation = committed.generation,
+        state = committed.state.as_str(), "rotation step applied");
+    let mut versions = served_versions(&committed);
+    if command == Command::Retire || command == Command::Abort {
+        // Name the version that was dropped too.
+        if let Some(dropped) = &before.fallback {
+            versions.push(crate::audit::VersionRecord {
+                role: "dropped",
+                version: dropped.number,
+                fingerprint: dropped.fingerprint.clone(),
+            });
+        }
+    }
+    let record = AuditEvent {
+        event: command.as_str(),
+        caller: Some(caller.record.clone()),
+        key: Some(key.to_string()),
+        versions,
+        generation_before: Some(before.generation),
+        generation_after: Some(committed.generation),
+        outcome: "ok",
+        detail: (!detail.is_empty()).then(|| detail.clone()),
+    };
+    if let Err(e) = agent.audit.record(record).await {
+        return Err(ApiError::Unavailable(format!(
+            "the {} of {key} was applied and is durable (generation {}), but its audit record could not be written ({e}): fix the audit disk",
+            command.as_str(),
+            committed.generation
+        )));
+    }
+    Ok(proto::RotationResponse {
+        key: Some(committed.to_info()),
+        generation_before: before.generation,
+        notes: if detail.is_empty() { Vec::new() } else { vec![detail] },
+    })
+}
+
+/// `GetRotationStatus`.
+pub fn status(agent: &Agent, key: Option<&proto::KeyRef>) -> Result<proto::RotationStatus, ApiError> {
+    let key = agent.key_ref(key)?;
+    let settings = agent.config().rotation_for(&key);
+    let current = existing(agent, &key)?;
+    let (failures, fallback_failures) = agent.failures.since_promotion(&current);
+    let now = SystemTime::now();
+    let gate = RetireGate {
+        grace: settings.grace,
+        failures_since_promotion: failures,
+        force: false,
+    };
+    let (retire_allowed, retire_blocked_reason) = match rotation::apply(&current, Command::Retire, gate, now) {
+        Ok(_) => (true, String::new()),
+        Err(e) => (false, e.to_string()),
+    };
+    Ok(proto::RotationStatus {
+        key: Some(current.to_info()),
+        subscribers: agent
+            .watchers
+            .subscribers(&key)
+            .into_iter()
+            .map(|s| proto::Subscriber {
+                uid: s.uid,
+                pid: s.pid,
+                exe: s.exe.unwrap_or_default(),
+                unit: s.unit.unwrap_or_default(),
+                delivered_generation: s.delivered_generation,
+            })
+            .collect(),
+        failures_since_promotion: failures,
+        fallback_failures_since_promotion: fallback_failures,
+        grace_seconds: settings.grace.as_secs(),
+        // Rounded up: 0 only once the grace period is really over.
+        grace_left_seconds: {
+            let left = rotation::grace_left(&current, settings.grace, now);
+            left.as_secs() + u64::from(left.subsec_nanos() > 0)
+        },
+        retire_allowed,
+        retire_blocked_reason,
+        has_generator: settings.generator.is_some(),
+        has_validator: settings.validator.is_some(),
+        has_revoker: settings.revoker.is_some(),
+        propagation_timeout_seconds: settings.propagation_timeout.as_secs(),
+        failure_threshold: settings.failure_threshold,
+    })
+}
