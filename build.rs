@@ -10,6 +10,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .bytes(".keyward.v1.KeyVersion.secret")
         .bytes(".keyward.v1.PutKeyRequest.secret")
         .bytes(".keyward.v1.StageKeyRequest.secret")
+        // Small per-stream codec buffers: 10,000 idle watch streams must not
+        // each hold tonic's default 8 KiB (see proto::SmallBufferCodec).
+        .codec_path("crate::proto::SmallBufferCodec")
         // Messages that carry secrets get a hand-written, redacting Debug.
         .skip_debug([
             ".keyward.v1.KeyVersion",

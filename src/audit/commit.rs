@@ -441,6 +441,9 @@ impl Syncer {
         let (interval, path) = (opts.fsync_interval, opts.path.clone());
         let thread = std::thread::Builder::new()
             .name("keyward-audit-sync".into())
+            // It only syncs and writes the head file: a small stack, which
+            // matters because the agent's memory is locked (all resident).
+            .stack_size(256 * 1024)
             .spawn(move || {
                 let mut synced = synced;
                 while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
