@@ -28,50 +28,23 @@ impl KeysService {
     }
 
     async fn get_key(&self, caller: &Arc<Caller>, req: &proto::GetKeyRequest) -> Result<proto::KeySet, ApiError> {
-        let audit_refusal = |key: String, outcome: &'static str, detail: String| AuditEvent {
-            event: "fetch",
-            caller: Some(caller.record.clone()),
-            key: Some(key),
-            outcome,
-            detail: Some(detail),
-            ..Default::default()
-        };
+        let agent = &self.agent;
         if let Some(limit) = &caller.over_limit {
             return Err(ApiError::ResourceExhausted(limit.clone()));
         }
-        let key = match self.agent.key_ref(req.key.as_ref()) {
+        let key = match agent.key_ref(req.key.as_ref()) {
             Ok(k) => k,
             Err(e) => {
-                let shown = req.key.as_ref().map(shown_key).unwrap_or_default();
-                // A refusal that cannot be audited is still a refusal.
-                let _ = self
-                    .agent
-                    .audit
-                    .record(audit_refusal(shown, "invalid_argument", e.to_string()))
-                    .await;
-                return Err(e);
+                let shown = req.key.as_ref().map(shown_key);
+                return Err(agent.refuse("fetch", caller, shown, "invalid_argument", e).await);
             }
         };
-        if !self.agent.config().policy.allows(&caller.principal(), &key) {
-            let msg = format!(
-                "{} may not read {key}: no grant in the policy names this caller for this key; add a [[grant]] to the agent's config",
-                caller.describe()
-            );
-            let _ = self
-                .agent
-                .audit
-                .record(audit_refusal(key.to_string(), "denied", msg.clone()))
-                .await;
-            return Err(ApiError::PermissionDenied(msg));
-        }
-        let Some(state) = self.agent.store.get(&key) else {
-            let msg = format!("key {key} does not exist: create it with `keyward put {key}`");
-            let _ = self
-                .agent
-                .audit
-                .record(audit_refusal(key.to_string(), "not_found", msg.clone()))
-                .await;
-            return Err(ApiError::NotFound(msg));
+        agent.check_read("fetch", caller, &key).await?;
+        let Some(state) = agent.store.get(&key) else {
+            let missing = ApiError::NotFound(format!("key {key} does not exist: create it with `keyward put {key}`"));
+            return Err(agent
+                .refuse("fetch", caller, Some(key.to_string()), "not_found", missing)
+                .await);
         };
         let event = AuditEvent {
             event: "fetch",

@@ -207,6 +207,43 @@ impl Agent {
         Ok(key)
     }
 
+    /// Audits a refused request as `event` with `outcome` and returns its
+    /// error. A refusal whose record cannot be written is still a refusal.
+    pub async fn refuse(
+        &self,
+        event: &'static str,
+        caller: &Caller,
+        key: Option<String>,
+        outcome: &'static str,
+        error: ApiError,
+    ) -> ApiError {
+        let record = AuditEvent {
+            event,
+            caller: Some(caller.record.clone()),
+            key,
+            outcome,
+            detail: Some(error.to_string()),
+            ..Default::default()
+        };
+        let _ = self.audit.record(record).await;
+        error
+    }
+
+    /// Checks that the policy lets `caller` read `key`; a refusal is audited
+    /// as `event`.
+    pub async fn check_read(&self, event: &'static str, caller: &Caller, key: &KeyRef) -> Result<(), ApiError> {
+        if self.config().policy.allows(&caller.principal(), key) {
+            return Ok(());
+        }
+        let denied = ApiError::PermissionDenied(format!(
+            "{} may not read {key}: no grant in the policy names this caller for this key; add a [[grant]] to the agent's config",
+            caller.describe()
+        ));
+        Err(self
+            .refuse(event, caller, Some(key.to_string()), "denied", denied)
+            .await)
+    }
+
     /// "environment 'qa' is not configured …".
     pub fn unknown_env_message(&self, env: &str) -> String {
         let config = self.config();

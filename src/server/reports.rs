@@ -114,24 +114,7 @@ pub async fn report(agent: &Arc<Agent>, caller: &Caller, r: &proto::AuthFailureR
         return Err(ApiError::ResourceExhausted(limit.clone()));
     }
     let key = agent.key_ref(r.key.as_ref())?;
-    if !agent.config().policy.allows(&caller.principal(), &key) {
-        let msg = format!(
-            "{} may not report failures for {key}: it may not read that key; add a [[grant]] for it",
-            caller.describe()
-        );
-        let _ = agent
-            .audit
-            .record(AuditEvent {
-                event: "auth_failure",
-                caller: Some(caller.record.clone()),
-                key: Some(key.to_string()),
-                outcome: "denied",
-                detail: Some(msg.clone()),
-                ..Default::default()
-            })
-            .await;
-        return Err(ApiError::PermissionDenied(msg));
-    }
+    agent.check_read("auth_failure", caller, &key).await?;
     let Some(state) = agent.store.get(&key) else {
         return Err(ApiError::NotFound(format!("key {key} does not exist")));
     };

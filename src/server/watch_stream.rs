@@ -69,20 +69,8 @@ pub async fn watch(
         return Err(ApiError::ResourceExhausted(limit.clone()));
     }
     let refuse = |key: Option<String>, outcome: &'static str, error: ApiError| {
-        let agent = agent.clone();
-        let event = AuditEvent {
-            event: "watch",
-            caller: Some(caller.record.clone()),
-            key,
-            outcome,
-            detail: Some(error.to_string()),
-            ..Default::default()
-        };
-        async move {
-            // A refusal that cannot be audited is still a refusal.
-            let _ = agent.audit.record(event).await;
-            Err(error)
-        }
+        let (agent, caller) = (agent.clone(), caller.clone());
+        async move { Err(agent.refuse("watch", &caller, key, outcome, error).await) }
     };
     if req.keys.is_empty() || req.keys.len() > MAX_KEYS_PER_WATCH {
         let msg = format!(
@@ -103,17 +91,9 @@ pub async fn watch(
     // The epoch is read before the policy, so that a reload that lands
     // after this check is seen by the stream.
     let epoch = agent.config_epoch();
-    let config = agent.config();
     for key in &keys {
-        if !config.policy.allows(&caller.principal(), key) {
-            let msg = format!(
-                "{} may not read {key}: no grant in the policy names this caller for this key; add a [[grant]] to the agent's config",
-                caller.describe()
-            );
-            return refuse(Some(key.to_string()), "denied", ApiError::PermissionDenied(msg)).await;
-        }
+        agent.check_read("watch", &caller, key).await?;
     }
-    drop(config);
 
     // Subscribe first, then read: see the invariants in crate::watch.
     let subscription = agent.watchers.subscribe(&keys, caller.record.clone());
@@ -287,18 +267,11 @@ async fn refuse_access(agent: Arc<Agent>, caller: Arc<Caller>, key: KeyRef, why:
         "access to {key} {why}: {} may no longer read it, so this watch has ended; ask for a [[grant]] in the agent's config",
         caller.describe()
     );
-    let _ = agent
-        .audit
-        .record(AuditEvent {
-            event: "watch",
-            caller: Some(caller.record.clone()),
-            key: Some(key.to_string()),
-            outcome: "denied",
-            detail: Some(msg.clone()),
-            ..Default::default()
-        })
-        .await;
-    ApiError::PermissionDenied(msg).into()
+    let denied = ApiError::PermissionDenied(msg);
+    agent
+        .refuse("watch", &caller, Some(key.to_string()), "denied", denied)
+        .await
+        .into()
 }
 
 fn shutting_down() -> Status {
