@@ -2,9 +2,10 @@
 //!
 //! A root-owned agent, `keywardd`, keeps API keys age-encrypted on disk per
 //! environment and serves each key's current primary and fallback over gRPC
-//! on a permissioned Unix socket, to the callers its policy names. Every
-//! fetch and every change is written to a hash-chained audit log before it
-//! is answered.
+//! on a permissioned Unix socket, to the callers its policy names. It
+//! rotates keys by the safe sequence (stage, promote, retire) and pushes
+//! every change to subscribers. Every fetch, delivery and change is written
+//! to a hash-chained audit log before it is answered.
 //!
 //! # Layout
 //!
@@ -21,12 +22,17 @@
 //!   commands: secrets only on stdin and stdout, a timeout that kills the
 //!   hook's whole process group, errors that never contain the secret.
 //! - [`store`]: the agent identity, the age-encrypted key files, atomic
-//!   writes and the in-memory view the fetch path reads.
-//! - [`audit`]: the append-only, hash-chained audit log: one writer task with
-//!   group commit, and the offline verifier.
+//!   writes, the in-memory view the fetch path reads, and the decisions of
+//!   hot reload (`store::reload`).
+//! - [`watch`]: one latest-value channel per key for `WatchKeys`, and the
+//!   registry of live subscribers with the generation each was sent.
+//! - [`audit`]: the append-only, hash-chained audit log: leader/follower
+//!   group commit, the head file, and the offline verifier.
 //! - [`hygiene`]: process hardening (no core dumps, locked memory).
 //! - [`server`]: socket binding, caller identity from peer credentials, the
-//!   `Keys` and `Admin` gRPC services, and [`server::run`], the one way in.
+//!   `Keys` and `Admin` gRPC services (fetch, watch streams, auth-failure
+//!   reports, changes and rotation), hot reload of the store, config reload
+//!   on SIGHUP, and [`server::run`], the one way in.
 //! - [`client`]: connecting to the agent's sockets (used by the CLI, tests and
 //!   benchmarks).
 //! - [`proto`]: the generated gRPC types of `proto/keyward/v1`.

@@ -1,7 +1,7 @@
 //! The `Admin` service on the admin socket: operators change keys here.
 //!
 //! Invariants: only root, the agent's own user or the configured admin group
-//! get past [`AdminService::authorize`]; changes are serialized by one lock,
+//! get past `AdminService::authorize`; changes are serialized by one lock,
 //! durable before they return, and audited with the generation before and
 //! after. A refused change leaves the old state serving.
 

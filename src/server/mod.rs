@@ -1,6 +1,14 @@
 //! The agent's server side: sockets, caller identity, the two gRPC services
 //! and [`run`], the one way in.
 //!
+//! - [`sockets`], [`peer`]: binding, the state lock, who is calling.
+//! - [`keys`], [`watch_stream`], [`reports`]: the service socket (`GetKey`,
+//!   `WatchKeys`, `ReportAuthFailure`).
+//! - [`admin`], [`rotate`]: the admin socket (changes and rotation).
+//! - [`hot_reload`], [`config_reload`]: files changed by other tools, and
+//!   SIGHUP.
+//! - [`error`]: the one mapping from the agent's errors to gRPC statuses.
+//!
 //! `keywardd`'s `main` opens an [`Agent`] (store, audit, lock), binds the
 //! sockets with [`bind_listeners`] and calls [`run`] with a signal future;
 //! tests do the same with a oneshot. Shutdown stops accepting, lets in-flight

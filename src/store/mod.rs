@@ -4,7 +4,7 @@
 //!
 //! Invariants:
 //! - A commit is durable before it is visible: the file is replaced
-//!   atomically (see [`atomic`]) and only then is the in-memory entry
+//!   atomically (see `store::atomic`) and only then is the in-memory entry
 //!   swapped. A failed commit changes neither.
 //! - The store never follows a symlink, never reads a file another user
 //!   could have written, and never deletes a file it cannot read: a bad file
