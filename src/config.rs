@@ -74,7 +74,7 @@
 //! # dev, staging and prod, all fail-closed.
 //! [environments.prod]
 //! # "fail-closed": a fetch whose audit record cannot be written fails.
-//! # "fail-open": it is answered anyway (and an alert is raised).
+//! # "fail-open": it is answered anyway (and a warning is logged).
 //! on_audit_failure = "fail-closed"
 //! # Overrides [rotation] grace for the keys of this environment.
 //! grace = "1h"
