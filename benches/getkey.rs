@@ -1,7 +1,8 @@
 //! GetKey benchmark: the real agent against a no-op gRPC server (the
 //! transport floor), side by side in one run.
 //!
-//! Run with `cargo bench --bench getkey` (add `-- --quick` for a short run).
+//! Run with `cargo bench --bench getkey` (add `-- --quick` for a short run,
+//! `-- --fsync` to run the agent with `[audit] durability = "fsync"`).
 //! It starts the release `keywardd` in dev mode in a temp dir (audit on,
 //! default durability) and, as a separate process, a server on a Unix
 //! socket whose GetKey handler returns a constant KeySet and does nothing
@@ -26,11 +27,12 @@ fn main() {
         return noop_server(PathBuf::from(&args[i + 1]));
     }
     let quick = args.iter().any(|a| a == "--quick");
+    let fsync = args.iter().any(|a| a == "--fsync");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(bench(quick));
+    rt.block_on(bench(quick, fsync));
 }
 
 struct Proc(Child);
@@ -52,14 +54,18 @@ fn wait_for_socket(path: &Path) {
     }
 }
 
-async fn bench(quick: bool) {
+async fn bench(quick: bool, fsync: bool) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("agent");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keywardd"));
+    cmd.arg("--dev").arg(&dir);
+    if fsync {
+        let config = tmp.path().join("keyward.toml");
+        std::fs::write(&config, "[audit]\ndurability = \"fsync\"\n").unwrap();
+        cmd.arg("--config").arg(config);
+    }
     let agent = Proc(
-        Command::new(env!("CARGO_BIN_EXE_keywardd"))
-            .arg("--dev")
-            .arg(&dir)
-            .env("KEYWARD_LOG", "warn")
+        cmd.env("KEYWARD_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()
             .expect("start keywardd"),
