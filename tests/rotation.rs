@@ -420,49 +420,80 @@ async fn rotate_rolls_back_when_the_new_primary_is_refused_during_grace() {
 
 /// kill -9 of the agent at each step of `keyward rotate` leaves a key in a
 /// consistent state that serves a valid primary, and `rotate` resumes it.
+/// The kill points are found by watching the agent, not by timing: inside
+/// the generator, with the key STAGED (rotate stopped there), inside the
+/// grace period (PROMOTED), and inside the revoker.
 #[tokio::test]
 async fn kill_9_at_each_rotate_step_leaves_a_resumable_key() {
     let hooks = Hooks::new();
-    // A slow generator and revoker so the kill lands inside those steps too.
     let d = hooks.dir.path();
-    let slow_gen = hook(d, "slowgen", "sleep 1; printf sk_slow_$$");
+    let marker = |name: &str| d.join(name);
+    // Slow hooks that say when they start, so the kill lands inside them.
+    let slow_gen = hook(
+        d,
+        "slowgen",
+        &format!("touch {}; sleep 1; printf sk_slow_$$", marker("gen.started").display()),
+    );
     let slow_rev = hook(
         d,
         "slowrev",
         &format!(
-            "sleep 1; cat >> {}; echo >> {}",
-            hooks.revoked().display(),
-            hooks.revoked().display()
+            "touch {}; sleep 1; cat >> {r}; echo >> {r}",
+            marker("rev.started").display(),
+            r = hooks.revoked().display()
         ),
     );
     let config = format!(
-        "[rotation]\ngrace = \"1s\"\nhook_timeout = \"10s\"\npropagation_timeout = \"5s\"\n[[key]]\nkeys = [\"prod/*\"]\ngenerator = [\"{slow_gen}\"]\nrevoker = [\"{slow_rev}\"]\n"
+        "[rotation]\ngrace = \"2s\"\nhook_timeout = \"10s\"\npropagation_timeout = \"5s\"\n[[key]]\nkeys = [\"prod/*\"]\ngenerator = [\"{slow_gen}\"]\nrevoker = [\"{slow_rev}\"]\n"
     );
     let mut agent = TestAgent::start_with_config(&config);
     agent.put("prod/crash", "sk_crash_orig");
-    // Kill points: inside the generator, after staging, inside the grace
-    // period, inside the revoker.
-    for kill_after in [
-        Duration::from_millis(500),
-        Duration::from_millis(1300),
-        Duration::from_millis(1800),
-        Duration::from_millis(2700),
-    ] {
+
+    #[derive(Debug, Clone, Copy)]
+    enum KillAt {
+        InGenerator,
+        Staged,
+        InGrace,
+        InRevoker,
+    }
+    for kill_at in [KillAt::InGenerator, KillAt::Staged, KillAt::InGrace, KillAt::InRevoker] {
+        for m in ["gen.started", "rev.started"] {
+            let _ = std::fs::remove_file(marker(m));
+        }
+        let until = if matches!(kill_at, KillAt::Staged) {
+            "staged"
+        } else {
+            "retired"
+        };
         let mut rotate = std::process::Command::new(KEYWARD)
             .arg("--dev")
             .arg(&agent.dir)
-            .args(["rotate", "prod/crash", "--poll", "50ms"])
+            .args(["rotate", "prod/crash", "--poll", "20ms", "--until", until])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        tokio::time::sleep(kill_after).await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let reached = match kill_at {
+                KillAt::InGenerator => marker("gen.started").exists(),
+                KillAt::Staged => get(&agent, "crash").await.state == RotationState::Staged as i32,
+                KillAt::InGrace => get(&agent, "crash").await.state == RotationState::Promoted as i32,
+                KillAt::InRevoker => marker("rev.started").exists(),
+            };
+            if reached {
+                break;
+            }
+            assert!(Instant::now() < deadline, "never reached {kill_at:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let before = get(&agent, "crash").await;
         agent.kill9();
         let _ = wait_timeout(&mut rotate, Duration::from_secs(10));
         let _ = rotate.kill();
+        let _ = rotate.wait();
         agent.spawn().expect("restarts");
         let set = get(&agent, "crash").await;
-        assert!(set.primary.is_some(), "a primary after kill at {kill_after:?}");
         let consistent = match RotationState::try_from(set.state).unwrap() {
             RotationState::Steady => set.fallback.is_none(),
             RotationState::Staged | RotationState::Promoted => set.fallback.is_some(),
@@ -470,28 +501,38 @@ async fn kill_9_at_each_rotate_step_leaves_a_resumable_key() {
         };
         assert!(
             consistent,
-            "state {} with fallback {:?}",
+            "{kill_at:?}: state {} with fallback {:?}",
             set.state,
             set.fallback.is_some()
         );
+        assert!(
+            set.generation >= before.generation,
+            "{kill_at:?}: generation went backwards"
+        );
+        // The primary served before the kill is still primary or fallback.
+        let served = [set.primary.as_ref(), set.fallback.as_ref()];
+        assert!(
+            served
+                .iter()
+                .flatten()
+                .any(|v| v.version == before.primary.as_ref().unwrap().version),
+            "{kill_at:?}: the primary in use before the kill is gone"
+        );
         // rotate resumes from wherever it stands and finishes.
-        let out = agent.cli(&["rotate", "prod/crash", "--poll", "50ms"], None);
+        let out = agent.cli(&["rotate", "prod/crash", "--poll", "20ms"], None);
         assert!(
             out.status.success(),
-            "resume after kill at {kill_after:?}: {}{}",
+            "resume after {kill_at:?}: {}{}",
             text(&out.stdout),
             text(&out.stderr)
         );
         let done = get(&agent, "crash").await;
-        assert_eq!(done.state, RotationState::Steady as i32);
-        assert!(done.generation > set.generation || set.state == RotationState::Steady as i32);
+        assert_eq!(done.state, RotationState::Steady as i32, "{kill_at:?}");
+        assert!(done.fallback.is_none());
     }
-    assert!(std::process::Command::new(KEYWARD)
-        .args(["audit", "verify"])
-        .arg(agent.audit_file())
-        .status()
-        .unwrap()
-        .success());
+    agent.stop();
+    let out = agent.cli(&["audit", "verify"], None);
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
 }
 
 /// Each secret's validity window: from just before it is staged until its
