@@ -1,0 +1,421 @@
+//! Per-key hook commands: the generator, the validator and the revoker.
+//!
+//! A hook is an operator's program that talks to the provider: the
+//! **generator** prints a new secret on stdout (the provider's "create key"
+//! call), the **validator** reads a candidate secret on stdin and exits 0 if
+//! the provider accepts it, the **revoker** reads a retired secret on stdin
+//! and revokes it at the provider.
+//!
+//! Invariants:
+//!
+//! - A secret reaches a hook only through its stdin, and leaves the
+//!   generator only through its stdout. Never through `argv` (readable by
+//!   every local user in `/proc/PID/cmdline`) nor the environment.
+//! - The child gets a minimal environment: `PATH=/usr/sbin:/usr/bin:/sbin:/bin`,
+//!   `LANG=C`, `KEYWARD_HOOK` (generator, validator or revoker) and, when
+//!   the command comes from [`crate::config::Config::rotation_for`],
+//!   `KEYWARD_KEY`, `KEYWARD_ENV` and `KEYWARD_NAME` (so one hook can serve
+//!   a glob of keys). Nothing of the agent's own environment is passed on.
+//!   Its working directory is `/`.
+//! - Every hook runs under a timeout, in its own process group: on expiry
+//!   (or when the caller gives up and drops the future) the whole group is
+//!   killed with SIGKILL and the hook is reaped. A hook that puts children in
+//!   another group or session (`setsid`) escapes this; don't.
+//! - Buffers that may hold a secret (the generator's stdout) are zeroizing
+//!   and grow without leaving copies behind.
+//! - Errors never contain the secret. They do contain the tail of the hook's
+//!   stderr (the operator needs it to see why the provider said no), so
+//!   **hooks must not print secrets on stderr**; as a second line of defence,
+//!   any occurrence of the secret in stderr or in the revoker's note is
+//!   replaced by `[redacted]`.
+
+mod run;
+
+use std::fmt;
+use std::io;
+use std::ops::Range;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use zeroize::Zeroizing;
+
+use crate::secret::{KeyRef, Secret};
+use run::{run, StdoutMode};
+
+/// The whole `PATH` a hook gets: system directories only.
+pub const HOOK_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
+/// How much of the end of a hook's stderr goes into an error message.
+pub const STDERR_TAIL_BYTES: usize = 2048;
+/// Longest revoker note, in characters.
+pub const NOTE_MAX_CHARS: usize = 200;
+/// How much of the revoker's stdout is read before the rest is discarded.
+const NOTE_READ_BYTES: usize = 4096;
+/// What replaces the secret where a hook echoed it.
+const REDACTED: &[u8] = b"[redacted]";
+
+/// Which hook ran.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// Prints a new secret on stdout.
+    Generator,
+    /// Gets a candidate on stdin; exit 0 = accepted.
+    Validator,
+    /// Gets the retired secret on stdin.
+    Revoker,
+}
+
+impl Hook {
+    /// The name, as the config file spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hook::Generator => "generator",
+            Hook::Validator => "validator",
+            Hook::Revoker => "revoker",
+        }
+    }
+}
+
+impl fmt::Display for Hook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A hook command line from the config. `Debug` is safe: it holds no secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HookCommand {
+    /// The program (an absolute path, run without `PATH` lookup) and its
+    /// arguments. Never a secret.
+    pub argv: Vec<String>,
+    /// Extra environment variables (never secrets), e.g. `KEYWARD_KEY`.
+    pub env: Vec<(String, String)>,
+}
+
+/// Why a hook command line was refused (the config loader adds where).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidHookCommand {
+    /// `[]`.
+    #[error("is empty: give the program and its arguments, e.g. [\"/usr/local/bin/new-key\", \"--env\", \"prod\"]")]
+    Empty,
+    /// The program is not an absolute path.
+    #[error("runs {program:?}, which is not an absolute path: write the full path, starting with '/' (hooks run as the agent's user, usually root, so they are never looked up in PATH)")]
+    NotAbsolute {
+        /// The program as written.
+        program: String,
+    },
+    /// An argument holds a NUL byte, which no command line can carry.
+    #[error("has a NUL byte in argument {index}: remove it")]
+    Nul {
+        /// 0-based index in the list.
+        index: usize,
+    },
+}
+
+impl HookCommand {
+    /// Checks `argv`: non-empty, the program an absolute path, no NUL bytes.
+    pub fn new(argv: Vec<String>) -> Result<HookCommand, InvalidHookCommand> {
+        let Some(program) = argv.first() else {
+            return Err(InvalidHookCommand::Empty);
+        };
+        if !program.starts_with('/') {
+            return Err(InvalidHookCommand::NotAbsolute {
+                program: program.clone(),
+            });
+        }
+        if let Some(index) = argv.iter().position(|a| a.contains('\0')) {
+            return Err(InvalidHookCommand::Nul { index });
+        }
+        Ok(HookCommand { argv, env: Vec::new() })
+    }
+
+    /// The same command, told which key it works on through `KEYWARD_KEY`,
+    /// `KEYWARD_ENV` and `KEYWARD_NAME`.
+    pub fn for_key(mut self, key: &KeyRef) -> HookCommand {
+        self.env.retain(|(k, _)| !k.starts_with("KEYWARD_"));
+        self.env.push(("KEYWARD_KEY".to_owned(), key.to_string()));
+        self.env.push(("KEYWARD_ENV".to_owned(), key.env().to_owned()));
+        self.env.push(("KEYWARD_NAME".to_owned(), key.name().to_owned()));
+        self
+    }
+
+    /// The program's path, for messages.
+    pub fn program(&self) -> &str {
+        self.argv.first().map_or("", String::as_str)
+    }
+}
+
+/// Why a hook did not do its job. Messages name the hook and its program,
+/// include the tail of its stderr where useful, never the secret, and say
+/// what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    /// The program could not be started.
+    #[error("cannot start the {hook} hook {program}: {source}: check that the file exists and is executable by the agent's user (hooks run by absolute path, without PATH)")]
+    Spawn {
+        /// Which hook.
+        hook: Hook,
+        /// Its program.
+        program: String,
+        /// What exec said.
+        source: io::Error,
+    },
+    /// It exited unsuccessfully (or was killed by a signal).
+    #[error("the {hook} hook {program} failed ({status}); {stderr}: fix the hook or what it calls, then retry")]
+    Failed {
+        /// Which hook.
+        hook: Hook,
+        /// Its program.
+        program: String,
+        /// How it ended.
+        status: ExitStatus,
+        /// The tail of its stderr, described.
+        stderr: String,
+    },
+    /// The validator refused the candidate (exited non-zero).
+    #[error("the {hook} hook {program} rejected the new key ({status}); {stderr}: check the key at the provider, or give another one")]
+    Rejected {
+        /// Which hook (the validator).
+        hook: Hook,
+        /// Its program.
+        program: String,
+        /// How it ended.
+        status: ExitStatus,
+        /// The tail of its stderr, described.
+        stderr: String,
+    },
+    /// It did not finish in time; it was killed with its process group.
+    #[error("the {hook} hook {program} did not finish within {} and was killed with its process group: make it faster, or raise hook_timeout in the config", humantime::format_duration(*after))]
+    TimedOut {
+        /// Which hook.
+        hook: Hook,
+        /// Its program.
+        program: String,
+        /// The timeout.
+        after: Duration,
+    },
+    /// Its output or pipes were unusable (empty, too large, I/O error).
+    #[error("the {hook} hook {program} {reason}")]
+    Output {
+        /// Which hook.
+        hook: Hook,
+        /// Its program.
+        program: String,
+        /// What was wrong and what to do.
+        reason: String,
+    },
+}
+
+/// Runs the generator: no stdin, the new secret on stdout (one trailing
+/// newline, `\n` or `\r\n`, is removed), exit status 0. More than
+/// `max_bytes` bytes of secret, or none, is an error.
+pub async fn generate(cmd: &HookCommand, timeout: Duration, max_bytes: usize) -> Result<Secret, HookError> {
+    let hook = Hook::Generator;
+    // Room for a secret of exactly max_bytes plus "\r\n".
+    let read_limit = max_bytes.saturating_add(2);
+    let out = run(
+        hook,
+        cmd,
+        None,
+        StdoutMode::Secret { limit: read_limit },
+        read_limit,
+        timeout,
+    )
+    .await?;
+    let mut secret = out.stdout;
+    if secret.last() == Some(&b'\n') {
+        secret.pop();
+        if secret.last() == Some(&b'\r') {
+            secret.pop();
+        }
+    }
+    if !out.status.success() {
+        return Err(HookError::Failed {
+            hook,
+            program: cmd.program().to_owned(),
+            status: out.status,
+            stderr: describe_stderr(&out.stderr, out.stderr_truncated, &secret),
+        });
+    }
+    let problem = if out.stdout_overflow || secret.len() > max_bytes {
+        Some(format!(
+            "printed more than {max_bytes} bytes on stdout (limits.max_secret_bytes): make it print only the new key, or raise the limit"
+        ))
+    } else if secret.is_empty() {
+        let stderr = describe_stderr(&out.stderr, out.stderr_truncated, &secret);
+        Some(format!(
+            "exited 0 but printed nothing on stdout; {stderr}: make it print the new key on stdout"
+        ))
+    } else {
+        None
+    };
+    match problem {
+        Some(reason) => Err(HookError::Output {
+            hook,
+            program: cmd.program().to_owned(),
+            reason,
+        }),
+        None => Ok(Secret::new(secret)),
+    }
+}
+
+/// Runs the validator with `secret` on stdin: exit 0 means the provider
+/// accepts it; any other exit code is [`HookError::Rejected`].
+pub async fn validate(cmd: &HookCommand, secret: &Secret, timeout: Duration) -> Result<(), HookError> {
+    let hook = Hook::Validator;
+    let bytes = secret.expose_secret();
+    let out = run(hook, cmd, Some(bytes), StdoutMode::Discard, bytes.len(), timeout).await?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let stderr = describe_stderr(&out.stderr, out.stderr_truncated, bytes);
+    let program = cmd.program().to_owned();
+    match out.status.code() {
+        // An exit code is the validator's verdict; a signal is not.
+        Some(_) => Err(HookError::Rejected {
+            hook,
+            program,
+            status: out.status,
+            stderr,
+        }),
+        None => Err(HookError::Failed {
+            hook,
+            program,
+            status: out.status,
+            stderr,
+        }),
+    }
+}
+
+/// Runs the revoker with the retired `secret` on stdin. On exit 0, returns
+/// a short note: the first line of its stdout (at most
+/// [`NOTE_MAX_CHARS`] characters, the secret redacted).
+pub async fn revoke(cmd: &HookCommand, secret: &Secret, timeout: Duration) -> Result<String, HookError> {
+    let hook = Hook::Revoker;
+    let bytes = secret.expose_secret();
+    let keep = NOTE_READ_BYTES.saturating_add(bytes.len());
+    let out = run(
+        hook,
+        cmd,
+        Some(bytes),
+        StdoutMode::Keep { limit: keep },
+        bytes.len(),
+        timeout,
+    )
+    .await?;
+    if !out.status.success() {
+        return Err(HookError::Failed {
+            hook,
+            program: cmd.program().to_owned(),
+            status: out.status,
+            stderr: describe_stderr(&out.stderr, out.stderr_truncated, bytes),
+        });
+    }
+    Ok(note(&out.stdout, out.stdout_overflow, bytes))
+}
+
+/// Where `secret` occurs in `data`: non-overlapping, left to right (the
+/// occurrences [`redact`] replaces).
+fn occurrences(data: &[u8], secret: &[u8]) -> Vec<Range<usize>> {
+    let mut found = Vec::new();
+    if secret.is_empty() {
+        return found;
+    }
+    let mut i = 0;
+    while i + secret.len() <= data.len() {
+        if data[i..].starts_with(secret) {
+            found.push(i..i + secret.len());
+            i += secret.len();
+        } else {
+            i += 1;
+        }
+    }
+    found
+}
+
+/// Every occurrence of `secret` in `data` replaced by `[redacted]`.
+fn redact(data: &[u8], secret: &[u8]) -> Zeroizing<Vec<u8>> {
+    let mut out = Zeroizing::new(Vec::with_capacity(data.len()));
+    let mut from = 0;
+    for found in occurrences(data, secret) {
+        out.extend_from_slice(&data[from..found.start]);
+        out.extend_from_slice(REDACTED);
+        from = found.end;
+    }
+    out.extend_from_slice(&data[from..]);
+    out
+}
+
+/// `data` without a piece of `secret` cut at its start (`cut_start`: data
+/// before it was dropped) or its end (`cut_end`: data after it was not
+/// read). Such a piece is shorter than the secret, so it lies within the
+/// first (last) `secret.len() - 1` bytes; those bytes go, except where a
+/// whole occurrence begins (ends), which [`redact`] replaces later.
+fn without_cut_secret<'a>(data: &'a [u8], secret: &[u8], cut_start: bool, cut_end: bool) -> &'a [u8] {
+    let Some(edge) = secret.len().checked_sub(1) else {
+        return data;
+    };
+    let found = occurrences(data, secret);
+    let start = if cut_start {
+        edge.min(found.first().map_or(data.len(), |r| r.start))
+    } else {
+        0
+    };
+    let end = if cut_end {
+        data.len().saturating_sub(edge).max(found.last().map_or(0, |r| r.end))
+    } else {
+        data.len()
+    };
+    data.get(start..end).unwrap_or_default()
+}
+
+/// Hook output as printable text: lossy UTF-8, control characters other
+/// than newline and tab replaced (no terminal escapes from a hook), trimmed.
+fn printable(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes)
+        .chars()
+        .map(|c| {
+            if c.is_control() && c != '\n' && c != '\t' {
+                char::REPLACEMENT_CHARACTER
+            } else {
+                c
+            }
+        })
+        .collect::<String>()
+        .trim()
+        .to_owned()
+}
+
+/// "its stderr: ..." for an error message: at most the last
+/// [`STDERR_TAIL_BYTES`], with `secret` redacted, and without the end of a
+/// secret whose beginning was dropped with earlier output.
+fn describe_stderr(tail: &[u8], truncated: bool, secret: &[u8]) -> String {
+    let redacted = redact(without_cut_secret(tail, secret, truncated, false), secret);
+    let start = redacted.len().saturating_sub(STDERR_TAIL_BYTES);
+    let text = printable(&redacted[start..]);
+    match (text.is_empty(), truncated || start > 0) {
+        (true, _) => "it printed nothing on stderr".to_owned(),
+        (false, false) => format!("its stderr: {text}"),
+        (false, true) => format!("its stderr (the end): …{text}"),
+    }
+}
+
+/// The revoker's note: the first line of its stdout, the secret redacted.
+/// `overflow`: stdout went on past what was read.
+fn note(stdout: &[u8], overflow: bool, secret: &[u8]) -> String {
+    let line = match stdout.iter().position(|&b| b == b'\n') {
+        Some(end) => &stdout[..end],
+        None => without_cut_secret(stdout, secret, false, overflow),
+    };
+    let text = printable(&redact(line, secret));
+    if text.is_empty() {
+        return "exited 0 with no output".to_owned();
+    }
+    let mut shown: String = text.chars().take(NOTE_MAX_CHARS).collect();
+    if shown.len() < text.len() {
+        shown.push('…');
+    }
+    shown
+}
+
+#[cfg(test)]
+mod tests;
