@@ -204,6 +204,27 @@ impl AdminService {
     }
 }
 
+impl AdminService {
+    /// Promote, rollback and abort: authorize, then one rotation step.
+    async fn step(
+        &self,
+        request: Request<proto::RotationRequest>,
+        command: Command,
+    ) -> Result<Response<proto::RotationResponse>, Status> {
+        let caller = self.authorize(&request).await?;
+        let r = request.into_inner();
+        let done = rotate::transition(
+            &self.agent,
+            &caller,
+            r.key.as_ref(),
+            r.expected_generation,
+            command,
+            false,
+        );
+        Ok(Response::new(done.await?))
+    }
+}
+
 /// Compare and swap: `expected` (0 = must not exist) must equal the key's
 /// current generation.
 pub(super) fn check_generation(
@@ -277,51 +298,21 @@ impl proto::admin_server::Admin for AdminService {
         &self,
         request: Request<proto::RotationRequest>,
     ) -> Result<Response<proto::RotationResponse>, Status> {
-        let caller = self.authorize(&request).await?;
-        let r = request.into_inner();
-        let done = rotate::transition(
-            &self.agent,
-            &caller,
-            r.key.as_ref(),
-            r.expected_generation,
-            Command::Promote,
-            false,
-        );
-        Ok(Response::new(done.await?))
+        self.step(request, Command::Promote).await
     }
 
     async fn rollback_key(
         &self,
         request: Request<proto::RotationRequest>,
     ) -> Result<Response<proto::RotationResponse>, Status> {
-        let caller = self.authorize(&request).await?;
-        let r = request.into_inner();
-        let done = rotate::transition(
-            &self.agent,
-            &caller,
-            r.key.as_ref(),
-            r.expected_generation,
-            Command::Rollback,
-            false,
-        );
-        Ok(Response::new(done.await?))
+        self.step(request, Command::Rollback).await
     }
 
     async fn abort_key(
         &self,
         request: Request<proto::RotationRequest>,
     ) -> Result<Response<proto::RotationResponse>, Status> {
-        let caller = self.authorize(&request).await?;
-        let r = request.into_inner();
-        let done = rotate::transition(
-            &self.agent,
-            &caller,
-            r.key.as_ref(),
-            r.expected_generation,
-            Command::Abort,
-            false,
-        );
-        Ok(Response::new(done.await?))
+        self.step(request, Command::Abort).await
     }
 
     async fn retire_key(
