@@ -607,3 +607,88 @@ async fn no_gap_while_64_clients_fetch_during_50_rotations() {
     assert!(total > 64 * 10, "the clients made progress: {total}");
     assert_eq!(secrets(&get(&agent, "hot").await), ("sk_hot_50".into(), None));
 }
+
+/// Ctrl-C of `keyward rotate` (SIGINT to the CLI) inside the generator
+/// and inside the grace period: the agent stays consistent, the generator's
+/// process group is killed with the abandoned request, and the next
+/// `rotate` finishes the job.
+#[tokio::test]
+async fn ctrl_c_of_rotate_leaves_a_consistent_resumable_key() {
+    let hooks = Hooks::new();
+    let d = hooks.dir.path();
+    let started = d.join("gen.started");
+    let finished = d.join("gen.finished");
+    let slow_gen = hook(
+        d,
+        "slowgen",
+        &format!(
+            "touch {}; sleep 2; touch {}; printf sk_ctrl_c_$$",
+            started.display(),
+            finished.display()
+        ),
+    );
+    let config = format!(
+        "[rotation]\ngrace = \"1s\"\nhook_timeout = \"10s\"\npropagation_timeout = \"5s\"\n[[key]]\nkeys = [\"prod/*\"]\ngenerator = [\"{slow_gen}\"]\n"
+    );
+    let agent = TestAgent::start_with_config(&config);
+    agent.put("prod/intr", "sk_intr_orig");
+    let interrupt = |child: &std::process::Child| {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        )
+        .unwrap();
+    };
+    let rotate = || {
+        std::process::Command::new(KEYWARD)
+            .arg("--dev")
+            .arg(&agent.dir)
+            .args(["rotate", "prod/intr", "--poll", "20ms"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+
+    // Inside the generator.
+    let mut cli = rotate();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !started.exists() {
+        assert!(Instant::now() < deadline, "the generator never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    interrupt(&cli);
+    wait_timeout(&mut cli, Duration::from_secs(10)).expect("rotate exits on Ctrl-C");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        !finished.exists(),
+        "the abandoned generator was killed, not left running"
+    );
+    let set = get(&agent, "intr").await;
+    assert_eq!(set.state, RotationState::Steady as i32, "nothing half-staged");
+    assert_eq!(secrets(&set), ("sk_intr_orig".into(), None));
+
+    // Inside the grace period.
+    let _ = std::fs::remove_file(&started);
+    let mut cli = rotate();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get(&agent, "intr").await.state != RotationState::Promoted as i32 {
+        assert!(Instant::now() < deadline, "rotate never promoted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    interrupt(&cli);
+    wait_timeout(&mut cli, Duration::from_secs(10)).expect("rotate exits on Ctrl-C");
+    let set = get(&agent, "intr").await;
+    assert_eq!(set.state, RotationState::Promoted as i32);
+    assert_eq!(
+        set.fallback.as_ref().map(|f| text(&f.secret)),
+        Some("sk_intr_orig".into())
+    );
+
+    // The next run resumes and finishes.
+    let out = agent.cli(&["rotate", "prod/intr", "--poll", "20ms"], None);
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    let done = get(&agent, "intr").await;
+    assert_eq!(done.state, RotationState::Steady as i32);
+    assert!(text(&done.primary.unwrap().secret).starts_with("sk_ctrl_c_"));
+}
