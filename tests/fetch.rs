@@ -18,15 +18,7 @@ async fn put_then_get_serves_the_primary_with_metadata() {
     assert!(shown.contains("primary"), "{shown}");
     assert!(!shown.contains("fallback"), "{shown}");
 
-    let set = agent
-        .keys()
-        .await
-        .get_key(proto::GetKeyRequest {
-            key: key("prod", "billing-api"),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let set = agent.fetch("prod", "billing-api").await.unwrap();
     let primary = set.primary.unwrap();
     assert_eq!(&primary.secret[..], b"sk_live_fetch_1");
     assert_eq!(primary.version, 1);
@@ -53,14 +45,7 @@ async fn put_then_get_serves_the_primary_with_metadata() {
 #[tokio::test]
 async fn unknown_key_is_not_found_with_a_hint() {
     let agent = TestAgent::start();
-    let err = agent
-        .keys()
-        .await
-        .get_key(proto::GetKeyRequest {
-            key: key("prod", "nope"),
-        })
-        .await
-        .unwrap_err();
+    let err = agent.fetch("prod", "nope").await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     assert!(err.message().contains("keyward put prod/nope"), "{}", err.message());
 }
@@ -231,13 +216,7 @@ async fn oversized_secret_and_message_are_refused_and_change_nothing() {
         .await
         .unwrap_err();
     assert_ne!(err.code(), Code::Ok);
-    let set = agent
-        .keys()
-        .await
-        .get_key(proto::GetKeyRequest { key: key("dev", "big") })
-        .await
-        .unwrap()
-        .into_inner();
+    let set = agent.fetch("dev", "big").await.unwrap();
     assert_eq!(&set.primary.unwrap().secret[..], b"sk_small_original");
     assert_eq!(set.generation, 1);
     // Exactly at the limit is fine.
@@ -286,14 +265,7 @@ async fn overwrite_needs_the_flag_and_cas_checks_the_generation() {
     let out = agent.cli(&["delete", "--yes", "prod/crm-api"], None);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(!agent.dir.join("store/prod/crm-api.age").exists());
-    let err = agent
-        .keys()
-        .await
-        .get_key(proto::GetKeyRequest {
-            key: key("prod", "crm-api"),
-        })
-        .await
-        .unwrap_err();
+    let err = agent.fetch("prod", "crm-api").await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     let events: Vec<String> = agent
         .audit_lines()

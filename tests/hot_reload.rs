@@ -60,15 +60,6 @@ fn write_atomically(path: &Path, bytes: &[u8]) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-async fn get(agent: &TestAgent, env: &str, name: &str) -> Result<proto::KeySet, tonic::Status> {
-    agent
-        .keys()
-        .await
-        .get_key(proto::GetKeyRequest { key: key(env, name) })
-        .await
-        .map(tonic::Response::into_inner)
-}
-
 fn primary_secret(set: &proto::KeySet) -> Vec<u8> {
     set.primary.as_ref().unwrap().secret.to_vec()
 }
@@ -77,7 +68,7 @@ fn primary_secret(set: &proto::KeySet) -> Vec<u8> {
 async fn wait_for_primary(agent: &TestAgent, env: &str, name: &str, want: &[u8]) -> proto::KeySet {
     let start = Instant::now();
     loop {
-        if let Ok(set) = get(agent, env, name).await {
+        if let Ok(set) = agent.fetch(env, name).await {
             if primary_secret(&set) == want {
                 return set;
             }
@@ -208,7 +199,7 @@ async fn record_written_by_a_tool_gets_the_next_generation() {
         let out = agent.cli(&["put", "--overwrite", "prod/billing-api"], Some(s.as_bytes()));
         assert!(out.status.success(), "{}", text(&out.stderr));
     }
-    let before = get(&agent, "prod", "billing-api").await.unwrap();
+    let before = agent.fetch("prod", "billing-api").await.unwrap();
     assert_eq!(before.generation, 3);
 
     // A full record from another tool, with a lower generation than ours.
@@ -272,7 +263,7 @@ async fn invalid_files_are_rejected_and_left_alone() {
         );
 
         // The last good state keeps serving; the file is not touched.
-        let set = get(&agent, "prod", "crm").await.unwrap();
+        let set = agent.fetch("prod", "crm").await.unwrap();
         assert_eq!(primary_secret(&set), b"sk_good", "{what}");
         assert_eq!(set.generation, 1, "{what}");
         assert_eq!(&std::fs::read(&path).unwrap(), bytes, "{what}: the file was rewritten");
@@ -330,7 +321,7 @@ async fn half_written_file_is_rejected_then_applied_when_complete() {
     f.flush().unwrap();
     let rejected = wait_for_reloads(&agent, "rejected", 1).await;
     assert_eq!(rejected[0]["key"], "prod/crm");
-    let set = get(&agent, "prod", "crm").await.unwrap();
+    let set = agent.fetch("prod", "crm").await.unwrap();
     assert_eq!(primary_secret(&set), b"sk_before");
     assert_eq!(set.generation, 1);
     assert!(
@@ -370,7 +361,7 @@ async fn the_agents_own_writes_do_not_reload() {
         "{}",
         agent.logs()
     );
-    let set = get(&agent, "prod", "busy").await.unwrap();
+    let set = agent.fetch("prod", "busy").await.unwrap();
     assert_eq!(set.generation, 20);
     assert_eq!(primary_secret(&set), b"sk_19");
 }
@@ -390,12 +381,12 @@ async fn generation_survives_a_restart_after_a_reload() {
     assert!(agent.stop().success());
     agent.spawn().unwrap();
 
-    let set = get(&agent, "prod", "crm").await.unwrap();
+    let set = agent.fetch("prod", "crm").await.unwrap();
     assert_eq!(primary_secret(&set), b"sk_two");
     assert_eq!(set.generation, 2, "the generation went backwards over a restart");
     let out = agent.cli(&["put", "--overwrite", "prod/crm"], Some(b"sk_three"));
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(get(&agent, "prod", "crm").await.unwrap().generation, 3);
+    assert_eq!(agent.fetch("prod", "crm").await.unwrap().generation, 3);
 }
 
 #[tokio::test]
@@ -416,7 +407,7 @@ async fn symlink_in_the_store_is_not_followed() {
         "{:?}",
         rejected[0]
     );
-    let err = get(&agent, "prod", "evil").await.unwrap_err();
+    let err = agent.fetch("prod", "evil").await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     let lines = wait_for_log(&agent, "not applied", 1).await;
     assert!(
@@ -435,7 +426,7 @@ async fn a_file_removed_outside_keyward_keeps_serving() {
     std::fs::remove_file(key_file(&agent, "prod", "crm")).unwrap();
     let ignored = wait_for_reloads(&agent, "ignored", 1).await;
     assert_eq!(ignored[0]["key"], "prod/crm");
-    assert_eq!(primary_secret(&get(&agent, "prod", "crm").await.unwrap()), b"sk_kept");
+    assert_eq!(primary_secret(&agent.fetch("prod", "crm").await.unwrap()), b"sk_kept");
     let lines = wait_for_log(&agent, "removed outside keyward", 1).await;
     assert!(
         lines.iter().any(|l| l.contains("keyward delete prod/crm")),
@@ -459,7 +450,7 @@ async fn raw_secret_is_refused_mid_rotation() {
         detail.contains("mid-rotation") && detail.contains("finish or abort"),
         "{detail}"
     );
-    let set = get(&agent, "prod", "crm").await.unwrap();
+    let set = agent.fetch("prod", "crm").await.unwrap();
     assert_eq!(primary_secret(&set), b"sk_current");
     assert_eq!(set.fallback.unwrap().secret.to_vec(), b"sk_staged");
     assert_eq!(std::fs::read(&path).unwrap(), bytes);
@@ -472,13 +463,7 @@ async fn watchers_get_the_reloaded_state() {
     let request = proto::WatchKeysRequest {
         keys: vec![key("prod", "crm").unwrap()],
     };
-    let mut stream = match agent.keys().await.watch_keys(request).await {
-        Ok(r) => r.into_inner(),
-        // WatchKeys is built separately; this test only checks that a
-        // reload reaches it when it exists.
-        Err(status) if status.code() == Code::Unimplemented => return,
-        Err(status) => panic!("watch_keys: {status}"),
-    };
+    let mut stream = agent.keys().await.watch_keys(request).await.unwrap().into_inner();
     let first = tokio::time::timeout(DEADLINE, stream.message())
         .await
         .unwrap()

@@ -39,13 +39,7 @@ fn retire(name: &str, force: bool) -> proto::RetireKeyRequest {
 }
 
 async fn get(agent: &TestAgent, name: &str) -> proto::KeySet {
-    agent
-        .keys()
-        .await
-        .get_key(proto::GetKeyRequest { key: key("prod", name) })
-        .await
-        .unwrap()
-        .into_inner()
+    agent.fetch("prod", name).await.unwrap()
 }
 
 fn secrets(set: &proto::KeySet) -> (String, Option<String>) {

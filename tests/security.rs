@@ -188,14 +188,7 @@ async fn connections_over_the_per_uid_limit_get_a_clear_error_and_others_keep_wo
     drop(extra);
     drop(clients);
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    agent
-        .keys()
-        .await
-        .get_key(proto::GetKeyRequest {
-            key: key("dev", "limited"),
-        })
-        .await
-        .unwrap();
+    agent.fetch("dev", "limited").await.unwrap();
 }
 
 /// Secrets put, fetched, refused and overwritten never show up in the

@@ -190,6 +190,12 @@ impl TestAgent {
         )
     }
 
+    /// One GetKey on a fresh connection.
+    pub async fn fetch(&self, env: &str, name: &str) -> Result<keyward::proto::KeySet, tonic::Status> {
+        let request = keyward::proto::GetKeyRequest { key: key(env, name) };
+        self.keys().await.get_key(request).await.map(|r| r.into_inner())
+    }
+
     pub async fn admin(&self) -> AdminClient<Channel> {
         AdminClient::new(
             keyward::client::connect(&self.admin_sock())
