@@ -7,25 +7,16 @@
 //! subscribers). It starts the release `keywardd` in dev mode in a temp dir
 //! with the audit on (every delivery is audited).
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+mod support;
+
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::{wait_for_socket, Proc};
 
 use keyward::proto::{self, admin_client::AdminClient, keys_client::KeysClient};
 use tokio::sync::Barrier;
 use tonic::transport::Channel;
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.0.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.0.wait();
-    }
-}
 
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -57,14 +48,6 @@ fn main() {
     rt.block_on(bench(keys, subscribers, connections));
 }
 
-async fn wait_for(path: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::os::unix::net::UnixStream::connect(path).is_err() {
-        assert!(Instant::now() < deadline, "{} never came up", path.display());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn bench(keys: usize, subscribers: usize, connections: usize) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("agent");
@@ -89,7 +72,7 @@ async fn bench(keys: usize, subscribers: usize, connections: usize) {
             .expect("start keywardd"),
     );
     let pid = agent.0.id();
-    wait_for(&dir.join("admin.sock")).await;
+    wait_for_socket(&dir.join("admin.sock"));
     let rss_empty = rss_kib(pid);
 
     let t = Instant::now();

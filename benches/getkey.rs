@@ -10,11 +10,14 @@
 //! over one connection, then throughput with 16 concurrent connections. The
 //! rounds alternate between the two servers so that machine noise hits both.
 
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::{wait_for_socket, Proc};
 
 use keyward::proto::{self, keys_client::KeysClient};
 use tonic::transport::Channel;
@@ -33,25 +36,6 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(bench(quick, fsync));
-}
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.0.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_for_socket(path: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::os::unix::net::UnixStream::connect(path).is_err() {
-        assert!(Instant::now() < deadline, "{} never came up", path.display());
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 async fn bench(quick: bool, fsync: bool) {
