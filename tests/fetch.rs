@@ -292,3 +292,27 @@ async fn list_and_status_show_metadata_only() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("2 keys"), "{}", text(&out.stdout));
 }
+
+#[tokio::test]
+async fn get_json_keeps_text_and_binary_secrets_exact() {
+    let agent = TestAgent::start();
+    agent.put("dev/text", "sk_json_text");
+    let binary = [0xffu8, 0x00, 0x9c, b'k', 0x80];
+    let f = agent.dir.parent().unwrap().join("binary.key");
+    std::fs::write(&f, binary).unwrap();
+    let out = agent.cli(&["put", "--raw", "--file", f.to_str().unwrap(), "dev/binary"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let json = |name: &str| -> serde_json::Value {
+        let out = agent.cli(&["get", "--json", name], None);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let doc = json("dev/text");
+    assert_eq!(doc["primary"]["secret"], "sk_json_text");
+    let doc = json("dev/binary");
+    assert_eq!(doc["primary"]["secret_hex"], "ff009c6b80");
+    assert!(doc["primary"].get("secret").is_none(), "{doc}");
+    let set = agent.fetch("dev", "binary").await.unwrap();
+    assert_eq!(&set.primary.unwrap().secret[..], &binary);
+}

@@ -46,7 +46,8 @@ pub enum Command {
         /// Print only the primary secret, for scripts.
         #[arg(long, conflicts_with = "json")]
         primary: bool,
-        /// Print JSON (secrets as UTF-8 text, or base64 if not UTF-8).
+        /// Print JSON: each secret as `secret` (UTF-8 text) or, if it is not
+        /// UTF-8, as `secret_hex`.
         #[arg(long)]
         json: bool,
     },

@@ -236,12 +236,18 @@ async fn get(cli: &Cli, key: &str, primary_only: bool, json: bool) -> Outcome {
         out.write_all(&primary.secret).and_then(|()| out.write_all(b"\n"))
     } else if json {
         let version = |v: &proto::KeyVersion| {
-            serde_json::json!({
+            let mut doc = serde_json::json!({
                 "version": v.version,
                 "fingerprint": v.fingerprint,
-                "secret": String::from_utf8_lossy(&v.secret),
                 "created_at": v.created_at.and_then(|t| from_timestamp(&t)).map(|t| humantime::format_rfc3339_seconds(t).to_string()),
-            })
+            });
+            // A binary secret is never mangled into text: it goes out as hex.
+            let (field, value) = match std::str::from_utf8(&v.secret) {
+                Ok(text) => ("secret", text.to_owned()),
+                Err(_) => ("secret_hex", hex::encode(&v.secret)),
+            };
+            doc[field] = serde_json::Value::String(value);
+            doc
         };
         let doc = Zeroizing::new(
             serde_json::json!({
