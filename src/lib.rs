@@ -43,12 +43,14 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod alerts;
 pub mod audit;
 pub mod client;
 pub mod config;
 pub mod hooks;
 pub mod hygiene;
 pub mod keyset;
+pub mod metrics;
 pub mod policy;
 pub mod proto;
 pub mod rotation;
