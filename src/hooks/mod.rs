@@ -62,6 +62,9 @@ pub enum Hook {
     Validator,
     /// Gets the retired secret on stdin.
     Revoker,
+    /// An `exec` alert sink: gets an alert's JSON payload (no secret) on
+    /// stdin; exit 0 = delivered.
+    Alert,
 }
 
 impl Hook {
@@ -71,6 +74,7 @@ impl Hook {
             Hook::Generator => "generator",
             Hook::Validator => "validator",
             Hook::Revoker => "revoker",
+            Hook::Alert => "alert",
         }
     }
 }
@@ -311,6 +315,23 @@ pub async fn revoke(cmd: &HookCommand, secret: &Secret, timeout: Duration) -> Re
         });
     }
     Ok(note(&out.stdout, out.stdout_overflow, bytes))
+}
+
+/// Runs an alert hook (an `exec` alert sink) with `payload`, which is not a
+/// secret, on stdin; its stdout is discarded. Exit 0 means delivered, any
+/// other end is [`HookError::Failed`] with the tail of its stderr.
+pub(crate) async fn notify(cmd: &HookCommand, payload: &[u8], timeout: Duration) -> Result<(), HookError> {
+    let hook = Hook::Alert;
+    let out = run(hook, cmd, Some(payload), StdoutMode::Discard, 0, timeout).await?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(HookError::Failed {
+        hook,
+        program: cmd.program().to_owned(),
+        status: out.status,
+        stderr: describe_stderr(&out.stderr, out.stderr_truncated, &[]),
+    })
 }
 
 /// Where `secret` occurs in `data`: non-overlapping, left to right (the
