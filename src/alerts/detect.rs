@@ -1,1 +1,662 @@
-//! placeholder: being written
+//! The detectors and the life of an alert. Pure: every call takes the time,
+//! so tests drive hours of history in microseconds.
+//!
+//! Inputs:
+//! - [`Detectors::report`]: one auth-failure report, already checked and
+//!   classified against the key's state ([`Classification`]).
+//! - [`Detectors::health`]: one failure of the agent itself (an audit write,
+//!   a rejected store reload, a failed rotation step or hook).
+//! - [`Detectors::evaluate`]: the current key states, for expiry and
+//!   max-age, and the time.
+//!
+//! Signals, per key (thresholds from [`DetectSettings`], window `W`):
+//!
+//! | signal | active while |
+//! |---|---|
+//! | spike | ≥ `spike_threshold` reports against the current primary in the last `W` |
+//! | stale_version | any report in the last `W` against a version the key no longer serves (or never had) |
+//! | rising_rate | the last `rising_windows` whole windows each had more reports than the one before, the last at least `rising_min` |
+//! | fallback_failing | reports against the primary and against the fallback in the last `W` |
+//! | expiry_ahead | the primary's `expires_at` is less than `expiry_lead` away (critical once passed) |
+//! | max_age_overdue | the primary has served longer than `max_age` |
+//! | agent_health | the agent reported a failure of its own in the last `W` |
+//!
+//! Life of an alert, per (subject, signal): it **opens** (one `firing`
+//! notification) when its signal becomes active, is sent again as a
+//! **repeat** every `repeat_interval` while the signal stays active, and
+//! **resolves** (one `resolved` notification) once the signal has been
+//! clear for a whole window. Memory is bounded: a key keeps at most
+//! [`MAX_KEPT_REPORTS`] reports, and only those of the last window (plus
+//! per-window counts for the rising-rate signal).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::{Alert, AlertStatus, DetectSettings, Severity, Signal};
+use crate::keyset::KeySetState;
+use crate::secret::KeyRef;
+
+/// Most reports kept per key for the sliding window.
+pub const MAX_KEPT_REPORTS: usize = 10_000;
+/// Most distinct callers or services named in one alert.
+const MAX_NAMED: usize = 5;
+
+/// What the reported version is to the key now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Classification {
+    /// The current primary.
+    Primary,
+    /// The current fallback.
+    Fallback,
+    /// A version the key no longer serves (a client missed a rotation).
+    Stale,
+    /// A version the key never had.
+    Unknown,
+}
+
+impl Classification {
+    /// For the audit, metrics and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Classification::Primary => "primary",
+            Classification::Fallback => "fallback",
+            Classification::Stale => "stale",
+            Classification::Unknown => "unknown",
+        }
+    }
+
+    /// Classifies `version` against `state`.
+    pub fn of(state: &KeySetState, version: u64) -> Classification {
+        if state.primary.number == version {
+            Classification::Primary
+        } else if state.fallback.as_ref().is_some_and(|f| f.number == version) {
+            Classification::Fallback
+        } else if version != 0 && version <= state.max_version() {
+            Classification::Stale
+        } else {
+            Classification::Unknown
+        }
+    }
+}
+
+/// What an alert is about: a key, or a part of the agent.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Subject {
+    /// One key.
+    Key(KeyRef),
+    /// The agent itself: `audit`, `store`, `config`…
+    Agent(&'static str),
+}
+
+impl fmt::Display for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Subject::Key(k) => write!(f, "{k}"),
+            Subject::Agent(part) => write!(f, "agent/{part}"),
+        }
+    }
+}
+
+/// One accepted report, as the detectors keep it.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// When it arrived.
+    pub at: SystemTime,
+    /// Its version, classified.
+    pub class: Classification,
+    /// The version the client used.
+    pub version: u64,
+    /// The HTTP status the provider answered.
+    pub status_code: u32,
+    /// Who reported (`uid 1001 (pid 42, /usr/bin/worker)`).
+    pub caller: String,
+    /// The service name the client gave.
+    pub service: String,
+}
+
+#[derive(Default)]
+struct KeyReports {
+    /// The reports of the last window, oldest first.
+    recent: VecDeque<Report>,
+    /// Reports per whole window (index = seconds since the epoch / W), last
+    /// few only.
+    buckets: VecDeque<(u64, u64)>,
+}
+
+struct Health {
+    at: SystemTime,
+    severity: Severity,
+    message: String,
+}
+
+struct Open {
+    alert: Alert,
+    last_sent: SystemTime,
+    last_active: SystemTime,
+    /// How long the signal must stay clear before the alert resolves.
+    hold: Duration,
+}
+
+/// What a signal says now.
+struct Finding {
+    severity: Severity,
+    version: Option<u64>,
+    service: String,
+    summary: String,
+    error: String,
+    details: BTreeMap<String, String>,
+}
+
+/// The detectors' state: recent reports per key, recent health failures,
+/// and the open alerts.
+pub struct Detectors {
+    host: String,
+    reports: HashMap<KeyRef, KeyReports>,
+    health: HashMap<Subject, Health>,
+    open: BTreeMap<(Subject, Signal), Open>,
+}
+
+impl Detectors {
+    /// No history, no open alert; alerts name `host` as `agent_host`.
+    pub fn new(host: String) -> Detectors {
+        Detectors {
+            host,
+            reports: HashMap::new(),
+            health: HashMap::new(),
+            open: BTreeMap::new(),
+        }
+    }
+
+    /// Records one report against `key`.
+    pub fn report(&mut self, key: &KeyRef, report: Report, settings: &DetectSettings) {
+        let entry = self.reports.entry(key.clone()).or_default();
+        let bucket = bucket_of(report.at, settings.window);
+        match entry.buckets.back_mut() {
+            Some((b, n)) if *b == bucket => *n += 1,
+            _ => {
+                entry.buckets.push_back((bucket, 1));
+                while entry.buckets.len() > settings.rising_windows as usize + 2 {
+                    entry.buckets.pop_front();
+                }
+            }
+        }
+        if entry.recent.len() == MAX_KEPT_REPORTS {
+            entry.recent.pop_front();
+        }
+        entry.recent.push_back(report);
+    }
+
+    /// Records a failure of the agent itself about `subject`; it is active
+    /// for a window (`window`) after its last occurrence.
+    pub fn health(&mut self, subject: Subject, at: SystemTime, severity: Severity, message: String) {
+        self.health.insert(subject, Health { at, severity, message });
+    }
+
+    /// The open alerts: (signal, severity) of each.
+    pub fn open_alerts(&self) -> Vec<(Signal, Severity)> {
+        self.open.values().map(|o| (o.alert.signal, o.alert.severity)).collect()
+    }
+
+    /// Evaluates every signal at `now` and returns the notifications due:
+    /// openings, repeats and resolutions. `keys` are the current states of
+    /// the keys to check (all keys, or the one just reported against), each
+    /// with its settings. Keys not in `keys` keep their alerts as they are,
+    /// unless `complete` says `keys` is every key (then alerts of keys that
+    /// are gone resolve).
+    pub fn evaluate<'a>(
+        &mut self,
+        now: SystemTime,
+        keys: impl IntoIterator<Item = (&'a KeySetState, DetectSettings)>,
+        complete: bool,
+        repeat_interval: Duration,
+        health_window: Duration,
+    ) -> Vec<Alert> {
+        let mut findings: Vec<(Subject, Signal, Finding, Duration)> = Vec::new();
+        let mut checked: BTreeSet<Subject> = BTreeSet::new();
+        for (state, settings) in keys {
+            let subject = Subject::Key(state.key.clone());
+            checked.insert(subject.clone());
+            if let Some(r) = self.reports.get_mut(&state.key) {
+                prune(r, now, settings.window);
+            }
+            let reports = self.reports.get(&state.key);
+            for (signal, finding) in key_findings(state, reports, &settings, now) {
+                findings.push((subject.clone(), signal, finding, settings.window));
+            }
+            if self
+                .reports
+                .get(&state.key)
+                .is_some_and(|r| r.recent.is_empty() && r.buckets.is_empty())
+            {
+                self.reports.remove(&state.key);
+            }
+        }
+        if complete {
+            let present: BTreeSet<&KeyRef> = checked
+                .iter()
+                .filter_map(|s| match s {
+                    Subject::Key(k) => Some(k),
+                    Subject::Agent(_) => None,
+                })
+                .collect();
+            self.reports.retain(|k, _| present.contains(k));
+        }
+        self.health
+            .retain(|_, h| now.duration_since(h.at).unwrap_or_default() < health_window);
+        for (subject, h) in &self.health {
+            findings.push((
+                subject.clone(),
+                Signal::AgentHealth,
+                health_finding(subject, h),
+                health_window,
+            ));
+        }
+
+        let mut out = Vec::new();
+        let mut active: BTreeSet<(Subject, Signal)> = BTreeSet::new();
+        for (subject, signal, finding, window) in findings {
+            let hold = if signal == Signal::AgentHealth {
+                Duration::ZERO
+            } else {
+                window
+            };
+            active.insert((subject.clone(), signal));
+            let key = (subject.clone(), signal);
+            match self.open.get_mut(&key) {
+                None => {
+                    let alert = make_alert(&self.host, &subject, signal, finding, now, now);
+                    out.push(alert.clone());
+                    self.open.insert(
+                        key,
+                        Open {
+                            alert,
+                            last_sent: now,
+                            last_active: now,
+                            hold,
+                        },
+                    );
+                }
+                Some(open) => {
+                    open.last_active = now;
+                    open.hold = hold;
+                    let mut alert = make_alert(&self.host, &subject, signal, finding, open.alert.opened_at, now);
+                    alert.repeat = open.alert.repeat;
+                    if now.duration_since(open.last_sent).unwrap_or_default() >= repeat_interval {
+                        alert.repeat += 1;
+                        alert.status = AlertStatus::Repeat;
+                        open.last_sent = now;
+                        out.push(alert.clone());
+                    }
+                    open.alert = alert;
+                }
+            }
+        }
+        // Resolve what is clear: among the subjects evaluated now (or every
+        // subject when `complete`), and agent health always.
+        let mut resolved = Vec::new();
+        for (key, open) in &self.open {
+            if active.contains(key) {
+                continue;
+            }
+            let evaluated = match &key.0 {
+                Subject::Key(_) => complete || checked.contains(&key.0),
+                Subject::Agent(_) => true,
+            };
+            if !evaluated {
+                continue;
+            }
+            let gone = matches!(&key.0, Subject::Key(_)) && !checked.contains(&key.0);
+            if gone || now.duration_since(open.last_active).unwrap_or_default() >= open.hold {
+                resolved.push(key.clone());
+            }
+        }
+        for key in resolved {
+            if let Some(open) = self.open.remove(&key) {
+                let mut alert = open.alert;
+                alert.status = AlertStatus::Resolved;
+                alert.timestamp = now;
+                alert.summary = format!("resolved: {}", alert.summary);
+                out.push(alert);
+            }
+        }
+        out
+    }
+}
+
+fn make_alert(
+    host: &str,
+    subject: &Subject,
+    signal: Signal,
+    f: Finding,
+    opened_at: SystemTime,
+    now: SystemTime,
+) -> Alert {
+    let key = match subject {
+        Subject::Key(k) => Some(k.clone()),
+        Subject::Agent(_) => None,
+    };
+    Alert {
+        dedup_key: format!("keyward/{host}/{subject}/{signal}"),
+        signal,
+        severity: f.severity,
+        status: AlertStatus::Firing,
+        environment: key.as_ref().map(|k| k.env().to_owned()),
+        key,
+        version: f.version,
+        service: f.service,
+        summary: f.summary,
+        error: f.error,
+        details: f.details,
+        timestamp: now,
+        opened_at,
+        repeat: 0,
+        agent_host: host.to_owned(),
+    }
+}
+
+/// The whole-window index of `at`.
+fn bucket_of(at: SystemTime, window: Duration) -> u64 {
+    let ms = at.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
+    (ms / window.as_millis().max(1)) as u64
+}
+
+fn prune(r: &mut KeyReports, now: SystemTime, window: Duration) {
+    while r
+        .recent
+        .front()
+        .is_some_and(|rep| now.duration_since(rep.at).unwrap_or_default() >= window)
+    {
+        r.recent.pop_front();
+    }
+    // Buckets older than the rising-rate look-back are useless; a bucket
+    // more than one window behind the current one means the rate fell.
+    let current = bucket_of(now, window);
+    while r.buckets.front().is_some_and(|(b, _)| current.saturating_sub(*b) > 64) {
+        r.buckets.pop_front();
+    }
+}
+
+/// The two largest units: `90d`, `6d 23h`, `2h 5m`, `1m`, `30s`.
+fn human(d: Duration) -> String {
+    let s = d.as_secs().max(1);
+    let (days, hours, mins, secs) = (s / 86400, s % 86400 / 3600, s % 3600 / 60, s % 60);
+    let two = |a: u64, ua: &str, b: u64, ub: &str| {
+        if b == 0 {
+            format!("{a}{ua}")
+        } else {
+            format!("{a}{ua} {b}{ub}")
+        }
+    };
+    if days > 0 {
+        two(days, "d", hours, "h")
+    } else if hours > 0 {
+        two(hours, "h", mins, "m")
+    } else if mins > 0 {
+        two(mins, "m", secs, "s")
+    } else {
+        format!("{secs}s")
+    }
+}
+
+/// Up to [`MAX_NAMED`] distinct values, in first-seen order, then `and N more`.
+fn named<'a>(values: impl Iterator<Item = &'a str>) -> String {
+    let mut seen: Vec<&str> = Vec::new();
+    let mut more = 0;
+    for v in values {
+        if seen.contains(&v) {
+            continue;
+        }
+        if seen.len() < MAX_NAMED {
+            seen.push(v);
+        } else {
+            more += 1;
+        }
+    }
+    let mut s = seen.join(", ");
+    if more > 0 {
+        s.push_str(&format!(" and {more} more"));
+    }
+    s
+}
+
+fn statuses<'a>(reports: impl Iterator<Item = &'a Report>) -> String {
+    let mut codes: BTreeMap<u32, u64> = BTreeMap::new();
+    for r in reports {
+        *codes.entry(r.status_code).or_default() += 1;
+    }
+    codes
+        .iter()
+        .map(|(c, n)| format!("HTTP {c} ×{n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn key_findings(
+    state: &KeySetState,
+    reports: Option<&KeyReports>,
+    s: &DetectSettings,
+    now: SystemTime,
+) -> Vec<(Signal, Finding)> {
+    let key = &state.key;
+    let mut out = Vec::new();
+    let window = human(s.window);
+    let recent: Vec<&Report> = reports.map(|r| r.recent.iter().collect()).unwrap_or_default();
+    let of = |c: Classification| recent.iter().copied().filter(move |r| r.class == c);
+    let primary: Vec<&Report> = of(Classification::Primary).collect();
+    let fallback: Vec<&Report> = of(Classification::Fallback).collect();
+    let stale: Vec<&Report> = recent
+        .iter()
+        .copied()
+        .filter(|r| matches!(r.class, Classification::Stale | Classification::Unknown))
+        .collect();
+    let services = |rs: &[&Report]| named(rs.iter().map(|r| r.service.as_str()));
+    let base = |count: usize| {
+        let mut d = BTreeMap::new();
+        d.insert("reports".to_owned(), count.to_string());
+        d.insert("window".to_owned(), window.clone());
+        d.insert("primary_version".to_owned(), state.primary.number.to_string());
+        d.insert("primary_fingerprint".to_owned(), state.primary.fingerprint.clone());
+        if let Some(f) = &state.fallback {
+            d.insert("fallback_version".to_owned(), f.number.to_string());
+        }
+        d
+    };
+
+    if primary.len() as u64 >= s.spike_threshold {
+        let mut details = base(primary.len());
+        details.insert("threshold".to_owned(), s.spike_threshold.to_string());
+        details.insert("callers".to_owned(), named(primary.iter().map(|r| r.caller.as_str())));
+        out.push((
+            Signal::Spike,
+            Finding {
+                severity: Severity::Critical,
+                version: Some(state.primary.number),
+                service: services(&primary),
+                summary: format!(
+                    "{key}: {} auth failures against the current primary (v{}) in the last {window}: the key is probably revoked or expired at the provider; rotate it with `keyward rotate {key}`",
+                    primary.len(),
+                    state.primary.number
+                ),
+                error: format!("{} on primary v{}", statuses(primary.iter().copied()), state.primary.number),
+                details,
+            },
+        ));
+    }
+
+    if !primary.is_empty() && !fallback.is_empty() {
+        let fb = fallback[0].version;
+        let mut details = base(primary.len() + fallback.len());
+        details.insert("primary_reports".to_owned(), primary.len().to_string());
+        details.insert("fallback_reports".to_owned(), fallback.len().to_string());
+        let both: Vec<&Report> = primary.iter().chain(fallback.iter()).copied().collect();
+        out.push((
+            Signal::FallbackFailing,
+            Finding {
+                severity: Severity::Critical,
+                version: Some(fb),
+                service: services(&both),
+                summary: format!(
+                    "{key}: both keys are refused: {} failures on the primary (v{}) and {} on the fallback (v{fb}) in the last {window}: callers have no working key; check the provider account, then put a fresh key with `keyward rotate {key}`",
+                    primary.len(),
+                    state.primary.number,
+                    fallback.len()
+                ),
+                error: format!("{} on primary and fallback", statuses(both.iter().copied())),
+                details,
+            },
+        ));
+    }
+
+    if !stale.is_empty() {
+        let newest = stale.last().copied().expect("non-empty");
+        let mut details = base(stale.len());
+        details.insert("callers".to_owned(), named(stale.iter().map(|r| r.caller.as_str())));
+        let versions: BTreeSet<u64> = stale.iter().map(|r| r.version).collect();
+        details.insert(
+            "versions".to_owned(),
+            versions.iter().map(|v| format!("v{v}")).collect::<Vec<_>>().join(", "),
+        );
+        out.push((
+            Signal::StaleVersion,
+            Finding {
+                severity: Severity::Warning,
+                version: Some(newest.version),
+                service: services(&stale),
+                summary: format!(
+                    "{key}: {} ({}) still uses v{}, which the key no longer serves (primary is v{}): it missed a rotation; make it fetch or watch the key again (restart it if it caches the secret)",
+                    newest.caller,
+                    newest.service,
+                    newest.version,
+                    state.primary.number
+                ),
+                error: format!("{} on v{} (not served)", statuses(stale.iter().copied()), newest.version),
+                details,
+            },
+        ));
+    }
+
+    if let Some(r) = reports {
+        let k = s.rising_windows.max(2) as usize;
+        let current = bucket_of(now, s.window);
+        // The whole windows before the current one, oldest first, with
+        // zeros for windows without a report.
+        let counts: Vec<u64> = (1..=k as u64)
+            .rev()
+            .map(|back| {
+                let b = current.saturating_sub(back);
+                r.buckets.iter().find(|(i, _)| *i == b).map_or(0, |(_, n)| *n)
+            })
+            .collect();
+        let rising = counts.windows(2).all(|w| w[1] > w[0]);
+        let last = *counts.last().unwrap_or(&0);
+        if rising && last >= s.rising_min {
+            let mut details = base(recent.len());
+            details.insert(
+                "counts_per_window".to_owned(),
+                counts.iter().map(u64::to_string).collect::<Vec<_>>().join(", "),
+            );
+            out.push((
+                Signal::RisingRate,
+                Finding {
+                    severity: Severity::Warning,
+                    version: None,
+                    service: services(&recent),
+                    summary: format!(
+                        "{key}: auth failures rose for {k} windows of {window} in a row ({}): look for rate limiting or misuse at the provider",
+                        details["counts_per_window"]
+                    ),
+                    error: format!("failure rate rising: {} per {window}", details["counts_per_window"]),
+                    details,
+                },
+            ));
+        }
+    }
+
+    if let Some(expires) = state.primary.expires_at {
+        let left = expires.duration_since(now);
+        let expired = left.is_err();
+        if expired || left.as_ref().is_ok_and(|l| *l < s.expiry_lead) {
+            let when = humantime::format_rfc3339_seconds(expires).to_string();
+            let mut details = base(recent.len());
+            details.insert("expires_at".to_owned(), when.clone());
+            let (severity, summary, error) = if expired {
+                (
+                    Severity::Critical,
+                    format!(
+                        "{key}: the primary (v{}) expired at {when}: rotate it now with `keyward rotate {key}`",
+                        state.primary.number
+                    ),
+                    format!("primary v{} expired", state.primary.number),
+                )
+            } else {
+                let left = human(left.unwrap_or_default());
+                (
+                    Severity::Warning,
+                    format!(
+                        "{key}: the primary (v{}) expires in {left} (at {when}): rotate it before then with `keyward rotate {key}`",
+                        state.primary.number
+                    ),
+                    format!("primary v{} expires in {left}", state.primary.number),
+                )
+            };
+            out.push((
+                Signal::ExpiryAhead,
+                Finding {
+                    severity,
+                    version: Some(state.primary.number),
+                    service: "keywardd".to_owned(),
+                    summary,
+                    error,
+                    details,
+                },
+            ));
+        }
+    }
+
+    if let Some(max_age) = s.max_age {
+        let since = state.primary.promoted_at.unwrap_or(state.primary.created_at);
+        let age = now.duration_since(since).unwrap_or_default();
+        if age > max_age {
+            let mut details = base(recent.len());
+            details.insert("age".to_owned(), human(age));
+            details.insert("max_age".to_owned(), human(max_age));
+            out.push((
+                Signal::MaxAgeOverdue,
+                Finding {
+                    severity: Severity::Warning,
+                    version: Some(state.primary.number),
+                    service: "keywardd".to_owned(),
+                    summary: format!(
+                        "{key}: the primary (v{}) has served for {}, longer than the rotation policy's max_age of {}: rotate it with `keyward rotate {key}`",
+                        state.primary.number,
+                        human(age),
+                        human(max_age)
+                    ),
+                    error: format!("rotation overdue by {}", human(age - max_age)),
+                    details,
+                },
+            ));
+        }
+    }
+    out
+}
+
+fn health_finding(subject: &Subject, h: &Health) -> Finding {
+    let mut details = BTreeMap::new();
+    details.insert(
+        "last_failure_at".to_owned(),
+        humantime::format_rfc3339_seconds(h.at).to_string(),
+    );
+    Finding {
+        severity: h.severity,
+        version: None,
+        service: "keywardd".to_owned(),
+        summary: format!("{subject}: the agent is failing: {}", h.message),
+        error: h.message.clone(),
+        details,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -356,3 +356,105 @@ pub struct SinkStats {
     /// Notifications waiting now.
     pub queued: u64,
 }
+
+/// Default `[alerts] repeat_interval`.
+pub const DEFAULT_REPEAT_INTERVAL: Duration = Duration::from_secs(30 * 60);
+/// Default `[alerts] report_rate` (per caller uid per second).
+pub const DEFAULT_REPORT_RATE: u32 = 20;
+/// Default `[alerts] report_burst`.
+pub const DEFAULT_REPORT_BURST: u32 = 100;
+
+impl Default for DetectSettings {
+    fn default() -> DetectSettings {
+        DetectSettings {
+            window: Duration::from_secs(60),
+            spike_threshold: 5,
+            rising_windows: 3,
+            rising_min: 10,
+            expiry_lead: Duration::from_secs(7 * 86400),
+            max_age: None,
+        }
+    }
+}
+
+/// Per-key overrides of [`DetectSettings`] (`alerts = {…}` in a `[[key]]`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DetectOverrides {
+    /// Overrides `window`.
+    pub window: Option<Duration>,
+    /// Overrides `spike_threshold`.
+    pub spike_threshold: Option<u64>,
+    /// Overrides `rising_windows`.
+    pub rising_windows: Option<u32>,
+    /// Overrides `rising_min`.
+    pub rising_min: Option<u64>,
+    /// Overrides `expiry_lead`.
+    pub expiry_lead: Option<Duration>,
+    /// Overrides `max_age`.
+    pub max_age: Option<Duration>,
+}
+
+impl DetectOverrides {
+    /// `base` with these overrides applied.
+    pub fn apply(&self, base: &DetectSettings) -> DetectSettings {
+        DetectSettings {
+            window: self.window.unwrap_or(base.window),
+            spike_threshold: self.spike_threshold.unwrap_or(base.spike_threshold),
+            rising_windows: self.rising_windows.unwrap_or(base.rising_windows),
+            rising_min: self.rising_min.unwrap_or(base.rising_min),
+            expiry_lead: self.expiry_lead.unwrap_or(base.expiry_lead),
+            max_age: self.max_age.or(base.max_age),
+        }
+    }
+}
+
+impl Default for AlertsConfig {
+    /// No sink but the log; default thresholds; this machine's host name.
+    fn default() -> AlertsConfig {
+        AlertsConfig {
+            agent_host: host_name(),
+            repeat_interval: DEFAULT_REPEAT_INTERVAL,
+            detect: DetectSettings::default(),
+            report_rate: DEFAULT_REPORT_RATE,
+            report_burst: DEFAULT_REPORT_BURST,
+            sinks: vec![SinkConfig::log()],
+        }
+    }
+}
+
+impl SinkConfig {
+    /// The log sink with default settings: what an agent without
+    /// `[[alerts.sink]]` uses.
+    pub fn log() -> SinkConfig {
+        SinkConfig {
+            name: "log".to_owned(),
+            kind: SinkKind::Log,
+            min_severity: Severity::Info,
+            signals: Vec::new(),
+            queue: DEFAULT_SINK_QUEUE,
+            timeout: DEFAULT_SINK_TIMEOUT,
+            retries: 0,
+            backoff: DEFAULT_SINK_BACKOFF,
+        }
+    }
+}
+
+/// Default `queue` of a sink.
+pub const DEFAULT_SINK_QUEUE: usize = 1000;
+/// Default `timeout` of a sink's delivery attempt.
+pub const DEFAULT_SINK_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `retries` of a sink.
+pub const DEFAULT_SINK_RETRIES: u32 = 5;
+/// Default `backoff` (first retry delay) of a sink.
+pub const DEFAULT_SINK_BACKOFF: Duration = Duration::from_secs(1);
+/// Default PagerDuty Events API v2 endpoint.
+pub const PAGERDUTY_EVENTS_URL: &str = "https://events.pagerduty.com/v2/enqueue";
+
+/// This machine's host name (`unknown-host` if it has none).
+pub fn host_name() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown-host".to_owned())
+}

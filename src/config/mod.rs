@@ -100,6 +100,76 @@
 //! hook_timeout = "20s"
 //! propagation_timeout = "30s"
 //! failure_threshold = 5
+//! # Overrides of [alerts.detect] for these keys.
+//! alerts = { spike_threshold = 10, max_age = "90d" }
+//!
+//! # Alerting: detectors turn auth-failure reports, expiry and the agent's
+//! # own failures into alerts; sinks deliver them (see keyward::alerts).
+//! [alerts]
+//! # Sent as agent_host (default: this machine's host name).
+//! agent_host = "app-1.example.com"
+//! # An open alert is sent again this often while it lasts.
+//! repeat_interval = "30m"
+//! # ReportAuthFailure calls accepted per caller uid per second, and the
+//! # burst above that rate; the rest are refused and counted.
+//! report_rate = 20
+//! report_burst = 100
+//!
+//! # Detector thresholds for every key ([[key]] alerts = {…} overrides).
+//! [alerts.detect]
+//! # The sliding window of the counting signals; an alert resolves once its
+//! # signal has been clear for a whole window.
+//! window = "60s"
+//! # Reports against the current primary within the window: a spike.
+//! spike_threshold = 5
+//! # Whole windows of growing failure counts in a row: a rising rate...
+//! rising_windows = 3
+//! # ...the last of them with at least this many reports.
+//! rising_min = 10
+//! # Warn this long before the primary's expires_at.
+//! expiry_lead = "7d"
+//! # Rotation policy: warn when the primary has served longer (no default).
+//! max_age = "90d"
+//!
+//! # Sinks (several at once). Without any, alerts go to the agent's log.
+//! # Common settings, with their defaults: name (kind-N), min_severity
+//! # ("info", "warning", "critical"), signals (all; e.g. ["spike",
+//! # "fallback_failing"]), queue = 1000, timeout = "10s", retries = 5,
+//! # backoff = "1s" (doubled each retry, at most 1m). Tokens may be given
+//! # inline or, better, in a root-only file (url_file, routing_key_file,
+//! # password_file); they never appear in logs.
+//! [[alerts.sink]]
+//! kind = "webhook"                 # the generic JSON payload
+//! url_file = "/etc/keyward/webhook-url"
+//! headers = { Authorization = "Bearer …" }
+//! ca_file = "/etc/ssl/internal-ca.pem"    # extra trusted roots (any HTTP sink)
+//! [[alerts.sink]]
+//! kind = "slack"                   # Slack incoming webhook
+//! url_file = "/etc/keyward/slack-url"
+//! min_severity = "warning"
+//! [[alerts.sink]]
+//! kind = "pagerduty"               # Events API v2: trigger and resolve
+//! routing_key_file = "/etc/keyward/pagerduty-key"
+//! min_severity = "critical"
+//! [[alerts.sink]]
+//! kind = "smtp"
+//! host = "smtp.example.com"
+//! port = 587                       # default: 587, 465 with tls = "tls", 25 with "none"
+//! tls = "starttls"                 # or "tls", or "none" (loopback relays; no password)
+//! username = "keyward"
+//! password_file = "/etc/keyward/smtp-password"
+//! from = "keyward@example.com"
+//! to = ["oncall@example.com"]
+//! [[alerts.sink]]
+//! kind = "exec"                    # gets the JSON payload on stdin
+//! command = ["/usr/local/bin/page-oncall", "--team", "payments"]
+//! [[alerts.sink]]
+//! kind = "log"                     # one structured line per notification
+//!
+//! # Prometheus text exposition (off by default). Loopback TCP or a Unix
+//! # socket only: the endpoint has no authentication.
+//! [metrics]
+//! listen = "127.0.0.1:9464"        # or "unix:/run/keyward/metrics.sock"
 //!
 //! # Who may read what. Deny by default. A grant applies to a caller when
 //! # every kind of selector it lists matches (users/uids, groups/gids,
@@ -133,6 +203,7 @@
 //! everything lives in `DIR` and the invoking uid may read every key.
 //! [`Config::into_dev`] applies the same on top of a file.
 
+mod alerts;
 mod raw;
 mod validate;
 
@@ -141,6 +212,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::alerts::{AlertsConfig, DetectOverrides, DetectSettings};
 use crate::audit::Durability;
 use crate::hooks::HookCommand;
 use crate::policy::{Grant, KeyPattern, Policy};
@@ -290,6 +362,8 @@ pub struct KeyEntry {
     pub propagation_timeout: Option<Duration>,
     /// Overrides the failure threshold.
     pub failure_threshold: Option<u64>,
+    /// Overrides of the alert detectors' thresholds.
+    pub detect: DetectOverrides,
     /// Where it was written, e.g. `keyward.toml line 12`.
     pub origin: String,
 }
@@ -396,6 +470,11 @@ pub struct Config {
     pub extra_recipients: Vec<String>,
     /// `[rotation]` and the `[[key]]` entries.
     pub rotation: RotationConfig,
+    /// `[alerts]`: detectors, report limits, sinks.
+    pub alerts: AlertsConfig,
+    /// `[metrics] listen`: where the Prometheus endpoint listens (off when
+    /// `None`).
+    pub metrics_listen: Option<crate::metrics::http::MetricsListen>,
     /// Started with `--dev`.
     pub dev_mode: bool,
 }
@@ -484,6 +563,8 @@ impl Config {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             extra_recipients: Vec::new(),
             rotation: RotationConfig::default(),
+            alerts: AlertsConfig::default(),
+            metrics_listen: None,
             dev_mode: true,
         }
     }
@@ -525,6 +606,21 @@ impl Config {
             generator: hook(|e| e.generator.as_ref()),
             validator: hook(|e| e.validator.as_ref()),
             revoker: hook(|e| e.revoker.as_ref()),
+        }
+    }
+
+    /// The alert detectors' thresholds for `key`: `[alerts.detect]` (or
+    /// the defaults), overridden by the `alerts = {…}` of the first
+    /// `[[key]]` entry matching the key.
+    pub fn detect_for(&self, key: &KeyRef) -> DetectSettings {
+        let entry = self
+            .rotation
+            .keys
+            .iter()
+            .find(|e| e.keys.iter().any(|p| p.matches(key)));
+        match entry {
+            Some(e) => e.detect.apply(&self.alerts.detect),
+            None => self.alerts.detect.clone(),
         }
     }
 
@@ -571,3 +667,6 @@ fn default_environments() -> BTreeMap<String, EnvConfig> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod alerts_tests;

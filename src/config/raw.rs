@@ -28,6 +28,68 @@ pub(super) struct RawConfig {
     pub(super) rotation: Option<RawRotation>,
     #[serde(default, rename = "key")]
     pub(super) key_entries: Vec<Spanned<RawKeyEntry>>,
+    pub(super) alerts: Option<RawAlerts>,
+    pub(super) metrics: Option<RawMetrics>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMetrics {
+    pub(super) listen: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAlerts {
+    pub(super) agent_host: Option<Spanned<String>>,
+    pub(super) repeat_interval: Option<Spanned<String>>,
+    pub(super) report_rate: Option<Spanned<u32>>,
+    pub(super) report_burst: Option<Spanned<u32>>,
+    pub(super) detect: Option<RawDetect>,
+    #[serde(default, rename = "sink")]
+    pub(super) sinks: Vec<Spanned<RawSink>>,
+}
+
+/// Detector thresholds: `[alerts.detect]`, and `alerts = {…}` in `[[key]]`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDetect {
+    pub(super) window: Option<Spanned<String>>,
+    pub(super) spike_threshold: Option<Spanned<u64>>,
+    pub(super) rising_windows: Option<Spanned<u32>>,
+    pub(super) rising_min: Option<Spanned<u64>>,
+    pub(super) expiry_lead: Option<Spanned<String>>,
+    pub(super) max_age: Option<Spanned<String>>,
+}
+
+/// One `[[alerts.sink]]`: the union of every kind's settings; validation
+/// refuses the ones its kind does not take.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSink {
+    pub(super) kind: Spanned<String>,
+    pub(super) name: Option<Spanned<String>>,
+    pub(super) min_severity: Option<Spanned<String>>,
+    pub(super) signals: RawList<String>,
+    pub(super) queue: Option<Spanned<usize>>,
+    pub(super) timeout: Option<Spanned<String>>,
+    pub(super) retries: Option<Spanned<u32>>,
+    pub(super) backoff: Option<Spanned<String>>,
+    pub(super) url: Option<Spanned<String>>,
+    pub(super) url_file: Option<Spanned<PathBuf>>,
+    pub(super) headers: Option<Spanned<BTreeMap<String, String>>>,
+    pub(super) routing_key: Option<Spanned<String>>,
+    pub(super) routing_key_file: Option<Spanned<PathBuf>>,
+    pub(super) ca_file: Option<Spanned<PathBuf>>,
+    pub(super) host: Option<Spanned<String>>,
+    pub(super) port: Option<Spanned<u16>>,
+    pub(super) tls: Option<Spanned<String>>,
+    pub(super) username: Option<Spanned<String>>,
+    pub(super) password: Option<Spanned<String>>,
+    pub(super) password_file: Option<Spanned<PathBuf>>,
+    pub(super) from: Option<Spanned<String>>,
+    pub(super) to: RawList<String>,
+    pub(super) command: RawArgv,
 }
 
 #[derive(Deserialize, Default)]
@@ -92,6 +154,7 @@ pub(super) struct RawKeyEntry {
     pub(super) hook_timeout: Option<Spanned<String>>,
     pub(super) propagation_timeout: Option<Spanned<String>>,
     pub(super) failure_threshold: Option<Spanned<u64>>,
+    pub(super) alerts: Option<RawDetect>,
 }
 
 #[derive(Deserialize)]

@@ -173,6 +173,7 @@ fn full_example_parses() {
                 hook_timeout: Some(Duration::from_secs(20)),
                 propagation_timeout: None,
                 failure_threshold: Some(5),
+                detect: Default::default(),
                 origin: "keyward.toml line 51".to_owned(),
             },
             KeyEntry {
@@ -187,6 +188,7 @@ fn full_example_parses() {
                 hook_timeout: None,
                 propagation_timeout: Some(Duration::from_secs(10)),
                 failure_threshold: None,
+                detect: Default::default(),
                 origin: "keyward.toml line 60".to_owned(),
             },
         ]

@@ -41,11 +41,11 @@ impl Source<'_> {
     }
 
     /// `keyward.toml:14`.
-    fn at(&self, span: &Range<usize>) -> String {
+    pub(super) fn at(&self, span: &Range<usize>) -> String {
         format!("{}:{}", self.origin, self.line_col(span.start).0)
     }
 
-    fn invalid(&self, span: &Range<usize>, message: String) -> ConfigError {
+    pub(super) fn invalid(&self, span: &Range<usize>, message: String) -> ConfigError {
         ConfigError::Invalid {
             origin: self.origin.to_owned(),
             line: self.line_col(span.start).0,
@@ -124,6 +124,10 @@ impl RawConfig {
             None => RotationDefaults::default(),
             Some(raw) => raw.validate(src)?,
         };
+        let alerts = match self.alerts {
+            None => crate::alerts::AlertsConfig::default(),
+            Some(raw) => raw.validate(src)?,
+        };
         let mut key_entries = Vec::with_capacity(self.key_entries.len());
         for raw in self.key_entries {
             key_entries.push(key_entry(src, raw, &environments)?);
@@ -144,6 +148,17 @@ impl RawConfig {
             rotation: RotationConfig {
                 defaults,
                 keys: key_entries,
+            },
+            alerts,
+            metrics_listen: match self.metrics.and_then(|m| m.listen) {
+                None => None,
+                Some(v) => Some(
+                    v.get_ref()
+                        .parse::<crate::metrics::http::MetricsListen>()
+                        .map_err(|e| {
+                            src.invalid(&v.span(), format!("[metrics] listen at {}: {e}", src.at(&v.span())))
+                        })?,
+                ),
             },
             dev_mode: false,
         })
@@ -234,7 +249,7 @@ fn at_least_one(src: &Source<'_>, v: &Spanned<usize>, key: &str) -> Result<usize
     Ok(*v.get_ref())
 }
 
-fn absolute_path(src: &Source<'_>, v: &Spanned<PathBuf>, key: &str) -> Result<PathBuf, ConfigError> {
+pub(super) fn absolute_path(src: &Source<'_>, v: &Spanned<PathBuf>, key: &str) -> Result<PathBuf, ConfigError> {
     let path = v.get_ref();
     if !path.is_absolute() {
         return Err(src.invalid(
@@ -249,7 +264,7 @@ fn absolute_path(src: &Source<'_>, v: &Spanned<PathBuf>, key: &str) -> Result<Pa
     Ok(path.clone())
 }
 
-fn duration(src: &Source<'_>, v: &Spanned<String>, key: &str) -> Result<Duration, ConfigError> {
+pub(super) fn duration(src: &Source<'_>, v: &Spanned<String>, key: &str) -> Result<Duration, ConfigError> {
     humantime::parse_duration(v.get_ref()).map_err(|e| {
         src.invalid(
             &v.span(),
@@ -587,7 +602,7 @@ impl RawRotation {
 }
 
 /// A timeout: zero would fail every hook or every wait before it starts.
-fn positive_duration(src: &Source<'_>, v: &Spanned<String>, key: &str) -> Result<Duration, ConfigError> {
+pub(super) fn positive_duration(src: &Source<'_>, v: &Spanned<String>, key: &str) -> Result<Duration, ConfigError> {
     let d = duration(src, v, key)?;
     if d.is_zero() {
         return Err(src.invalid(
@@ -616,7 +631,7 @@ fn failure_threshold(src: &Source<'_>, v: &Spanned<u64>) -> Result<u64, ConfigEr
 
 /// A hook's argv, checked by [`HookCommand::new`]; the error points at the
 /// offending value (the list itself when it is empty).
-fn hook_command(src: &Source<'_>, raw: RawArgv, hook: &str) -> Result<Option<HookCommand>, ConfigError> {
+pub(super) fn hook_command(src: &Source<'_>, raw: RawArgv, hook: &str) -> Result<Option<HookCommand>, ConfigError> {
     let Some(raw) = raw else {
         return Ok(None);
     };
@@ -672,6 +687,10 @@ fn key_entry(
         failure_threshold: (raw.failure_threshold)
             .map(|v| failure_threshold(src, &v))
             .transpose()?,
+        detect: match raw.alerts {
+            None => Default::default(),
+            Some(d) => d.overrides(src, &format!("[[key]] at {at}"))?,
+        },
         origin,
     })
 }

@@ -1,0 +1,452 @@
+use super::*;
+use crate::keyset::{RotationState, Version};
+use crate::secret::Secret;
+
+const T0: u64 = 1_800_000_000;
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn at(secs: f64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(T0) + Duration::from_secs_f64(secs)
+}
+
+fn version(n: u64) -> Version {
+    Version {
+        number: n,
+        secret: Secret::copy_from(b"not-a-real-secret"),
+        fingerprint: format!("fp{n}"),
+        created_at: at(0.0),
+        expires_at: None,
+        promoted_at: Some(at(0.0)),
+    }
+}
+
+/// prod/billing: primary v3, fallback v2, v1 retired.
+fn state() -> KeySetState {
+    let mut s = KeySetState::create("prod/billing".parse().unwrap(), version(3));
+    s.fallback = Some(version(2));
+    s.state = RotationState::Promoted;
+    s.history.push(version(1).meta());
+    s
+}
+
+fn settings() -> DetectSettings {
+    DetectSettings {
+        window: Duration::from_secs(60),
+        spike_threshold: 5,
+        rising_windows: 3,
+        rising_min: 10,
+        expiry_lead: Duration::from_secs(7 * 86400),
+        max_age: None,
+    }
+}
+
+struct Fixture {
+    d: Detectors,
+    state: KeySetState,
+    s: DetectSettings,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        Fixture {
+            d: Detectors::new("host1".to_owned()),
+            state: state(),
+            s: settings(),
+        }
+    }
+
+    fn report(&mut self, t: f64, version: u64, caller: &str) {
+        let class = Classification::of(&self.state, version);
+        let r = Report {
+            at: at(t),
+            class,
+            version,
+            status_code: 401,
+            caller: caller.to_owned(),
+            service: "billing-worker".to_owned(),
+        };
+        let key = self.state.key.clone();
+        self.d.report(&key, r, &self.s);
+    }
+
+    fn eval(&mut self, t: f64) -> Vec<Alert> {
+        self.d.evaluate(
+            at(t),
+            [(&self.state, self.s.clone())],
+            true,
+            HOUR,
+            Duration::from_secs(60),
+        )
+    }
+}
+
+fn only(alerts: &[Alert], signal: Signal) -> Vec<&Alert> {
+    alerts.iter().filter(|a| a.signal == signal).collect()
+}
+
+#[test]
+fn classification_table() {
+    let s = state();
+    assert_eq!(Classification::of(&s, 3), Classification::Primary);
+    assert_eq!(Classification::of(&s, 2), Classification::Fallback);
+    assert_eq!(Classification::of(&s, 1), Classification::Stale);
+    assert_eq!(Classification::of(&s, 9), Classification::Unknown);
+    assert_eq!(Classification::of(&s, 0), Classification::Unknown);
+}
+
+#[test]
+fn spike_opens_at_the_threshold_once_repeats_then_resolves() {
+    let mut f = Fixture::new();
+    for i in 0..4 {
+        f.report(i as f64, 3, "uid 1001 (pid 7)");
+        assert!(only(&f.eval(i as f64), Signal::Spike).is_empty(), "below the threshold");
+    }
+    f.report(4.0, 3, "uid 1001 (pid 7)");
+    let out = f.eval(4.0);
+    let spike = only(&out, Signal::Spike);
+    assert_eq!(spike.len(), 1);
+    let a = spike[0];
+    assert_eq!(a.status, AlertStatus::Firing);
+    assert_eq!(a.severity, Severity::Critical);
+    assert_eq!(a.version, Some(3));
+    assert_eq!(a.environment.as_deref(), Some("prod"));
+    assert_eq!(a.service, "billing-worker");
+    assert_eq!(a.dedup_key, "keyward/host1/prod/billing/spike");
+    assert!(a.summary.contains("5 auth failures"), "{}", a.summary);
+    assert!(a.error.contains("HTTP 401 ×5"), "{}", a.error);
+
+    // More reports while open: no new notification.
+    f.report(5.0, 3, "uid 1001 (pid 7)");
+    assert!(only(&f.eval(5.0), Signal::Spike).is_empty());
+    // Still active an hour later (reports keep coming): one repeat.
+    for i in 0..5 {
+        f.report(3600.0 + i as f64, 3, "uid 1001 (pid 7)");
+    }
+    let out = f.eval(3605.0);
+    let rep = only(&out, Signal::Spike);
+    assert_eq!(rep.len(), 1);
+    assert_eq!(rep[0].status, AlertStatus::Repeat);
+    assert_eq!(rep[0].repeat, 1);
+    assert_eq!(rep[0].dedup_key, a.dedup_key);
+    assert_eq!(rep[0].opened_at, a.opened_at);
+
+    // Reports stop: the window empties at 3664, then a whole window of
+    // calm before it resolves.
+    assert!(only(&f.eval(3664.5), Signal::Spike).is_empty());
+    let out = f.eval(3664.5 + 60.0);
+    let res = only(&out, Signal::Spike);
+    assert_eq!(res.len(), 1, "{out:?}");
+    assert_eq!(res[0].status, AlertStatus::Resolved);
+    assert_eq!(res[0].dedup_key, a.dedup_key);
+    assert!(f.d.open_alerts().is_empty());
+}
+
+#[test]
+fn reports_older_than_the_window_do_not_count_toward_a_spike() {
+    let mut f = Fixture::new();
+    for i in 0..4 {
+        f.report(i as f64 * 20.0, 3, "c");
+    }
+    // 0, 20, 40, 60: at 60 the first is a whole window old.
+    assert!(only(&f.eval(60.0), Signal::Spike).is_empty());
+}
+
+#[test]
+fn stale_version_names_the_caller_and_the_version() {
+    let mut f = Fixture::new();
+    f.report(1.0, 1, "uid 1002 (pid 99, /usr/bin/old-worker)");
+    let out = f.eval(1.0);
+    let stale = only(&out, Signal::StaleVersion);
+    assert_eq!(stale.len(), 1);
+    let a = stale[0];
+    assert_eq!(a.severity, Severity::Warning);
+    assert_eq!(a.version, Some(1));
+    assert!(
+        a.summary.contains("uid 1002 (pid 99, /usr/bin/old-worker)"),
+        "{}",
+        a.summary
+    );
+    assert!(a.summary.contains("still uses v1"), "{}", a.summary);
+    assert_eq!(a.details["callers"], "uid 1002 (pid 99, /usr/bin/old-worker)");
+    assert_eq!(a.details["versions"], "v1");
+    // An unknown version is also a client out of step.
+    f.report(2.0, 42, "uid 1003 (pid 5)");
+    f.eval(2.0);
+    // Clears a window after the last stale report, resolves a window later.
+    assert!(f.eval(61.9).is_empty());
+    let out = f.eval(122.5);
+    assert_eq!(only(&out, Signal::StaleVersion)[0].status, AlertStatus::Resolved);
+}
+
+#[test]
+fn failures_on_primary_and_fallback_in_one_window_are_an_outage() {
+    let mut f = Fixture::new();
+    f.report(1.0, 3, "a");
+    assert!(only(&f.eval(1.0), Signal::FallbackFailing).is_empty());
+    f.report(30.0, 2, "a");
+    let out = f.eval(30.0);
+    let both = only(&out, Signal::FallbackFailing);
+    assert_eq!(both.len(), 1);
+    assert_eq!(both[0].severity, Severity::Critical);
+    assert!(both[0].summary.contains("both keys are refused"), "{}", both[0].summary);
+
+    // Primary and fallback failures more than a window apart: no alert.
+    let mut f = Fixture::new();
+    f.report(1.0, 3, "a");
+    f.eval(1.0);
+    f.report(70.0, 2, "a");
+    assert!(only(&f.eval(70.0), Signal::FallbackFailing).is_empty());
+}
+
+#[test]
+fn rising_rate_needs_growing_whole_windows_and_the_minimum() {
+    let mut f = Fixture::new();
+    f.s.spike_threshold = 1_000_000;
+    // Windows are aligned to the epoch: find the start of one.
+    let w0 = 60.0 - (T0 % 60) as f64;
+    let burst = |f: &mut Fixture, win: f64, n: usize, v: u64| {
+        for i in 0..n {
+            f.report(w0 + win * 60.0 + i as f64 * 0.01, v, "c");
+        }
+    };
+    burst(&mut f, 0.0, 4, 3);
+    burst(&mut f, 1.0, 8, 3);
+    burst(&mut f, 2.0, 12, 3);
+    // During window 2 only windows -1(0), 0(4), 1(8) are whole: rising but
+    // the last (8) is under rising_min 10.
+    assert!(only(&f.eval(w0 + 150.0), Signal::RisingRate).is_empty());
+    // In window 3: 4, 8, 12, rising, 12 >= 10.
+    let out = f.eval(w0 + 185.0);
+    let r = only(&out, Signal::RisingRate);
+    assert_eq!(r.len(), 1, "{out:?}");
+    assert_eq!(r[0].details["counts_per_window"], "4, 8, 12");
+
+    // Flat counts are not rising.
+    let mut g = Fixture::new();
+    g.s.spike_threshold = 1_000_000;
+    burst(&mut g, 0.0, 12, 3);
+    burst(&mut g, 1.0, 12, 3);
+    burst(&mut g, 2.0, 12, 3);
+    assert!(only(&g.eval(w0 + 185.0), Signal::RisingRate).is_empty());
+
+    // The rate stops rising: the alert resolves.
+    let out = f.eval(w0 + 245.0 + 61.0);
+    assert_eq!(only(&out, Signal::RisingRate)[0].status, AlertStatus::Resolved);
+}
+
+#[test]
+fn expiry_warns_within_the_lead_and_is_critical_once_passed() {
+    let mut f = Fixture::new();
+    f.state.primary.expires_at = Some(at(10.0 * 86400.0));
+    assert!(f.eval(0.0).is_empty(), "10 days out, lead 7 days");
+    let out = f.eval(4.0 * 86400.0);
+    let e = only(&out, Signal::ExpiryAhead);
+    assert_eq!(e.len(), 1);
+    assert_eq!(e[0].severity, Severity::Warning);
+    assert!(e[0].summary.contains("expires in 6d"), "{}", e[0].summary);
+    assert_eq!(e[0].details["expires_at"], "2027-01-25T08:00:00Z");
+    // Past expiry, the repeat is critical.
+    let out = f.eval(11.0 * 86400.0);
+    let e = only(&out, Signal::ExpiryAhead);
+    assert_eq!(e[0].status, AlertStatus::Repeat);
+    assert_eq!(e[0].severity, Severity::Critical);
+    assert!(e[0].summary.contains("expired"), "{}", e[0].summary);
+    // Rotated to a key without expiry: resolves a window later.
+    f.state.primary.expires_at = None;
+    assert!(f.eval(11.0 * 86400.0 + 1.0).is_empty());
+    let out = f.eval(11.0 * 86400.0 + 62.0);
+    assert_eq!(only(&out, Signal::ExpiryAhead)[0].status, AlertStatus::Resolved);
+}
+
+#[test]
+fn max_age_policy_overdue() {
+    let mut f = Fixture::new();
+    f.s.max_age = Some(Duration::from_secs(90 * 86400));
+    assert!(f.eval(89.0 * 86400.0).is_empty());
+    let out = f.eval(91.0 * 86400.0);
+    let m = only(&out, Signal::MaxAgeOverdue);
+    assert_eq!(m.len(), 1);
+    assert!(
+        m[0].summary
+            .contains("served for 91d, longer than the rotation policy's max_age of 90d"),
+        "{}",
+        m[0].summary
+    );
+    // Age counts from promotion.
+    f.state.primary.promoted_at = Some(at(91.0 * 86400.0));
+    f.eval(91.0 * 86400.0 + 1.0);
+    let out = f.eval(91.0 * 86400.0 + 62.0);
+    assert_eq!(only(&out, Signal::MaxAgeOverdue)[0].status, AlertStatus::Resolved);
+}
+
+#[test]
+fn agent_health_opens_on_a_failure_and_resolves_a_window_after_the_last() {
+    let mut d = Detectors::new("h".to_owned());
+    let w = Duration::from_secs(60);
+    d.health(
+        Subject::Agent("audit"),
+        at(0.0),
+        Severity::Critical,
+        "audit write failed: disk full".to_owned(),
+    );
+    let out = d.evaluate(at(0.0), [], true, HOUR, w);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].signal, Signal::AgentHealth);
+    assert_eq!(out[0].key, None);
+    assert_eq!(out[0].environment, None);
+    assert_eq!(out[0].dedup_key, "keyward/h/agent/audit/agent_health");
+    assert!(out[0].error.contains("disk full"));
+    d.health(
+        Subject::Agent("audit"),
+        at(30.0),
+        Severity::Critical,
+        "again".to_owned(),
+    );
+    assert!(d.evaluate(at(80.0), [], true, HOUR, w).is_empty());
+    let out = d.evaluate(at(90.0), [], true, HOUR, w);
+    assert_eq!(out[0].status, AlertStatus::Resolved);
+}
+
+#[test]
+fn a_deleted_key_resolves_its_alerts_on_a_complete_evaluation() {
+    let mut f = Fixture::new();
+    f.report(1.0, 1, "c");
+    assert_eq!(f.eval(1.0).len(), 1);
+    let out = f.d.evaluate(at(2.0), [], true, HOUR, Duration::from_secs(60));
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].status, AlertStatus::Resolved);
+    assert!(f.d.reports.is_empty(), "the deleted key's reports are dropped");
+}
+
+#[test]
+fn a_partial_evaluation_leaves_other_keys_alone() {
+    let mut f = Fixture::new();
+    f.report(1.0, 1, "c");
+    f.eval(1.0);
+    let other = KeySetState::create("prod/other".parse().unwrap(), version(1));
+    let out =
+        f.d.evaluate(at(500.0), [(&other, settings())], false, HOUR, Duration::from_secs(60));
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(f.d.open_alerts().len(), 1);
+}
+
+#[test]
+fn memory_is_bounded_under_a_flood() {
+    let mut f = Fixture::new();
+    for i in 0..(MAX_KEPT_REPORTS + 500) {
+        f.report(i as f64 * 0.001, 3, "c");
+    }
+    let r = &f.d.reports[&f.state.key];
+    assert_eq!(r.recent.len(), MAX_KEPT_REPORTS);
+    assert!(r.buckets.len() <= 5);
+}
+
+#[test]
+fn durations_read_as_two_units() {
+    assert_eq!(human(Duration::from_secs(90 * 86400)), "90d");
+    assert_eq!(human(Duration::from_secs(6 * 86400 + 23 * 3600 + 59)), "6d 23h");
+    assert_eq!(human(Duration::from_secs(7500)), "2h 5m");
+    assert_eq!(human(Duration::from_secs(60)), "1m");
+    assert_eq!(human(Duration::from_millis(200)), "1s");
+}
+
+#[test]
+fn many_callers_are_named_up_to_a_limit() {
+    let names: Vec<String> = (0..8).map(|i| format!("c{i}")).collect();
+    let s = named(names.iter().map(String::as_str).chain(["c0", "c1"]));
+    assert_eq!(s, "c0, c1, c2, c3, c4 and 3 more");
+}
+
+/// Every signal goes through the same life: open once, repeat after the
+/// repeat interval while it lasts, resolve once it has been clear for a
+/// window. `activate` makes the signal active at time `t` (and must be
+/// called again to keep it so); `clear` removes its cause.
+#[test]
+fn every_signal_opens_repeats_and_resolves() {
+    type Step = fn(&mut Fixture, f64);
+    let w0 = 60.0 - (T0 % 60) as f64;
+    let cases: [(Signal, Step, Step); 7] = [
+        (
+            Signal::Spike,
+            |f, t| (0..5).for_each(|i| f.report(t + i as f64 * 0.01, 3, "c")),
+            |_, _| {},
+        ),
+        (Signal::StaleVersion, |f, t| f.report(t, 1, "c"), |_, _| {}),
+        (
+            Signal::FallbackFailing,
+            |f, t| {
+                f.report(t, 3, "c");
+                f.report(t, 2, "c");
+            },
+            |_, _| {},
+        ),
+        (
+            Signal::RisingRate,
+            // Three whole windows of 10, 20, 30 reports before `t`.
+            |f, t| {
+                let w0 = 60.0 - (T0 % 60) as f64;
+                let w = ((t - w0) / 60.0).floor();
+                for (back, n) in [(3.0, 10), (2.0, 20), (1.0, 30)] {
+                    for i in 0..n {
+                        f.report(w0 + (w - back) * 60.0 + i as f64 * 0.5, 3, "c");
+                    }
+                }
+            },
+            |_, _| {},
+        ),
+        (
+            Signal::ExpiryAhead,
+            |f, t| f.state.primary.expires_at = Some(at(t + 86400.0)),
+            |f, _| f.state.primary.expires_at = None,
+        ),
+        (
+            Signal::MaxAgeOverdue,
+            |f, _| f.s.max_age = Some(Duration::from_secs(1)),
+            |f, _| f.s.max_age = None,
+        ),
+        (
+            Signal::AgentHealth,
+            |f, t| {
+                f.d.health(
+                    Subject::Key(f.state.key.clone()),
+                    at(t),
+                    Severity::Warning,
+                    "hook failed".to_owned(),
+                )
+            },
+            |_, _| {},
+        ),
+    ];
+    for (signal, activate, clear) in cases {
+        let mut f = Fixture::new();
+        f.s.spike_threshold = if signal == Signal::Spike { 5 } else { 1_000_000 };
+        f.s.rising_min = if signal == Signal::RisingRate { 10 } else { 1_000_000 };
+        let only_this = |out: Vec<Alert>| -> Vec<Alert> { out.into_iter().filter(|a| a.signal == signal).collect() };
+        let start = w0 + 600.0 + 10.0;
+        activate(&mut f, start);
+        let opened = only_this(f.eval(start));
+        assert_eq!(opened.len(), 1, "{signal}: opens once");
+        assert_eq!(opened[0].status, AlertStatus::Firing, "{signal}");
+        assert!(only_this(f.eval(start + 1.0)).is_empty(), "{signal}: no second firing");
+
+        // An hour on, still active: one repeat.
+        let later = start + 3600.0;
+        activate(&mut f, later);
+        let repeated = only_this(f.eval(later));
+        assert_eq!(repeated.len(), 1, "{signal}: repeats");
+        assert_eq!(repeated[0].status, AlertStatus::Repeat, "{signal}");
+        assert_eq!(repeated[0].dedup_key, opened[0].dedup_key, "{signal}");
+
+        // Cause removed: resolves once, within two windows and a tick.
+        clear(&mut f, later);
+        let mut resolved = Vec::new();
+        let mut t = later + 1.0;
+        while t < later + 3.0 * 60.0 {
+            resolved.extend(only_this(f.eval(t)));
+            t += 1.0;
+        }
+        assert_eq!(resolved.len(), 1, "{signal}: resolves once: {resolved:?}");
+        assert_eq!(resolved[0].status, AlertStatus::Resolved, "{signal}");
+        assert_eq!(resolved[0].dedup_key, opened[0].dedup_key, "{signal}");
+    }
+}
