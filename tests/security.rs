@@ -165,8 +165,23 @@ fn core_dumps_are_disabled_in_the_agent() {
 async fn connections_over_the_per_uid_limit_get_a_clear_error_and_others_keep_working() {
     let agent = TestAgent::start_with_config("[limits]\nmax_connections_per_uid = 4\n");
     agent.put("dev/limited", "sk_limit_test");
+    // The CLI's connection counts until the agent sees it close: wait for
+    // that on one admin connection, which stays open as the first of the 4.
+    let mut admin = agent.admin().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while admin
+        .get_status(proto::GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .connections
+        > 1
+    {
+        assert!(std::time::Instant::now() < deadline, "the CLI's connection was never released");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let mut clients = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..3 {
         clients.push(agent.keys().await);
     }
     let mut extra = agent.keys().await;
@@ -185,8 +200,10 @@ async fn connections_over_the_per_uid_limit_get_a_clear_error_and_others_keep_wo
         .await
         .unwrap();
     }
+    admin.get_status(proto::GetStatusRequest {}).await.unwrap();
     drop(extra);
     drop(clients);
+    drop(admin);
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     agent.fetch("dev", "limited").await.unwrap();
 }
