@@ -213,6 +213,16 @@ pub fn head_path(path: &Path) -> PathBuf {
 #[derive(Clone)]
 pub struct Audit {
     inner: Arc<commit::Shared>,
+    observer: Arc<std::sync::OnceLock<Arc<dyn AuditObserver>>>,
+}
+
+/// Told of every record's outcome (metrics and alerts). Called on the
+/// writing task: must not block.
+pub trait AuditObserver: Send + Sync {
+    /// A record was written, `latency` after `record` was called.
+    fn written(&self, latency: std::time::Duration);
+    /// A record could not be written.
+    fn failed(&self, error: &AuditError);
 }
 
 impl Audit {
@@ -238,6 +248,7 @@ impl Audit {
         let (writer, head) = writer::open(&opts, wrap, Arc::clone(&status))?;
         Ok(Audit {
             inner: Arc::new(commit::Shared::start(&opts, writer, head, status)?),
+            observer: Arc::default(),
         })
     }
 
@@ -248,7 +259,23 @@ impl Audit {
     /// Cancel-safe: dropping the future never loses or corrupts other
     /// records; the dropped call's own record may still be written.
     pub async fn record(&self, event: AuditEvent) -> Result<u64, AuditError> {
-        self.inner.record(event).await
+        let Some(observer) = self.observer.get() else {
+            return self.inner.record(event).await;
+        };
+        let started = std::time::Instant::now();
+        let result = self.inner.record(event).await;
+        match &result {
+            Ok(_) => observer.written(started.elapsed()),
+            Err(AuditError::Closed) => {}
+            Err(e) => observer.failed(e),
+        }
+        result
+    }
+
+    /// Sets the one observer of every record's outcome (later calls are
+    /// ignored).
+    pub fn observe(&self, observer: Arc<dyn AuditObserver>) {
+        let _ = self.observer.set(observer);
     }
 
     /// The last written seq and hash and the current error. Never waits on

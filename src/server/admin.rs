@@ -15,6 +15,8 @@ use super::keys::served_versions;
 use super::peer::{caller_of, Caller};
 use super::rotate;
 use super::Agent;
+use crate::alerts::detect::Subject;
+use crate::alerts::Severity;
 use crate::audit::AuditEvent;
 use crate::keyset::{from_timestamp, timestamp, KeySetState, RotationState};
 use crate::proto;
@@ -221,7 +223,37 @@ impl AdminService {
             command,
             false,
         );
-        Ok(Response::new(done.await?))
+        Ok(Response::new(self.counted(command, r.key.as_ref(), done.await)?))
+    }
+
+    /// Counts a rotation step's result in the metrics; a step that could
+    /// not be written (store or audit) also raises an agent-health alert.
+    /// Hook failures raise theirs where they happen.
+    fn counted<T>(
+        &self,
+        command: Command,
+        key: Option<&proto::KeyRef>,
+        done: Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        let result = match &done {
+            Ok(_) => "ok",
+            Err(ApiError::HookFailed(_)) => "failed",
+            Err(ApiError::Unavailable(message)) => {
+                let subject = match crate::secret::KeyRef::from_proto(key) {
+                    Ok(k) => Subject::Key(k),
+                    Err(_) => Subject::Agent("rotation"),
+                };
+                self.agent.alerting.health(
+                    subject,
+                    Severity::Critical,
+                    format!("the {} step failed: {message}", command.as_str()),
+                );
+                "failed"
+            }
+            Err(_) => "refused",
+        };
+        self.agent.metrics().rotation(command.as_str(), result);
+        done
     }
 }
 
@@ -289,9 +321,9 @@ impl proto::admin_server::Admin for AdminService {
         request: Request<proto::StageKeyRequest>,
     ) -> Result<Response<proto::RotationResponse>, Status> {
         let caller = self.authorize(&request).await?;
-        Ok(Response::new(
-            rotate::stage(&self.agent, &caller, request.into_inner()).await?,
-        ))
+        let key = request.get_ref().key.clone();
+        let done = rotate::stage(&self.agent, &caller, request.into_inner()).await;
+        Ok(Response::new(self.counted(Command::Stage, key.as_ref(), done)?))
     }
 
     async fn promote_key(
@@ -329,7 +361,11 @@ impl proto::admin_server::Admin for AdminService {
             Command::Retire,
             r.force,
         );
-        Ok(Response::new(done.await?))
+        Ok(Response::new(self.counted(
+            Command::Retire,
+            r.key.as_ref(),
+            done.await,
+        )?))
     }
 
     async fn get_rotation_status(

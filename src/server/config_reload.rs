@@ -109,6 +109,16 @@ pub fn merge(old: &Config, mut new: Config) -> (Config, ReloadReport) {
     keep!(lock_memory, "lock_memory");
     keep!(extra_recipients, "extra_recipients");
     keep!(dev_mode, "dev mode");
+    keep!(metrics_listen, "[metrics] listen");
+    if new.alerts.agent_host != old.alerts.agent_host {
+        report.needs_restart.push("[alerts] agent_host".to_owned());
+        new.alerts.agent_host = old.alerts.agent_host.clone();
+    }
+    if new.alerts != old.alerts {
+        report
+            .applied
+            .push("[alerts] (thresholds, report limits, sinks)".to_owned());
+    }
     // The store was opened for the environments configured at start; an
     // environment's failure mode is read at each fetch and may change.
     if !new.environments.keys().eq(old.environments.keys()) {
@@ -135,6 +145,7 @@ pub fn merge(old: &Config, mut new: Config) -> (Config, ReloadReport) {
     rest.policy = old.policy.clone();
     rest.shutdown_grace = old.shutdown_grace;
     rest.environments = old.environments.clone();
+    rest.alerts = old.alerts.clone();
     if format!("{rest:?}") != format!("{old:?}") {
         report.applied.push("other settings (rotation, hooks)".to_owned());
     }
@@ -158,6 +169,11 @@ pub(super) async fn reload(agent: &Agent) -> Result<ReloadReport, ReloadError> {
         Ok(c) => c,
         Err(e) => {
             // A rejected reload changes nothing, audited or not.
+            agent.alerting.health(
+                crate::alerts::detect::Subject::Agent("config"),
+                crate::alerts::Severity::Warning,
+                format!("the config reload was rejected, the previous config keeps serving: {e}"),
+            );
             let _ = agent.audit.record(record("rejected", e.to_string())).await;
             return Err(e);
         }

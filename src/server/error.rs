@@ -32,6 +32,10 @@ pub enum ApiError {
     /// A limit was hit (`RESOURCE_EXHAUSTED`).
     #[error("{0}")]
     ResourceExhausted(String),
+    /// A rotation hook failed (`FAILED_PRECONDITION`, like a refusal, but
+    /// counted as a failed step and raised as an agent-health alert).
+    #[error("{0}")]
+    HookFailed(String),
     /// The audit log or the store cannot be written (`UNAVAILABLE`).
     #[error("{0}")]
     Unavailable(String),
@@ -46,7 +50,7 @@ impl From<ApiError> for tonic::Status {
             ApiError::PermissionDenied(_) => Code::PermissionDenied,
             ApiError::AlreadyExists(_) => Code::AlreadyExists,
             ApiError::Aborted(_) => Code::Aborted,
-            ApiError::FailedPrecondition(_) => Code::FailedPrecondition,
+            ApiError::FailedPrecondition(_) | ApiError::HookFailed(_) => Code::FailedPrecondition,
             ApiError::ResourceExhausted(_) => Code::ResourceExhausted,
             ApiError::Unavailable(_) => Code::Unavailable,
         };

@@ -344,6 +344,11 @@ async fn report(agent: &Agent, key: &KeyRef, path: &Path, outcome: ReloadOutcome
             };
             tracing::error!(key = %key,
                 "{shown}: not applied: {reason}; {serving}; the file is left as it is: fix or replace it before the agent restarts");
+            agent.alerting.health(
+                crate::alerts::detect::Subject::Key(key.clone()),
+                crate::alerts::Severity::Warning,
+                format!("a rewritten key file was rejected: {shown}: {reason}; {serving}: fix or replace the file before the agent restarts"),
+            );
             record(
                 "rejected",
                 current.as_deref(),

@@ -29,23 +29,38 @@ impl KeysService {
 
     async fn get_key(&self, caller: &Arc<Caller>, req: &proto::GetKeyRequest) -> Result<proto::KeySet, ApiError> {
         let agent = &self.agent;
+        let metrics = agent.metrics();
         if let Some(limit) = &caller.over_limit {
+            metrics.fetch("", "", "over_limit");
             return Err(ApiError::ResourceExhausted(limit.clone()));
         }
         let key = match agent.key_ref(req.key.as_ref()) {
             Ok(k) => k,
             Err(e) => {
+                metrics.fetch("", "", "invalid");
                 let shown = req.key.as_ref().map(shown_key);
                 return Err(agent.refuse("fetch", caller, shown, "invalid_argument", e).await);
             }
         };
-        agent.check_read("fetch", caller, &key).await?;
+        // Only names of existing keys become labels: a caller cannot grow
+        // the metrics by asking for made-up keys.
         let Some(state) = agent.store.get(&key) else {
+            let outcome = if agent.config().policy.allows(&caller.principal(), &key) {
+                "not_found"
+            } else {
+                "denied"
+            };
+            metrics.fetch(key.env(), "", outcome);
+            agent.check_read("fetch", caller, &key).await?;
             let missing = ApiError::NotFound(format!("key {key} does not exist: create it with `keyward put {key}`"));
             return Err(agent
                 .refuse("fetch", caller, Some(key.to_string()), "not_found", missing)
                 .await);
         };
+        if let Err(e) = agent.check_read("fetch", caller, &key).await {
+            metrics.fetch(key.env(), key.name(), "denied");
+            return Err(e);
+        }
         let event = AuditEvent {
             event: "fetch",
             caller: Some(caller.record.clone()),
@@ -57,12 +72,16 @@ impl KeysService {
         };
         if let Err(e) = self.agent.audit.record(event).await {
             match self.agent.on_audit_failure(&key) {
-                AuditFailureMode::FailClosed => return Err(e.into()),
+                AuditFailureMode::FailClosed => {
+                    metrics.fetch(key.env(), key.name(), "unavailable");
+                    return Err(e.into());
+                }
                 AuditFailureMode::FailOpen => {
                     tracing::warn!(key = %key, error = %e, "serving without an audit record (environment is fail-open)")
                 }
             }
         }
+        metrics.fetch(key.env(), key.name(), "ok");
         Ok(state.to_proto())
     }
 }

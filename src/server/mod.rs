@@ -16,6 +16,7 @@
 //! removes the socket files.
 
 pub mod admin;
+pub mod alerting;
 pub mod config_reload;
 pub mod error;
 pub mod hot_reload;
@@ -94,6 +95,8 @@ pub struct Agent {
     pub watchers: crate::watch::Watchers,
     /// Auth failures reported by clients.
     pub failures: reports::FailureLog,
+    /// Detectors, report limits, sinks and metrics.
+    pub alerting: Arc<alerting::Alerting>,
     /// Bumped on every config swap; watch streams re-check access on it.
     config_epoch: tokio::sync::watch::Sender<u64>,
     /// Where the config came from, so that SIGHUP can load it again.
@@ -156,7 +159,13 @@ impl Agent {
             fsync_interval: config.audit.fsync_interval,
             max_batch: config.audit.max_batch,
         })?;
+        let alerting = Arc::new(alerting::Alerting::new(
+            &config.alerts,
+            Arc::new(crate::metrics::Metrics::new()),
+        ));
+        audit.observe(Arc::new(alerting::AuditWatch(alerting.clone())));
         Ok(Agent {
+            alerting,
             store,
             audit,
             connections: Arc::new(ConnectionTracker::default()),
@@ -182,8 +191,53 @@ impl Agent {
     /// at start (paths, sockets, audit, limits) are kept from the running
     /// config; the caller reports them.
     pub fn replace_config(&self, new: Config) {
+        if new.alerts != self.config().alerts && tokio::runtime::Handle::try_current().is_ok() {
+            self.alerting.start_sinks(&new.alerts);
+        }
         *self.config.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(new);
         self.config_epoch.send_modify(|e| *e += 1);
+    }
+
+    /// The counters behind the metrics listener.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.alerting.metrics
+    }
+
+    /// The agent's state for one metrics scrape.
+    pub fn metrics_snapshot(&self) -> crate::metrics::Snapshot {
+        use crate::alerts::{Severity, Signal};
+        let now = SystemTime::now();
+        let secs = |a: SystemTime, b: SystemTime| match a.duration_since(b) {
+            Ok(d) => d.as_secs_f64(),
+            Err(e) => -e.duration().as_secs_f64(),
+        };
+        let keys = self
+            .store
+            .list(None)
+            .iter()
+            .map(|s| crate::metrics::KeyGauges {
+                environment: s.key.env().to_owned(),
+                key: s.key.name().to_owned(),
+                age_seconds: secs(now, s.primary.promoted_at.unwrap_or(s.primary.created_at)),
+                expires_in_seconds: s.primary.expires_at.map(|e| secs(e, now)),
+                generation: s.generation,
+            })
+            .collect();
+        let open = self.alerting.open_alerts();
+        let mut open_alerts = Vec::new();
+        for signal in Signal::ALL {
+            for severity in [Severity::Info, Severity::Warning, Severity::Critical] {
+                let n = open.iter().filter(|(g, v)| *g == signal && *v == severity).count() as u64;
+                open_alerts.push((signal, severity, n));
+            }
+        }
+        crate::metrics::Snapshot {
+            watchers: self.watchers.count() as u64,
+            connections: self.connections.total() as u64,
+            open_alerts,
+            keys,
+            sinks: self.alerting.sink_stats(),
+        }
     }
 
     /// Changes on every [`Agent::replace_config`]; read it *before* checking
@@ -243,6 +297,7 @@ impl Agent {
         if self.config().policy.allows(&caller.principal(), key) {
             return Ok(());
         }
+        self.metrics().denial("service", event);
         let denied = ApiError::PermissionDenied(format!(
             "{} may not read {key}: no grant in the policy names this caller for this key; add a [[grant]] to the agent's config",
             caller.describe()
@@ -271,12 +326,14 @@ impl Agent {
     }
 }
 
-/// The two listening sockets.
+/// The listening sockets.
 pub struct Listeners {
     /// `keys.sock`: the `Keys` service.
     pub service: std::os::unix::net::UnixListener,
     /// `admin.sock`: the `Admin` service.
     pub admin: std::os::unix::net::UnixListener,
+    /// The Prometheus endpoint, when `[metrics] listen` is set.
+    pub metrics: Option<crate::metrics::http::MetricsListener>,
 }
 
 /// Binds both sockets with the configured modes and groups.
@@ -294,10 +351,30 @@ pub fn bind_listeners(config: &Config) -> Result<Listeners, BindError> {
     let admin = sockets::bind(&p.admin_socket, admin_mode, admin_gid).inspect_err(|_| {
         let _ = std::fs::remove_file(&p.service_socket);
     })?;
-    Ok(Listeners { service, admin })
+    let metrics = match &config.metrics_listen {
+        None => None,
+        Some(listen) => Some(
+            crate::metrics::http::bind(listen)
+                .map_err(|source| BindError::Io {
+                    what: "[metrics] listen",
+                    path: listen.to_string().into(),
+                    source,
+                })
+                .inspect_err(|_| {
+                    let _ = std::fs::remove_file(&p.service_socket);
+                    let _ = std::fs::remove_file(&p.admin_socket);
+                })?,
+        ),
+    };
+    Ok(Listeners {
+        service,
+        admin,
+        metrics,
+    })
 }
 
-/// Serves both sockets until `shutdown` resolves, then drains.
+/// Serves both sockets (and the metrics listener, if any) until `shutdown`
+/// resolves, then drains.
 pub async fn run(listeners: Listeners, agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -> io::Result<()> {
     let limits = agent.config().limits.clone();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -306,6 +383,16 @@ pub async fn run(listeners: Listeners, agent: Arc<Agent>, shutdown: impl Future<
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    agent.alerting.start_sinks(&agent.config().alerts);
+    let ticks = tokio::spawn(alerting::run_ticks(agent.clone(), stop_rx.clone()));
+    let metrics_task = listeners.metrics.map(|listener| {
+        let scraped = agent.clone();
+        let render: crate::metrics::http::Render = Arc::new(move || {
+            let snapshot = scraped.metrics_snapshot();
+            scraped.metrics().render(&snapshot)
+        });
+        tokio::spawn(crate::metrics::http::serve(listener, render, stopped(stop_rx.clone())))
+    });
 
     let keys = proto::keys_server::KeysServer::new(keys::KeysService::new(agent.clone()))
         .max_decoding_message_size(limits.max_message_bytes)
@@ -362,6 +449,15 @@ pub async fn run(listeners: Listeners, agent: Arc<Agent>, shutdown: impl Future<
         admin_task.abort();
     }
     hot_reload.finish().await;
+    let _ = ticks.await;
+    if let Some(task) = metrics_task {
+        match task.await {
+            Ok(Err(e)) => tracing::error!(error = %e, "the metrics listener failed"),
+            Err(e) => tracing::error!(error = %e, "the metrics listener panicked"),
+            Ok(Ok(())) => {}
+        }
+    }
+    agent.alerting.stop_sinks().await;
     let _ = agent
         .audit
         .record(AuditEvent {

@@ -3,8 +3,11 @@
 //!
 //! The counts feed the retire gate and `keyward rotate`'s automatic
 //! rollback: a failure reported against the current primary since its
-//! promotion keeps the old key from being retired. Alert detectors and
-//! sinks build on the same reports.
+//! promotion keeps the old key from being retired. Every accepted report
+//! also feeds the alert detectors ([`super::alerting`]). Reports are
+//! limited per caller uid (`[alerts] report_rate`, `report_burst`) before
+//! anything else, so that a client stuck in a retry loop can neither flood
+//! the audit log nor the detectors; refused ones are counted.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -13,6 +16,7 @@ use std::time::SystemTime;
 use super::error::ApiError;
 use super::peer::Caller;
 use super::Agent;
+use crate::alerts::detect::Report;
 use crate::audit::{AuditEvent, VersionRecord};
 use crate::keyset::KeySetState;
 use crate::proto;
@@ -25,43 +29,7 @@ const KEPT_PER_VERSION: usize = 4096;
 /// Longest `service` or `detail` text kept from a report.
 const MAX_TEXT: usize = 256;
 
-/// What the reported version is to the key now.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Classification {
-    /// The current primary.
-    Primary,
-    /// The current fallback.
-    Fallback,
-    /// A version the key no longer serves (a client missed a rotation).
-    Stale,
-    /// A version the key never had.
-    Unknown,
-}
-
-impl Classification {
-    /// For the audit and messages.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Classification::Primary => "primary",
-            Classification::Fallback => "fallback",
-            Classification::Stale => "stale",
-            Classification::Unknown => "unknown",
-        }
-    }
-
-    /// Classifies `version` against `state`.
-    pub fn of(state: &KeySetState, version: u64) -> Classification {
-        if state.primary.number == version {
-            Classification::Primary
-        } else if state.fallback.as_ref().is_some_and(|f| f.number == version) {
-            Classification::Fallback
-        } else if version != 0 && version <= state.max_version() {
-            Classification::Stale
-        } else {
-            Classification::Unknown
-        }
-    }
-}
+pub use crate::alerts::detect::Classification;
 
 /// Report times per (key, version).
 #[derive(Default)]
@@ -113,6 +81,13 @@ pub async fn report(agent: &Arc<Agent>, caller: &Caller, r: &proto::AuthFailureR
     if let Some(limit) = &caller.over_limit {
         return Err(ApiError::ResourceExhausted(limit.clone()));
     }
+    if !agent.alerting.admit_report(caller.uid) {
+        let config = agent.config();
+        return Err(ApiError::ResourceExhausted(format!(
+            "uid {} sent more than {} auth-failure reports per second (burst {}): this one was counted but not processed; report each failed request once, or raise [alerts] report_rate",
+            caller.uid, config.alerts.report_rate, config.alerts.report_burst
+        )));
+    }
     let key = agent.key_ref(r.key.as_ref())?;
     agent.check_read("auth_failure", caller, &key).await?;
     let Some(state) = agent.store.get(&key) else {
@@ -125,7 +100,21 @@ pub async fn report(agent: &Arc<Agent>, caller: &Caller, r: &proto::AuthFailureR
         .find(|v| v.number == r.version)
         .map(|v| v.fingerprint.clone())
         .unwrap_or_default();
-    agent.failures.record(&key, r.version, SystemTime::now());
+    let now = SystemTime::now();
+    agent.failures.record(&key, r.version, now);
+    agent.metrics().report(key.env(), key.name(), class.as_str());
+    agent.alerting.on_report(
+        &agent.config(),
+        &state,
+        Report {
+            at: now,
+            class,
+            version: r.version,
+            status_code: r.status_code,
+            caller: caller.describe(),
+            service: bounded(&r.service),
+        },
+    );
     let detail = format!(
         "status {} on {} version {} from service {:?}: {}",
         r.status_code,
@@ -178,16 +167,6 @@ mod tests {
         s.state = crate::keyset::RotationState::Promoted;
         s.history.push(v(1).meta());
         s
-    }
-
-    #[test]
-    fn classification_table() {
-        let s = state();
-        assert_eq!(Classification::of(&s, 3), Classification::Primary);
-        assert_eq!(Classification::of(&s, 2), Classification::Fallback);
-        assert_eq!(Classification::of(&s, 1), Classification::Stale);
-        assert_eq!(Classification::of(&s, 9), Classification::Unknown);
-        assert_eq!(Classification::of(&s, 0), Classification::Unknown);
     }
 
     #[test]

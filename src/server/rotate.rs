@@ -17,6 +17,8 @@ use super::error::ApiError;
 use super::keys::served_versions;
 use super::peer::Caller;
 use super::Agent;
+use crate::alerts::detect::Subject;
+use crate::alerts::Severity;
 use crate::audit::AuditEvent;
 use crate::hooks;
 use crate::keyset::{from_timestamp, KeySetState, RotationState};
@@ -30,10 +32,13 @@ impl From<RotationError> for ApiError {
     }
 }
 
-impl From<hooks::HookError> for ApiError {
-    fn from(e: hooks::HookError) -> ApiError {
-        ApiError::FailedPrecondition(format!("{e}; nothing was changed"))
-    }
+/// A hook failed: raised as an agent-health alert on `key`, returned as
+/// the caller's error.
+fn hook_failed(agent: &Agent, key: &KeyRef, message: String) -> ApiError {
+    agent
+        .alerting
+        .health(Subject::Key(key.clone()), Severity::Warning, message.clone());
+    ApiError::HookFailed(message)
 }
 
 fn existing(agent: &Agent, key: &KeyRef) -> Result<Arc<KeySetState>, ApiError> {
@@ -78,7 +83,9 @@ pub async fn stage(
                 )));
             };
             (
-                hooks::generate(generator, settings.hook_timeout, limit).await?,
+                hooks::generate(generator, settings.hook_timeout, limit)
+                    .await
+                    .map_err(|e| hook_failed(agent, &key, format!("{e}; nothing was changed")))?,
                 "generated",
             )
         }
@@ -109,7 +116,9 @@ pub async fn stage(
     }
     let mut notes = vec![format!("new key {origin}, fingerprint {}", version.fingerprint)];
     if let Some(validator) = &settings.validator {
-        hooks::validate(validator, &version.secret, settings.hook_timeout).await?;
+        hooks::validate(validator, &version.secret, settings.hook_timeout)
+            .await
+            .map_err(|e| hook_failed(agent, &key, format!("{e}; nothing was changed")))?;
         notes.push("validator accepted the new key".to_owned());
     }
 
@@ -158,7 +167,11 @@ pub async fn transition(
             let note = hooks::revoke(revoker, &old.secret, settings.hook_timeout)
                 .await
                 .map_err(|e| {
-                    ApiError::FailedPrecondition(format!("{e}; the old key was not retired: fix the revoker and retry"))
+                    hook_failed(
+                        agent,
+                        &key,
+                        format!("{e}; the old key was not retired: fix the revoker and retry"),
+                    )
                 })?;
             detail.push(format!("revoker: {note}"));
         }

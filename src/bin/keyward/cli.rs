@@ -119,6 +119,25 @@ pub enum Command {
         /// ENV/NAME.
         key: String,
     },
+    /// Tell the agent that the provider refused a key (HTTP 401/403): feeds
+    /// its alerts. The client libraries do this from their fallback helper;
+    /// this is for scripts. Never pass the secret.
+    Report {
+        /// ENV/NAME, e.g. prod/billing-api.
+        key: String,
+        /// The version that was refused (`keyward get --json` shows it).
+        #[arg(long, value_name = "N")]
+        version: u64,
+        /// The HTTP status the provider answered.
+        #[arg(long, value_name = "CODE", default_value_t = 401)]
+        status: u32,
+        /// The name of the service that was refused, as alerts should show it.
+        #[arg(long, value_name = "NAME")]
+        service: String,
+        /// A short note (the endpoint, the provider's error code…).
+        #[arg(long, value_name = "TEXT", default_value = "")]
+        detail: String,
+    },
 }
 
 /// The key and compare-and-swap shared by the rotation steps.

@@ -63,7 +63,31 @@ async fn run(cli: Cli) -> Outcome {
         Command::Rotate(args) => rotate::rotate(&cli, args).await,
         Command::Watch { keys, json } => rotate::watch(&cli, keys, *json).await,
         Command::RotationStatus { key } => rotate::rotation_status(&cli, key).await,
+        Command::Report {
+            key,
+            version,
+            status,
+            service,
+            detail,
+        } => report(&cli, key, *version, *status, service, detail).await,
     }
+}
+
+async fn report(cli: &Cli, key: &str, version: u64, status: u32, service: &str, detail: &str) -> Outcome {
+    let k = key_arg(key)?;
+    let channel = client::connect(&service_socket(cli)).await.map_err(|e| e.to_string())?;
+    KeysClient::new(channel)
+        .report_auth_failure(proto::AuthFailureReport {
+            key: Some(k.to_proto()),
+            version,
+            status_code: status,
+            service: service.to_owned(),
+            detail: detail.to_owned(),
+        })
+        .await
+        .map_err(refused)?;
+    println!("reported: {key} version {version} refused with HTTP {status}");
+    Ok(ExitCode::SUCCESS)
 }
 
 pub(crate) fn service_socket(cli: &Cli) -> PathBuf {
