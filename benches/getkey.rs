@@ -14,13 +14,10 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{wait_for_socket, Proc};
+use support::{client, throughput, wait_for_socket, Proc};
 
-use keyward::proto::{self, keys_client::KeysClient};
-use tonic::transport::Channel;
+use keyward::proto;
 
 const SECRET: &[u8] = b"sk_live_benchmark_0123456789abcdef0123456789";
 
@@ -93,7 +90,7 @@ async fn bench(quick: bool, fsync: bool) {
     for round in 1..=rounds {
         for (name, sock, out) in [("no-op", &noop_sock, &mut floor), ("keywardd", &agent_sock, &mut real)] {
             let lat = latency(sock, calls).await;
-            let tput = throughput(sock, 16, Duration::from_secs(secs)).await;
+            let tput = throughput(sock, bench_key(), 16, Duration::from_secs(secs)).await;
             println!(
                 "{name:<10} {round:>6} {:>10.1} {:>10.1} {:>10.1} {:>12.0}",
                 lat.p50, lat.p99, lat.mean, tput
@@ -139,10 +136,6 @@ struct Latency {
     mean: f64,
 }
 
-async fn client(sock: &Path) -> KeysClient<Channel> {
-    KeysClient::new(keyward::client::connect(sock).await.unwrap())
-}
-
 async fn latency(sock: &Path, calls: usize) -> Latency {
     let mut c = client(sock).await;
     let req = || proto::GetKeyRequest { key: Some(bench_key()) };
@@ -162,35 +155,6 @@ async fn latency(sock: &Path, calls: usize) -> Latency {
         p99: samples[samples.len() * 99 / 100],
         mean: samples.iter().sum::<f64>() / samples.len() as f64,
     }
-}
-
-async fn throughput(sock: &Path, conns: usize, dur: Duration) -> f64 {
-    let done = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    for _ in 0..conns {
-        let mut c = client(sock).await;
-        let (done, stop) = (done.clone(), stop.clone());
-        tasks.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                c.get_key(proto::GetKeyRequest { key: Some(bench_key()) })
-                    .await
-                    .unwrap();
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-        }));
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let start_count = done.load(Ordering::Relaxed);
-    let t = Instant::now();
-    tokio::time::sleep(dur).await;
-    let n = done.load(Ordering::Relaxed) - start_count;
-    let elapsed = t.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await.unwrap();
-    }
-    n as f64 / elapsed
 }
 
 /// The floor: a Keys server whose GetKey returns a constant KeySet.

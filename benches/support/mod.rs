@@ -1,9 +1,16 @@
-//! What both benchmarks need: a child process stopped on drop, and waiting
-//! for a socket to come up.
+//! What the benchmarks share: a child process stopped on drop, waiting for
+//! a socket to come up, and GetKey throughput over several connections.
+
+#![allow(dead_code)]
 
 use std::path::Path;
 use std::process::Child;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use keyward::proto::{self, keys_client::KeysClient};
+use tonic::transport::Channel;
 
 /// A process that gets SIGTERM and is reaped when dropped.
 pub struct Proc(pub Child);
@@ -23,4 +30,40 @@ pub fn wait_for_socket(path: &Path) {
         assert!(Instant::now() < deadline, "{} never came up", path.display());
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// A Keys client on `sock`.
+pub async fn client(sock: &Path) -> KeysClient<Channel> {
+    KeysClient::new(keyward::client::connect(sock).await.unwrap())
+}
+
+/// GetKey calls of `key` per second, `conns` connections each calling in a
+/// loop, counted over `dur` after a 300 ms warm-up.
+pub async fn throughput(sock: &Path, key: proto::KeyRef, conns: usize, dur: Duration) -> f64 {
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let mut c = client(sock).await;
+        let (done, stop, key) = (done.clone(), stop.clone(), key.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                c.get_key(proto::GetKeyRequest { key: Some(key.clone()) })
+                    .await
+                    .unwrap();
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let start_count = done.load(Ordering::Relaxed);
+    let t = Instant::now();
+    tokio::time::sleep(dur).await;
+    let n = done.load(Ordering::Relaxed) - start_count;
+    let elapsed = t.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    n as f64 / elapsed
 }
