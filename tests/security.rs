@@ -177,7 +177,10 @@ async fn connections_over_the_per_uid_limit_get_a_clear_error_and_others_keep_wo
         .connections
         > 1
     {
-        assert!(std::time::Instant::now() < deadline, "the CLI's connection was never released");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the CLI's connection was never released"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     let mut clients = Vec::new();

@@ -119,6 +119,8 @@ pub struct Report {
 struct KeyReports {
     /// The reports of the last window, oldest first.
     recent: VecDeque<Report>,
+    /// How many of `recent` are of each class ([`class_index`]).
+    counts: [u64; 4],
     /// Reports per whole window (index = seconds since the epoch / W), last
     /// few only.
     buckets: VecDeque<(u64, u64)>,
@@ -182,8 +184,11 @@ impl Detectors {
             }
         }
         if entry.recent.len() == MAX_KEPT_REPORTS {
-            entry.recent.pop_front();
+            if let Some(old) = entry.recent.pop_front() {
+                entry.counts[class_index(old.class)] -= 1;
+            }
         }
+        entry.counts[class_index(report.class)] += 1;
         entry.recent.push_back(report);
     }
 
@@ -212,23 +217,24 @@ impl Detectors {
         repeat_interval: Duration,
         health_window: Duration,
     ) -> Vec<Alert> {
-        let mut findings: Vec<(Subject, Signal, Finding, Duration)> = Vec::new();
+        // Which signals are active is decided from counts; what an alert
+        // says (callers, services, statuses) is built only when a
+        // notification is due, so that a flood of reports against an open
+        // alert costs little.
+        let states: Vec<(&KeySetState, DetectSettings)> = keys.into_iter().collect();
+        let mut found: Vec<(Subject, Signal, Severity, Duration, Option<usize>)> = Vec::new();
         let mut checked: BTreeSet<Subject> = BTreeSet::new();
-        for (state, settings) in keys {
+        for (i, (state, settings)) in states.iter().enumerate() {
             let subject = Subject::Key(state.key.clone());
             checked.insert(subject.clone());
             if let Some(r) = self.reports.get_mut(&state.key) {
                 prune(r, now, settings.window);
             }
             let reports = self.reports.get(&state.key);
-            for (signal, finding) in key_findings(state, reports, &settings, now) {
-                findings.push((subject.clone(), signal, finding, settings.window));
+            for (signal, severity) in key_signals(state, reports, settings, now) {
+                found.push((subject.clone(), signal, severity, settings.window, Some(i)));
             }
-            if self
-                .reports
-                .get(&state.key)
-                .is_some_and(|r| r.recent.is_empty() && r.buckets.is_empty())
-            {
+            if reports.is_some_and(|r| r.recent.is_empty() && r.buckets.is_empty()) {
                 self.reports.remove(&state.key);
             }
         }
@@ -245,17 +251,12 @@ impl Detectors {
         self.health
             .retain(|_, h| now.duration_since(h.at).unwrap_or_default() < health_window);
         for (subject, h) in &self.health {
-            findings.push((
-                subject.clone(),
-                Signal::AgentHealth,
-                health_finding(subject, h),
-                health_window,
-            ));
+            found.push((subject.clone(), Signal::AgentHealth, h.severity, health_window, None));
         }
 
         let mut out = Vec::new();
         let mut active: BTreeSet<(Subject, Signal)> = BTreeSet::new();
-        for (subject, signal, finding, window) in findings {
+        for (subject, signal, severity, window, source) in found {
             let hold = if signal == Signal::AgentHealth {
                 Duration::ZERO
             } else {
@@ -263,6 +264,28 @@ impl Detectors {
             };
             active.insert((subject.clone(), signal));
             let key = (subject.clone(), signal);
+            let due = match self.open.get_mut(&key) {
+                None => true,
+                Some(open) => {
+                    open.last_active = now;
+                    open.hold = hold;
+                    // A change of severity (a key that expired) is sent at
+                    // once, as a repeat.
+                    open.alert.severity != severity
+                        || now.duration_since(open.last_sent).unwrap_or_default() >= repeat_interval
+                }
+            };
+            if !due {
+                continue;
+            }
+            let finding = match source {
+                Some(i) => {
+                    let (state, settings) = &states[i];
+                    key_finding(signal, state, self.reports.get(&state.key), settings, now)
+                }
+                None => self.health.get(&subject).map(|h| health_finding(&subject, h)),
+            };
+            let Some(finding) = finding else { continue };
             match self.open.get_mut(&key) {
                 None => {
                     let alert = make_alert(&self.host, &subject, signal, finding, now, now);
@@ -278,16 +301,11 @@ impl Detectors {
                     );
                 }
                 Some(open) => {
-                    open.last_active = now;
-                    open.hold = hold;
                     let mut alert = make_alert(&self.host, &subject, signal, finding, open.alert.opened_at, now);
-                    alert.repeat = open.alert.repeat;
-                    if now.duration_since(open.last_sent).unwrap_or_default() >= repeat_interval {
-                        alert.repeat += 1;
-                        alert.status = AlertStatus::Repeat;
-                        open.last_sent = now;
-                        out.push(alert.clone());
-                    }
+                    alert.repeat = open.alert.repeat + 1;
+                    alert.status = AlertStatus::Repeat;
+                    open.last_sent = now;
+                    out.push(alert.clone());
                     open.alert = alert;
                 }
             }
@@ -361,13 +379,24 @@ fn bucket_of(at: SystemTime, window: Duration) -> u64 {
     (ms / window.as_millis().max(1)) as u64
 }
 
+fn class_index(c: Classification) -> usize {
+    match c {
+        Classification::Primary => 0,
+        Classification::Fallback => 1,
+        Classification::Stale => 2,
+        Classification::Unknown => 3,
+    }
+}
+
 fn prune(r: &mut KeyReports, now: SystemTime, window: Duration) {
     while r
         .recent
         .front()
         .is_some_and(|rep| now.duration_since(rep.at).unwrap_or_default() >= window)
     {
-        r.recent.pop_front();
+        if let Some(old) = r.recent.pop_front() {
+            r.counts[class_index(old.class)] -= 1;
+        }
     }
     // Buckets older than the rising-rate look-back are useless; a bucket
     // more than one window behind the current one means the rate fell.
@@ -430,6 +459,76 @@ fn statuses<'a>(reports: impl Iterator<Item = &'a Report>) -> String {
         .map(|(c, n)| format!("HTTP {c} ×{n}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The signals active for one key and their severity, from counts only.
+fn key_signals(
+    state: &KeySetState,
+    reports: Option<&KeyReports>,
+    s: &DetectSettings,
+    now: SystemTime,
+) -> Vec<(Signal, Severity)> {
+    let mut out = Vec::new();
+    let counts = reports.map_or([0; 4], |r| r.counts);
+    let count = |c: Classification| counts[class_index(c)];
+    let primary = count(Classification::Primary);
+    if primary >= s.spike_threshold {
+        out.push((Signal::Spike, Severity::Critical));
+    }
+    if primary > 0 && count(Classification::Fallback) > 0 {
+        out.push((Signal::FallbackFailing, Severity::Critical));
+    }
+    if count(Classification::Stale) + count(Classification::Unknown) > 0 {
+        out.push((Signal::StaleVersion, Severity::Warning));
+    }
+    if reports.is_some_and(|r| rising_counts(r, s, now).is_some()) {
+        out.push((Signal::RisingRate, Severity::Warning));
+    }
+    if let Some(expires) = state.primary.expires_at {
+        match expires.duration_since(now) {
+            Err(_) => out.push((Signal::ExpiryAhead, Severity::Critical)),
+            Ok(left) if left < s.expiry_lead => out.push((Signal::ExpiryAhead, Severity::Warning)),
+            Ok(_) => {}
+        }
+    }
+    if let Some(max_age) = s.max_age {
+        let since = state.primary.promoted_at.unwrap_or(state.primary.created_at);
+        if now.duration_since(since).unwrap_or_default() > max_age {
+            out.push((Signal::MaxAgeOverdue, Severity::Warning));
+        }
+    }
+    out
+}
+
+/// The counts of the last `rising_windows` whole windows, oldest first, if
+/// they rise and the last reaches `rising_min`.
+fn rising_counts(r: &KeyReports, s: &DetectSettings, now: SystemTime) -> Option<Vec<u64>> {
+    let k = s.rising_windows.max(2) as u64;
+    let current = bucket_of(now, s.window);
+    // Windows without a report count as zero.
+    let counts: Vec<u64> = (1..=k)
+        .rev()
+        .map(|back| {
+            let b = current.saturating_sub(back);
+            r.buckets.iter().find(|(i, _)| *i == b).map_or(0, |(_, n)| *n)
+        })
+        .collect();
+    let rising = counts.windows(2).all(|w| w[1] > w[0]);
+    (rising && *counts.last().unwrap_or(&0) >= s.rising_min).then_some(counts)
+}
+
+/// What one active signal says: scans the window's reports.
+fn key_finding(
+    signal: Signal,
+    state: &KeySetState,
+    reports: Option<&KeyReports>,
+    s: &DetectSettings,
+    now: SystemTime,
+) -> Option<Finding> {
+    key_findings(state, reports, s, now)
+        .into_iter()
+        .find(|(g, _)| *g == signal)
+        .map(|(_, f)| f)
 }
 
 fn key_findings(
@@ -536,41 +635,27 @@ fn key_findings(
         ));
     }
 
-    if let Some(r) = reports {
-        let k = s.rising_windows.max(2) as usize;
-        let current = bucket_of(now, s.window);
-        // The whole windows before the current one, oldest first, with
-        // zeros for windows without a report.
-        let counts: Vec<u64> = (1..=k as u64)
-            .rev()
-            .map(|back| {
-                let b = current.saturating_sub(back);
-                r.buckets.iter().find(|(i, _)| *i == b).map_or(0, |(_, n)| *n)
-            })
-            .collect();
-        let rising = counts.windows(2).all(|w| w[1] > w[0]);
-        let last = *counts.last().unwrap_or(&0);
-        if rising && last >= s.rising_min {
-            let mut details = base(recent.len());
-            details.insert(
-                "counts_per_window".to_owned(),
-                counts.iter().map(u64::to_string).collect::<Vec<_>>().join(", "),
-            );
-            out.push((
-                Signal::RisingRate,
-                Finding {
-                    severity: Severity::Warning,
-                    version: None,
-                    service: services(&recent),
-                    summary: format!(
-                        "{key}: auth failures rose for {k} windows of {window} in a row ({}): look for rate limiting or misuse at the provider",
-                        details["counts_per_window"]
-                    ),
-                    error: format!("failure rate rising: {} per {window}", details["counts_per_window"]),
-                    details,
-                },
-            ));
-        }
+    if let Some(counts) = reports.and_then(|r| rising_counts(r, s, now)) {
+        let k = counts.len();
+        let mut details = base(recent.len());
+        details.insert(
+            "counts_per_window".to_owned(),
+            counts.iter().map(u64::to_string).collect::<Vec<_>>().join(", "),
+        );
+        out.push((
+            Signal::RisingRate,
+            Finding {
+                severity: Severity::Warning,
+                version: None,
+                service: services(&recent),
+                summary: format!(
+                    "{key}: auth failures rose for {k} windows of {window} in a row ({}): look for rate limiting or misuse at the provider",
+                    details["counts_per_window"]
+                ),
+                error: format!("failure rate rising: {} per {window}", details["counts_per_window"]),
+                details,
+            },
+        ));
     }
 
     if let Some(expires) = state.primary.expires_at {

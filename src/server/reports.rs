@@ -123,7 +123,7 @@ pub async fn report(agent: &Arc<Agent>, caller: &Caller, r: &proto::AuthFailureR
         bounded(&r.service),
         bounded(&r.detail)
     );
-    tracing::warn!(key = %key, version = r.version, class = class.as_str(), status = r.status_code,
+    tracing::debug!(key = %key, version = r.version, class = class.as_str(), status = r.status_code,
         caller = %caller.describe(), "auth failure reported");
     agent
         .audit

@@ -450,3 +450,18 @@ fn every_signal_opens_repeats_and_resolves() {
         assert_eq!(resolved[0].dedup_key, opened[0].dedup_key, "{signal}");
     }
 }
+
+#[test]
+fn a_key_that_expires_while_warned_is_sent_again_at_once_as_critical() {
+    let mut f = Fixture::new();
+    f.state.primary.expires_at = Some(at(600.0));
+    let out = f.eval(0.0);
+    assert_eq!(only(&out, Signal::ExpiryAhead)[0].severity, Severity::Warning);
+    assert!(f.eval(300.0).is_empty(), "nothing new before it expires");
+    // Ten minutes later, well within the hour's repeat interval.
+    let out = f.eval(601.0);
+    let e = only(&out, Signal::ExpiryAhead);
+    assert_eq!(e.len(), 1);
+    assert_eq!((e[0].status, e[0].severity), (AlertStatus::Repeat, Severity::Critical));
+    assert!(f.eval(602.0).is_empty(), "and only once");
+}
