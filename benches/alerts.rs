@@ -21,14 +21,13 @@
 mod receiver;
 mod support;
 
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keyward::proto;
 use receiver::Receiver;
-use support::{client, throughput, wait_for_socket, Proc};
+use support::{client, throughput, Proc};
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
@@ -50,7 +49,7 @@ struct Agent {
     _tmp: tempfile::TempDir,
 }
 
-fn start_agent(extra: &str, receiver: &Receiver) -> Agent {
+fn start_with_webhook(extra: &str, receiver: &Receiver) -> Agent {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("agent");
     let config = tmp.path().join("keyward.toml");
@@ -62,18 +61,7 @@ fn start_agent(extra: &str, receiver: &Receiver) -> Agent {
         ),
     )
     .unwrap();
-    let proc = Proc(
-        Command::new(env!("CARGO_BIN_EXE_keywardd"))
-            .arg("--dev")
-            .arg(&dir)
-            .arg("--config")
-            .arg(&config)
-            .env("KEYWARD_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start keywardd"),
-    );
-    wait_for_socket(&dir.join("admin.sock"));
+    let proc = support::start_agent(&dir, &config);
     Agent {
         _proc: proc,
         dir,
@@ -117,7 +105,7 @@ fn percentile(sorted: &[f64], p: usize) -> f64 {
 
 async fn spike_to_webhook() {
     let receiver = Receiver::start();
-    let agent = start_agent("", &receiver);
+    let agent = start_with_webhook("", &receiver);
     let trials = 20;
     for i in 0..trials {
         put(&agent, &format!("spike-{i}")).await;
@@ -187,7 +175,7 @@ async fn throughput_under_reports(quick: bool, raised: bool) {
     } else {
         ""
     };
-    let agent = start_agent(extra, &receiver);
+    let agent = start_with_webhook(extra, &receiver);
     put(&agent, "hot").await;
     put(&agent, "noisy").await;
     let sock = agent.dir.join("keys.sock");

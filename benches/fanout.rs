@@ -9,10 +9,9 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{wait_for_socket, Proc};
+use support::start_agent;
 
 use keyward::proto::{self, admin_client::AdminClient, keys_client::KeysClient};
 use tokio::sync::Barrier;
@@ -60,19 +59,8 @@ async fn bench(keys: usize, subscribers: usize, connections: usize) {
         ),
     )
     .unwrap();
-    let agent = Proc(
-        Command::new(env!("CARGO_BIN_EXE_keywardd"))
-            .arg("--dev")
-            .arg(&dir)
-            .arg("--config")
-            .arg(&config)
-            .env("KEYWARD_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start keywardd"),
-    );
+    let agent = start_agent(&dir, &config);
     let pid = agent.0.id();
-    wait_for_socket(&dir.join("admin.sock"));
     let rss_empty = rss_kib(pid);
 
     let t = Instant::now();

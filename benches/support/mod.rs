@@ -32,6 +32,24 @@ pub fn wait_for_socket(path: &Path) {
     }
 }
 
+/// Starts the release `keywardd` in dev mode in `dir` with the config file
+/// `config` (logging warnings only) and waits for its admin socket.
+pub fn start_agent(dir: &Path, config: &Path) -> Proc {
+    let agent = Proc(
+        std::process::Command::new(env!("CARGO_BIN_EXE_keywardd"))
+            .arg("--dev")
+            .arg(dir)
+            .arg("--config")
+            .arg(config)
+            .env("KEYWARD_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start keywardd"),
+    );
+    wait_for_socket(&dir.join("admin.sock"));
+    agent
+}
+
 /// A Keys client on `sock`.
 pub async fn client(sock: &Path) -> KeysClient<Channel> {
     KeysClient::new(keyward::client::connect(sock).await.unwrap())

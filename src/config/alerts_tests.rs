@@ -3,25 +3,8 @@
 
 use std::time::Duration;
 
-use super::*;
+use super::tests::{assert_has, parse, parse_err};
 use crate::alerts::{Severity, Signal, SinkKind, SmtpTls};
-
-fn parse(text: &str) -> Result<Config, ConfigError> {
-    Config::parse(text, "keyward.toml")
-}
-
-fn parse_err(text: &str) -> String {
-    match parse(text) {
-        Ok(_) => panic!("accepted:\n{text}"),
-        Err(e) => e.to_string(),
-    }
-}
-
-fn assert_has(msg: &str, needles: &[&str]) {
-    for n in needles {
-        assert!(msg.contains(n), "{n:?} not in: {msg}");
-    }
-}
 
 const TOKEN: &str = "T0KEN-s3cr3t-9f8e7d";
 

@@ -69,18 +69,18 @@ revoker = ["/usr/local/bin/revoke-generic"]
 propagation_timeout = "10s"
 "#;
 
-fn parse(text: &str) -> Result<Config, ConfigError> {
+pub(super) fn parse(text: &str) -> Result<Config, ConfigError> {
     Config::parse(text, "keyward.toml")
 }
 
-fn parse_err(text: &str) -> String {
+pub(super) fn parse_err(text: &str) -> String {
     match parse(text) {
         Ok(_) => panic!("accepted:\n{text}"),
         Err(e) => e.to_string(),
     }
 }
 
-fn assert_has(msg: &str, needles: &[&str]) {
+pub(super) fn assert_has(msg: &str, needles: &[&str]) {
     for n in needles {
         assert!(msg.contains(n), "{n:?} not in: {msg}");
     }

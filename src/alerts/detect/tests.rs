@@ -29,15 +29,10 @@ fn state() -> KeySetState {
     s
 }
 
+/// The defaults: a 60 s window, spike at 5, rising over 3 windows to 10,
+/// 7 days' expiry lead, no max age.
 fn settings() -> DetectSettings {
-    DetectSettings {
-        window: Duration::from_secs(60),
-        spike_threshold: 5,
-        rising_windows: 3,
-        rising_min: 10,
-        expiry_lead: Duration::from_secs(7 * 86400),
-        max_age: None,
-    }
+    DetectSettings::default()
 }
 
 struct Fixture {
