@@ -203,6 +203,42 @@ impl Detectors {
         self.open.values().map(|o| (o.alert.signal, o.alert.severity)).collect()
     }
 
+    /// [`Detectors::evaluate`] over every key of the store (`all`), skipping
+    /// without allocating the keys that cannot have a signal: no recent
+    /// report, no open alert, no expiry and no max age. This is the timed
+    /// evaluation; it runs every second over every key.
+    pub fn evaluate_all(
+        &mut self,
+        now: SystemTime,
+        all: &[std::sync::Arc<KeySetState>],
+        settings_for: impl Fn(&KeyRef) -> DetectSettings,
+        repeat_interval: Duration,
+        health_window: Duration,
+    ) -> Vec<Alert> {
+        let open_keys: std::collections::HashSet<KeyRef> = self
+            .open
+            .keys()
+            .filter_map(|(subject, _)| match subject {
+                Subject::Key(k) => Some(k.clone()),
+                Subject::Agent(_) => None,
+            })
+            .collect();
+        let wanted: Vec<(&KeySetState, DetectSettings)> = all
+            .iter()
+            .filter_map(|state| {
+                let settings = settings_for(&state.key);
+                let interesting = state.primary.expires_at.is_some()
+                    || settings.max_age.is_some()
+                    || self.reports.contains_key(&state.key)
+                    || open_keys.contains(&state.key);
+                interesting.then_some((state.as_ref(), settings))
+            })
+            .collect();
+        // Keys left out have no alert open, so `complete` only resolves the
+        // alerts of keys that are gone.
+        self.evaluate(now, wanted, true, repeat_interval, health_window)
+    }
+
     /// Evaluates every signal at `now` and returns the notifications due:
     /// openings, repeats and resolutions. `keys` are the current states of
     /// the keys to check (all keys, or the one just reported against), each
@@ -223,30 +259,27 @@ impl Detectors {
         // alert costs little.
         let states: Vec<(&KeySetState, DetectSettings)> = keys.into_iter().collect();
         let mut found: Vec<(Subject, Signal, Severity, Duration, Option<usize>)> = Vec::new();
-        let mut checked: BTreeSet<Subject> = BTreeSet::new();
+        let checked: std::collections::HashSet<&KeyRef> = states.iter().map(|(s, _)| &s.key).collect();
         for (i, (state, settings)) in states.iter().enumerate() {
-            let subject = Subject::Key(state.key.clone());
-            checked.insert(subject.clone());
             if let Some(r) = self.reports.get_mut(&state.key) {
                 prune(r, now, settings.window);
             }
             let reports = self.reports.get(&state.key);
             for (signal, severity) in key_signals(state, reports, settings, now) {
-                found.push((subject.clone(), signal, severity, settings.window, Some(i)));
+                found.push((
+                    Subject::Key(state.key.clone()),
+                    signal,
+                    severity,
+                    settings.window,
+                    Some(i),
+                ));
             }
             if reports.is_some_and(|r| r.recent.is_empty() && r.buckets.is_empty()) {
                 self.reports.remove(&state.key);
             }
         }
         if complete {
-            let present: BTreeSet<&KeyRef> = checked
-                .iter()
-                .filter_map(|s| match s {
-                    Subject::Key(k) => Some(k),
-                    Subject::Agent(_) => None,
-                })
-                .collect();
-            self.reports.retain(|k, _| present.contains(k));
+            self.reports.retain(|k, _| checked.contains(k));
         }
         self.health
             .retain(|_, h| now.duration_since(h.at).unwrap_or_default() < health_window);
@@ -318,13 +351,13 @@ impl Detectors {
                 continue;
             }
             let evaluated = match &key.0 {
-                Subject::Key(_) => complete || checked.contains(&key.0),
+                Subject::Key(k) => complete || checked.contains(k),
                 Subject::Agent(_) => true,
             };
             if !evaluated {
                 continue;
             }
-            let gone = matches!(&key.0, Subject::Key(_)) && !checked.contains(&key.0);
+            let gone = matches!(&key.0, Subject::Key(k) if !checked.contains(k));
             if gone || now.duration_since(open.last_active).unwrap_or_default() >= open.hold {
                 resolved.push(key.clone());
             }

@@ -169,10 +169,10 @@ impl Alerting {
         let config = agent.config();
         let states = agent.store.list(None);
         let now = SystemTime::now();
-        let alerts = lock(&self.detectors).evaluate(
+        let alerts = lock(&self.detectors).evaluate_all(
             now,
-            states.iter().map(|s| (s.as_ref(), config.detect_for(&s.key))),
-            true,
+            &states,
+            |k| config.detect_for(k),
             config.alerts.repeat_interval,
             config.alerts.detect.window,
         );
