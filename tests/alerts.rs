@@ -284,6 +284,28 @@ async fn failures_on_primary_and_fallback_are_a_critical_outage() {
     let b = webhook_with(&got, "fallback_failing", "firing").unwrap();
     assert_eq!(b["severity"], "critical");
     assert!(b["summary"].as_str().unwrap().contains("both keys are refused"), "{b}");
+
+    // `keyward status` shows the open alert and the sinks' counters.
+    let out = agent.cli(&["status", "--json"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let open = status["open_alerts"].as_array().unwrap();
+    let alert = open.iter().find(|a| a["signal"] == "fallback_failing").expect("listed");
+    assert_eq!(alert["key"], "prod/crm");
+    assert_eq!(alert["severity"], "critical");
+    assert_eq!(alert["dedup_key"], b["dedup_key"]);
+    let sinks = status["sinks"].as_array().unwrap();
+    let names: Vec<&str> = sinks.iter().map(|k| k["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["hook", "slack-2", "pagerduty-3"]);
+    assert!(sinks[0]["delivered"].as_u64().unwrap() >= 1, "{status}");
+    let out = agent.cli(&["status"], None);
+    let human = text(&out.stdout);
+    assert!(human.contains("CRITICAL fallback_failing since"), "{human}");
+    assert_no_secret(
+        "status",
+        &out.stdout,
+        &["hook-token-123", "url-token-789", "pd-routing-key-456"],
+    );
 }
 
 #[tokio::test]

@@ -198,6 +198,13 @@ impl Detectors {
         self.health.insert(subject, Health { at, severity, message });
     }
 
+    /// The open alerts, as last sent, oldest first.
+    pub fn open_alert_list(&self) -> Vec<Alert> {
+        let mut out: Vec<Alert> = self.open.values().map(|o| o.alert.clone()).collect();
+        out.sort_by_key(|a| a.opened_at);
+        out
+    }
+
     /// The open alerts: (signal, severity) of each.
     pub fn open_alerts(&self) -> Vec<(Signal, Severity)> {
         self.open.values().map(|o| (o.alert.signal, o.alert.severity)).collect()

@@ -202,6 +202,34 @@ impl AdminService {
             audit_error: audit.error.unwrap_or_default(),
             memory_locked: a.memory_locked,
             agent_recipient: a.recipient.clone(),
+            open_alerts: a
+                .alerting
+                .open_alert_list()
+                .into_iter()
+                .map(|alert| proto::OpenAlert {
+                    dedup_key: alert.dedup_key,
+                    signal: alert.signal.as_str().to_owned(),
+                    severity: alert.severity.as_str().to_owned(),
+                    key: alert.key.map(|k| k.to_string()).unwrap_or_default(),
+                    summary: alert.summary,
+                    opened_at: Some(timestamp(alert.opened_at)),
+                    repeats: alert.repeat,
+                })
+                .collect(),
+            sinks: a
+                .alerting
+                .sink_stats()
+                .into_iter()
+                .map(|s| proto::SinkStatus {
+                    name: s.name,
+                    kind: s.kind.to_owned(),
+                    delivered: s.delivered,
+                    failed: s.failed,
+                    dropped: s.dropped,
+                    retries: s.retries,
+                    queued: s.queued,
+                })
+                .collect(),
         }
     }
 }

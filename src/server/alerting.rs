@@ -102,6 +102,11 @@ impl Alerting {
         lock(&self.detectors).open_alerts()
     }
 
+    /// The open alerts, as last sent, oldest first.
+    pub fn open_alert_list(&self) -> Vec<Alert> {
+        lock(&self.detectors).open_alert_list()
+    }
+
     /// Takes one report token for `uid`; `false` (and counted) when the uid
     /// is over `[alerts] report_rate` / `report_burst`.
     pub fn admit_report(&self, uid: u32) -> bool {

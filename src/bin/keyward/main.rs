@@ -406,7 +406,34 @@ async fn status(cli: &Cli, json: bool) -> Outcome {
         .and_then(|t| SystemTime::now().duration_since(t).ok())
         .map(|d| humantime::format_duration(std::time::Duration::from_secs(d.as_secs())).to_string())
         .unwrap_or_default();
+    let opened = |a: &proto::OpenAlert| {
+        a.opened_at
+            .as_ref()
+            .and_then(from_timestamp)
+            .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+            .unwrap_or_default()
+    };
     if json {
+        let alerts: Vec<serde_json::Value> = s
+            .open_alerts
+            .iter()
+            .map(|a| {
+                serde_json::json!({
+                    "dedup_key": a.dedup_key, "signal": a.signal, "severity": a.severity,
+                    "key": a.key, "summary": a.summary, "opened_at": opened(a), "repeats": a.repeats,
+                })
+            })
+            .collect();
+        let sinks: Vec<serde_json::Value> = s
+            .sinks
+            .iter()
+            .map(|k| {
+                serde_json::json!({
+                    "name": k.name, "kind": k.kind, "delivered": k.delivered, "failed": k.failed,
+                    "dropped": k.dropped, "retries": k.retries, "queued": k.queued,
+                })
+            })
+            .collect();
         println!(
             "{}",
             serde_json::json!({
@@ -416,6 +443,7 @@ async fn status(cli: &Cli, json: bool) -> Outcome {
                 "environments": s.environments, "keys": s.keys, "connections": s.connections,
                 "audit_sequence": s.audit_sequence, "audit_head": s.audit_head, "audit_error": s.audit_error,
                 "memory_locked": s.memory_locked, "agent_recipient": s.agent_recipient,
+                "open_alerts": alerts, "sinks": sinks,
             })
         );
     } else {
@@ -435,6 +463,22 @@ async fn status(cli: &Cli, json: bool) -> Outcome {
         println!("  connections     {}", s.connections);
         println!("  memory locked   {}", if s.memory_locked { "yes" } else { "no" });
         println!("  recipient       {}", s.agent_recipient);
+        for k in &s.sinks {
+            println!(
+                "  sink            {} ({}): {} delivered, {} failed, {} dropped, {} queued",
+                k.name, k.kind, k.delivered, k.failed, k.dropped, k.queued
+            );
+        }
+        println!("  open alerts     {}", s.open_alerts.len());
+        for a in &s.open_alerts {
+            println!(
+                "    {} {} since {}: {}",
+                a.severity.to_uppercase(),
+                a.signal,
+                opened(a),
+                a.summary
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
