@@ -11,6 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::receiver::{Received, Receiver};
+use common::smtp::test_python;
 use common::*;
 use keyward::proto;
 use serde_json::Value;
@@ -622,4 +623,114 @@ async fn sighup_replaces_the_sinks() {
         "the old sinks are gone"
     );
     agent.stop();
+}
+
+/// The HTTPS receiver of tests/support/https_receiver.py: its port, the CA
+/// that signed its certificate, and the file it logs requests to.
+struct HttpsReceiver {
+    port: u16,
+    ca_file: std::path::PathBuf,
+    log: std::path::PathBuf,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl HttpsReceiver {
+    fn start() -> HttpsReceiver {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().unwrap();
+        let (ca_file, log) = (dir.path().join("ca.pem"), dir.path().join("requests.jsonl"));
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/https_receiver.py");
+        let mut child = Command::new(test_python())
+            .arg(&script)
+            .arg("--ca-out")
+            .arg(&ca_file)
+            .arg("--log")
+            .arg(&log)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .strip_prefix("READY ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("the HTTPS receiver printed {line:?}"));
+        HttpsReceiver {
+            port,
+            ca_file,
+            log,
+            child,
+            _dir: dir,
+        }
+    }
+
+    fn requests(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for HttpsReceiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn an_https_webhook_is_trusted_through_ca_file_and_refused_without_it() {
+    let https = HttpsReceiver::start();
+    let url = format!("https://localhost:{}/hook?token=tls-token-321", https.port);
+    let agent = TestAgent::start_with_config(&format!(
+        r#"
+[[alerts.sink]]
+kind = "webhook"
+name = "trusted"
+url = "{url}"
+ca_file = "{}"
+[[alerts.sink]]
+kind = "webhook"
+name = "untrusted"
+url = "{url}"
+retries = 0
+"#,
+        https.ca_file.display()
+    ));
+    agent.put("prod/tls", SECRET_V1);
+    report(&agent, "prod/tls", 4, "svc").await.unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let got = loop {
+        let got = https.requests();
+        let status = agent.cli(&["status", "--json"], None);
+        let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+        let failed = status["sinks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["name"] == "untrusted")
+            .map_or(0, |k| k["failed"].as_u64().unwrap());
+        if !got.is_empty() && failed == 1 {
+            break got;
+        }
+        assert!(Instant::now() < deadline, "received {got:?}; status {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Only the sink that trusts the test CA got through.
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["path"], "/hook?token=tls-token-321");
+    assert_eq!(got[0]["body"]["signal"], "stale_version");
+    assert_eq!(got[0]["body"]["key"], "prod/tls");
+    // The refused delivery is logged by host and port, never with its token.
+    let logs = agent.logs();
+    assert!(logs.contains(&format!("localhost:{}", https.port)), "{logs}");
+    assert_no_secret("agent log", logs.as_bytes(), &["tls-token-321", SECRET_V1]);
 }
