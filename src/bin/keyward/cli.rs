@@ -119,6 +119,15 @@ pub enum Command {
         /// ENV/NAME.
         key: String,
     },
+    /// Start a command with keys in its environment; restart or signal it
+    /// when a key changes. For each --key ENV/NAME=VAR the command gets VAR
+    /// (the primary), VAR_PRIMARY and VAR_FALLBACK (the fallback, or the
+    /// primary when the key has none).
+    Run(RunArgs),
+    /// Write keys into a file from a template, and again on every change.
+    /// The template names keys as {{ ENV/NAME }} (the primary) or
+    /// {{ ENV/NAME.primary|fallback|version|fingerprint }}.
+    Render(RenderArgs),
     /// Tell the agent that the provider refused a key (HTTP 401/403): feeds
     /// its alerts. The client libraries do this from their fallback helper;
     /// this is for scripts. Never pass the secret.
@@ -243,4 +252,83 @@ pub enum AuditCommand {
         #[arg(long, value_name = "FILE")]
         key: Option<PathBuf>,
     },
+}
+
+/// What `keyward run` does when a key changes.
+#[derive(Clone, Debug)]
+pub enum OnRotate {
+    /// Stop the command (SIGTERM, then SIGKILL after --stop-timeout) and
+    /// start it again with the new keys.
+    Restart,
+    /// Send it this signal (it keeps its environment: for programs that
+    /// re-read a file written by `keyward render`).
+    Signal(nix::sys::signal::Signal),
+    /// Leave it alone.
+    None,
+}
+
+fn on_rotate(s: &str) -> Result<OnRotate, String> {
+    match s {
+        "restart" => Ok(OnRotate::Restart),
+        "none" => Ok(OnRotate::None),
+        _ => {
+            let name = s
+                .strip_prefix("signal:")
+                .ok_or_else(|| format!("{s:?}: use restart, none, or signal:NAME (e.g. signal:HUP)"))?;
+            let full = if name.starts_with("SIG") {
+                name.to_owned()
+            } else {
+                format!("SIG{name}")
+            };
+            full.parse::<nix::sys::signal::Signal>()
+                .map(OnRotate::Signal)
+                .map_err(|_| format!("{name:?} is not a signal name: use e.g. signal:HUP or signal:USR1"))
+        }
+    }
+}
+
+fn duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration ({e}): write e.g. 10s or 500ms"))
+}
+
+/// `keyward run`.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// ENV/NAME=VARIABLE, e.g. prod/billing-api=BILLING_API_KEY (repeat for
+    /// more keys).
+    #[arg(long = "key", value_name = "ENV/NAME=VAR", required = true)]
+    pub keys: Vec<String>,
+    /// restart, signal:NAME (e.g. signal:HUP) or none.
+    #[arg(long, value_name = "ACTION", default_value = "restart", value_parser = on_rotate)]
+    pub on_rotate: OnRotate,
+    /// Wait a random time up to this long before acting on a change, so
+    /// that many hosts do not restart at once.
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = duration)]
+    pub splay: std::time::Duration,
+    /// How long the command gets to exit after SIGTERM before SIGKILL.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration)]
+    pub stop_timeout: std::time::Duration,
+    /// The command and its arguments (after --).
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+/// `keyward render`.
+#[derive(Args, Debug)]
+pub struct RenderArgs {
+    /// The template file.
+    #[arg(long, value_name = "FILE")]
+    pub template: PathBuf,
+    /// The file to write (atomically: a temp file renamed over it).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// The written file's mode, in octal.
+    #[arg(long, value_name = "MODE", default_value = "0600")]
+    pub mode: String,
+    /// Run this through /bin/sh -c after each re-render (e.g. a reload).
+    #[arg(long, value_name = "CMD")]
+    pub on_change: Option<String>,
+    /// Render once and exit instead of following the keys.
+    #[arg(long)]
+    pub once: bool,
 }

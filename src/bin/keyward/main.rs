@@ -6,6 +6,7 @@
 
 mod cli;
 mod rotate;
+mod run;
 
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
@@ -63,6 +64,8 @@ async fn run(cli: Cli) -> Outcome {
         Command::Rotate(args) => rotate::rotate(&cli, args).await,
         Command::Watch { keys, json } => rotate::watch(&cli, keys, *json).await,
         Command::RotationStatus { key } => rotate::rotation_status(&cli, key).await,
+        Command::Run(args) => run::run(&cli, args).await,
+        Command::Render(args) => run::render(&cli, args).await,
         Command::Report {
             key,
             version,
