@@ -1,0 +1,183 @@
+//! [`Client`]: one method per RPC of the agent's `Keys` service.
+
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio_stream::{Stream, StreamExt};
+use tonic::transport::Channel;
+
+use crate::connect;
+use crate::error::{from_status, Error};
+use crate::keyset::{parse_key, KeySet};
+use crate::proto;
+use crate::proto::keys_client::KeysClient;
+
+/// A boxed stream of key states, as [`Client::watch`] returns.
+pub(crate) type KeySetStream = Pin<Box<dyn Stream<Item = Result<KeySet, Error>> + Send>>;
+
+/// A connection to the keyward agent's service socket.
+///
+/// Cloning is cheap: clones share one HTTP/2 connection, which is
+/// re-established by itself when the agent restarts.
+#[derive(Clone)]
+pub struct Client {
+    keys: KeysClient<Channel>,
+    socket: Arc<PathBuf>,
+    service: Arc<str>,
+}
+
+impl Client {
+    /// Connects to `$KEYWARD_SOCKET`, or to `/run/keyward/keys.sock` when it
+    /// is not set.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), keyward_client::Error> {
+    /// let client = keyward_client::Client::connect().await?;
+    /// # let _ = client; Ok(())
+    /// # }
+    /// ```
+    pub async fn connect() -> Result<Client, Error> {
+        Client::connect_to(connect::socket_path(None)).await
+    }
+
+    /// Connects to the service socket at `socket` (with `keywardd --dev
+    /// DIR`: `DIR/keys.sock`).
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), keyward_client::Error> {
+    /// let client = keyward_client::Client::connect_to("/tmp/kw/keys.sock").await?;
+    /// # let _ = client; Ok(())
+    /// # }
+    /// ```
+    pub async fn connect_to(socket: impl AsRef<Path>) -> Result<Client, Error> {
+        let socket = socket.as_ref();
+        let channel = connect::open(socket).await?;
+        Ok(Client {
+            keys: KeysClient::new(channel),
+            socket: Arc::new(socket.to_path_buf()),
+            service: default_service().into(),
+        })
+    }
+
+    /// The same connection, reporting auth failures as `service` (by default
+    /// the executable's file name).
+    pub fn with_service(mut self, service: impl Into<String>) -> Client {
+        self.service = service.into().into();
+        self
+    }
+
+    /// The service name sent with auth-failure reports.
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
+    /// The socket this client talks to.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The current primary and fallback of `key` (`ENV/NAME`).
+    ///
+    /// ```no_run
+    /// # async fn run(client: keyward_client::Client) -> Result<(), keyward_client::Error> {
+    /// let keys = client.get("prod/billing-api").await?;
+    /// let header = format!("Bearer {}", keys.primary.secret.expose_str().expect("UTF-8"));
+    /// # let _ = header; Ok(())
+    /// # }
+    /// ```
+    pub async fn get(&self, key: &str) -> Result<KeySet, Error> {
+        let request = proto::GetKeyRequest {
+            key: Some(parse_key(key)?),
+        };
+        let reply = self.keys.clone().get_key(request).await.map_err(|s| self.error(s))?;
+        KeySet::try_from(reply.into_inner())
+    }
+
+    /// The state of each of `keys` at once, then again after every change
+    /// (a stage, promote, retire, put…). A key that is deleted yields
+    /// [`Error::NotFound`] and the stream goes on; the stream ends when the
+    /// agent stops (see [`Client::handle`] for a watch that reconnects).
+    ///
+    /// ```no_run
+    /// use tokio_stream::StreamExt;
+    /// # async fn run(client: keyward_client::Client) -> Result<(), keyward_client::Error> {
+    /// let mut changes = client.watch(&["prod/billing-api"]).await?;
+    /// while let Some(keys) = changes.next().await {
+    ///     let keys = keys?;
+    ///     println!("{} is now v{}", keys.key, keys.primary.version);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn watch(
+        &self,
+        keys: &[&str],
+    ) -> Result<impl Stream<Item = Result<KeySet, Error>> + Send + 'static, Error> {
+        let request = proto::WatchKeysRequest {
+            keys: keys.iter().map(|k| parse_key(k)).collect::<Result<_, _>>()?,
+        };
+        let events = self.keys.clone().watch_keys(request).await.map_err(|s| self.error(s))?;
+        let socket = Arc::clone(&self.socket);
+        Ok(events.into_inner().map(move |event| {
+            let event = event.map_err(|s| from_status(&socket, s))?;
+            KeySet::try_from(event.key_set.unwrap_or_default())
+        }))
+    }
+
+    /// [`Client::watch`], boxed.
+    pub(crate) async fn watch_boxed(&self, key: &str) -> Result<KeySetStream, Error> {
+        Ok(Box::pin(self.watch(&[key]).await?))
+    }
+
+    /// Tells the agent that `service` refused `version` of `key` with HTTP
+    /// `status_code` (401, 403). The agent audits it, counts it against the
+    /// rotation's retire gate and rollback, and raises alerts.
+    /// [`Client::call_with_fallback`] sends these by itself.
+    ///
+    /// `detail` is stored in the audit log: never put a secret in it.
+    pub async fn report_auth_failure(
+        &self,
+        key: &str,
+        version: u64,
+        status_code: u16,
+        service: &str,
+        detail: &str,
+    ) -> Result<(), Error> {
+        let report = proto::AuthFailureReport {
+            key: Some(parse_key(key)?),
+            version,
+            status_code: status_code.into(),
+            service: service.to_string(),
+            detail: detail.to_string(),
+        };
+        self.keys
+            .clone()
+            .report_auth_failure(report)
+            .await
+            .map_err(|s| self.error(s))?;
+        Ok(())
+    }
+
+    fn error(&self, s: tonic::Status) -> Error {
+        from_status(&self.socket, s)
+    }
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("socket", &self.socket)
+            .field("service", &self.service)
+            .finish()
+    }
+}
+
+/// The executable's file name, else `unknown`.
+fn default_service() -> String {
+    std::env::current_exe()
+        .ok()
+        .or_else(|| std::env::args_os().next().map(PathBuf::from))
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "unknown".to_string())
+}
