@@ -1,0 +1,41 @@
+"""Python client of keyward, the local secrets broker.
+
+Services ask the agent (``keywardd``) for their keys at run time over its
+Unix socket; during a rotation a key has two valid versions, and
+:meth:`Client.call_with_fallback` tries the primary, falls back on 401/403
+and reports the rejection so the operator sees it.
+
+Layout:
+
+- :mod:`keyward.client`: :class:`Client`: the connection, ``get``,
+  ``watch``, ``handle``, ``call_with_fallback``, ``report_auth_failure``.
+- :mod:`keyward.handle`: :class:`KeyHandle`: a key kept current by a
+  background watch that survives agent restarts.
+- :mod:`keyward.keyset`: :class:`KeySet`, :class:`KeyVersion` (its repr never
+  shows the secret), :class:`RotationState`.
+- :mod:`keyward.fallback`: what counts as an auth rejection.
+- :mod:`keyward.errors`: :class:`KeywardError` and its subclasses; gRPC codes
+  are mapped there, once.
+- :mod:`keyward._proto`: stubs generated from proto/ by ``gen.sh``.
+"""
+
+from .client import DEFAULT_SOCKET, Client
+from .errors import AgentUnavailable, InvalidKey, KeyNotFound, KeywardError, PermissionDenied
+from .fallback import default_is_auth_error
+from .handle import KeyHandle
+from .keyset import KeySet, KeyVersion, RotationState
+
+__all__ = [
+    "Client",
+    "DEFAULT_SOCKET",
+    "KeyHandle",
+    "KeySet",
+    "KeyVersion",
+    "RotationState",
+    "KeywardError",
+    "AgentUnavailable",
+    "PermissionDenied",
+    "KeyNotFound",
+    "InvalidKey",
+    "default_is_auth_error",
+]

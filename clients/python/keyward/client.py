@@ -1,0 +1,230 @@
+"""The connection to the agent's service socket (:class:`Client`).
+
+One gRPC channel per Client, over the Unix socket. Every call goes through
+here so that errors are mapped once (:mod:`keyward.errors`) and auth-failure
+reports are sent without ever delaying or failing the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+import weakref
+from typing import Callable, Iterator, TypeVar, cast
+
+import grpc
+
+from ._proto import keys_pb2, keys_pb2_grpc
+from .errors import KeywardError, from_rpc_error
+from .fallback import AuthErrorPredicate, default_is_auth_error, status_of
+from .handle import KeyHandle
+from .keyset import KeySet, parse_key
+
+__all__ = ["Client", "DEFAULT_SOCKET"]
+
+log = logging.getLogger("keyward")
+
+#: Where the agent listens unless told otherwise.
+DEFAULT_SOCKET = "/run/keyward/keys.sock"
+
+T = TypeVar("T")
+
+# How long close() waits for auth-failure reports still being sent.
+_REPORT_DRAIN_SECONDS = 2.0
+
+_CHANNEL_OPTIONS = [
+    # grpc-core sends the socket path as :authority for unix: targets; the
+    # agent's HTTP/2 server (hyper, under tonic) rejects that as an invalid
+    # authority. "localhost" is what every other keyward client sends.
+    ("grpc.default_authority", "localhost"),
+    # After an agent restart, reconnect within seconds rather than grpc's
+    # default backoff, which grows to two minutes.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 5000),
+]
+
+
+class Client:
+    """A connection to the keyward agent's service socket.
+
+    ``socket`` is the argument, else ``$KEYWARD_SOCKET``, else
+    ``/run/keyward/keys.sock``. ``timeout`` bounds each unary call (seconds).
+    Connecting is lazy: a missing agent is reported by the first call, as
+    :class:`~keyward.AgentUnavailable`. Use as a context manager or call
+    :meth:`close`. Safe to share between threads.
+    """
+
+    def __init__(self, socket: str | None = None, *, timeout: float = 10.0) -> None:
+        path = socket or os.environ.get("KEYWARD_SOCKET") or DEFAULT_SOCKET
+        self.socket: str = path if os.path.isabs(path) else os.path.abspath(path)
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(f"unix:{self.socket}", options=_CHANNEL_OPTIONS)
+        self._stub = keys_pb2_grpc.KeysStub(self._channel)  # type: ignore[no-untyped-call]
+        self._handles: "weakref.WeakSet[KeyHandle]" = weakref.WeakSet()
+        self._reports: set[threading.Thread] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # -- reading keys --------------------------------------------------------
+
+    def get(self, key: str) -> KeySet:
+        """The current KeySet of ``key`` (``"ENV/NAME"``)."""
+        request = keys_pb2.GetKeyRequest(key=parse_key(key))
+        try:
+            return KeySet.from_proto(self._stub.GetKey(request, timeout=self.timeout))
+        except grpc.RpcError as e:
+            raise from_rpc_error(e, self.socket) from None
+
+    def watch(self, keys: list[str]) -> Iterator[KeySet]:
+        """Yields the KeySet of each key at once, then each key's KeySet after
+        every change. Runs until the stream ends (the agent stops:
+        :class:`~keyward.AgentUnavailable`) or the generator is closed, which
+        cancels the stream. For a key that stays current across agent
+        restarts, use :meth:`handle`."""
+        if isinstance(keys, str):
+            keys = [keys]
+        request = keys_pb2.WatchKeysRequest(keys=[parse_key(k) for k in keys])
+        call = self._stub.WatchKeys(request)
+        try:
+            for event in call:
+                yield KeySet.from_proto(event.key_set)
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.CANCELLED:
+                return
+            raise from_rpc_error(e, self.socket) from None
+        finally:
+            call.cancel()
+
+    def handle(self, key: str, *, timeout: float = 10.0) -> KeyHandle:
+        """A :class:`~keyward.KeyHandle` that keeps ``key`` current in the
+        background, reconnecting (0.1 s doubling to 5 s) when the agent
+        restarts. Waits up to ``timeout`` seconds for the first KeySet."""
+        handle = KeyHandle(self, key, timeout=timeout)
+        self._handles.add(handle)
+        return handle
+
+    # -- auth failures -------------------------------------------------------
+
+    def report_auth_failure(
+        self, key: str, version: int, status_code: int, service: str, detail: str = ""
+    ) -> None:
+        """Tells the agent that ``version`` of ``key`` was refused with
+        ``status_code``. Waits for the agent's answer and raises
+        :class:`~keyward.KeywardError` on failure (``call_with_fallback``
+        sends reports in the background instead)."""
+        request = keys_pb2.AuthFailureReport(
+            key=parse_key(key), version=version, status_code=status_code, service=service, detail=detail
+        )
+        try:
+            self._stub.ReportAuthFailure(request, timeout=self.timeout)
+        except grpc.RpcError as e:
+            raise from_rpc_error(e, self.socket) from None
+
+    def call_with_fallback(
+        self,
+        key: "str | KeyHandle",
+        fn: Callable[[bytes], T],
+        is_auth_error: AuthErrorPredicate | None = None,
+        service: str | None = None,
+    ) -> T:
+        """Calls ``fn(primary.secret)``; on an auth rejection, reports it and
+        calls ``fn(fallback.secret)``.
+
+        ``key`` is ``"ENV/NAME"`` (fetched with :meth:`get`) or a
+        :class:`~keyward.KeyHandle` (its current KeySet, no round trip).
+        ``is_auth_error`` is told each raised exception or returned value and
+        says whether it is an auth rejection (default: status 401/403, see
+        :func:`keyward.fallback.default_is_auth_error`). Each rejection is
+        reported to the agent in the background, never delaying the call and
+        never raising. Returns the first result that is not a rejection;
+        when every version was rejected, re-raises the last exception (or
+        returns the last rejected value). Exceptions that are not auth
+        rejections propagate at once.
+        """
+        check = is_auth_error or default_is_auth_error
+        who = service if service is not None else _program_name()
+        keyset = key.current if isinstance(key, KeyHandle) else self.get(key)
+        versions = [keyset.primary] + ([keyset.fallback] if keyset.fallback is not None else [])
+        last: T | None = None
+        error: Exception | None = None
+        outcome: object
+        for i, version in enumerate(versions):
+            try:
+                value = fn(version.secret)
+            except Exception as e:  # noqa: BLE001 - classified here, re-raised if not a rejection
+                if not _safe_check(check, e):
+                    raise
+                error = outcome = e
+            else:
+                if not _safe_check(check, value):
+                    return value
+                error, last, outcome = None, value, value
+            then = f"retrying with fallback v{versions[i + 1].version}" if i + 1 < len(versions) else "no fallback left"
+            self._report_in_background(keyset.key, version.version, outcome, who, then)
+        if error is not None:
+            raise error
+        return cast(T, last)
+
+    def _report_in_background(self, key: str, version: int, outcome: object, service: str, then: str) -> None:
+        # The detail names the outcome's type, never its text: an exception
+        # message may quote a request, headers included.
+        status = status_of(outcome) or 0
+        detail = f"{type(outcome).__name__}; {then}"
+
+        def send() -> None:
+            try:
+                self.report_auth_failure(key, version, status, service, detail)
+            except Exception as e:  # the report must never hurt the caller
+                log.warning("keyward: could not report the auth failure on %s v%d: %s", key, version, e)
+            finally:
+                with self._lock:
+                    self._reports.discard(threading.current_thread())
+
+        thread = threading.Thread(target=send, name=f"keyward-report {key}", daemon=True)
+        with self._lock:
+            if self._closed:
+                return
+            self._reports.add(thread)
+        thread.start()
+
+    # -- lifetime ------------------------------------------------------------
+
+    def close(self) -> None:
+        """Closes the handles made from this client and the channel, after
+        giving auth-failure reports still in flight up to 2 s to be sent
+        (so that a short script's report is not lost at exit)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            pending = list(self._reports)
+        for handle in list(self._handles):
+            handle.close()
+        deadline = time.monotonic() + _REPORT_DRAIN_SECONDS
+        for thread in pending:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        self._channel.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Client(socket={self.socket!r})"
+
+
+def _safe_check(check: AuthErrorPredicate, outcome: object) -> bool:
+    try:
+        return bool(check(outcome))
+    except Exception as e:  # a broken predicate must not hide the real outcome
+        raise KeywardError(f"is_auth_error raised {type(e).__name__}: {e}") from e
+
+
+def _program_name() -> str:
+    return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
