@@ -1,0 +1,168 @@
+// Client: one gRPC channel to the agent's service socket. Every call maps
+// its failure through errors.ts, so callers see KeywardError subclasses
+// only; handles and callWithFallback are built on get/watch/report here.
+import * as path from "node:path";
+import type { ClientReadableStream } from "@grpc/grpc-js";
+import { mapCallError } from "./errors";
+import { keysStub } from "./proto";
+import { fromProto, parseKey, type DeletedKey, type KeySet } from "./keyset";
+import type { KeysClient } from "./generated/keyward/v1/Keys";
+import type { KeyEvent__Output } from "./generated/keyward/v1/KeyEvent";
+import { KeyHandle, type HandleOptions } from "./handle";
+import { callWithFallback, type FallbackOptions } from "./fallback";
+
+/** The socket used when neither the option nor KEYWARD_SOCKET is set. */
+export const DEFAULT_SOCKET = "/run/keyward/keys.sock";
+
+export interface ClientOptions {
+  /** Service socket path (default: env KEYWARD_SOCKET, else /run/keyward/keys.sock). */
+  socket?: string;
+  /** Deadline of each unary call, in ms (default 5000). */
+  timeoutMs?: number;
+}
+
+export class Client {
+  /** The absolute socket path this client dials. */
+  readonly socket: string;
+  readonly #stub: KeysClient;
+  readonly #timeoutMs: number;
+  readonly #handles = new Set<KeyHandle>();
+
+  constructor(opts: ClientOptions = {}) {
+    this.socket = path.resolve(opts.socket || process.env.KEYWARD_SOCKET || DEFAULT_SOCKET);
+    this.#timeoutMs = opts.timeoutMs ?? 5000;
+    this.#stub = keysStub(this.socket);
+  }
+
+  #deadline(): Date {
+    return new Date(Date.now() + this.#timeoutMs);
+  }
+
+  /** The current primary and fallback of `key` (ENV/NAME). */
+  async get(key: string): Promise<KeySet> {
+    const ref = parseKey(key);
+    return new Promise((resolve, reject) => {
+      this.#stub.getKey({ key: ref }, { deadline: this.#deadline() }, (err, ks) => {
+        if (err || !ks) return reject(mapCallError(err, this.socket, key));
+        try {
+          const set = fromProto(ks, key);
+          if (!set) throw mapCallError(new Error(`agent sent ${key} without a primary`), this.socket, key);
+          resolve(set);
+        } catch (e) {
+          reject(mapCallError(e, this.socket, key));
+        }
+      });
+    });
+  }
+
+  /**
+   * Every change of `keys`: first the current KeySet of each, then one after
+   * each change. Ends when the agent ends the stream (e.g. on shutdown);
+   * throws a KeywardError when it fails; `return()` (or `break` in a
+   * for-await loop) cancels the call.
+   */
+  watch(keys: string[]): AsyncIterableIterator<KeySet | DeletedKey> {
+    const refs = keys.map(parseKey);
+    const call = this.#stub.watchKeys({ keys: refs });
+    return new WatchIterator(call, this.socket, keys.join(", "));
+  }
+
+  /**
+   * A handle on `key` whose `current` KeySet follows every change, across
+   * agent restarts. Resolves once the first KeySet arrives.
+   */
+  async handle(key: string, opts: HandleOptions = {}): Promise<KeyHandle> {
+    parseKey(key);
+    const h = new KeyHandle(this, key, opts);
+    this.#handles.add(h);
+    h.once("close", () => this.#handles.delete(h));
+    try {
+      await h.ready;
+    } catch (e) {
+      h.close();
+      throw e;
+    }
+    return h;
+  }
+
+  /** Tells the agent that `version` of `key` was refused with `statusCode`. */
+  async reportAuthFailure(key: string, version: number, statusCode: number, service: string, detail = ""): Promise<void> {
+    const ref = parseKey(key);
+    return new Promise((resolve, reject) => {
+      this.#stub.reportAuthFailure(
+        { key: ref, version, statusCode, service, detail },
+        { deadline: this.#deadline() },
+        (err) => (err ? reject(mapCallError(err, this.socket, key)) : resolve()),
+      );
+    });
+  }
+
+  /**
+   * Calls `fn` with the primary secret of `key`; when it is refused (401 or
+   * 403), reports that to the agent and calls `fn` again with the fallback.
+   * See README "callWithFallback".
+   */
+  callWithFallback<T>(
+    key: string | KeyHandle,
+    fn: (secret: Buffer) => Promise<T>,
+    opts: FallbackOptions = {},
+  ): Promise<T> {
+    return callWithFallback(this, key, fn, opts);
+  }
+
+  /** Closes the channel and every handle made by this client. */
+  close(): void {
+    for (const h of [...this.#handles]) h.close();
+    this.#stub.close();
+  }
+}
+
+/** The WatchKeys stream as an async iterator that cancels on return(). */
+class WatchIterator implements AsyncIterableIterator<KeySet | DeletedKey> {
+  readonly #call: ClientReadableStream<KeyEvent__Output>;
+  readonly #events: AsyncIterator<KeyEvent__Output>;
+  readonly #socket: string;
+  readonly #keys: string;
+  #cancelled = false;
+
+  constructor(call: ClientReadableStream<KeyEvent__Output>, socket: string, keys: string) {
+    this.#call = call;
+    this.#events = call[Symbol.asyncIterator]();
+    this.#socket = socket;
+    this.#keys = keys;
+  }
+
+  [Symbol.asyncIterator](): this {
+    return this;
+  }
+
+  async next(): Promise<IteratorResult<KeySet | DeletedKey>> {
+    if (this.#cancelled) return { done: true, value: undefined };
+    let r: IteratorResult<KeyEvent__Output>;
+    try {
+      r = await this.#events.next();
+    } catch (e) {
+      if (this.#cancelled) return { done: true, value: undefined };
+      throw mapCallError(e, this.#socket, this.#keys);
+    }
+    if (r.done) return { done: true, value: undefined };
+    const ev = r.value;
+    const proto = ev.keySet;
+    const fallbackKey = this.#keys;
+    const set = proto ? fromProto(proto, fallbackKey, ev.reason) : null;
+    if (set) return { done: false, value: set };
+    const key = proto?.key ? `${proto.key.environment}/${proto.key.name}` : fallbackKey;
+    return { done: false, value: Object.freeze({ key, reason: "deleted", deleted: true }) };
+  }
+
+  async return(): Promise<IteratorResult<KeySet | DeletedKey>> {
+    if (!this.#cancelled) {
+      this.#cancelled = true;
+      this.#call.cancel();
+      // Let the stream's iterator release its listeners; the CANCELLED
+      // status it may reject with is the one we asked for.
+      this.#events.return?.().catch(() => {});
+    }
+    return { done: true, value: undefined };
+  }
+}

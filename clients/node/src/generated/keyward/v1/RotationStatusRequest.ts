@@ -1,0 +1,11 @@
+// Original file: proto/keyward/v1/admin.proto
+
+import type { KeyRef as _keyward_v1_KeyRef, KeyRef__Output as _keyward_v1_KeyRef__Output } from '../../keyward/v1/KeyRef';
+
+export interface RotationStatusRequest {
+  'key'?: (_keyward_v1_KeyRef | null);
+}
+
+export interface RotationStatusRequest__Output {
+  'key': (_keyward_v1_KeyRef__Output | null);
+}

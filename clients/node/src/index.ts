@@ -1,0 +1,15 @@
+// @keyward/client: the Node.js client of keyward's service socket.
+//
+// Layout:
+// - client.ts   Client: get, watch, reportAuthFailure, handle, callWithFallback
+// - handle.ts   KeyHandle: a KeySet kept current across agent restarts
+// - fallback.ts callWithFallback: primary, report on 401/403, then fallback
+// - keyset.ts   KeySet and KeyVersion (whose secret never prints)
+// - errors.ts   KeywardError and its subclasses; the one gRPC → error mapping
+// - proto.ts    loading the bundled protos and building the stub
+// - generated/  types generated from proto/ (npm run gen); do not edit
+export { Client, DEFAULT_SOCKET, type ClientOptions } from "./client";
+export { KeyHandle, type HandleOptions } from "./handle";
+export { isAuthRejection, statusOf, type FallbackOptions } from "./fallback";
+export { KeyVersion, type KeySet, type DeletedKey, type RotationState } from "./keyset";
+export { KeywardError, AgentUnavailableError, PermissionDeniedError, KeyNotFoundError, InvalidKeyError } from "./errors";

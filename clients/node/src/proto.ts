@@ -1,0 +1,51 @@
+// Loads the keyward protos that ship with the package and builds the gRPC
+// stub for the service socket. The protos are copies of the repo's
+// proto/keyward/v1 (scripts/gen.mjs), so an installed package needs
+// nothing from the repo.
+import * as path from "node:path";
+import * as grpc from "@grpc/grpc-js";
+import * as protoLoader from "@grpc/proto-loader";
+import type { ProtoGrpcType } from "./generated/keys";
+import type { KeysClient } from "./generated/keyward/v1/Keys";
+
+/**
+ * How the loader decodes messages. The generated types in src/generated
+ * describe exactly this shape: keep in sync with the flags in
+ * scripts/gen.mjs.
+ */
+const LOADER_OPTIONS: protoLoader.Options = {
+  keepCase: false,
+  longs: Number,
+  enums: String,
+  defaults: true,
+  oneofs: true,
+};
+
+const PROTO_DIR = path.join(__dirname, "..", "proto");
+
+let loaded: ProtoGrpcType | undefined;
+
+function keysPackage(): ProtoGrpcType {
+  if (!loaded) {
+    const def = protoLoader.loadSync(["keyward/v1/keys.proto", "keyward/v1/admin.proto"], {
+      ...LOADER_OPTIONS,
+      includeDirs: [PROTO_DIR],
+    });
+    loaded = grpc.loadPackageDefinition(def) as unknown as ProtoGrpcType;
+  }
+  return loaded;
+}
+
+/** A stub for the Keys service on the Unix socket at `socketPath` (absolute). */
+export function keysStub(socketPath: string): KeysClient {
+  const Keys = keysPackage().keyward.v1.Keys;
+  return new Keys(`unix://${socketPath}`, grpc.credentials.createInsecure(), {
+    // grpc-js would send the socket path as the HTTP/2 :authority; the
+    // agent's server (hyper) refuses that, so name a plain host.
+    "grpc.default_authority": "localhost",
+    // Reconnect quickly after an agent restart: the same range as
+    // KeyHandle's own backoff, instead of grpc's default 1 s → 120 s.
+    "grpc.initial_reconnect_backoff_ms": 100,
+    "grpc.max_reconnect_backoff_ms": 5000,
+  });
+}
