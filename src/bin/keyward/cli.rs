@@ -128,6 +128,19 @@ pub enum Command {
     /// The template names keys as {{ ENV/NAME }} (the primary) or
     /// {{ ENV/NAME.primary|fallback|version|fingerprint }}.
     Render(RenderArgs),
+    /// Check the install as an operator would before trusting the agent:
+    /// config, file permissions, sockets, the audit chain, the clock and
+    /// (when the agent answers) its status and keys. Exit 1 if any check
+    /// fails.
+    Doctor {
+        /// The config file (default /etc/keyward/keyward.toml; with --dev,
+        /// applied on top of dev mode).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Print JSON: [{"check", "status", "detail", "fix"}].
+        #[arg(long)]
+        json: bool,
+    },
     /// Tell the agent that the provider refused a key (HTTP 401/403): feeds
     /// its alerts. The client libraries do this from their fallback helper;
     /// this is for scripts. Never pass the secret.

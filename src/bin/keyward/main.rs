@@ -5,6 +5,7 @@
 //! finds a problem.
 
 mod cli;
+mod doctor;
 mod rotate;
 mod run;
 
@@ -66,6 +67,7 @@ async fn run(cli: Cli) -> Outcome {
         Command::RotationStatus { key } => rotate::rotation_status(&cli, key).await,
         Command::Run(args) => run::run(&cli, args).await,
         Command::Render(args) => run::render(&cli, args).await,
+        Command::Doctor { config, json } => doctor::doctor(&cli, config.as_deref(), *json).await,
         Command::Report {
             key,
             version,

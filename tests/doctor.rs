@@ -1,0 +1,171 @@
+//! `keyward doctor` against a real dev-mode agent: a good install passes,
+//! and each kind of breakage gives its own FAIL (or WARN) and fix.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use common::*;
+
+/// Runs `keyward doctor`; returns the exit code and stdout.
+fn doctor(agent: &TestAgent) -> (Option<i32>, String) {
+    let out = agent.cli(&["doctor"], None);
+    (out.status.code(), text(&out.stdout))
+}
+
+fn chmod(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// The report's line for `check` that starts with `status` and mentions
+/// `needle`, with its fix line.
+fn finding<'a>(report: &'a str, status: &str, check: &str, needle: &str) -> (&'a str, &'a str) {
+    let lines: Vec<&str> = report.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        if line.starts_with(status) && line.contains(&format!("  {check}: ")) && line.contains(needle) {
+            let fix = lines.get(i + 1).copied().unwrap_or_default();
+            assert!(
+                fix.trim_start().starts_with("fix: "),
+                "{status} has a fix line: {report}"
+            );
+            return (line, fix);
+        }
+    }
+    panic!("no {status} {check} line mentioning {needle:?} in:\n{report}");
+}
+
+#[test]
+fn a_good_dev_install_passes_every_check() {
+    let agent = TestAgent::start();
+    agent.put("dev/good", "s3cret-doctor-good");
+    let (code, report) = doctor(&agent);
+    assert_eq!(code, Some(0), "{report}");
+    for line in report.lines().filter(|l| !l.starts_with("      fix: ")) {
+        assert!(
+            line.starts_with("OK    ") || line.starts_with("WARN  "),
+            "{line}\n{report}"
+        );
+    }
+    for check in [
+        "config",
+        "identity",
+        "install key",
+        "store",
+        "key files",
+        "sockets",
+        "audit",
+        "clock",
+        "agent",
+        "keys",
+    ] {
+        assert!(report.contains(&format!("  {check}: ")), "checks {check}: {report}");
+    }
+    assert!(report.contains("1 key files, all 0600 and decryptable"), "{report}");
+    assert_no_secret("doctor output", report.as_bytes(), &["s3cret-doctor-good"]);
+
+    let out = agent.cli(&["doctor", "--json"], None);
+    assert_eq!(out.status.code(), Some(0));
+    let doc: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        doc.iter().any(|f| f["check"] == "audit" && f["status"] == "ok"),
+        "{doc:?}"
+    );
+    assert!(
+        doc.iter().all(|f| f["status"] == "ok" || f["status"] == "warn"),
+        "{doc:?}"
+    );
+}
+
+#[test]
+fn an_identity_readable_by_others_fails_with_the_chmod() {
+    let agent = TestAgent::start();
+    let identity = agent.dir.join("identity.txt");
+    chmod(&identity, 0o644);
+    let (code, report) = doctor(&agent);
+    assert_eq!(code, Some(1), "{report}");
+    let (line, fix) = finding(&report, "FAIL", "identity", "0644");
+    assert!(line.contains("not 0600"), "{line}");
+    assert!(fix.contains(&format!("chmod 600 {}", identity.display())), "{fix}");
+}
+
+#[test]
+fn a_key_file_readable_by_others_fails_with_the_chmod() {
+    let agent = TestAgent::start();
+    agent.put("prod/billing", "s3cret-doctor-billing");
+    let file = agent.dir.join("store/prod/billing.age");
+    chmod(&file, 0o644);
+    let (code, report) = doctor(&agent);
+    assert_eq!(code, Some(1), "{report}");
+    let (_, fix) = finding(&report, "FAIL", "key files", "billing.age");
+    assert!(fix.contains(&format!("chmod 600 {}", file.display())), "{fix}");
+    assert_no_secret("doctor output", report.as_bytes(), &["s3cret-doctor-billing"]);
+}
+
+#[test]
+fn an_edited_audit_record_fails_the_chain_naming_its_line() {
+    let mut agent = TestAgent::start();
+    agent.put("dev/one", "s3cret-one");
+    agent.put("dev/two", "s3cret-two");
+    agent.stop();
+    let file = agent.audit_file();
+    let log = std::fs::read_to_string(&file).unwrap();
+    let mut lines: Vec<String> = log.lines().map(str::to_owned).collect();
+    assert!(lines.len() >= 3, "{log}");
+    assert!(lines[1].contains("\"outcome\":\"ok\""), "{}", lines[1]);
+    lines[1] = lines[1].replacen("\"outcome\":\"ok\"", "\"outcome\":\"oK\"", 1);
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+
+    let (code, report) = doctor(&agent);
+    assert_eq!(code, Some(1), "{report}");
+    let (line, _) = finding(&report, "FAIL", "audit", "hash chain broken");
+    assert!(line.contains("first bad: line 2"), "{line}");
+}
+
+#[test]
+fn a_socket_wider_than_configured_fails() {
+    let agent = TestAgent::start();
+    chmod(&agent.keys_sock(), 0o666);
+    let (code, report) = doctor(&agent);
+    assert_eq!(code, Some(1), "{report}");
+    let (line, fix) = finding(&report, "FAIL", "sockets", "keys.sock");
+    assert!(
+        line.contains("0666") && line.contains("wider than the configured 0660"),
+        "{line}"
+    );
+    assert!(fix.contains("chmod 660"), "{fix}");
+}
+
+#[test]
+fn a_key_expiring_in_two_days_is_a_warning() {
+    let agent = TestAgent::start();
+    let expires = SystemTime::now() + Duration::from_secs(2 * 24 * 3600);
+    let expires = humantime::format_rfc3339_seconds(expires).to_string();
+    let out = agent.cli(&["put", "staging/soon", "--expires", &expires], Some(b"s3cret-soon"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (code, report) = doctor(&agent);
+    assert_eq!(code, Some(0), "warnings only: {report}");
+    let (line, fix) = finding(&report, "WARN", "keys", "staging/soon");
+    assert!(line.contains("expires at"), "{line}");
+    assert!(fix.contains("keyward rotate staging/soon"), "{fix}");
+}
+
+#[test]
+fn a_grant_naming_a_missing_uid_or_executable_is_a_warning() {
+    let agent = TestAgent::start_with_config(
+        "[[grant]]\nuids = [54321]\nexecutables = [\"/no/such/keyward-exe\"]\nkeys = [\"dev/*\"]\n",
+    );
+    let out = agent.cli(
+        &[
+            "doctor",
+            "--config",
+            agent.dir.parent().unwrap().join("keyward.toml").to_str().unwrap(),
+        ],
+        None,
+    );
+    let report = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    let (line, _) = finding(&report, "WARN", "grants", "uid 54321");
+    assert!(line.contains("/no/such/keyward-exe"), "{line}");
+}
