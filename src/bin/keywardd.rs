@@ -5,12 +5,14 @@
 //! DIR. Exit codes: 0 after a clean shutdown, 64 (EX_USAGE) for a bad
 //! config, 1 when the agent cannot start.
 
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
 use keyward::config::Config;
+use keyward::server::activation::{self, Inherited, Notifier};
 use keyward::server::config_reload::ConfigSource;
 use keyward::server::{self, Agent};
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -56,12 +58,7 @@ struct Args {
 fn main() -> ExitCode {
     limit_malloc_arenas();
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("KEYWARD_LOG").unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        // Colours only on a terminal: journald and log files get plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    init_logging();
 
     let (config, source) = match load_config(&args) {
         Ok(c) => c,
@@ -79,6 +76,17 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
+
+    // systemd's variables are read and removed while the process still has
+    // one thread: changing the environment later would race the runtime.
+    let inherited = match take_inherited_sockets() {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("keywardd: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let notifier = Notifier::take_from_env();
 
     let hygiene = keyward::hygiene::harden(config.lock_memory);
     for w in &hygiene.warnings {
@@ -110,7 +118,11 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let listeners = match server::bind_listeners(&agent.config()) {
+        let from_systemd = inherited.roles();
+        if !from_systemd.is_empty() {
+            tracing::info!(sockets = ?from_systemd, "using the sockets passed by systemd (socket activation); binding only the others");
+        }
+        let listeners = match server::bind_listeners_with(&agent.config(), inherited) {
             Ok(l) => l,
             Err(e) => {
                 eprintln!("keywardd: cannot start: {e}");
@@ -127,6 +139,9 @@ fn main() -> ExitCode {
         );
         println!("  service socket: {}", p.service_socket.display());
         println!("  admin socket:   {}", p.admin_socket.display());
+        if config.credentials_socket {
+            println!("  creds socket:   {}", p.credentials_socket.display());
+        }
         println!("  audit log:      {}", p.audit_file.display());
         println!(
             "  store:          {} ({} keys)",
@@ -139,7 +154,16 @@ fn main() -> ExitCode {
             keys = agent.store.len(),
             "ready"
         );
-        let shutdown = signals.until_shutdown(agent.clone());
+        if let Some(n) = &notifier {
+            n.send(&format!("READY=1\nSTATUS=serving {} keys", agent.store.len()));
+        }
+        let until = signals.until_shutdown(agent.clone());
+        let shutdown = async move {
+            until.await;
+            if let Some(n) = &notifier {
+                n.send("STOPPING=1");
+            }
+        };
         match server::run(listeners, agent, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -148,6 +172,91 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// Logs to stderr. Under systemd (`JOURNAL_STREAM` set: stderr is the
+/// journal) lines carry no timestamp (the journal adds its own) and start
+/// with their syslog priority (`<3>` error … `<7>` debug), which journald
+/// reads as the entry's level.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KEYWARD_LOG").unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        // The priority prefix carries the level; journald shows it.
+        let format = tracing_subscriber::fmt::format()
+            .without_time()
+            .with_level(false)
+            .with_ansi(false);
+        builder.with_ansi(false).event_format(SyslogPriority(format)).init();
+    } else {
+        // Colours only on a terminal: log files get plain text.
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
+}
+
+/// Prefixes each log line with its sd-daemon priority (`<N>`).
+struct SyslogPriority<F>(F);
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for SyslogPriority<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let priority = match *event.metadata().level() {
+            tracing::Level::ERROR => 3,
+            tracing::Level::WARN => 4,
+            tracing::Level::INFO => 6,
+            _ => 7,
+        };
+        write!(writer, "<{priority}>")?;
+        self.0.format_event(ctx, writer, event)
+    }
+}
+
+/// The listening sockets systemd passed (`LISTEN_FDS`), if it passed any
+/// to this process. Removes the `LISTEN_*` variables either way.
+fn take_inherited_sockets() -> Result<Inherited, activation::ActivationError> {
+    let Some(env) = activation::take_listen_env(std::process::id())? else {
+        return Ok(Inherited::default());
+    };
+    let fds = own_listen_fds(env.count)?;
+    activation::sort(fds, &env.names)
+}
+
+/// Takes ownership of fds 3..3+count, which systemd passed to this process
+/// (`LISTEN_PID` named it). The only `unsafe` this needs lives here, in the
+/// binary, so that the library can keep `forbid(unsafe_code)`.
+#[allow(unsafe_code)]
+fn own_listen_fds(count: usize) -> Result<Vec<OwnedFd>, activation::ActivationError> {
+    let mut fds = Vec::with_capacity(count);
+    for i in 0..count {
+        let fd = i32::try_from(i)
+            .ok()
+            .and_then(|i| activation::LISTEN_FDS_START.checked_add(i))
+            .ok_or_else(|| activation::ActivationError::Environment(format!("LISTEN_FDS={count} is too large")))?;
+        // An fd that is not open must not become an OwnedFd.
+        if let Err(e) = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD) {
+            return Err(activation::ActivationError::Environment(format!(
+                "LISTEN_FDS={count} but fd {fd} is not open ({e})"
+            )));
+        }
+        // SAFETY: fd is open (checked just above), systemd passed it to this
+        // process for it to own, and it is taken exactly once, here; nothing
+        // else in the process refers to it.
+        fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+    }
+    Ok(fds)
 }
 
 /// The config, and where it came from (SIGHUP loads it again from there).

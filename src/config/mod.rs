@@ -41,6 +41,11 @@
 //! # With an admin group, admin.sock is 0660 and owned by it (default: 0600,
 //! # root only).
 //! admin_group = "keyward-admin"
+//! # Serve systemd's LoadCredential= on creds.sock (mode 0600: only root,
+//! # i.e. systemd, connects). A unit's `LoadCredential=prod.billing-api:
+//! # /run/keyward/creds.sock` gets prod/billing-api if a grant naming only
+//! # `units` lets that unit read it. Default false.
+//! credentials = false
 //!
 //! [audit]
 //! # "write": a record is written before the fetch is answered, and synced
@@ -263,6 +268,9 @@ pub struct Paths {
     pub service_socket: PathBuf,
     /// `runtime_dir/admin.sock`: the admin socket.
     pub admin_socket: PathBuf,
+    /// `runtime_dir/creds.sock`: systemd's `LoadCredential=` socket, when
+    /// `[sockets] credentials` is on.
+    pub credentials_socket: PathBuf,
     /// The audit log.
     pub audit_file: PathBuf,
 }
@@ -278,6 +286,7 @@ impl Paths {
             lock_file: state_dir.join("keywardd.lock"),
             service_socket: runtime_dir.join("keys.sock"),
             admin_socket: runtime_dir.join("admin.sock"),
+            credentials_socket: runtime_dir.join("creds.sock"),
             audit_file: audit_file.to_owned(),
         }
     }
@@ -454,6 +463,9 @@ pub struct Config {
     /// Group (gid) that may use `admin.sock` (then mode 0660); `None`
     /// means root only (0600).
     pub admin_group: Option<u32>,
+    /// `[sockets] credentials`: serve `creds.sock` for systemd's
+    /// `LoadCredential=` (see [`crate::server::creds`]).
+    pub credentials_socket: bool,
     /// The configured environments, by name.
     pub environments: BTreeMap<String, EnvConfig>,
     /// The `[audit]` table.
@@ -555,6 +567,7 @@ impl Config {
             service_socket_group: None,
             service_socket_mode: DEFAULT_SERVICE_MODE,
             admin_group: None,
+            credentials_socket: false,
             environments: default_environments(),
             audit: AuditSettings::default(),
             limits: Limits::default(),

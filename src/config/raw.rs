@@ -98,6 +98,7 @@ pub(super) struct RawSockets {
     pub(super) service_group: Option<Spanned<StrOrInt>>,
     pub(super) service_mode: Option<Spanned<StrOrInt>>,
     pub(super) admin_group: Option<Spanned<StrOrInt>>,
+    pub(super) credentials: Option<bool>,
 }
 
 #[derive(Deserialize)]

@@ -98,6 +98,7 @@ fn full_example_parses() {
             identity_file: p("/srv/keyward/state/identity.txt").into(),
             install_key_file: p("/srv/keyward/state/install.key").into(),
             lock_file: p("/srv/keyward/state/keywardd.lock").into(),
+            credentials_socket: p("/srv/keyward/run/creds.sock").into(),
             service_socket: p("/srv/keyward/run/keys.sock").into(),
             admin_socket: p("/srv/keyward/run/admin.sock").into(),
             audit_file: p("/srv/keyward/audit.jsonl").into(),
@@ -207,6 +208,7 @@ fn empty_file_gives_defaults() {
     assert_eq!(c.service_socket_group, None);
     assert_eq!(c.service_socket_mode, 0o660);
     assert_eq!(c.admin_group, None);
+    assert!(!c.credentials_socket, "creds.sock is opt-in");
     assert!(c.lock_memory);
     assert_eq!(c.shutdown_grace, Duration::from_secs(10));
     assert!(c.extra_recipients.is_empty());
@@ -530,6 +532,14 @@ fn service_mode_table() {
 }
 
 #[test]
+fn credentials_socket_is_opt_in() {
+    assert!(parse("[sockets]\ncredentials = true\n").unwrap().credentials_socket);
+    assert!(!parse("[sockets]\n").unwrap().credentials_socket);
+    let e = parse_err("[sockets]\ncredentials = \"yes\"\n");
+    assert_has(&e, &["keyward.toml:2", "expected a boolean"]);
+}
+
+#[test]
 fn socket_groups() {
     let c = parse("[sockets]\nservice_group = \"root\"\nadmin_group = \"77\"\n").unwrap();
     assert_eq!((c.service_socket_group, c.admin_group), (Some(0), Some(77)));
@@ -669,6 +679,7 @@ fn dev_config() {
             lock_file: dir.join("keywardd.lock"),
             service_socket: dir.join("keys.sock"),
             admin_socket: dir.join("admin.sock"),
+            credentials_socket: dir.join("creds.sock"),
             audit_file: dir.join("audit.jsonl"),
         }
     );

@@ -138,6 +138,7 @@ impl RawConfig {
             service_socket_group,
             service_socket_mode,
             admin_group,
+            credentials_socket: sockets.credentials.unwrap_or(false),
             environments,
             audit,
             limits,

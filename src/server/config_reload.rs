@@ -104,6 +104,7 @@ pub fn merge(old: &Config, mut new: Config) -> (Config, ReloadReport) {
     keep!(service_socket_group, "sockets.service_group");
     keep!(service_socket_mode, "sockets.service_mode");
     keep!(admin_group, "sockets.admin_group");
+    keep!(credentials_socket, "sockets.credentials");
     keep!(audit, "[audit]");
     keep!(limits, "[limits]");
     keep!(lock_memory, "lock_memory");

@@ -2,6 +2,8 @@
 //! and [`run`], the one way in.
 //!
 //! - [`sockets`], [`peer`]: binding, the state lock, who is calling.
+//! - [`activation`]: sockets passed by systemd, readiness notification.
+//! - [`creds`]: `creds.sock`, keys for systemd's `LoadCredential=`.
 //! - [`keys`], [`watch_stream`], [`reports`]: the service socket (`GetKey`,
 //!   `WatchKeys`, `ReportAuthFailure`).
 //! - [`admin`], [`rotate`]: the admin socket (changes and rotation).
@@ -13,11 +15,13 @@
 //! sockets with [`bind_listeners`] and calls [`run`] with a signal future;
 //! tests do the same with a oneshot. Shutdown stops accepting, lets in-flight
 //! calls finish within the configured grace, flushes the audit log and
-//! removes the socket files.
+//! removes the socket files it bound (those systemd passed stay).
 
+pub mod activation;
 pub mod admin;
 pub mod alerting;
 pub mod config_reload;
+pub mod creds;
 pub mod error;
 pub mod hot_reload;
 pub mod keys;
@@ -334,23 +338,67 @@ pub struct Listeners {
     pub admin: std::os::unix::net::UnixListener,
     /// The Prometheus endpoint, when `[metrics] listen` is set.
     pub metrics: Option<crate::metrics::http::MetricsListener>,
+    /// `service` came from systemd: its file is systemd's, never removed.
+    pub service_inherited: bool,
+    /// `admin` came from systemd: its file is systemd's, never removed.
+    pub admin_inherited: bool,
+    /// `creds.sock`, when `[sockets] credentials` is on.
+    pub credentials: Option<std::os::unix::net::UnixListener>,
+    /// `credentials` came from systemd.
+    pub credentials_inherited: bool,
 }
 
 /// Binds both sockets with the configured modes and groups.
 pub fn bind_listeners(config: &Config) -> Result<Listeners, BindError> {
+    bind_listeners_with(config, activation::Inherited::default())
+}
+
+/// Like [`bind_listeners`], but uses the sockets systemd passed where there
+/// are any and binds only the others.
+pub fn bind_listeners_with(config: &Config, inherited: activation::Inherited) -> Result<Listeners, BindError> {
     let p = &config.paths;
-    let service = sockets::bind(
-        &p.service_socket,
-        config.service_socket_mode,
-        config.service_socket_group,
-    )?;
+    let service_inherited = inherited.service.is_some();
+    let admin_inherited = inherited.admin.is_some();
+    let credentials_inherited = inherited.credentials.is_some() && config.credentials_socket;
+    if inherited.credentials.is_some() && !config.credentials_socket {
+        tracing::warn!("systemd passed a \"creds\" socket but [sockets] credentials is off: it is closed, not served");
+    }
+    // Cleans up after a failure: only the files this call created.
+    let unbind = |service: bool, admin: bool, credentials: bool| {
+        if service && !service_inherited {
+            let _ = std::fs::remove_file(&p.service_socket);
+        }
+        if admin && !admin_inherited {
+            let _ = std::fs::remove_file(&p.admin_socket);
+        }
+        if credentials && !credentials_inherited {
+            let _ = std::fs::remove_file(&p.credentials_socket);
+        }
+    };
+    let service = match inherited.service {
+        Some(l) => l,
+        None => sockets::bind(
+            &p.service_socket,
+            config.service_socket_mode,
+            config.service_socket_group,
+        )?,
+    };
     let (admin_mode, admin_gid) = match config.admin_group {
         Some(g) => (0o660, Some(g)),
         None => (0o600, None),
     };
-    let admin = sockets::bind(&p.admin_socket, admin_mode, admin_gid).inspect_err(|_| {
-        let _ = std::fs::remove_file(&p.service_socket);
-    })?;
+    let admin = match inherited.admin {
+        Some(l) => l,
+        None => sockets::bind(&p.admin_socket, admin_mode, admin_gid).inspect_err(|_| unbind(true, false, false))?,
+    };
+    // 0600: only root (systemd, PID 1) and the agent's own user connect.
+    let credentials = match (config.credentials_socket, inherited.credentials) {
+        (false, _) => None,
+        (true, Some(l)) => Some(l),
+        (true, None) => {
+            Some(sockets::bind(&p.credentials_socket, 0o600, None).inspect_err(|_| unbind(true, true, false))?)
+        }
+    };
     let metrics = match &config.metrics_listen {
         None => None,
         Some(listen) => Some(
@@ -360,16 +408,17 @@ pub fn bind_listeners(config: &Config) -> Result<Listeners, BindError> {
                     path: listen.to_string().into(),
                     source,
                 })
-                .inspect_err(|_| {
-                    let _ = std::fs::remove_file(&p.service_socket);
-                    let _ = std::fs::remove_file(&p.admin_socket);
-                })?,
+                .inspect_err(|_| unbind(true, true, true))?,
         ),
     };
     Ok(Listeners {
         service,
         admin,
         metrics,
+        service_inherited,
+        admin_inherited,
+        credentials,
+        credentials_inherited,
     })
 }
 
@@ -377,6 +426,8 @@ pub fn bind_listeners(config: &Config) -> Result<Listeners, BindError> {
 /// resolves, then drains.
 pub async fn run(listeners: Listeners, agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -> io::Result<()> {
     let limits = agent.config().limits.clone();
+    let (service_inherited, admin_inherited) = (listeners.service_inherited, listeners.admin_inherited);
+    let remove_credentials_socket = listeners.credentials.is_some() && !listeners.credentials_inherited;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     // Files written into the store by other tools: applied until shutdown.
     let hot_reload = hot_reload::spawn(agent.clone(), stop_rx.clone());
@@ -403,6 +454,15 @@ pub async fn run(listeners: Listeners, agent: Arc<Agent>, shutdown: impl Future<
 
     let service_incoming = incoming(tokio::net::UnixListener::from_std(listeners.service)?, agent.clone());
     let admin_incoming = incoming(tokio::net::UnixListener::from_std(listeners.admin)?, agent.clone());
+    let credentials_task = match listeners.credentials {
+        None => None,
+        Some(l) => Some(tokio::spawn(creds::serve(
+            tokio::net::UnixListener::from_std(l)?,
+            agent.clone(),
+            stop_rx.clone(),
+            agent.config().shutdown_grace,
+        ))),
+    };
     let mut service_task = tokio::spawn(
         Server::builder()
             .add_service(keys)
@@ -448,6 +508,9 @@ pub async fn run(listeners: Listeners, agent: Arc<Agent>, shutdown: impl Future<
         service_task.abort();
         admin_task.abort();
     }
+    if let Some(task) = credentials_task {
+        let _ = task.await;
+    }
     hot_reload.finish().await;
     let _ = ticks.await;
     if let Some(task) = metrics_task {
@@ -468,8 +531,16 @@ pub async fn run(listeners: Listeners, agent: Arc<Agent>, shutdown: impl Future<
         .await;
     agent.audit.close().await;
     let config = agent.config();
-    remove_socket(&config.paths.service_socket);
-    remove_socket(&config.paths.admin_socket);
+    // Sockets systemd passed stay in place: the .socket unit owns them.
+    if !service_inherited {
+        remove_socket(&config.paths.service_socket);
+    }
+    if !admin_inherited {
+        remove_socket(&config.paths.admin_socket);
+    }
+    if remove_credentials_socket {
+        remove_socket(&config.paths.credentials_socket);
+    }
     tracing::info!("stopped");
     match failure {
         Some(f) => Err(io::Error::other(f)),
