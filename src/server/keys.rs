@@ -44,23 +44,19 @@ impl KeysService {
         };
         // Only names of existing keys become labels: a caller cannot grow
         // the metrics by asking for made-up keys.
-        let Some(state) = agent.store.get(&key) else {
-            let outcome = if agent.config().policy.allows(&caller.principal(), &key) {
-                "not_found"
-            } else {
-                "denied"
-            };
-            metrics.fetch(key.env(), "", outcome);
-            agent.check_read("fetch", caller, &key).await?;
+        let state = agent.store.get(&key);
+        let label = if state.is_some() { key.name() } else { "" };
+        if let Err(e) = agent.check_read("fetch", caller, &key).await {
+            metrics.fetch(key.env(), label, "denied");
+            return Err(e);
+        }
+        let Some(state) = state else {
+            metrics.fetch(key.env(), "", "not_found");
             let missing = ApiError::NotFound(format!("key {key} does not exist: create it with `keyward put {key}`"));
             return Err(agent
                 .refuse("fetch", caller, Some(key.to_string()), "not_found", missing)
                 .await);
         };
-        if let Err(e) = agent.check_read("fetch", caller, &key).await {
-            metrics.fetch(key.env(), key.name(), "denied");
-            return Err(e);
-        }
         let event = AuditEvent {
             event: "fetch",
             caller: Some(caller.record.clone()),
