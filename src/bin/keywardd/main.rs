@@ -5,12 +5,14 @@
 //! DIR. Exit codes: 0 after a clean shutdown, 64 (EX_USAGE) for a bad
 //! config, 1 when the agent cannot start.
 
+mod cli;
+
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
+use cli::Args;
 use keyward::config::Config;
 use keyward::server::activation::{self, Inherited, Notifier};
 use keyward::server::config_reload::ConfigSource;
@@ -36,23 +38,6 @@ fn limit_malloc_arenas() {
             libc::mallopt(libc::M_ARENA_MAX, 1);
         }
     }
-}
-
-/// The keyward agent: serves age-encrypted API keys to local services.
-#[derive(Parser)]
-#[command(name = "keywardd", version)]
-struct Args {
-    /// Config file (system mode).
-    #[arg(long, value_name = "FILE", default_value = "/etc/keyward/keyward.toml")]
-    config: PathBuf,
-    /// Dev mode: no root; identity, store, sockets and audit log all in DIR
-    /// (created if needed). The current user may read every key. With an
-    /// explicit --config, that file's settings apply too.
-    #[arg(long, value_name = "DIR")]
-    dev: Option<PathBuf>,
-    /// Validate the config, print a summary and exit.
-    #[arg(long)]
-    check_config: bool,
 }
 
 fn main() -> ExitCode {
@@ -90,6 +75,9 @@ fn main() -> ExitCode {
 
     let hygiene = keyward::hygiene::harden(config.lock_memory);
     for w in &hygiene.warnings {
+        tracing::warn!("{w}");
+    }
+    if let Some(w) = keyward::hygiene::executable_grants_warning(&config.policy) {
         tracing::warn!("{w}");
     }
 
