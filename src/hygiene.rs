@@ -62,3 +62,35 @@ pub fn core_dumps_disabled() -> bool {
     let core_limit_zero = matches!(getrlimit(Resource::RLIMIT_CORE), Ok((0, 0)));
     matches!(nix::sys::prctl::get_dumpable(), Ok(false)) && core_limit_zero
 }
+
+/// `CAP_SYS_PTRACE`'s bit in the capability sets (linux/capability.h).
+const CAP_SYS_PTRACE: u32 = 19;
+
+/// True when `cap` is in this process's effective capability set, read from
+/// `/proc/self/status`; `None` when that cannot be read.
+pub fn has_effective_capability(cap: u32) -> Option<bool> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim();
+    let set = u64::from_str_radix(hex, 16).ok()?;
+    Some(set & (1u64 << cap) != 0)
+}
+
+/// A warning for an agent running as root whose policy has `executables`
+/// grants while it lacks `CAP_SYS_PTRACE`: without that capability the
+/// kernel refuses to show it `/proc/<pid>/exe` of processes run by other
+/// users (or holding capabilities it lacks), so those grants never match
+/// such callers. They fail closed (the caller is denied); the warning says
+/// why before someone is.
+pub fn executable_grants_warning(policy: &crate::policy::Policy) -> Option<String> {
+    let names_executables = policy.grants.iter().any(|g| !g.executables.is_empty());
+    if !names_executables || !nix::unistd::geteuid().is_root() {
+        return None;
+    }
+    match has_effective_capability(CAP_SYS_PTRACE) {
+        Some(false) => Some(
+            "grants name executables, but keywardd lacks CAP_SYS_PTRACE, so it cannot read /proc/PID/exe of callers run by other users: those grants will deny them; under systemd add CapabilityBoundingSet=CAP_SYS_PTRACE in a drop-in (see packaging/systemd/README.md), or grant by users, groups or units instead"
+                .to_owned(),
+        ),
+        _ => None,
+    }
+}

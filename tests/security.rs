@@ -279,3 +279,59 @@ fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// The packaged unit leaves CAP_SYS_PTRACE out, and without it the agent
+/// cannot read `/proc/PID/exe` of other users' callers, so `executables`
+/// grants deny them. The agent says so at start and on every reload that
+/// keeps such a grant, and says nothing when it has the capability.
+#[test]
+fn executable_grants_without_cap_sys_ptrace_are_warned_about() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to drop a capability from a root agent");
+        return;
+    }
+    const WARNING: &str = "lacks CAP_SYS_PTRACE";
+    let grant = "[[grant]]\nexecutables = [\"/usr/bin/true\"]\nkeys = [\"prod/*\"]\n";
+    let mut agent = TestAgent::start_system(grant);
+    assert!(!agent.logs().contains(WARNING), "{}", agent.logs());
+    agent.stop();
+
+    let mut cmd = Command::new("setpriv");
+    cmd.arg("--bounding-set=-sys_ptrace").arg("--").arg(KEYWARDD);
+    cmd.arg("--config")
+        .arg(agent.dir.parent().unwrap().join("keyward.toml"));
+    agent.spawn_with(cmd).expect("the agent starts without CAP_SYS_PTRACE");
+    let logs = agent.logs();
+    assert_eq!(logs.matches(WARNING).count(), 1, "{logs}");
+    assert!(logs.contains("CapabilityBoundingSet=CAP_SYS_PTRACE"), "{logs}");
+
+    agent.sighup();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while agent.logs().matches(WARNING).count() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no warning on reload: {}",
+            agent.logs()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+
+    // A reload to a policy without executable grants is not warned about.
+    agent.rewrite_config("[[grant]]\nuids = [0]\nkeys = [\"prod/*\"]\n");
+    agent.sighup();
+    let reloads = |a: &TestAgent| {
+        a.audit_lines()
+            .iter()
+            .filter(|r| r["event"] == "config_reload" && r["outcome"] == "ok")
+            .count()
+    };
+    while reloads(&agent) < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no second reload: {}",
+            agent.logs()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(agent.logs().matches(WARNING).count(), 2, "{}", agent.logs());
+}

@@ -180,6 +180,9 @@ pub(super) async fn reload(agent: &Agent) -> Result<ReloadReport, ReloadError> {
         }
     };
     let (next, report) = merge(&agent.config(), new);
+    if let Some(w) = crate::hygiene::executable_grants_warning(&next.policy) {
+        tracing::warn!("{w}");
+    }
     agent.replace_config(next);
     let _ = agent.audit.record(record("ok", report.summary())).await;
     Ok(report)
