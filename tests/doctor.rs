@@ -169,3 +169,70 @@ fn a_grant_naming_a_missing_uid_or_executable_is_a_warning() {
     let (line, _) = finding(&report, "WARN", "grants", "uid 54321");
     assert!(line.contains("/no/such/keyward-exe"), "{line}");
 }
+
+#[test]
+fn a_primary_older_than_max_age_is_a_warning() {
+    let agent = TestAgent::start_with_config("[alerts.detect]\nmax_age = \"1s\"\n");
+    agent.put("dev/old", "s3cret-doctor-old");
+    std::thread::sleep(Duration::from_millis(1500));
+    let config = agent.dir.parent().unwrap().join("keyward.toml");
+    let out = agent.cli(&["doctor", "--config", config.to_str().unwrap()], None);
+    let (code, report) = (out.status.code(), text(&out.stdout));
+    assert_eq!(code, Some(0), "warnings only: {report}");
+    let (line, fix) = finding(&report, "WARN", "keys", "dev/old");
+    assert!(line.contains("older than max_age 1s"), "{line}");
+    assert!(fix.contains("keyward rotate dev/old"), "{fix}");
+}
+
+/// The audit log's last record is later than the system clock: the clock
+/// was set back (or the log came from elsewhere). Expiry and grace depend on
+/// the clock, so it is a FAIL.
+#[test]
+fn an_audit_record_from_the_future_fails_the_clock_check() {
+    let mut agent = TestAgent::start();
+    agent.put("dev/clock", "s3cret-clock");
+    agent.stop();
+    let file = agent.audit_file();
+    let log = std::fs::read_to_string(&file).unwrap();
+    let last = log.lines().last().unwrap();
+    let record: serde_json::Value = serde_json::from_str(last).unwrap();
+    let time = record["time"].as_str().unwrap();
+    let future = humantime::format_rfc3339_seconds(SystemTime::now() + Duration::from_secs(86_400)).to_string();
+    std::fs::write(&file, log.replacen(time, &future, 1)).unwrap();
+
+    let (code, report) = doctor(&agent);
+    assert_eq!(code, Some(1), "{report}");
+    let (line, fix) = finding(&report, "FAIL", "clock", "clock went backwards");
+    assert!(line.contains(&future), "{line}");
+    assert!(fix.contains("timedatectl set-ntp true"), "{fix}");
+}
+
+/// An agent that cannot write its audit log (the file may not grow, as on a
+/// full disk) withholds keys; doctor reports that as a FAIL, and the
+/// agent-health alert it raised as an open alert.
+#[tokio::test]
+async fn an_agent_that_cannot_write_its_audit_log_fails_and_its_alert_is_listed() {
+    let mut agent = TestAgent::start();
+    agent.put("prod/full", "s3cret-doctor-full");
+    agent.stop();
+    let used = std::fs::metadata(agent.audit_file()).unwrap().len();
+    let mut cmd = std::process::Command::new("prlimit");
+    cmd.arg(format!("--fsize={}", used + 4000)).arg("--").arg(KEYWARDD);
+    cmd.args(agent.command().get_args());
+    agent.spawn_with(cmd).unwrap();
+    let mut failed = false;
+    for _ in 0..100 {
+        if agent.fetch("prod", "full").await.is_err() {
+            failed = true;
+            break;
+        }
+    }
+    assert!(failed, "fetches fail once the audit file cannot grow");
+
+    let (code, report) = doctor(&agent);
+    assert_eq!(code, Some(1), "{report}");
+    let (_, fix) = finding(&report, "FAIL", "agent", "cannot write its audit log");
+    assert!(fix.contains("free space"), "{fix}");
+    finding(&report, "WARN", "alerts", "open alert");
+    assert_no_secret("doctor output", report.as_bytes(), &["s3cret-doctor-full"]);
+}
