@@ -293,28 +293,33 @@ fn executable_grants_without_cap_sys_ptrace_are_warned_about() {
     const WARNING: &str = "lacks CAP_SYS_PTRACE";
     let grant = "[[grant]]\nexecutables = [\"/usr/bin/true\"]\nkeys = [\"prod/*\"]\n";
     let mut agent = TestAgent::start_system(grant);
-    assert!(!agent.logs().contains(WARNING), "{}", agent.logs());
     agent.stop();
+    // Output is read by threads: give them time to read the last lines.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(!agent.logs().contains(WARNING), "{}", agent.logs());
 
     let mut cmd = Command::new("setpriv");
     cmd.arg("--bounding-set=-sys_ptrace").arg("--").arg(KEYWARDD);
     cmd.arg("--config")
         .arg(agent.dir.parent().unwrap().join("keyward.toml"));
     agent.spawn_with(cmd).expect("the agent starts without CAP_SYS_PTRACE");
-    let logs = agent.logs();
-    assert_eq!(logs.matches(WARNING).count(), 1, "{logs}");
-    assert!(logs.contains("CapabilityBoundingSet=CAP_SYS_PTRACE"), "{logs}");
+    // stderr is read by its own thread: wait for the line to arrive.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let wait_for_warnings = |agent: &TestAgent, n: usize, what: &str| {
+        while agent.logs().matches(WARNING).count() < n {
+            assert!(std::time::Instant::now() < deadline, "{what}: {}", agent.logs());
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    wait_for_warnings(&agent, 1, "no warning at start");
+    assert!(
+        agent.logs().contains("CapabilityBoundingSet=CAP_SYS_PTRACE"),
+        "{}",
+        agent.logs()
+    );
 
     agent.sighup();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while agent.logs().matches(WARNING).count() < 2 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no warning on reload: {}",
-            agent.logs()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait_for_warnings(&agent, 2, "no warning on reload");
 
     // A reload to a policy without executable grants is not warned about.
     agent.rewrite_config("[[grant]]\nuids = [0]\nkeys = [\"prod/*\"]\n");
@@ -333,5 +338,6 @@ fn executable_grants_without_cap_sys_ptrace_are_warned_about() {
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    std::thread::sleep(std::time::Duration::from_millis(300));
     assert_eq!(agent.logs().matches(WARNING).count(), 2, "{}", agent.logs());
 }

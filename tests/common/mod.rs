@@ -154,6 +154,9 @@ impl TestAgent {
 
     /// Runs `keyward --dev DIR ARGS…`, feeding `stdin`.
     pub fn cli(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        if let (Some(&"put" | &"stage"), Some(secret)) = (args.first(), stdin) {
+            keep_for_leak_scan("secrets", secret);
+        }
         run_cli(Command::new(KEYWARD).arg("--dev").arg(&self.dir).args(args), stdin)
     }
 
@@ -222,6 +225,26 @@ impl Drop for TestAgent {
             let _ = c.kill();
             let _ = c.wait();
         }
+        keep_for_leak_scan("agent-output", &self.output.lock().unwrap_or_else(|e| e.into_inner()));
+        if let Ok(audit) = std::fs::read(self.audit_file()) {
+            keep_for_leak_scan("audit", &audit);
+        }
+    }
+}
+
+/// With `KEYWARD_LEAK_DIR` set (scripts/test sets it), every secret a test
+/// puts or stages through the CLI, and every agent's output and audit log,
+/// are kept there: after the whole suite, tests/support/leak_scan.py looks
+/// for each secret in every output and log.
+fn keep_for_leak_scan(kind: &str, bytes: &[u8]) {
+    static KEPT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let Some(dir) = std::env::var_os("KEYWARD_LEAK_DIR").map(PathBuf::from) else {
+        return;
+    };
+    let dir = dir.join(kind);
+    let n = KEPT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if std::fs::create_dir_all(&dir).is_ok() {
+        let _ = std::fs::write(dir.join(format!("{}-{n}", std::process::id())), bytes);
     }
 }
 
