@@ -315,7 +315,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "ACTION", default_value = "restart", value_parser = on_rotate)]
     pub on_rotate: OnRotate,
     /// Wait a random time up to this long before acting on a change, so
-    /// that many hosts do not restart at once.
+    /// that many hosts do not restart at once. Keep it, plus the command's
+    /// restart time, well below the key's rotation grace period: the old key
+    /// is revoked at retire, whether or not the command has restarted.
     #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = duration)]
     pub splay: std::time::Duration,
     /// How long the command gets to exit after SIGTERM before SIGKILL.
