@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod provider;
 pub mod receiver;
 pub mod smtp;
 
