@@ -154,7 +154,7 @@ impl Agent {
             fingerprinter: Fingerprinter::new(&install_key.fingerprint_salt()),
         })?;
         for problem in &problems {
-            tracing::error!(path = %problem.path.display(), reason = %problem.reason, "key file not loaded; the file is left in place");
+            tracing::error!(path = ?problem.path, reason = %problem.reason, "key file not loaded; the file is left in place");
         }
         let audit = Audit::start(AuditOptions {
             path: p.audit_file.clone(),
@@ -554,18 +554,26 @@ fn remove_socket(path: &Path) {
     }
 }
 
+/// How long accepting pauses after a failed accept (e.g. out of file
+/// descriptors): the connection stays queued, and retrying at once would
+/// spin and flood the log.
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Accepted connections with their callers attached, after the connection
 /// limits: over the total limit a connection is closed at once; over the
-/// per-uid limit it is kept but every call on it is refused with a message.
+/// per-uid limit it is kept but every call on it is refused with a message,
+/// up to twice the limit; past that it is closed at once too, so that one
+/// uid can never use up the total limit (or the descriptors) of everyone.
 fn incoming(listener: tokio::net::UnixListener, agent: Arc<Agent>) -> impl Stream<Item = io::Result<PeerStream>> {
-    UnixListenerStream::new(listener).filter_map(move |accepted| {
-        let stream = match accepted {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                return None;
-            }
-        };
+    let accepted = UnixListenerStream::new(listener).then(|accepted| async move {
+        if let Err(e) = &accepted {
+            tracing::warn!(error = %e, "accept failed; pausing accepts for {ACCEPT_BACKOFF:?}");
+            tokio::time::sleep(ACCEPT_BACKOFF).await;
+        }
+        accepted
+    });
+    accepted.filter_map(move |accepted| {
+        let stream = accepted.ok()?;
         let mut caller = match Caller::identify(&stream) {
             Ok(c) => c,
             Err(e) => {
@@ -578,6 +586,10 @@ fn incoming(listener: tokio::net::UnixListener, agent: Arc<Agent>) -> impl Strea
         let (guard, per_uid, total) = agent.connections.register(caller.uid);
         if total > limits.max_connections {
             tracing::warn!(uid = caller.uid, total, limit = limits.max_connections, "connection refused: agent is at its connection limit");
+            return None;
+        }
+        if per_uid > limits.max_connections_per_uid.saturating_mul(2) {
+            tracing::debug!(uid = caller.uid, per_uid, "connection closed: twice the per-uid limit is open");
             return None;
         }
         if per_uid > limits.max_connections_per_uid {

@@ -1,10 +1,11 @@
 //! Binding the agent's Unix sockets and holding the single-agent lock.
 //!
 //! Invariants: a socket file is created with its final mode and group before
-//! it appears at its path (bound under a temporary name, then renamed), so
-//! there is no moment at which it is reachable with looser permissions; a
-//! stale socket is replaced, but a socket on which a live agent answers, or
-//! a path that is not a socket, is never touched.
+//! it appears at its path (bound under a temporary name, then linked into
+//! place), so there is no moment at which it is reachable with looser
+//! permissions, and a socket another agent put there meanwhile is never
+//! replaced; a stale socket is replaced, but a socket on which a live agent
+//! answers, or a path that is not a socket, is never touched.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -100,7 +101,18 @@ pub fn bind(path: &Path, mode: u32, gid: Option<u32>) -> Result<UnixListener, Bi
             nix::unistd::chown(&tmp, None, Some(nix::unistd::Gid::from_raw(gid)))
                 .map_err(|e| io_err("cannot set group of", &tmp)(e.into()))?;
         }
-        fs::rename(&tmp, path).map_err(io_err("cannot move socket into place at", path))
+        // link(2), not rename(2): a socket another agent put at the path
+        // since clear_stale looked (both starting at once) is never replaced.
+        match fs::hard_link(&tmp, path) {
+            Ok(()) => {
+                let _ = fs::remove_file(&tmp);
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(BindError::AlreadyServing {
+                path: path.to_path_buf(),
+            }),
+            Err(e) => Err(io_err("cannot move socket into place at", path)(e)),
+        }
     };
     if let Err(e) = finish() {
         let _ = fs::remove_file(&tmp);
