@@ -245,12 +245,12 @@ async fn handle(agent: &Arc<Agent>, path: &Path, warned: &mut HashSet<PathBuf>) 
     let key = match agent.store.classify_path(path) {
         PathClass::Key(key) => key,
         PathClass::Ignored => {
-            tracing::trace!(path = %path.display(), "not a key file; ignored");
+            tracing::trace!(path = ?path, "not a key file; ignored");
             return;
         }
         PathClass::BadName(reason) => {
             if warned.len() < MAX_WARNED && warned.insert(path.to_owned()) {
-                tracing::warn!("{}: ignored: {reason}", path.display());
+                tracing::warn!("{path:?}: ignored: {reason}");
             }
             return;
         }

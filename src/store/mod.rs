@@ -169,7 +169,7 @@ impl Store {
             store.load_env(env, &mut keys, &mut problems)?;
         }
         for p in &problems {
-            tracing::warn!(path = %p.path.display(), reason = %p.reason, "skipped a key file");
+            tracing::warn!(path = ?p.path, reason = %p.reason, "skipped a key file");
         }
         tracing::info!(dir = %store.dir.display(), keys = keys.len(), skipped = problems.len(), "key store opened");
         *store.keys.write().unwrap_or_else(PoisonError::into_inner) = keys;
@@ -326,7 +326,7 @@ impl Store {
         for name in names {
             let path = env_dir.join(&name);
             let Some(name) = name.to_str() else {
-                tracing::warn!(path = %path.display(), "ignoring a file whose name is not UTF-8");
+                tracing::warn!(path = ?path, "ignoring a file whose name is not UTF-8");
                 continue;
             };
             let mut skip = |reason: String| {
@@ -340,7 +340,7 @@ impl Store {
                 continue;
             }
             let Some(stem) = name.strip_suffix(".age") else {
-                tracing::warn!(path = %path.display(), "ignoring a file that is not a key file (*.age)");
+                tracing::warn!(path = ?path, "ignoring a file that is not a key file (*.age)");
                 continue;
             };
             let meta = match std::fs::symlink_metadata(&path) {
@@ -382,6 +382,8 @@ impl Store {
     fn read_key_file(&self, path: &Path, key: KeyRef) -> Result<KeySetState, StoreError> {
         let (_, ciphertext) = atomic::read_private(path, MAX_KEY_FILE)?;
         let plaintext = self.identity.decrypt(&ciphertext).map_err(|e| {
+            // age's messages may span lines (a hint after the error): keep one log line.
+            let e = e.to_string().replace('\n', " ");
             StoreError::Invalid(format!(
                 "cannot decrypt it with the agent identity ({e}): encrypt it to {} (e.g. `age -r {}`)",
                 self.identity.recipient(),
@@ -440,13 +442,13 @@ fn remove_leftover_temp(path: &Path) {
     match std::fs::symlink_metadata(path) {
         Ok(m) if !m.file_type().is_dir() => match std::fs::remove_file(path) {
             Ok(()) => {
-                tracing::info!(path = %path.display(), "removed a temp file left by an interrupted write")
+                tracing::info!(path = ?path, "removed a temp file left by an interrupted write")
             }
             Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot remove a leftover temp file")
+                tracing::warn!(path = ?path, error = %e, "cannot remove a leftover temp file")
             }
         },
-        _ => tracing::warn!(path = %path.display(), "ignoring a directory named like a temp file"),
+        _ => tracing::warn!(path = ?path, "ignoring a directory named like a temp file"),
     }
 }
 
@@ -460,7 +462,7 @@ fn warn_unknown_dirs(dir: &Path, envs: &BTreeSet<String>) {
         let known = entry.file_name().to_str().is_some_and(|n| envs.contains(n));
         if is_dir && !known {
             tracing::warn!(
-                path = %entry.path().display(),
+                path = ?entry.path(),
                 "ignoring a directory for an environment that is not configured"
             );
         }

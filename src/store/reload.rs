@@ -315,6 +315,8 @@ impl Store {
         let (_, ciphertext) = atomic::read_private(&path, file_max).map_err(|e| e.to_string())?;
         let recipient = self.identity.recipient();
         let mut plaintext = self.identity.decrypt(&ciphertext).map_err(|e| {
+            // age's messages may span lines (a hint after the error): keep one log line.
+            let e = e.to_string().replace('\n', " ");
             format!("cannot decrypt it with the agent identity ({e}): is it encrypted to {recipient}? (`age -r {recipient}`); a file still being written is retried when the write completes")
         })?;
         drop(ciphertext);
