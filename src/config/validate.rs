@@ -56,6 +56,10 @@ impl Source<'_> {
     pub(super) fn parse_error(&self, e: &toml::de::Error) -> ConfigError {
         let (line, column) = self.line_col(e.span().map_or(0, |s| s.start));
         let mut message = e.message().trim_end().to_owned();
+        if message.is_empty() {
+            // toml says nothing for some cut-short input (`key = ` at the end of the file).
+            message = "incomplete TOML here: a value, quote or bracket is missing (was the file cut short?)".to_owned();
+        }
         if message.starts_with("unknown field") {
             message.push_str(": fix the spelling or remove it");
         }

@@ -315,6 +315,10 @@ impl proto::admin_server::Admin for AdminService {
     ) -> Result<Response<proto::ListKeysResponse>, Status> {
         self.authorize(&request).await?;
         let env = request.get_ref().environment.as_str();
+        // Checked as a name first: the "not configured" message repeats it.
+        if !env.is_empty() {
+            crate::secret::validate_name("environment", env).map_err(|e| Status::from(ApiError::from(e)))?;
+        }
         if !env.is_empty() && !self.agent.config().environments.contains_key(env) {
             return Err(ApiError::InvalidArgument(self.agent.unknown_env_message(env)).into());
         }
