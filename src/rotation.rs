@@ -419,3 +419,6 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod proptests;

@@ -279,3 +279,6 @@ mod tests {
         assert_eq!(a.fingerprint(&s).len(), 16);
     }
 }
+
+#[cfg(test)]
+mod proptests;

@@ -683,3 +683,6 @@ mod tests;
 
 #[cfg(test)]
 mod alerts_tests;
+
+#[cfg(test)]
+mod proptests;
