@@ -318,13 +318,16 @@ async fn no_secret_reaches_any_output_process_record_temp_or_core_file() {
     // A crash leaves no core file: SIGABRT, then nothing new in its working
     // directory (where the default core_pattern writes) or the state dir.
     let pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap_or_default();
-    let mut child = agent.child.take().unwrap();
+    // The child stays in `agent` until it is reaped, so that a failed
+    // assertion still kills it (TestAgent's Drop).
+    let child = agent.child.as_mut().unwrap();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGABRT,
     )
     .unwrap();
-    let status = wait_timeout(&mut child, Duration::from_secs(10)).expect("the agent dies on SIGABRT");
+    let status = wait_timeout(child, Duration::from_secs(10)).expect("the agent dies on SIGABRT");
+    agent.child = None;
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(status.signal(), Some(libc::SIGABRT), "{status}");
     assert!(
