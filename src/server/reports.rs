@@ -11,7 +11,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use super::error::ApiError;
 use super::peer::Caller;
@@ -31,15 +31,23 @@ const MAX_TEXT: usize = 256;
 
 pub use crate::alerts::detect::Classification;
 
-/// Report times per (key, version).
+/// Report times per (key, version), and when this process promoted each
+/// version.
+///
+/// The times are monotonic (`Instant`), never the wall clock: "reported
+/// since the promotion" must not depend on a clock that can jump. After a
+/// jump back (NTP, a resumed VM) a failure reported after the promotion
+/// would carry an earlier wall time than the promotion's and be missed, and
+/// the retire gate would open on a new key that is being refused.
 #[derive(Default)]
 pub struct FailureLog {
-    times: Mutex<HashMap<(KeyRef, u64), VecDeque<SystemTime>>>,
+    times: Mutex<HashMap<(KeyRef, u64), VecDeque<Instant>>>,
+    promotions: Mutex<HashMap<(KeyRef, u64), Instant>>,
 }
 
 impl FailureLog {
     /// Records one report.
-    pub fn record(&self, key: &KeyRef, version: u64, at: SystemTime) {
+    pub fn record(&self, key: &KeyRef, version: u64, at: Instant) {
         let mut map = self.times.lock().unwrap_or_else(PoisonError::into_inner);
         let times = map.entry((key.clone(), version)).or_default();
         if times.len() == KEPT_PER_VERSION {
@@ -48,17 +56,35 @@ impl FailureLog {
         times.push_back(at);
     }
 
-    /// Reports against `version` of `key` at or after `since`.
-    pub fn count_since(&self, key: &KeyRef, version: u64, since: SystemTime) -> u64 {
+    /// Notes that this process promoted `version` of `key` at `at`.
+    pub fn promoted(&self, key: &KeyRef, version: u64, at: Instant) {
+        self.promotions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert((key.clone(), version), at);
+    }
+
+    /// Reports against `version` of `key` at or after `since` (all of them
+    /// without `since`).
+    pub fn count_since(&self, key: &KeyRef, version: u64, since: Option<Instant>) -> u64 {
         let map = self.times.lock().unwrap_or_else(PoisonError::into_inner);
-        map.get(&(key.clone(), version))
-            .map_or(0, |t| t.iter().filter(|&&at| at >= since).count() as u64)
+        map.get(&(key.clone(), version)).map_or(0, |t| {
+            t.iter().filter(|&&at| since.is_none_or(|s| at >= s)).count() as u64
+        })
     }
 
     /// Reports against the current primary and fallback since the primary
-    /// was promoted (or created, for a key never rotated).
+    /// was promoted (or created, for a key never rotated). The log only
+    /// holds this process's reports: if the promotion happened before it
+    /// started, every one of them came after.
     pub fn since_promotion(&self, state: &KeySetState) -> (u64, u64) {
-        let since = state.primary.promoted_at.unwrap_or(state.primary.created_at);
+        let since = state.primary.promoted_at.and_then(|_| {
+            self.promotions
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&(state.key.clone(), state.primary.number))
+                .copied()
+        });
         let primary = self.count_since(&state.key, state.primary.number, since);
         let fallback = state
             .fallback
@@ -101,7 +127,7 @@ pub async fn report(agent: &Arc<Agent>, caller: &Caller, r: &proto::AuthFailureR
         .map(|v| v.fingerprint.clone())
         .unwrap_or_default();
     let now = SystemTime::now();
-    agent.failures.record(&key, r.version, now);
+    agent.failures.record(&key, r.version, Instant::now());
     agent.metrics().report(key.env(), key.name(), class.as_str());
     agent.alerting.on_report(
         &agent.config(),
@@ -173,10 +199,22 @@ mod tests {
     fn counts_only_reports_since_promotion() {
         let s = state();
         let log = FailureLog::default();
-        log.record(&s.key, 3, SystemTime::UNIX_EPOCH + Duration::from_secs(50));
-        log.record(&s.key, 3, SystemTime::UNIX_EPOCH + Duration::from_secs(150));
-        log.record(&s.key, 2, SystemTime::UNIX_EPOCH + Duration::from_secs(160));
+        let t0 = Instant::now();
+        log.record(&s.key, 3, t0);
+        log.promoted(&s.key, 3, t0 + Duration::from_secs(100));
+        log.record(&s.key, 3, t0 + Duration::from_secs(150));
+        log.record(&s.key, 2, t0 + Duration::from_secs(160));
         assert_eq!(log.since_promotion(&s), (1, 1));
+    }
+
+    #[test]
+    fn a_promotion_before_this_process_counts_every_report() {
+        let s = state();
+        let log = FailureLog::default();
+        log.record(&s.key, 3, Instant::now());
+        log.record(&s.key, 3, Instant::now());
+        log.record(&s.key, 1, Instant::now());
+        assert_eq!(log.since_promotion(&s), (2, 0));
     }
 
     #[test]

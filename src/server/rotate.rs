@@ -189,7 +189,12 @@ async fn commit(
     detail: String,
 ) -> Result<proto::RotationResponse, ApiError> {
     let key = next.key.clone();
+    let started = std::time::Instant::now();
     let committed = agent.store.commit(next)?;
+    if command == Command::Promote {
+        // Failures reported from now on count against the new primary.
+        agent.failures.promoted(&key, committed.primary.number, started);
+    }
     agent.watchers.publish(&key, Some(committed.clone()), command.reason());
     tracing::info!(key = %key, command = command.as_str(), generation = committed.generation,
         state = committed.state.as_str(), "rotation step applied");
