@@ -43,7 +43,12 @@ impl AgentIdentity {
     /// Loads the identity at `path`, which must exist and pass
     /// [`check_private`].
     pub fn load(path: &Path) -> Result<AgentIdentity, StoreError> {
-        let (_, bytes) = atomic::read_private(path, MAX_SECRET_FILE)?;
+        let (_, bytes) = atomic::read_private(path, MAX_SECRET_FILE).map_err(|e| {
+            explain_missing(
+                e,
+                "restore it from backup (every key file is encrypted to it: a new identity cannot read them), or, on a new install, create it with `keyward init`",
+            )
+        })?;
         let text =
             std::str::from_utf8(&bytes).map_err(|_| invalid_identity(path, "it is not UTF-8 text".to_owned()))?;
         let mut found = None;
@@ -146,6 +151,18 @@ fn invalid_identity(path: &Path, why: String) -> StoreError {
     ))
 }
 
+/// A missing identity or install key, said plainly with `fix`; still an
+/// I/O error of kind `NotFound` (its path is in the error).
+fn explain_missing(e: StoreError, fix: &str) -> StoreError {
+    match e {
+        StoreError::Io { path, source } if source.kind() == io::ErrorKind::NotFound => StoreError::Io {
+            path,
+            source: io::Error::new(io::ErrorKind::NotFound, format!("it does not exist: {fix}")),
+        },
+        other => other,
+    }
+}
+
 /// The per-install key: 32 random bytes, hex-encoded in a private file.
 /// Two independent keys are derived from it; it is wiped on drop.
 pub struct InstallKey {
@@ -161,7 +178,12 @@ impl InstallKey {
     /// Loads the install key at `path`, which must exist and pass
     /// [`check_private`].
     pub fn load(path: &Path) -> Result<InstallKey, StoreError> {
-        let (_, bytes) = atomic::read_private(path, MAX_SECRET_FILE)?;
+        let (_, bytes) = atomic::read_private(path, MAX_SECRET_FILE).map_err(|e| {
+            explain_missing(
+                e,
+                "restore it from backup (fingerprints and the audit chain key derive from it), or, on a new install, create it with `keyward init`",
+            )
+        })?;
         let hex_digits = bytes.trim_ascii();
         let mut key = Zeroizing::new([0u8; 32]);
         if hex_digits.len() != 64 || hex::decode_to_slice(hex_digits, &mut key[..]).is_err() {
