@@ -76,6 +76,12 @@ pub struct RetireGate {
     pub failures_since_promotion: u64,
     /// Retire anyway (audited as forced).
     pub force: bool,
+    /// How long ago this process promoted the primary, on the monotonic
+    /// clock. The grace is measured with it when known, so that a clock set
+    /// right (or wrong) after the promotion neither ends it early nor
+    /// stretches it; `None` (promoted before the process started) falls
+    /// back to the stored wall-clock `promoted_at`.
+    pub promoted_ago: Option<Duration>,
 }
 
 /// Why a command was refused.
@@ -216,8 +222,7 @@ fn check_gate(state: &KeySetState, gate: RetireGate, now: SystemTime) -> Result<
             gate.failures_since_promotion, state.primary.number
         )));
     }
-    let promoted = state.primary.promoted_at.unwrap_or(state.primary.created_at);
-    let elapsed = now.duration_since(promoted).unwrap_or_default();
+    let elapsed = since_promotion(state, gate.promoted_ago, now);
     if elapsed < gate.grace {
         let left = gate.grace - elapsed;
         return Err(closed(format!(
@@ -229,13 +234,23 @@ fn check_gate(state: &KeySetState, gate: RetireGate, now: SystemTime) -> Result<
     Ok(())
 }
 
-/// Seconds of grace left before retire is allowed (0 when it is).
-pub fn grace_left(state: &KeySetState, grace: Duration, now: SystemTime) -> Duration {
+/// How long the primary has served: `promoted_ago` when this process saw
+/// the promotion, else by the wall clock since `promoted_at` (zero if that
+/// is in the future).
+fn since_promotion(state: &KeySetState, promoted_ago: Option<Duration>, now: SystemTime) -> Duration {
+    promoted_ago.unwrap_or_else(|| {
+        let promoted = state.primary.promoted_at.unwrap_or(state.primary.created_at);
+        now.duration_since(promoted).unwrap_or_default()
+    })
+}
+
+/// Grace left before retire is allowed (zero when it is), measured as in
+/// [`RetireGate::promoted_ago`].
+pub fn grace_left(state: &KeySetState, gate: &RetireGate, now: SystemTime) -> Duration {
     if state.state != RotationState::Promoted {
         return Duration::ZERO;
     }
-    let promoted = state.primary.promoted_at.unwrap_or(state.primary.created_at);
-    grace.saturating_sub(now.duration_since(promoted).unwrap_or_default())
+    gate.grace.saturating_sub(since_promotion(state, gate.promoted_ago, now))
 }
 
 #[cfg(test)]
@@ -364,9 +379,20 @@ mod tests {
         let early = apply(&p, Command::Retire, gate, promoted_at + Duration::from_secs(10)).unwrap_err();
         assert!(early.to_string().contains("grace period"), "{early}");
         assert_eq!(
-            grace_left(&p, gate.grace, promoted_at + Duration::from_secs(10)),
+            grace_left(&p, &gate, promoted_at + Duration::from_secs(10)),
             Duration::from_secs(50)
         );
+        // Seen by this process, the monotonic age decides, whatever the
+        // wall clock says: set right an hour later, it does not end the
+        // grace; set back, it does not stretch it.
+        let seen = |ago: u64| RetireGate {
+            promoted_ago: Some(Duration::from_secs(ago)),
+            ..gate
+        };
+        let hour_later = promoted_at + Duration::from_secs(3600);
+        assert!(apply(&p, Command::Retire, seen(10), hour_later).is_err());
+        assert_eq!(grace_left(&p, &seen(10), hour_later), Duration::from_secs(50));
+        apply(&p, Command::Retire, seen(61), promoted_at - Duration::from_secs(3600)).unwrap();
         apply(&p, Command::Retire, gate, promoted_at + Duration::from_secs(61)).unwrap();
         let failing = RetireGate {
             failures_since_promotion: 3,

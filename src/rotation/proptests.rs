@@ -167,6 +167,7 @@ fn run(state: &KeySetState, op: Op, now: u64, grace: u64) -> Option<Result<KeySe
         grace: Duration::from_secs(grace),
         failures_since_promotion: failures,
         force,
+        promoted_ago: None,
     };
     let next = state.max_version() + 1;
     Some(match op {

@@ -64,6 +64,17 @@ impl FailureLog {
             .insert((key.clone(), version), at);
     }
 
+    /// How long ago this process promoted the current primary of `state`
+    /// (`None` if it did not: promoted before the process started).
+    pub fn promoted_ago(&self, state: &KeySetState) -> Option<std::time::Duration> {
+        state.primary.promoted_at?;
+        self.promotions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&(state.key.clone(), state.primary.number))
+            .map(Instant::elapsed)
+    }
+
     /// Reports against `version` of `key` at or after `since` (all of them
     /// without `since`).
     pub fn count_since(&self, key: &KeyRef, version: u64, since: Option<Instant>) -> u64 {

@@ -153,6 +153,7 @@ pub async fn transition(
         grace: settings.grace,
         failures_since_promotion: agent.failures.since_promotion(&current).0,
         force,
+        promoted_ago: agent.failures.promoted_ago(&current),
     };
     // Dry run first: a refused command must not run the revoker.
     let next = rotation::apply(&current, command, gate, now)?;
@@ -244,6 +245,7 @@ pub fn status(agent: &Agent, key: Option<&proto::KeyRef>) -> Result<proto::Rotat
         grace: settings.grace,
         failures_since_promotion: failures,
         force: false,
+        promoted_ago: agent.failures.promoted_ago(&current),
     };
     let (retire_allowed, retire_blocked_reason) = match rotation::apply(&current, Command::Retire, gate, now) {
         Ok(_) => (true, String::new()),
@@ -268,7 +270,7 @@ pub fn status(agent: &Agent, key: Option<&proto::KeyRef>) -> Result<proto::Rotat
         grace_seconds: settings.grace.as_secs(),
         // Rounded up: 0 only once the grace period is really over.
         grace_left_seconds: {
-            let left = rotation::grace_left(&current, settings.grace, now);
+            let left = rotation::grace_left(&current, &gate, now);
             left.as_secs() + u64::from(left.subsec_nanos() > 0)
         },
         retire_allowed,
