@@ -28,11 +28,10 @@
 //! need it; the clock test needs libfaketime (Debian: `apt-get install
 //! faketime`) and fails, saying so, without it.
 //!
-//! At the end, three known bugs are kept as `#[ignore]`d reproductions that
-//! assert what should hold (`cargo test --test faults -- --ignored`): the
-//! retire grace ends at once when a clock that was behind at promotion is
-//! set right; a key file the agent could not read at start is replaced by
-//! a `put` of that key; reports from before the clock went back make a
+//! The last three tests reproduce bugs these faults found, now fixed: the
+//! retire grace ended at once when a clock that was behind at promotion was
+//! set right; a key file the agent could not read at start was replaced by
+//! a `put` of that key; reports from before the clock went back made a
 //! false spike alert.
 
 mod common;
@@ -859,13 +858,12 @@ async fn wait_for_real_clock(agent: &TestAgent, name: &str) {
 }
 
 /// The clock is an hour behind when a key is promoted (a VM restored from
-/// a snapshot, a wrong RTC at boot); NTP then sets it right. The grace is
-/// measured on the wall clock from the stored `promoted_at`
-/// (`rotation::check_gate`), so the ten minutes of grace are over at once
-/// and the old key can be retired (and revoked) seconds after the
-/// promotion.
+/// a snapshot, a wrong RTC at boot); NTP then sets it right. Measured on the
+/// wall clock from the stored `promoted_at`, the ten minutes of grace were
+/// over at once and the old key could be retired (and revoked) seconds
+/// after the promotion; the agent now measures the grace of a promotion it
+/// saw on the monotonic clock (`RetireGate::promoted_ago`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug: the retire grace is measured on the wall clock (rotation::check_gate); it ends at once when a clock that was behind at promotion is set right"]
 async fn grace_does_not_end_early_when_a_clock_that_was_behind_is_set_right() {
     let _serial = serial().await;
     libfaketime();
@@ -889,14 +887,13 @@ async fn grace_does_not_end_early_when_a_clock_that_was_behind_is_set_right() {
 }
 
 /// Dev mode makes a new identity when `identity.txt` is missing. The key
-/// files encrypted to the lost one are reported and "left in place", but a
-/// `keyward put` of such a key (no `--overwrite` needed: the agent does not
-/// know the key) replaces its file: the only copy of the old secret, which
-/// the identity restored from a backup would still read, is gone, and the
-/// key's generation starts again at 1. The same happens in system mode to
-/// any key file that was skipped at start (undecryptable, bad record).
+/// files encrypted to the lost one are reported and "left in place"; a
+/// `keyward put` of such a key (the agent does not know it) used to replace
+/// its file: the only copy of the old secret, which the identity restored
+/// from a backup would still read. The store now refuses to write over a
+/// key file it did not load (`StoreError::Unloaded`), with or without
+/// `--overwrite`; the same holds for any key file skipped at start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug: Store::commit replaces a key file the agent skipped at start (a create of that key overwrites it)"]
 async fn a_key_file_the_agent_could_not_read_is_never_replaced() {
     let _serial = serial().await;
     let mut agent = TestAgent::start();
@@ -908,13 +905,19 @@ async fn a_key_file_the_agent_could_not_read_is_never_replaced() {
     agent.spawn().unwrap();
     assert!(agent.logs().contains("key file not loaded"), "{}", agent.logs());
 
-    let out = agent.cli(&["put", "prod/a"], Some(b"sk_lost_identity_new"));
-    assert!(
-        std::fs::read(&file).unwrap() == before,
-        "the key file the agent could not read was replaced (put exited {:?}: {})",
-        out.status.code(),
-        text(&out.stdout)
-    );
+    for args in [&["put", "prod/a"][..], &["put", "--overwrite", "prod/a"][..]] {
+        let out = agent.cli(args, Some(b"sk_lost_identity_new"));
+        assert!(
+            std::fs::read(&file).unwrap() == before,
+            "the key file the agent could not read was replaced ({args:?} exited {:?}: {})",
+            out.status.code(),
+            text(&out.stdout)
+        );
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let err = text(&out.stderr);
+        assert!(err.contains("exists but the agent did not load it"), "{err}");
+        assert!(err.contains("nothing was changed"), "{err}");
+    }
 }
 
 /// The detectors keep auth-failure reports by wall-clock time

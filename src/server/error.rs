@@ -77,6 +77,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound { .. } => ApiError::NotFound(e.to_string()),
             StoreError::Invalid(_) => ApiError::InvalidArgument(e.to_string()),
+            StoreError::Unloaded { .. } => ApiError::FailedPrecondition(e.to_string()),
             other => ApiError::Unavailable(format!(
                 "the key store could not be written ({other}); nothing was changed: check the disk and the store's permissions"
             )),

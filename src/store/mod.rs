@@ -72,6 +72,18 @@ pub enum StoreError {
     /// A value, file or state is not acceptable; the message says why.
     #[error("{0}")]
     Invalid(String),
+    /// The key's file exists but was not loaded (undecryptable, a bad
+    /// record...): it may be the only copy of a secret, so nothing replaces
+    /// it.
+    #[error(
+        "{path} exists but the agent did not load it (the agent's log says why, e.g. it is encrypted to another identity); it may be the only copy of {key}: restore the identity it was encrypted to, or move the file away, then retry; nothing was changed"
+    )]
+    Unloaded {
+        /// The key, `ENV/NAME`.
+        key: String,
+        /// Its file.
+        path: PathBuf,
+    },
 }
 
 /// A file the store skipped at open. The agent logs it and keeps running;
@@ -241,9 +253,15 @@ impl Store {
                 self.environments.iter().cloned().collect::<Vec<_>>().join(", ")
             )));
         }
+        let path = self.key_path(&key);
+        if self.get(&key).is_none() && std::fs::symlink_metadata(&path).is_ok() {
+            return Err(StoreError::Unloaded {
+                key: key.to_string(),
+                path,
+            });
+        }
         record::normalize_times(&mut next);
         let plaintext = record::encode(&next).map_err(|e| StoreError::Invalid(format!("cannot store {key}: {e}")))?;
-        let path = self.key_path(&key);
         let ciphertext = self.encrypt(&plaintext, &path)?;
         drop(plaintext);
         let env_dir = self.dir.join(key.env());
