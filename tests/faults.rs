@@ -920,13 +920,15 @@ async fn a_key_file_the_agent_could_not_read_is_never_replaced() {
     }
 }
 
-/// The detectors keep auth-failure reports by wall-clock time
-/// (`alerts::detect::prune`): after the clock goes back, reports made
-/// before the jump look recent for another hour and add up with new ones.
-/// Two reports, then (a window later, in real time) one more make a false
-/// critical `spike` alert ("3 auth failures … in the last 2s").
+/// Two reports, the clock set back an hour, then (a window later, in real
+/// time) one more: no `spike` alert. This was a bug (fixed): the detectors
+/// kept auth-failure reports by wall-clock time, so reports made before the
+/// jump looked recent for another hour and added up with the new one into a
+/// false critical spike ("3 auth failures … in the last 2s"). The detectors'
+/// windows, buckets and alert timers now use the monotonic clock
+/// (`alerts::detect::Now::mono`); only expiry, max age and the times written
+/// into alerts use the wall clock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug: the alert detectors' windows use the wall clock (alerts::detect); a jump back keeps old reports in the window"]
 async fn reports_from_before_the_clock_went_back_do_not_make_a_spike() {
     let _serial = serial().await;
     let r = Receiver::start();

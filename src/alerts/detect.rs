@@ -1,6 +1,14 @@
 //! The detectors and the life of an alert. Pure: every call takes the time,
 //! so tests drive hours of history in microseconds.
 //!
+//! Two clocks ([`Now`]): everything measured between two moments of this
+//! process (the windows of the counting signals, their per-window buckets,
+//! the repeat interval and the resolve hold) uses the monotonic clock, so a
+//! wall clock set back or forward neither keeps old reports in the window
+//! nor drops new ones. Only what is compared with real timestamps (a key's
+//! `expires_at`, `promoted_at`/`created_at`) and the times written into
+//! alerts use the wall clock.
+//!
 //! Inputs:
 //! - [`Detectors::report`]: one auth-failure report, already checked and
 //!   classified against the key's state ([`Classification`]).
@@ -31,7 +39,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::{Alert, AlertStatus, DetectSettings, Severity, Signal};
 use crate::keyset::KeySetState;
@@ -41,6 +49,15 @@ use crate::secret::KeyRef;
 pub const MAX_KEPT_REPORTS: usize = 10_000;
 /// Most distinct callers or services named in one alert.
 const MAX_NAMED: usize = 5;
+
+/// The time of a call, on both clocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Now {
+    /// The wall clock: compared with key timestamps, written into alerts.
+    pub wall: SystemTime,
+    /// The monotonic clock: windows, buckets, repeat and resolve timers.
+    pub mono: Instant,
+}
 
 /// What the reported version is to the key now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -101,8 +118,8 @@ impl fmt::Display for Subject {
 /// One accepted report, as the detectors keep it.
 #[derive(Clone, Debug)]
 pub struct Report {
-    /// When it arrived.
-    pub at: SystemTime,
+    /// When it arrived, on the monotonic clock.
+    pub at: Instant,
     /// Its version, classified.
     pub class: Classification,
     /// The version the client used.
@@ -121,21 +138,21 @@ struct KeyReports {
     recent: VecDeque<Report>,
     /// How many of `recent` are of each class ([`class_index`]).
     counts: [u64; 4],
-    /// Reports per whole window (index = seconds since the epoch / W), last
-    /// few only.
+    /// Reports per whole window (index = time since the detectors' monotonic
+    /// anchor / W), last few only.
     buckets: VecDeque<(u64, u64)>,
 }
 
 struct Health {
-    at: SystemTime,
+    at: Now,
     severity: Severity,
     message: String,
 }
 
 struct Open {
     alert: Alert,
-    last_sent: SystemTime,
-    last_active: SystemTime,
+    last_sent: Instant,
+    last_active: Instant,
     /// How long the signal must stay clear before the alert resolves.
     hold: Duration,
 }
@@ -154,6 +171,8 @@ struct Finding {
 /// and the open alerts.
 pub struct Detectors {
     host: String,
+    /// Where whole windows are counted from (rising-rate buckets).
+    anchor: Instant,
     reports: HashMap<KeyRef, KeyReports>,
     health: HashMap<Subject, Health>,
     open: BTreeMap<(Subject, Signal), Open>,
@@ -161,9 +180,12 @@ pub struct Detectors {
 
 impl Detectors {
     /// No history, no open alert; alerts name `host` as `agent_host`.
-    pub fn new(host: String) -> Detectors {
+    /// Whole windows (for the rising-rate signal) are counted from `anchor`,
+    /// a fixed point of the monotonic clock (the agent's start).
+    pub fn new(host: String, anchor: Instant) -> Detectors {
         Detectors {
             host,
+            anchor,
             reports: HashMap::new(),
             health: HashMap::new(),
             open: BTreeMap::new(),
@@ -173,7 +195,7 @@ impl Detectors {
     /// Records one report against `key`.
     pub fn report(&mut self, key: &KeyRef, report: Report, settings: &DetectSettings) {
         let entry = self.reports.entry(key.clone()).or_default();
-        let bucket = bucket_of(report.at, settings.window);
+        let bucket = bucket_of(self.anchor, report.at, settings.window);
         match entry.buckets.back_mut() {
             Some((b, n)) if *b == bucket => *n += 1,
             _ => {
@@ -193,8 +215,9 @@ impl Detectors {
     }
 
     /// Records a failure of the agent itself about `subject`; it is active
-    /// for a window (`window`) after its last occurrence.
-    pub fn health(&mut self, subject: Subject, at: SystemTime, severity: Severity, message: String) {
+    /// for a window (`window`, on the monotonic clock) after its last
+    /// occurrence.
+    pub fn health(&mut self, subject: Subject, at: Now, severity: Severity, message: String) {
         self.health.insert(subject, Health { at, severity, message });
     }
 
@@ -216,7 +239,7 @@ impl Detectors {
     /// evaluation; it runs every second over every key.
     pub fn evaluate_all(
         &mut self,
-        now: SystemTime,
+        now: Now,
         all: &[std::sync::Arc<KeySetState>],
         settings_for: impl Fn(&KeyRef) -> DetectSettings,
         repeat_interval: Duration,
@@ -254,7 +277,7 @@ impl Detectors {
     /// are gone resolve).
     pub fn evaluate<'a>(
         &mut self,
-        now: SystemTime,
+        now: Now,
         keys: impl IntoIterator<Item = (&'a KeySetState, DetectSettings)>,
         complete: bool,
         repeat_interval: Duration,
@@ -269,10 +292,10 @@ impl Detectors {
         let checked: std::collections::HashSet<&KeyRef> = states.iter().map(|(s, _)| &s.key).collect();
         for (i, (state, settings)) in states.iter().enumerate() {
             if let Some(r) = self.reports.get_mut(&state.key) {
-                prune(r, now, settings.window);
+                prune(r, self.anchor, now.mono, settings.window);
             }
             let reports = self.reports.get(&state.key);
-            for (signal, severity) in key_signals(state, reports, settings, now) {
+            for (signal, severity) in key_signals(state, reports, settings, self.anchor, now) {
                 found.push((
                     Subject::Key(state.key.clone()),
                     signal,
@@ -289,7 +312,7 @@ impl Detectors {
             self.reports.retain(|k, _| checked.contains(k));
         }
         self.health
-            .retain(|_, h| now.duration_since(h.at).unwrap_or_default() < health_window);
+            .retain(|_, h| now.mono.saturating_duration_since(h.at.mono) < health_window);
         for (subject, h) in &self.health {
             found.push((subject.clone(), Signal::AgentHealth, h.severity, health_window, None));
         }
@@ -307,12 +330,12 @@ impl Detectors {
             let due = match self.open.get_mut(&key) {
                 None => true,
                 Some(open) => {
-                    open.last_active = now;
+                    open.last_active = now.mono;
                     open.hold = hold;
                     // A change of severity (a key that expired) is sent at
                     // once, as a repeat.
                     open.alert.severity != severity
-                        || now.duration_since(open.last_sent).unwrap_or_default() >= repeat_interval
+                        || now.mono.saturating_duration_since(open.last_sent) >= repeat_interval
                 }
             };
             if !due {
@@ -321,30 +344,30 @@ impl Detectors {
             let finding = match source {
                 Some(i) => {
                     let (state, settings) = &states[i];
-                    key_finding(signal, state, self.reports.get(&state.key), settings, now)
+                    key_finding(signal, state, self.reports.get(&state.key), settings, self.anchor, now)
                 }
                 None => self.health.get(&subject).map(|h| health_finding(&subject, h)),
             };
             let Some(finding) = finding else { continue };
             match self.open.get_mut(&key) {
                 None => {
-                    let alert = make_alert(&self.host, &subject, signal, finding, now, now);
+                    let alert = make_alert(&self.host, &subject, signal, finding, now.wall, now.wall);
                     out.push(alert.clone());
                     self.open.insert(
                         key,
                         Open {
                             alert,
-                            last_sent: now,
-                            last_active: now,
+                            last_sent: now.mono,
+                            last_active: now.mono,
                             hold,
                         },
                     );
                 }
                 Some(open) => {
-                    let mut alert = make_alert(&self.host, &subject, signal, finding, open.alert.opened_at, now);
+                    let mut alert = make_alert(&self.host, &subject, signal, finding, open.alert.opened_at, now.wall);
                     alert.repeat = open.alert.repeat + 1;
                     alert.status = AlertStatus::Repeat;
-                    open.last_sent = now;
+                    open.last_sent = now.mono;
                     out.push(alert.clone());
                     open.alert = alert;
                 }
@@ -365,7 +388,7 @@ impl Detectors {
                 continue;
             }
             let gone = matches!(&key.0, Subject::Key(k) if !checked.contains(k));
-            if gone || now.duration_since(open.last_active).unwrap_or_default() >= open.hold {
+            if gone || now.mono.saturating_duration_since(open.last_active) >= open.hold {
                 resolved.push(key.clone());
             }
         }
@@ -373,7 +396,7 @@ impl Detectors {
             if let Some(open) = self.open.remove(&key) {
                 let mut alert = open.alert;
                 alert.status = AlertStatus::Resolved;
-                alert.timestamp = now;
+                alert.timestamp = now.wall;
                 alert.summary = format!("resolved: {}", alert.summary);
                 out.push(alert);
             }
@@ -413,9 +436,9 @@ fn make_alert(
     }
 }
 
-/// The whole-window index of `at`.
-fn bucket_of(at: SystemTime, window: Duration) -> u64 {
-    let ms = at.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
+/// The whole-window index of `at`, counted from `anchor`.
+fn bucket_of(anchor: Instant, at: Instant, window: Duration) -> u64 {
+    let ms = at.saturating_duration_since(anchor).as_millis();
     (ms / window.as_millis().max(1)) as u64
 }
 
@@ -428,11 +451,11 @@ fn class_index(c: Classification) -> usize {
     }
 }
 
-fn prune(r: &mut KeyReports, now: SystemTime, window: Duration) {
+fn prune(r: &mut KeyReports, anchor: Instant, now: Instant, window: Duration) {
     while r
         .recent
         .front()
-        .is_some_and(|rep| now.duration_since(rep.at).unwrap_or_default() >= window)
+        .is_some_and(|rep| now.saturating_duration_since(rep.at) >= window)
     {
         if let Some(old) = r.recent.pop_front() {
             r.counts[class_index(old.class)] -= 1;
@@ -440,7 +463,7 @@ fn prune(r: &mut KeyReports, now: SystemTime, window: Duration) {
     }
     // Buckets older than the rising-rate look-back are useless; a bucket
     // more than one window behind the current one means the rate fell.
-    let current = bucket_of(now, window);
+    let current = bucket_of(anchor, now, window);
     while r.buckets.front().is_some_and(|(b, _)| current.saturating_sub(*b) > 64) {
         r.buckets.pop_front();
     }
@@ -506,7 +529,8 @@ fn key_signals(
     state: &KeySetState,
     reports: Option<&KeyReports>,
     s: &DetectSettings,
-    now: SystemTime,
+    anchor: Instant,
+    now: Now,
 ) -> Vec<(Signal, Severity)> {
     let mut out = Vec::new();
     let counts = reports.map_or([0; 4], |r| r.counts);
@@ -521,11 +545,11 @@ fn key_signals(
     if count(Classification::Stale) + count(Classification::Unknown) > 0 {
         out.push((Signal::StaleVersion, Severity::Warning));
     }
-    if reports.is_some_and(|r| rising_counts(r, s, now).is_some()) {
+    if reports.is_some_and(|r| rising_counts(r, s, anchor, now.mono).is_some()) {
         out.push((Signal::RisingRate, Severity::Warning));
     }
     if let Some(expires) = state.primary.expires_at {
-        match expires.duration_since(now) {
+        match expires.duration_since(now.wall) {
             Err(_) => out.push((Signal::ExpiryAhead, Severity::Critical)),
             Ok(left) if left < s.expiry_lead => out.push((Signal::ExpiryAhead, Severity::Warning)),
             Ok(_) => {}
@@ -533,7 +557,7 @@ fn key_signals(
     }
     if let Some(max_age) = s.max_age {
         let since = state.primary.promoted_at.unwrap_or(state.primary.created_at);
-        if now.duration_since(since).unwrap_or_default() > max_age {
+        if now.wall.duration_since(since).unwrap_or_default() > max_age {
             out.push((Signal::MaxAgeOverdue, Severity::Warning));
         }
     }
@@ -542,9 +566,9 @@ fn key_signals(
 
 /// The counts of the last `rising_windows` whole windows, oldest first, if
 /// they rise and the last reaches `rising_min`.
-fn rising_counts(r: &KeyReports, s: &DetectSettings, now: SystemTime) -> Option<Vec<u64>> {
+fn rising_counts(r: &KeyReports, s: &DetectSettings, anchor: Instant, now: Instant) -> Option<Vec<u64>> {
     let k = s.rising_windows.max(2) as u64;
-    let current = bucket_of(now, s.window);
+    let current = bucket_of(anchor, now, s.window);
     // Windows without a report count as zero.
     let counts: Vec<u64> = (1..=k)
         .rev()
@@ -563,9 +587,10 @@ fn key_finding(
     state: &KeySetState,
     reports: Option<&KeyReports>,
     s: &DetectSettings,
-    now: SystemTime,
+    anchor: Instant,
+    now: Now,
 ) -> Option<Finding> {
-    key_findings(state, reports, s, now)
+    key_findings(state, reports, s, anchor, now)
         .into_iter()
         .find(|(g, _)| *g == signal)
         .map(|(_, f)| f)
@@ -575,7 +600,8 @@ fn key_findings(
     state: &KeySetState,
     reports: Option<&KeyReports>,
     s: &DetectSettings,
-    now: SystemTime,
+    anchor: Instant,
+    now: Now,
 ) -> Vec<(Signal, Finding)> {
     let key = &state.key;
     let mut out = Vec::new();
@@ -675,7 +701,7 @@ fn key_findings(
         ));
     }
 
-    if let Some(counts) = reports.and_then(|r| rising_counts(r, s, now)) {
+    if let Some(counts) = reports.and_then(|r| rising_counts(r, s, anchor, now.mono)) {
         let k = counts.len();
         let mut details = base(recent.len());
         details.insert(
@@ -699,7 +725,7 @@ fn key_findings(
     }
 
     if let Some(expires) = state.primary.expires_at {
-        let left = expires.duration_since(now);
+        let left = expires.duration_since(now.wall);
         let expired = left.is_err();
         if expired || left.as_ref().is_ok_and(|l| *l < s.expiry_lead) {
             let when = humantime::format_rfc3339_seconds(expires).to_string();
@@ -741,7 +767,7 @@ fn key_findings(
 
     if let Some(max_age) = s.max_age {
         let since = state.primary.promoted_at.unwrap_or(state.primary.created_at);
-        let age = now.duration_since(since).unwrap_or_default();
+        let age = now.wall.duration_since(since).unwrap_or_default();
         if age > max_age {
             let mut details = base(recent.len());
             details.insert("age".to_owned(), human(age));
@@ -771,7 +797,7 @@ fn health_finding(subject: &Subject, h: &Health) -> Finding {
     let mut details = BTreeMap::new();
     details.insert(
         "last_failure_at".to_owned(),
-        humantime::format_rfc3339_seconds(h.at).to_string(),
+        humantime::format_rfc3339_seconds(h.at.wall).to_string(),
     );
     Finding {
         severity: h.severity,

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::Agent;
-use crate::alerts::detect::{Detectors, Report, Subject};
+use crate::alerts::detect::{Detectors, Now, Report, Subject};
 use crate::alerts::sinks::Dispatcher;
 use crate::alerts::{Alert, AlertsConfig, Severity};
 use crate::audit::{AuditError, AuditEvent, AuditObserver};
@@ -46,6 +46,14 @@ pub struct Alerting {
     pub metrics: Arc<Metrics>,
 }
 
+/// The current time on both clocks, for the detectors.
+fn now() -> Now {
+    Now {
+        wall: SystemTime::now(),
+        mono: Instant::now(),
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -55,7 +63,7 @@ impl Alerting {
     /// runtime).
     pub fn new(config: &AlertsConfig, metrics: Arc<Metrics>) -> Alerting {
         Alerting {
-            detectors: Mutex::new(Detectors::new(config.agent_host.clone())),
+            detectors: Mutex::new(Detectors::new(config.agent_host.clone(), Instant::now())),
             dispatcher: Mutex::new(None),
             buckets: Mutex::new(HashMap::new()),
             dropped: Mutex::new(HashMap::new()),
@@ -135,7 +143,11 @@ impl Alerting {
     /// Feeds one accepted report to the detectors and sends what it opens.
     pub fn on_report(&self, config: &Config, state: &KeySetState, report: Report) {
         let settings = config.detect_for(&state.key);
-        let now = report.at;
+        // The report's arrival (monotonic) is the evaluation's time.
+        let now = Now {
+            wall: SystemTime::now(),
+            mono: report.at,
+        };
         let alerts = {
             let mut d = lock(&self.detectors);
             d.report(&state.key, report, &settings);
@@ -154,7 +166,7 @@ impl Alerting {
     /// refreshes an agent-health alert.
     pub fn health(&self, subject: Subject, severity: Severity, message: String) {
         let settings = lock(&self.settings).clone();
-        let now = SystemTime::now();
+        let now = now();
         let alerts = {
             let mut d = lock(&self.detectors);
             d.health(subject, now, severity, message);
@@ -173,7 +185,7 @@ impl Alerting {
     pub fn tick(&self, agent: &Agent) {
         let config = agent.config();
         let states = agent.store.list(None);
-        let now = SystemTime::now();
+        let now = now();
         let alerts = lock(&self.detectors).evaluate_all(
             now,
             &states,

@@ -11,7 +11,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use super::error::ApiError;
 use super::peer::Caller;
@@ -137,8 +137,8 @@ pub async fn report(agent: &Arc<Agent>, caller: &Caller, r: &proto::AuthFailureR
         .find(|v| v.number == r.version)
         .map(|v| v.fingerprint.clone())
         .unwrap_or_default();
-    let now = SystemTime::now();
-    agent.failures.record(&key, r.version, Instant::now());
+    let now = Instant::now();
+    agent.failures.record(&key, r.version, now);
     agent.metrics().report(key.env(), key.name(), class.as_str());
     agent.alerting.on_report(
         &agent.config(),
@@ -187,7 +187,7 @@ mod tests {
     use super::*;
     use crate::keyset::Version;
     use crate::secret::Secret;
-    use std::time::Duration;
+    use std::time::{Duration, SystemTime};
 
     fn state() -> KeySetState {
         let v = |n| Version {

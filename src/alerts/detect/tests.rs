@@ -5,8 +5,28 @@ use crate::secret::Secret;
 const T0: u64 = 1_800_000_000;
 const HOUR: Duration = Duration::from_secs(3600);
 
+/// The wall clock `secs` after T0.
 fn at(secs: f64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(T0) + Duration::from_secs_f64(secs)
+    SystemTime::UNIX_EPOCH + Duration::from_secs(T0) + Duration::from_secs_f64(secs)
+}
+
+/// The monotonic clock `secs` after a fixed point (the detectors' anchor
+/// in these tests, so whole windows start at multiples of 60 s).
+fn mono(secs: f64) -> Instant {
+    static ZERO: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *ZERO.get_or_init(Instant::now) + Duration::from_secs_f64(secs)
+}
+
+/// Both clocks `secs` after the start, the wall clock not set since.
+fn now(secs: f64) -> Now {
+    Now {
+        wall: at(secs),
+        mono: mono(secs),
+    }
+}
+
+fn detectors(host: &str) -> Detectors {
+    Detectors::new(host.to_owned(), mono(0.0))
 }
 
 fn version(n: u64) -> Version {
@@ -44,7 +64,7 @@ struct Fixture {
 impl Fixture {
     fn new() -> Fixture {
         Fixture {
-            d: Detectors::new("host1".to_owned()),
+            d: detectors("host1"),
             state: state(),
             s: settings(),
         }
@@ -53,7 +73,7 @@ impl Fixture {
     fn report(&mut self, t: f64, version: u64, caller: &str) {
         let class = Classification::of(&self.state, version);
         let r = Report {
-            at: at(t),
+            at: mono(t),
             class,
             version,
             status_code: 401,
@@ -65,8 +85,12 @@ impl Fixture {
     }
 
     fn eval(&mut self, t: f64) -> Vec<Alert> {
+        self.eval_at(now(t))
+    }
+
+    fn eval_at(&mut self, now: Now) -> Vec<Alert> {
         self.d.evaluate(
-            at(t),
+            now,
             [(&self.state, self.s.clone())],
             true,
             HOUR,
@@ -197,8 +221,8 @@ fn failures_on_primary_and_fallback_in_one_window_are_an_outage() {
 fn rising_rate_needs_growing_whole_windows_and_the_minimum() {
     let mut f = Fixture::new();
     f.s.spike_threshold = 1_000_000;
-    // Windows are aligned to the epoch: find the start of one.
-    let w0 = 60.0 - (T0 % 60) as f64;
+    // Windows are counted from the detectors' anchor (t = 0): start at one.
+    let w0 = 60.0;
     let burst = |f: &mut Fixture, win: f64, n: usize, v: u64| {
         for i in 0..n {
             f.report(w0 + win * 60.0 + i as f64 * 0.01, v, "c");
@@ -276,15 +300,15 @@ fn max_age_policy_overdue() {
 
 #[test]
 fn agent_health_opens_on_a_failure_and_resolves_a_window_after_the_last() {
-    let mut d = Detectors::new("h".to_owned());
+    let mut d = detectors("h");
     let w = Duration::from_secs(60);
     d.health(
         Subject::Agent("audit"),
-        at(0.0),
+        now(0.0),
         Severity::Critical,
         "audit write failed: disk full".to_owned(),
     );
-    let out = d.evaluate(at(0.0), [], true, HOUR, w);
+    let out = d.evaluate(now(0.0), [], true, HOUR, w);
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].signal, Signal::AgentHealth);
     assert_eq!(out[0].key, None);
@@ -293,12 +317,12 @@ fn agent_health_opens_on_a_failure_and_resolves_a_window_after_the_last() {
     assert!(out[0].error.contains("disk full"));
     d.health(
         Subject::Agent("audit"),
-        at(30.0),
+        now(30.0),
         Severity::Critical,
         "again".to_owned(),
     );
-    assert!(d.evaluate(at(80.0), [], true, HOUR, w).is_empty());
-    let out = d.evaluate(at(90.0), [], true, HOUR, w);
+    assert!(d.evaluate(now(80.0), [], true, HOUR, w).is_empty());
+    let out = d.evaluate(now(90.0), [], true, HOUR, w);
     assert_eq!(out[0].status, AlertStatus::Resolved);
 }
 
@@ -307,7 +331,7 @@ fn a_deleted_key_resolves_its_alerts_on_a_complete_evaluation() {
     let mut f = Fixture::new();
     f.report(1.0, 1, "c");
     assert_eq!(f.eval(1.0).len(), 1);
-    let out = f.d.evaluate(at(2.0), [], true, HOUR, Duration::from_secs(60));
+    let out = f.d.evaluate(now(2.0), [], true, HOUR, Duration::from_secs(60));
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].status, AlertStatus::Resolved);
     assert!(f.d.reports.is_empty(), "the deleted key's reports are dropped");
@@ -320,7 +344,7 @@ fn a_partial_evaluation_leaves_other_keys_alone() {
     f.eval(1.0);
     let other = KeySetState::create("prod/other".parse().unwrap(), version(1));
     let out =
-        f.d.evaluate(at(500.0), [(&other, settings())], false, HOUR, Duration::from_secs(60));
+        f.d.evaluate(now(500.0), [(&other, settings())], false, HOUR, Duration::from_secs(60));
     assert!(out.is_empty(), "{out:?}");
     assert_eq!(f.d.open_alerts().len(), 1);
 }
@@ -359,7 +383,7 @@ fn many_callers_are_named_up_to_a_limit() {
 #[test]
 fn every_signal_opens_repeats_and_resolves() {
     type Step = fn(&mut Fixture, f64);
-    let w0 = 60.0 - (T0 % 60) as f64;
+    let w0 = 60.0;
     let cases: [(Signal, Step, Step); 7] = [
         (
             Signal::Spike,
@@ -379,7 +403,7 @@ fn every_signal_opens_repeats_and_resolves() {
             Signal::RisingRate,
             // Three whole windows of 10, 20, 30 reports before `t`.
             |f, t| {
-                let w0 = 60.0 - (T0 % 60) as f64;
+                let w0 = 60.0;
                 let w = ((t - w0) / 60.0).floor();
                 for (back, n) in [(3.0, 10), (2.0, 20), (1.0, 30)] {
                     for i in 0..n {
@@ -404,7 +428,7 @@ fn every_signal_opens_repeats_and_resolves() {
             |f, t| {
                 f.d.health(
                     Subject::Key(f.state.key.clone()),
-                    at(t),
+                    now(t),
                     Severity::Warning,
                     "hook failed".to_owned(),
                 )
@@ -459,4 +483,68 @@ fn a_key_that_expires_while_warned_is_sent_again_at_once_as_critical() {
     assert_eq!(e.len(), 1);
     assert_eq!((e[0].status, e[0].severity), (AlertStatus::Repeat, Severity::Critical));
     assert!(f.eval(602.0).is_empty(), "and only once");
+}
+
+/// The wall clock set back an hour does not bring reports from before the
+/// jump back into the window: windows follow the monotonic clock.
+#[test]
+fn reports_from_before_the_wall_clock_went_back_do_not_make_a_spike() {
+    let mut f = Fixture::new();
+    for i in 0..4 {
+        f.report(i as f64, 3, "c");
+        assert!(only(&f.eval(i as f64), Signal::Spike).is_empty());
+    }
+    // 70 s later on the monotonic clock, an hour earlier on the wall clock.
+    let later = Now {
+        wall: at(70.0) - HOUR,
+        mono: mono(70.0),
+    };
+    f.report(70.0, 3, "c");
+    let out = f.eval_at(later);
+    assert!(only(&out, Signal::Spike).is_empty(), "{out:?}");
+    assert_eq!(
+        f.d.reports[&f.state.key].recent.len(),
+        1,
+        "only the new report is in the window"
+    );
+
+    // The same reports with both clocks 10 s on do make the spike: the
+    // threshold is met by reports within a window.
+    let mut g = Fixture::new();
+    for i in 0..4 {
+        g.report(i as f64, 3, "c");
+    }
+    g.report(10.0, 3, "c");
+    assert_eq!(only(&g.eval(10.0), Signal::Spike).len(), 1);
+}
+
+/// The repeat interval and the resolve hold follow the monotonic clock:
+/// the wall clock set forward a day neither repeats nor resolves an alert
+/// early, while its timestamps follow the wall clock.
+#[test]
+fn a_wall_clock_jump_forward_neither_repeats_nor_resolves_early() {
+    let mut f = Fixture::new();
+    f.report(1.0, 1, "c");
+    let opened = only(&f.eval(1.0), Signal::StaleVersion)[0].clone();
+    let day = Duration::from_secs(86400);
+    f.report(2.0, 1, "c");
+    let jumped = Now {
+        wall: at(2.0) + day,
+        mono: mono(2.0),
+    };
+    assert!(f.eval_at(jumped).is_empty(), "no repeat after a day of wall clock");
+    // Still active at 61.9 (on the monotonic clock), clear at 62: resolves
+    // a window after 61.9.
+    let resolve_at = |t: f64| Now {
+        wall: at(t) + day,
+        mono: mono(t),
+    };
+    assert!(f.eval_at(resolve_at(61.9)).is_empty());
+    assert!(f.eval_at(resolve_at(100.0)).is_empty(), "no early resolution");
+    let out = f.eval_at(resolve_at(123.0));
+    let res = only(&out, Signal::StaleVersion);
+    assert_eq!(res.len(), 1, "{out:?}");
+    assert_eq!(res[0].status, AlertStatus::Resolved);
+    assert_eq!(res[0].opened_at, opened.opened_at);
+    assert_eq!(res[0].timestamp, at(123.0) + day);
 }
