@@ -244,7 +244,25 @@ impl Store {
     ///
     /// Safe to call concurrently for different keys; commits of one key must
     /// be serialized by the caller (the admin lock does).
-    pub fn commit(&self, mut next: KeySetState) -> Result<Arc<KeySetState>, StoreError> {
+    ///
+    /// A key the store did not load whose file exists is refused
+    /// ([`StoreError::Unloaded`]): that file may be the only copy of a
+    /// secret (encrypted to a lost identity, a bad record).
+    pub fn commit(&self, next: KeySetState) -> Result<Arc<KeySetState>, StoreError> {
+        let path = self.key_path(&next.key);
+        if self.get(&next.key).is_none() && std::fs::symlink_metadata(&path).is_ok() {
+            return Err(StoreError::Unloaded {
+                key: next.key.to_string(),
+                path,
+            });
+        }
+        self.write_state(next)
+    }
+
+    /// [`Store::commit`] without the check for a key file the store did not
+    /// load: for hot reload, which commits what it just read from that
+    /// very file.
+    fn write_state(&self, mut next: KeySetState) -> Result<Arc<KeySetState>, StoreError> {
         let key = next.key.clone();
         if !self.environments.contains(key.env()) {
             return Err(StoreError::Invalid(format!(
@@ -254,12 +272,6 @@ impl Store {
             )));
         }
         let path = self.key_path(&key);
-        if self.get(&key).is_none() && std::fs::symlink_metadata(&path).is_ok() {
-            return Err(StoreError::Unloaded {
-                key: key.to_string(),
-                path,
-            });
-        }
         record::normalize_times(&mut next);
         let plaintext = record::encode(&next).map_err(|e| StoreError::Invalid(format!("cannot store {key}: {e}")))?;
         let ciphertext = self.encrypt(&plaintext, &path)?;

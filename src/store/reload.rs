@@ -240,7 +240,7 @@ impl Store {
     }
 
     /// Reads `key`'s file as another tool left it and applies it (see the
-    /// module docs), committing through [`Store::commit`].
+    /// module docs), committing it like [`Store::commit`] does.
     ///
     /// The caller must hold the lock that serializes commits (the agent's
     /// admin lock) for the whole call: the no-op check compares the file
@@ -269,7 +269,7 @@ impl Store {
                 let Some(cur) = current.clone() else {
                     return ReloadOutcome::Unchanged;
                 };
-                match self.commit((*cur).clone()) {
+                match self.write_state((*cur).clone()) {
                     Ok(current) => ReloadOutcome::Normalized { current },
                     Err(e) => reject(format!("cannot rewrite it in keyward's record format: {e}")),
                 }
@@ -280,7 +280,7 @@ impl Store {
     }
 
     fn apply(&self, before: Option<Arc<KeySetState>>, next: KeySetState, kind: FileKind) -> ReloadOutcome {
-        match self.commit(next) {
+        match self.write_state(next) {
             Ok(after) => ReloadOutcome::Applied { before, after, kind },
             Err(e) => ReloadOutcome::Rejected {
                 current: before,
