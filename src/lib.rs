@@ -58,3 +58,13 @@ pub mod secret;
 pub mod server;
 pub mod store;
 pub mod watch;
+
+/// Cases per property test: `PROPTEST_CASES` when set (the long runs of
+/// RELIABILITY.md), else the module's `default`.
+#[cfg(test)]
+pub(crate) fn proptest_cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}

@@ -370,7 +370,7 @@ fn a_value_cut_off_at_the_end_of_the_file_is_explained() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(CASES))]
+    #![proptest_config(ProptestConfig::with_cases(crate::proptest_cases(CASES)))]
 
     /// Random mutations (1 to 4) of the full example.
     #[test]

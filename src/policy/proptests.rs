@@ -123,7 +123,7 @@ fn model_covers(g: &Grant, key: &KeyRef) -> bool {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(CASES))]
+    #![proptest_config(ProptestConfig::with_cases(crate::proptest_cases(CASES)))]
 
     /// A pattern matches a key exactly when the model says so, before and
     /// after a Display/parse round trip (which collapses `**`).

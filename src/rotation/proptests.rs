@@ -224,7 +224,7 @@ fn check_invariants(s: &KeySetState) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(CASES))]
+    #![proptest_config(ProptestConfig::with_cases(crate::proptest_cases(CASES)))]
 
     #[test]
     fn random_command_sequences_follow_the_model(

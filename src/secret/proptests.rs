@@ -89,7 +89,7 @@ fn printable(s: &str) -> bool {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(CASES))]
+    #![proptest_config(ProptestConfig::with_cases(crate::proptest_cases(CASES)))]
 
     /// Valid names round-trip through `KeyRef`, `Display`, `FromStr` and
     /// the wire form, and each is one plain path component.
