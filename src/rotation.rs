@@ -250,7 +250,8 @@ pub fn grace_left(state: &KeySetState, gate: &RetireGate, now: SystemTime) -> Du
     if state.state != RotationState::Promoted {
         return Duration::ZERO;
     }
-    gate.grace.saturating_sub(since_promotion(state, gate.promoted_ago, now))
+    gate.grace
+        .saturating_sub(since_promotion(state, gate.promoted_ago, now))
 }
 
 #[cfg(test)]
