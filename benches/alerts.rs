@@ -19,6 +19,8 @@
 
 #[path = "../tests/common/receiver.rs"]
 mod receiver;
+#[path = "../tests/common/server_thread.rs"]
+mod server_thread;
 mod support;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -89,22 +89,12 @@ fn printable(s: &str) -> bool {
         .any(|c| matches!(c, '\0' | '\n' | '\r' | '\u{1b}' | '\u{202e}'))
 }
 
-async fn status(agent: &TestAgent) -> proto::AgentStatus {
-    agent
-        .admin()
-        .await
-        .get_status(proto::GetStatusRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-}
-
 /// Waits until the agent counts at most `n` open connections (besides the
 /// one asking).
 async fn wait_connections_at_most(agent: &TestAgent, n: u64) -> u64 {
     let start = Instant::now();
     loop {
-        let open = status(agent).await.connections.saturating_sub(1);
+        let open = agent.status().await.connections.saturating_sub(1);
         if open <= n || start.elapsed() > DEADLINE {
             return open;
         }
@@ -133,19 +123,6 @@ fn tree(dir: &Path) -> Vec<String> {
     walk(dir, dir, &mut out);
     out.sort();
     out
-}
-
-fn vm_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap()
-}
-
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
 }
 
 /// CPU time (user + system) the process has used.
@@ -586,7 +563,7 @@ fn get_key_body(env: &str, name: &str) -> Vec<u8> {
 async fn oversized_requests_are_refused_with_the_limit_and_change_nothing() {
     let agent = TestAgent::start();
     agent.put("prod/big", "sk_adv_big_original");
-    let rss_before = vm_rss_kib(agent.pid());
+    let rss_before = rss_kib(agent.pid());
     let mut keys = agent.keys().await;
     let mut admin = agent.admin().await;
     let mut tally = Tally::new("oversized_requests");
@@ -727,7 +704,7 @@ async fn oversized_requests_are_refused_with_the_limit_and_change_nothing() {
     let answer = poke(&agent.keys_sock(), &bytes, Duration::from_secs(3)).await;
     tally.check(answer.map(|_| ()).map_err(|e| format!("3 MiB of headers: {e}")));
 
-    let rss_after = vm_rss_kib(agent.pid());
+    let rss_after = rss_kib(agent.pid());
     tally.check(if rss_after > rss_before + 200 * 1024 {
         Err(format!("RSS grew from {rss_before} KiB to {rss_after} KiB"))
     } else {
@@ -1031,7 +1008,7 @@ async fn malformed_frames_and_random_bytes_on_both_sockets_leave_the_agent_servi
     let list_call = h2raw::grpc_call(LIST_KEYS, &list_body);
 
     let pid = agent.pid();
-    let (fds_before, rss_before) = (open_fds(pid), vm_rss_kib(pid));
+    let (fds_before, rss_before) = (open_fds(pid), rss_kib(pid));
     let mut rng = StdRng::seed_from_u64(0x6672_616d_6573);
     let mut cases = Vec::new();
     cases.extend(named_violations(
@@ -1098,7 +1075,7 @@ async fn malformed_frames_and_random_bytes_on_both_sockets_leave_the_agent_servi
     while open_fds(pid) > fds_before + 4 && start.elapsed() < DEADLINE {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let (fds_after, rss_after) = (open_fds(pid), vm_rss_kib(pid));
+    let (fds_after, rss_after) = (open_fds(pid), rss_kib(pid));
     assert!(
         fds_after <= fds_before + 4,
         "file descriptors: {fds_before} before, {fds_after} after"
@@ -1375,24 +1352,6 @@ async fn running_out_of_file_descriptors_does_not_spin_and_recovers() {
 // ---------------------------------------------------------------------
 // Files and links planted in the store and in the audit log's place
 
-/// The agent's recipient, from the `# public key:` line of its identity.
-fn recipient(agent: &TestAgent) -> age::x25519::Recipient {
-    use std::str::FromStr;
-    let text = std::fs::read_to_string(agent.dir.join("identity.txt")).unwrap();
-    let line = text.lines().find_map(|l| l.strip_prefix("# public key: ")).unwrap();
-    age::x25519::Recipient::from_str(line.trim()).unwrap()
-}
-
-/// `plaintext` encrypted to `recipient`, as `age -r` writes it.
-fn encrypt_to(recipient: &age::x25519::Recipient, plaintext: &[u8]) -> Vec<u8> {
-    let enc = age::Encryptor::with_recipients(std::iter::once(recipient as &dyn age::Recipient)).unwrap();
-    let mut out = vec![];
-    let mut w = enc.wrap_output(&mut out).unwrap();
-    w.write_all(plaintext).unwrap();
-    w.finish().unwrap();
-    out
-}
-
 fn write_private(path: &Path, bytes: &[u8]) {
     std::fs::write(path, bytes).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -1426,7 +1385,7 @@ fn plant(agent: &TestAgent, outside: &Path, prefix: &str) -> Vec<String> {
     std::fs::hard_link(agent.dir.join("identity.txt"), file("ident")).unwrap();
     nix::unistd::mkfifo(&file("pipe"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
     std::fs::create_dir(file("dir")).unwrap();
-    let valid = encrypt_to(&recipient(agent), b"sk_adv_planted");
+    let valid = encrypt_to(&agent.recipient(), b"sk_adv_planted");
     write_private(&prod.join(format!("{prefix}-new\nline.age")), &valid);
     write_private(&prod.join(format!("{}-UPPER.age", prefix.to_uppercase())), &valid);
     write_private(&prod.join(format!(".{prefix}-hidden.age")), &valid);
@@ -1536,7 +1495,7 @@ async fn links_pipes_and_odd_files_planted_in_the_store_are_never_followed() {
     write_private(&outside.join("victim.txt"), b"VICTIM_MARKER_31337\n");
     write_private(
         &outside.join("victim.age"),
-        &encrypt_to(&recipient(&agent), b"sk_adv_planted"),
+        &encrypt_to(&agent.recipient(), b"sk_adv_planted"),
     );
     let store = agent.dir.join("store");
     let untouched: Vec<(PathBuf, Stamp)> = [
@@ -1579,7 +1538,7 @@ async fn links_pipes_and_odd_files_planted_in_the_store_are_never_followed() {
     // A good file written after them proves the reloader got past them all.
     write_private(
         &store.join("prod/r-fresh.age"),
-        &encrypt_to(&recipient(&agent), b"sk_adv_store_fresh"),
+        &encrypt_to(&agent.recipient(), b"sk_adv_store_fresh"),
     );
     let start = Instant::now();
     while served(&agent, "prod", "r-fresh").await.is_err() {
@@ -2145,7 +2104,7 @@ async fn random_mutations_of_key_files_are_rejected_and_the_last_good_value_serv
         },
     );
     // The reloader still works: a good file for m0 is applied.
-    replace_file(&originals[0].0, &encrypt_to(&recipient(&agent), b"sk_adv_mut_fresh"));
+    replace_file(&originals[0].0, &encrypt_to(&agent.recipient(), b"sk_adv_mut_fresh"));
     let start = Instant::now();
     loop {
         match served(&agent, "prod", "m0").await {

@@ -8,6 +8,8 @@
 
 #[path = "common/receiver.rs"]
 mod receiver;
+#[path = "common/server_thread.rs"]
+mod server_thread;
 #[path = "common/smtp.rs"]
 mod smtp;
 

@@ -82,16 +82,6 @@ const KEYS_AT_MOST: usize = 8;
 /// Longest wait for one RPC or CLI call; the agent answers in milliseconds.
 const CALL_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// `name` from the environment, or `default`.
-fn param<T: std::str::FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a valid value")),
-        Err(_) => default,
-    }
-}
-
 // ---------------------------------------------------------------------------
 // The model: what each key must look like.
 

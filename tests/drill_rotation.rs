@@ -54,16 +54,6 @@ const KEY: &str = "prod/drill";
 /// holds it; a test that panics releases it too).
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// `name` from the environment, or `default`.
-fn param<T: std::str::FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a valid value")),
-        Err(_) => default,
-    }
-}
-
 /// A python3 for the hooks and the `keyward run` children (standard
 /// library only). The system one first: hooks run with a minimal PATH, and
 /// a pyenv shim would slow every restart.

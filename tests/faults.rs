@@ -103,16 +103,6 @@ async fn wait_alert(r: &Receiver, signal: &str, status: &str, limit: Duration) -
     }
 }
 
-async fn status(agent: &TestAgent) -> proto::AgentStatus {
-    agent
-        .admin()
-        .await
-        .get_status(proto::GetStatusRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-}
-
 fn primary(set: &proto::KeySet) -> String {
     text(&set.primary.as_ref().unwrap().secret)
 }
@@ -220,7 +210,7 @@ async fn audit_fault_and_recovery(agent: &TestAgent, r: &Receiver, name: &str, f
         .await
         .unwrap_err();
     assert_eq!(again.code(), Code::Unavailable);
-    assert!(!status(agent).await.audit_error.is_empty());
+    assert!(!agent.status().await.audit_error.is_empty());
 
     // Undo the fault; the agent must serve again by itself.
     fix();
@@ -240,7 +230,7 @@ async fn audit_fault_and_recovery(agent: &TestAgent, r: &Receiver, name: &str, f
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
     assert_eq!(agent.pid(), pid, "recovered without a restart");
-    let s = status(agent).await;
+    let s = agent.status().await;
     assert!(s.audit_error.is_empty(), "the audit error clears: {}", s.audit_error);
     assert_eq!(s.pid, pid);
     let (_, resolved_at) = wait_alert(r, "agent_health", "resolved", Duration::from_secs(10)).await;
@@ -828,7 +818,7 @@ async fn clock_jumping_back_keeps_serving_keeps_the_audit_ordered_and_the_retire
         !alerts.iter().any(|(s, _)| s == "expiry_ahead" || s == "agent_health"),
         "{alerts:?}"
     );
-    assert!(status(&agent).await.audit_error.is_empty());
+    assert!(agent.status().await.audit_error.is_empty());
     println!(
         "fault clock-back-1h: jump_seen_ms={} served=yes audit_verifies=yes records_with_earlier_time={backwards} grace_ended_early=no failure_counted=yes alerts={}",
         ms(seen_in),

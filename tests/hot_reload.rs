@@ -7,7 +7,6 @@ mod common;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
@@ -20,25 +19,6 @@ use tonic::Code;
 /// How long a reload may take before a test gives up (the debounce is
 /// 100 ms; the slack is for a loaded test machine).
 const DEADLINE: Duration = Duration::from_secs(5);
-
-/// The agent's recipient, from the `# public key:` line of its identity.
-fn recipient(agent: &TestAgent) -> age::x25519::Recipient {
-    let text = std::fs::read_to_string(agent.dir.join("identity.txt")).unwrap();
-    let line = text
-        .lines()
-        .find_map(|l| l.strip_prefix("# public key: "))
-        .expect("identity has a public key line");
-    age::x25519::Recipient::from_str(line.trim()).unwrap()
-}
-
-fn encrypt_to(recipient: &age::x25519::Recipient, plaintext: &[u8]) -> Vec<u8> {
-    let enc = age::Encryptor::with_recipients(std::iter::once(recipient as &dyn age::Recipient)).unwrap();
-    let mut out = vec![];
-    let mut w = enc.wrap_output(&mut out).unwrap();
-    w.write_all(plaintext).unwrap();
-    w.finish().unwrap();
-    out
-}
 
 fn key_file(agent: &TestAgent, env: &str, name: &str) -> PathBuf {
     agent.dir.join("store").join(env).join(format!("{name}.age"))
@@ -141,7 +121,7 @@ async fn raw_secret_written_by_a_tool_is_applied() {
     let path = key_file(&agent, "prod", "crm");
     let started = Instant::now();
     // `printf %s sk_new | age -r $(recipient) > tmp && mv tmp prod/crm.age`
-    write_atomically(&path, &encrypt_to(&recipient(&agent), b"sk_new_crm"));
+    write_atomically(&path, &encrypt_to(&agent.recipient(), b"sk_new_crm"));
 
     let set = wait_for_primary(&agent, "prod", "crm", b"sk_new_crm").await;
     assert!(
@@ -173,7 +153,7 @@ async fn raw_secret_written_by_a_tool_is_applied() {
     // second reload, and a new key arrives the same way.
     write_atomically(
         &key_file(&agent, "prod", "brand-new"),
-        &encrypt_to(&recipient(&agent), b"sk_brand_new\n"),
+        &encrypt_to(&agent.recipient(), b"sk_brand_new\n"),
     );
     let set = wait_for_primary(&agent, "prod", "brand-new", b"sk_brand_new").await;
     assert_eq!(set.generation, 1);
@@ -222,7 +202,7 @@ async fn record_written_by_a_tool_gets_the_next_generation() {
     let plaintext = keyward::store::record::encode(&state).unwrap();
     write_atomically(
         &key_file(&agent, "prod", "billing-api"),
-        &encrypt_to(&recipient(&agent), &plaintext),
+        &encrypt_to(&agent.recipient(), &plaintext),
     );
 
     let set = wait_for_primary(&agent, "prod", "billing-api", b"sk_from_record").await;
@@ -272,7 +252,7 @@ async fn invalid_files_are_rejected_and_left_alone() {
     // and the recipient to encrypt to.
     let lines = wait_for_log(&agent, "not applied", 2).await;
     assert_eq!(lines.len(), 2, "{lines:?}");
-    let me = recipient(&agent).to_string();
+    let me = agent.recipient().to_string();
     for line in &lines {
         assert!(line.contains("ERROR"), "{line}");
         assert!(line.contains(&path.display().to_string()), "{line}");
@@ -288,7 +268,7 @@ async fn invalid_files_are_rejected_and_left_alone() {
     // A file whose name is not a key: one warning, however often it changes.
     let bad_name = agent.dir.join("store/prod/Not A Key.age");
     for _ in 0..2 {
-        write_atomically(&bad_name, &encrypt_to(&recipient(&agent), b"sk_x"));
+        write_atomically(&bad_name, &encrypt_to(&agent.recipient(), b"sk_x"));
         tokio::time::sleep(Duration::from_millis(400)).await;
     }
     let warned = wait_for_log(&agent, "Not A Key.age", 1).await;
@@ -306,7 +286,7 @@ async fn half_written_file_is_rejected_then_applied_when_complete() {
     let agent = TestAgent::start();
     agent.put("prod/crm", "sk_before");
     let path = key_file(&agent, "prod", "crm");
-    let full = encrypt_to(&recipient(&agent), b"sk_after_slow_write");
+    let full = encrypt_to(&agent.recipient(), b"sk_after_slow_write");
     let (first, rest) = full.split_at(full.len() / 2);
 
     // A tool writing in place, slowly.
@@ -372,7 +352,7 @@ async fn generation_survives_a_restart_after_a_reload() {
     agent.put("prod/crm", "sk_one");
     write_atomically(
         &key_file(&agent, "prod", "crm"),
-        &encrypt_to(&recipient(&agent), b"sk_two"),
+        &encrypt_to(&agent.recipient(), b"sk_two"),
     );
     let set = wait_for_primary(&agent, "prod", "crm", b"sk_two").await;
     assert_eq!(set.generation, 2);
@@ -394,7 +374,7 @@ async fn symlink_in_the_store_is_not_followed() {
     let agent = TestAgent::start();
     // A valid key file outside the store, and a link to it inside.
     let target = agent.dir.parent().unwrap().join("planted.age");
-    let bytes = encrypt_to(&recipient(&agent), b"sk_planted");
+    let bytes = encrypt_to(&agent.recipient(), b"sk_planted");
     std::fs::write(&target, &bytes).unwrap();
     std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
     let link = key_file(&agent, "prod", "evil");
@@ -442,7 +422,7 @@ async fn raw_secret_is_refused_mid_rotation() {
     let out = agent.cli(&["stage", "prod/crm"], Some(b"sk_staged"));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let path = key_file(&agent, "prod", "crm");
-    let bytes = encrypt_to(&recipient(&agent), b"sk_sneaky");
+    let bytes = encrypt_to(&agent.recipient(), b"sk_sneaky");
     write_atomically(&path, &bytes);
     let rejected = wait_for_reloads(&agent, "rejected", 1).await;
     let detail = rejected[0]["detail"].as_str().unwrap();
@@ -472,7 +452,7 @@ async fn watchers_get_the_reloaded_state() {
     assert_eq!(first.key_set.unwrap().generation, 1);
     write_atomically(
         &key_file(&agent, "prod", "crm"),
-        &encrypt_to(&recipient(&agent), b"sk_watched_new"),
+        &encrypt_to(&agent.recipient(), b"sk_watched_new"),
     );
     let event = tokio::time::timeout(DEADLINE, stream.message())
         .await

@@ -29,23 +29,6 @@ const ROTATE_EVERY: Duration = Duration::from_secs(3);
 /// The first window is warm-up: the start figures are taken after it.
 const WINDOW: Duration = Duration::from_secs(10);
 
-fn soak_secs() -> u64 {
-    std::env::var("KEYWARD_SOAK_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(60)
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
-}
-
 fn p99(mut v: Vec<u64>) -> f64 {
     if v.is_empty() {
         return 0.0;
@@ -56,7 +39,7 @@ fn p99(mut v: Vec<u64>) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rss_fds_and_latency_stay_flat_under_load_and_rotations() {
-    let secs = soak_secs();
+    let secs: u64 = param("KEYWARD_SOAK_SECS", 60);
     assert!(secs >= 2 * WINDOW.as_secs(), "KEYWARD_SOAK_SECS must be at least 20");
     let agent = TestAgent::start_with_config("[rotation]\ngrace = \"0s\"\n");
     agent.put("prod/soak", "sk_soak_initial_0");

@@ -9,6 +9,7 @@
 
 pub mod provider;
 pub mod receiver;
+pub mod server_thread;
 pub mod smtp;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -356,4 +357,61 @@ impl TestAgent {
         )
         .unwrap();
     }
+}
+
+// Helpers shared by the reliability tests (RELIABILITY.md).
+
+impl TestAgent {
+    /// The agent's status over the admin socket.
+    pub async fn status(&self) -> keyward::proto::AgentStatus {
+        self.admin()
+            .await
+            .get_status(keyward::proto::GetStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// The agent's age recipient, from the public key line of its identity.
+    pub fn recipient(&self) -> age::x25519::Recipient {
+        use std::str::FromStr;
+        let text = std::fs::read_to_string(self.dir.join("identity.txt")).unwrap();
+        let line = text
+            .lines()
+            .find_map(|l| l.strip_prefix("# public key: "))
+            .expect("identity has a public key line");
+        age::x25519::Recipient::from_str(line.trim()).unwrap()
+    }
+}
+
+/// `plaintext` encrypted to `recipient`, as `age -r` writes it.
+pub fn encrypt_to(recipient: &age::x25519::Recipient, plaintext: &[u8]) -> Vec<u8> {
+    let enc = age::Encryptor::with_recipients(std::iter::once(recipient as &dyn age::Recipient)).unwrap();
+    let mut out = vec![];
+    let mut w = enc.wrap_output(&mut out).unwrap();
+    w.write_all(plaintext).unwrap();
+    w.finish().unwrap();
+    out
+}
+
+/// `name` from the environment (a long run's setting), or `default`.
+pub fn param<T: std::str::FromStr>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a valid value")),
+        Err(_) => default,
+    }
+}
+
+/// A process's resident set size in KiB (`VmRSS`).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// How many file descriptors a process has open.
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
 }

@@ -90,53 +90,28 @@ impl State {
 
 /// A running provider; stopped when dropped.
 pub struct Provider {
-    addr: SocketAddr,
     state: Arc<State>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    server: super::server_thread::ServerThread,
 }
 
 impl Provider {
     /// Starts a provider with no keys.
     pub fn start() -> Provider {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
         let state = Arc::new(State::default());
-        let (stop, stopped) = tokio::sync::oneshot::channel();
         let shared = Arc::clone(&state);
-        let thread = std::thread::Builder::new()
-            .name(format!("provider-{}", addr.port()))
-            .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("provider runtime");
-                runtime.block_on(async move {
-                    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                    tokio::select! {
-                        _ = stopped => {}
-                        _ = accept_loop(listener, shared) => {}
-                    }
-                });
-            })
-            .unwrap();
-        Provider {
-            addr,
-            state,
-            stop: Some(stop),
-            thread: Some(thread),
-        }
+        let server =
+            super::server_thread::ServerThread::spawn("provider", move |listener| accept_loop(listener, shared));
+        Provider { state, server }
     }
 
     /// `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.server.addr)
     }
 
     /// Where it listens.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr
     }
 
     /// Issues a new valid key, as `POST /admin/issue` does.
@@ -198,17 +173,6 @@ impl Provider {
     /// `POST /admin/revoke` requests so far.
     pub fn revokes(&self) -> u64 {
         self.state.revokes.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for Provider {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 

@@ -82,10 +82,8 @@ struct State {
 
 /// A running receiver; stopped when dropped.
 pub struct Receiver {
-    addr: SocketAddr,
     state: Arc<State>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    server: super::server_thread::ServerThread,
 }
 
 impl Receiver {
@@ -111,9 +109,6 @@ impl Receiver {
 
     /// A receiver in `mode`.
     pub fn start_with(mode: Mode) -> Receiver {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
         let state = Arc::new(State {
             mode,
             received: Mutex::default(),
@@ -121,41 +116,20 @@ impl Receiver {
             connections: AtomicUsize::new(0),
             requests: AtomicUsize::new(0),
         });
-        let (stop, stopped) = tokio::sync::oneshot::channel();
         let shared = Arc::clone(&state);
-        let thread = std::thread::Builder::new()
-            .name(format!("receiver-{}", addr.port()))
-            .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("receiver runtime");
-                runtime.block_on(async move {
-                    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                    tokio::select! {
-                        _ = stopped => {}
-                        _ = accept_loop(listener, shared) => {}
-                    }
-                });
-                // Dropping the runtime drops every connection, hanging ones too.
-            })
-            .unwrap();
-        Receiver {
-            addr,
-            state,
-            stop: Some(stop),
-            thread: Some(thread),
-        }
+        let server =
+            super::server_thread::ServerThread::spawn("receiver", move |listener| accept_loop(listener, shared));
+        Receiver { state, server }
     }
 
     /// `http://127.0.0.1:PORT` + `path`.
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        format!("http://{}{path}", self.server.addr)
     }
 
     /// Where it listens.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr
     }
 
     /// Every request received so far (answered 200 or not), in order.
@@ -205,17 +179,6 @@ impl Receiver {
                 received.len()
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
         }
     }
 }
