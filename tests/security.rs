@@ -341,3 +341,39 @@ fn executable_grants_without_cap_sys_ptrace_are_warned_about() {
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert_eq!(agent.logs().matches(WARNING).count(), 2, "{}", agent.logs());
 }
+
+/// A caller controls its executable's path, which the agent logs with each
+/// auth-failure report: a newline in it must not start a log line of its
+/// own (a forged ERROR under journald, say).
+#[test]
+fn a_newline_in_a_callers_path_cannot_forge_a_log_line() {
+    let agent = TestAgent::start();
+    agent.put("prod/forge", "sk_forge_test");
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("kw\nERROR keywardd: forged line");
+    std::fs::copy(KEYWARD, &exe).unwrap();
+    let out = run_cli(
+        Command::new(&exe).arg("--dev").arg(&agent.dir).args([
+            "report",
+            "prod/forge",
+            "--version",
+            "1",
+            "--status",
+            "401",
+            "--service",
+            "svc\nERROR keywardd: forged service",
+        ]),
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !agent.logs().contains("auth failure reported") {
+        assert!(std::time::Instant::now() < deadline, "{}", agent.logs());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let logs = agent.logs();
+    assert!(logs.contains(r"kw\nERROR keywardd: forged line"), "{logs}");
+    for line in logs.lines() {
+        assert!(!line.starts_with("ERROR keywardd: forged"), "a forged line: {logs}");
+    }
+}

@@ -6,6 +6,7 @@
 //! config, 1 when the agent cannot start.
 
 mod cli;
+mod log;
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::ExitCode;
@@ -43,7 +44,7 @@ fn limit_malloc_arenas() {
 fn main() -> ExitCode {
     limit_malloc_arenas();
     let args = Args::parse();
-    init_logging();
+    log::init();
 
     let (config, source) = match load_config(&args) {
         Ok(c) => c,
@@ -166,52 +167,6 @@ fn main() -> ExitCode {
 /// journal) lines carry no timestamp (the journal adds its own) and start
 /// with their syslog priority (`<3>` error … `<7>` debug), which journald
 /// reads as the entry's level.
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KEYWARD_LOG").unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
-        // The priority prefix carries the level; journald shows it.
-        let format = tracing_subscriber::fmt::format()
-            .without_time()
-            .with_level(false)
-            .with_ansi(false);
-        builder.with_ansi(false).event_format(SyslogPriority(format)).init();
-    } else {
-        // Colours only on a terminal: log files get plain text.
-        builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init();
-    }
-}
-
-/// Prefixes each log line with its sd-daemon priority (`<N>`).
-struct SyslogPriority<F>(F);
-
-impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for SyslogPriority<F>
-where
-    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
-    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
-    F: tracing_subscriber::fmt::FormatEvent<S, N>,
-{
-    fn format_event(
-        &self,
-        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
-        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
-        event: &tracing::Event<'_>,
-    ) -> std::fmt::Result {
-        let priority = match *event.metadata().level() {
-            tracing::Level::ERROR => 3,
-            tracing::Level::WARN => 4,
-            tracing::Level::INFO => 6,
-            _ => 7,
-        };
-        write!(writer, "<{priority}>")?;
-        self.0.format_event(ctx, writer, event)
-    }
-}
-
 /// The listening sockets systemd passed (`LISTEN_FDS`), if it passed any
 /// to this process. Removes the `LISTEN_*` variables either way.
 fn take_inherited_sockets() -> Result<Inherited, activation::ActivationError> {
