@@ -132,6 +132,9 @@ pub struct KeySetState {
     pub fallback: Option<Version>,
     /// Retired versions, newest first, at most [`HISTORY_LIMIT`].
     pub history: Vec<VersionMeta>,
+    /// Fleet mode: the KV v2 version of the backend record this state is
+    /// (`None` with the local backend).
+    pub backend_version: Option<u64>,
 }
 
 /// Metadata only: a `KeySetState` never prints secret bytes.
@@ -144,6 +147,7 @@ impl std::fmt::Debug for KeySetState {
             .field("primary", &self.primary.meta())
             .field("fallback", &self.fallback.as_ref().map(Version::meta))
             .field("history", &self.history.len())
+            .field("backend_version", &self.backend_version)
             .finish()
     }
 }
@@ -158,6 +162,7 @@ impl KeySetState {
             primary,
             fallback: None,
             history: Vec::new(),
+            backend_version: None,
         }
     }
 

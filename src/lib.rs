@@ -47,6 +47,7 @@ pub mod alerts;
 pub mod audit;
 pub mod client;
 pub mod config;
+pub mod fleet;
 pub mod hooks;
 pub mod hygiene;
 pub mod keyset;

@@ -198,6 +198,7 @@ async fn record_written_by_a_tool_gets_the_next_generation() {
         },
         fallback: None,
         history: vec![],
+        backend_version: None,
     };
     let plaintext = keyward::store::record::encode(&state).unwrap();
     write_atomically(

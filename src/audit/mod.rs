@@ -147,6 +147,9 @@ pub struct AuditEvent {
     pub generation_before: Option<u64>,
     /// The key's generation after a change (or as served).
     pub generation_after: Option<u64>,
+    /// Fleet mode: the backend (KV v2) version of the record served or
+    /// written.
+    pub backend_version: Option<u64>,
     /// How it ended: `ok`, `denied`, `not_found`…
     pub outcome: &'static str,
     /// Free text for a human; never secret material.
@@ -380,6 +383,8 @@ struct RecordOut<'a> {
     generation_before: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     generation_after: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backend_version: Option<u64>,
     outcome: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     detail: Option<&'a str>,
@@ -410,6 +415,7 @@ fn encode_record(
         versions: &ev.versions,
         generation_before: ev.generation_before,
         generation_after: ev.generation_after,
+        backend_version: ev.backend_version,
         outcome: ev.outcome,
         detail: ev.detail.as_deref(),
         prev,
@@ -604,6 +610,7 @@ mod tests {
             }],
             generation_before: None,
             generation_after: Some(i),
+            backend_version: None,
             outcome: "ok",
             detail: None,
         }

@@ -176,6 +176,26 @@
 //! [metrics]
 //! listen = "127.0.0.1:9464"        # or "unix:/run/keyward/metrics.sock"
 //!
+//! # Where the keys live: "local" (the default: store/ under state_dir) or
+//! # "openbao" (OpenBao or Vault KV v2, shared by a fleet of agents; store/
+//! # keeps this agent's encrypted local copy). Read at start only.
+//! [backend]
+//! kind = "local"
+//! # kind = "openbao"
+//! # address = "https://openbao.internal:8200"
+//! # mount = "secret"                  # the KV v2 mount
+//! # prefix = "keyward"                # every path keyward uses starts with it
+//! # ca_file = "/etc/keyward/openbao-ca.pem"
+//! # token_file = "/etc/keyward/openbao.token"   # or approle = { role_id_file = "…", secret_id_file = "…" }
+//! # recipients = ["age1…"]            # every agent of the fleet
+//! # agent_id = "web-1"                # default: the host name
+//! # poll_interval = "500ms"
+//! # resync_interval = "60s"
+//! # status_ttl = "30s"
+//! # stale_after = "30s"
+//! # request_timeout = "5s"
+//! # initial_sync_timeout = "5s"
+//!
 //! # Who may read what. Deny by default. A grant applies to a caller when
 //! # every kind of selector it lists matches (users/uids, groups/gids,
 //! # executables, units), each kind matching when any of its values does.
@@ -209,6 +229,7 @@
 //! [`Config::into_dev`] applies the same on top of a file.
 
 mod alerts;
+pub mod backend;
 mod raw;
 mod validate;
 
@@ -487,6 +508,8 @@ pub struct Config {
     /// `[metrics] listen`: where the Prometheus endpoint listens (off when
     /// `None`).
     pub metrics_listen: Option<crate::metrics::http::MetricsListen>,
+    /// `[backend]`: the store directory, or OpenBao KV v2 (fleet mode).
+    pub backend: backend::BackendConfig,
     /// Started with `--dev`.
     pub dev_mode: bool,
 }
@@ -578,6 +601,7 @@ impl Config {
             rotation: RotationConfig::default(),
             alerts: AlertsConfig::default(),
             metrics_listen: None,
+            backend: backend::BackendConfig::Local,
             dev_mode: true,
         }
     }

@@ -30,6 +30,7 @@ pub(super) struct RawConfig {
     pub(super) key_entries: Vec<Spanned<RawKeyEntry>>,
     pub(super) alerts: Option<RawAlerts>,
     pub(super) metrics: Option<RawMetrics>,
+    pub(super) backend: Option<super::backend::RawBackend>,
 }
 
 #[derive(Deserialize)]

@@ -72,6 +72,8 @@ impl Source<'_> {
     }
 }
 
+use super::backend::BackendConfig;
+
 impl RawConfig {
     pub(super) fn validate(self, src: &Source<'_>) -> Result<Config, ConfigError> {
         let dir = |value: Option<Spanned<PathBuf>>, key: &str, default: &str| match value {
@@ -164,6 +166,10 @@ impl RawConfig {
                             src.invalid(&v.span(), format!("[metrics] listen at {}: {e}", src.at(&v.span())))
                         })?,
                 ),
+            },
+            backend: match self.backend {
+                None => BackendConfig::Local,
+                Some(raw) => raw.validate(src)?,
             },
             dev_mode: false,
         })

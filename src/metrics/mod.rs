@@ -93,7 +93,7 @@ use prometheus_client::registry::Registry;
 
 use crate::alerts::{AlertStatus, Signal};
 use keyed::KeyedCounters;
-pub use snapshot::{KeyGauges, Snapshot};
+pub use snapshot::{BackendGauges, KeyGauges, Snapshot};
 
 /// The `Content-Type` of [`Metrics::render`]'s output: the Prometheus text
 /// format, version 0.0.4.

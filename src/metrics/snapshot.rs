@@ -36,6 +36,24 @@ pub struct Snapshot {
     /// Each configured alert sink's counters (`keyward_alert_deliveries_total`,
     /// `keyward_alert_delivery_retries_total`, `keyward_alert_queue`).
     pub sinks: Vec<SinkStats>,
+    /// Fleet mode: the backend's health (`keyward_backend_*`); `None` with
+    /// the local backend.
+    pub backend: Option<BackendGauges>,
+}
+
+/// The shared backend's health, in fleet mode.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BackendGauges {
+    /// The last attempt to sync succeeded.
+    pub up: bool,
+    /// When the last successful sync ended (unix seconds), if ever.
+    pub last_sync_timestamp_seconds: Option<f64>,
+    /// Seconds since then (NaN if never).
+    pub stale_seconds: f64,
+    /// Over `stale_after`.
+    pub stale: bool,
+    /// Backend records this agent could not apply.
+    pub problems: u64,
 }
 
 /// The gauges of one key.
@@ -138,7 +156,41 @@ impl Collector for SnapshotCollector {
             "keyward_alert_queue",
             "Alert notifications waiting for delivery, by sink.",
             sinks.iter().map(|(&name, s)| (sink_labels(name), s.queued)),
-        )
+        )?;
+
+        if let Some(b) = &snapshot.backend {
+            gauge(
+                &mut encoder,
+                "keyward_backend_up",
+                "1 when the last sync with the fleet's backend (OpenBao) succeeded.",
+                [(NO_LABELS, u64::from(b.up))],
+            )?;
+            gauge(
+                &mut encoder,
+                "keyward_backend_last_sync_timestamp_seconds",
+                "When the last successful sync with the backend ended (unix time).",
+                b.last_sync_timestamp_seconds.map(|t| (NO_LABELS, t)),
+            )?;
+            gauge(
+                &mut encoder,
+                "keyward_backend_stale_seconds",
+                "Seconds since the last successful sync with the backend.",
+                (!b.stale_seconds.is_nan()).then_some((NO_LABELS, b.stale_seconds)),
+            )?;
+            gauge(
+                &mut encoder,
+                "keyward_backend_stale",
+                "1 when the agent has not synced within stale_after: it serves a local copy that may be behind the fleet.",
+                [(NO_LABELS, u64::from(b.stale))],
+            )?;
+            gauge(
+                &mut encoder,
+                "keyward_backend_problems",
+                "Backend records this agent could not apply (see keyward status).",
+                [(NO_LABELS, b.problems)],
+            )?;
+        }
+        Ok(())
     }
 }
 

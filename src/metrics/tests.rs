@@ -374,6 +374,7 @@ fn snapshot_gauges_are_exactly_the_snapshot() {
             sink("pagerduty-1", "pagerduty", [5, 1, 2, 4, 3]),
             sink("ops-log", "log", [8, 0, 0, 0, 0]),
         ],
+        backend: None,
     };
     let exp = parse(&m.render(&snapshot));
     assert_eq!(exp.get("keyward_watchers", &[]), 3.0);
@@ -522,6 +523,13 @@ fn every_documented_metric_is_exposed_with_help_and_type() {
         open_alerts: vec![(Signal::AgentHealth, Severity::Critical, 1)],
         keys: vec![key("prod", "a", 1.0, Some(10.0), 1)],
         sinks: vec![sink("log", "log", [0; 5])],
+        backend: Some(crate::metrics::BackendGauges {
+            up: false,
+            last_sync_timestamp_seconds: Some(1_800_000_000.0),
+            stale_seconds: 42.0,
+            stale: true,
+            problems: 1,
+        }),
     };
     let exp = parse(&m.render(&snapshot));
     let want = [
@@ -544,6 +552,11 @@ fn every_documented_metric_is_exposed_with_help_and_type() {
         ("keyward_key_generation", "gauge"),
         ("keyward_agent_start_time_seconds", "gauge"),
         ("keyward_build_info", "gauge"),
+        ("keyward_backend_up", "gauge"),
+        ("keyward_backend_last_sync_timestamp_seconds", "gauge"),
+        ("keyward_backend_stale_seconds", "gauge"),
+        ("keyward_backend_stale", "gauge"),
+        ("keyward_backend_problems", "gauge"),
     ];
     let got: BTreeMap<&str, &str> = exp.types.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     assert_eq!(got, want.into_iter().collect::<BTreeMap<_, _>>());
@@ -561,6 +574,10 @@ fn every_documented_metric_is_exposed_with_help_and_type() {
         .unwrap()
         .as_secs_f64();
     assert!(started > 1.6e9 && started <= now, "{started}");
+    assert_eq!(exp.get("keyward_backend_up", &[]), 0.0);
+    assert_eq!(exp.get("keyward_backend_stale", &[]), 1.0);
+    assert_eq!(exp.get("keyward_backend_stale_seconds", &[]), 42.0);
+    assert_eq!(exp.get("keyward_backend_problems", &[]), 1.0);
 }
 
 #[test]

@@ -112,7 +112,7 @@ impl AdminService {
             }
             Some(old) => old.overwrite(self.agent.store.new_version(0, secret, now, expires_at), now),
         };
-        let committed = self.agent.store.commit(next)?;
+        let committed = self.agent.commit_change(existing.as_deref(), next).await?;
         self.agent.watchers.publish(&key, Some(committed.clone()), "put");
         self.audit_change(
             caller,
@@ -137,12 +137,12 @@ impl AdminService {
         let _serial = self.agent.admin_lock.lock().await;
         let existing = self.agent.store.get(&key);
         check_generation(&key, existing.as_deref(), req.expected_generation)?;
-        if existing.is_none() {
+        let Some(existing) = existing else {
             return Err(ApiError::NotFound(format!(
                 "key {key} does not exist; nothing was deleted"
             )));
-        }
-        let removed = self.agent.store.delete(&key)?;
+        };
+        let removed = self.agent.delete_key(&existing).await?;
         self.agent.watchers.publish(&key, None, "deleted");
         self.audit_change(caller, "delete", &key, Some(&removed), None, false)
             .await?;
@@ -170,6 +170,7 @@ impl AdminService {
             versions: after.or(before).map(served_versions).unwrap_or_default(),
             generation_before: before.map(|s| s.generation),
             generation_after: after.map(|s| s.generation),
+            backend_version: after.or(before).and_then(|s| s.backend_version),
             outcome: "ok",
             detail: forced.then(|| "overwrite".to_owned()),
         };
@@ -230,6 +231,13 @@ impl AdminService {
                     queued: s.queued,
                 })
                 .collect(),
+            backend: Some(match &a.fleet {
+                Some(fleet) => fleet.status(),
+                None => proto::BackendStatus {
+                    kind: "local".to_owned(),
+                    ..Default::default()
+                },
+            }),
         }
     }
 }
@@ -409,6 +417,54 @@ impl proto::admin_server::Admin for AdminService {
             &self.agent,
             request.get_ref().key.as_ref(),
         )?))
+    }
+
+    async fn get_fleet_status(
+        &self,
+        request: Request<proto::FleetStatusRequest>,
+    ) -> Result<Response<proto::FleetStatus>, Status> {
+        self.authorize(&request).await?;
+        let Some(fleet) = &self.agent.fleet else {
+            return Err(ApiError::FailedPrecondition(
+                "this agent keeps its keys in its store directory ([backend] kind = \"local\"): there is no fleet; configure [backend] kind = \"openbao\" for fleet mode".to_owned(),
+            )
+            .into());
+        };
+        let key = match &request.get_ref().key {
+            Some(k) => Some(self.agent.key_ref(Some(k))?),
+            None => None,
+        };
+        Ok(Response::new(fleet.fleet_status(&self.agent, key.as_ref()).await?))
+    }
+
+    async fn reseal_fleet(
+        &self,
+        request: Request<proto::ResealFleetRequest>,
+    ) -> Result<Response<proto::ResealFleetResponse>, Status> {
+        let caller = self.authorize(&request).await?;
+        let Some(fleet) = self.agent.fleet.clone() else {
+            return Err(ApiError::FailedPrecondition(
+                "this agent keeps its keys in its store directory ([backend] kind = \"local\"): there is nothing to reseal".to_owned(),
+            )
+            .into());
+        };
+        let env = request.into_inner().environment;
+        if !env.is_empty() && !self.agent.config().environments.contains_key(&env) {
+            return Err(ApiError::InvalidArgument(self.agent.unknown_env_message(&env)).into());
+        }
+        let mut resealed = Vec::new();
+        for state in self.agent.store.list((!env.is_empty()).then_some(env.as_str())) {
+            let _serial = self.agent.admin_lock.lock().await;
+            // Re-read under the lock: a sync may have replaced it.
+            let Some(current) = self.agent.store.get(&state.key) else {
+                continue;
+            };
+            let committed = fleet.reseal(&self.agent, &current).await?;
+            self.audit_change(&caller, "reseal", &current.key, Some(&current), Some(&committed), false)
+                .await?;
+            resealed.push(committed.to_info());
+        }
+        Ok(Response::new(proto::ResealFleetResponse { resealed }))
     }
 }
 

@@ -111,6 +111,7 @@ pub fn merge(old: &Config, mut new: Config) -> (Config, ReloadReport) {
     keep!(extra_recipients, "extra_recipients");
     keep!(dev_mode, "dev mode");
     keep!(metrics_listen, "[metrics] listen");
+    keep!(backend, "[backend]");
     if new.alerts.agent_host != old.alerts.agent_host {
         report.needs_restart.push("[alerts] agent_host".to_owned());
         new.alerts.agent_host = old.alerts.agent_host.clone();

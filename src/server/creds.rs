@@ -223,6 +223,7 @@ async fn decide(
         key: Some(key.to_string()),
         versions: served_versions(&state),
         generation_after: Some(state.generation),
+        backend_version: state.backend_version,
         outcome: "ok",
         detail: Some(format!("LoadCredential {} for {}", request.id, request.unit)),
         ..Default::default()

@@ -63,6 +63,7 @@ impl KeysService {
             key: Some(key.to_string()),
             versions: served_versions(&state),
             generation_after: Some(state.generation),
+            backend_version: state.backend_version,
             outcome: "ok",
             ..Default::default()
         };

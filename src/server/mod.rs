@@ -67,6 +67,9 @@ pub enum StartError {
     /// The audit log.
     #[error(transparent)]
     Audit(#[from] AuditError),
+    /// `[backend]` (fleet mode).
+    #[error(transparent)]
+    Fleet(#[from] crate::fleet::FleetError),
     /// The state directory.
     #[error("cannot create {path}: {source}")]
     StateDir {
@@ -81,8 +84,10 @@ pub enum StartError {
 pub struct Agent {
     /// The validated configuration; replaced as a whole on reload.
     config: RwLock<Arc<Config>>,
-    /// The keys.
+    /// The keys (in fleet mode: this agent's local copy).
     pub store: Store,
+    /// Fleet mode: the shared backend the keys come from.
+    pub fleet: Option<Arc<crate::fleet::Fleet>>,
     /// The audit log.
     pub audit: Audit,
     /// Open connections.
@@ -146,6 +151,14 @@ impl Agent {
             )
         };
         let recipient = identity.recipient();
+        let fleet = match &config.backend {
+            crate::config::backend::BackendConfig::Local => None,
+            crate::config::backend::BackendConfig::OpenBao(cfg) => Some(Arc::new(crate::fleet::Fleet::new(
+                cfg,
+                recipient.clone(),
+                &p.state_dir,
+            )?)),
+        };
         let (store, problems) = Store::open(StoreOptions {
             dir: p.store_dir.clone(),
             identity,
@@ -171,6 +184,7 @@ impl Agent {
         Ok(Agent {
             alerting,
             store,
+            fleet,
             audit,
             connections: Arc::new(ConnectionTracker::default()),
             started_at: SystemTime::now(),
@@ -241,6 +255,7 @@ impl Agent {
             open_alerts,
             keys,
             sinks: self.alerting.sink_stats(),
+            backend: self.fleet.as_ref().map(|f| f.gauges()),
         }
     }
 
@@ -262,6 +277,32 @@ impl Agent {
     /// either way. See [`config_reload`].
     pub async fn reload_config(&self) -> Result<config_reload::ReloadReport, config_reload::ReloadError> {
         config_reload::reload(self).await
+    }
+
+    /// Makes a change durable where the keys live: the store directory, or
+    /// in fleet mode OpenBao (check-and-set against `before`, the state
+    /// served now) and then the local copy. The caller holds the admin lock.
+    pub async fn commit_change(
+        &self,
+        before: Option<&crate::keyset::KeySetState>,
+        next: crate::keyset::KeySetState,
+    ) -> Result<Arc<crate::keyset::KeySetState>, ApiError> {
+        match &self.fleet {
+            None => Ok(self.store.commit(next)?),
+            Some(fleet) => fleet.commit(self, before, next).await,
+        }
+    }
+
+    /// Deletes `existing` where the keys live (see
+    /// [`Agent::commit_change`]).
+    pub async fn delete_key(
+        &self,
+        existing: &crate::keyset::KeySetState,
+    ) -> Result<Arc<crate::keyset::KeySetState>, ApiError> {
+        match &self.fleet {
+            None => Ok(self.store.delete(&existing.key)?),
+            Some(fleet) => fleet.delete(self, existing).await,
+        }
     }
 
     /// Validates a wire key and checks that its environment is configured.
@@ -430,7 +471,27 @@ pub async fn run(listeners: Listeners, agent: Arc<Agent>, shutdown: impl Future<
     let remove_credentials_socket = listeners.credentials.is_some() && !listeners.credentials_inherited;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     // Files written into the store by other tools: applied until shutdown.
-    let hot_reload = hot_reload::spawn(agent.clone(), stop_rx.clone());
+    // In fleet mode the store directory is only the local copy of what
+    // OpenBao holds: changes come from there instead.
+    let hot_reload = match &agent.fleet {
+        None => Some(hot_reload::spawn(agent.clone(), stop_rx.clone())),
+        Some(_) => None,
+    };
+    let mut fleet_tasks = agent
+        .fleet
+        .clone()
+        .map(|fleet| crate::fleet::spawn(agent.clone(), fleet, stop_rx.clone()));
+    if let (Some(tasks), Some(fleet)) = (fleet_tasks.as_mut(), agent.fleet.as_ref()) {
+        // Serve what OpenBao holds from the start if it answers soon;
+        // otherwise the local copy, and say so.
+        let limit = fleet.config().initial_sync_timeout;
+        if !tasks.first_round(limit).await || fleet.is_stale(SystemTime::now()) {
+            tracing::warn!(address = %fleet.config().address, keys = agent.store.len(),
+                "not in sync with OpenBao yet; serving the local copy until it is");
+        } else {
+            tracing::info!(address = %fleet.config().address, keys = agent.store.len(), "in sync with OpenBao");
+        }
+    }
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
@@ -511,7 +572,12 @@ pub async fn run(listeners: Listeners, agent: Arc<Agent>, shutdown: impl Future<
     if let Some(task) = credentials_task {
         let _ = task.await;
     }
-    hot_reload.finish().await;
+    if let Some(hot_reload) = hot_reload {
+        hot_reload.finish().await;
+    }
+    if let Some(tasks) = fleet_tasks {
+        tasks.finish().await;
+    }
     let _ = ticks.await;
     if let Some(task) = metrics_task {
         match task.await {

@@ -191,7 +191,7 @@ async fn commit(
 ) -> Result<proto::RotationResponse, ApiError> {
     let key = next.key.clone();
     let started = std::time::Instant::now();
-    let committed = agent.store.commit(next)?;
+    let committed = agent.commit_change(Some(before), next).await?;
     if command == Command::Promote {
         // Failures reported from now on count against the new primary.
         agent.failures.promoted(&key, committed.primary.number, started);
@@ -217,6 +217,7 @@ async fn commit(
         versions,
         generation_before: Some(before.generation),
         generation_after: Some(committed.generation),
+        backend_version: committed.backend_version,
         outcome: "ok",
         detail: (!detail.is_empty()).then(|| detail.clone()),
     };

@@ -213,6 +213,7 @@ impl Session {
                 key: Some(key.to_string()),
                 versions: state.as_deref().map(served_versions).unwrap_or_default(),
                 generation_after: state.as_ref().map(|s| s.generation),
+                backend_version: state.as_ref().and_then(|s| s.backend_version),
                 outcome: "ok",
                 detail: Some(reason.to_owned()),
                 ..Default::default()

@@ -259,6 +259,57 @@ impl Store {
         self.write_state(next)
     }
 
+    /// Fleet mode: makes a state read from (or just written to) the shared
+    /// backend this agent's local copy, replacing whatever file the key had:
+    /// the backend is the source of truth, the file only its cache.
+    pub fn replace(&self, next: KeySetState) -> Result<Arc<KeySetState>, StoreError> {
+        self.write_state(next)
+    }
+
+    /// Encrypts a record to this agent, the extra recipients and `more`
+    /// (the fleet's other agents), ASCII-armored: the form kept in a shared
+    /// backend, readable with `age -d` by any of them.
+    pub fn seal_armored(&self, plaintext: &[u8], more: &[x25519::Recipient]) -> Result<String, StoreError> {
+        let mut all: Vec<&x25519::Recipient> = self.recipients.iter().collect();
+        for r in more {
+            if !all.iter().any(|x| x.to_string() == r.to_string()) {
+                all.push(r);
+            }
+        }
+        let invalid = |e: String| StoreError::Invalid(format!("cannot encrypt a record for the backend: {e}"));
+        let encryptor = age::Encryptor::with_recipients(all.into_iter().map(|r| r as &dyn age::Recipient))
+            .map_err(|e| invalid(e.to_string()))?;
+        let mut out = Vec::with_capacity(plaintext.len() * 2 + 1024);
+        let armored = age::armor::ArmoredWriter::wrap_output(&mut out, age::armor::Format::AsciiArmor)
+            .map_err(|e| invalid(e.to_string()))?;
+        let mut writer = encryptor.wrap_output(armored).map_err(|e| invalid(e.to_string()))?;
+        writer.write_all(plaintext).map_err(|e| invalid(e.to_string()))?;
+        writer
+            .finish()
+            .and_then(|armored| armored.finish())
+            .map_err(|e| invalid(e.to_string()))?;
+        String::from_utf8(out).map_err(|e| invalid(e.to_string()))
+    }
+
+    /// Decrypts and decodes a record sealed by [`Store::seal_armored`] (by
+    /// any agent of the fleet) as the state of `key`.
+    pub fn open_armored(&self, key: KeyRef, armored: &str) -> Result<KeySetState, StoreError> {
+        let mut binary = zeroize::Zeroizing::new(Vec::with_capacity(armored.len()));
+        io::Read::read_to_end(&mut age::armor::ArmoredReader::new(armored.as_bytes()), &mut binary).map_err(|e| {
+            StoreError::Invalid(format!(
+                "the record is not an age file ({e}): it was not written by keyward"
+            ))
+        })?;
+        let plaintext = self.identity.decrypt(&binary).map_err(|e| {
+            let e = e.to_string().replace('\n', " ");
+            StoreError::Invalid(format!(
+                "this agent cannot decrypt it ({e}): it is not encrypted to this agent's identity {}; add that recipient to every agent's [backend] recipients, then run `keyward fleet reseal` on an agent that can read it",
+                self.identity.recipient()
+            ))
+        })?;
+        record::decode(key, &plaintext, &self.fingerprinter).map_err(|e| StoreError::Invalid(e.to_string()))
+    }
+
     /// [`Store::commit`] without the check for a key file the store did not
     /// load: for hot reload, which commits what it just read from that
     /// very file.

@@ -69,6 +69,13 @@ struct Meta {
     primary: LiveMeta,
     fallback: Option<LiveMeta>,
     history: Vec<HistoryMeta>,
+    /// Fleet mode: the backend (KV v2) version this record is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    backend_version: Option<u64>,
+    /// Fleet records name their key, so that a record copied to another
+    /// key's path is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
 }
 
 /// A live version: its material follows the JSON line.
@@ -98,6 +105,16 @@ struct HistoryMeta {
 
 /// Serializes `state` (its key is not stored: the file's path names it).
 pub fn encode(state: &KeySetState) -> Result<Zeroizing<Vec<u8>>, RecordError> {
+    encode_inner(state, false)
+}
+
+/// Serializes `state` with its key inside, for the fleet's shared backend,
+/// where [`decode`] then refuses it under any other key.
+pub fn encode_bound(state: &KeySetState) -> Result<Zeroizing<Vec<u8>>, RecordError> {
+    encode_inner(state, true)
+}
+
+fn encode_inner(state: &KeySetState, bound: bool) -> Result<Zeroizing<Vec<u8>>, RecordError> {
     check_consistent(
         state.state,
         state.primary.number,
@@ -133,6 +150,8 @@ pub fn encode(state: &KeySetState) -> Result<Zeroizing<Vec<u8>>, RecordError> {
         primary: live(&state.primary)?,
         fallback: state.fallback.as_ref().map(live).transpose()?,
         history,
+        backend_version: state.backend_version,
+        key: bound.then(|| state.key.to_string()),
     };
     // The JSON holds no secret; compact output has no newline in it.
     let json = serde_json::to_vec(&meta).map_err(|e| RecordError::BadMetadata(e.to_string()))?;
@@ -164,6 +183,13 @@ pub fn decode(key: KeyRef, plaintext: &[u8], fingerprinter: &Fingerprinter) -> R
             RecordError::Truncated
         })?;
     let meta: Meta = serde_json::from_slice(&rest[..end]).map_err(|e| RecordError::BadMetadata(e.to_string()))?;
+    if let Some(named) = &meta.key {
+        if *named != key.to_string() {
+            return Err(RecordError::Inconsistent(format!(
+                "the record is {named}'s, not {key}'s: it was copied to the wrong path"
+            )));
+        }
+    }
     let secrets = &rest[end + 1..];
 
     let primary_len = meta.primary.len;
@@ -220,6 +246,7 @@ pub fn decode(key: KeyRef, plaintext: &[u8], fingerprinter: &Fingerprinter) -> R
         primary,
         fallback,
         history,
+        backend_version: meta.backend_version,
     })
 }
 
@@ -348,6 +375,7 @@ mod tests {
                 promoted_at: Some(ms(3)),
                 retired_at: Some(ms(4)),
             }],
+            backend_version: None,
         }
     }
 
@@ -356,6 +384,7 @@ mod tests {
         assert_eq!(a.generation, b.generation);
         assert_eq!(a.state, b.state);
         assert_eq!(a.history, b.history);
+        assert_eq!(a.backend_version, b.backend_version);
         for (x, y) in [
             (Some(&a.primary), Some(&b.primary)),
             (a.fallback.as_ref(), b.fallback.as_ref()),
@@ -378,6 +407,28 @@ mod tests {
         assert!(bytes.starts_with(HEADER));
         let back = decode(key(), &bytes, &fp()).unwrap();
         assert_same(&s, &back);
+    }
+
+    #[test]
+    fn a_bound_record_keeps_its_backend_version_and_refuses_another_key() {
+        let mut s = promoted_state();
+        s.backend_version = Some(7);
+        let bytes = encode_bound(&s).unwrap();
+        assert_same(&s, &decode(key(), &bytes, &fp()).unwrap());
+        let other: KeyRef = "prod/other-api".parse().unwrap();
+        let err = decode(other, &bytes, &fp()).err().unwrap();
+        assert!(
+            err.to_string().contains("prod/billing-api's, not prod/other-api's"),
+            "{err}"
+        );
+        // An unbound record (a local file) names no key and loads anywhere.
+        let unbound = encode(&s).unwrap();
+        assert_eq!(
+            decode("prod/other-api".parse().unwrap(), &unbound, &fp())
+                .unwrap()
+                .backend_version,
+            Some(7)
+        );
     }
 
     #[test]

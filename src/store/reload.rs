@@ -108,7 +108,7 @@ pub enum ReloadOutcome {
 /// A key file's decrypted content.
 pub enum FileContent {
     /// A decoded, validated record.
-    Record(KeySetState),
+    Record(Box<KeySetState>),
     /// A bare secret, as a version (its number is assigned by [`plan`]).
     Raw(Version),
 }
@@ -140,13 +140,13 @@ pub fn plan(
             match current {
                 None => {
                     file.generation = file_generation.max(1);
-                    Ok(Plan::Apply(Box::new(file), kind))
+                    Ok(Plan::Apply(file, kind))
                 }
                 Some(cur) if same_state(cur, &file) => Ok(Plan::Unchanged),
                 Some(cur) => {
                     check_no_reuse(cur, &file)?;
                     file.generation = cur.generation + 1;
-                    Ok(Plan::Apply(Box::new(file), kind))
+                    Ok(Plan::Apply(file, kind))
                 }
             }
         }
@@ -326,7 +326,7 @@ impl Store {
             for v in std::iter::once(&state.primary).chain(state.fallback.as_ref()) {
                 check_secret_len(v.secret.len(), max_secret_bytes, &format!("version {}", v.number))?;
             }
-            return Ok(Found::Content(Box::new(FileContent::Record(state))));
+            return Ok(Found::Content(Box::new(FileContent::Record(Box::new(state)))));
         }
         // A bare secret, as `keyward put` takes it: one trailing newline
         // (from `echo … | age`) is not part of the key.

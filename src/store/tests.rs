@@ -78,6 +78,7 @@ fn promoted(store: &Store, k: &str) -> KeySetState {
             promoted_at: Some(ms(20)),
             retired_at: Some(ms(30)),
         }],
+        backend_version: None,
     }
 }
 

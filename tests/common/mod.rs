@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod openbao;
 pub mod provider;
 pub mod receiver;
 pub mod server_thread;
@@ -69,6 +70,32 @@ impl TestAgent {
         };
         a.spawn().expect("agent starts");
         a
+    }
+
+    /// A dev-mode agent whose identity already exists (made by `keyward
+    /// init`), not started: its recipient can go into the configs of a
+    /// fleet before any agent starts. Start it with [`TestAgent::launch`].
+    pub fn prepare() -> TestAgent {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let dir = tmp.path().join("state");
+        let out = run_cli(Command::new(KEYWARD).args(["init", "--state-dir"]).arg(&dir), None);
+        assert!(out.status.success(), "keyward init: {}", text(&out.stderr));
+        let config = tmp.path().join("keyward.toml");
+        TestAgent {
+            dir,
+            _tmp: Some(tmp),
+            child: None,
+            output: Arc::default(),
+            config: Some(config),
+        }
+    }
+
+    /// Writes `toml` as the config of a [`TestAgent::prepare`]d agent and
+    /// starts it in dev mode.
+    pub fn launch(&mut self, toml: &str) {
+        std::fs::write(self.config.as_ref().expect("a config file"), toml).unwrap();
+        self.spawn().expect("agent starts");
     }
 
     /// The command that starts this agent (also used to start a second one).

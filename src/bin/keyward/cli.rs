@@ -114,6 +114,10 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Fleet mode (backend openbao): the agents of the fleet, and
+    /// re-encrypting the records for a new one.
+    #[command(subcommand)]
+    Fleet(FleetCommand),
     /// Show where a key's rotation stands: subscribers, failures, gate.
     RotationStatus {
         /// ENV/NAME.
@@ -227,6 +231,35 @@ pub struct RotateArgs {
     /// How often to check subscribers and failures.
     #[arg(long, value_name = "DURATION", default_value = "200ms", value_parser = humantime::parse_duration)]
     pub poll: std::time::Duration,
+    /// Fleet mode: after each step, wait until every live agent of the
+    /// fleet serves the key's new generation (listing the laggards); promote
+    /// and retire only once they all do.
+    #[arg(long)]
+    pub fleet: bool,
+    /// With --fleet: how long to wait for the laggards at each step.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration, requires = "fleet")]
+    pub fleet_timeout: std::time::Duration,
+}
+
+/// `keyward fleet …`.
+#[derive(Subcommand, Debug)]
+pub enum FleetCommand {
+    /// Every agent of the fleet: live or not, in sync or stale, and which
+    /// generation of each key (or of ENV/NAME) it serves.
+    Status {
+        /// Only this key, ENV/NAME.
+        key: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write every key's record again, encrypted to the current [backend]
+    /// recipients: run it after adding an agent to the fleet.
+    Reseal {
+        /// Only this environment.
+        #[arg(long, value_name = "ENV")]
+        env: Option<String>,
+    },
 }
 
 /// `keyward put`.

@@ -699,6 +699,35 @@ async fn check_agent(mut admin: AdminClient<tonic::transport::Channel>, config: 
             format!("free space or fix permissions of {}", status.audit_file),
         ));
     }
+    if let Some(b) = status.backend.as_ref().filter(|b| b.kind == "openbao") {
+        if b.stale {
+            out.push(Finding::fail(
+                "backend",
+                format!(
+                    "not in sync with OpenBao at {} for {} s ({}): the agent serves its local copy",
+                    b.address,
+                    b.stale_seconds,
+                    if b.last_error.is_empty() { "no error recorded" } else { &b.last_error }
+                ),
+                "bring OpenBao back or fix the agent's token and [backend] settings; `keyward status` shows the details",
+            ));
+        } else {
+            out.push(Finding::ok(
+                "backend",
+                format!(
+                    "in sync with OpenBao at {} ({} s ago), agent id {}",
+                    b.address, b.stale_seconds, b.agent_id
+                ),
+            ));
+        }
+        for p in &b.problems {
+            out.push(Finding::warn(
+                "backend",
+                format!("a record is not applied: {p}"),
+                "see the problem's own advice; `keyward fleet status` shows every agent",
+            ));
+        }
+    }
     if !status.open_alerts.is_empty() {
         out.push(Finding::warn(
             "alerts",

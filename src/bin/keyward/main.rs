@@ -6,6 +6,7 @@
 
 mod cli;
 mod doctor;
+mod fleet;
 mod rotate;
 mod run;
 
@@ -56,6 +57,7 @@ async fn run(cli: Cli) -> Outcome {
             expected_generation,
         } => delete(&cli, key, *yes, *expected_generation).await,
         Command::Status { json } => status(&cli, *json).await,
+        Command::Fleet(command) => fleet::run(&cli, command).await,
         Command::Audit(AuditCommand::Verify { file, key }) => verify(&cli, file.as_deref(), key.as_deref()),
         Command::Stage(args) => rotate::stage(&cli, args).await,
         Command::Promote(step) => rotate::step(&cli, step, rotate::Step::Promote).await,
@@ -449,6 +451,14 @@ async fn status(cli: &Cli, json: bool) -> Outcome {
                 "audit_sequence": s.audit_sequence, "audit_head": s.audit_head, "audit_error": s.audit_error,
                 "memory_locked": s.memory_locked, "agent_recipient": s.agent_recipient,
                 "open_alerts": alerts, "sinks": sinks,
+                "backend": s.backend.as_ref().map(|b| serde_json::json!({
+                    "kind": b.kind, "address": b.address, "mount": b.mount, "prefix": b.prefix,
+                    "agent_id": b.agent_id,
+                    "last_sync_at": b.last_sync_at.as_ref().and_then(from_timestamp)
+                        .map(|t| humantime::format_rfc3339_millis(t).to_string()),
+                    "stale_seconds": b.stale_seconds, "stale": b.stale, "last_error": b.last_error,
+                    "problems": b.problems,
+                })),
             })
         );
     } else {
@@ -468,6 +478,28 @@ async fn status(cli: &Cli, json: bool) -> Outcome {
         println!("  connections     {}", s.connections);
         println!("  memory locked   {}", if s.memory_locked { "yes" } else { "no" });
         println!("  recipient       {}", s.agent_recipient);
+        if let Some(b) = s.backend.as_ref().filter(|b| b.kind != "local") {
+            println!(
+                "  backend         {} {} (mount {}, prefix {}), agent id {}",
+                b.kind, b.address, b.mount, b.prefix, b.agent_id
+            );
+            let synced = b
+                .last_sync_at
+                .as_ref()
+                .and_then(from_timestamp)
+                .map_or("never".to_owned(), |t| humantime::format_rfc3339_seconds(t).to_string());
+            println!(
+                "  last sync       {synced} ({} s ago){}",
+                b.stale_seconds,
+                if b.stale { ": STALE, serving the local copy" } else { "" }
+            );
+            if !b.last_error.is_empty() {
+                println!("  backend error   {}", b.last_error);
+            }
+            for p in &b.problems {
+                println!("  backend problem {p}");
+            }
+        }
         for k in &s.sinks {
             println!(
                 "  sink            {} ({}): {} delivered, {} failed, {} dropped, {} queued",

@@ -211,6 +211,34 @@ fn halt(msg: String) -> Outcome {
     Ok(ExitCode::FAILURE)
 }
 
+/// With `--fleet`: waits for every live agent to serve `generation`, or
+/// says which did not (`what` names where the key is left).
+async fn fleet_gate(
+    admin: &mut AdminClient<Channel>,
+    args: &RotateArgs,
+    key: &keyward::secret::KeyRef,
+    generation: u64,
+    what: &str,
+) -> Result<(), String> {
+    if !args.fleet {
+        return Ok(());
+    }
+    println!(
+        "      fleet: waiting up to {:?} for every live agent to serve generation {generation}",
+        args.fleet_timeout
+    );
+    match crate::fleet::wait_for_fleet(admin, &key.to_proto(), generation, args.fleet_timeout, args.poll).await {
+        Ok(n) => {
+            println!("      fleet: all {n} live agent(s) serve generation {generation}");
+            Ok(())
+        }
+        Err(laggards) => Err(format!(
+            "not every live agent serves generation {generation} of {key} after {:?}: {laggards}; {what}. Check those agents (`keyward fleet status {key}`), then run `keyward rotate --fleet {key}` again to resume",
+            args.fleet_timeout
+        )),
+    }
+}
+
 pub async fn rotate(cli: &Cli, args: &RotateArgs) -> Outcome {
     let key = key_arg(&args.key)?;
     let mut admin = admin(cli).await?;
@@ -256,6 +284,17 @@ pub async fn rotate(cli: &Cli, args: &RotateArgs) -> Outcome {
 
     if info.state == RotationState::Staged as i32 {
         let generation = info.generation;
+        if let Err(e) = fleet_gate(
+            &mut admin,
+            args,
+            &key,
+            generation,
+            "it stays STAGED (safe: the old key is still primary everywhere)",
+        )
+        .await
+        {
+            return halt(e);
+        }
         let limit = Duration::from_secs(s.propagation_timeout_seconds);
         println!("[2/5] propagate: waiting up to {limit:?} for every subscriber to receive generation {generation}");
         let deadline = Instant::now() + limit;
@@ -293,6 +332,17 @@ pub async fn rotate(cli: &Cli, args: &RotateArgs) -> Outcome {
     }
 
     if info.state == RotationState::Promoted as i32 {
+        if let Err(e) = fleet_gate(
+            &mut admin,
+            args,
+            &key,
+            info.generation,
+            "it stays PROMOTED (both keys valid: an agent that lags serves the new key as fallback)",
+        )
+        .await
+        {
+            return halt(e);
+        }
         if args.until == Until::Promoted || args.until == Until::Staged {
             println!("stopped after promotion (--until); resume with `keyward rotate {key}`");
             return Ok(ExitCode::SUCCESS);
@@ -345,6 +395,17 @@ pub async fn rotate(cli: &Cli, args: &RotateArgs) -> Outcome {
         }
         info = r.key.unwrap_or_default();
         println!("      done: {}", describe(&info));
+        if let Err(e) = fleet_gate(
+            &mut admin,
+            args,
+            &key,
+            info.generation,
+            "the old key is retired here and in OpenBao; the lagging agents still serve it as fallback until they sync",
+        )
+        .await
+        {
+            return halt(e);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -288,12 +288,12 @@ fn plan_table() {
     // Identical record: no-op; same record, other generation: applied.
     let same = (*cur).clone();
     assert!(matches!(
-        plan(&k, Some(&cur), FileContent::Record(same.clone()), now),
+        plan(&k, Some(&cur), FileContent::Record(Box::new(same.clone())), now),
         Ok(Plan::Unchanged)
     ));
     let mut older = same;
     older.generation = 0;
-    match plan(&k, Some(&cur), FileContent::Record(older), now) {
+    match plan(&k, Some(&cur), FileContent::Record(Box::new(older)), now) {
         Ok(Plan::Apply(next, FileKind::Record { file_generation: 0 })) => assert_eq!(next.generation, 2),
         other => panic!("{other:?}"),
     }

@@ -20,8 +20,13 @@ export interface ProtoGrpcType {
       AgentStatus: MessageTypeDefinition
       AuthFailureAck: MessageTypeDefinition
       AuthFailureReport: MessageTypeDefinition
+      BackendStatus: MessageTypeDefinition
       DeleteKeyRequest: MessageTypeDefinition
       DeleteKeyResponse: MessageTypeDefinition
+      FleetAgent: MessageTypeDefinition
+      FleetKey: MessageTypeDefinition
+      FleetStatus: MessageTypeDefinition
+      FleetStatusRequest: MessageTypeDefinition
       GetKeyRequest: MessageTypeDefinition
       GetStatusRequest: MessageTypeDefinition
       KeyEvent: MessageTypeDefinition
@@ -40,6 +45,8 @@ export interface ProtoGrpcType {
       OpenAlert: MessageTypeDefinition
       PutKeyRequest: MessageTypeDefinition
       PutKeyResponse: MessageTypeDefinition
+      ResealFleetRequest: MessageTypeDefinition
+      ResealFleetResponse: MessageTypeDefinition
       RetireKeyRequest: MessageTypeDefinition
       RotationRequest: MessageTypeDefinition
       RotationResponse: MessageTypeDefinition

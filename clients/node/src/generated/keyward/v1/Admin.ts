@@ -5,11 +5,15 @@ import type { MethodDefinition } from '@grpc/proto-loader'
 import type { AgentStatus as _keyward_v1_AgentStatus, AgentStatus__Output as _keyward_v1_AgentStatus__Output } from '../../keyward/v1/AgentStatus';
 import type { DeleteKeyRequest as _keyward_v1_DeleteKeyRequest, DeleteKeyRequest__Output as _keyward_v1_DeleteKeyRequest__Output } from '../../keyward/v1/DeleteKeyRequest';
 import type { DeleteKeyResponse as _keyward_v1_DeleteKeyResponse, DeleteKeyResponse__Output as _keyward_v1_DeleteKeyResponse__Output } from '../../keyward/v1/DeleteKeyResponse';
+import type { FleetStatus as _keyward_v1_FleetStatus, FleetStatus__Output as _keyward_v1_FleetStatus__Output } from '../../keyward/v1/FleetStatus';
+import type { FleetStatusRequest as _keyward_v1_FleetStatusRequest, FleetStatusRequest__Output as _keyward_v1_FleetStatusRequest__Output } from '../../keyward/v1/FleetStatusRequest';
 import type { GetStatusRequest as _keyward_v1_GetStatusRequest, GetStatusRequest__Output as _keyward_v1_GetStatusRequest__Output } from '../../keyward/v1/GetStatusRequest';
 import type { ListKeysRequest as _keyward_v1_ListKeysRequest, ListKeysRequest__Output as _keyward_v1_ListKeysRequest__Output } from '../../keyward/v1/ListKeysRequest';
 import type { ListKeysResponse as _keyward_v1_ListKeysResponse, ListKeysResponse__Output as _keyward_v1_ListKeysResponse__Output } from '../../keyward/v1/ListKeysResponse';
 import type { PutKeyRequest as _keyward_v1_PutKeyRequest, PutKeyRequest__Output as _keyward_v1_PutKeyRequest__Output } from '../../keyward/v1/PutKeyRequest';
 import type { PutKeyResponse as _keyward_v1_PutKeyResponse, PutKeyResponse__Output as _keyward_v1_PutKeyResponse__Output } from '../../keyward/v1/PutKeyResponse';
+import type { ResealFleetRequest as _keyward_v1_ResealFleetRequest, ResealFleetRequest__Output as _keyward_v1_ResealFleetRequest__Output } from '../../keyward/v1/ResealFleetRequest';
+import type { ResealFleetResponse as _keyward_v1_ResealFleetResponse, ResealFleetResponse__Output as _keyward_v1_ResealFleetResponse__Output } from '../../keyward/v1/ResealFleetResponse';
 import type { RetireKeyRequest as _keyward_v1_RetireKeyRequest, RetireKeyRequest__Output as _keyward_v1_RetireKeyRequest__Output } from '../../keyward/v1/RetireKeyRequest';
 import type { RotationRequest as _keyward_v1_RotationRequest, RotationRequest__Output as _keyward_v1_RotationRequest__Output } from '../../keyward/v1/RotationRequest';
 import type { RotationResponse as _keyward_v1_RotationResponse, RotationResponse__Output as _keyward_v1_RotationResponse__Output } from '../../keyward/v1/RotationResponse';
@@ -41,6 +45,25 @@ export interface AdminClient extends grpc.Client {
   deleteKey(argument: _keyward_v1_DeleteKeyRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_keyward_v1_DeleteKeyResponse__Output>): grpc.ClientUnaryCall;
   deleteKey(argument: _keyward_v1_DeleteKeyRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_keyward_v1_DeleteKeyResponse__Output>): grpc.ClientUnaryCall;
   deleteKey(argument: _keyward_v1_DeleteKeyRequest, callback: grpc.requestCallback<_keyward_v1_DeleteKeyResponse__Output>): grpc.ClientUnaryCall;
+  
+  /**
+   * Fleet mode (backend "openbao"): what every agent of the fleet serves,
+   * from the status each publishes under the backend's agents path.
+   * FAILED_PRECONDITION on an agent with the local backend.
+   */
+  GetFleetStatus(argument: _keyward_v1_FleetStatusRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_keyward_v1_FleetStatus__Output>): grpc.ClientUnaryCall;
+  GetFleetStatus(argument: _keyward_v1_FleetStatusRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_keyward_v1_FleetStatus__Output>): grpc.ClientUnaryCall;
+  GetFleetStatus(argument: _keyward_v1_FleetStatusRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_keyward_v1_FleetStatus__Output>): grpc.ClientUnaryCall;
+  GetFleetStatus(argument: _keyward_v1_FleetStatusRequest, callback: grpc.requestCallback<_keyward_v1_FleetStatus__Output>): grpc.ClientUnaryCall;
+  /**
+   * Fleet mode (backend "openbao"): what every agent of the fleet serves,
+   * from the status each publishes under the backend's agents path.
+   * FAILED_PRECONDITION on an agent with the local backend.
+   */
+  getFleetStatus(argument: _keyward_v1_FleetStatusRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_keyward_v1_FleetStatus__Output>): grpc.ClientUnaryCall;
+  getFleetStatus(argument: _keyward_v1_FleetStatusRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_keyward_v1_FleetStatus__Output>): grpc.ClientUnaryCall;
+  getFleetStatus(argument: _keyward_v1_FleetStatusRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_keyward_v1_FleetStatus__Output>): grpc.ClientUnaryCall;
+  getFleetStatus(argument: _keyward_v1_FleetStatusRequest, callback: grpc.requestCallback<_keyward_v1_FleetStatus__Output>): grpc.ClientUnaryCall;
   
   /**
    * Where a key's rotation stands: subscribers and what they were sent,
@@ -113,6 +136,25 @@ export interface AdminClient extends grpc.Client {
   putKey(argument: _keyward_v1_PutKeyRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_keyward_v1_PutKeyResponse__Output>): grpc.ClientUnaryCall;
   putKey(argument: _keyward_v1_PutKeyRequest, callback: grpc.requestCallback<_keyward_v1_PutKeyResponse__Output>): grpc.ClientUnaryCall;
   
+  /**
+   * Fleet mode: writes every key's record (of `environment`, if set) again,
+   * encrypted to the current [backend] recipients: after an agent joined
+   * the fleet. Generations do not change; watchers see nothing.
+   */
+  ResealFleet(argument: _keyward_v1_ResealFleetRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_keyward_v1_ResealFleetResponse__Output>): grpc.ClientUnaryCall;
+  ResealFleet(argument: _keyward_v1_ResealFleetRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_keyward_v1_ResealFleetResponse__Output>): grpc.ClientUnaryCall;
+  ResealFleet(argument: _keyward_v1_ResealFleetRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_keyward_v1_ResealFleetResponse__Output>): grpc.ClientUnaryCall;
+  ResealFleet(argument: _keyward_v1_ResealFleetRequest, callback: grpc.requestCallback<_keyward_v1_ResealFleetResponse__Output>): grpc.ClientUnaryCall;
+  /**
+   * Fleet mode: writes every key's record (of `environment`, if set) again,
+   * encrypted to the current [backend] recipients: after an agent joined
+   * the fleet. Generations do not change; watchers see nothing.
+   */
+  resealFleet(argument: _keyward_v1_ResealFleetRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_keyward_v1_ResealFleetResponse__Output>): grpc.ClientUnaryCall;
+  resealFleet(argument: _keyward_v1_ResealFleetRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_keyward_v1_ResealFleetResponse__Output>): grpc.ClientUnaryCall;
+  resealFleet(argument: _keyward_v1_ResealFleetRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_keyward_v1_ResealFleetResponse__Output>): grpc.ClientUnaryCall;
+  resealFleet(argument: _keyward_v1_ResealFleetRequest, callback: grpc.requestCallback<_keyward_v1_ResealFleetResponse__Output>): grpc.ClientUnaryCall;
+  
   RetireKey(argument: _keyward_v1_RetireKeyRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_keyward_v1_RotationResponse__Output>): grpc.ClientUnaryCall;
   RetireKey(argument: _keyward_v1_RetireKeyRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_keyward_v1_RotationResponse__Output>): grpc.ClientUnaryCall;
   RetireKey(argument: _keyward_v1_RetireKeyRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_keyward_v1_RotationResponse__Output>): grpc.ClientUnaryCall;
@@ -165,6 +207,13 @@ export interface AdminHandlers extends grpc.UntypedServiceImplementation {
   DeleteKey: grpc.handleUnaryCall<_keyward_v1_DeleteKeyRequest__Output, _keyward_v1_DeleteKeyResponse>;
   
   /**
+   * Fleet mode (backend "openbao"): what every agent of the fleet serves,
+   * from the status each publishes under the backend's agents path.
+   * FAILED_PRECONDITION on an agent with the local backend.
+   */
+  GetFleetStatus: grpc.handleUnaryCall<_keyward_v1_FleetStatusRequest__Output, _keyward_v1_FleetStatus>;
+  
+  /**
    * Where a key's rotation stands: subscribers and what they were sent,
    * auth failures since promotion, the retire gate.
    */
@@ -187,6 +236,13 @@ export interface AdminHandlers extends grpc.UntypedServiceImplementation {
    */
   PutKey: grpc.handleUnaryCall<_keyward_v1_PutKeyRequest__Output, _keyward_v1_PutKeyResponse>;
   
+  /**
+   * Fleet mode: writes every key's record (of `environment`, if set) again,
+   * encrypted to the current [backend] recipients: after an agent joined
+   * the fleet. Generations do not change; watchers see nothing.
+   */
+  ResealFleet: grpc.handleUnaryCall<_keyward_v1_ResealFleetRequest__Output, _keyward_v1_ResealFleetResponse>;
+  
   RetireKey: grpc.handleUnaryCall<_keyward_v1_RetireKeyRequest__Output, _keyward_v1_RotationResponse>;
   
   RollbackKey: grpc.handleUnaryCall<_keyward_v1_RotationRequest__Output, _keyward_v1_RotationResponse>;
@@ -205,11 +261,13 @@ export interface AdminHandlers extends grpc.UntypedServiceImplementation {
 export interface AdminDefinition extends grpc.ServiceDefinition {
   AbortKey: MethodDefinition<_keyward_v1_RotationRequest, _keyward_v1_RotationResponse, _keyward_v1_RotationRequest__Output, _keyward_v1_RotationResponse__Output>
   DeleteKey: MethodDefinition<_keyward_v1_DeleteKeyRequest, _keyward_v1_DeleteKeyResponse, _keyward_v1_DeleteKeyRequest__Output, _keyward_v1_DeleteKeyResponse__Output>
+  GetFleetStatus: MethodDefinition<_keyward_v1_FleetStatusRequest, _keyward_v1_FleetStatus, _keyward_v1_FleetStatusRequest__Output, _keyward_v1_FleetStatus__Output>
   GetRotationStatus: MethodDefinition<_keyward_v1_RotationStatusRequest, _keyward_v1_RotationStatus, _keyward_v1_RotationStatusRequest__Output, _keyward_v1_RotationStatus__Output>
   GetStatus: MethodDefinition<_keyward_v1_GetStatusRequest, _keyward_v1_AgentStatus, _keyward_v1_GetStatusRequest__Output, _keyward_v1_AgentStatus__Output>
   ListKeys: MethodDefinition<_keyward_v1_ListKeysRequest, _keyward_v1_ListKeysResponse, _keyward_v1_ListKeysRequest__Output, _keyward_v1_ListKeysResponse__Output>
   PromoteKey: MethodDefinition<_keyward_v1_RotationRequest, _keyward_v1_RotationResponse, _keyward_v1_RotationRequest__Output, _keyward_v1_RotationResponse__Output>
   PutKey: MethodDefinition<_keyward_v1_PutKeyRequest, _keyward_v1_PutKeyResponse, _keyward_v1_PutKeyRequest__Output, _keyward_v1_PutKeyResponse__Output>
+  ResealFleet: MethodDefinition<_keyward_v1_ResealFleetRequest, _keyward_v1_ResealFleetResponse, _keyward_v1_ResealFleetRequest__Output, _keyward_v1_ResealFleetResponse__Output>
   RetireKey: MethodDefinition<_keyward_v1_RetireKeyRequest, _keyward_v1_RotationResponse, _keyward_v1_RetireKeyRequest__Output, _keyward_v1_RotationResponse__Output>
   RollbackKey: MethodDefinition<_keyward_v1_RotationRequest, _keyward_v1_RotationResponse, _keyward_v1_RotationRequest__Output, _keyward_v1_RotationResponse__Output>
   StageKey: MethodDefinition<_keyward_v1_StageKeyRequest, _keyward_v1_RotationResponse, _keyward_v1_StageKeyRequest__Output, _keyward_v1_RotationResponse__Output>

@@ -3,6 +3,7 @@
 import type { Timestamp as _google_protobuf_Timestamp, Timestamp__Output as _google_protobuf_Timestamp__Output } from '../../google/protobuf/Timestamp';
 import type { OpenAlert as _keyward_v1_OpenAlert, OpenAlert__Output as _keyward_v1_OpenAlert__Output } from '../../keyward/v1/OpenAlert';
 import type { SinkStatus as _keyward_v1_SinkStatus, SinkStatus__Output as _keyward_v1_SinkStatus__Output } from '../../keyward/v1/SinkStatus';
+import type { BackendStatus as _keyward_v1_BackendStatus, BackendStatus__Output as _keyward_v1_BackendStatus__Output } from '../../keyward/v1/BackendStatus';
 import type { Long } from '@grpc/proto-loader';
 
 export interface AgentStatus {
@@ -32,6 +33,10 @@ export interface AgentStatus {
    */
   'openAlerts'?: (_keyward_v1_OpenAlert)[];
   'sinks'?: (_keyward_v1_SinkStatus)[];
+  /**
+   * Where the keys come from: "local" (the store directory) or "openbao".
+   */
+  'backend'?: (_keyward_v1_BackendStatus | null);
 }
 
 export interface AgentStatus__Output {
@@ -61,4 +66,8 @@ export interface AgentStatus__Output {
    */
   'openAlerts': (_keyward_v1_OpenAlert__Output)[];
   'sinks': (_keyward_v1_SinkStatus__Output)[];
+  /**
+   * Where the keys come from: "local" (the store directory) or "openbao".
+   */
+  'backend': (_keyward_v1_BackendStatus__Output | null);
 }

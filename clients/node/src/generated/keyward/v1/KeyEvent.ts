@@ -6,7 +6,8 @@ export interface KeyEvent {
   'keySet'?: (_keyward_v1_KeySet | null);
   /**
    * Why this KeySet is sent: initial, staged, promoted, rolled_back,
-   * aborted, retired, put, deleted, reloaded.
+   * aborted, retired, put, deleted, reloaded, fleet (a change another
+   * agent of the fleet made, applied from OpenBao).
    */
   'reason'?: (string);
 }
@@ -15,7 +16,8 @@ export interface KeyEvent__Output {
   'keySet': (_keyward_v1_KeySet__Output | null);
   /**
    * Why this KeySet is sent: initial, staged, promoted, rolled_back,
-   * aborted, retired, put, deleted, reloaded.
+   * aborted, retired, put, deleted, reloaded, fleet (a change another
+   * agent of the fleet made, applied from OpenBao).
    */
   'reason': (string);
 }

@@ -1,0 +1,322 @@
+//! `[backend]`: where the keys live. `local` (the store directory, the
+//! default) or `openbao` (OpenBao or Vault KV v2, fleet mode).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::validate::{absolute_path, positive_duration, Source};
+use super::ConfigError;
+
+/// Where the keys live.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum BackendConfig {
+    /// The store directory: one age file per key (the default).
+    #[default]
+    Local,
+    /// OpenBao (or Vault) KV v2, shared by a fleet of agents; the store
+    /// directory keeps this agent's encrypted local copy.
+    OpenBao(Box<OpenBaoConfig>),
+}
+
+impl BackendConfig {
+    /// "local" or "openbao".
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BackendConfig::Local => "local",
+            BackendConfig::OpenBao(_) => "openbao",
+        }
+    }
+}
+
+/// `[backend] kind = "openbao"`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenBaoConfig {
+    /// `http(s)://host:port`.
+    pub address: String,
+    /// The KV v2 mount.
+    pub mount: String,
+    /// Every path keyward uses starts with this (no slashes at the ends).
+    pub prefix: String,
+    /// `X-Vault-Namespace`, if any.
+    pub namespace: Option<String>,
+    /// A PEM CA bundle to trust for `https`.
+    pub ca_file: Option<PathBuf>,
+    /// How the agent logs in.
+    pub auth: OpenBaoAuth,
+    /// Every agent of the fleet (`age1…`): each record is encrypted to all
+    /// of them (and to this agent and `extra_recipients`).
+    pub recipients: Vec<String>,
+    /// This agent's name in the fleet (its status path).
+    pub agent_id: String,
+    /// How often the change marker is polled.
+    pub poll_interval: Duration,
+    /// How often every key is compared even without a change marker.
+    pub resync_interval: Duration,
+    /// How long a published agent status counts as live.
+    pub status_ttl: Duration,
+    /// No successful sync for this long: the agent reports itself stale
+    /// and raises the `backend_stale` alert.
+    pub stale_after: Duration,
+    /// Per request to OpenBao.
+    pub request_timeout: Duration,
+    /// How long the agent waits at start for a first sync before it serves
+    /// its local copy anyway.
+    pub initial_sync_timeout: Duration,
+}
+
+/// How the agent logs in to OpenBao.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OpenBaoAuth {
+    /// A token in a file (re-read when refused).
+    TokenFile(PathBuf),
+    /// AppRole: ids in files.
+    AppRole {
+        /// The auth mount, e.g. "approle".
+        mount: String,
+        /// File holding the role_id.
+        role_id_file: PathBuf,
+        /// File holding the secret_id.
+        secret_id_file: PathBuf,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBackend {
+    kind: Spanned<String>,
+    address: Option<Spanned<String>>,
+    mount: Option<Spanned<String>>,
+    prefix: Option<Spanned<String>>,
+    namespace: Option<Spanned<String>>,
+    ca_file: Option<Spanned<PathBuf>>,
+    token_file: Option<Spanned<PathBuf>>,
+    approle: Option<Spanned<RawAppRole>>,
+    recipients: Option<Vec<Spanned<String>>>,
+    agent_id: Option<Spanned<String>>,
+    poll_interval: Option<Spanned<String>>,
+    resync_interval: Option<Spanned<String>>,
+    status_ttl: Option<Spanned<String>>,
+    stale_after: Option<Spanned<String>>,
+    request_timeout: Option<Spanned<String>>,
+    initial_sync_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAppRole {
+    mount: Option<String>,
+    role_id_file: PathBuf,
+    secret_id_file: PathBuf,
+}
+
+/// Default `poll_interval`: a change reaches every agent well within 2 s.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// Default `resync_interval`.
+pub const DEFAULT_RESYNC_INTERVAL: Duration = Duration::from_secs(60);
+/// Default `status_ttl`.
+pub const DEFAULT_STATUS_TTL: Duration = Duration::from_secs(30);
+/// Default `stale_after`.
+pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(30);
+/// Default `request_timeout`.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default `initial_sync_timeout`.
+pub const DEFAULT_INITIAL_SYNC_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl RawBackend {
+    pub(super) fn validate(self, src: &Source<'_>) -> Result<BackendConfig, ConfigError> {
+        let bad =
+            |span: std::ops::Range<usize>, msg: String| src.invalid(&span, format!("{msg} (at {})", src.at(&span)));
+        match self.kind.get_ref().as_str() {
+            "local" => {
+                let extra = [
+                    self.address.is_some(),
+                    self.mount.is_some(),
+                    self.prefix.is_some(),
+                    self.token_file.is_some(),
+                    self.approle.is_some(),
+                    self.recipients.is_some(),
+                ];
+                if extra.iter().any(|b| *b) {
+                    return Err(bad(
+                        self.kind.span(),
+                        "[backend] kind = \"local\" takes no OpenBao settings: set kind = \"openbao\" or remove them".to_owned(),
+                    ));
+                }
+                return Ok(BackendConfig::Local);
+            }
+            "openbao" | "vault" => {}
+            other => {
+                return Err(bad(
+                    self.kind.span(),
+                    format!("[backend] kind = {other:?} is not a backend keyward knows: use \"local\" or \"openbao\" (which also serves Vault)"),
+                ))
+            }
+        }
+        let kind_span = self.kind.span();
+        let address = self.address.ok_or_else(|| {
+            bad(
+                kind_span.clone(),
+                "[backend] kind = \"openbao\" needs address = \"https://HOST:8200\"".to_owned(),
+            )
+        })?;
+        let addr = address.get_ref().trim().trim_end_matches('/').to_owned();
+        if !(addr.starts_with("http://") || addr.starts_with("https://")) || addr.len() <= "https://".len() {
+            return Err(bad(
+                address.span(),
+                format!(
+                    "[backend] address = {:?} is not an http(s) URL: write e.g. \"https://openbao.internal:8200\"",
+                    address.get_ref()
+                ),
+            ));
+        }
+        let path_setting = |v: Option<Spanned<String>>, key: &str, default: &str| -> Result<String, ConfigError> {
+            let Some(v) = v else { return Ok(default.to_owned()) };
+            let text = v.get_ref().trim_matches('/');
+            let ok = !text.is_empty()
+                && text.split('/').all(|seg| {
+                    !seg.is_empty()
+                        && seg != "."
+                        && seg != ".."
+                        && seg.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+                });
+            if !ok {
+                return Err(bad(
+                    v.span(),
+                    format!("[backend] {key} = {:?} is not a path of letters, digits, '.', '_' and '-' separated by '/': write e.g. {default:?}", v.get_ref()),
+                ));
+            }
+            Ok(text.to_owned())
+        };
+        let mount = path_setting(self.mount, "mount", "secret")?;
+        let prefix = path_setting(self.prefix, "prefix", "keyward")?;
+        let namespace = self.namespace.map(|n| n.into_inner()).filter(|n| !n.is_empty());
+        let ca_file = self
+            .ca_file
+            .map(|v| absolute_path(src, &v, "[backend] ca_file"))
+            .transpose()?;
+        let auth = match (self.token_file, self.approle) {
+            (Some(t), None) => OpenBaoAuth::TokenFile(absolute_path(src, &t, "[backend] token_file")?),
+            (None, Some(a)) => {
+                let span = a.span();
+                let a = a.into_inner();
+                for p in [&a.role_id_file, &a.secret_id_file] {
+                    if !p.is_absolute() {
+                        return Err(bad(
+                            span,
+                            format!("[backend] approle file {:?} is not an absolute path: write the full path", p.display().to_string()),
+                        ));
+                    }
+                }
+                OpenBaoAuth::AppRole {
+                    mount: a.mount.unwrap_or_else(|| "approle".to_owned()).trim_matches('/').to_owned(),
+                    role_id_file: a.role_id_file,
+                    secret_id_file: a.secret_id_file,
+                }
+            }
+            (Some(t), Some(_)) => {
+                return Err(bad(
+                    t.span(),
+                    "[backend] sets both token_file and approle: keep one".to_owned(),
+                ))
+            }
+            (None, None) => {
+                return Err(bad(
+                    kind_span,
+                    "[backend] kind = \"openbao\" needs a login: token_file = \"/etc/keyward/openbao.token\" or approle = { role_id_file = \"…\", secret_id_file = \"…\" }".to_owned(),
+                ))
+            }
+        };
+        let mut recipients = Vec::new();
+        for r in self.recipients.unwrap_or_default() {
+            let text = r.get_ref().trim();
+            if let Err(e) = text.parse::<age::x25519::Recipient>() {
+                return Err(bad(
+                    r.span(),
+                    format!("[backend] recipient {:?} is not an age X25519 public key ({e}): list each agent's `keyward status` recipient (age1…)", r.get_ref()),
+                ));
+            }
+            if !recipients.iter().any(|x: &String| x == text) {
+                recipients.push(text.to_owned());
+            }
+        }
+        let agent_id = match self.agent_id {
+            Some(v) => {
+                let id = v.get_ref();
+                if !valid_agent_id(id) {
+                    return Err(bad(
+                        v.span(),
+                        format!("[backend] agent_id = {id:?} is not 1 to 128 letters, digits, '.', '_' or '-': use e.g. the host name"),
+                    ));
+                }
+                id.clone()
+            }
+            None => default_agent_id(),
+        };
+        let dur = |v: Option<Spanned<String>>, key: &str, default: Duration| -> Result<Duration, ConfigError> {
+            match v {
+                None => Ok(default),
+                Some(v) => positive_duration(src, &v, key),
+            }
+        };
+        let poll_interval = dur(self.poll_interval, "[backend] poll_interval", DEFAULT_POLL_INTERVAL)?;
+        let resync_interval = dur(
+            self.resync_interval,
+            "[backend] resync_interval",
+            DEFAULT_RESYNC_INTERVAL,
+        )?;
+        let status_ttl = dur(self.status_ttl, "[backend] status_ttl", DEFAULT_STATUS_TTL)?;
+        let stale_after = dur(self.stale_after, "[backend] stale_after", DEFAULT_STALE_AFTER)?;
+        let request_timeout = dur(
+            self.request_timeout,
+            "[backend] request_timeout",
+            DEFAULT_REQUEST_TIMEOUT,
+        )?;
+        let initial_sync_timeout = dur(
+            self.initial_sync_timeout,
+            "[backend] initial_sync_timeout",
+            DEFAULT_INITIAL_SYNC_TIMEOUT,
+        )?;
+        if status_ttl < Duration::from_secs(2) {
+            return Err(src.invalid(
+                &kind_span,
+                format!("[backend] status_ttl = {status_ttl:?} is shorter than 2s: an agent republishes every third of it; use at least \"2s\""),
+            ));
+        }
+        Ok(BackendConfig::OpenBao(Box::new(OpenBaoConfig {
+            address: addr,
+            mount,
+            prefix,
+            namespace,
+            ca_file,
+            auth,
+            recipients,
+            agent_id,
+            poll_interval,
+            resync_interval,
+            status_ttl,
+            stale_after,
+            request_timeout,
+            initial_sync_timeout,
+        })))
+    }
+}
+
+/// 1 to 128 of `[A-Za-z0-9._-]`, not "." or "..".
+pub fn valid_agent_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id != "."
+        && id != ".."
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+}
+
+/// The host name, if it is a valid agent id; else "agent".
+fn default_agent_id() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| valid_agent_id(h))
+        .unwrap_or_else(|| "agent".to_owned())
+}

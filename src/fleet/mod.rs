@@ -1,0 +1,319 @@
+//! Fleet mode: the keys live in OpenBao (or Vault) KV v2, shared by one
+//! agent per host; each agent follows them and serves them locally.
+//!
+//! Layout under `<mount>/<prefix>/`:
+//!
+//! | path | what |
+//! |---|---|
+//! | `keys/<env>/<name>` | a key's record: `{"format": "keyward-fleet-v1", "record": "<age armor>"}`, or a deletion marker `{"format": …, "deleted": true, "generation": G}` |
+//! | `changes` | bumped after every write: followers poll its version |
+//! | `agents/<agent_id>` | what each agent serves, republished every third of its TTL; KV's `delete_version_after` expires it |
+//!
+//! Invariants:
+//! - OpenBao only ever holds ciphertext: a record is the agent's own key
+//!   record (secrets included) age-encrypted to every agent of the fleet
+//!   ([`crate::store::Store::seal_armored`]); it names its key and its own
+//!   KV version, so a record copied to another path or replayed as a newer
+//!   version is refused.
+//! - Every write is a KV v2 check-and-set against the version this agent
+//!   serves: of two admins changing one key at once, one wins and the other
+//!   gets `ABORTED`, nothing changed.
+//! - A change is durable in OpenBao before this agent's local copy and
+//!   watchers see it; the local copy (the store directory, encrypted to the
+//!   agent alone) is what serves, so the agent keeps answering while
+//!   OpenBao is down and after its own restart.
+//! - Nothing from OpenBao replaces a served state unless it decrypts,
+//!   decodes, names its key and version, and is newer; anything else is
+//!   reported as a problem (status, log) while the last good state serves.
+
+pub mod kv;
+mod status;
+mod sync;
+mod write;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use age::x25519;
+
+use crate::config::backend::{OpenBaoAuth, OpenBaoConfig};
+use crate::proto;
+use crate::secret::KeyRef;
+use kv::{KvAuth, KvClient, KvOptions};
+
+pub use status::{AgentReport, ServedKey};
+pub use sync::{spawn, FleetTasks};
+
+/// The `format` of every value keyward writes.
+pub const FORMAT: &str = "keyward-fleet-v1";
+
+/// Why fleet mode could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    /// A setting the KV client refused (address, CA file).
+    #[error("[backend]: {0}")]
+    Setup(String),
+}
+
+/// An agent in fleet mode: its OpenBao client and what it knows of the
+/// backend's health.
+pub struct Fleet {
+    cfg: OpenBaoConfig,
+    kv: KvClient,
+    /// The fleet's recipients from the config (the store adds this agent
+    /// and the extra recipients when sealing).
+    recipients: Vec<x25519::Recipient>,
+    /// This agent's own recipient (published in its status).
+    recipient: String,
+    hostname: String,
+    /// `<state_dir>/fleet-sync`: when the last sync succeeded, kept across
+    /// restarts so staleness counts from there.
+    sync_file: PathBuf,
+    health: Mutex<Health>,
+    /// Wakes the follower at once (after a write, a CAS conflict).
+    poke: tokio::sync::Notify,
+}
+
+/// What the follower knows.
+#[derive(Default)]
+struct Health {
+    last_ok: Option<SystemTime>,
+    last_persisted: Option<Instant>,
+    last_error: Option<String>,
+    /// Per key: why the backend's record is not applied.
+    problems: BTreeMap<String, String>,
+    /// The `changes` marker version of the last complete sync.
+    marker: Option<u64>,
+    last_full: Option<Instant>,
+    /// A full scan is due whatever the marker says.
+    force_full: bool,
+    /// The status must be republished now.
+    publish_due: bool,
+    /// The status path's `delete_version_after` (its TTL) is set.
+    status_metadata_set: bool,
+}
+
+impl Fleet {
+    /// Sets up fleet mode (no network I/O yet). `recipient` is this agent's
+    /// own; `state_dir` keeps the last sync time.
+    pub fn new(cfg: &OpenBaoConfig, recipient: String, state_dir: &std::path::Path) -> Result<Fleet, FleetError> {
+        let auth = match &cfg.auth {
+            OpenBaoAuth::TokenFile(p) => KvAuth::TokenFile(p.clone()),
+            OpenBaoAuth::AppRole {
+                mount,
+                role_id_file,
+                secret_id_file,
+            } => KvAuth::AppRole {
+                mount: mount.clone(),
+                role_id_file: role_id_file.clone(),
+                secret_id_file: secret_id_file.clone(),
+            },
+        };
+        let kv = KvClient::new(KvOptions {
+            address: cfg.address.clone(),
+            mount: cfg.mount.clone(),
+            namespace: cfg.namespace.clone(),
+            ca_file: cfg.ca_file.clone(),
+            auth,
+            timeout: cfg.request_timeout,
+        })
+        .map_err(|e| FleetError::Setup(e.to_string()))?;
+        let recipients = cfg
+            .recipients
+            .iter()
+            .map(|r| x25519::Recipient::from_str(r).map_err(|e| FleetError::Setup(format!("recipient {r:?}: {e}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        if !cfg.recipients.contains(&recipient) {
+            tracing::warn!(
+                recipient = %recipient,
+                "this agent's recipient is not in [backend] recipients: records the other agents write will not be readable here; add it to every agent's config"
+            );
+        }
+        let sync_file = state_dir.join("fleet-sync");
+        let last_ok = read_sync_file(&sync_file);
+        Ok(Fleet {
+            cfg: cfg.clone(),
+            kv,
+            recipients,
+            recipient,
+            hostname: nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_default(),
+            sync_file,
+            health: Mutex::new(Health {
+                last_ok,
+                force_full: true,
+                publish_due: true,
+                ..Health::default()
+            }),
+            poke: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &OpenBaoConfig {
+        &self.cfg
+    }
+
+    fn health(&self) -> MutexGuard<'_, Health> {
+        self.health.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `keys/<env>/<name>` under the prefix.
+    fn key_path(&self, key: &KeyRef) -> String {
+        format!("{}/keys/{}/{}", self.cfg.prefix, key.env(), key.name())
+    }
+
+    fn env_path(&self, env: &str) -> String {
+        format!("{}/keys/{env}", self.cfg.prefix)
+    }
+
+    fn changes_path(&self) -> String {
+        format!("{}/changes", self.cfg.prefix)
+    }
+
+    fn agents_path(&self) -> String {
+        format!("{}/agents", self.cfg.prefix)
+    }
+
+    fn status_path(&self) -> String {
+        format!("{}/agents/{}", self.cfg.prefix, self.cfg.agent_id)
+    }
+
+    /// Seconds since the last successful sync (`None`: never).
+    pub fn stale_for(&self, now: SystemTime) -> Option<Duration> {
+        self.health()
+            .last_ok
+            .map(|t| now.duration_since(t).unwrap_or(Duration::ZERO))
+    }
+
+    /// True when the last successful sync is older than `stale_after` (or
+    /// there never was one).
+    pub fn is_stale(&self, now: SystemTime) -> bool {
+        self.stale_for(now).is_none_or(|d| d > self.cfg.stale_after)
+    }
+
+    /// For `GetStatus`.
+    pub fn status(&self) -> proto::BackendStatus {
+        let now = SystemTime::now();
+        let h = self.health();
+        let stale_for = h.last_ok.map(|t| now.duration_since(t).unwrap_or(Duration::ZERO));
+        proto::BackendStatus {
+            kind: "openbao".to_owned(),
+            address: self.cfg.address.clone(),
+            mount: self.cfg.mount.clone(),
+            prefix: self.cfg.prefix.clone(),
+            agent_id: self.cfg.agent_id.clone(),
+            last_sync_at: h.last_ok.map(crate::keyset::timestamp),
+            stale_seconds: stale_for.map_or(0, |d| d.as_secs()),
+            stale: stale_for.is_none_or(|d| d > self.cfg.stale_after),
+            last_error: h.last_error.clone().unwrap_or_default(),
+            problems: h.problems.iter().map(|(k, why)| format!("{k}: {why}")).collect(),
+        }
+    }
+
+    /// For the metrics scrape.
+    pub fn gauges(&self) -> crate::metrics::BackendGauges {
+        let now = SystemTime::now();
+        let h = self.health();
+        let stale_for = h.last_ok.map(|t| now.duration_since(t).unwrap_or(Duration::ZERO));
+        crate::metrics::BackendGauges {
+            up: h.last_error.is_none() && h.last_ok.is_some(),
+            last_sync_timestamp_seconds: h
+                .last_ok
+                .map(|t| t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64()),
+            stale_seconds: stale_for.map_or(f64::NAN, |d| d.as_secs_f64()),
+            stale: stale_for.is_none_or(|d| d > self.cfg.stale_after),
+            problems: h.problems.len() as u64,
+        }
+    }
+
+    /// Asks the follower for a full comparison now.
+    pub fn poke(&self) {
+        self.health().force_full = true;
+        self.poke.notify_one();
+    }
+
+    fn record_ok(&self, marker: u64, full: bool) {
+        let now = SystemTime::now();
+        let persist = {
+            let mut h = self.health();
+            if h.last_error.take().is_some() {
+                tracing::info!(address = %self.cfg.address, "OpenBao is reachable again; in sync");
+                h.publish_due = true;
+            }
+            h.last_ok = Some(now);
+            h.marker = Some(marker);
+            if full {
+                h.last_full = Some(Instant::now());
+                h.force_full = false;
+            }
+            let due = h.last_persisted.is_none_or(|t| t.elapsed() >= Duration::from_secs(5));
+            if due {
+                h.last_persisted = Some(Instant::now());
+            }
+            due
+        };
+        if persist {
+            write_sync_file(&self.sync_file, now);
+        }
+    }
+
+    fn record_error(&self, error: String) {
+        let mut h = self.health();
+        if h.last_error.as_deref() != Some(error.as_str()) {
+            tracing::warn!(error = %error, "cannot sync with the backend; serving the local copy");
+        }
+        h.last_error = Some(error);
+        // The marker may have moved while we could not see it.
+        h.force_full = true;
+    }
+
+    fn set_problem(&self, key: &KeyRef, why: Option<String>) {
+        let mut h = self.health();
+        let k = key.to_string();
+        match why {
+            Some(why) => {
+                if h.problems.get(&k) != Some(&why) {
+                    tracing::error!(key = %k, reason = %why, "backend record not applied; the last good state keeps serving");
+                    h.problems.insert(k, why);
+                    h.publish_due = true;
+                }
+            }
+            None => {
+                if h.problems.remove(&k).is_some() {
+                    h.publish_due = true;
+                }
+            }
+        }
+    }
+}
+
+/// The last sync time kept in `path` (unix milliseconds), if readable.
+fn read_sync_file(path: &std::path::Path) -> Option<SystemTime> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let ms: u64 = text.trim().parse().ok()?;
+    Some(UNIX_EPOCH + Duration::from_millis(ms))
+}
+
+/// Best effort: a lost update only makes a restarted agent look staler.
+fn write_sync_file(path: &std::path::Path, t: SystemTime) {
+    let ms = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    let result = tempfile::NamedTempFile::new_in(dir).and_then(|mut f| {
+        std::io::Write::write_all(&mut f, format!("{ms}\n").as_bytes())?;
+        f.persist(path).map(drop).map_err(|e| e.error)
+    });
+    if let Err(e) = result {
+        tracing::debug!(path = %path.display(), error = %e, "cannot record the last sync time");
+    }
+}
+
+/// Milliseconds since the epoch.
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+}

@@ -1,0 +1,199 @@
+//! Each agent's published status: which generation of each key it serves,
+//! under `agents/<agent_id>`, expired by KV v2's `delete_version_after`
+//! (the TTL) and by its own `updated_at` + `ttl_seconds`.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use super::kv::KvError;
+use super::{unix_ms, Fleet, FORMAT};
+use crate::proto;
+use crate::secret::KeyRef;
+use crate::server::error::ApiError;
+use crate::server::Agent;
+
+/// One key as an agent serves it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ServedKey {
+    /// keyward's generation.
+    pub generation: u64,
+    /// The backend record's KV version.
+    pub backend_version: u64,
+    /// steady, staged or promoted.
+    pub state: String,
+}
+
+/// What an agent publishes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AgentReport {
+    /// Always [`FORMAT`].
+    pub format: String,
+    /// Its id.
+    pub agent_id: String,
+    /// Its host name.
+    pub hostname: String,
+    /// Its age recipient.
+    pub recipient: String,
+    /// Its pid.
+    pub pid: u32,
+    /// When it published this (unix ms).
+    pub updated_at_ms: u64,
+    /// How long this counts as live.
+    pub ttl_seconds: u64,
+    /// It has not synced within its stale_after.
+    pub stale: bool,
+    /// Records it could not apply.
+    pub problems: Vec<String>,
+    /// `ENV/NAME` → what it serves.
+    pub keys: BTreeMap<String, ServedKey>,
+}
+
+impl AgentReport {
+    /// Published within its TTL (as of `now`).
+    pub fn live(&self, now: SystemTime) -> bool {
+        let updated = UNIX_EPOCH + Duration::from_millis(self.updated_at_ms);
+        now.duration_since(updated)
+            .map_or(true, |age| age <= Duration::from_secs(self.ttl_seconds))
+    }
+}
+
+impl Fleet {
+    /// Publishes what this agent serves now.
+    pub(super) async fn publish(&self, agent: &Agent) -> Result<(), KvError> {
+        let now = SystemTime::now();
+        let keys = agent
+            .store
+            .list(None)
+            .iter()
+            .filter_map(|s| {
+                Some((
+                    s.key.to_string(),
+                    ServedKey {
+                        generation: s.generation,
+                        backend_version: s.backend_version?,
+                        state: s.state.as_str().to_owned(),
+                    },
+                ))
+            })
+            .collect();
+        let (stale, problems) = {
+            let h = self.health();
+            let stale = h
+                .last_ok
+                .is_none_or(|t| now.duration_since(t).unwrap_or_default() > self.cfg.stale_after);
+            (stale, h.problems.iter().map(|(k, why)| format!("{k}: {why}")).collect())
+        };
+        let report = AgentReport {
+            format: FORMAT.to_owned(),
+            agent_id: self.cfg.agent_id.clone(),
+            hostname: self.hostname.clone(),
+            recipient: self.recipient.clone(),
+            pid: std::process::id(),
+            updated_at_ms: unix_ms(now),
+            ttl_seconds: self.cfg.status_ttl.as_secs().max(1),
+            stale,
+            problems,
+            keys,
+        };
+        let path = self.status_path();
+        let value = serde_json::to_value(&report).map_err(|e| KvError::BadResponse {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        if !self.health().status_metadata_set {
+            self.kv
+                .write_metadata(&path, Some(self.cfg.status_ttl), Some(4))
+                .await?;
+            self.health().status_metadata_set = true;
+        }
+        self.kv.write(&path, &value, None).await?;
+        Ok(())
+    }
+
+    /// On shutdown: removes this agent's status, so a fleet rotation stops
+    /// waiting for it at once.
+    pub(super) async fn withdraw(&self) {
+        match self.kv.delete_metadata(&self.status_path()).await {
+            Ok(()) => tracing::info!(agent_id = %self.cfg.agent_id, "withdrew this agent's fleet status"),
+            Err(e) => tracing::warn!(error = %e, "cannot withdraw this agent's fleet status; it expires after its TTL"),
+        }
+    }
+
+    /// Every agent's published status (expired ones included, marked not
+    /// live), sorted by id.
+    pub async fn reports(&self) -> Result<Vec<AgentReport>, KvError> {
+        let mut out = Vec::new();
+        for name in self.kv.list(&self.agents_path()).await? {
+            if name.ends_with('/') {
+                continue;
+            }
+            let path = format!("{}/{name}", self.agents_path());
+            let Some(entry) = self.kv.read(&path).await? else {
+                continue; // expired: KV deleted its only live version
+            };
+            match serde_json::from_value::<AgentReport>(entry.data) {
+                Ok(r) if r.format == FORMAT => out.push(r),
+                _ => tracing::warn!(path, "ignoring an agent status that is not keyward's"),
+            }
+        }
+        out.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+        Ok(out)
+    }
+
+    /// `GetFleetStatus`.
+    pub async fn fleet_status(&self, agent: &Agent, key: Option<&KeyRef>) -> Result<proto::FleetStatus, ApiError> {
+        let reports = self
+            .reports()
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("cannot read the fleet's status from OpenBao: {e}")))?;
+        let now = SystemTime::now();
+        let agents = reports
+            .into_iter()
+            .map(|r| proto::FleetAgent {
+                live: r.live(now),
+                agent_id: r.agent_id,
+                hostname: r.hostname,
+                recipient: r.recipient,
+                updated_at: Some(crate::keyset::timestamp(
+                    UNIX_EPOCH + Duration::from_millis(r.updated_at_ms),
+                )),
+                ttl_seconds: r.ttl_seconds,
+                keys: r
+                    .keys
+                    .into_iter()
+                    .filter(|(k, _)| key.is_none_or(|want| *k == want.to_string()))
+                    .filter_map(|(k, served)| {
+                        let parsed: KeyRef = k.parse().ok()?;
+                        Some(proto::FleetKey {
+                            key: Some(parsed.to_proto()),
+                            generation: served.generation,
+                            backend_version: served.backend_version,
+                            state: state_proto(&served.state) as i32,
+                        })
+                    })
+                    .collect(),
+                stale: r.stale,
+                problems: r.problems,
+            })
+            .collect();
+        let (backend_version, generation) = match key.and_then(|k| agent.store.get(k)) {
+            Some(s) => (s.backend_version.unwrap_or(0), s.generation),
+            None => (0, 0),
+        };
+        Ok(proto::FleetStatus {
+            agents,
+            backend_version,
+            generation,
+        })
+    }
+}
+
+fn state_proto(s: &str) -> proto::RotationState {
+    match s {
+        "staged" => proto::RotationState::Staged,
+        "promoted" => proto::RotationState::Promoted,
+        _ => proto::RotationState::Steady,
+    }
+}

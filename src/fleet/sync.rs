@@ -1,0 +1,336 @@
+//! The follower: polls the change marker, compares every key when it moved
+//! (and every `resync_interval` regardless), applies newer records to the
+//! local copy and the watchers, and republishes this agent's status.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::watch;
+
+use super::kv::KvEntry;
+use super::{Fleet, FORMAT};
+use crate::alerts::detect::Subject;
+use crate::alerts::Severity;
+use crate::audit::AuditEvent;
+use crate::keyset::{KeySetState, RotationState};
+use crate::secret::KeyRef;
+use crate::server::keys::served_versions;
+use crate::server::Agent;
+
+/// The follower's tasks.
+pub struct FleetTasks {
+    follower: tokio::task::JoinHandle<()>,
+    renewal: tokio::task::JoinHandle<()>,
+    first_round: watch::Receiver<bool>,
+}
+
+impl FleetTasks {
+    /// Waits for the first sync attempt to end, at most `limit`.
+    pub async fn first_round(&mut self, limit: Duration) -> bool {
+        tokio::time::timeout(limit, self.first_round.wait_for(|done| *done))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Waits for the tasks to end (after `stop`).
+    pub async fn finish(self) {
+        let _ = self.follower.await;
+        let _ = self.renewal.await;
+    }
+}
+
+/// Starts following the backend until `stop` turns true; on stop the
+/// agent's published status is withdrawn.
+pub fn spawn(agent: Arc<Agent>, fleet: Arc<Fleet>, stop: watch::Receiver<bool>) -> FleetTasks {
+    let (done_tx, first_round) = watch::channel(false);
+    let renewal = fleet.kv.spawn_renewal(stop.clone());
+    let follower = tokio::spawn(follow(agent, fleet, stop, done_tx));
+    FleetTasks {
+        follower,
+        renewal,
+        first_round,
+    }
+}
+
+async fn follow(
+    agent: Arc<Agent>,
+    fleet: Arc<Fleet>,
+    mut stop: watch::Receiver<bool>,
+    first_round: watch::Sender<bool>,
+) {
+    let republish = fleet.cfg.status_ttl / 3;
+    let mut last_publish: Option<Instant> = None;
+    loop {
+        let full = {
+            let h = fleet.health();
+            h.force_full || h.last_full.is_none_or(|t| t.elapsed() >= fleet.cfg.resync_interval)
+        };
+        match fleet.sync_round(&agent, full).await {
+            Ok(marker) => fleet.record_ok(marker, full),
+            Err(e) => fleet.record_error(e),
+        }
+        let _ = first_round.send(true);
+        fleet.raise_stale_alert(&agent);
+        let due = fleet.health().publish_due || last_publish.is_none_or(|t| t.elapsed() >= republish);
+        if due {
+            match fleet.publish(&agent).await {
+                Ok(()) => {
+                    fleet.health().publish_due = false;
+                    last_publish = Some(Instant::now());
+                }
+                Err(e) => tracing::debug!(error = %e, "cannot publish this agent's status"),
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(fleet.cfg.poll_interval) => {}
+            _ = fleet.poke.notified() => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
+        if *stop.borrow() {
+            break;
+        }
+    }
+    fleet.withdraw().await;
+}
+
+impl Fleet {
+    /// One round: the marker, and every key if it moved or `full`. Returns
+    /// the marker version on success, or why the backend could not be read.
+    async fn sync_round(&self, agent: &Agent, full: bool) -> Result<u64, String> {
+        let marker = self
+            .kv
+            .metadata(&self.changes_path())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_or(0, |m| m.current_version);
+        let seen = self.health().marker;
+        if !full && seen == Some(marker) {
+            return Ok(marker);
+        }
+        for env in agent.store.environments().map(str::to_owned).collect::<Vec<_>>() {
+            self.sync_env(agent, &env).await?;
+        }
+        Ok(marker)
+    }
+
+    async fn sync_env(&self, agent: &Agent, env: &str) -> Result<(), String> {
+        let names = self.kv.list(&self.env_path(env)).await.map_err(|e| e.to_string())?;
+        let mut present = BTreeSet::new();
+        for name in names {
+            if name.ends_with('/') {
+                continue;
+            }
+            let key = match KeyRef::new(env, &name) {
+                Ok(k) => k,
+                Err(e) => {
+                    tracing::warn!(env, name = ?name, error = %e, "ignoring a backend path that is not a valid key name");
+                    continue;
+                }
+            };
+            present.insert(key.clone());
+            self.sync_key(agent, &key).await?;
+        }
+        // A key this agent serves from the backend whose path is gone: an
+        // operator removed it outside keyward. Deleting is done with a
+        // marker (`keyward delete`); a vanished path is reported and the
+        // last good state keeps serving.
+        for state in agent.store.list(Some(env)) {
+            if state.backend_version.is_some() && !present.contains(&state.key) {
+                self.set_problem(
+                    &state.key,
+                    Some("its record is missing from OpenBao (removed outside keyward?); the last good state keeps serving: `keyward delete` it, or `keyward fleet reseal` it to write it back".to_owned()),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Compares one key with the backend and applies a newer record.
+    async fn sync_key(&self, agent: &Agent, key: &KeyRef) -> Result<(), String> {
+        let path = self.key_path(key);
+        let Some(meta) = self.kv.metadata(&path).await.map_err(|e| e.to_string())? else {
+            return Ok(());
+        };
+        let current = meta.current_version;
+        let local = agent.store.get(key);
+        let local_version = local.as_ref().and_then(|s| s.backend_version).unwrap_or(0);
+        if current == local_version && local.is_some() {
+            self.set_problem(key, None);
+            return Ok(());
+        }
+        if current < local_version {
+            self.set_problem(
+                key,
+                Some(format!(
+                    "OpenBao's record is version {current} but this agent serves version {local_version}: the record was recreated or rolled back outside keyward; the last good state keeps serving"
+                )),
+            );
+            return Ok(());
+        }
+        if meta.versions.get(&current).is_some_and(|v| v.deleted || v.destroyed) {
+            if local.is_some() {
+                self.set_problem(
+                    key,
+                    Some(format!("OpenBao's current record (version {current}) was deleted outside keyward; the last good state keeps serving: `keyward delete` the key to remove it")),
+                );
+            }
+            return Ok(());
+        }
+        let Some(entry) = self.kv.read_version(&path, current).await.map_err(|e| e.to_string())? else {
+            return Ok(());
+        };
+        self.apply(agent, key, entry).await;
+        Ok(())
+    }
+
+    /// Applies one record under the admin lock (a change made here at the
+    /// same moment is either before or after, never interleaved).
+    async fn apply(&self, agent: &Agent, key: &KeyRef, entry: KvEntry) {
+        let _serial = agent.admin_lock.lock().await;
+        let local = agent.store.get(key);
+        if local.as_ref().and_then(|s| s.backend_version).unwrap_or(0) >= entry.version && local.is_some() {
+            return; // applied meanwhile by a write of our own
+        }
+        let format = entry.data.get("format").and_then(|f| f.as_str());
+        if format != Some(FORMAT) {
+            self.set_problem(
+                key,
+                Some(format!(
+                    "OpenBao's record version {} is not a keyward record (format {format:?}); the last good state keeps serving",
+                    entry.version
+                )),
+            );
+            return;
+        }
+        if entry.data.get("deleted").and_then(|d| d.as_bool()) == Some(true) {
+            self.set_problem(key, None);
+            if let Some(old) = local {
+                match agent.store.delete(key) {
+                    Ok(_) => {
+                        agent.watchers.publish(key, None, "deleted");
+                        self.audit_sync(agent, key, Some(&old), None, entry.version).await;
+                        tracing::info!(key = %key, backend_version = entry.version, "deleted from the fleet");
+                    }
+                    Err(e) => self.set_problem(key, Some(format!("cannot remove the local copy: {e}"))),
+                }
+            }
+            return;
+        }
+        let Some(sealed) = entry.data.get("record").and_then(|r| r.as_str()) else {
+            self.set_problem(
+                key,
+                Some(format!(
+                    "OpenBao's record version {} has no \"record\" field; the last good state keeps serving",
+                    entry.version
+                )),
+            );
+            return;
+        };
+        let state = match agent.store.open_armored(key.clone(), sealed) {
+            Ok(s) => s,
+            Err(e) => {
+                self.set_problem(key, Some(format!("record version {}: {e}", entry.version)));
+                return;
+            }
+        };
+        if state.backend_version != Some(entry.version) {
+            self.set_problem(
+                key,
+                Some(format!(
+                    "OpenBao's record version {} says it was written as version {}: it is a copy of an older record (a replay), refused; the last good state keeps serving",
+                    entry.version,
+                    state.backend_version.map_or("none".to_owned(), |v| v.to_string())
+                )),
+            );
+            return;
+        }
+        if let Some(old) = &local {
+            if state.generation < old.generation {
+                self.set_problem(
+                    key,
+                    Some(format!(
+                        "OpenBao's record version {} has generation {} but this agent serves generation {}: refused as a rollback; the last good state keeps serving",
+                        entry.version, state.generation, old.generation
+                    )),
+                );
+                return;
+            }
+        }
+        let same_generation = local.as_ref().is_some_and(|old| old.generation == state.generation);
+        let newly_promoted = state.state == RotationState::Promoted
+            && local
+                .as_ref()
+                .is_none_or(|old| old.state != RotationState::Promoted || old.primary.number != state.primary.number);
+        let committed = match agent.store.replace(state) {
+            Ok(c) => c,
+            Err(e) => {
+                self.set_problem(key, Some(format!("cannot write the local copy: {e}")));
+                return;
+            }
+        };
+        self.set_problem(key, None);
+        self.health().publish_due = true;
+        if same_generation {
+            // A re-encryption: nothing a client would see changed.
+            return;
+        }
+        if newly_promoted {
+            agent.failures.promoted(key, committed.primary.number, Instant::now());
+        }
+        agent.watchers.publish(key, Some(committed.clone()), "fleet");
+        tracing::info!(key = %key, generation = committed.generation, backend_version = entry.version,
+            state = committed.state.as_str(), "applied a change from the fleet");
+        self.audit_sync(agent, key, local.as_deref(), Some(&committed), entry.version)
+            .await;
+    }
+
+    async fn audit_sync(
+        &self,
+        agent: &Agent,
+        key: &KeyRef,
+        before: Option<&KeySetState>,
+        after: Option<&KeySetState>,
+        backend_version: u64,
+    ) {
+        let record = AuditEvent {
+            event: "fleet_sync",
+            key: Some(key.to_string()),
+            versions: after.or(before).map(served_versions).unwrap_or_default(),
+            generation_before: before.map(|s| s.generation),
+            generation_after: after.map(|s| s.generation),
+            backend_version: Some(backend_version),
+            outcome: "ok",
+            detail: Some(if after.is_some() { "applied" } else { "deleted" }.to_owned()),
+            ..Default::default()
+        };
+        if let Err(e) = agent.audit.record(record).await {
+            tracing::error!(key = %key, error = %e, "applied a change from the fleet but its audit record failed");
+        }
+    }
+
+    /// While stale, keeps an agent-health alert open (it resolves a window
+    /// after the agent is in sync again).
+    fn raise_stale_alert(&self, agent: &Agent) {
+        let now = SystemTime::now();
+        if !self.is_stale(now) {
+            return;
+        }
+        let (since, error) = {
+            let h = self.health();
+            (h.last_ok, h.last_error.clone())
+        };
+        let age = since.map_or("never since this agent's state was created".to_owned(), |t| {
+            format!("for {}s", now.duration_since(t).unwrap_or_default().as_secs())
+        });
+        agent.alerting.health(
+            Subject::Agent("backend"),
+            Severity::Critical,
+            format!(
+                "not in sync with OpenBao at {} {age} ({}): serving the local copy, which may be behind the fleet; bring OpenBao back or fix this agent's access",
+                self.cfg.address,
+                error.unwrap_or_else(|| "no error recorded".to_owned())
+            ),
+        );
+    }
+}
