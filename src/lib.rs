@@ -24,6 +24,10 @@
 //! - [`store`]: the agent identity, the age-encrypted key files, atomic
 //!   writes, the in-memory view the fetch path reads, and the decisions of
 //!   hot reload (`store::reload`).
+//! - [`fleet`]: fleet mode: the keys in OpenBao (or Vault) KV v2, sealed to
+//!   every agent, written with check-and-set, followed by polling into the
+//!   store (the local copy), and each agent's published status; the KV v2
+//!   client with token-file or AppRole login (`fleet::kv`).
 //! - [`watch`]: one latest-value channel per key for `WatchKeys`, and the
 //!   registry of live subscribers with the generation each was sent.
 //! - [`audit`]: the append-only, hash-chained audit log: leader/follower
