@@ -83,7 +83,7 @@ async fn follow(
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(fleet.cfg.poll_interval) => {}
+            _ = tokio::time::sleep(jittered(fleet.cfg.poll_interval)) => {}
             _ = fleet.poke.notified() => {}
             _ = stop.wait_for(|s| *s) => break,
         }
@@ -92,6 +92,13 @@ async fn follow(
         }
     }
     fleet.withdraw().await;
+}
+
+/// `interval` ± 10 %: agents started together (a fleet restarted at
+/// once) drift apart instead of polling OpenBao in bursts.
+fn jittered(interval: Duration) -> Duration {
+    use rand::Rng;
+    interval.mul_f64(rand::thread_rng().gen_range(0.9..1.1))
 }
 
 impl Fleet {
