@@ -850,3 +850,17 @@ async fn https_with_the_configured_ca_file_works_and_without_it_is_refused() {
     // It still serves its local copy.
     assert_eq!(primary(&agent.fetch("prod", "tls").await.unwrap()), b"sk_over_tls_5150");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kv_mount_that_requires_check_and_set_works_too() {
+    let mut fleet = Fleet::prepare(2);
+    fleet.bao.cli_ok(&["write", "secret/config", "cas_required=true"], None);
+    fleet.launch(|_| String::new());
+    fleet.agent(0).put("prod/strict", "sk_strict_mount_4242");
+    until_served(fleet.agent(1), "strict", "sk_strict_mount_4242").await;
+    // Both statuses (written where the last writer wins) got through.
+    let out = cli(fleet.agent(1), &["fleet", "status", "prod/strict"], None);
+    let listing = text(&out.stdout);
+    assert!(listing.contains("a (") && listing.contains("b ("), "{listing}");
+    assert_eq!(listing.matches("prod/strict generation 1").count(), 2, "{listing}");
+}

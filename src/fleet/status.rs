@@ -108,7 +108,7 @@ impl Fleet {
                 .await?;
             self.health().status_metadata_set = true;
         }
-        self.kv.write(&path, &value, None).await?;
+        self.write_latest(&path, &value).await?;
         Ok(())
     }
 

@@ -148,11 +148,26 @@ impl Fleet {
     async fn changed(&self, key: &crate::secret::KeyRef, version: u64) {
         let marker =
             json!({ "format": FORMAT, "key": key.to_string(), "version": version, "agent": self.cfg.agent_id });
-        if let Err(e) = self.kv.write(&self.changes_path(), &marker, None).await {
+        if let Err(e) = self.write_latest(&self.changes_path(), &marker).await {
             tracing::warn!(key = %key, error = %e, "wrote the change but could not bump the change marker; other agents see it at their next full comparison");
         }
         self.health().publish_due = true;
         self.poke.notify_one();
+    }
+
+    /// Writes a new version of a path where the last writer simply wins
+    /// (the change marker, this agent's status), still with check-and-set
+    /// against the version just read: so a mount with `cas_required = true`
+    /// accepts it too.
+    pub(super) async fn write_latest(&self, path: &str, data: &serde_json::Value) -> Result<u64, KvError> {
+        let mut tries = 0;
+        loop {
+            let current = self.kv.metadata(path).await?.map_or(0, |m| m.current_version);
+            match self.kv.write(path, data, Some(current)).await {
+                Err(KvError::CasMismatch { .. }) if tries < 3 => tries += 1,
+                other => return other,
+            }
+        }
     }
 
     fn write_error(&self, key: &crate::secret::KeyRef, e: KvError) -> ApiError {
