@@ -224,6 +224,9 @@ async fn a_put_on_one_agent_is_served_by_all_and_openbao_holds_only_ciphertext()
         .expect("a fetch record");
     assert_eq!(fetch["backend_version"], 1, "{fetch}");
     assert_eq!(fetch["generation_after"], 1, "{fetch}");
+    // The chain covers the new field.
+    let out = cli(b, &["audit", "verify"], None);
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
 
     // A rotation step too, then the raw KV values: ciphertext only.
     let staged = "sk_fleet_staged_77d2e0";
