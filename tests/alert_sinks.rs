@@ -6,6 +6,8 @@
 //! Every test captures the log (one subscriber for the whole binary) so
 //! that tokens can be shown never to reach it.
 
+#[path = "common/log.rs"]
+mod log;
 #[path = "common/receiver.rs"]
 mod receiver;
 #[path = "common/server_thread.rs"]
@@ -14,53 +16,24 @@ mod server_thread;
 mod smtp;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use keyward::alerts::sinks::{payload_json, Dispatcher};
 use keyward::alerts::{Alert, AlertStatus, Sensitive, Severity, Signal, SinkConfig, SinkKind, SinkStats, SmtpTls};
 use keyward::hooks::HookCommand;
 use keyward::secret::KeyRef;
+use log::{captured_log, captured_text};
 use receiver::Receiver;
 use smtp::{SmtpOptions, SmtpServer};
 
 /// Generous: each of these happens in milliseconds on loopback.
 const PROMPTLY: Duration = Duration::from_secs(5);
 
-/// The log of the whole test binary, captured.
-fn captured_log() -> Arc<Mutex<Vec<u8>>> {
-    static LOG: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOG.get_or_init(|| {
-        let buffer = Arc::new(Mutex::new(Vec::new()));
-        let shared = Arc::clone(&buffer);
-        tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::DEBUG)
-            .with_ansi(false)
-            .with_writer(move || LogWriter(Arc::clone(&shared)))
-            .init();
-        buffer
-    })
-    .clone()
-}
-
-struct LogWriter(Arc<Mutex<Vec<u8>>>);
-
-impl Write for LogWriter {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 fn log_text() -> String {
-    String::from_utf8_lossy(&captured_log().lock().unwrap()).into_owned()
+    captured_text()
 }
 
 /// A critical spike on prod/billing-api, just opened.

@@ -9,11 +9,10 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use common::log::{captured_log, captured_text};
 use common::openbao::{write_private, Bao};
 use keyward::fleet::kv::{KvAuth, KvClient, KvError, KvOptions};
 use serde_json::json;
@@ -23,38 +22,9 @@ use serde_json::json;
 /// unreachable.
 const TIMEOUT: Duration = Duration::from_secs(1);
 
-/// The log of the whole test binary, captured.
-fn captured_log() -> Arc<Mutex<Vec<u8>>> {
-    static LOG: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOG.get_or_init(|| {
-        let buffer = Arc::new(Mutex::new(Vec::new()));
-        let shared = Arc::clone(&buffer);
-        tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::DEBUG)
-            .with_ansi(false)
-            .with_writer(move || LogWriter(Arc::clone(&shared)))
-            .init();
-        buffer
-    })
-    .clone()
-}
-
-struct LogWriter(Arc<Mutex<Vec<u8>>>);
-
-impl Write for LogWriter {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// The captured log lines about the server at `address`.
 fn log_lines_about(address: &str) -> Vec<String> {
-    let text = String::from_utf8_lossy(&captured_log().lock().unwrap()).into_owned();
+    let text = captured_text();
     text.lines()
         .filter(|line| line.contains(&format!("address={address}")))
         .map(str::to_owned)
@@ -72,7 +42,7 @@ fn assert_clean(error: &KvError, secrets: &[&str]) {
 
 /// Asserts that no secret is in the captured log.
 fn assert_log_clean(secrets: &[&str]) {
-    let text = String::from_utf8_lossy(&captured_log().lock().unwrap()).into_owned();
+    let text = captured_text();
     for secret in secrets {
         assert!(!text.contains(secret), "a secret leaked into the log");
     }

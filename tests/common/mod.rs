@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod log;
 pub mod openbao;
 pub mod provider;
 pub mod receiver;
