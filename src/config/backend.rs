@@ -8,6 +8,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::validate::{absolute_path, positive_duration, Source};
+use crate::fleet::kv::path::{check_address, check_path};
 use super::ConfigError;
 
 /// Where the keys live.
@@ -22,11 +23,16 @@ pub enum BackendConfig {
 }
 
 impl BackendConfig {
-    /// "local" or "openbao".
+    /// `kind` of the local backend.
+    pub const LOCAL: &'static str = "local";
+    /// `kind` of OpenBao (and Vault).
+    pub const OPENBAO: &'static str = "openbao";
+
+    /// [`BackendConfig::LOCAL`] or [`BackendConfig::OPENBAO`].
     pub fn kind(&self) -> &'static str {
         match self {
-            BackendConfig::Local => "local",
-            BackendConfig::OpenBao(_) => "openbao",
+            BackendConfig::Local => Self::LOCAL,
+            BackendConfig::OpenBao(_) => Self::OPENBAO,
         }
     }
 }
@@ -162,32 +168,13 @@ impl RawBackend {
                 "[backend] kind = \"openbao\" needs address = \"https://HOST:8200\"".to_owned(),
             )
         })?;
-        let addr = address.get_ref().trim().trim_end_matches('/').to_owned();
-        if !(addr.starts_with("http://") || addr.starts_with("https://")) || addr.len() <= "https://".len() {
-            return Err(bad(
-                address.span(),
-                format!(
-                    "[backend] address = {:?} is not an http(s) URL: write e.g. \"https://openbao.internal:8200\"",
-                    address.get_ref()
-                ),
-            ));
-        }
+        let addr = check_address(address.get_ref()).map_err(|e| bad(address.span(), format!("[backend] address: {e}")))?;
+        // The same rule as every request path (fleet::kv::path): what
+        // passes here is never refused later.
         let path_setting = |v: Option<Spanned<String>>, key: &str, default: &str| -> Result<String, ConfigError> {
             let Some(v) = v else { return Ok(default.to_owned()) };
             let text = v.get_ref().trim_matches('/');
-            let ok = !text.is_empty()
-                && text.split('/').all(|seg| {
-                    !seg.is_empty()
-                        && seg != "."
-                        && seg != ".."
-                        && seg.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-                });
-            if !ok {
-                return Err(bad(
-                    v.span(),
-                    format!("[backend] {key} = {:?} is not a path of letters, digits, '.', '_' and '-' separated by '/': write e.g. {default:?}", v.get_ref()),
-                ));
-            }
+            check_path(&format!("[backend] {key}"), text).map_err(|e| bad(v.span(), e))?;
             Ok(text.to_owned())
         };
         let mount = path_setting(self.mount, "mount", "secret")?;
@@ -304,12 +291,10 @@ impl RawBackend {
     }
 }
 
-/// 1 to 128 of `[A-Za-z0-9._-]`, not "." or "..".
-pub fn valid_agent_id(id: &str) -> bool {
-    (1..=128).contains(&id.len())
-        && id != "."
-        && id != ".."
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+/// 1 to 128 of `[A-Za-z0-9._-]`, one path segment as
+/// [`check_path`] accepts it (so no "." and no "..").
+fn valid_agent_id(id: &str) -> bool {
+    id.len() <= 128 && !id.contains('/') && check_path("agent_id", id).is_ok()
 }
 
 /// The host name, if it is a valid agent id; else "agent".

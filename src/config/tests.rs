@@ -776,7 +776,11 @@ fn backend_mistakes_are_explained() {
         ("[backend]\nkind = \"openbao\"\ntoken_file = \"/t\"\n", "needs address"),
         (
             "[backend]\nkind = \"openbao\"\naddress = \"bao:8200\"\ntoken_file = \"/t\"\n",
-            "is not an http(s) URL",
+            "not http or https",
+        ),
+        (
+            "[backend]\nkind = \"openbao\"\naddress = \"https://u:pw-secret@bao:99999\"\ntoken_file = \"/t\"\n",
+            "user or password",
         ),
         (base, "needs a login"),
         (&format!("{base}token_file = \"t\"\n"), "is not an absolute path"),
@@ -786,7 +790,15 @@ fn backend_mistakes_are_explained() {
         ),
         (
             &format!("{base}token_file = \"/t\"\nprefix = \"a/../b\"\n"),
-            "is not a path of letters",
+            "contains \"..\"",
+        ),
+        (
+            &format!("{base}token_file = \"/t\"\nprefix = \"a..b\"\n"),
+            "contains \"..\"",
+        ),
+        (
+            &format!("{base}token_file = \"/t\"\nagent_id = \"web..1\"\n"),
+            "is not 1 to 128 letters",
         ),
         (
             &format!("{base}token_file = \"/t\"\nrecipients = [\"age1nope\"]\n"),
@@ -816,5 +828,6 @@ fn backend_mistakes_are_explained() {
     for (text, want) in cases {
         let err = parse_err(text);
         assert!(err.contains(want), "{text}\n=> {err}");
+        assert!(!err.contains("pw-secret"), "a password in the address is never echoed: {err}");
     }
 }

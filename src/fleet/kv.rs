@@ -23,7 +23,7 @@
 
 mod auth;
 mod error;
-mod path;
+pub(crate) mod path;
 mod renewal;
 mod response;
 mod session;
@@ -106,7 +106,7 @@ pub struct KvMetadata {
     /// The latest version written (0: none).
     pub current_version: u64,
     /// The oldest version kept.
-    pub oldest_version: u64,
+
     /// The versions kept, by number.
     pub versions: BTreeMap<u64, KvVersionState>,
 }

@@ -33,7 +33,7 @@ fn path_problem(path: &str) -> Option<String> {
 }
 
 /// Checks a secret path (or a mount), named `what` in the message.
-pub(super) fn check_path(what: &str, path: &str) -> Result<(), String> {
+pub(crate) fn check_path(what: &str, path: &str) -> Result<(), String> {
     match path_problem(path) {
         None => Ok(()),
         Some(problem) => Err(format!(
@@ -45,9 +45,17 @@ pub(super) fn check_path(what: &str, path: &str) -> Result<(), String> {
 
 /// Checks the server address and returns it without its trailing `/`: the
 /// prefix of every request URL (`{address}/v1/…`).
-pub(super) fn check_address(address: &str) -> Result<String, String> {
+pub(crate) fn check_address(address: &str) -> Result<String, String> {
     let trimmed = address.trim().trim_end_matches('/');
     let fix = "give it as http://HOST:PORT or https://HOST:PORT (e.g. https://openbao.example.org:8200)";
+    // Before anything echoes the address: a user:password@ part is a
+    // credential, and a parse error would print it.
+    if trimmed.split_once("://").map_or(trimmed, |(_, rest)| rest).split('/').next().is_some_and(|authority| authority.contains('@')) {
+        return Err(format!(
+            "the OpenBao address has a user or password in it: remove the user:password@ part \
+             (the token comes from the auth settings); {fix}"
+        ));
+    }
     let url = Url::parse(trimmed).map_err(|e| format!("the OpenBao address {trimmed:?} is not a URL ({e}): {fix}"))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(format!(
@@ -125,6 +133,15 @@ mod tests {
             assert!(message.contains(reason), "{path:?}: {message}");
             assert!(message.contains("use segments"), "{path:?}: {message}");
             assert!(!message.contains('\n'), "{path:?}: one line: {message}");
+        }
+    }
+
+    #[test]
+    fn an_address_with_a_password_is_refused_without_echoing_it() {
+        for bad in ["https://u:pw-secret@h:99999", "https://u:pw-secret@h:8200/", "http://pw-secret@[::1"] {
+            let e = check_address(bad).unwrap_err();
+            assert!(!e.contains("pw-secret"), "{e}");
+            assert!(e.contains("user or password"), "{e}");
         }
     }
 

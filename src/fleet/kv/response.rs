@@ -80,7 +80,6 @@ pub(super) fn entry(body: &[u8], api_path: &str) -> Result<Option<KvEntry>, KvEr
 pub(super) fn metadata(body: &[u8], api_path: &str) -> Result<KvMetadata, KvError> {
     let json = json(body, api_path)?;
     let current_version = number(&json, &["data", "current_version"], api_path)?;
-    let oldest_version = number(&json, &["data", "oldest_version"], api_path)?;
     let versions_field = ["data", "versions"];
     let listed = at(&json, &versions_field)
         .and_then(Value::as_object)
@@ -100,7 +99,6 @@ pub(super) fn metadata(body: &[u8], api_path: &str) -> Result<KvMetadata, KvErro
     }
     Ok(KvMetadata {
         current_version,
-        oldest_version,
         versions,
     })
 }
@@ -225,7 +223,6 @@ mod tests {
             "3":{"created_time":"t","deletion_time":"","destroyed":false}}}}"#;
         let got = metadata(body, PATH).unwrap();
         assert_eq!(got.current_version, 3);
-        assert_eq!(got.oldest_version, 1);
         let states: Vec<_> = got.versions.iter().map(|(v, s)| (*v, s.deleted, s.destroyed)).collect();
         assert_eq!(states, [(1, false, true), (2, true, false), (3, false, false)]);
         let bad = br#"{"data":{"current_version":1,"oldest_version":0,"versions":{"one":{}}}}"#;

@@ -37,6 +37,9 @@ use super::{KvAuth, KvError, KvOptions};
 /// How long an idle pooled connection is kept (below OpenBao's own idle
 /// timeout, so that we close first).
 const POOL_IDLE: Duration = Duration::from_secs(60);
+/// Largest answer read from OpenBao, in bytes (a key record is at most a
+/// few times the store's largest key file).
+const MAX_BODY: usize = 64 * 1024 * 1024;
 
 /// One request to the API.
 pub(super) struct Request {
@@ -305,8 +308,25 @@ impl Session {
             (Err(e), _) => return Err(unreachable(e)),
         };
         let status = response.status().as_u16();
-        let body = response.bytes().await.map_err(unreachable)?;
-        Ok(Answer { status, body })
+        // Read at most MAX_BODY: whoever may write the prefix must not be
+        // able to run the agent out of memory with one huge value.
+        let mut response = response;
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(unreachable)? {
+            if body.len() + chunk.len() > MAX_BODY {
+                return Err(KvError::BadResponse {
+                    path: request.api_path.clone(),
+                    reason: format!(
+                        "the answer is larger than {MAX_BODY} bytes: a keyward value is far smaller; check what was written at this path"
+                    ),
+                });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Answer {
+            status,
+            body: body.into(),
+        })
     }
 
     /// The token, obtained first if there is none yet, and its generation.
