@@ -44,7 +44,6 @@ use crate::proto;
 use crate::secret::KeyRef;
 use kv::{KvAuth, KvClient, KvOptions};
 
-pub use status::{AgentReport, ServedKey};
 pub use sync::{spawn, FleetTasks};
 
 /// The `format` of every value keyward writes.
@@ -63,8 +62,8 @@ pub enum FleetError {
 pub struct Fleet {
     cfg: OpenBaoConfig,
     kv: KvClient,
-    /// The fleet's recipients from the config (the store adds this agent
-    /// and the extra recipients when sealing).
+    /// The fleet's recipients from the config, without this agent and the
+    /// extra recipients (the store seals to those itself).
     recipients: Vec<x25519::Recipient>,
     /// This agent's own recipient (published in its status).
     recipient: String,
@@ -80,9 +79,19 @@ pub struct Fleet {
 /// What the follower knows.
 #[derive(Default)]
 struct Health {
+    /// When the last sync succeeded (from `fleet-sync` after a restart).
     last_ok: Option<SystemTime>,
+    /// The same on the monotonic clock, once a sync succeeded in this
+    /// process: staleness is measured with it, so a clock step cannot hide
+    /// it.
+    last_ok_mono: Option<Instant>,
     last_persisted: Option<Instant>,
     last_error: Option<String>,
+    /// Why the last status publication failed.
+    publish_error: Option<String>,
+    /// Backend versions of keys that serve nothing here (a deletion marker,
+    /// a refused record): not read again until the path moves on.
+    settled: BTreeMap<KeyRef, u64>,
     /// Per key: why the backend's record is not applied.
     problems: BTreeMap<String, String>,
     /// The `changes` marker version of the last complete sync.
@@ -96,10 +105,31 @@ struct Health {
     status_metadata_set: bool,
 }
 
+impl Health {
+    /// How long since the last successful sync (`None`: never).
+    fn stale_for(&self, now: SystemTime) -> Option<Duration> {
+        match self.last_ok_mono {
+            Some(t) => Some(t.elapsed()),
+            None => self.last_ok.map(|t| now.duration_since(t).unwrap_or(Duration::ZERO)),
+        }
+    }
+
+    /// "ENV/NAME: why" per key whose record is not applied.
+    fn problem_lines(&self) -> Vec<String> {
+        self.problems.iter().map(|(k, why)| format!("{k}: {why}")).collect()
+    }
+}
+
 impl Fleet {
     /// Sets up fleet mode (no network I/O yet). `recipient` is this agent's
-    /// own; `state_dir` keeps the last sync time.
-    pub fn new(cfg: &OpenBaoConfig, recipient: String, state_dir: &std::path::Path) -> Result<Fleet, FleetError> {
+    /// own, `extra_recipients` the config's break-glass ones; `state_dir`
+    /// keeps the last sync time.
+    pub fn new(
+        cfg: &OpenBaoConfig,
+        recipient: String,
+        extra_recipients: &[String],
+        state_dir: &std::path::Path,
+    ) -> Result<Fleet, FleetError> {
         let auth = match &cfg.auth {
             OpenBaoAuth::TokenFile(p) => KvAuth::TokenFile(p.clone()),
             OpenBaoAuth::AppRole {
@@ -121,9 +151,12 @@ impl Fleet {
             timeout: cfg.request_timeout,
         })
         .map_err(|e| FleetError::Setup(e.to_string()))?;
+        // The store seals to this agent and the extra recipients already:
+        // only the others are added.
         let recipients = cfg
             .recipients
             .iter()
+            .filter(|r| **r != recipient && !extra_recipients.contains(r))
             .map(|r| x25519::Recipient::from_str(r).map_err(|e| FleetError::Setup(format!("recipient {r:?}: {e}"))))
             .collect::<Result<Vec<_>, _>>()?;
         if !cfg.recipients.contains(&recipient) {
@@ -184,50 +217,47 @@ impl Fleet {
         format!("{}/agents/{}", self.cfg.prefix, self.cfg.agent_id)
     }
 
-    /// Seconds since the last successful sync (`None`: never).
-    pub fn stale_for(&self, now: SystemTime) -> Option<Duration> {
-        self.health()
-            .last_ok
-            .map(|t| now.duration_since(t).unwrap_or(Duration::ZERO))
+    /// Over `stale_after` (or never synced).
+    fn over_stale_after(&self, stale_for: Option<Duration>) -> bool {
+        stale_for.is_none_or(|d| d > self.cfg.stale_after)
     }
 
-    /// True when the last successful sync is older than `stale_after` (or
-    /// there never was one).
-    pub fn is_stale(&self, now: SystemTime) -> bool {
-        self.stale_for(now).is_none_or(|d| d > self.cfg.stale_after)
+    /// In sync: a sync succeeded in this process, the last attempt did,
+    /// and that was within `stale_after`.
+    pub fn in_sync(&self) -> bool {
+        let h = self.health();
+        h.last_ok_mono.is_some() && h.last_error.is_none() && !self.over_stale_after(h.stale_for(SystemTime::now()))
     }
 
     /// For `GetStatus`.
     pub fn status(&self) -> proto::BackendStatus {
-        let now = SystemTime::now();
         let h = self.health();
-        let stale_for = h.last_ok.map(|t| now.duration_since(t).unwrap_or(Duration::ZERO));
+        let stale_for = h.stale_for(SystemTime::now());
         proto::BackendStatus {
-            kind: "openbao".to_owned(),
+            kind: crate::config::backend::BackendConfig::OPENBAO.to_owned(),
             address: self.cfg.address.clone(),
             mount: self.cfg.mount.clone(),
             prefix: self.cfg.prefix.clone(),
             agent_id: self.cfg.agent_id.clone(),
             last_sync_at: h.last_ok.map(crate::keyset::timestamp),
             stale_seconds: stale_for.map_or(0, |d| d.as_secs()),
-            stale: stale_for.is_none_or(|d| d > self.cfg.stale_after),
+            stale: self.over_stale_after(stale_for),
             last_error: h.last_error.clone().unwrap_or_default(),
-            problems: h.problems.iter().map(|(k, why)| format!("{k}: {why}")).collect(),
+            problems: h.problem_lines(),
         }
     }
 
     /// For the metrics scrape.
     pub fn gauges(&self) -> crate::metrics::BackendGauges {
-        let now = SystemTime::now();
         let h = self.health();
-        let stale_for = h.last_ok.map(|t| now.duration_since(t).unwrap_or(Duration::ZERO));
+        let stale_for = h.stale_for(SystemTime::now());
         crate::metrics::BackendGauges {
-            up: h.last_error.is_none() && h.last_ok.is_some(),
+            up: h.last_ok_mono.is_some() && h.last_error.is_none(),
             last_sync_timestamp_seconds: h
                 .last_ok
                 .map(|t| t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64()),
             stale_seconds: stale_for.map_or(f64::NAN, |d| d.as_secs_f64()),
-            stale: stale_for.is_none_or(|d| d > self.cfg.stale_after),
+            stale: self.over_stale_after(stale_for),
             problems: h.problems.len() as u64,
         }
     }
@@ -247,6 +277,7 @@ impl Fleet {
                 h.publish_due = true;
             }
             h.last_ok = Some(now);
+            h.last_ok_mono = Some(Instant::now());
             h.marker = Some(marker);
             if full {
                 h.last_full = Some(Instant::now());
@@ -275,6 +306,9 @@ impl Fleet {
 
     fn set_problem(&self, key: &KeyRef, why: Option<String>) {
         let mut h = self.health();
+        if why.is_none() {
+            h.settled.remove(key);
+        }
         let k = key.to_string();
         match why {
             Some(why) => {
@@ -289,6 +323,34 @@ impl Fleet {
                     h.publish_due = true;
                 }
             }
+        }
+    }
+}
+
+/// The value at a key's path, as keyward reads it.
+enum BackendRecord<'a> {
+    /// A key record, sealed to the fleet (ASCII armor).
+    Sealed(&'a str),
+    /// A deletion marker, left by a key of this generation.
+    Deleted { generation: u64 },
+    /// Not something keyward wrote; says why.
+    Foreign(String),
+}
+
+impl BackendRecord<'_> {
+    fn parse(data: &serde_json::Value) -> BackendRecord<'_> {
+        let format = data.get("format").and_then(|f| f.as_str());
+        if format != Some(FORMAT) {
+            return BackendRecord::Foreign(format!("is not a keyward record (format {format:?})"));
+        }
+        if data.get("deleted").and_then(|d| d.as_bool()) == Some(true) {
+            return BackendRecord::Deleted {
+                generation: data.get("generation").and_then(|g| g.as_u64()).unwrap_or(0),
+            };
+        }
+        match data.get("record").and_then(|r| r.as_str()) {
+            Some(sealed) => BackendRecord::Sealed(sealed),
+            None => BackendRecord::Foreign("has no \"record\" field".to_owned()),
         }
     }
 }

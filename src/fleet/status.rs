@@ -16,7 +16,7 @@ use crate::server::Agent;
 
 /// One key as an agent serves it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ServedKey {
+pub(super) struct ServedKey {
     /// keyward's generation.
     pub generation: u64,
     /// The backend record's KV version.
@@ -27,7 +27,7 @@ pub struct ServedKey {
 
 /// What an agent publishes.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct AgentReport {
+pub(super) struct AgentReport {
     /// Always [`FORMAT`].
     pub format: String,
     /// Its id.
@@ -80,10 +80,7 @@ impl Fleet {
             .collect();
         let (stale, problems) = {
             let h = self.health();
-            let stale = h
-                .last_ok
-                .is_none_or(|t| now.duration_since(t).unwrap_or_default() > self.cfg.stale_after);
-            (stale, h.problems.iter().map(|(k, why)| format!("{k}: {why}")).collect())
+            (self.over_stale_after(h.stale_for(now)), h.problem_lines())
         };
         let report = AgentReport {
             format: FORMAT.to_owned(),
@@ -123,7 +120,7 @@ impl Fleet {
 
     /// Every agent's published status (expired ones included, marked not
     /// live), sorted by id.
-    pub async fn reports(&self) -> Result<Vec<AgentReport>, KvError> {
+    async fn reports(&self) -> Result<Vec<AgentReport>, KvError> {
         let mut out = Vec::new();
         for name in self.kv.list(&self.agents_path()).await? {
             if name.ends_with('/') {

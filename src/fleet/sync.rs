@@ -8,8 +8,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
 
-use super::kv::KvEntry;
-use super::{Fleet, FORMAT};
+use super::kv::{KvEntry, KvError};
+use super::{BackendRecord, Fleet};
+use crate::store::reload::{check_no_reuse, same_state};
 use crate::alerts::detect::Subject;
 use crate::alerts::Severity;
 use crate::audit::AuditEvent;
@@ -68,18 +69,33 @@ async fn follow(
         };
         match fleet.sync_round(&agent, full).await {
             Ok(marker) => fleet.record_ok(marker, full),
-            Err(e) => fleet.record_error(e),
+            Err(e) => fleet.record_error(e.to_string()),
         }
+        // The first attempt is over, whatever its outcome (`run` then
+        // says whether the agent is in sync).
         let _ = first_round.send(true);
         fleet.raise_stale_alert(&agent);
         let due = fleet.health().publish_due || last_publish.is_none_or(|t| t.elapsed() >= republish);
         if due {
-            match fleet.publish(&agent).await {
+            let published = fleet.publish(&agent).await;
+            let mut h = fleet.health();
+            match published {
                 Ok(()) => {
-                    fleet.health().publish_due = false;
+                    h.publish_due = false;
+                    if h.publish_error.take().is_some() {
+                        tracing::info!("publishing this agent's fleet status again");
+                    }
                     last_publish = Some(Instant::now());
                 }
-                Err(e) => tracing::debug!(error = %e, "cannot publish this agent's status"),
+                Err(e) => {
+                    // Said once per distinct error: while it lasts, a fleet
+                    // rotation stops counting this agent as live.
+                    let e = e.to_string();
+                    if h.publish_error.as_deref() != Some(e.as_str()) {
+                        tracing::warn!(error = %e, "cannot publish this agent's fleet status; `keyward rotate --fleet` does not count it as live meanwhile");
+                    }
+                    h.publish_error = Some(e);
+                }
             }
         }
         tokio::select! {
@@ -94,6 +110,12 @@ async fn follow(
     fleet.withdraw().await;
 }
 
+/// Whether `e` makes the whole backend unreadable (rather than one key's
+/// record).
+fn ends_round(e: &KvError) -> bool {
+    e.is_unreachable() || matches!(e, KvError::Auth(_) | KvError::Denied { .. } | KvError::Config(_))
+}
+
 /// `interval` ± 10 %: agents started together (a fleet restarted at
 /// once) drift apart instead of polling OpenBao in bursts.
 fn jittered(interval: Duration) -> Duration {
@@ -103,13 +125,12 @@ fn jittered(interval: Duration) -> Duration {
 
 impl Fleet {
     /// One round: the marker, and every key if it moved or `full`. Returns
-    /// the marker version on success, or why the backend could not be read.
-    async fn sync_round(&self, agent: &Agent, full: bool) -> Result<u64, String> {
+    /// the marker version, or the error that made the backend unreadable.
+    async fn sync_round(&self, agent: &Agent, full: bool) -> Result<u64, KvError> {
         let marker = self
             .kv
             .metadata(&self.changes_path())
-            .await
-            .map_err(|e| e.to_string())?
+            .await?
             .map_or(0, |m| m.current_version);
         let seen = self.health().marker;
         if !full && seen == Some(marker) {
@@ -121,8 +142,14 @@ impl Fleet {
         Ok(marker)
     }
 
-    async fn sync_env(&self, agent: &Agent, env: &str) -> Result<(), String> {
-        let names = self.kv.list(&self.env_path(env)).await.map_err(|e| e.to_string())?;
+    /// Compares every key of `env`. An error that concerns one key is that
+    /// key's problem and the round goes on; one that makes the backend
+    /// unreadable (down, sealed, refused login) ends the round.
+    async fn sync_env(&self, agent: &Agent, env: &str) -> Result<(), KvError> {
+        // Read before OpenBao: a key this agent writes meanwhile is then
+        // neither missing from the listing nor behind it.
+        let served = agent.store.list(Some(env));
+        let names = self.kv.list(&self.env_path(env)).await?;
         let mut present = BTreeSet::new();
         for name in names {
             if name.ends_with('/') {
@@ -136,13 +163,17 @@ impl Fleet {
                 }
             };
             present.insert(key.clone());
-            self.sync_key(agent, &key).await?;
+            match self.sync_key(agent, &key).await {
+                Ok(()) => {}
+                Err(e) if ends_round(&e) => return Err(e),
+                Err(e) => self.set_problem(&key, Some(format!("cannot read its record: {e}"))),
+            }
         }
         // A key this agent serves from the backend whose path is gone: an
         // operator removed it outside keyward. Deleting is done with a
         // marker (`keyward delete`); a vanished path is reported and the
         // last good state keeps serving.
-        for state in agent.store.list(Some(env)) {
+        for state in served {
             if state.backend_version.is_some() && !present.contains(&state.key) {
                 self.set_problem(
                     &state.key,
@@ -154,17 +185,20 @@ impl Fleet {
     }
 
     /// Compares one key with the backend and applies a newer record.
-    async fn sync_key(&self, agent: &Agent, key: &KeyRef) -> Result<(), String> {
+    async fn sync_key(&self, agent: &Agent, key: &KeyRef) -> Result<(), KvError> {
+        let local = agent.store.get(key);
         let path = self.key_path(key);
-        let Some(meta) = self.kv.metadata(&path).await.map_err(|e| e.to_string())? else {
+        let Some(meta) = self.kv.metadata(&path).await? else {
             return Ok(());
         };
         let current = meta.current_version;
-        let local = agent.store.get(key);
         let local_version = local.as_ref().and_then(|s| s.backend_version).unwrap_or(0);
-        if current == local_version && local.is_some() {
+        if local.is_some() && current == local_version {
             self.set_problem(key, None);
             return Ok(());
+        }
+        if self.health().settled.get(key) == Some(&current) {
+            return Ok(()); // a deletion marker or a refused record, already handled
         }
         if current < local_version {
             self.set_problem(
@@ -184,103 +218,101 @@ impl Fleet {
             }
             return Ok(());
         }
-        let Some(entry) = self.kv.read_version(&path, current).await.map_err(|e| e.to_string())? else {
+        let Some(entry) = self.kv.read_version(&path, current).await? else {
             return Ok(());
         };
-        self.apply(agent, key, entry).await;
+        let version = entry.version;
+        if !self.apply(agent, key, entry).await {
+            // Nothing to serve from this version: not read again until
+            // the path has a newer one.
+            self.health().settled.insert(key.clone(), version);
+        }
         Ok(())
     }
 
     /// Applies one record under the admin lock (a change made here at the
-    /// same moment is either before or after, never interleaved).
-    async fn apply(&self, agent: &Agent, key: &KeyRef, entry: KvEntry) {
+    /// same moment is either before or after, never interleaved). Returns
+    /// whether the key now serves this version.
+    async fn apply(&self, agent: &Agent, key: &KeyRef, entry: KvEntry) -> bool {
         let _serial = agent.admin_lock.lock().await;
         let local = agent.store.get(key);
         if local.as_ref().and_then(|s| s.backend_version).unwrap_or(0) >= entry.version && local.is_some() {
-            return; // applied meanwhile by a write of our own
+            return true; // applied meanwhile by a write of our own
         }
-        let format = entry.data.get("format").and_then(|f| f.as_str());
-        if format != Some(FORMAT) {
-            self.set_problem(
-                key,
-                Some(format!(
-                    "OpenBao's record version {} is not a keyward record (format {format:?}); the last good state keeps serving",
-                    entry.version
-                )),
-            );
-            return;
-        }
-        if entry.data.get("deleted").and_then(|d| d.as_bool()) == Some(true) {
-            self.set_problem(key, None);
-            if let Some(old) = local {
-                match agent.store.delete(key) {
-                    Ok(_) => {
-                        agent.watchers.publish(key, None, "deleted");
-                        self.audit_sync(agent, key, Some(&old), None, entry.version).await;
-                        tracing::info!(key = %key, backend_version = entry.version, "deleted from the fleet");
-                    }
-                    Err(e) => self.set_problem(key, Some(format!("cannot remove the local copy: {e}"))),
-                }
+        let refuse = |why: String| {
+            self.set_problem(key, Some(why));
+            false
+        };
+        if local.is_none() {
+            // Never over a key file this agent could not load: it may be the
+            // only copy of a secret.
+            if let Err(e) = agent.store.check_loaded(key) {
+                return refuse(e.to_string());
             }
-            return;
         }
-        let Some(sealed) = entry.data.get("record").and_then(|r| r.as_str()) else {
-            self.set_problem(
-                key,
-                Some(format!(
-                    "OpenBao's record version {} has no \"record\" field; the last good state keeps serving",
+        let sealed = match BackendRecord::parse(&entry.data) {
+            BackendRecord::Sealed(sealed) => sealed,
+            BackendRecord::Deleted { .. } => {
+                self.set_problem(key, None);
+                if let Some(old) = local {
+                    match agent.store.delete(key) {
+                        Ok(_) => {
+                            agent.watchers.publish(key, None, "deleted");
+                            self.audit_sync(agent, key, Some(&old), None, entry.version).await;
+                            tracing::info!(key = %key, backend_version = entry.version, "deleted from the fleet");
+                        }
+                        Err(e) => return refuse(format!("cannot remove the local copy: {e}")),
+                    }
+                }
+                return false;
+            }
+            BackendRecord::Foreign(why) => {
+                return refuse(format!(
+                    "OpenBao's record version {} {why}; the last good state keeps serving",
                     entry.version
-                )),
-            );
-            return;
+                ))
+            }
         };
         let state = match agent.store.open_armored(key.clone(), sealed) {
             Ok(s) => s,
-            Err(e) => {
-                self.set_problem(key, Some(format!("record version {}: {e}", entry.version)));
-                return;
-            }
+            Err(e) => return refuse(format!("record version {}: {e}", entry.version)),
         };
         if state.backend_version != Some(entry.version) {
-            self.set_problem(
-                key,
-                Some(format!(
-                    "OpenBao's record version {} says it was written as version {}: it is a copy of an older record (a replay), refused; the last good state keeps serving",
-                    entry.version,
-                    state.backend_version.map_or("none".to_owned(), |v| v.to_string())
-                )),
-            );
-            return;
+            return refuse(format!(
+                "OpenBao's record version {} says it was written as version {}: it is a copy of an older record (a replay), refused; the last good state keeps serving",
+                entry.version,
+                state.backend_version.map_or("none".to_owned(), |v| v.to_string())
+            ));
         }
-        if let Some(old) = &local {
+        // A state this agent had from the fleet must lead to this one: a
+        // lower generation is a rollback, a version number holding another
+        // secret a forgery or a fork. (A key only this host had before it
+        // joined the fleet is simply replaced by the fleet's.)
+        if let Some(old) = local.as_ref().filter(|old| old.backend_version.is_some()) {
             if state.generation < old.generation {
-                self.set_problem(
-                    key,
-                    Some(format!(
-                        "OpenBao's record version {} has generation {} but this agent serves generation {}: refused as a rollback; the last good state keeps serving",
-                        entry.version, state.generation, old.generation
-                    )),
-                );
-                return;
+                return refuse(format!(
+                    "OpenBao's record version {} has generation {} but this agent serves generation {}: refused as a rollback; the last good state keeps serving",
+                    entry.version, state.generation, old.generation
+                ));
+            }
+            if let Err(why) = check_no_reuse(old, &state) {
+                return refuse(format!("OpenBao's record version {}: {why}", entry.version));
             }
         }
-        let same_generation = local.as_ref().is_some_and(|old| old.generation == state.generation);
+        let unchanged = local.as_ref().is_some_and(|old| same_state(old, &state));
         let newly_promoted = state.state == RotationState::Promoted
             && local
                 .as_ref()
                 .is_none_or(|old| old.state != RotationState::Promoted || old.primary.number != state.primary.number);
         let committed = match agent.store.replace(state) {
             Ok(c) => c,
-            Err(e) => {
-                self.set_problem(key, Some(format!("cannot write the local copy: {e}")));
-                return;
-            }
+            Err(e) => return refuse(format!("cannot write the local copy: {e}")),
         };
         self.set_problem(key, None);
         self.health().publish_due = true;
-        if same_generation {
-            // A re-encryption: nothing a client would see changed.
-            return;
+        if unchanged {
+            // A re-encryption (reseal): nothing a client would see changed.
+            return true;
         }
         if newly_promoted {
             agent.failures.promoted(key, committed.primary.number, Instant::now());
@@ -290,6 +322,7 @@ impl Fleet {
             state = committed.state.as_str(), "applied a change from the fleet");
         self.audit_sync(agent, key, local.as_deref(), Some(&committed), entry.version)
             .await;
+        true
     }
 
     async fn audit_sync(
@@ -320,15 +353,15 @@ impl Fleet {
     /// after the agent is in sync again).
     fn raise_stale_alert(&self, agent: &Agent) {
         let now = SystemTime::now();
-        if !self.is_stale(now) {
+        let (stale_for, error) = {
+            let h = self.health();
+            (h.stale_for(now), h.last_error.clone())
+        };
+        if !self.over_stale_after(stale_for) {
             return;
         }
-        let (since, error) = {
-            let h = self.health();
-            (h.last_ok, h.last_error.clone())
-        };
-        let age = since.map_or("never since this agent's state was created".to_owned(), |t| {
-            format!("for {}s", now.duration_since(t).unwrap_or_default().as_secs())
+        let age = stale_for.map_or("never since this agent's state was created".to_owned(), |d| {
+            format!("for {}s", d.as_secs())
         });
         agent.alerting.health(
             Subject::Agent("backend"),

@@ -6,21 +6,12 @@ use std::sync::Arc;
 use serde_json::json;
 
 use super::kv::KvError;
-use super::{Fleet, FORMAT};
+use super::{BackendRecord, Fleet, FORMAT};
+use crate::secret::KeyRef;
 use crate::keyset::KeySetState;
 use crate::server::error::ApiError;
 use crate::server::Agent;
 use crate::store::record;
-
-/// What the backend holds at a key's path, as far as a writer cares.
-enum Current {
-    /// Never written (or its metadata deleted).
-    Absent,
-    /// A deletion marker at this version, left by a key of this generation.
-    Deleted { version: u64, generation: u64 },
-    /// A live record this agent does not serve.
-    Live { version: u64 },
-}
 
 impl Fleet {
     /// Writes `next` (the state after a change of `before`, the state this
@@ -34,41 +25,20 @@ impl Fleet {
     ) -> Result<Arc<KeySetState>, ApiError> {
         let key = next.key.clone();
         let path = self.key_path(&key);
-        let cas = match before.and_then(|b| b.backend_version) {
-            Some(v) => v,
-            None => match self.current(&path, &key).await? {
-                Current::Absent => 0,
-                Current::Deleted { version, generation } => {
-                    if before.is_none() {
-                        next.generation = next.generation.max(generation + 1);
-                    }
-                    version
-                }
-                Current::Live { version } => {
-                    self.poke();
-                    return Err(ApiError::Aborted(format!(
-                        "{key} exists in OpenBao (record version {version}) but this agent does not serve it yet: it has not synced it or cannot decrypt it (see `keyward status`); nothing was changed: retry in a moment"
-                    )));
-                }
-            },
-        };
+        let (cas, deleted_generation) = self.base_version(agent, &key, &path, before).await?;
+        if before.is_none() {
+            if let Some(generation) = deleted_generation {
+                next.generation = next.generation.max(generation + 1);
+            }
+        }
         next.backend_version = Some(cas + 1);
         let plaintext =
             record::encode_bound(&next).map_err(|e| ApiError::InvalidArgument(format!("cannot store {key}: {e}")))?;
         let sealed = agent.store.seal_armored(&plaintext, &self.recipients)?;
         drop(plaintext);
-        let data = json!({ "format": FORMAT, "record": sealed });
         let written = self
-            .kv
-            .write(&path, &data, Some(cas))
-            .await
-            .map_err(|e| self.write_error(&key, e))?;
-        if written != cas + 1 {
-            // check-and-set passed, so OpenBao numbered it cas + 1; anything
-            // else is a server this agent does not understand.
-            tracing::error!(key = %key, expected = cas + 1, got = written, "OpenBao numbered a check-and-set write unexpectedly");
-        }
-        next.backend_version = Some(written);
+            .write_cas(&key, &path, &json!({ "format": FORMAT, "record": sealed }), cas)
+            .await?;
         let committed = agent.store.replace(next).map_err(|e| {
             ApiError::Unavailable(format!(
                 "the change of {key} is in OpenBao (record version {written}) but this agent's local copy could not be written ({e}): the other agents serve it; fix the store directory, then restart this agent"
@@ -83,32 +53,38 @@ impl Fleet {
     pub async fn delete(&self, agent: &Agent, existing: &KeySetState) -> Result<Arc<KeySetState>, ApiError> {
         let key = existing.key.clone();
         let path = self.key_path(&key);
-        let cas = match existing.backend_version {
-            Some(v) => v,
-            None => match self.current(&path, &key).await? {
-                Current::Absent => 0,
-                Current::Deleted { version, .. } => version,
-                Current::Live { version } => {
-                    self.poke();
-                    return Err(ApiError::Aborted(format!(
-                        "{key} has a record in OpenBao (version {version}) that this agent does not serve: it has not synced it or cannot decrypt it (see `keyward status`); nothing was deleted"
-                    )));
-                }
-            },
-        };
-        let data = json!({ "format": FORMAT, "deleted": true, "generation": existing.generation + 1 });
-        let written = self
-            .kv
-            .write(&path, &data, Some(cas))
-            .await
-            .map_err(|e| self.write_error(&key, e))?;
+        let (cas, _) = self.base_version(agent, &key, &path, Some(existing)).await?;
+        let marker = json!({ "format": FORMAT, "deleted": true, "generation": existing.generation + 1 });
+        let written = self.write_cas(&key, &path, &marker, cas).await?;
         let removed = agent.store.delete(&key).map_err(|e| {
             ApiError::Unavailable(format!(
                 "{key} is deleted in OpenBao (record version {written}) but this agent's local copy could not be removed ({e}): fix the store directory, then restart this agent"
             ))
         })?;
         self.changed(&key, written).await;
-        Ok(removed)
+        // As audited: the version written, the deletion marker's (the other
+        // agents' fleet_sync records name the same one).
+        Ok(Arc::new(KeySetState {
+            backend_version: Some(written),
+            ..(*removed).clone()
+        }))
+    }
+
+    /// Refuses, with what a write would say, unless OpenBao answers and
+    /// still holds the version of `state` this agent serves: checked before
+    /// an irreversible step (the revoker) that a failed write would strand.
+    pub async fn check_writable(&self, state: &KeySetState) -> Result<(), ApiError> {
+        let key = &state.key;
+        let current = self
+            .kv
+            .metadata(&self.key_path(key))
+            .await
+            .map_err(|e| self.write_error(key, e))?
+            .map_or(0, |m| m.current_version);
+        if current != state.backend_version.unwrap_or(0) {
+            return Err(self.write_error(key, KvError::CasMismatch { path: self.key_path(key) }));
+        }
+        Ok(())
     }
 
     /// Re-encrypts `state` (unchanged but for its record version) to the
@@ -117,35 +93,81 @@ impl Fleet {
         self.commit(agent, Some(state), state.clone()).await
     }
 
-    /// What the backend has at `path`, for a write this agent has no
-    /// version for.
-    async fn current(&self, path: &str, key: &crate::secret::KeyRef) -> Result<Current, ApiError> {
-        let meta = self.kv.metadata(path).await.map_err(|e| self.write_error(key, e))?;
-        let Some(meta) = meta else { return Ok(Current::Absent) };
-        if meta.current_version == 0 {
-            return Ok(Current::Absent);
+    /// The version a write of `key` checks against: the one this agent
+    /// serves; for a key it has no version of, what OpenBao has (0: none),
+    /// with the generation of a deletion marker found there. Refuses a key
+    /// whose local file was not loaded, and a live record this agent does
+    /// not serve.
+    async fn base_version(
+        &self,
+        agent: &Agent,
+        key: &KeyRef,
+        path: &str,
+        served: Option<&KeySetState>,
+    ) -> Result<(u64, Option<u64>), ApiError> {
+        if let Some(v) = served.and_then(|s| s.backend_version) {
+            return Ok((v, None));
+        }
+        // Before anything reaches OpenBao: the file may be the only copy.
+        agent.store.check_loaded(key)?;
+        let Some(meta) = self.kv.metadata(path).await.map_err(|e| self.write_error(key, e))? else {
+            return Ok((0, None));
+        };
+        let version = meta.current_version;
+        if version == 0 {
+            return Ok((0, None));
         }
         let entry = self
             .kv
-            .read_version(path, meta.current_version)
+            .read_version(path, version)
             .await
             .map_err(|e| self.write_error(key, e))?;
-        let version = meta.current_version;
-        match entry {
-            Some(e) if e.data.get("deleted").and_then(|d| d.as_bool()) == Some(true) => Ok(Current::Deleted {
-                version,
-                generation: e.data.get("generation").and_then(|g| g.as_u64()).unwrap_or(0),
-            }),
+        match entry.as_ref().map(|e| BackendRecord::parse(&e.data)) {
+            Some(BackendRecord::Deleted { generation }) => Ok((version, Some(generation))),
             // The current version was deleted with `bao kv delete`: it is
             // gone, and a write on top of it is a fresh start.
-            None => Ok(Current::Deleted { version, generation: 0 }),
-            Some(_) => Ok(Current::Live { version }),
+            None => Ok((version, Some(0))),
+            Some(_) => {
+                self.poke();
+                Err(ApiError::Aborted(format!(
+                    "{key} has a record in OpenBao (version {version}) that this agent does not serve: it has not synced it or cannot decrypt it (see `keyward status`); nothing was changed: retry in a moment"
+                )))
+            }
         }
+    }
+
+    /// Writes `data` at `path` with check-and-set against `cas`; the new
+    /// version (always `cas + 1`). A refusal that is our own write, applied
+    /// by OpenBao before the connection broke and sent again by the client,
+    /// counts as done.
+    async fn write_cas(&self, key: &KeyRef, path: &str, data: &serde_json::Value, cas: u64) -> Result<u64, ApiError> {
+        let written = match self.kv.write(path, data, Some(cas)).await {
+            Ok(v) => v,
+            Err(KvError::CasMismatch { .. })
+                if self
+                    .kv
+                    .read_version(path, cas + 1)
+                    .await
+                    .is_ok_and(|e| e.is_some_and(|e| e.data == *data)) =>
+            {
+                cas + 1
+            }
+            Err(e) => return Err(self.write_error(key, e)),
+        };
+        if written != cas + 1 {
+            // The record says it is version cas + 1: as any other number the
+            // other agents would refuse it as a replay.
+            return Err(ApiError::Unavailable(format!(
+                "OpenBao numbered the check-and-set write of {key} {written}, not {}: this is not a KV v2 engine keyward understands; the record is there but no agent will apply it",
+                cas + 1
+            )));
+        }
+        Ok(written)
     }
 
     /// After a write: bumps the change marker (best effort: the others'
     /// periodic full comparison catches a lost bump) and republishes.
-    async fn changed(&self, key: &crate::secret::KeyRef, version: u64) {
+    async fn changed(&self, key: &KeyRef, version: u64) {
         let marker =
             json!({ "format": FORMAT, "key": key.to_string(), "version": version, "agent": self.cfg.agent_id });
         if let Err(e) = self.write_latest(&self.changes_path(), &marker).await {
@@ -170,7 +192,7 @@ impl Fleet {
         }
     }
 
-    fn write_error(&self, key: &crate::secret::KeyRef, e: KvError) -> ApiError {
+    fn write_error(&self, key: &KeyRef, e: KvError) -> ApiError {
         match e {
             KvError::CasMismatch { .. } => {
                 self.poke();

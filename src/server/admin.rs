@@ -234,7 +234,7 @@ impl AdminService {
             backend: Some(match &a.fleet {
                 Some(fleet) => fleet.status(),
                 None => proto::BackendStatus {
-                    kind: "local".to_owned(),
+                    kind: config.backend.kind().to_owned(),
                     ..Default::default()
                 },
             }),
@@ -322,18 +322,11 @@ impl proto::admin_server::Admin for AdminService {
         request: Request<proto::ListKeysRequest>,
     ) -> Result<Response<proto::ListKeysResponse>, Status> {
         self.authorize(&request).await?;
-        let env = request.get_ref().environment.as_str();
-        // Checked as a name first: the "not configured" message repeats it.
-        if !env.is_empty() {
-            crate::secret::validate_name("environment", env).map_err(|e| Status::from(ApiError::from(e)))?;
-        }
-        if !env.is_empty() && !self.agent.config().environments.contains_key(env) {
-            return Err(ApiError::InvalidArgument(self.agent.unknown_env_message(env)).into());
-        }
+        let env = self.agent.env_filter(&request.get_ref().environment)?;
         let keys = self
             .agent
             .store
-            .list((!env.is_empty()).then_some(env))
+            .list(env)
             .iter()
             .map(|k| k.to_info())
             .collect();
@@ -448,12 +441,10 @@ impl proto::admin_server::Admin for AdminService {
             )
             .into());
         };
-        let env = request.into_inner().environment;
-        if !env.is_empty() && !self.agent.config().environments.contains_key(&env) {
-            return Err(ApiError::InvalidArgument(self.agent.unknown_env_message(&env)).into());
-        }
+        let request = request.into_inner();
+        let env = self.agent.env_filter(&request.environment)?;
         let mut resealed = Vec::new();
-        for state in self.agent.store.list((!env.is_empty()).then_some(env.as_str())) {
+        for state in self.agent.store.list(env) {
             let _serial = self.agent.admin_lock.lock().await;
             // Re-read under the lock: a sync may have replaced it.
             let Some(current) = self.agent.store.get(&state.key) else {

@@ -156,6 +156,7 @@ impl Agent {
             crate::config::backend::BackendConfig::OpenBao(cfg) => Some(Arc::new(crate::fleet::Fleet::new(
                 cfg,
                 recipient.clone(),
+                &config.extra_recipients,
                 &p.state_dir,
             )?)),
         };
@@ -352,6 +353,20 @@ impl Agent {
             .await)
     }
 
+    /// An optional environment filter from a request (empty: all): a valid
+    /// name first (the "not configured" message repeats it), then a
+    /// configured one.
+    pub fn env_filter<'a>(&self, env: &'a str) -> Result<Option<&'a str>, ApiError> {
+        if env.is_empty() {
+            return Ok(None);
+        }
+        crate::secret::validate_name("environment", env)?;
+        if !self.config().environments.contains_key(env) {
+            return Err(ApiError::InvalidArgument(self.unknown_env_message(env)));
+        }
+        Ok(Some(env))
+    }
+
     /// "environment 'qa' is not configured …".
     pub fn unknown_env_message(&self, env: &str) -> String {
         let config = self.config();
@@ -485,7 +500,7 @@ pub async fn run(listeners: Listeners, agent: Arc<Agent>, shutdown: impl Future<
         // Serve what OpenBao holds from the start if it answers soon;
         // otherwise the local copy, and say so.
         let limit = fleet.config().initial_sync_timeout;
-        if !tasks.first_round(limit).await || fleet.is_stale(SystemTime::now()) {
+        if !tasks.first_round(limit).await || !fleet.in_sync() {
             tracing::warn!(address = %fleet.config().address, keys = agent.store.len(),
                 "not in sync with OpenBao yet; serving the local copy until it is");
         } else {

@@ -165,6 +165,11 @@ pub async fn transition(
             }
         }
         if let (Some(revoker), Some(old)) = (&settings.revoker, &current.fallback) {
+            // Fleet mode: the retire must be writable before the old key is
+            // revoked at its provider, or a revoked key would stay served.
+            if let Some(fleet) = &agent.fleet {
+                fleet.check_writable(&current).await?;
+            }
             let note = hooks::revoke(revoker, &old.secret, settings.hook_timeout)
                 .await
                 .map_err(|e| {

@@ -249,14 +249,23 @@ impl Store {
     /// ([`StoreError::Unloaded`]): that file may be the only copy of a
     /// secret (encrypted to a lost identity, a bad record).
     pub fn commit(&self, next: KeySetState) -> Result<Arc<KeySetState>, StoreError> {
-        let path = self.key_path(&next.key);
-        if self.get(&next.key).is_none() && std::fs::symlink_metadata(&path).is_ok() {
+        self.check_loaded(&next.key)?;
+        self.write_state(next)
+    }
+
+    /// [`StoreError::Unloaded`] when `key` has a file the store did not
+    /// load: nothing may replace or remove it (it may be the only copy of a
+    /// secret). Checked by [`Store::commit`], and by fleet mode before it
+    /// writes to OpenBao or over the local copy.
+    pub fn check_loaded(&self, key: &KeyRef) -> Result<(), StoreError> {
+        let path = self.key_path(key);
+        if self.get(key).is_none() && std::fs::symlink_metadata(&path).is_ok() {
             return Err(StoreError::Unloaded {
-                key: next.key.to_string(),
+                key: key.to_string(),
                 path,
             });
         }
-        self.write_state(next)
+        Ok(())
     }
 
     /// Fleet mode: makes a state read from (or just written to) the shared
@@ -267,28 +276,13 @@ impl Store {
     }
 
     /// Encrypts a record to this agent, the extra recipients and `more`
-    /// (the fleet's other agents), ASCII-armored: the form kept in a shared
-    /// backend, readable with `age -d` by any of them.
+    /// (the fleet's other agents, none of them among the first), ASCII-armored:
+    /// the form kept in a shared backend, readable with `age -d` by any of them.
     pub fn seal_armored(&self, plaintext: &[u8], more: &[x25519::Recipient]) -> Result<String, StoreError> {
-        let mut all: Vec<&x25519::Recipient> = self.recipients.iter().collect();
-        for r in more {
-            if !all.iter().any(|x| x.to_string() == r.to_string()) {
-                all.push(r);
-            }
-        }
-        let invalid = |e: String| StoreError::Invalid(format!("cannot encrypt a record for the backend: {e}"));
-        let encryptor = age::Encryptor::with_recipients(all.into_iter().map(|r| r as &dyn age::Recipient))
-            .map_err(|e| invalid(e.to_string()))?;
-        let mut out = Vec::with_capacity(plaintext.len() * 2 + 1024);
-        let armored = age::armor::ArmoredWriter::wrap_output(&mut out, age::armor::Format::AsciiArmor)
-            .map_err(|e| invalid(e.to_string()))?;
-        let mut writer = encryptor.wrap_output(armored).map_err(|e| invalid(e.to_string()))?;
-        writer.write_all(plaintext).map_err(|e| invalid(e.to_string()))?;
-        writer
-            .finish()
-            .and_then(|armored| armored.finish())
-            .map_err(|e| invalid(e.to_string()))?;
-        String::from_utf8(out).map_err(|e| invalid(e.to_string()))
+        let armored = encrypt_to(self.recipients.iter().chain(more), plaintext, true)
+            .map_err(|e| StoreError::Invalid(format!("cannot encrypt a record for the backend: {e}")))?;
+        String::from_utf8(armored)
+            .map_err(|e| StoreError::Invalid(format!("cannot encrypt a record for the backend: {e}")))
     }
 
     /// Decrypts and decodes a record sealed by [`Store::seal_armored`] (by
@@ -300,14 +294,12 @@ impl Store {
                 "the record is not an age file ({e}): it was not written by keyward"
             ))
         })?;
-        let plaintext = self.identity.decrypt(&binary).map_err(|e| {
-            let e = e.to_string().replace('\n', " ");
-            StoreError::Invalid(format!(
+        self.decrypt_decode(key, &binary, |e| {
+            format!(
                 "this agent cannot decrypt it ({e}): it is not encrypted to this agent's identity {}; add that recipient to every agent's [backend] recipients, then run `keyward fleet reseal` on an agent that can read it",
                 self.identity.recipient()
-            ))
-        })?;
-        record::decode(key, &plaintext, &self.fingerprinter).map_err(|e| StoreError::Invalid(e.to_string()))
+            )
+        })
     }
 
     /// [`Store::commit`] without the check for a key file the store did not
@@ -462,32 +454,57 @@ impl Store {
     /// Reads, decrypts and decodes one key file.
     fn read_key_file(&self, path: &Path, key: KeyRef) -> Result<KeySetState, StoreError> {
         let (_, ciphertext) = atomic::read_private(path, MAX_KEY_FILE)?;
-        let plaintext = self.identity.decrypt(&ciphertext).map_err(|e| {
-            // age's messages may span lines (a hint after the error): keep one log line.
-            let e = e.to_string().replace('\n', " ");
-            StoreError::Invalid(format!(
+        self.decrypt_decode(key, &ciphertext, |e| {
+            format!(
                 "cannot decrypt it with the agent identity ({e}): encrypt it to {} (e.g. `age -r {}`)",
                 self.identity.recipient(),
                 self.identity.recipient()
-            ))
+            )
+        })
+    }
+
+    /// Decrypts `ciphertext` with the agent identity and decodes it as the
+    /// state of `key`; `explain` turns age's error into the message.
+    fn decrypt_decode(
+        &self,
+        key: KeyRef,
+        ciphertext: &[u8],
+        explain: impl FnOnce(String) -> String,
+    ) -> Result<KeySetState, StoreError> {
+        let plaintext = self.identity.decrypt(ciphertext).map_err(|e| {
+            // age's messages may span lines (a hint after the error): keep one log line.
+            StoreError::Invalid(explain(e.to_string().replace('\n', " ")))
         })?;
         record::decode(key, &plaintext, &self.fingerprinter).map_err(|e| StoreError::Invalid(e.to_string()))
     }
 
     /// Encrypts to the agent identity and the extra recipients.
     fn encrypt(&self, plaintext: &[u8], path: &Path) -> Result<Vec<u8>, StoreError> {
-        let encryptor = age::Encryptor::with_recipients(self.recipients.iter().map(|r| r as &dyn age::Recipient))
-            .map_err(|e| StoreError::Invalid(format!("cannot encrypt {}: {e}", path.display())))?;
-        let mut out = Vec::with_capacity(plaintext.len() + 1024);
-        let io_err = |source| StoreError::Io {
+        encrypt_to(self.recipients.iter(), plaintext, false).map_err(|source| StoreError::Io {
             path: path.to_owned(),
             source,
-        };
-        let mut writer = encryptor.wrap_output(&mut out).map_err(io_err)?;
-        writer.write_all(plaintext).map_err(io_err)?;
-        writer.finish().map_err(io_err)?;
-        Ok(out)
+        })
     }
+}
+
+/// `plaintext` as an age file to `recipients`, ASCII-armored or binary.
+fn encrypt_to<'a>(
+    recipients: impl Iterator<Item = &'a x25519::Recipient>,
+    plaintext: &[u8],
+    armor: bool,
+) -> io::Result<Vec<u8>> {
+    let encryptor = age::Encryptor::with_recipients(recipients.map(|r| r as &dyn age::Recipient))
+        .map_err(io::Error::other)?;
+    let mut out = Vec::with_capacity(plaintext.len() * if armor { 2 } else { 1 } + 1024);
+    let format = if armor {
+        age::armor::Format::AsciiArmor
+    } else {
+        age::armor::Format::Binary
+    };
+    let mut writer = encryptor.wrap_output(age::armor::ArmoredWriter::wrap_output(&mut out, format)?)?;
+    writer.write_all(plaintext)?;
+    writer.finish()?.finish()?;
+    Ok(out)
 }
 
 /// `<name>.age`.

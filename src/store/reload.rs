@@ -172,7 +172,7 @@ pub fn plan(
 
 /// Whether two states are the same committed state: what a file the agent
 /// wrote decodes to (see the store's invariant on times).
-fn same_state(a: &KeySetState, b: &KeySetState) -> bool {
+pub(crate) fn same_state(a: &KeySetState, b: &KeySetState) -> bool {
     a.generation == b.generation
         && a.state == b.state
         && a.primary.meta() == b.primary.meta()
@@ -183,7 +183,7 @@ fn same_state(a: &KeySetState, b: &KeySetState) -> bool {
 /// Version numbers are never reused within a key: a live version of the
 /// file that has the number of a version the key has (or had) must hold the
 /// same secret.
-fn check_no_reuse(current: &KeySetState, file: &KeySetState) -> Result<(), String> {
+pub(crate) fn check_no_reuse(current: &KeySetState, file: &KeySetState) -> Result<(), String> {
     let known = std::iter::once(current.primary.meta())
         .chain(current.fallback.as_ref().map(Version::meta))
         .chain(current.history.iter().cloned());
