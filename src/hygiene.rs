@@ -68,7 +68,7 @@ const CAP_SYS_PTRACE: u32 = 19;
 
 /// True when `cap` is in this process's effective capability set, read from
 /// `/proc/self/status`; `None` when that cannot be read.
-pub fn has_effective_capability(cap: u32) -> Option<bool> {
+fn has_effective_capability(cap: u32) -> Option<bool> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim();
     let set = u64::from_str_radix(hex, 16).ok()?;

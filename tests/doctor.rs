@@ -236,3 +236,124 @@ async fn an_agent_that_cannot_write_its_audit_log_fails_and_its_alert_is_listed(
     finding(&report, "WARN", "alerts", "open alert");
     assert_no_secret("doctor output", report.as_bytes(), &["s3cret-doctor-full"]);
 }
+
+/// A key file that decrypts with the identity but holds no keyward record
+/// (random bytes encrypted to the agent): the agent skips it, so doctor
+/// fails it, with the decode error and the fix, instead of calling it
+/// decryptable. A file named after no valid key is skipped too.
+#[test]
+fn a_key_file_that_decrypts_but_is_not_a_record_fails() {
+    let agent = TestAgent::start();
+    agent.put("prod/real", "s3cret-doctor-real");
+    let planted = agent.dir.join("store/prod/planted.age");
+    std::fs::write(&planted, encrypt_to(&agent.recipient(), &rand::random::<[u8; 32]>())).unwrap();
+    chmod(&planted, 0o600);
+    let misnamed = agent.dir.join("store/prod/Not A Key.age");
+    std::fs::write(&misnamed, encrypt_to(&agent.recipient(), b"whatever")).unwrap();
+    chmod(&misnamed, 0o600);
+
+    let (code, report) = doctor(&agent);
+    assert_eq!(code, Some(1), "{report}");
+    let (line, fix) = finding(&report, "FAIL", "key files", "planted.age");
+    assert!(
+        line.contains("not a valid key record") && line.contains("not a keyward record"),
+        "says why, with the decode error: {line}"
+    );
+    assert!(fix.contains("restore it from a backup"), "{fix}");
+    let (_, fix) = finding(&report, "FAIL", "key files", "Not A Key.age");
+    assert!(fix.contains("rename it to NAME.age"), "{fix}");
+    assert!(
+        !report.contains("decryptable"),
+        "no OK line for the key files: {report}"
+    );
+    assert_no_secret("doctor output", report.as_bytes(), &["s3cret-doctor-real"]);
+}
+
+/// An install key that does not load is reported once, under "install
+/// key"; the audit check says it could not verify the chain without it.
+#[test]
+fn a_bad_install_key_is_reported_once() {
+    let agent = TestAgent::start();
+    let key = agent.dir.join("install.key");
+    std::fs::write(&key, "not hex\n").unwrap();
+    chmod(&key, 0o600);
+    let (code, report) = doctor(&agent);
+    assert_eq!(code, Some(1), "{report}");
+    let (line, fix) = finding(&report, "FAIL", "install key", "is not an install key");
+    assert!(line.contains("64 hex digits"), "{line}");
+    assert!(fix.contains("restore the install key"), "{fix}");
+    assert_eq!(
+        report.matches("is not an install key").count(),
+        1,
+        "reported once: {report}"
+    );
+    let (_, fix) = finding(&report, "WARN", "audit", "hash chain not verified");
+    assert!(fix.contains("fix the install key"), "{fix}");
+}
+
+/// The agent warns about an audit file open to its group or others (and
+/// keeps running): doctor warns on the same rule, with the chmod.
+#[test]
+fn an_audit_file_open_to_the_group_is_a_warning() {
+    let agent = TestAgent::start();
+    agent.put("dev/audit-mode", "s3cret-doctor-audit");
+    let file = agent.audit_file();
+    chmod(&file, 0o640);
+    let (code, report) = doctor(&agent);
+    assert_eq!(code, Some(0), "warnings only: {report}");
+    let (line, fix) = finding(&report, "WARN", "audit", "0640");
+    assert!(line.contains("open to group or others"), "{line}");
+    assert!(fix.contains(&format!("chmod 600 {}", file.display())), "{fix}");
+}
+
+/// `--admin-socket` (and `KEYWARD_ADMIN_SOCKET`) name the socket doctor
+/// asks the agent on, as for every other command.
+#[test]
+fn doctor_asks_the_agent_on_the_admin_socket_it_is_given() {
+    let agent = TestAgent::start();
+    let elsewhere = agent.dir.parent().unwrap().join("elsewhere.sock");
+    let out = run_cli(
+        std::process::Command::new(KEYWARD)
+            .arg("--dev")
+            .arg(&agent.dir)
+            .arg("--admin-socket")
+            .arg(&elsewhere)
+            .arg("doctor"),
+        None,
+    );
+    let report = text(&out.stdout);
+    let (line, _) = finding(&report, "WARN", "agent", "not reachable");
+    assert!(line.contains(&elsewhere.display().to_string()), "{line}");
+
+    let out = run_cli(
+        std::process::Command::new(KEYWARD)
+            .arg("--dev")
+            .arg(agent.dir.parent().unwrap())
+            .env("KEYWARD_ADMIN_SOCKET", agent.admin_sock())
+            .arg("doctor"),
+        None,
+    );
+    let report = text(&out.stdout);
+    assert!(
+        report.lines().any(|l| l.starts_with("OK    agent: keywardd ")),
+        "reached the agent through KEYWARD_ADMIN_SOCKET: {report}"
+    );
+}
+
+/// Without a store directory there are no key files to count: the store
+/// warning stands alone, with no "OK key files: 0 key files".
+#[test]
+fn a_missing_store_is_not_also_zero_key_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_cli(
+        std::process::Command::new(KEYWARD)
+            .arg("--dev")
+            .arg(dir.path())
+            .arg("doctor"),
+        None,
+    );
+    let report = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "no identity: {report}");
+    finding(&report, "WARN", "store", "does not exist yet");
+    assert!(!report.contains("  key files: "), "{report}");
+}

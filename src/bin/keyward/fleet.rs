@@ -9,7 +9,7 @@ use keyward::proto::{self, admin_client::AdminClient};
 use tonic::transport::Channel;
 
 use crate::cli::{Cli, FleetCommand};
-use crate::{admin, key_arg, refused, state_name, Outcome};
+use crate::{admin, key_arg, key_name, refused, rfc3339, state_name, Outcome};
 
 pub async fn run(cli: &Cli, command: &FleetCommand) -> Outcome {
     match command {
@@ -26,18 +26,36 @@ async fn fetch(admin: &mut AdminClient<Channel>, key: Option<&proto::KeyRef>) ->
         .map_err(refused)
 }
 
-fn updated(a: &proto::FleetAgent) -> String {
+/// Whole seconds since the agent last published its status, as of `now`;
+/// `None` without a time (or with one after `now`).
+fn updated_seconds_ago(a: &proto::FleetAgent, now: SystemTime) -> Option<u64> {
     a.updated_at
         .as_ref()
         .and_then(from_timestamp)
-        .and_then(|t| SystemTime::now().duration_since(t).ok())
-        .map_or("?".to_owned(), |d| format!("{}s ago", d.as_secs()))
+        .and_then(|t| now.duration_since(t).ok())
+        .map(|d| d.as_secs())
 }
 
-fn key_name(k: &proto::FleetKey) -> String {
-    k.key
-        .as_ref()
-        .map_or(String::new(), |k| format!("{}/{}", k.environment, k.name))
+fn updated(a: &proto::FleetAgent) -> String {
+    updated_seconds_ago(a, SystemTime::now()).map_or("?".to_owned(), |s| format!("{s}s ago"))
+}
+
+/// One agent of `keyward fleet status --json`. Times are data, not text:
+/// `updated_at` is RFC 3339 (as in `keyward status --json`) and
+/// `updated_seconds_ago` a number (null when unknown).
+fn agent_json(a: &proto::FleetAgent, now: SystemTime) -> serde_json::Value {
+    serde_json::json!({
+        "agent_id": a.agent_id, "hostname": a.hostname, "recipient": a.recipient,
+        "live": a.live, "stale": a.stale,
+        "updated_at": rfc3339(a.updated_at.as_ref()),
+        "updated_seconds_ago": updated_seconds_ago(a, now),
+        "ttl_seconds": a.ttl_seconds,
+        "problems": a.problems,
+        "keys": a.keys.iter().map(|k| serde_json::json!({
+            "key": key_name(k.key.as_ref()), "generation": k.generation,
+            "backend_version": k.backend_version, "state": state_name(k.state),
+        })).collect::<Vec<_>>(),
+    })
 }
 
 async fn status(cli: &Cli, key: Option<&str>, json: bool) -> Outcome {
@@ -45,21 +63,8 @@ async fn status(cli: &Cli, key: Option<&str>, json: bool) -> Outcome {
     let mut admin = admin(cli).await?;
     let s = fetch(&mut admin, key.as_ref().map(|k| k.to_proto()).as_ref()).await?;
     if json {
-        let agents: Vec<serde_json::Value> = s
-            .agents
-            .iter()
-            .map(|a| {
-                serde_json::json!({
-                    "agent_id": a.agent_id, "hostname": a.hostname, "recipient": a.recipient,
-                    "live": a.live, "stale": a.stale, "updated": updated(a), "ttl_seconds": a.ttl_seconds,
-                    "problems": a.problems,
-                    "keys": a.keys.iter().map(|k| serde_json::json!({
-                        "key": key_name(k), "generation": k.generation,
-                        "backend_version": k.backend_version, "state": state_name(k.state),
-                    })).collect::<Vec<_>>(),
-                })
-            })
-            .collect();
+        let now = SystemTime::now();
+        let agents: Vec<serde_json::Value> = s.agents.iter().map(|a| agent_json(a, now)).collect();
         println!("{}", serde_json::json!({ "agents": agents }));
         return Ok(ExitCode::SUCCESS);
     }
@@ -83,7 +88,7 @@ async fn status(cli: &Cli, key: Option<&str>, json: bool) -> Outcome {
         for k in &a.keys {
             println!(
                 "  {} generation {} ({}, record version {})",
-                key_name(k),
+                key_name(k.key.as_ref()),
                 k.generation,
                 state_name(k.state),
                 k.backend_version
@@ -106,11 +111,7 @@ async fn reseal(cli: &Cli, env: Option<&str>) -> Outcome {
         .map_err(refused)?
         .into_inner();
     for k in &r.resealed {
-        let name = k
-            .key
-            .as_ref()
-            .map_or(String::new(), |k| format!("{}/{}", k.environment, k.name));
-        println!("resealed {name} (generation {})", k.generation);
+        println!("resealed {} (generation {})", key_name(k.key.as_ref()), k.generation);
     }
     println!("{} key(s) re-encrypted to the current recipients", r.resealed.len());
     Ok(ExitCode::SUCCESS)
@@ -157,5 +158,39 @@ pub async fn wait_for_fleet(
             shown = text;
         }
         tokio::time::sleep(poll).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_json_gives_times_as_data() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let agent = proto::FleetAgent {
+            agent_id: "a1".into(),
+            updated_at: Some(keyward::keyset::timestamp(now - Duration::from_secs(5))),
+            keys: vec![proto::FleetKey {
+                key: Some(proto::KeyRef {
+                    environment: "prod".into(),
+                    name: "billing".into(),
+                }),
+                generation: 3,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let doc = agent_json(&agent, now);
+        assert_eq!(doc["updated_seconds_ago"], 5, "{doc}");
+        assert_eq!(doc["updated_at"], "2027-01-15T07:59:55Z", "{doc}");
+        assert!(doc.get("updated").is_none(), "no \"5s ago\" text: {doc}");
+        assert_eq!(doc["keys"][0]["key"], "prod/billing", "{doc}");
+
+        let unknown = agent_json(&proto::FleetAgent::default(), now);
+        assert!(
+            unknown["updated_at"].is_null() && unknown["updated_seconds_ago"].is_null(),
+            "{unknown}"
+        );
     }
 }

@@ -105,6 +105,8 @@ pub(crate) fn service_socket(cli: &Cli) -> PathBuf {
     }
 }
 
+/// The admin socket: `--admin-socket` (or `KEYWARD_ADMIN_SOCKET`), else the
+/// dev dir's, else the system one.
 fn admin_socket(cli: &Cli) -> PathBuf {
     match (&cli.admin_socket, &cli.dev) {
         (Some(s), _) => s.clone(),
@@ -116,6 +118,11 @@ fn admin_socket(cli: &Cli) -> PathBuf {
 pub(crate) async fn admin(cli: &Cli) -> Result<AdminClient<tonic::transport::Channel>, String> {
     let channel = client::connect(&admin_socket(cli)).await.map_err(|e| e.to_string())?;
     Ok(AdminClient::new(channel))
+}
+
+/// `ENV/NAME` of a key the agent named; empty if it named none.
+pub(crate) fn key_name(key: Option<&proto::KeyRef>) -> String {
+    key.map(|k| format!("{}/{}", k.environment, k.name)).unwrap_or_default()
 }
 
 pub(crate) fn key_arg(text: &str) -> Result<KeyRef, String> {
@@ -270,7 +277,7 @@ async fn get(cli: &Cli, key: &str, primary_only: bool, json: bool) -> Outcome {
             let mut doc = serde_json::json!({
                 "version": v.version,
                 "fingerprint": v.fingerprint,
-                "created_at": v.created_at.and_then(|t| from_timestamp(&t)).map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+                "created_at": rfc3339(v.created_at.as_ref()),
             });
             // A binary secret is never mangled into text: it goes out as hex.
             let (field, value) = match std::str::from_utf8(&v.secret) {
@@ -307,10 +314,15 @@ async fn get(cli: &Cli, key: &str, primary_only: bool, json: bool) -> Outcome {
     Ok(ExitCode::SUCCESS)
 }
 
-pub(crate) fn time_text(t: Option<&prost_types::Timestamp>) -> String {
+/// `t` as RFC 3339 in whole seconds; `None` if there is no (valid) time.
+pub(crate) fn rfc3339(t: Option<&prost_types::Timestamp>) -> Option<String> {
     t.and_then(from_timestamp)
         .map(|t| humantime::format_rfc3339_seconds(t).to_string())
-        .unwrap_or_else(|| "-".into())
+}
+
+/// [`rfc3339`], or `-` for no time.
+pub(crate) fn time_text(t: Option<&prost_types::Timestamp>) -> String {
+    rfc3339(t).unwrap_or_else(|| "-".into())
 }
 
 fn version_json(v: &proto::VersionInfo) -> serde_json::Value {
@@ -332,12 +344,7 @@ async fn list(cli: &Cli, env: Option<&str>, json: bool) -> Outcome {
         .map_err(refused)?
         .into_inner()
         .keys;
-    let name = |k: &proto::KeyInfo| {
-        k.key
-            .as_ref()
-            .map(|k| format!("{}/{}", k.environment, k.name))
-            .unwrap_or_default()
-    };
+    let name = |k: &proto::KeyInfo| key_name(k.key.as_ref());
     if json {
         let doc: Vec<_> = keys
             .iter()
@@ -413,13 +420,7 @@ async fn status(cli: &Cli, json: bool) -> Outcome {
         .and_then(|t| SystemTime::now().duration_since(t).ok())
         .map(|d| humantime::format_duration(std::time::Duration::from_secs(d.as_secs())).to_string())
         .unwrap_or_default();
-    let opened = |a: &proto::OpenAlert| {
-        a.opened_at
-            .as_ref()
-            .and_then(from_timestamp)
-            .map(|t| humantime::format_rfc3339_seconds(t).to_string())
-            .unwrap_or_default()
-    };
+    let opened = |a: &proto::OpenAlert| rfc3339(a.opened_at.as_ref()).unwrap_or_default();
     if json {
         let alerts: Vec<serde_json::Value> = s
             .open_alerts
@@ -483,11 +484,7 @@ async fn status(cli: &Cli, json: bool) -> Outcome {
                 "  backend         {} {} (mount {}, prefix {}), agent id {}",
                 b.kind, b.address, b.mount, b.prefix, b.agent_id
             );
-            let synced = b
-                .last_sync_at
-                .as_ref()
-                .and_then(from_timestamp)
-                .map_or("never".to_owned(), |t| humantime::format_rfc3339_seconds(t).to_string());
+            let synced = rfc3339(b.last_sync_at.as_ref()).unwrap_or_else(|| "never".into());
             println!(
                 "  last sync       {synced} ({} s ago){}",
                 b.stale_seconds,

@@ -14,7 +14,7 @@ use keyward::proto::{self, admin_client::AdminClient, keys_client::KeysClient, R
 use tonic::transport::Channel;
 
 use crate::cli::{Cli, RotateArgs, StageArgs, StepArgs, Until};
-use crate::{admin, key_arg, read_secret, refused, service_socket, state_name, Outcome};
+use crate::{admin, key_arg, key_name, read_secret, refused, service_socket, state_name, Outcome};
 
 /// A single rotation step after stage.
 #[derive(Clone, Copy, Debug)]
@@ -425,11 +425,7 @@ pub async fn watch(cli: &Cli, keys: &[String], json: bool) -> Outcome {
     use std::io::Write;
     while let Some(event) = stream.message().await.map_err(refused)? {
         let set = event.key_set.unwrap_or_default();
-        let name = set
-            .key
-            .as_ref()
-            .map(|k| format!("{}/{}", k.environment, k.name))
-            .unwrap_or_default();
+        let name = key_name(set.key.as_ref());
         let version = |v: &proto::KeyVersion| serde_json::json!({"version": v.version, "fingerprint": v.fingerprint});
         let line = if json {
             serde_json::json!({

@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use zeroize::Zeroizing;
 
 use crate::cli::{Cli, OnRotate, RenderArgs, RunArgs};
-use crate::{key_arg, refused, service_socket, Outcome};
+use crate::{key_arg, key_name, refused, service_socket, Outcome};
 
 /// Longest wait between two reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -48,13 +48,6 @@ async fn fetch_all(sock: &Path, keys: &[KeyRef]) -> Result<Vec<proto::KeySet>, S
         out.push(set);
     }
     Ok(out)
-}
-
-fn name_of(set: &proto::KeySet) -> String {
-    set.key
-        .as_ref()
-        .map(|k| format!("{}/{}", k.environment, k.name))
-        .unwrap_or_default()
 }
 
 /// Follows `keys` with WatchKeys, reconnecting with backoff, and sends the
@@ -83,7 +76,7 @@ fn spawn_watcher(sock: PathBuf, keys: Vec<KeyRef>, mut seen: HashMap<String, u64
                         Ok(Some(event)) => {
                             backoff = Duration::from_millis(100);
                             let Some(set) = event.key_set else { continue };
-                            let name = name_of(&set);
+                            let name = key_name(set.key.as_ref());
                             if seen.insert(name.clone(), set.generation) != Some(set.generation)
                                 && tx.send(name).await.is_err()
                             {
@@ -160,7 +153,7 @@ fn describe(sets: &[proto::KeySet]) -> String {
             let p = s.primary.as_ref();
             format!(
                 "{} generation {} (primary v{} {})",
-                name_of(s),
+                key_name(s.key.as_ref()),
                 s.generation,
                 p.map_or(0, |p| p.version),
                 p.map_or("", |p| p.fingerprint.as_str())
@@ -228,7 +221,7 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> Outcome {
         .await
         .map_err(|e| format!("{e}; the command was not started"))?;
     let env = child_env(&specs, &sets)?;
-    let seen = sets.iter().map(|s| (name_of(s), s.generation)).collect();
+    let seen = sets.iter().map(|s| (key_name(s.key.as_ref()), s.generation)).collect();
     let mut changes = spawn_watcher(sock.clone(), refs.clone(), seen);
     let mut child = Child::start(&args.command, &env)?;
     drop(env);
@@ -396,7 +389,7 @@ fn render_bytes(pieces: &[Piece], sets: &[proto::KeySet]) -> Result<Zeroizing<Ve
                 let primary = set
                     .primary
                     .as_ref()
-                    .ok_or_else(|| format!("{} has no primary", name_of(set)))?;
+                    .ok_or_else(|| format!("{} has no primary", key_name(set.key.as_ref())))?;
                 match field {
                     Field::Primary => out.extend_from_slice(&primary.secret),
                     Field::Fallback => out.extend_from_slice(&set.fallback.as_ref().unwrap_or(primary).secret),
@@ -472,7 +465,7 @@ pub async fn render(cli: &Cli, args: &RenderArgs) -> Outcome {
     if args.once {
         return Ok(ExitCode::SUCCESS);
     }
-    let seen = sets.iter().map(|s| (name_of(s), s.generation)).collect();
+    let seen = sets.iter().map(|s| (key_name(s.key.as_ref()), s.generation)).collect();
     let mut changes = spawn_watcher(sock.clone(), keys.clone(), seen);
     let mut term = signal(SignalKind::terminate()).map_err(|e| format!("cannot handle signals: {e}"))?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle signals: {e}"))?;

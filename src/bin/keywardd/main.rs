@@ -163,10 +163,6 @@ fn main() -> ExitCode {
     })
 }
 
-/// Logs to stderr. Under systemd (`JOURNAL_STREAM` set: stderr is the
-/// journal) lines carry no timestamp (the journal adds its own) and start
-/// with their syslog priority (`<3>` error … `<7>` debug), which journald
-/// reads as the entry's level.
 /// The listening sockets systemd passed (`LISTEN_FDS`), if it passed any
 /// to this process. Removes the `LISTEN_*` variables either way.
 fn take_inherited_sockets() -> Result<Inherited, activation::ActivationError> {
