@@ -1,4 +1,4 @@
-//! Fleet mode against a real OpenBao server (`bao server`, file storage,
+//! Fleet mode against a real OpenBao server (`bao server`, raft storage,
 //! on loopback; see tests/common/openbao.rs): three agents with their own
 //! state directories and sockets share it.
 
@@ -274,10 +274,9 @@ async fn a_put_on_one_agent_is_served_by_all_and_openbao_holds_only_ciphertext()
     }
 
     // Each agent's status says where its keys come from.
-    let status = backend(fleet.agent(1)).await;
+    let status = until_backend(fleet.agent(1), "b in sync", |b| !b.stale).await;
     assert_eq!(status.kind, "openbao");
     assert_eq!(status.agent_id, "b");
-    assert!(!status.stale, "{status:?}");
     assert!(status.problems.is_empty(), "{status:?}");
     let out = cli(fleet.agent(0), &["fleet", "status", "prod/billing-api"], None);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -371,8 +370,15 @@ async fn a_fleet_rotation_reaches_every_watcher_and_waits_for_a_paused_agent() {
     // Agent c is paused: its status stays live (TTL 6 s) but it cannot
     // apply anything, so the rotation must wait for it at the stage.
     signal(fleet.agent(2), nix::sys::signal::Signal::SIGSTOP);
-    let rotate = rotate_fleet(fleet.agent(0), "crm", "sk_crm_new_93bd", "30s");
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut rotate = rotate_fleet(fleet.agent(0), "crm", "sk_crm_new_93bd", "30s");
+    let start = Instant::now();
+    while state_of(fleet.agent(0), "crm") != ("staged".to_owned(), 2) {
+        assert!(start.elapsed() < PROPAGATION, "rotate did not stage");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Staged, and still so after a while: the rotation waits for c.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(rotate.try_wait().unwrap().is_none(), "rotate --fleet went on without c");
     let (state, generation) = state_of(fleet.agent(0), "crm");
     assert_eq!(
         (state.as_str(), generation),
@@ -659,8 +665,8 @@ async fn an_agent_logging_in_with_approle_keeps_syncing_past_its_token_max_ttl()
     let (role_id, secret_id) = fleet.bao.approle("keyward-agent", "2s", "4s");
     let role_file = fleet.bao.dir.join("role_id");
     let secret_file = fleet.bao.dir.join("secret_id");
-    std::fs::write(&role_file, &role_id).unwrap();
-    std::fs::write(&secret_file, &secret_id).unwrap();
+    common::openbao::write_private(&role_file, &role_id);
+    common::openbao::write_private(&secret_file, &secret_id);
     let approle = format!(
         "approle = {{ role_id_file = {:?}, secret_id_file = {:?} }}",
         role_file.display().to_string(),
@@ -678,8 +684,10 @@ async fn an_agent_logging_in_with_approle_keeps_syncing_past_its_token_max_ttl()
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
     until_served(fleet.agent(1), "crm", "sk_approle_v2_beef").await;
-    let b = backend(fleet.agent(1)).await;
-    assert!(!b.stale && b.last_error.is_empty(), "{b:?}");
+    until_backend(fleet.agent(1), "in sync on AppRole", |b| {
+        !b.stale && b.last_error.is_empty()
+    })
+    .await;
     // And it writes with its AppRole token too.
     let out = cli(fleet.agent(1), &["put", "prod/from-b"], Some(b"sk_written_by_b_f00"));
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -840,8 +848,7 @@ async fn https_with_the_configured_ca_file_works_and_without_it_is_refused() {
     agent.launch(&with_ca);
     agent.put("prod/tls", "sk_over_tls_5150");
     assert_eq!(primary(&agent.fetch("prod", "tls").await.unwrap()), b"sk_over_tls_5150");
-    let b = backend(&agent).await;
-    assert!(!b.stale && b.last_error.is_empty(), "{b:?}");
+    until_backend(&agent, "in sync over https", |b| !b.stale && b.last_error.is_empty()).await;
 
     // Without the CA the server's certificate is not trusted: stale, and
     // the error says why.
@@ -866,4 +873,79 @@ async fn a_kv_mount_that_requires_check_and_set_works_too() {
     let listing = text(&out.stdout);
     assert!(listing.contains("a (") && listing.contains("b ("), "{listing}");
     assert_eq!(listing.matches("prod/strict generation 1").count(), 2, "{listing}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_file_the_agent_could_not_load_is_never_replaced_from_the_fleet() {
+    let mut fleet = Fleet::prepare(2);
+    // b has a key file it cannot read (encrypted to some other identity):
+    // it may be the only copy of a secret.
+    let env_dir = fleet.agents[1].dir.join("store/prod");
+    std::fs::create_dir_all(&env_dir).unwrap();
+    let file = env_dir.join("kept.age");
+    let other = age::x25519::Identity::generate().to_public();
+    let foreign = common::encrypt_to(&other, b"sk_only_copy_elsewhere");
+    std::fs::write(&file, &foreign).unwrap();
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    fleet.launch(|_| String::new());
+
+    // A put elsewhere reaches OpenBao, but b neither applies it over its
+    // file nor serves it, and says why.
+    fleet.agent(0).put("prod/kept", "sk_fleet_kept_v1_9c9c");
+    let b = until_backend(fleet.agent(1), "b reports the unloaded file", |b| {
+        b.problems.iter().any(|p| p.contains("prod/kept"))
+    })
+    .await;
+    assert!(b.problems.iter().any(|p| p.contains("did not load it")), "{b:?}");
+    assert_eq!(std::fs::read(&file).unwrap(), foreign, "the file is untouched");
+    assert!(fleet.agent(1).fetch("prod", "kept").await.is_err());
+
+    // A change of that key on b is refused before anything reaches OpenBao.
+    let out = cli(
+        fleet.agent(1),
+        &["put", "--overwrite", "prod/kept"],
+        Some(b"sk_refused_over_file"),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(text(&out.stderr).contains("did not load it"), "{}", text(&out.stderr));
+    assert_eq!(std::fs::read(&file).unwrap(), foreign);
+    let raw = fleet.bao.kv_get_raw("keyward/keys/prod/kept").unwrap().to_string();
+    let version = fleet.bao.cli_json(
+        &[
+            "kv",
+            "metadata",
+            "get",
+            "-mount=secret",
+            "-format=json",
+            "keyward/keys/prod/kept",
+        ],
+        None,
+    )["data"]["current_version"]
+        .as_u64();
+    assert_eq!(version, Some(1), "nothing written over the fleet's record: {raw}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_a_host_had_before_joining_is_replaced_by_the_fleets_and_its_watchers_are_told() {
+    let mut fleet = Fleet::prepare(2);
+    // b served prod/dup on its own (local backend) before joining.
+    fleet.agents[1].launch("lock_memory = false\n");
+    fleet.agents[1].put("prod/dup", "sk_dup_local_only_b1");
+    fleet.agents[1].stop();
+    fleet.launch(|_| String::new());
+    let mut rx = watcher(fleet.agent(1), "dup").await;
+    let (_, first) = until_generation(&mut rx, 1).await;
+    assert_eq!(primary(&first), b"sk_dup_local_only_b1");
+
+    // a creates the same name in the fleet, also at generation 1: b serves
+    // the fleet's key, tells its watcher and audits it.
+    fleet.agent(0).put("prod/dup", "sk_dup_fleet_a1");
+    let (_, event) = until_generation(&mut rx, 1).await;
+    assert_eq!(primary(&event), b"sk_dup_fleet_a1", "the watcher was told");
+    assert_eq!(event.generation, 1);
+    assert!(fleet
+        .agent(1)
+        .audit_lines()
+        .iter()
+        .any(|l| l["event"] == "fleet_sync" && l["key"] == "prod/dup" && l["backend_version"] == 1));
 }

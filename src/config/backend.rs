@@ -8,8 +8,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::validate::{absolute_path, positive_duration, Source};
-use crate::fleet::kv::path::{check_address, check_path};
 use super::ConfigError;
+use crate::fleet::kv::path::{check_address, check_path};
 
 /// Where the keys live.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -168,7 +168,8 @@ impl RawBackend {
                 "[backend] kind = \"openbao\" needs address = \"https://HOST:8200\"".to_owned(),
             )
         })?;
-        let addr = check_address(address.get_ref()).map_err(|e| bad(address.span(), format!("[backend] address: {e}")))?;
+        let addr =
+            check_address(address.get_ref()).map_err(|e| bad(address.span(), format!("[backend] address: {e}")))?;
         // The same rule as every request path (fleet::kv::path): what
         // passes here is never refused later.
         let path_setting = |v: Option<Spanned<String>>, key: &str, default: &str| -> Result<String, ConfigError> {

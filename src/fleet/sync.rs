@@ -10,7 +10,6 @@ use tokio::sync::watch;
 
 use super::kv::{KvEntry, KvError};
 use super::{BackendRecord, Fleet};
-use crate::store::reload::{check_no_reuse, same_state};
 use crate::alerts::detect::Subject;
 use crate::alerts::Severity;
 use crate::audit::AuditEvent;
@@ -18,6 +17,7 @@ use crate::keyset::{KeySetState, RotationState};
 use crate::secret::KeyRef;
 use crate::server::keys::served_versions;
 use crate::server::Agent;
+use crate::store::reload::{check_no_reuse, same_state};
 
 /// The follower's tasks.
 pub struct FleetTasks {
