@@ -16,6 +16,7 @@ use tonic::Code;
 const GRACE_ZERO: &str = "[rotation]\ngrace = \"0s\"\n";
 
 fn stage_req(name: &str, secret: &str) -> proto::StageKeyRequest {
+    keep_for_leak_scan("secrets", secret.as_bytes());
     proto::StageKeyRequest {
         key: key("prod", name),
         secret: bytes::Bytes::from(secret.as_bytes().to_vec()),
@@ -616,7 +617,9 @@ async fn ctrl_c_of_rotate_leaves_a_consistent_resumable_key() {
         d,
         "slowgen",
         &format!(
-            "touch {}; sleep 2; touch {}; printf sk_ctrl_c_$$",
+            // Long enough that a kill that comes late on a loaded machine
+            // still comes before it would finish.
+            "touch {}; sleep 4; touch {}; printf sk_ctrl_c_$$",
             started.display(),
             finished.display()
         ),
@@ -653,7 +656,7 @@ async fn ctrl_c_of_rotate_leaves_a_consistent_resumable_key() {
     }
     interrupt(&cli);
     wait_timeout(&mut cli, Duration::from_secs(10)).expect("rotate exits on Ctrl-C");
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    tokio::time::sleep(Duration::from_millis(4500)).await;
     assert!(
         !finished.exists(),
         "the abandoned generator was killed, not left running"
