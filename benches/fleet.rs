@@ -2,9 +2,9 @@
 //!
 //! Run with `cargo bench --bench fleet` (`-- --quick` for a short run). The
 //! `bao` binary comes from `KEYWARD_TEST_BAO`, else from the test venv
-//! (target/test-venv/bin/bao), as in the fleet tests; the server harness is
-//! the tests' own (tests/common/openbao.rs: `bao server`, raft storage, no
-//! TLS, on loopback).
+//! (target/test-venv/bin/bao, made if it is missing), as in the fleet
+//! tests; the server harness is the tests' own (tests/common/openbao.rs:
+//! `bao server`, raft storage, no TLS, on loopback).
 //!
 //! It measures, in one run and in this order:
 //!
@@ -30,17 +30,9 @@ mod support;
 
 #[path = "../tests/common/openbao.rs"]
 mod openbao;
-
-/// What tests/common/openbao.rs calls to find the test venv's `bao` when
-/// `KEYWARD_TEST_BAO` is unset (the tests' version also creates the venv;
-/// here it must already exist: `scripts/test` makes it).
-mod smtp {
-    use std::path::PathBuf;
-
-    pub fn test_python() -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-venv/bin/python")
-    }
-}
+/// What openbao.rs needs beside it: the test venv and waiting for children.
+#[path = "../tests/common/tools.rs"]
+mod tools;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -25,6 +25,8 @@ struct Agent {
     child: Option<Child>,
     stdout: Arc<Mutex<Vec<u8>>>,
     stderr: Arc<Mutex<Vec<u8>>>,
+    /// The threads reading them.
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Agent {
@@ -40,7 +42,7 @@ impl Agent {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let out = stdout.clone();
         let pipe = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
+        let stdout_reader = std::thread::spawn(move || {
             for line in BufReader::new(pipe).split(b'\n').map_while(Result::ok) {
                 if line.windows(5).any(|w| w == b"ready") {
                     let _ = ready_tx.send(());
@@ -52,7 +54,7 @@ impl Agent {
         });
         let err = stderr.clone();
         let mut pipe = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
+        let stderr_reader = std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while let Ok(n @ 1..) = pipe.read(&mut buf) {
                 err.lock().unwrap().extend_from_slice(&buf[..n]);
@@ -62,11 +64,12 @@ impl Agent {
             child: None,
             stdout,
             stderr,
+            readers: vec![stdout_reader, stderr_reader],
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while ready_rx.recv_timeout(Duration::from_millis(20)).is_err() {
             if let Some(status) = child.try_wait().unwrap() {
-                std::thread::sleep(Duration::from_millis(50));
+                join_within(&mut agent.readers, Duration::from_secs(5));
                 panic!("keywardd exited with {status}: {}", agent.logs());
             }
             assert!(
@@ -91,17 +94,18 @@ impl Agent {
         text(&self.stderr.lock().unwrap())
     }
 
+    /// SIGTERM; asserts it exits with success. Its output is all read by
+    /// then.
     fn stop(&mut self) {
         let mut child = self.child.take().expect("running");
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
-        let status = wait_timeout(&mut child, Duration::from_secs(20)).expect("agent stops after SIGTERM");
+        let status = terminate(&mut child, Duration::from_secs(20));
+        if status.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        join_within(&mut self.readers, Duration::from_secs(5));
+        let status = status.unwrap_or_else(|| panic!("the agent did not stop within 20 s of SIGTERM: {}", self.logs()));
         assert!(status.success(), "{status}: {}", self.logs());
-        // Let the reader threads catch the last lines.
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -111,6 +115,12 @@ impl Drop for Agent {
             let _ = c.kill();
             let _ = c.wait();
         }
+        join_within(&mut self.readers, Duration::from_secs(5));
+        // For the whole-suite leak scan, as TestAgent's output. (No panic
+        // here: a poisoned buffer still holds what was read.)
+        let mut output = self.stdout.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        output.extend_from_slice(&self.stderr.lock().unwrap_or_else(|e| e.into_inner()));
+        keep_for_leak_scan("agent-output", &output);
     }
 }
 
@@ -146,6 +156,7 @@ async fn serves_the_socket_systemd_passed_and_leaves_its_file() {
     let mut agent = Agent::spawn(cmd, Stdio::from(OwnedFd::from(listener)));
     assert!(agent.logs().contains("passed by systemd"), "{}", agent.logs());
 
+    keep_for_leak_scan("secrets", b"sk_live_activated");
     let put = run_cli(
         Command::new(KEYWARD)
             .arg("--dev")
@@ -292,6 +303,7 @@ fn load_credential_serves_allowed_units_only_and_audits_both() {
         "{}",
         agent.logs()
     );
+    keep_for_leak_scan("secrets", b"sk_live_credential");
     let put = run_cli(
         Command::new(KEYWARD)
             .arg("--dev")

@@ -102,25 +102,50 @@ async fn wait_connections_at_most(agent: &TestAgent, n: u64) -> u64 {
     }
 }
 
+/// What GetKey serves of a key: its primary secret and its generation.
+/// Its `Debug` (in failure messages) shows the secret's [`fingerprint`],
+/// never the secret.
+#[derive(PartialEq, Eq)]
+struct Served {
+    secret: Vec<u8>,
+    generation: u64,
+}
+
+impl Served {
+    fn new(secret: &[u8], generation: u64) -> Served {
+        Served {
+            secret: secret.to_vec(),
+            generation,
+        }
+    }
+}
+
+impl std::fmt::Debug for Served {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "generation {}, secret {}",
+            self.generation,
+            fingerprint(&self.secret)
+        )
+    }
+}
+
 /// The primary secret and generation of `env/name`.
-async fn served(agent: &TestAgent, env: &str, name: &str) -> Result<(Vec<u8>, u64), tonic::Status> {
+async fn served(agent: &TestAgent, env: &str, name: &str) -> Result<Served, tonic::Status> {
     let set = agent.fetch(env, name).await?;
-    Ok((set.primary.unwrap().secret.to_vec(), set.generation))
+    Ok(Served {
+        secret: set.primary.unwrap().secret.to_vec(),
+        generation: set.generation,
+    })
 }
 
 /// Every path under `dir`, relative, sorted.
 fn tree(dir: &Path) -> Vec<String> {
-    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
-        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            let p = e.path();
-            out.push(p.strip_prefix(root).unwrap().display().to_string());
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                walk(root, &p, out);
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(dir, dir, &mut out);
+    let mut out: Vec<String> = paths_under(dir)
+        .iter()
+        .map(|p| p.strip_prefix(dir).unwrap().display().to_string())
+        .collect();
     out.sort();
     out
 }
@@ -237,6 +262,8 @@ async fn every_malformed_name_class_on_every_rpc_is_invalid_argument() {
     let mut keys = agent.keys().await;
     let mut admin = agent.admin().await;
     let mut tally = Tally::new("malformed_names");
+    keep_for_leak_scan("secrets", b"sk_adv_never_stored");
+    keep_for_leak_scan("secrets", b"sk_adv_never_staged");
     for (class, bad) in &names {
         for (env, name) in [("prod", bad.as_str()), (bad.as_str(), "billing")] {
             let k = || key(env, name);
@@ -371,7 +398,7 @@ async fn every_malformed_name_class_on_every_rpc_is_invalid_argument() {
     );
     assert_eq!(
         served(&agent, "prod", "billing").await.unwrap(),
-        (b"sk_adv_names_good".to_vec(), 1)
+        Served::new(b"sk_adv_names_good", 1)
     );
     assert_no_panic(&agent);
     tally.finish();
@@ -702,7 +729,10 @@ async fn oversized_requests_are_refused_with_the_limit_and_change_nothing() {
         bytes.extend(h2raw::frame(h2raw::CONTINUATION, 0, 1, &block));
     }
     let answer = poke(&agent.keys_sock(), &bytes, Duration::from_secs(3)).await;
-    tally.check(answer.map(|_| ()).map_err(|e| format!("3 MiB of headers: {e}")));
+    tally.check(match answer {
+        Ok(a) if a.closed || !a.answer.is_empty() => Ok(()),
+        other => Err(format!("3 MiB of headers: neither answered nor closed ({other:?})")),
+    });
 
     let rss_after = rss_kib(agent.pid());
     tally.check(if rss_after > rss_before + 200 * 1024 {
@@ -712,7 +742,7 @@ async fn oversized_requests_are_refused_with_the_limit_and_change_nothing() {
     });
     assert_eq!(
         served(&agent, "prod", "big").await.unwrap(),
-        (b"sk_adv_big_original".to_vec(), 1)
+        Served::new(b"sk_adv_big_original", 1)
     );
     assert_no_panic(&agent);
     tally.finish();
@@ -1059,14 +1089,14 @@ async fn malformed_frames_and_random_bytes_on_both_sockets_leave_the_agent_servi
         if batch_no % 4 == 3 {
             let r = served(&agent, "prod", "fuzz").await;
             tally.check(match r {
-                Ok((secret, 1)) if secret == b"sk_adv_fuzz_value" => Ok(()),
+                Ok(got) if got == Served::new(b"sk_adv_fuzz_value", 1) => Ok(()),
                 other => Err(format!("good GetKey after batch {batch_no}: {other:?}")),
             });
         }
     }
     assert_eq!(
         served(&agent, "prod", "fuzz").await.unwrap(),
-        (b"sk_adv_fuzz_value".to_vec(), 1)
+        Served::new(b"sk_adv_fuzz_value", 1)
     );
     let open = wait_connections_at_most(&agent, 0).await;
     assert_eq!(open, 0, "connections from the hostile cases were never released");
@@ -1299,7 +1329,7 @@ async fn one_uid_cannot_use_up_the_total_connection_limit() {
         tally.check(get_as_nobody(&agent, &cli));
     }
     drop(held);
-    let _ = admin.get_status(proto::GetStatusRequest {}).await;
+    admin.get_status(proto::GetStatusRequest {}).await.unwrap();
     assert_no_panic(&agent);
     tally.finish();
 }
@@ -1344,7 +1374,12 @@ async fn running_out_of_file_descriptors_does_not_spin_and_recovers() {
     drop(held);
     tokio::time::sleep(Duration::from_millis(300)).await;
     tally.check(get_as_nobody(&agent, &cli).map_err(|e| format!("after the flood: {e}")));
-    assert_eq!(served(&agent, "prod", "shared").await.unwrap().0, b"sk_adv_shared");
+    let shared = served(&agent, "prod", "shared").await.unwrap();
+    assert!(
+        shared.secret == b"sk_adv_shared",
+        "prod/shared serves {shared:?}, not {}",
+        fingerprint(b"sk_adv_shared")
+    );
     assert_no_panic(&agent);
     tally.finish();
 }
@@ -1415,7 +1450,7 @@ async fn check_plants(
             Err(s) if s.code() == Code::NotFound => Ok(()),
             other => Err(format!(
                 "planted prod/{name}: {:?}",
-                other.map(|s| s.primary.unwrap().secret)
+                other.map(|s| (s.generation, fingerprint(&s.primary.unwrap().secret)))
             )),
         });
     }
@@ -1441,11 +1476,20 @@ async fn check_plants(
             },
         );
     }
-    // A file name with a newline must not start a forged log line.
+    // A file name with a newline must not start a forged log line, and
+    // is reported all the same, the newline escaped.
     tally.check(if let Some(l) = logs.lines().find(|l| l.starts_with("line.age")) {
         Err(format!("a file name with a newline split a log line: {l:?}"))
     } else {
         Ok(())
+    });
+    let escaped = format!("{prefix}-new\\nline.age");
+    tally.check(if logs.contains(&escaped) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{escaped} (a file name with a newline, escaped) was not reported"
+        ))
     });
     tally.check(if logs.contains(&format!("{}-UPPER.age", prefix.to_uppercase())) {
         Ok(())
@@ -1473,8 +1517,11 @@ async fn check_plants(
     for (env, name, want) in [("prod", "a", "sk_adv_store_a"), ("staging", "b", "sk_adv_store_b")] {
         let r = served(agent, env, name).await;
         tally.check(match r {
-            Ok((s, _)) if s == want.as_bytes() => Ok(()),
-            other => Err(format!("{env}/{name} after the plants: {other:?}")),
+            Ok(got) if got.secret == want.as_bytes() => Ok(()),
+            other => Err(format!(
+                "{env}/{name} after the plants: {other:?}, not {}",
+                fingerprint(want.as_bytes())
+            )),
         });
     }
 }
@@ -1700,7 +1747,7 @@ async fn links_and_pipes_in_the_audit_log_place_are_never_followed() {
     for _ in 0..5 {
         let r = served(&agent, "prod", "audited").await;
         tally.check(match r {
-            Ok((s, 1)) if s == b"sk_adv_audit" => Ok(()),
+            Ok(got) if got == Served::new(b"sk_adv_audit", 1) => Ok(()),
             other => Err(format!("fetch with the log swapped for a symlink: {other:?}")),
         });
     }
@@ -1828,7 +1875,7 @@ async fn a_second_process_never_takes_over_the_socket_path() {
     });
     let r = served(&agent, "prod", "owned").await;
     tally.check(match r {
-        Ok((s, _)) if s == b"sk_adv_owned" => Ok(()),
+        Ok(got) if got.secret == b"sk_adv_owned" => Ok(()),
         other => Err(format!("the first agent after the second one's attempt: {other:?}")),
     });
 
@@ -1904,7 +1951,8 @@ async fn a_second_process_never_takes_over_the_socket_path() {
     }
 
     // Four agents started together on one runtime directory, each with its
-    // own state (so no lock between them): at most one may end up serving.
+    // own state (so no lock between them): exactly one ends up serving; the
+    // others exit, saying that another agent serves the path.
     const RACERS: usize = 4;
     for trial in 0..4 {
         let runtime = tmp.join(format!("race-{trial}"));
@@ -1916,33 +1964,51 @@ async fn a_second_process_never_takes_over_the_socket_path() {
         let mut children: Vec<_> = configs.iter().map(|c| spawn_agent(c)).collect();
         let deadline = Instant::now() + DEADLINE;
         let mut ready = [false; RACERS];
-        let mut done = [false; RACERS];
-        while Instant::now() < deadline && !(0..RACERS).all(|i| ready[i] || done[i]) {
+        // What each one said on stderr once it closed (it exited).
+        let mut said: [Option<String>; RACERS] = Default::default();
+        while Instant::now() < deadline && !(0..RACERS).all(|i| ready[i] || said[i].is_some()) {
             for i in 0..RACERS {
-                if let Ok((what, _)) = children[i].1.recv_timeout(Duration::from_millis(5)) {
+                if let Ok((what, text)) = children[i].1.recv_timeout(Duration::from_millis(5)) {
                     match what {
                         "ready" => ready[i] = true,
-                        "stderr" => done[i] = true,
+                        "stderr" => said[i] = Some(text),
                         _ => {}
                     }
                 }
             }
         }
         let serving = ready.iter().filter(|r| **r).count();
-        tally.check(if serving <= 1 {
+        tally.check(if serving == 1 {
             Ok(())
         } else {
             Err(format!(
-                "trial {trial}: {serving} agents report ready on {}: the socket path was taken over",
-                runtime.join("keys.sock").display()
+                "trial {trial}: {serving} agents report ready on {}, not one: {}",
+                runtime.join("keys.sock").display(),
+                if serving == 0 {
+                    "each refused the path to the others"
+                } else {
+                    "the socket path was taken over"
+                }
             ))
         });
+        for i in (0..RACERS).filter(|i| !ready[*i]) {
+            let status = wait_timeout(&mut children[i].0, Duration::from_secs(5));
+            tally.check(match (status, &said[i]) {
+                (Some(status), Some(reason))
+                    if !status.success()
+                        && reason.contains("already serving")
+                        && reason.contains(&runtime.display().to_string()) =>
+                {
+                    Ok(())
+                }
+                (status, reason) => Err(format!(
+                    "trial {trial}: racer {i} neither served nor exited saying another agent serves {}: exit {status:?}, stderr {reason:?}",
+                    runtime.display()
+                )),
+            });
+        }
         for (child, _) in &mut children {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            if wait_timeout(child, Duration::from_secs(15)).is_none() {
+            if terminate(child, Duration::from_secs(15)).is_none() {
                 let _ = child.kill();
                 let _ = child.wait();
             }
@@ -2059,10 +2125,10 @@ async fn random_mutations_of_key_files_are_rejected_and_the_last_good_value_serv
             };
             let got = served(&agent, "prod", n).await;
             tally.check(match (records.get(round), got) {
-                (Some(r), Ok((secret, 1)))
+                (Some(r), Ok(got))
                     if r["outcome"] == "rejected"
                         && r["generation_after"] == 1
-                        && secret == format!("sk_adv_mut_{n}").as_bytes() =>
+                        && got == Served::new(format!("sk_adv_mut_{n}").as_bytes(), 1) =>
                 {
                     Ok(())
                 }
@@ -2108,7 +2174,7 @@ async fn random_mutations_of_key_files_are_rejected_and_the_last_good_value_serv
     let start = Instant::now();
     loop {
         match served(&agent, "prod", "m0").await {
-            Ok((s, 2)) if s == b"sk_adv_mut_fresh" => break,
+            Ok(got) if got == Served::new(b"sk_adv_mut_fresh", 2) => break,
             other => assert!(start.elapsed() < DEADLINE, "the good file was not applied: {other:?}"),
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -2197,7 +2263,7 @@ async fn serving_as_before(agent: &TestAgent) -> Result<(), String> {
     let granted = served(agent, "prod", "cfg").await;
     let denied = agent.fetch("staging", "other").await;
     match (granted, denied) {
-        (Ok((s, 1)), Err(d)) if s == b"sk_adv_cfg" && d.code() == Code::PermissionDenied => Ok(()),
+        (Ok(g), Err(d)) if g == Served::new(b"sk_adv_cfg", 1) && d.code() == Code::PermissionDenied => Ok(()),
         (g, d) => Err(format!("granted: {g:?}, other: {:?}", d.map(|_| ()))),
     }
 }

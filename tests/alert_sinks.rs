@@ -14,6 +14,8 @@ mod receiver;
 mod server_thread;
 #[path = "common/smtp.rs"]
 mod smtp;
+#[path = "common/tools.rs"]
+mod tools;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;

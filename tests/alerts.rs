@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::receiver::{Received, Receiver};
-use common::smtp::test_python;
+use common::tools::test_python;
 use common::*;
 use keyward::proto;
 use serde_json::Value;

@@ -186,6 +186,8 @@ async fn kill_9_during_puts_loses_no_acknowledged_write() {
         for w in 0..4 {
             let mut admin = admin.clone();
             let tx = tx.clone();
+            // Every secret of this writer begins so: one entry for all.
+            keep_for_leak_scan("secrets", format!("sk_crash_{round}_{w}_").as_bytes());
             tasks.push(tokio::spawn(async move {
                 for i in 0.. {
                     let name = format!("k-{round}-{w}-{i}");
@@ -221,7 +223,13 @@ async fn kill_9_during_puts_loses_no_acknowledged_write() {
                 .await
                 .unwrap_or_else(|e| panic!("acknowledged put of prod/{name} lost after kill -9: {e}"))
                 .into_inner();
-            assert_eq!(set.primary.unwrap().secret, secret.as_bytes());
+            let served = set.primary.unwrap().secret;
+            assert!(
+                served == secret.as_bytes(),
+                "prod/{name} serves {} after kill -9, not the acknowledged {}",
+                fingerprint(&served),
+                fingerprint(secret.as_bytes())
+            );
         }
         let leftovers: Vec<_> = std::fs::read_dir(agent.dir.join("store/prod"))
             .unwrap()

@@ -369,6 +369,9 @@ impl RunChild {
     fn start(agent: &TestAgent, provider: &Provider, dir: &Path, n: usize, splay: &str) -> RunChild {
         let out = dir.join(format!("run-{n}.counts"));
         let log = dir.join(format!("run-{n}.log"));
+        // One file, one offset for both streams: two opens would each
+        // write from 0, over each other.
+        let log_file = std::fs::File::create(&log).unwrap();
         let child = Command::new(KEYWARD)
             .arg("--dev")
             .arg(&agent.dir)
@@ -380,8 +383,8 @@ impl RunChild {
             .arg(&out)
             .arg("DRILL_KEY")
             .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(std::fs::File::create(&log).unwrap())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
             .spawn()
             .expect("start keyward run");
         RunChild { child, out, log }
@@ -390,12 +393,7 @@ impl RunChild {
     /// SIGTERM to keyward run, which passes it on to the program, and
     /// waits for both.
     fn terminate(&mut self) -> Option<std::process::ExitStatus> {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            return Some(status);
-        }
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        wait_timeout(&mut self.child, Duration::from_secs(20))
+        terminate(&mut self.child, Duration::from_secs(20))
     }
 
     /// Waits (10 s at most) until keyward run has restarted its program

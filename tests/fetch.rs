@@ -126,6 +126,7 @@ async fn every_bad_name_class_is_invalid_argument_and_writes_nothing() {
     ];
     let mut keys = agent.keys().await;
     let mut admin = agent.admin().await;
+    keep_for_leak_scan("secrets", b"sk_badname");
     for (env, name) in &cases {
         let err = keys
             .get_key(proto::GetKeyRequest { key: key(env, name) })
@@ -167,26 +168,15 @@ async fn every_bad_name_class_is_invalid_argument_and_writes_nothing() {
 
     // Nothing was written anywhere under the state dir but the known files.
     let mut files = Vec::new();
-    for entry in walk(&agent.dir) {
+    for entry in paths_under(&agent.dir) {
         files.push(entry.strip_prefix(&agent.dir).unwrap().display().to_string());
     }
+    assert!(!files.is_empty(), "nothing under {}", agent.dir.display());
     assert!(files.iter().all(|f| !f.ends_with(".age")), "{files:?}");
     // And the CLI refuses bad names before sending anything.
     let out = agent.cli(&["put", "prod/../x"], Some(b"sk_badname"));
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("ENV/NAME"), "{}", text(&out.stderr));
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if e.file_type().unwrap().is_dir() {
-            out.extend(walk(&p));
-        }
-        out.push(p);
-    }
-    out
 }
 
 #[tokio::test]

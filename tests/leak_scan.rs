@@ -14,7 +14,7 @@ mod common;
 
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -49,22 +49,6 @@ impl Places {
     }
 }
 
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in entries.flatten() {
-        let t = e.file_type().unwrap();
-        if t.is_dir() {
-            out.extend(files_under(&e.path()));
-        } else {
-            out.push(e.path());
-        }
-    }
-    out
-}
-
 /// A hook script that first copies its own `/proc/$$/cmdline` and
 /// `environ` into `dumps/` (the hook's process is the shell itself).
 fn hook(dir: &Path, name: &str, body: &str) -> String {
@@ -81,6 +65,9 @@ fn hook(dir: &Path, name: &str, body: &str) -> String {
 
 /// `keyward --dev DIR ARGS` with TMPDIR set to `tmp`.
 fn cli(agent: &TestAgent, tmp: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    if let (Some(&"put" | &"stage"), Some(secret)) = (args.first(), stdin) {
+        keep_for_leak_scan("secrets", secret);
+    }
     run_cli(
         Command::new(KEYWARD)
             .arg("--dev")
@@ -140,7 +127,13 @@ async fn no_secret_reaches_any_output_process_record_temp_or_core_file() {
     let s_b = format!("{PREFIX}first_b");
     let s_staged = format!("{PREFIX}staged_b");
     let s_gen = format!("{PREFIX}generated_1");
-    let secrets = [s_a.as_str(), s_b.as_str(), s_staged.as_str(), s_gen.as_str()];
+    // By name: a hit names the secret, never shows it.
+    let secrets = [
+        ("s_a", s_a.as_str()),
+        ("s_b", s_b.as_str()),
+        ("s_staged", s_staged.as_str()),
+        ("s_gen", s_gen.as_str()),
+    ];
     let mut places = Places::default();
 
     // Put and fetch.
@@ -157,10 +150,13 @@ async fn no_secret_reaches_any_output_process_record_temp_or_core_file() {
     }
     let got = cli(&agent, &tmp, &["get", "prod/leak-a", "--primary"], None);
     ok(&got, "get");
-    assert_eq!(
-        text(&got.stdout).trim_end(),
-        s_a,
-        "get prints the secret: it is its job"
+    // Compared, never printed: a failure shows fingerprints only.
+    let printed = text(&got.stdout);
+    assert!(
+        printed.trim_end() == s_a,
+        "get prints the secret (s_a, {}): it is its job; it printed {}",
+        fingerprint(s_a.as_bytes()),
+        fingerprint(printed.trim_end().as_bytes())
     );
     places.add("get stderr", got.stderr.clone());
 
@@ -168,12 +164,14 @@ async fn no_secret_reaches_any_output_process_record_temp_or_core_file() {
     let out = cli(&agent, &tmp, &["rotate", "prod/leak-a"], None);
     ok(&out, "rotate");
     places.add_output("rotate", &out);
-    let fetched = agent.fetch("prod", "leak-a").await.unwrap();
-    assert_eq!(
-        fetched.primary.unwrap().secret,
-        s_gen.as_bytes(),
-        "the generated key serves"
+    let fetched = agent.fetch("prod", "leak-a").await.unwrap().primary.unwrap().secret;
+    assert!(
+        fetched == s_gen.as_bytes(),
+        "the generated key (s_gen, {}) serves, not {}",
+        fingerprint(s_gen.as_bytes()),
+        fingerprint(&fetched)
     );
+    keep_for_leak_scan("secrets", s_gen.as_bytes());
     for (args, stdin) in [
         (vec!["stage", "prod/leak-b"], Some(s_staged.as_bytes())),
         (vec!["promote", "prod/leak-b"], None),
@@ -235,7 +233,13 @@ async fn no_secret_reaches_any_output_process_record_temp_or_core_file() {
     );
     ok(&out, "render");
     places.add_output("render", &out);
-    assert_eq!(std::fs::read_to_string(&rendered).unwrap(), format!("key={s_gen}\n"));
+    let rendered_text = std::fs::read(&rendered).unwrap();
+    assert!(
+        rendered_text == format!("key={s_gen}\n").as_bytes(),
+        "render wrote key={{s_gen}}: {} is not {}",
+        fingerprint(&rendered_text),
+        fingerprint(format!("key={s_gen}\n").as_bytes())
+    );
     let left: Vec<_> = std::fs::read_dir(&render_dir)
         .unwrap()
         .flatten()
@@ -328,6 +332,7 @@ async fn no_secret_reaches_any_output_process_record_temp_or_core_file() {
     .unwrap();
     let status = wait_timeout(child, Duration::from_secs(10)).expect("the agent dies on SIGABRT");
     agent.child = None;
+    agent.join_output();
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(status.signal(), Some(libc::SIGABRT), "{status}");
     assert!(
@@ -346,9 +351,9 @@ async fn no_secret_reaches_any_output_process_record_temp_or_core_file() {
     let mut bytes = 0;
     for (what, data) in &places.0 {
         bytes += data.len();
-        for s in secrets {
+        for (name, s) in secrets {
             if data.windows(s.len()).any(|w| w == s.as_bytes()) {
-                hits.push(format!("{s} in {what}"));
+                hits.push(format!("{name} in {what}"));
             }
         }
     }

@@ -58,16 +58,6 @@ fn script(dir: &Path, name: &str, body: &str) -> String {
     path.display().to_string()
 }
 
-/// SIGTERM to `child`, then its exit status (10 s at most).
-fn terminate(child: &mut Child) -> std::process::ExitStatus {
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    wait_timeout(child, Duration::from_secs(10)).expect("exits within 10 s of SIGTERM")
-}
-
 fn stderr_of(child: Child) -> String {
     text(&child.wait_with_output().unwrap().stderr)
 }
@@ -131,7 +121,7 @@ fn the_child_is_restarted_with_the_new_keys_on_rotation() {
     });
     assert!(starts.lines().next() == Some(format!("{V1} {V1}").as_str()), "{starts}");
     // SIGTERM to keyward run goes on to the command.
-    let status = terminate(&mut run);
+    let status = terminate(&mut run, Duration::from_secs(10)).expect("keyward run exits within 10 s of SIGTERM");
     // sleep killed by the forwarded SIGTERM: 128 + 15.
     assert_eq!(status.code(), Some(143));
     let err = stderr_of(run);
@@ -240,7 +230,7 @@ fn render_writes_the_file_0600_and_again_on_rotation() {
         t == format!("api_key = \"{V2}\"\nfallback = \"{V1}\"\nversion = 2\n")
     });
     wait_file(&changes, "the on-change command", |t| t.lines().count() >= 1);
-    let status = terminate(&mut render);
+    let status = terminate(&mut render, Duration::from_secs(10)).expect("keyward render exits within 10 s of SIGTERM");
     assert!(status.success());
     let err = stderr_of(render);
     assert_no_secret("keyward render's stderr", err.as_bytes(), &[V1, V2]);

@@ -128,10 +128,12 @@ async fn rss_fds_and_latency_stay_flat_under_load_and_rotations() {
             let t = Instant::now();
             rotations += 1;
             let k = || key("prod", "soak");
+            let secret = format!("sk_soak_rotated_{rotations}");
+            keep_for_leak_scan("secrets", secret.as_bytes());
             admin
                 .stage_key(proto::StageKeyRequest {
                     key: k(),
-                    secret: format!("sk_soak_rotated_{rotations}").into_bytes().into(),
+                    secret: secret.into_bytes().into(),
                     ..Default::default()
                 })
                 .await

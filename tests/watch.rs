@@ -67,6 +67,7 @@ fn state(ev: &KeyEvent) -> RotationState {
 }
 
 async fn put(agent: &TestAgent, env: &str, name: &str, secret: &[u8], overwrite: bool) {
+    keep_for_leak_scan("secrets", secret);
     agent
         .admin()
         .await
@@ -318,6 +319,7 @@ async fn rotation_steps_reach_watchers_in_order_and_are_tracked_as_delivered() {
     assert_eq!(subs[0].delivered_generation, 1);
 
     let mut admin = agent.admin().await;
+    keep_for_leak_scan("secrets", b"sk_rot_new");
     admin
         .stage_key(proto::StageKeyRequest {
             key: key("prod", "r"),
@@ -491,6 +493,7 @@ async fn a_watch_event_that_cannot_be_audited_is_not_sent() {
     let mut ended = None;
     for i in 1..100 {
         let secret = format!("sk_full_{i}");
+        keep_for_leak_scan("secrets", secret.as_bytes());
         // The put's own audit record may fail too; the change is made anyway.
         let _ = agent
             .admin()

@@ -13,8 +13,9 @@ use super::*;
 const CASES: u32 = 512;
 
 /// The module docs' full example, with accounts every test machine has
-/// (root) and inline tokens instead of token files, so that it is valid
-/// and mutations reach every step of validation.
+/// (root), inline tokens instead of token files, and the OpenBao backend
+/// that the docs only show commented out, so that it is valid and
+/// mutations reach every step of validation.
 const FULL: &str = r#"# /etc/keyward/keyward.toml
 state_dir = "/var/lib/keyward"
 runtime_dir = "/run/keyward"
@@ -107,6 +108,17 @@ kind = "log"
 [metrics]
 listen = "127.0.0.1:9464"
 
+[backend]
+kind = "openbao"
+address = "https://openbao.internal:8200"
+mount = "secret"
+prefix = "keyward"
+token_file = "/etc/keyward/openbao.token"
+recipients = ["age15rsdur5qqy7q5ks8ca47aegza8r5qtnymaqxd90yp758z4ulfsqq76tn2d"]
+agent_id = "app-1"
+poll_interval = "500ms"
+status_ttl = "30s"
+
 [[grant]]
 users = ["root"]
 uids = [1001]
@@ -160,6 +172,14 @@ const KEYS: &[&str] = &[
     "agent_host",
     "report_rate",
     "alerts",
+    "address",
+    "mount",
+    "prefix",
+    "token_file",
+    "recipients",
+    "agent_id",
+    "poll_interval",
+    "status_ttl",
     "bogus",
 ];
 
@@ -177,6 +197,7 @@ const TABLES: &[&str] = &[
     "[alerts.detect]",
     "[[alerts.sink]]",
     "[metrics]",
+    "[backend]",
     "[nope]",
 ];
 
@@ -204,6 +225,9 @@ const VALUES: &[&str] = &[
     "\"fsync\"",
     "\"log\"",
     "\"webhook\"",
+    "\"openbao\"",
+    "\"https://openbao.internal:8200\"",
+    "[\"age15rsdur5qqy7q5ks8ca47aegza8r5qtnymaqxd90yp758z4ulfsqq76tn2d\"]",
     "\"http://x\"",
     "\"unix:relative.sock\"",
     "\"0.0.0.0:80\"",
@@ -357,6 +381,17 @@ fn the_full_example_is_valid() {
     let config = Config::parse(FULL, "keyward.toml").unwrap();
     assert_eq!(config.policy.grants.len(), 1);
     assert_eq!(config.alerts.sinks.len(), 6);
+    let backend::BackendConfig::OpenBao(bao) = &config.backend else {
+        panic!("the full example's backend is OpenBao: {:?}", config.backend);
+    };
+    assert_eq!(bao.address, "https://openbao.internal:8200");
+    assert_eq!(bao.prefix, "keyward");
+    assert_eq!(bao.agent_id, "app-1");
+    assert_eq!(bao.recipients.len(), 1);
+    assert_eq!(
+        bao.auth,
+        backend::OpenBaoAuth::TokenFile("/etc/keyward/openbao.token".into())
+    );
 }
 
 /// toml gives no message for a value cut off at the end of the file; the

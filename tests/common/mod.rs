@@ -13,19 +13,29 @@ pub mod provider;
 pub mod receiver;
 pub mod server_thread;
 pub mod smtp;
+pub mod tools;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use keyward::proto::{admin_client::AdminClient, keys_client::KeysClient};
 use tonic::transport::Channel;
+// Here for the tests, which use `common::*`; not every test binary does.
+#[allow(unused_imports)]
+pub use tools::{terminate, wait_timeout};
 
 pub const KEYWARDD: &str = env!("CARGO_BIN_EXE_keywardd");
 pub const KEYWARD: &str = env!("CARGO_BIN_EXE_keyward");
+
+/// How long a [`TestAgent`] that has exited waits for the threads reading
+/// its output: they end as soon as its pipes close, unless a process it
+/// started (a hook) still holds them.
+const OUTPUT_LIMIT: Duration = Duration::from_secs(5);
 
 /// A running agent and its temp directory.
 pub struct TestAgent {
@@ -33,6 +43,8 @@ pub struct TestAgent {
     _tmp: Option<tempfile::TempDir>,
     pub child: Option<Child>,
     output: Arc<Mutex<Vec<u8>>>,
+    /// The threads reading the stdout and stderr of each agent started.
+    readers: Vec<JoinHandle<()>>,
     config: Option<PathBuf>,
 }
 
@@ -46,6 +58,7 @@ impl TestAgent {
             _tmp: Some(tmp),
             child: None,
             output: Arc::default(),
+            readers: Vec::new(),
             config: None,
         };
         a.spawn().expect("agent starts");
@@ -67,6 +80,7 @@ impl TestAgent {
             _tmp: Some(tmp),
             child: None,
             output: Arc::default(),
+            readers: Vec::new(),
             config: Some(config),
         };
         a.spawn().expect("agent starts");
@@ -88,6 +102,7 @@ impl TestAgent {
             _tmp: Some(tmp),
             child: None,
             output: Arc::default(),
+            readers: Vec::new(),
             config: Some(config),
         }
     }
@@ -126,7 +141,7 @@ impl TestAgent {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let out = self.output.clone();
         let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
+        self.readers.push(std::thread::spawn(move || {
             for line in BufReader::new(stdout).split(b'\n').map_while(Result::ok) {
                 if line.windows(5).any(|w| w == b"ready") {
                     let _ = ready_tx.send(());
@@ -135,10 +150,10 @@ impl TestAgent {
                 o.extend_from_slice(&line);
                 o.push(b'\n');
             }
-        });
+        }));
         let out = self.output.clone();
         let mut stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
+        self.readers.push(std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while let Ok(n) = stderr.read(&mut buf) {
                 if n == 0 {
@@ -146,7 +161,7 @@ impl TestAgent {
                 }
                 out.lock().unwrap().extend_from_slice(&buf[..n]);
             }
-        });
+        }));
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if ready_rx.recv_timeout(Duration::from_millis(20)).is_ok() {
@@ -154,11 +169,13 @@ impl TestAgent {
                 return Ok(());
             }
             if let Some(status) = child.try_wait().unwrap() {
-                std::thread::sleep(Duration::from_millis(50));
+                self.join_output();
                 return Err(format!("keywardd exited with {status}: {}", self.logs()));
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
+                let _ = child.wait();
+                self.join_output();
                 panic!("keywardd did not become ready: {}", self.logs());
             }
         }
@@ -182,6 +199,15 @@ impl TestAgent {
         String::from_utf8_lossy(&self.output.lock().unwrap()).into_owned()
     }
 
+    /// Waits ([`OUTPUT_LIMIT`] at most) until the threads reading the
+    /// agent's output have read all of it: call it once the agent has
+    /// exited, before looking at [`TestAgent::logs`] (`stop` and `kill9`
+    /// do). Readers still held up then (a hook of the agent's still holds
+    /// its pipes) are left running.
+    pub fn join_output(&mut self) {
+        join_within(&mut self.readers, OUTPUT_LIMIT);
+    }
+
     /// Runs `keyward --dev DIR ARGS…`, feeding `stdin`.
     pub fn cli(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
         if let (Some(&"put" | &"stage"), Some(secret)) = (args.first(), stdin) {
@@ -200,22 +226,25 @@ impl TestAgent {
         );
     }
 
-    /// SIGTERM and wait; returns the exit status.
+    /// SIGTERM and wait; returns the exit status. Everything the agent
+    /// printed is in [`TestAgent::logs`] by then.
     pub fn stop(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
-        wait_timeout(&mut child, Duration::from_secs(20)).expect("agent stops after SIGTERM")
+        let status = terminate(&mut child, Duration::from_secs(20));
+        if status.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.join_output();
+        status.unwrap_or_else(|| panic!("the agent did not stop within 20 s of SIGTERM: {}", self.logs()))
     }
 
-    /// SIGKILL and wait.
+    /// SIGKILL and wait (and for its output, as [`TestAgent::stop`]).
     pub fn kill9(&mut self) {
         let mut child = self.child.take().expect("running");
         child.kill().unwrap();
         child.wait().unwrap();
+        self.join_output();
     }
 
     pub async fn keys(&self) -> KeysClient<Channel> {
@@ -255,6 +284,7 @@ impl Drop for TestAgent {
             let _ = c.kill();
             let _ = c.wait();
         }
+        self.join_output();
         keep_for_leak_scan("agent-output", &self.output.lock().unwrap_or_else(|e| e.into_inner()));
         if let Ok(audit) = std::fs::read(self.audit_file()) {
             keep_for_leak_scan("audit", &audit);
@@ -263,10 +293,12 @@ impl Drop for TestAgent {
 }
 
 /// With `KEYWARD_LEAK_DIR` set (scripts/test sets it), every secret a test
-/// puts or stages through the CLI, and every agent's output and audit log,
-/// are kept there: after the whole suite, tests/support/leak_scan.py looks
-/// for each secret in every output and log.
-fn keep_for_leak_scan(kind: &str, bytes: &[u8]) {
+/// puts or stages, and every agent's output and audit log, are kept there:
+/// after the whole suite, tests/support/leak_scan.py looks for each secret
+/// in every output and log. [`TestAgent::cli`] keeps what `put` and `stage`
+/// read; a test that sends a secret another way (gRPC, its own `keyward`
+/// command) calls this with kind `"secrets"`.
+pub fn keep_for_leak_scan(kind: &str, bytes: &[u8]) {
     static KEPT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let Some(dir) = std::env::var_os("KEYWARD_LEAK_DIR").map(PathBuf::from) else {
         return;
@@ -292,29 +324,81 @@ pub fn run_cli(cmd: &mut Command, stdin: Option<&[u8]>) -> Output {
     child.wait_with_output().unwrap()
 }
 
-pub fn wait_timeout(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+/// Joins the threads of `threads` that end within `limit` (all together);
+/// those still running then are left to run, detached. True when all ended.
+pub fn join_within(threads: &mut Vec<JoinHandle<()>>, limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if let Some(s) = child.try_wait().unwrap() {
-            return Some(s);
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    while threads.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
     }
-    None
+    let all = threads.iter().all(|t| t.is_finished());
+    for thread in threads.drain(..) {
+        if thread.is_finished() {
+            // A reader that panicked lost output; the test will say what
+            // it misses.
+            let _ = thread.join();
+        }
+    }
+    all
 }
 
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-/// Asserts that none of `secrets` occurs in `haystack` (named `what`).
+/// Asserts that none of `secrets` occurs in `haystack` (named `what`). The
+/// failure names the secret by its place in `secrets` and its
+/// [`fingerprint`], never by its value: panic messages are output too.
 pub fn assert_no_secret(what: &str, haystack: &[u8], secrets: &[&str]) {
-    for s in secrets {
+    for (i, s) in secrets.iter().enumerate() {
         assert!(
             !haystack.windows(s.len()).any(|w| w == s.as_bytes()),
-            "secret {s:?} leaked into {what}"
+            "secret #{i} ({}) leaked into {what}",
+            fingerprint(s.as_bytes())
         );
     }
+}
+
+/// What a test prints instead of a secret: the first 8 hex digits of its
+/// SHA-256, enough to tell two test secrets apart.
+pub fn fingerprint(secret: &[u8]) -> String {
+    use sha2::Digest;
+    format!("sha256:{}", &hex::encode(sha2::Sha256::digest(secret))[..8])
+}
+
+/// Every path under `dir` (not `dir` itself), directories included, at any
+/// depth, in no order. Symlinks are listed, never followed. A missing or
+/// unreadable directory has none.
+pub fn paths_under(dir: &Path) -> Vec<PathBuf> {
+    entries_under(dir).into_iter().map(|(path, _)| path).collect()
+}
+
+/// The paths under `dir` that are not directories (files, symlinks,
+/// sockets, FIFOs), at any depth, as [`paths_under`].
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    entries_under(dir)
+        .into_iter()
+        .filter(|(_, is_dir)| !is_dir)
+        .map(|(path, _)| path)
+        .collect()
+}
+
+/// Every path under `dir` and whether it is a directory.
+fn entries_under(dir: &Path) -> Vec<(PathBuf, bool)> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            // The entry's own type: a symlink to a directory is not one.
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            if is_dir {
+                todo.push(path.clone());
+            }
+            found.push((path, is_dir));
+        }
+    }
+    found
 }
 
 pub fn key(env: &str, name: &str) -> Option<keyward::proto::KeyRef> {
@@ -351,6 +435,7 @@ impl TestAgent {
             _tmp: Some(tmp),
             child: None,
             output: Arc::default(),
+            readers: Vec::new(),
             config: Some(config),
         };
         a.rewrite_config(toml);

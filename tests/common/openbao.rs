@@ -32,6 +32,8 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 
+use super::tools::{terminate, wait_timeout};
+
 /// How long the server may take to listen, or to become active after an
 /// unseal (a raft election included).
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -53,7 +55,7 @@ pub fn bao_binary() -> PathBuf {
         );
         return bao;
     }
-    let python = super::smtp::test_python();
+    let python = super::tools::test_python();
     let bao = python.parent().expect("the venv's bin dir").join("bao");
     assert!(
         bao.exists(),
@@ -84,20 +86,6 @@ fn free_ports() -> (u16, u16) {
     let a = TcpListener::bind("127.0.0.1:0").unwrap();
     let b = TcpListener::bind("127.0.0.1:0").unwrap();
     (a.local_addr().unwrap().port(), b.local_addr().unwrap().port())
-}
-
-/// Waits for `child` up to `limit`.
-fn wait_for_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return Some(status);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 impl Bao {
@@ -246,11 +234,9 @@ ui = false
         let Some(mut child) = self.child.take() else {
             return;
         };
-        let pid = Pid::from_raw(child.id() as i32);
-        let _ = kill(pid, Signal::SIGTERM);
-        // A paused server handles SIGTERM only once continued.
-        let _ = kill(pid, Signal::SIGCONT);
-        if wait_for_exit(&mut child, STOP_TIMEOUT).is_none() {
+        // A paused server would handle SIGTERM only once continued.
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGCONT);
+        if terminate(&mut child, STOP_TIMEOUT).is_none() {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -437,7 +423,7 @@ path "auth/token/revoke-self" {
             let _ = std::io::Read::read_to_end(&mut stderr, &mut buffer);
             buffer
         });
-        let Some(status) = wait_for_exit(&mut child, CLI_TIMEOUT) else {
+        let Some(status) = wait_timeout(&mut child, CLI_TIMEOUT) else {
             let _ = child.kill();
             let _ = child.wait();
             panic!(

@@ -22,17 +22,17 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use bytes::Bytes;
-use hyper::body::{Body, Incoming};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use rand::Rng;
+
+use super::server_thread::read_body;
 
 /// Every key the provider ever issued.
 #[derive(Clone, Debug)]
@@ -238,19 +238,4 @@ async fn answer(request: Request<Incoming>, state: Arc<State>) -> Result<Respons
         }
         _ => reply(StatusCode::NOT_FOUND, "no such endpoint"),
     }
-}
-
-async fn read_body(mut body: Incoming) -> Bytes {
-    let mut bytes = Vec::new();
-    while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
-        match frame {
-            Ok(frame) => {
-                if let Ok(data) = frame.into_data() {
-                    bytes.extend_from_slice(&data);
-                }
-            }
-            Err(_) => break,
-        }
-    }
-    Bytes::from(bytes)
 }

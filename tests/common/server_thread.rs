@@ -5,6 +5,10 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+
+use bytes::Bytes;
+use hyper::body::{Body, Incoming};
 
 /// The running server; dropping it stops it.
 pub struct ServerThread {
@@ -59,4 +63,21 @@ impl Drop for ServerThread {
             let _ = thread.join();
         }
     }
+}
+
+/// The whole body of a request, as far as it came: a body cut off by an
+/// error ends there (the test servers record what they got, never fail).
+pub async fn read_body(mut body: Incoming) -> Bytes {
+    let mut bytes = Vec::new();
+    while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+        match frame {
+            Ok(frame) => {
+                if let Ok(data) = frame.into_data() {
+                    bytes.extend_from_slice(&data);
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    Bytes::from(bytes)
 }

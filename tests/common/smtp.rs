@@ -8,17 +8,15 @@
 //! [`SmtpServer::wait_for`] reads back as [`Mail`].
 //!
 //! The Python comes from `KEYWARD_TEST_PYTHON` (set by `scripts/test`); when
-//! that is unset, the venv is made here, in `target/test-venv`, exactly as
-//! `scripts/test` makes it. A test never skips for want of Python: it fails
-//! and says what to install.
+//! that is unset, the venv is made in `target/test-venv`, exactly as
+//! `scripts/test` makes it ([`super::tools::test_python`]). A test never
+//! skips for want of Python: it fails and says what to install.
 
 #![allow(dead_code)]
 
-use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// The login the server accepts.
@@ -87,7 +85,7 @@ impl SmtpServer {
         std::fs::create_dir(&spool).unwrap();
         let ca_file = dir.path().join("ca.pem");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/smtp_server.py");
-        let mut command = Command::new(test_python());
+        let mut command = Command::new(super::tools::test_python());
         command
             .arg(&script)
             .arg("--spool")
@@ -202,63 +200,4 @@ impl Drop for SmtpServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// The Python that has the test requirements: `KEYWARD_TEST_PYTHON`, or the
-/// venv `target/test-venv`, made (once per process, under a file lock across
-/// processes) if it is missing or older than `tests/requirements.txt`.
-pub fn test_python() -> PathBuf {
-    if let Some(python) = std::env::var_os("KEYWARD_TEST_PYTHON") {
-        let python = PathBuf::from(python);
-        assert!(
-            python.exists(),
-            "KEYWARD_TEST_PYTHON={} does not exist: unset it to let the tests make target/test-venv, or run scripts/test",
-            python.display()
-        );
-        return python;
-    }
-    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
-    PYTHON.get_or_init(make_venv).clone()
-}
-
-/// Makes (or reuses) `target/test-venv`, the way `scripts/test` does: the
-/// venv is current when its `requirements.stamp` equals
-/// `tests/requirements.txt`.
-fn make_venv() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let venv = root.join("target/test-venv");
-    let python = venv.join("bin/python");
-    let stamp = venv.join("requirements.stamp");
-    let requirements_path = root.join("tests/requirements.txt");
-    let requirements = std::fs::read(&requirements_path).expect("tests/requirements.txt");
-    std::fs::create_dir_all(root.join("target")).unwrap();
-    let lock = File::create(root.join("target/test-venv.lock")).unwrap();
-    let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
-        .unwrap_or_else(|(_, e)| panic!("cannot lock target/test-venv.lock: {e}"));
-    if python.exists() && std::fs::read(&stamp).ok().as_deref() == Some(requirements.as_slice()) {
-        return python;
-    }
-    eprintln!("making the test venv target/test-venv (KEYWARD_TEST_PYTHON is not set) …");
-    let _ = std::fs::remove_dir_all(&venv);
-    let run = |what: &str, command: &mut Command| {
-        let status = command
-            .status()
-            .unwrap_or_else(|e| panic!("cannot run {what}: {e}: install python3 (with venv and pip), or set KEYWARD_TEST_PYTHON to a Python that has the packages of tests/requirements.txt"));
-        assert!(
-            status.success(),
-            "{what} failed ({status}): the SMTP tests need python3 with venv and pip, and PyPI for tests/requirements.txt (or KEYWARD_TEST_PYTHON set to a Python that has them)"
-        );
-    };
-    run(
-        "python3 -m venv",
-        Command::new("python3").arg("-m").arg("venv").arg(&venv),
-    );
-    run(
-        "pip install -r tests/requirements.txt",
-        Command::new(venv.join("bin/pip"))
-            .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
-            .arg(&requirements_path),
-    );
-    std::fs::write(&stamp, &requirements).unwrap();
-    python
 }
