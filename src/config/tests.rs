@@ -828,6 +828,9 @@ fn backend_mistakes_are_explained() {
     for (text, want) in cases {
         let err = parse_err(text);
         assert!(err.contains(want), "{text}\n=> {err}");
-        assert!(!err.contains("pw-secret"), "a password in the address is never echoed: {err}");
+        assert!(
+            !err.contains("pw-secret"),
+            "a password in the address is never echoed: {err}"
+        );
     }
 }

@@ -7,8 +7,8 @@ use serde_json::json;
 
 use super::kv::KvError;
 use super::{BackendRecord, Fleet, FORMAT};
-use crate::secret::KeyRef;
 use crate::keyset::KeySetState;
+use crate::secret::KeyRef;
 use crate::server::error::ApiError;
 use crate::server::Agent;
 use crate::store::record;
@@ -82,7 +82,12 @@ impl Fleet {
             .map_err(|e| self.write_error(key, e))?
             .map_or(0, |m| m.current_version);
         if current != state.backend_version.unwrap_or(0) {
-            return Err(self.write_error(key, KvError::CasMismatch { path: self.key_path(key) }));
+            return Err(self.write_error(
+                key,
+                KvError::CasMismatch {
+                    path: self.key_path(key),
+                },
+            ));
         }
         Ok(())
     }

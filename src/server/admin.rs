@@ -323,13 +323,7 @@ impl proto::admin_server::Admin for AdminService {
     ) -> Result<Response<proto::ListKeysResponse>, Status> {
         self.authorize(&request).await?;
         let env = self.agent.env_filter(&request.get_ref().environment)?;
-        let keys = self
-            .agent
-            .store
-            .list(env)
-            .iter()
-            .map(|k| k.to_info())
-            .collect();
+        let keys = self.agent.store.list(env).iter().map(|k| k.to_info()).collect();
         Ok(Response::new(proto::ListKeysResponse { keys }))
     }
 

@@ -493,8 +493,8 @@ fn encrypt_to<'a>(
     plaintext: &[u8],
     armor: bool,
 ) -> io::Result<Vec<u8>> {
-    let encryptor = age::Encryptor::with_recipients(recipients.map(|r| r as &dyn age::Recipient))
-        .map_err(io::Error::other)?;
+    let encryptor =
+        age::Encryptor::with_recipients(recipients.map(|r| r as &dyn age::Recipient)).map_err(io::Error::other)?;
     let mut out = Vec::with_capacity(plaintext.len() * if armor { 2 } else { 1 } + 1024);
     let format = if armor {
         age::armor::Format::AsciiArmor

@@ -50,7 +50,13 @@ pub(crate) fn check_address(address: &str) -> Result<String, String> {
     let fix = "give it as http://HOST:PORT or https://HOST:PORT (e.g. https://openbao.example.org:8200)";
     // Before anything echoes the address: a user:password@ part is a
     // credential, and a parse error would print it.
-    if trimmed.split_once("://").map_or(trimmed, |(_, rest)| rest).split('/').next().is_some_and(|authority| authority.contains('@')) {
+    if trimmed
+        .split_once("://")
+        .map_or(trimmed, |(_, rest)| rest)
+        .split('/')
+        .next()
+        .is_some_and(|authority| authority.contains('@'))
+    {
         return Err(format!(
             "the OpenBao address has a user or password in it: remove the user:password@ part \
              (the token comes from the auth settings); {fix}"
@@ -138,7 +144,11 @@ mod tests {
 
     #[test]
     fn an_address_with_a_password_is_refused_without_echoing_it() {
-        for bad in ["https://u:pw-secret@h:99999", "https://u:pw-secret@h:8200/", "http://pw-secret@[::1"] {
+        for bad in [
+            "https://u:pw-secret@h:99999",
+            "https://u:pw-secret@h:8200/",
+            "http://pw-secret@[::1",
+        ] {
             let e = check_address(bad).unwrap_err();
             assert!(!e.contains("pw-secret"), "{e}");
             assert!(e.contains("user or password"), "{e}");
