@@ -464,16 +464,20 @@ async fn openbao_down_agents_keep_serving_report_staleness_restart_from_their_co
         let set = fleet.agent(i).fetch("prod", "enrich").await.unwrap();
         assert_eq!(primary(&set), b"sk_enrich_before_a81f");
     }
-    // The alert is open, and `keyward status` says it.
-    let status = fleet.agent(0).status().await;
-    assert!(
-        status
-            .open_alerts
+    // The alert opens (at the follower's next round once stale), and
+    // `keyward status` says it.
+    let start = Instant::now();
+    loop {
+        let open = fleet.agent(0).status().await.open_alerts;
+        if open
             .iter()
-            .any(|a| a.signal == "agent_health" && a.dedup_key.contains("agent/backend")),
-        "{:?}",
-        status.open_alerts
-    );
+            .any(|a| a.signal == "agent_health" && a.dedup_key.contains("agent/backend"))
+        {
+            break;
+        }
+        assert!(start.elapsed() < PROPAGATION, "no backend alert: {open:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let out = cli(fleet.agent(0), &["status"], None);
     assert!(
         text(&out.stdout).contains("STALE, serving the local copy"),
