@@ -13,6 +13,7 @@ pub mod provider;
 pub mod receiver;
 pub mod server_thread;
 pub mod smtp;
+pub mod system;
 pub mod tools;
 
 use std::io::{BufRead, BufReader, Read, Write};
