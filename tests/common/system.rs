@@ -201,3 +201,29 @@ pub fn skip(reason: &str) {
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
+
+/// A test of this binary run as another process (often as another uid),
+/// for attacks that need code of their own: `name` is an `#[ignore]`d test
+/// whose body reads its parameters from `KEYWARD_HELPER_*` variables (set
+/// them on the returned command). It is run with `--ignored --exact`, from
+/// a copy of this test binary in `shared` (the build tree may be closed to
+/// other uids). Ignored, such helpers never count as tests of their own.
+pub fn helper(who: Option<Uid>, name: &str, shared: &SharedDir) -> Command {
+    let copy = shared.path().join("test-helper");
+    if !copy.exists() {
+        shared.install(&std::env::current_exe().expect("the test binary"), "test-helper");
+    }
+    let mut cmd = match who {
+        Some(who) => who.command(&copy),
+        None => Command::new(&copy),
+    };
+    cmd.args(["--ignored", "--exact", name, "--nocapture", "--test-threads=1", "-q"]);
+    cmd.env("KEYWARD_HELPER", name);
+    cmd
+}
+
+/// Whether this process is a [`helper`] (tests that are helpers return at
+/// once when it is not).
+pub fn is_helper() -> bool {
+    std::env::var_os("KEYWARD_HELPER").is_some()
+}
