@@ -75,20 +75,24 @@ fn has_effective_capability(cap: u32) -> Option<bool> {
     Some(set & (1u64 << cap) != 0)
 }
 
-/// A warning for an agent running as root whose policy has `executables`
-/// grants while it lacks `CAP_SYS_PTRACE`: without that capability the
-/// kernel refuses to show it `/proc/<pid>/exe` of processes run by other
-/// users (or holding capabilities it lacks), so those grants never match
-/// such callers. They fail closed (the caller is denied); the warning says
-/// why before someone is.
+/// A warning for an agent running as root whose policy has grants that
+/// name executables or units (for callers on keys.sock) while it lacks
+/// `CAP_SYS_PTRACE`: without that capability the kernel refuses to show it
+/// `/proc/<pid>/exe`, the namespaces and the open files of processes run by
+/// other users (or holding capabilities it lacks), and it cannot verify
+/// such callers, so those grants never match them. They fail closed (the
+/// caller is denied); the warning says why before someone is.
 pub fn executable_grants_warning(policy: &crate::policy::Policy) -> Option<String> {
-    let names_executables = policy.grants.iter().any(|g| !g.executables.is_empty());
-    if !names_executables || !nix::unistd::geteuid().is_root() {
+    let narrows = policy
+        .grants
+        .iter()
+        .any(|g| g.names_principal() && g.narrows_by_process());
+    if !narrows || !nix::unistd::geteuid().is_root() {
         return None;
     }
     match has_effective_capability(CAP_SYS_PTRACE) {
         Some(false) => Some(
-            "grants name executables, but keywardd lacks CAP_SYS_PTRACE, so it cannot read /proc/PID/exe of callers run by other users: those grants will deny them; under systemd add CapabilityBoundingSet=CAP_SYS_PTRACE in a drop-in (see packaging/systemd/README.md), or grant by users, groups or units instead"
+            "grants name executables or units, but keywardd lacks CAP_SYS_PTRACE, so it cannot verify callers run by other users (their /proc/PID/exe, namespaces and open files): those grants will deny them; under systemd add CapabilityBoundingSet=CAP_SYS_PTRACE in a drop-in (see packaging/systemd/README.md), or grant by users and groups alone"
                 .to_owned(),
         ),
         _ => None,

@@ -33,7 +33,8 @@
 //! - [`audit`]: the append-only, hash-chained audit log: leader/follower
 //!   group commit, the head file, and the offline verifier.
 //! - [`hygiene`]: process hardening (no core dumps, locked memory).
-//! - [`server`]: socket binding, caller identity from peer credentials, the
+//! - [`server`]: socket binding, caller identity from peer credentials (and
+//!   the verification of a caller's executable and unit), the
 //!   `Keys` and `Admin` gRPC services (fetch, watch streams, auth-failure
 //!   reports, changes and rotation), hot reload of the store, config reload
 //!   on SIGHUP, and [`server::run`], the one way in.
@@ -44,7 +45,9 @@
 //! The binaries live in `src/bin`: `keywardd` (the agent) and `keyward` (the
 //! CLI).
 
-#![forbid(unsafe_code)]
+// One getsockopt (SO_PEERPIDFD) that no safe wrapper offers lives in
+// server::identity::pidfd, allowed there alone.
+#![deny(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod alerts;

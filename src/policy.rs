@@ -16,17 +16,38 @@
 //! |---|---|
 //! | uid (`uids`, and `users` in the config) | the caller's uid is in the list |
 //! | group (`gids`, and `groups` in the config) | the caller's primary gid, or any of its supplementary groups, is in the list |
-//! | executable (`executables`) | the caller's executable (`/proc/<pid>/exe`) equals one of the paths exactly |
-//! | unit (`units`) | the caller's systemd unit equals one of the values |
+//! | executable (`executables`) | the caller's running image is the file at one of the paths (see below) |
+//! | unit (`units`) | the caller's systemd unit is one of the names, or its cgroup one of the paths (`/system.slice/x.service`) |
 //!
 //! An empty list means the kind is not listed. A grant that lists no kind
 //! at all applies to nobody (the config loader rejects it outright, so that
 //! a mistake cannot turn into "everyone"). A caller whose executable or
-//! unit could not be read never matches a grant that lists that kind.
+//! unit could not be verified never matches a grant that lists that kind.
 //!
-//! An executable is compared as the kernel reports it: a binary replaced on
-//! disk while running reads as `/path (deleted)` and stops matching, which
-//! is the safe outcome.
+//! # Principals and what narrows them
+//!
+//! The **principal** is the caller's uid and groups, which the kernel
+//! vouches for. Executables and units only *narrow* a principal: any
+//! process of a uid can run, preload or trace a program that uid may run,
+//! and any process can sit in a cgroup named like a unit inside a subtree
+//! delegated to it. So a grant that applies to callers on `keys.sock` lists
+//! users, uids, groups or gids ([`Grant::names_principal`]). A grant that
+//! lists only `units` is a *credentials grant*: it applies to
+//! `LoadCredential=` requests on `creds.sock`, which only the service
+//! manager (PID 1) makes and for which it vouches for the unit
+//! ([`Policy::credential_grant_for`]), and to nothing on `keys.sock`. A grant
+//! that lists executables without a principal is refused by the config
+//! loader.
+//!
+//! This module matches; it does not verify. The server verifies (see
+//! `server::identity`) and fills the [`Principal`]: `executables` holds the
+//! configured paths whose file *is* the caller's running image (same device
+//! and inode, the caller in the agent's namespaces, no loader override, no
+//! tracer, no code from a file a non-root user can write, every holder of
+//! the connection alike), and `unit` the unit derived from the caller's
+//! cgroup by systemd's rules outside any delegated subtree. A binary
+//! replaced on disk while running is a different file and stops matching,
+//! which is the safe outcome.
 //!
 //! # Key patterns
 //!
@@ -50,10 +71,49 @@ pub struct Principal<'a> {
     pub gid: u32,
     /// Supplementary groups of the caller process.
     pub groups: &'a [u32],
-    /// The caller's executable (`/proc/<pid>/exe`), if it could be read.
-    pub exe: Option<&'a Path>,
-    /// The caller's systemd unit (from `/proc/<pid>/cgroup`), if any.
-    pub unit: Option<&'a str>,
+    /// The configured executable paths whose file is, as verified, the
+    /// caller's running image (empty when none is, or when the caller was
+    /// not verified).
+    pub executables: &'a [PathBuf],
+    /// The caller's systemd unit, as verified (`None` when it has none, or
+    /// was not verified).
+    pub unit: Option<Unit<'a>>,
+}
+
+impl<'a> Principal<'a> {
+    /// A caller known by its credentials alone: no executable or unit
+    /// selector matches it.
+    pub fn of_credentials(uid: u32, gid: u32, groups: &'a [u32]) -> Principal<'a> {
+        Principal {
+            uid,
+            gid,
+            groups,
+            executables: &[],
+            unit: None,
+        }
+    }
+}
+
+/// A systemd unit as a `units` selector sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Unit<'a> {
+    /// The unit's name, e.g. `billing-worker.service`.
+    pub name: &'a str,
+    /// Its cgroup, e.g. `/system.slice/billing-worker.service`.
+    pub cgroup: &'a str,
+}
+
+impl Unit<'_> {
+    /// Whether the `units` value `selector` names this unit: a path (it
+    /// starts with `/`) is compared with the cgroup, anything else with the
+    /// name.
+    pub fn is(&self, selector: &str) -> bool {
+        if selector.starts_with('/') {
+            selector == self.cgroup
+        } else {
+            selector == self.name
+        }
+    }
 }
 
 /// Why a key pattern was rejected.
@@ -244,6 +304,15 @@ fn glob_matches(pattern: &[u8], text: &[u8]) -> bool {
     pattern[p..].iter().all(|&b| b == b'*')
 }
 
+/// Whether a file with owner `uid` and `mode` can be changed by a user other
+/// than root: it is not root's (its owner may chmod it), or group or others
+/// may write it. A group write bit counts even for group 0, whose members
+/// need not be root. Code loaded from such a file never counts as a granted
+/// program, and such a program never matches an executable selector.
+pub fn writable_by_non_root(uid: u32, mode: u32) -> bool {
+    uid != 0 || mode & 0o022 != 0
+}
+
 /// One rule of the policy: which callers (selectors) may read which keys.
 ///
 /// Empty selector lists mean "kind not listed"; see the [module
@@ -256,10 +325,15 @@ pub struct Grant {
     pub gids: Vec<u32>,
     /// Exact executable paths (the executable kind).
     pub executables: Vec<PathBuf>,
-    /// systemd unit names, e.g. `billing-worker.service` (the unit kind).
+    /// systemd unit names, e.g. `billing-worker.service`, or their cgroups,
+    /// e.g. `/system.slice/billing-worker.service` (the unit kind).
     pub units: Vec<String>,
     /// The keys this grant gives access to.
     pub keys: Vec<KeyPattern>,
+    /// Whether the callers it names may report auth failures on its keys
+    /// (`report = false` withholds it: they read, but cannot influence the
+    /// retire gate, rollbacks or alerts).
+    pub report: bool,
     /// Where the grant came from, e.g. `keyward.toml line 12`, for messages,
     /// the audit log and `keyward doctor`.
     pub origin: String,
@@ -272,17 +346,41 @@ impl Grant {
         !(self.uids.is_empty() && self.gids.is_empty() && self.executables.is_empty() && self.units.is_empty())
     }
 
-    /// True when every selector kind the grant lists matches `who`.
-    pub fn applies_to(&self, who: &Principal<'_>) -> bool {
-        if !self.has_selectors() {
-            return false;
-        }
+    /// True when the grant names a principal (users, uids, groups or gids):
+    /// only such grants apply on `keys.sock` (see the [module docs](self)).
+    pub fn names_principal(&self) -> bool {
+        !(self.uids.is_empty() && self.gids.is_empty())
+    }
+
+    /// True for a credentials grant: `units` and nothing else, for systemd's
+    /// `LoadCredential=` on `creds.sock`.
+    pub fn is_credentials_grant(&self) -> bool {
+        !self.units.is_empty() && !self.names_principal() && self.executables.is_empty()
+    }
+
+    /// True when the grant lists executables or units, which only a
+    /// verified caller can match.
+    pub fn narrows_by_process(&self) -> bool {
+        !(self.executables.is_empty() && self.units.is_empty())
+    }
+
+    /// True when the uid and group kinds the grant lists match `who` (the
+    /// kinds the kernel vouches for).
+    fn principal_matches(&self, who: &Principal<'_>) -> bool {
         let uid_ok = self.uids.is_empty() || self.uids.contains(&who.uid);
         let group_ok = self.gids.is_empty() || self.gids.iter().any(|g| *g == who.gid || who.groups.contains(g));
-        let exe_ok =
-            self.executables.is_empty() || who.exe.is_some_and(|exe| self.executables.iter().any(|p| p == exe));
-        let unit_ok = self.units.is_empty() || who.unit.is_some_and(|unit| self.units.iter().any(|u| u == unit));
-        uid_ok && group_ok && exe_ok && unit_ok
+        uid_ok && group_ok
+    }
+
+    /// True when the grant applies on `keys.sock` to `who`: it names a
+    /// principal, and every selector kind it lists matches.
+    pub fn applies_to(&self, who: &Principal<'_>) -> bool {
+        if !self.names_principal() || !self.principal_matches(who) {
+            return false;
+        }
+        let exe_ok = self.executables.is_empty() || self.executables.iter().any(|p| who.executables.contains(p));
+        let unit_ok = self.units.is_empty() || who.unit.is_some_and(|unit| self.units.iter().any(|u| unit.is(u)));
+        exe_ok && unit_ok
     }
 
     /// True when one of the grant's key patterns matches `key`.
@@ -314,10 +412,47 @@ impl Policy {
         self.grant_for(who, key).is_some()
     }
 
-    /// The first grant (in file order) that lets `who` read `key`, for the
-    /// audit record; `None` means denied.
+    /// The first grant (in file order) that lets `who` read `key` on
+    /// `keys.sock`, for the audit record; `None` means denied.
     pub fn grant_for(&self, who: &Principal<'_>, key: &KeyRef) -> Option<&Grant> {
         self.grants.iter().find(|g| g.applies_to(who) && g.covers(key))
+    }
+
+    /// Whether a grant could let `who` read `key` once its executable or
+    /// unit is verified: one that names `who`'s principal, covers `key`,
+    /// and lists executables or units. Only then is the (costly) process
+    /// verification worth doing.
+    pub fn needs_process_identity(&self, who: &Principal<'_>, key: &KeyRef) -> bool {
+        self.grants
+            .iter()
+            .any(|g| g.names_principal() && g.narrows_by_process() && g.principal_matches(who) && g.covers(key))
+    }
+
+    /// The first grant that lets `who` read `key` *and* report auth failures
+    /// on it (`report` not withheld).
+    pub fn report_grant_for(&self, who: &Principal<'_>, key: &KeyRef) -> Option<&Grant> {
+        self.grants
+            .iter()
+            .find(|g| g.report && g.applies_to(who) && g.covers(key))
+    }
+
+    /// The first credentials grant (only `units`) that lets the unit named
+    /// `unit` have `key` through `LoadCredential=`.
+    pub fn credential_grant_for(&self, unit: &str, key: &KeyRef) -> Option<&Grant> {
+        self.grants
+            .iter()
+            .find(|g| g.is_credentials_grant() && g.units.iter().any(|u| u == unit) && g.covers(key))
+    }
+
+    /// Every executable path the grants name (each once).
+    pub fn executable_paths(&self) -> Vec<&Path> {
+        let mut paths: Vec<&Path> = Vec::new();
+        for p in self.grants.iter().flat_map(|g| &g.executables) {
+            if !paths.contains(&p.as_path()) {
+                paths.push(p);
+            }
+        }
+        paths
     }
 }
 
@@ -330,6 +465,7 @@ impl Grant {
             executables: Vec::new(),
             units: Vec::new(),
             keys: vec![KeyPattern::any()],
+            report: true,
             origin: "dev mode".to_owned(),
         }
     }
@@ -354,17 +490,20 @@ mod tests {
             executables: vec![],
             units: vec![],
             keys: vec![KeyPattern::any()],
+            report: true,
             origin: origin.to_owned(),
         }
     }
 
-    /// A caller with its identity spelled out.
+    /// A caller with its verified identity spelled out: `exes` are the
+    /// configured paths its image was verified to be, `unit` its unit and
+    /// the unit's cgroup.
     struct Caller {
         uid: u32,
         gid: u32,
         groups: Vec<u32>,
-        exe: Option<PathBuf>,
-        unit: Option<String>,
+        exes: Vec<PathBuf>,
+        unit: Option<(String, String)>,
     }
 
     impl Caller {
@@ -373,7 +512,7 @@ mod tests {
                 uid,
                 gid,
                 groups: vec![],
-                exe: None,
+                exes: vec![],
                 unit: None,
             }
         }
@@ -382,11 +521,11 @@ mod tests {
             self
         }
         fn exe(mut self, e: &str) -> Caller {
-            self.exe = Some(e.into());
+            self.exes.push(e.into());
             self
         }
         fn unit(mut self, u: &str) -> Caller {
-            self.unit = Some(u.into());
+            self.unit = Some((u.into(), format!("/system.slice/{u}")));
             self
         }
         fn principal(&self) -> Principal<'_> {
@@ -394,8 +533,8 @@ mod tests {
                 uid: self.uid,
                 gid: self.gid,
                 groups: &self.groups,
-                exe: self.exe.as_deref(),
-                unit: self.unit.as_deref(),
+                executables: &self.exes,
+                unit: self.unit.as_ref().map(|(name, cgroup)| Unit { name, cgroup }),
             }
         }
     }
@@ -491,13 +630,25 @@ mod tests {
             gids: vec![500],
             ..grant("gid")
         };
+        // Executables and units narrow a principal; alone they apply to
+        // nobody on keys.sock.
         let by_exe = Grant {
+            uids: vec![1],
             executables: vec!["/usr/bin/worker".into()],
             ..grant("exe")
         };
         let by_unit = Grant {
-            units: vec!["a.service".into(), "b.service".into()],
+            uids: vec![1],
+            units: vec!["a.service".into(), "/system.slice/b.service".into()],
             ..grant("unit")
+        };
+        let bare_exe = Grant {
+            executables: vec!["/usr/bin/worker".into()],
+            ..grant("bare exe")
+        };
+        let bare_unit = Grant {
+            units: vec!["a.service".into()],
+            ..grant("bare unit")
         };
         let uid_and_exe = Grant {
             uids: vec![1001],
@@ -528,15 +679,19 @@ mod tests {
             (&by_gid, Caller::new(1, 500), true),
             (&by_gid, Caller::new(1, 1).groups(&[7, 500]), true),
             (&by_gid, Caller::new(500, 1).groups(&[7]), false),
-            // executable kind: exact path, unknown exe never matches.
+            // executable kind: a verified path, unverified never matches.
             (&by_exe, Caller::new(1, 1).exe("/usr/bin/worker"), true),
             (&by_exe, Caller::new(1, 1).exe("/usr/bin/worker2"), false),
-            (&by_exe, Caller::new(1, 1).exe("/usr/bin/worker (deleted)"), false),
             (&by_exe, Caller::new(1, 1), false),
-            // unit kind: exact name, no unit never matches.
+            (&by_exe, Caller::new(2, 1).exe("/usr/bin/worker"), false),
+            // unit kind: a name, or a cgroup path; no unit never matches.
+            (&by_unit, Caller::new(1, 1).unit("a.service"), true),
             (&by_unit, Caller::new(1, 1).unit("b.service"), true),
             (&by_unit, Caller::new(1, 1).unit("c.service"), false),
             (&by_unit, Caller::new(1, 1), false),
+            // Without a principal they apply to nobody on keys.sock.
+            (&bare_exe, Caller::new(1, 1).exe("/usr/bin/worker"), false),
+            (&bare_unit, Caller::new(1, 1).unit("a.service"), false),
             // AND across kinds, OR within one.
             (&uid_and_exe, Caller::new(1001, 1).exe("/usr/bin/other"), true),
             (&uid_and_exe, Caller::new(1001, 1).exe("/usr/bin/x"), false),
@@ -546,7 +701,7 @@ mod tests {
             (&all_kinds, full().groups(&[]), false),
             (&all_kinds, full().unit("b.service"), false),
             (&all_kinds, Caller { uid: 1, ..full() }, false),
-            (&all_kinds, Caller { exe: None, ..full() }, false),
+            (&all_kinds, Caller { exes: vec![], ..full() }, false),
             // A grant with no selectors applies to nobody.
             (&nothing, full(), false),
             (&nothing, Caller::new(0, 0), false),
@@ -555,12 +710,12 @@ mod tests {
             assert_eq!(
                 g.applies_to(&caller.principal()),
                 *want,
-                "grant {} vs uid={} gid={} groups={:?} exe={:?} unit={:?}",
+                "grant {} vs uid={} gid={} groups={:?} exes={:?} unit={:?}",
                 g.origin,
                 caller.uid,
                 caller.gid,
                 caller.groups,
-                caller.exe,
+                caller.exes,
                 caller.unit
             );
         }
@@ -580,6 +735,7 @@ mod tests {
                 ..grant("staging-readers")
             },
             Grant {
+                uids: vec![3000],
                 units: vec!["crm.service".into()],
                 keys: vec![pat("*/crm-*")],
                 ..grant("crm")
@@ -648,6 +804,90 @@ mod tests {
             assert!(policy.allows(&me.principal(), &key(k)), "{k}");
             assert!(!policy.allows(&other.principal(), &key(k)), "{k}");
         }
+    }
+
+    #[test]
+    fn credentials_grants_apply_to_units_on_creds_sock_only() {
+        let policy = Policy::new(vec![
+            Grant {
+                units: vec!["billing.service".into()],
+                keys: vec![pat("prod/billing-*")],
+                ..grant("creds")
+            },
+            Grant {
+                uids: vec![1001],
+                units: vec!["crm.service".into()],
+                keys: vec![pat("prod/*")],
+                ..grant("uid+unit")
+            },
+        ]);
+        let origin = |unit, k| policy.credential_grant_for(unit, &key(k)).map(|g| g.origin.clone());
+        assert_eq!(origin("billing.service", "prod/billing-api").as_deref(), Some("creds"));
+        assert_eq!(origin("billing.service", "prod/crm-api"), None);
+        // A grant with a principal is not a credentials grant.
+        assert_eq!(origin("crm.service", "prod/crm-api"), None);
+        // And a credentials grant applies to nobody on keys.sock, whatever
+        // unit the caller claims.
+        let claims = Caller::new(1001, 1001).unit("billing.service");
+        assert!(!policy.allows(&claims.principal(), &key("prod/billing-api")));
+        assert!(policy.grants[0].is_credentials_grant() && !policy.grants[1].is_credentials_grant());
+    }
+
+    #[test]
+    fn process_identity_is_needed_only_where_an_exe_or_unit_grant_could_apply() {
+        let policy = Policy::new(vec![
+            Grant {
+                uids: vec![1001],
+                keys: vec![pat("dev/*")],
+                ..grant("uid only")
+            },
+            Grant {
+                uids: vec![1001],
+                executables: vec!["/usr/bin/worker".into()],
+                keys: vec![pat("prod/*")],
+                ..grant("uid+exe")
+            },
+            Grant {
+                gids: vec![500],
+                units: vec!["a.service".into()],
+                keys: vec![pat("staging/*")],
+                ..grant("group+unit")
+            },
+        ]);
+        let needs = |c: &Caller, k| policy.needs_process_identity(&c.principal(), &key(k));
+        let uid = Caller::new(1001, 1001);
+        assert!(!needs(&uid, "dev/x"), "a uid-only grant stays on the fast path");
+        assert!(needs(&uid, "prod/x"));
+        assert!(!needs(&uid, "staging/x"), "not in group 500");
+        assert!(needs(&Caller::new(7, 7).groups(&[500]), "staging/x"));
+        assert!(!needs(&Caller::new(7, 7), "prod/x"), "not uid 1001");
+        assert_eq!(policy.executable_paths(), [Path::new("/usr/bin/worker")]);
+    }
+
+    #[test]
+    fn report_false_withholds_reporting_but_not_reading() {
+        let policy = Policy::new(vec![
+            Grant {
+                uids: vec![1],
+                report: false,
+                keys: vec![pat("prod/*")],
+                ..grant("reader")
+            },
+            Grant {
+                uids: vec![2],
+                keys: vec![pat("prod/*")],
+                ..grant("reporter")
+            },
+        ]);
+        let (one, two) = (Caller::new(1, 1), Caller::new(2, 2));
+        assert!(policy.allows(&one.principal(), &key("prod/x")));
+        assert!(policy.report_grant_for(&one.principal(), &key("prod/x")).is_none());
+        assert_eq!(
+            policy
+                .report_grant_for(&two.principal(), &key("prod/x"))
+                .map(|g| g.origin.as_str()),
+            Some("reporter")
+        );
     }
 }
 

@@ -270,7 +270,7 @@ async fn no_test_secret_reaches_logs_audit_disk_or_argv() {
 }
 
 /// The packaged unit leaves CAP_SYS_PTRACE out, and without it the agent
-/// cannot read `/proc/PID/exe` of other users' callers, so `executables`
+/// cannot inspect other users' callers, so `executables` (and `units`)
 /// grants deny them. The agent says so at start and on every reload that
 /// keeps such a grant, and says nothing when it has the capability.
 #[test]
@@ -280,7 +280,7 @@ fn executable_grants_without_cap_sys_ptrace_are_warned_about() {
         return;
     }
     const WARNING: &str = "lacks CAP_SYS_PTRACE";
-    let grant = "[[grant]]\nexecutables = [\"/usr/bin/true\"]\nkeys = [\"prod/*\"]\n";
+    let grant = "[[grant]]\nuids = [0]\nexecutables = [\"/usr/bin/true\"]\nkeys = [\"prod/*\"]\n";
     let mut agent = TestAgent::start_system(grant);
     // Once stopped, everything it printed is in its logs.
     agent.stop();

@@ -671,6 +671,26 @@ impl Config {
             );
         }
         for grant in &self.policy.grants {
+            if grant.is_credentials_grant() {
+                out.push(format!(
+                    "grant at {} names units but no users, uids, groups or gids: it applies only to LoadCredential= requests on creds.sock, where the service manager (PID 1) vouches for the unit, and to no caller on keys.sock, because a unit read off a caller's cgroup does not prove who the caller is; add users or uids to let the unit's processes read on keys.sock{}",
+                    grant.origin,
+                    if self.credentials_socket {
+                        ""
+                    } else {
+                        " ([sockets] credentials is off, so this grant applies to nothing)"
+                    }
+                ));
+            }
+            for exe in &grant.executables {
+                if let Some(problem) = executable_problem(exe) {
+                    out.push(format!(
+                        "executable {} in grant at {}: {problem}",
+                        exe.display(),
+                        grant.origin
+                    ));
+                }
+            }
             for pattern in &grant.keys {
                 if !self.environments.keys().any(|e| pattern.matches_env(e)) {
                     out.push(format!(
@@ -692,6 +712,45 @@ impl Config {
         }
         out
     }
+}
+
+/// Why a grant's executable can match no caller as things stand, if it
+/// cannot: it is missing, not a regular file, or it (or a directory on its
+/// path) can be changed by a non-root user, whose code then never counts as
+/// the program (see [`crate::policy::writable_by_non_root`]). Checked again
+/// for every caller, so a fixed file starts matching without a reload.
+fn executable_problem(path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) => {
+            return Some(format!(
+                "cannot be read ({e}): the grant matches no caller until it exists"
+            ))
+        }
+    };
+    if !meta.is_file() {
+        return Some("is not a regular file: the grant matches no caller".to_owned());
+    }
+    if crate::policy::writable_by_non_root(meta.uid(), meta.mode()) {
+        return Some(format!(
+            "is owned by uid {} with mode {:o}: a non-root user can change it, so it never counts as the program; make it root's and not writable by group or others (chown root: and chmod go-w)",
+            meta.uid(),
+            meta.mode() & 0o7777
+        ));
+    }
+    for dir in path.ancestors().skip(1) {
+        let Ok(meta) = std::fs::metadata(dir) else { continue };
+        if crate::policy::writable_by_non_root(meta.uid(), meta.mode()) && meta.mode() & 0o1000 == 0 {
+            return Some(format!(
+                "its directory {} can be changed by a non-root user (uid {}, mode {:o}), who could put another program at this path; install it in a root-owned directory",
+                dir.display(),
+                meta.uid(),
+                meta.mode() & 0o7777
+            ));
+        }
+    }
+    None
 }
 
 /// dev, staging and prod, all fail-closed.

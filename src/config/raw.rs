@@ -180,6 +180,7 @@ pub(super) struct RawGrant {
     pub(super) executables: RawList<PathBuf>,
     pub(super) units: RawList<String>,
     pub(super) keys: RawList<String>,
+    pub(super) report: Option<bool>,
 }
 
 /// A value that may be written as a string or an integer: groups (name or

@@ -195,7 +195,18 @@ fn full_example_parses() {
         ]
     );
     assert!(!c.dev_mode);
-    assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+    // The example's program is not installed here: the grant matches no
+    // caller until it is, and the warning says so.
+    let w = c.warnings();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_has(
+        &w[0],
+        &[
+            "/usr/local/bin/billing-worker",
+            "keyward.toml line 38",
+            "matches no caller until it exists",
+        ],
+    );
 }
 
 #[test]
@@ -625,18 +636,98 @@ fn grant_env_must_be_configured() {
 
 #[test]
 fn executables_units_and_paths() {
-    let e = parse_err("[[grant]]\nexecutables = [\"bin/worker\"]\nkeys = [\"dev/*\"]\n");
-    assert_has(&e, &["keyward.toml:2", "absolute"]);
-    let e = parse_err("[[grant]]\nexecutables = [\"/usr/bin/../x\"]\nkeys = [\"dev/*\"]\n");
-    assert_has(&e, &["keyward.toml:2", "'..'"]);
+    let e = parse_err("[[grant]]\nuids = [1]\nexecutables = [\"bin/worker\"]\nkeys = [\"dev/*\"]\n");
+    assert_has(&e, &["keyward.toml:3", "absolute"]);
+    let e = parse_err("[[grant]]\nuids = [1]\nexecutables = [\"/usr/bin/../x\"]\nkeys = [\"dev/*\"]\n");
+    assert_has(&e, &["keyward.toml:3", "'..'"]);
     let e = parse_err("[[grant]]\nunits = [\"billing\"]\nkeys = [\"dev/*\"]\n");
     assert_has(&e, &["keyward.toml:2", "billing.service"]);
     let e = parse_err("[[grant]]\nunits = [\"a b.service\"]\nkeys = [\"dev/*\"]\n");
     assert_has(&e, &["keyward.toml:2", "not a systemd unit"]);
+    // A unit's cgroup may stand for the unit.
+    let c = parse("[[grant]]\nuids = [1]\nunits = [\"/system.slice/billing.service\"]\nkeys = [\"dev/*\"]\n").unwrap();
+    assert_eq!(c.policy.grants[0].units, ["/system.slice/billing.service"]);
+    for bad in [
+        "/system.slice/../x.service",
+        "/system.slice//x.service",
+        "/system.slice/x",
+    ] {
+        let e = parse_err(&format!(
+            "[[grant]]\nuids = [1]\nunits = [\"{bad}\"]\nkeys = [\"dev/*\"]\n"
+        ));
+        assert_has(&e, &["keyward.toml:3", bad]);
+    }
     for key in ["state_dir", "runtime_dir", "audit_file"] {
         let e = parse_err(&format!("\n{key} = \"relative/dir\"\n"));
         assert_has(&e, &[key, "keyward.toml:2", "absolute"]);
     }
+}
+
+/// Executables narrow a principal: alone they are refused, with the reason.
+/// Units alone make a credentials grant, which the load says applies to
+/// creds.sock only.
+#[test]
+fn executables_need_a_principal_and_units_alone_are_for_credentials() {
+    let e = parse_err("[[grant]]\nexecutables = [\"/usr/bin/worker\"]\nkeys = [\"dev/*\"]\n");
+    assert_has(
+        &e,
+        &[
+            "grant at keyward.toml:1 lists executables but no users, uids, groups or gids",
+            "users = [",
+        ],
+    );
+    let e = parse_err("[[grant]]\nexecutables = [\"/usr/bin/worker\"]\nunits = [\"a.service\"]\nkeys = [\"dev/*\"]\n");
+    assert_has(&e, &["lists executables but no users"]);
+    for (sockets, extra) in [("", "credentials is off"), ("[sockets]\ncredentials = true\n", "")] {
+        let c = parse(&format!(
+            "{sockets}[[grant]]\nunits = [\"a.service\"]\nkeys = [\"dev/*\"]\n"
+        ))
+        .unwrap();
+        assert!(c.policy.grants[0].is_credentials_grant());
+        let w = c.warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert_has(
+            &w[0],
+            &[
+                "names units but no users",
+                "only to LoadCredential=",
+                "no caller on keys.sock",
+                extra,
+            ],
+        );
+    }
+    // With a principal, nothing to say.
+    let c = parse("[[grant]]\ngids = [5]\nunits = [\"a.service\"]\nkeys = [\"dev/*\"]\n").unwrap();
+    assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+}
+
+#[test]
+fn report_is_on_unless_withheld() {
+    let c =
+        parse("[[grant]]\nuids = [1]\nkeys = [\"dev/*\"]\n[[grant]]\nuids = [2]\nreport = false\nkeys = [\"dev/*\"]\n")
+            .unwrap();
+    assert!(c.policy.grants[0].report);
+    assert!(!c.policy.grants[1].report);
+    let e = parse_err("[[grant]]\nuids = [1]\nreport = \"no\"\nkeys = [\"dev/*\"]\n");
+    assert_has(&e, &["keyward.toml:3"]);
+}
+
+/// A grant's executable that a non-root user can change is warned about
+/// (it can never match: such code never counts as the program).
+#[test]
+fn an_executable_others_can_change_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("worker");
+    std::fs::write(&exe, b"#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o757)).unwrap();
+    let text = format!(
+        "[[grant]]\nuids = [1]\nexecutables = [\"{}\"]\nkeys = [\"dev/*\"]\n",
+        exe.display()
+    );
+    let w = parse(&text).unwrap().warnings();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_has(&w[0], &["a non-root user can change it", "chmod go-w"]);
 }
 
 #[test]

@@ -510,6 +510,7 @@ fn grant(
         executables,
         units,
         keys,
+        report: raw.report.unwrap_or(true),
         origin,
     };
     if !grant.has_selectors() {
@@ -517,6 +518,14 @@ fn grant(
             &span,
             format!(
                 "grant at {at} names no caller: add at least one of users, uids, groups, gids, executables or units (a grant applies when all the kinds it lists match)"
+            ),
+        ));
+    }
+    if !grant.executables.is_empty() && !grant.names_principal() {
+        return Err(src.invalid(
+            &span,
+            format!(
+                "grant at {at} lists executables but no users, uids, groups or gids: an executable only narrows who may read, it cannot stand alone, because any process of any user may run that program (and preload or trace it); name the principal too, e.g. users = [\"billing\"] or uids = [1001]"
             ),
         ));
     }
@@ -545,10 +554,25 @@ fn executable(src: &Source<'_>, v: &Spanned<PathBuf>) -> Result<PathBuf, ConfigE
     }
 }
 
+/// A `units` value: a unit name (`billing-worker.service`) or the unit's
+/// cgroup (`/system.slice/billing-worker.service`).
 fn unit_name(src: &Source<'_>, v: &Spanned<String>) -> Result<String, ConfigError> {
     let unit = v.get_ref();
-    let problem = if unit.is_empty() || unit.contains('/') || unit.chars().any(char::is_whitespace) {
-        Some("is not a systemd unit name: write it as systemctl shows it, e.g. \"billing-worker.service\"".to_owned())
+    let last = unit.rsplit('/').next().unwrap_or_default();
+    let problem = if unit.starts_with('/') {
+        if unit.split('/').skip(1).any(|c| c.is_empty() || c == "." || c == "..")
+            || unit.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            Some("is not a cgroup path: write it as /proc/PID/cgroup shows it, e.g. \"/system.slice/billing-worker.service\"".to_owned())
+        } else if !(last.ends_with(".service") || last.ends_with(".scope")) {
+            Some(format!(
+                "does not end with a service or scope: write the unit's own cgroup, e.g. \"{unit}/NAME.service\""
+            ))
+        } else {
+            None
+        }
+    } else if unit.is_empty() || unit.contains('/') || unit.chars().any(char::is_whitespace) {
+        Some("is not a systemd unit name: write it as systemctl shows it, e.g. \"billing-worker.service\", or its cgroup, e.g. \"/system.slice/billing-worker.service\"".to_owned())
     } else if !unit.contains('.') {
         Some(format!("has no unit type: write \"{unit}.service\""))
     } else {

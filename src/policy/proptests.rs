@@ -40,7 +40,8 @@ struct Who {
     uid: u32,
     gid: u32,
     groups: Vec<u32>,
-    exe: Option<PathBuf>,
+    /// The configured paths its image was verified to be.
+    exes: Vec<PathBuf>,
     unit: Option<String>,
 }
 
@@ -50,13 +51,16 @@ impl Who {
             uid: self.uid,
             gid: self.gid,
             groups: &self.groups,
-            exe: self.exe.as_deref(),
-            unit: self.unit.as_deref(),
+            executables: &self.exes,
+            unit: self.unit.as_deref().map(|name| Unit {
+                name,
+                cgroup: "/system.slice/x",
+            }),
         }
     }
 }
 
-const EXES: [&str; 3] = ["/usr/bin/a", "/usr/bin/b", "/usr/bin/a (deleted)"];
+const EXES: [&str; 3] = ["/usr/bin/a", "/usr/bin/b", "/usr/bin/c"];
 const UNITS: [&str; 3] = ["a.service", "b.service", "c.service"];
 
 fn who() -> impl Strategy<Value = Who> {
@@ -64,14 +68,14 @@ fn who() -> impl Strategy<Value = Who> {
         0u32..4,
         0u32..4,
         prop::collection::vec(0u32..4, 0..3),
-        prop::option::of(prop::sample::select(&EXES[..])),
+        prop::collection::vec(prop::sample::select(&EXES[..]), 0..2),
         prop::option::of(prop::sample::select(&UNITS[..])),
     )
-        .prop_map(|(uid, gid, groups, exe, unit)| Who {
+        .prop_map(|(uid, gid, groups, exes, unit)| Who {
             uid,
             gid,
             groups,
-            exe: exe.map(PathBuf::from),
+            exes: exes.into_iter().map(PathBuf::from).collect(),
             unit: unit.map(str::to_owned),
         })
 }
@@ -83,8 +87,9 @@ fn grant(origin: usize) -> impl Strategy<Value = Grant> {
         prop::collection::vec(prop::sample::select(&EXES[..2]), 0..2),
         prop::collection::vec(prop::sample::select(&UNITS[..2]), 0..2),
         prop::collection::vec((glob_side(), glob_side()), 1..3),
+        any::<bool>(),
     )
-        .prop_map(move |(uids, gids, exes, units, keys)| Grant {
+        .prop_map(move |(uids, gids, exes, units, keys, report)| Grant {
             uids,
             gids,
             executables: exes.into_iter().map(PathBuf::from).collect(),
@@ -93,6 +98,7 @@ fn grant(origin: usize) -> impl Strategy<Value = Grant> {
                 .iter()
                 .map(|(e, n)| KeyPattern::parse(&format!("{e}/{n}")).expect("generated patterns are valid"))
                 .collect(),
+            report,
             origin: origin.to_string(),
         })
 }
@@ -104,15 +110,16 @@ fn policy() -> impl Strategy<Value = Policy> {
 }
 
 /// The selector rule, kind by kind: every listed kind must match, any value
-/// within a kind will do, and a grant listing no kind applies to nobody.
+/// within a kind will do, and a grant that lists neither uids nor groups
+/// (no principal) applies to nobody on keys.sock.
 fn model_applies(g: &Grant, w: &Who) -> bool {
     let kinds = [
         (!g.uids.is_empty()).then(|| g.uids.contains(&w.uid)),
         (!g.gids.is_empty()).then(|| g.gids.iter().any(|x| *x == w.gid || w.groups.contains(x))),
-        (!g.executables.is_empty()).then(|| w.exe.as_ref().is_some_and(|e| g.executables.contains(e))),
+        (!g.executables.is_empty()).then(|| g.executables.iter().any(|e| w.exes.contains(e))),
         (!g.units.is_empty()).then(|| w.unit.as_ref().is_some_and(|u| g.units.contains(u))),
     ];
-    kinds.iter().any(Option::is_some) && kinds.iter().flatten().all(|ok| *ok)
+    (kinds[0].is_some() || kinds[1].is_some()) && kinds.iter().flatten().all(|ok| *ok)
 }
 
 fn model_covers(g: &Grant, key: &KeyRef) -> bool {

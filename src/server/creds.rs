@@ -7,13 +7,16 @@
 //!
 //! Invariants:
 //! - The unit named in the peer's address is believed only when the peer is
-//!   root (systemd) or the agent's own user (dev mode): anyone can bind an
-//!   abstract address, only those two can reach the 0600 socket.
+//!   the service manager: PID 1 running as root, in system mode (any
+//!   process can bind an abstract address naming any unit, and any root
+//!   process could reach the 0600 socket); in dev mode the agent's own user,
+//!   who has no service manager to prove.
 //! - The credential id names the key as `ENV.NAME` (`/` is not allowed in
 //!   credential ids): the environment ends at the first `.`, so an
 //!   environment whose name contains `.` cannot be reached this way.
-//! - The caller the policy sees is the unit alone (no uid, group or
-//!   executable), so only grants that name nothing but `units` apply.
+//! - The caller the policy sees is the unit alone, so only credentials
+//!   grants apply: those that name nothing but `units`
+//!   ([`crate::policy::Policy::credential_grant_for`]).
 //! - The primary's bytes are written only after the policy allowed the
 //!   unit and the `credential` audit record is written (fail closed unless
 //!   the environment is fail-open); a refusal closes without writing a
@@ -32,9 +35,8 @@ use super::error::ApiError;
 use super::keys::served_versions;
 use super::peer::Caller;
 use super::Agent;
-use crate::audit::{AuditEvent, CallerRecord};
+use crate::audit::AuditEvent;
 use crate::config::AuditFailureMode;
-use crate::policy::Principal;
 use crate::secret::KeyRef;
 
 /// How long systemd gets to read a credential.
@@ -102,7 +104,7 @@ pub async fn serve(
 
 /// One credential: identify, check, audit, write, close.
 async fn answer(agent: Arc<Agent>, mut stream: UnixStream) {
-    let Some((caller, request)) = identify(&stream) else {
+    let Some((caller, request)) = identify(&stream, agent.config().dev_mode) else {
         return;
     };
     let bytes = match decide(&agent, &caller, &request).await {
@@ -123,9 +125,16 @@ async fn answer(agent: Arc<Agent>, mut stream: UnixStream) {
     }
 }
 
+/// Whether a peer with `uid` and `pid` may ask for credentials: the service
+/// manager (PID 1 as root) in system mode; in dev mode also the agent's own
+/// user.
+pub fn may_ask(uid: u32, pid: Option<i32>, dev_mode: bool, own_uid: u32) -> bool {
+    (uid == 0 && pid == Some(1)) || (dev_mode && uid == own_uid)
+}
+
 /// The peer and what it asks for; `None` (logged) when the peer may not
 /// ask or its address is not systemd's form.
-fn identify(stream: &UnixStream) -> Option<(Caller, CredentialRequest)> {
+fn identify(stream: &UnixStream, dev_mode: bool) -> Option<(Caller, CredentialRequest)> {
     let cred = match stream.peer_cred() {
         Ok(c) => c,
         Err(e) => {
@@ -134,10 +143,11 @@ fn identify(stream: &UnixStream) -> Option<(Caller, CredentialRequest)> {
         }
     };
     let own = nix::unistd::geteuid().as_raw();
-    if cred.uid() != 0 && cred.uid() != own {
+    if !may_ask(cred.uid(), cred.pid(), dev_mode, own) {
         tracing::warn!(
             uid = cred.uid(),
-            "creds.sock: refused a connection that is not from systemd (root)"
+            pid = cred.pid(),
+            "creds.sock: refused a connection that is not from the service manager (PID 1 as root): only systemd asks for LoadCredential="
         );
         return None;
     }
@@ -152,23 +162,7 @@ fn identify(stream: &UnixStream) -> Option<(Caller, CredentialRequest)> {
         return None;
     };
     let pid = cred.pid().unwrap_or(0);
-    let record = Arc::new(CallerRecord {
-        uid: cred.uid(),
-        gid: cred.gid(),
-        pid,
-        exe: None,
-        unit: Some(request.unit.clone()),
-    });
-    let caller = Caller {
-        uid: cred.uid(),
-        gid: cred.gid(),
-        pid,
-        groups: Vec::new(),
-        exe: None,
-        unit: Some(request.unit.clone()),
-        record,
-        over_limit: None,
-    };
+    let caller = Caller::from_service_manager(cred.uid(), cred.gid(), pid, request.unit.clone());
     Some((caller, request))
 }
 
@@ -194,15 +188,12 @@ async fn decide(
             .refuse(EVENT, caller, Some(key.to_string()), "invalid_argument", e)
             .await);
     }
-    // The unit alone: no uid, group or executable can match a grant.
-    let unit_only = Principal {
-        uid: u32::MAX,
-        gid: u32::MAX,
-        groups: &[],
-        exe: None,
-        unit: Some(&request.unit),
-    };
-    if !agent.config().policy.allows(&unit_only, &key) {
+    if agent
+        .config()
+        .policy
+        .credential_grant_for(&request.unit, &key)
+        .is_none()
+    {
         let denied = ApiError::PermissionDenied(format!(
             "unit {} may not read {key}: no grant naming only units lists this unit for this key; add a [[grant]] with units = [{:?}]",
             request.unit, request.unit
@@ -256,6 +247,27 @@ mod tests {
             b"\xff/unit/a.service/prod.x",
         ] {
             assert_eq!(parse_peer_name(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn only_the_service_manager_asks_in_system_mode() {
+        // (uid, pid, dev mode, agent's uid) → may ask
+        let cases = [
+            (0, Some(1), false, 0, true),
+            (0, Some(2), false, 0, false),
+            (0, None, false, 0, false),
+            (1000, Some(1), false, 0, false),
+            (1000, Some(55), true, 1000, true),
+            (1001, Some(55), true, 1000, false),
+            (0, Some(55), true, 1000, false),
+        ];
+        for (uid, pid, dev, own, want) in cases {
+            assert_eq!(
+                may_ask(uid, pid, dev, own),
+                want,
+                "uid {uid} pid {pid:?} dev {dev} own {own}"
+            );
         }
     }
 

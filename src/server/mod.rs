@@ -1,7 +1,8 @@
 //! The agent's server side: sockets, caller identity, the two gRPC services
 //! and [`run`], the one way in.
 //!
-//! - [`sockets`], [`peer`]: binding, the state lock, who is calling.
+//! - [`sockets`], [`peer`], [`identity`]: binding, the state lock, who is
+//!   calling, and the verification of a caller's executable and unit.
 //! - [`activation`]: sockets passed by systemd, readiness notification.
 //! - [`creds`]: `creds.sock`, keys for systemd's `LoadCredential=`.
 //! - [`keys`], [`watch_stream`], [`reports`]: the service socket (`GetKey`,
@@ -24,6 +25,7 @@ pub mod config_reload;
 pub mod creds;
 pub mod error;
 pub mod hot_reload;
+pub mod identity;
 pub mod keys;
 pub mod peer;
 pub mod reports;
@@ -337,16 +339,48 @@ impl Agent {
         error
     }
 
+    /// Whether the current policy gives `caller` `right` on `key`. The
+    /// caller's uid and groups are tried first; only when a grant listing
+    /// executables or units could apply is the caller's process verified
+    /// (once per connection, see [`identity`]). `Err` carries why the
+    /// executable and unit selectors could not match, when that was tried
+    /// and they could not.
+    pub async fn allows(&self, caller: &Caller, key: &KeyRef, right: Right) -> Result<(), Option<String>> {
+        let config = self.config();
+        let policy = &config.policy;
+        let who = caller.principal();
+        if right.granted(policy, &who, key) {
+            return Ok(());
+        }
+        if !policy.needs_process_identity(&who, key) {
+            return Err(None);
+        }
+        let identity = caller.process_identity().await;
+        let executables = identity.executables(policy);
+        let verified = crate::policy::Principal {
+            executables: &executables,
+            unit: identity.unit(),
+            ..who
+        };
+        if right.granted(policy, &verified, key) {
+            Ok(())
+        } else {
+            Err(identity.why_not())
+        }
+    }
+
     /// Checks that the policy lets `caller` read `key`; a refusal is audited
     /// as `event`.
     pub async fn check_read(&self, event: &'static str, caller: &Caller, key: &KeyRef) -> Result<(), ApiError> {
-        if self.config().policy.allows(&caller.principal(), key) {
-            return Ok(());
-        }
+        let why_not = match self.allows(caller, key, Right::Read).await {
+            Ok(()) => return Ok(()),
+            Err(why_not) => why_not,
+        };
         self.metrics().denial("service", event);
         let denied = ApiError::PermissionDenied(format!(
-            "{} may not read {key}: no grant in the policy names this caller for this key; add a [[grant]] to the agent's config",
-            caller.describe()
+            "{} may not read {key}: no grant in the policy names this caller for this key{}; add a [[grant]] to the agent's config",
+            caller.describe(),
+            unverified(why_not.as_deref()),
         ));
         Err(self
             .refuse(event, caller, Some(key.to_string()), "denied", denied)
@@ -383,6 +417,33 @@ impl Agent {
             .environments
             .get(key.env())
             .map_or(AuditFailureMode::FailClosed, |e| e.on_audit_failure)
+    }
+}
+
+/// What a grant gives its callers on `keys.sock`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Right {
+    /// Fetch and watch the key.
+    Read,
+    /// Report auth failures on it (a grant's `report`, on by default).
+    Report,
+}
+
+impl Right {
+    fn granted(self, policy: &crate::policy::Policy, who: &crate::policy::Principal<'_>, key: &KeyRef) -> bool {
+        match self {
+            Right::Read => policy.allows(who, key),
+            Right::Report => policy.report_grant_for(who, key).is_some(),
+        }
+    }
+}
+
+/// The part of a denial that says why executable and unit selectors did
+/// not apply, when that is why.
+pub fn unverified(why_not: Option<&str>) -> String {
+    match why_not {
+        Some(why) => format!(" (grants that name executables or units do not apply to it: {why})"),
+        None => String::new(),
     }
 }
 

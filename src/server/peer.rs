@@ -1,10 +1,18 @@
 //! Who is calling: identity from the kernel, attached to each connection.
 //!
-//! Invariant: every request reaching a handler carries a [`Caller`] built
+//! Invariants: every request reaching a handler carries a [`Caller`] built
 //! from the connection's `SO_PEERCRED` (uid, gid, pid) and, where readable,
-//! the process's executable, systemd unit and supplementary groups from
+//! the process's supplementary groups, executable and systemd unit from
 //! `/proc`. Nothing the client sends can change it. It is read once, when
-//! the connection is accepted.
+//! the connection is accepted, and only while the pid is pinned: read
+//! between two looks at the peer's pidfd (`SO_PEERPIDFD`) where the kernel
+//! has one, else between two equal readings of the process's start time. A
+//! pid that changed under the agent (the caller exited and another process
+//! got its pid) leaves only what the kernel vouched for: uid and gid.
+//!
+//! The executable and unit read here are for messages and the audit log.
+//! Policy selectors match only a verified identity
+//! ([`Caller::process_identity`], see [`super::identity`]).
 
 use std::collections::HashMap;
 use std::io;
@@ -20,6 +28,8 @@ use tonic::transport::server::Connected;
 use crate::audit::CallerRecord;
 use crate::policy::Principal;
 
+use super::identity::{self, cgroup, pidfd, procfs, ProcessIdentity};
+
 /// The identity of the process at the other end of a connection.
 #[derive(Debug)]
 pub struct Caller {
@@ -31,40 +41,75 @@ pub struct Caller {
     pub pid: i32,
     /// Supplementary groups, from `/proc/<pid>/status` (empty if unreadable).
     pub groups: Vec<u32>,
-    /// `/proc/<pid>/exe`, where readable.
+    /// `/proc/<pid>/exe`, where readable (for messages and the audit: the
+    /// policy matches only a verified identity).
     pub exe: Option<PathBuf>,
-    /// The systemd unit from `/proc/<pid>/cgroup`, where there is one.
+    /// The systemd unit of `/proc/<pid>/cgroup` by systemd's rules, where
+    /// there is one (for messages and the audit, as `exe`).
     pub unit: Option<String>,
     /// The same, as the audit records it.
     pub record: Arc<CallerRecord>,
     /// This connection is over the per-uid connection limit: every call on
     /// it is refused with `RESOURCE_EXHAUSTED`.
     pub over_limit: Option<String>,
+    /// The process's start time, read while its pid was pinned; `None`
+    /// when it could not be (then nothing from `/proc` is used).
+    start_time: Option<u64>,
+    /// The inode of the agent's end of the connection (for `sock_diag`).
+    socket_inode: Option<u64>,
+    /// The verified executable and unit, once a grant needed them.
+    identity: tokio::sync::OnceCell<Arc<ProcessIdentity>>,
 }
 
 impl Caller {
     /// Reads the peer's identity off an accepted connection.
     pub fn identify(stream: &UnixStream) -> io::Result<Caller> {
+        use std::os::fd::AsRawFd;
         let cred = stream.peer_cred()?;
         let pid = cred.pid().unwrap_or(0);
-        Ok(Caller::from_parts(cred.uid(), cred.gid(), pid))
+        // A pidfd pins the process that connected; without one (Linux
+        // before 6.5) the start time read twice does.
+        let pidfd = pidfd::peer_pidfd(stream).unwrap_or_else(|e| {
+            tracing::debug!(error = %e, "no pidfd for the peer; pinning it by its start time");
+            pidfd::PeerPidfd::Unsupported
+        });
+        let socket_inode = nix::sys::stat::fstat(stream.as_raw_fd()).ok().map(|s| s.st_ino);
+        let mut caller = Caller::from_parts(cred.uid(), cred.gid(), pid, |start| match &pidfd {
+            pidfd::PeerPidfd::Fd(fd) => pidfd::still_holds(fd, pid).unwrap_or(false),
+            pidfd::PeerPidfd::Gone => false,
+            pidfd::PeerPidfd::Unsupported => procfs::start_time(&procfs::dir(pid)).is_ok_and(|t| t == start),
+        });
+        caller.socket_inode = socket_inode;
+        Ok(caller)
     }
 
-    /// Builds a caller from credentials, reading `/proc` for the rest.
-    pub fn from_parts(uid: u32, gid: u32, pid: i32) -> Caller {
-        let proc_dir = PathBuf::from(format!("/proc/{pid}"));
-        let exe = (pid > 0)
-            .then(|| std::fs::read_link(proc_dir.join("exe")).ok())
-            .flatten();
-        let unit = (pid > 0)
-            .then(|| std::fs::read_to_string(proc_dir.join("cgroup")).ok())
-            .flatten()
-            .and_then(|c| unit_from_cgroup(&c));
-        let groups = (pid > 0)
-            .then(|| std::fs::read_to_string(proc_dir.join("status")).ok())
-            .flatten()
-            .map(|s| groups_from_status(&s))
-            .unwrap_or_default();
+    /// Builds a caller from credentials, reading `/proc` for the rest;
+    /// `still_pinned(start_time)` says, after the reads, whether the pid
+    /// still names the process that connected.
+    pub fn from_parts(uid: u32, gid: u32, pid: i32, still_pinned: impl FnOnce(u64) -> bool) -> Caller {
+        let proc_dir = procfs::dir(pid);
+        let read = || -> Option<(u64, Vec<u32>, Option<PathBuf>, Option<String>)> {
+            let start = procfs::start_time(&proc_dir).ok()?;
+            let groups = procfs::status(&proc_dir).map(|s| s.groups).unwrap_or_default();
+            let exe = std::fs::read_link(proc_dir.join("exe")).ok();
+            let unit = std::fs::read_to_string(proc_dir.join("cgroup"))
+                .ok()
+                .and_then(|c| unit_from_cgroup(&c));
+            still_pinned(start).then_some((start, groups, exe, unit))
+        };
+        let (start_time, groups, exe, unit) = match (pid > 0).then(read).flatten() {
+            Some((start, groups, exe, unit)) => (Some(start), groups, exe, unit),
+            None => {
+                if pid > 0 {
+                    tracing::debug!(
+                        uid,
+                        pid,
+                        "the peer's pid changed while it was read: only its uid and gid are used"
+                    );
+                }
+                (None, Vec::new(), None, None)
+            }
+        };
         let record = Arc::new(CallerRecord {
             uid,
             gid,
@@ -81,18 +126,71 @@ impl Caller {
             unit,
             record,
             over_limit: None,
+            start_time,
+            socket_inode: None,
+            identity: tokio::sync::OnceCell::new(),
         }
     }
 
-    /// The view the policy matches against.
-    pub fn principal(&self) -> Principal<'_> {
-        Principal {
-            uid: self.uid,
-            gid: self.gid,
-            groups: &self.groups,
-            exe: self.exe.as_deref(),
-            unit: self.unit.as_deref(),
+    /// A caller the service manager vouches for (`creds.sock`): the
+    /// kernel's credentials and the unit it names, nothing read from
+    /// `/proc`.
+    pub fn from_service_manager(uid: u32, gid: u32, pid: i32, unit: String) -> Caller {
+        let record = Arc::new(CallerRecord {
+            uid,
+            gid,
+            pid,
+            exe: None,
+            unit: Some(unit.clone()),
+        });
+        Caller {
+            uid,
+            gid,
+            pid,
+            groups: Vec::new(),
+            exe: None,
+            unit: Some(unit),
+            record,
+            over_limit: None,
+            start_time: None,
+            socket_inode: None,
+            identity: tokio::sync::OnceCell::new(),
         }
+    }
+
+    /// The caller as the kernel vouches for it: uid and groups. No
+    /// executable or unit selector matches it.
+    pub fn principal(&self) -> Principal<'_> {
+        Principal::of_credentials(self.uid, self.gid, &self.groups)
+    }
+
+    /// The caller's executable and unit, verified (see
+    /// [`super::identity`]): done once per connection, off the async
+    /// workers, the first time a grant needs it.
+    pub async fn process_identity(&self) -> Arc<ProcessIdentity> {
+        self.identity
+            .get_or_init(|| async {
+                let (Some(start), Some(inode)) = (self.start_time, self.socket_inode) else {
+                    return Arc::new(ProcessIdentity::refused(format!(
+                        "pid {} could not be pinned when it connected (it exited, or is outside the agent's pid namespace)",
+                        self.pid
+                    )));
+                };
+                let pid = self.pid;
+                let started = std::time::Instant::now();
+                let identity = tokio::task::spawn_blocking(move || identity::verify(pid, start, inode))
+                    .await
+                    .unwrap_or_else(|e| ProcessIdentity::refused(format!("the check of pid {pid} failed ({e})")));
+                tracing::debug!(uid = self.uid, pid, took = ?started.elapsed(), refused = ?identity.why_not(), "caller's executable and unit checked");
+                Arc::new(identity)
+            })
+            .await
+            .clone()
+    }
+
+    /// The verified identity, if [`Caller::process_identity`] has run.
+    pub fn checked_identity(&self) -> Option<&Arc<ProcessIdentity>> {
+        self.identity.get()
     }
 
     /// "uid 1001 (pid 42, /usr/bin/worker, billing.service)", for messages.
@@ -109,27 +207,18 @@ impl Caller {
     }
 }
 
-/// The systemd unit named by a `/proc/<pid>/cgroup` file: the last path
-/// component that is a service or scope (cgroup v2 `0::/…`, or v1's
-/// `name=systemd` hierarchy).
-pub fn unit_from_cgroup(cgroup: &str) -> Option<String> {
-    let path = cgroup.lines().find_map(|l| l.strip_prefix("0::")).or_else(|| {
-        cgroup
-            .lines()
-            .find_map(|l| l.split_once(":name=systemd:").map(|(_, p)| p))
-    })?;
-    path.rsplit('/')
-        .find(|c| c.ends_with(".service") || c.ends_with(".scope"))
-        .map(str::to_owned)
-}
-
-/// Supplementary gids from a `/proc/<pid>/status` file.
-pub fn groups_from_status(status: &str) -> Vec<u32> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Groups:"))
-        .map(|g| g.split_whitespace().filter_map(|n| n.parse().ok()).collect())
-        .unwrap_or_default()
+/// The systemd unit named by a `/proc/<pid>/cgroup` file, by systemd's
+/// rules (see [`cgroup::unit_of`]); a process inside a user manager is
+/// shown as that manager's unit.
+pub fn unit_from_cgroup(text: &str) -> Option<String> {
+    let (_, path) = procfs::parse_cgroup(text)?;
+    match cgroup::unit_of(&path) {
+        Ok(unit) => unit.map(|u| u.name),
+        Err(_) => path
+            .split('/')
+            .find(|c| c.starts_with("user@") && c.ends_with(".service"))
+            .map(str::to_owned),
+    }
 }
 
 /// Counts open connections per uid and in total.
@@ -259,6 +348,11 @@ mod tests {
             Some("billing-worker.service")
         );
         assert_eq!(
+            unit_from_cgroup("0::/user.slice/user-2002.slice/user@2002.service/app.slice/billing-worker.service\n")
+                .as_deref(),
+            Some("user@2002.service")
+        );
+        assert_eq!(
             unit_from_cgroup("0::/user.slice/user-1000.slice/session-2.scope\n").as_deref(),
             Some("session-2.scope")
         );
@@ -268,13 +362,6 @@ mod tests {
         );
         assert_eq!(unit_from_cgroup("0::/\n"), None);
         assert_eq!(unit_from_cgroup(""), None);
-    }
-
-    #[test]
-    fn groups_from_status_parses_the_groups_line() {
-        let status = "Name:\tx\nUid:\t0\t0\t0\t0\nGroups:\t4 24 27 1001 \nVmPeak:\t1 kB\n";
-        assert_eq!(groups_from_status(status), vec![4, 24, 27, 1001]);
-        assert!(groups_from_status("Groups:\t\n").is_empty());
     }
 
     #[test]
@@ -290,10 +377,16 @@ mod tests {
     }
 
     #[test]
-    fn identifies_this_process() {
+    fn identifies_this_process_while_pinned() {
         let me = std::process::id() as i32;
-        let c = Caller::from_parts(nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw(), me);
+        let (uid, gid) = (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw());
+        let c = Caller::from_parts(uid, gid, me, |_| true);
         assert_eq!(c.exe.as_deref(), std::env::current_exe().ok().as_deref());
         assert!(c.describe().contains(&format!("pid {me}")));
+        assert!(c.start_time.is_some());
+        // A pid that changed while it was read: nothing from /proc stays.
+        let c = Caller::from_parts(uid, gid, me, |_| false);
+        assert_eq!((c.exe, c.unit, c.groups.len(), c.start_time), (None, None, 0, None));
+        assert_eq!((c.uid, c.gid), (uid, gid));
     }
 }

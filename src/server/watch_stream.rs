@@ -47,7 +47,7 @@ use tonic::Status;
 use super::error::ApiError;
 use super::keys::{served_versions, shown_key};
 use super::peer::Caller;
-use super::Agent;
+use super::{Agent, Right};
 use crate::audit::AuditEvent;
 use crate::config::AuditFailureMode;
 use crate::keyset::KeySetState;
@@ -137,8 +137,9 @@ struct Delivery {
     state: Option<Arc<KeySetState>>,
 }
 
-/// Audits and builds one event, or says why the stream must end.
-type Delivering = Pin<Box<dyn Future<Output = Result<Delivery, Status>> + Send>>;
+/// Audits and builds one event (`None`: nothing to send after all), or says
+/// why the stream must end.
+type Delivering = Pin<Box<dyn Future<Output = Result<Option<Delivery>, Status>> + Send>>;
 
 /// The state of one `WatchKeys` call.
 struct Session {
@@ -166,21 +167,26 @@ impl Session {
             return Poll::Ready(Ok(self.deliver(index, Some(state.clone()), "initial")));
         }
         // A reload first: nothing more goes out under a policy that no
-        // longer allows it.
+        // longer allows it. The check may verify the caller's process (a
+        // new grant may name executables), so it runs as a delivery.
+        let mut reloaded = false;
         while let Poll::Ready(epoch) = Pin::new(&mut self.epoch).poll_next(cx) {
             if epoch.is_none() {
                 return Poll::Ready(Err(shutting_down()));
             }
-            let keys = self.subscription.keys();
-            if let Some(lost) = keys.iter().position(|k| !allowed(&self.agent, &self.caller, k)) {
-                let refusal = refuse_access(
-                    self.agent.clone(),
-                    self.caller.clone(),
-                    keys[lost].clone(),
-                    "was removed by a config reload",
-                );
-                return Poll::Ready(Ok(Box::pin(async move { Err(refusal.await) })));
-            }
+            reloaded = true;
+        }
+        if reloaded {
+            let (agent, caller) = (self.agent.clone(), self.caller.clone());
+            let keys = self.subscription.keys().to_vec();
+            return Poll::Ready(Ok(Box::pin(async move {
+                for key in keys {
+                    if agent.allows(&caller, &key, Right::Read).await.is_err() {
+                        return Err(refuse_access(agent, caller, key, "was removed by a config reload").await);
+                    }
+                }
+                Ok(None)
+            })));
         }
         loop {
             let Some((index, published)) = ready!(self.subscription.poll_changed(cx)) else {
@@ -204,7 +210,7 @@ impl Session {
         let caller = self.caller.clone();
         let key = self.subscription.keys()[index].clone();
         Box::pin(async move {
-            if !allowed(&agent, &caller, &key) {
+            if agent.allows(&caller, &key, Right::Read).await.is_err() {
                 return Err(refuse_access(agent, caller, key, "is not allowed by the current config").await);
             }
             let record = AuditEvent {
@@ -233,14 +239,14 @@ impl Session {
                     ..Default::default()
                 },
             };
-            Ok(Delivery {
+            Ok(Some(Delivery {
                 event: proto::KeyEvent {
                     key_set: Some(key_set),
                     reason: reason.to_owned(),
                 },
                 index,
                 state,
-            })
+            }))
         })
     }
 
@@ -254,11 +260,6 @@ impl Session {
             None => Sent::Deleted,
         };
     }
-}
-
-/// Whether the current policy lets `caller` read `key`.
-fn allowed(agent: &Agent, caller: &Caller, key: &KeyRef) -> bool {
-    agent.config().policy.allows(&caller.principal(), key)
 }
 
 /// Audits that `caller` lost access to `key` and gives the status that ends
@@ -301,7 +302,11 @@ impl Stream for WatchEvents {
                 Some(delivering) => {
                     let outcome = ready!(delivering.as_mut().poll(cx));
                     this.delivering = None;
-                    break outcome;
+                    match outcome {
+                        Ok(None) => continue,
+                        Ok(Some(delivery)) => break Ok(delivery),
+                        Err(status) => break Err(status),
+                    }
                 }
                 None => match ready!(session.poll_next_delivery(cx)) {
                     Ok(delivering) => this.delivering = Some(delivering),
