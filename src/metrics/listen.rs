@@ -16,7 +16,6 @@
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -97,7 +96,7 @@ pub struct MetricsListener {
 #[derive(Debug)]
 pub(super) enum Bound {
     Tcp(std::net::TcpListener),
-    Unix(std::os::unix::net::UnixListener, SocketFile),
+    Unix(std::os::unix::net::UnixListener, sockets::SocketFile),
 }
 
 impl MetricsListener {
@@ -105,7 +104,7 @@ impl MetricsListener {
     pub fn local_addr(&self) -> io::Result<MetricsListen> {
         match &self.bound {
             Bound::Tcp(listener) => Ok(MetricsListen::Tcp(listener.local_addr()?)),
-            Bound::Unix(_, file) => Ok(MetricsListen::Unix(file.path.clone())),
+            Bound::Unix(_, file) => Ok(MetricsListen::Unix(file.path().to_path_buf())),
         }
     }
 }
@@ -139,48 +138,17 @@ fn bind_unix(path: &Path) -> io::Result<Bound> {
             ),
         ));
     }
-    let listener = sockets::bind(path, 0o660, None).map_err(|e| {
+    let (listener, file) = sockets::bind(path, 0o660, None).map_err(|e| {
         let kind = match &e {
             BindError::AlreadyServing { .. } => io::ErrorKind::AddrInUse,
             BindError::NotASocket { .. } => io::ErrorKind::AlreadyExists,
             BindError::Io { source, .. } => source.kind(),
             BindError::Locked { .. } => io::ErrorKind::Other,
+            BindError::UnsafeDirectory { .. } => io::ErrorKind::PermissionDenied,
         };
         io::Error::new(kind, format!("metrics socket: {e}"))
     })?;
-    let file = SocketFile::identify(path)?;
     Ok(Bound::Unix(listener, file))
-}
-
-/// The socket file we created; removed on drop if it is still ours.
-#[derive(Debug)]
-pub(super) struct SocketFile {
-    path: PathBuf,
-    dev: u64,
-    ino: u64,
-}
-
-impl SocketFile {
-    fn identify(path: &Path) -> io::Result<SocketFile> {
-        let meta = std::fs::symlink_metadata(path)?;
-        Ok(SocketFile {
-            path: path.to_path_buf(),
-            dev: meta.dev(),
-            ino: meta.ino(),
-        })
-    }
-}
-
-impl Drop for SocketFile {
-    fn drop(&mut self) {
-        // Another agent may have replaced a socket it judged stale; its
-        // socket is not ours to remove.
-        let ours = std::fs::symlink_metadata(&self.path)
-            .is_ok_and(|m| m.file_type().is_socket() && m.dev() == self.dev && m.ino() == self.ino);
-        if ours {
-            let _ = std::fs::remove_file(&self.path);
-        }
-    }
 }
 
 #[cfg(test)]
@@ -188,6 +156,7 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
+    use std::os::unix::fs::FileTypeExt;
 
     #[test]
     fn parses_loopback_and_absolute_unix_paths_only() {

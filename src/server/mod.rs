@@ -36,7 +36,7 @@ pub mod watch_stream;
 use std::fs::File;
 use std::future::Future;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::SystemTime;
@@ -455,14 +455,11 @@ pub struct Listeners {
     pub admin: std::os::unix::net::UnixListener,
     /// The Prometheus endpoint, when `[metrics] listen` is set.
     pub metrics: Option<crate::metrics::http::MetricsListener>,
-    /// `service` came from systemd: its file is systemd's, never removed.
-    pub service_inherited: bool,
-    /// `admin` came from systemd: its file is systemd's, never removed.
-    pub admin_inherited: bool,
     /// `creds.sock`, when `[sockets] credentials` is on.
     pub credentials: Option<std::os::unix::net::UnixListener>,
-    /// `credentials` came from systemd.
-    pub credentials_inherited: bool,
+    /// The socket files the agent bound itself (not those systemd passed,
+    /// which its .socket units own): removed at shutdown if still its own.
+    pub files: Vec<sockets::SocketFile>,
 }
 
 /// Binds both sockets with the configured modes and groups.
@@ -471,30 +468,22 @@ pub fn bind_listeners(config: &Config) -> Result<Listeners, BindError> {
 }
 
 /// Like [`bind_listeners`], but uses the sockets systemd passed where there
-/// are any and binds only the others.
+/// are any and binds only the others. On failure, the files bound so far
+/// are removed again.
 pub fn bind_listeners_with(config: &Config, inherited: activation::Inherited) -> Result<Listeners, BindError> {
     let p = &config.paths;
-    let service_inherited = inherited.service.is_some();
-    let admin_inherited = inherited.admin.is_some();
-    let credentials_inherited = inherited.credentials.is_some() && config.credentials_socket;
     if inherited.credentials.is_some() && !config.credentials_socket {
         tracing::warn!("systemd passed a \"creds\" socket but [sockets] credentials is off: it is closed, not served");
     }
-    // Cleans up after a failure: only the files this call created.
-    let unbind = |service: bool, admin: bool, credentials: bool| {
-        if service && !service_inherited {
-            let _ = std::fs::remove_file(&p.service_socket);
-        }
-        if admin && !admin_inherited {
-            let _ = std::fs::remove_file(&p.admin_socket);
-        }
-        if credentials && !credentials_inherited {
-            let _ = std::fs::remove_file(&p.credentials_socket);
-        }
+    let mut files = Vec::new();
+    let mut bind = |path: &Path, mode: u32, gid: Option<u32>| -> Result<std::os::unix::net::UnixListener, BindError> {
+        let (listener, file) = sockets::bind(path, mode, gid)?;
+        files.push(file);
+        Ok(listener)
     };
     let service = match inherited.service {
         Some(l) => l,
-        None => sockets::bind(
+        None => bind(
             &p.service_socket,
             config.service_socket_mode,
             config.service_socket_group,
@@ -506,36 +495,28 @@ pub fn bind_listeners_with(config: &Config, inherited: activation::Inherited) ->
     };
     let admin = match inherited.admin {
         Some(l) => l,
-        None => sockets::bind(&p.admin_socket, admin_mode, admin_gid).inspect_err(|_| unbind(true, false, false))?,
+        None => bind(&p.admin_socket, admin_mode, admin_gid)?,
     };
     // 0600: only root (systemd, PID 1) and the agent's own user connect.
     let credentials = match (config.credentials_socket, inherited.credentials) {
         (false, _) => None,
         (true, Some(l)) => Some(l),
-        (true, None) => {
-            Some(sockets::bind(&p.credentials_socket, 0o600, None).inspect_err(|_| unbind(true, true, false))?)
-        }
+        (true, None) => Some(bind(&p.credentials_socket, 0o600, None)?),
     };
     let metrics = match &config.metrics_listen {
         None => None,
-        Some(listen) => Some(
-            crate::metrics::http::bind(listen)
-                .map_err(|source| BindError::Io {
-                    what: "[metrics] listen",
-                    path: listen.to_string().into(),
-                    source,
-                })
-                .inspect_err(|_| unbind(true, true, true))?,
-        ),
+        Some(listen) => Some(crate::metrics::http::bind(listen).map_err(|source| BindError::Io {
+            what: "[metrics] listen",
+            path: listen.to_string().into(),
+            source,
+        })?),
     };
     Ok(Listeners {
         service,
         admin,
         metrics,
-        service_inherited,
-        admin_inherited,
         credentials,
-        credentials_inherited,
+        files,
     })
 }
 
@@ -543,8 +524,7 @@ pub fn bind_listeners_with(config: &Config, inherited: activation::Inherited) ->
 /// resolves, then drains.
 pub async fn run(listeners: Listeners, agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -> io::Result<()> {
     let limits = agent.config().limits.clone();
-    let (service_inherited, admin_inherited) = (listeners.service_inherited, listeners.admin_inherited);
-    let remove_credentials_socket = listeners.credentials.is_some() && !listeners.credentials_inherited;
+    let socket_files = listeners.files;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     // Files written into the store by other tools: applied until shutdown.
     // In fleet mode the store directory is only the local copy of what
@@ -672,27 +652,13 @@ pub async fn run(listeners: Listeners, agent: Arc<Agent>, shutdown: impl Future<
         })
         .await;
     agent.audit.close().await;
-    let config = agent.config();
-    // Sockets systemd passed stay in place: the .socket unit owns them.
-    if !service_inherited {
-        remove_socket(&config.paths.service_socket);
-    }
-    if !admin_inherited {
-        remove_socket(&config.paths.admin_socket);
-    }
-    if remove_credentials_socket {
-        remove_socket(&config.paths.credentials_socket);
-    }
+    // Only the files it bound, and only if they are still its own; sockets
+    // systemd passed stay in place (the .socket unit owns them).
+    drop(socket_files);
     tracing::info!("stopped");
     match failure {
         Some(f) => Err(io::Error::other(f)),
         None => Ok(()),
-    }
-}
-
-fn remove_socket(path: &Path) {
-    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
-        let _ = std::fs::remove_file(path);
     }
 }
 
