@@ -49,7 +49,11 @@ impl Uid {
             cmd.arg("--clear-groups");
         }
         cmd.arg("--inh-caps=-all").arg("--").arg(program);
-        cmd.env_remove("KEYWARD_SOCKET");
+        // cargo sets LD_LIBRARY_PATH for tests; a caller started with a
+        // loader override never counts as a granted program.
+        for var in ["KEYWARD_SOCKET", "LD_LIBRARY_PATH", "LD_PRELOAD", "LD_AUDIT"] {
+            cmd.env_remove(var);
+        }
         cmd
     }
 }
