@@ -173,6 +173,7 @@ impl AdminService {
             backend_version: after.or(before).and_then(|s| s.backend_version),
             outcome: "ok",
             detail: forced.then(|| "overwrite".to_owned()),
+            coalesced: None,
         };
         self.agent.audit.record(record).await.map(|_| ()).map_err(|e| {
             tracing::error!(key = %key, event, error = %e, "change applied but its audit record failed");
