@@ -11,7 +11,7 @@
 //!   SIGHUP.
 //! - [`error`]: the one mapping from the agent's errors to gRPC statuses.
 //! - [`refusals`]: refusals coalesced in the audit, so that callers without
-//!   a grant cannot fill its disk.
+//!   a grant cannot fill its disk; [`audit_disk`]: its free space watched.
 //!
 //! `keywardd`'s `main` opens an [`Agent`] (store, audit, lock), binds the
 //! sockets with [`bind_listeners`] and calls [`run`] with a signal future;
@@ -22,6 +22,7 @@
 pub mod activation;
 pub mod admin;
 pub mod alerting;
+pub mod audit_disk;
 pub mod config_reload;
 pub mod creds;
 pub mod error;
@@ -111,6 +112,8 @@ pub struct Agent {
     pub alerting: Arc<alerting::Alerting>,
     /// Refusals coalesced in the audit (`[audit] coalesce_window`).
     pub refusals: refusals::Refusals,
+    /// The audit log's free space, against `[audit] min_free`.
+    pub audit_disk: audit_disk::DiskWatch,
     /// Bumped on every config swap; watch streams re-check access on it.
     config_epoch: tokio::sync::watch::Sender<u64>,
     /// Where the config came from, so that SIGHUP can load it again.
@@ -190,6 +193,7 @@ impl Agent {
         Ok(Agent {
             alerting,
             refusals: refusals::Refusals::new(config.audit.coalesce_window),
+            audit_disk: audit_disk::DiskWatch::default(),
             store,
             fleet,
             audit,
@@ -263,6 +267,7 @@ impl Agent {
             keys,
             sinks: self.alerting.sink_stats(),
             backend: self.fleet.as_ref().map(|f| f.gauges()),
+            audit_disk_free_bytes: self.audit_disk.free_bytes(),
         }
     }
 
