@@ -221,6 +221,12 @@ impl Detectors {
         self.health.insert(subject, Health { at, severity, message });
     }
 
+    /// Forgets the failure about `subject`, whose cause is gone: its
+    /// alert resolves at the next evaluation instead of a window later.
+    pub fn clear_health(&mut self, subject: &Subject) {
+        self.health.remove(subject);
+    }
+
     /// The open alerts, as last sent, oldest first.
     pub fn open_alert_list(&self) -> Vec<Alert> {
         let mut out: Vec<Alert> = self.open.values().map(|o| o.alert.clone()).collect();

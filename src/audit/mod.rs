@@ -63,6 +63,31 @@
 //! The hash covers the exact bytes of the line without its `,"hash":"…"`
 //! part, closed with `}`; the verifier strips that suffix and recomputes the
 //! MAC over the bytes as written, never over a re-serialization.
+//!
+//! ## Coalesced records
+//!
+//! Refusals (denials and invalid requests) are coalesced by the agent (see
+//! `keyward::server::refusals`): the first refusal of a kind in a window is
+//! recorded on its own, the rest of the window as one record that carries,
+//! right after `outcome`:
+//!
+//! - `count`: how many refusals the record stands for (at least 1). A
+//!   record without `count` stands for one; the sum over all records is the
+//!   number of refusals.
+//! - `first`, `last`: the times of the first and the last of them (same
+//!   format as `time`, which is when the record was written).
+//! - `distinct_keys` (only on a record folded over keys, whose `key` is
+//!   then left out): how many distinct keys it covers, counted up to
+//!   [`DISTINCT_KEYS_COUNTED`]; a record saying that many covers at least
+//!   that many.
+//!
+//! ```text
+//! {"time":"…","seq":9,"event":"fetch","caller":{"uid":2011,…},
+//!  "key":"prod/billing-api","outcome":"denied","count":39999,
+//!  "first":"2025-01-02T03:04:05.123456Z","last":"2025-01-02T03:04:08.654321Z",
+//!  "detail":"uid 2011 (…) may not read prod/billing-api: …","prev":"…",
+//!  "hash":"…"}
+//! ```
 
 mod commit;
 mod verify;
@@ -154,6 +179,26 @@ pub struct AuditEvent {
     pub outcome: &'static str,
     /// Free text for a human; never secret material.
     pub detail: Option<String>,
+    /// Set when the record stands for several refusals alike.
+    pub coalesced: Option<Coalesced>,
+}
+
+/// Most distinct keys a folded coalesced record counts (`distinct_keys`).
+pub const DISTINCT_KEYS_COUNTED: u64 = 100;
+
+/// What a coalesced record adds: how many refusals it stands for and when
+/// (see "Coalesced records" above).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Coalesced {
+    /// How many refusals (at least 1).
+    pub count: u64,
+    /// When the first of them happened.
+    pub first: SystemTime,
+    /// When the last of them happened.
+    pub last: SystemTime,
+    /// A record folded over keys: how many distinct keys it covers (at most
+    /// [`DISTINCT_KEYS_COUNTED`]).
+    pub distinct_keys: Option<u64>,
 }
 
 /// Why a record was not written.
@@ -387,6 +432,14 @@ struct RecordOut<'a> {
     backend_version: Option<u64>,
     outcome: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
+    count: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    first: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    distinct_keys: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     detail: Option<&'a str>,
     prev: &'a str,
 }
@@ -406,6 +459,9 @@ fn encode_record(
     ev: &AuditEvent,
     time: &TimeText,
 ) -> HashHex {
+    let c = ev.coalesced.as_ref();
+    let first = c.map(|c| TimeText::new(c.first));
+    let last = c.map(|c| TimeText::new(c.last));
     let out = RecordOut {
         time: time.as_str(),
         seq,
@@ -417,6 +473,10 @@ fn encode_record(
         generation_after: ev.generation_after,
         backend_version: ev.backend_version,
         outcome: ev.outcome,
+        count: c.map(|c| c.count),
+        first: first.as_ref().map(TimeText::as_str),
+        last: last.as_ref().map(TimeText::as_str),
+        distinct_keys: c.and_then(|c| c.distinct_keys),
         detail: ev.detail.as_deref(),
         prev,
     };
@@ -442,6 +502,14 @@ struct RecordFields {
     outcome: String,
     #[serde(default)]
     detail: Option<String>,
+    #[serde(default)]
+    count: Option<u64>,
+    #[serde(default)]
+    first: Option<String>,
+    #[serde(default)]
+    last: Option<String>,
+    #[serde(default)]
+    distinct_keys: Option<u64>,
     prev: String,
     hash: String,
 }
@@ -470,6 +538,31 @@ fn is_hash(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
+/// A coalesced record's fields come together (`count`, `first` and `last`;
+/// `distinct_keys` only with them), with a count of at least 1 and times
+/// in the format of `time`, the first not after the last.
+fn check_coalesced(f: &RecordFields) -> Result<(), String> {
+    let (count, first, last) = match (f.count, &f.first, &f.last) {
+        (None, None, None) if f.distinct_keys.is_none() => return Ok(()),
+        (Some(count), Some(first), Some(last)) => (count, first, last),
+        _ => {
+            return Err(
+                "a coalesced record must have count, first and last together (distinct_keys only with them)".into(),
+            )
+        }
+    };
+    if count == 0 {
+        return Err("count is 0: a coalesced record stands for at least one refusal".into());
+    }
+    let time = |name: &str, t: &str| {
+        humantime::parse_rfc3339(t).map_err(|_| format!("{name} {t:?} is not an RFC 3339 UTC time"))
+    };
+    if time("first", first)? > time("last", last)? {
+        return Err(format!("first {first:?} is after last {last:?}"));
+    }
+    Ok(())
+}
+
 /// Parses one line (without its `\n`) and checks its MAC.
 fn check_line(key: &[u8; 32], line: &[u8]) -> Result<CheckedLine, LineError> {
     let f: RecordFields = serde_json::from_slice(line).map_err(|e| {
@@ -485,6 +578,7 @@ fn check_line(key: &[u8; 32], line: &[u8]) -> Result<CheckedLine, LineError> {
             f.time
         )));
     }
+    check_coalesced(&f).map_err(LineError::BadFields)?;
     if !is_hash(&f.prev) || !is_hash(&f.hash) {
         return Err(LineError::BadFields(
             "prev and hash must be 64 lowercase hex digits".into(),
@@ -613,6 +707,7 @@ mod tests {
             backend_version: None,
             outcome: "ok",
             detail: None,
+            coalesced: None,
         }
     }
 
@@ -682,6 +777,33 @@ mod tests {
         for absent in ["caller", "key", "versions", "generation", "detail", "null"] {
             assert!(!line.contains(absent), "{absent} in {line}");
         }
+    }
+
+    #[test]
+    fn coalesced_fields_follow_outcome_in_fixed_order() {
+        let first = SystemTime::UNIX_EPOCH + Duration::from_secs(1);
+        let ev = AuditEvent {
+            event: "fetch",
+            caller: fetch(0).caller,
+            outcome: "denied",
+            detail: Some("d".into()),
+            coalesced: Some(Coalesced {
+                count: 7,
+                first,
+                last: first + Duration::from_micros(1_500_001),
+                distinct_keys: Some(3),
+            }),
+            ..Default::default()
+        };
+        let (line, _) = encode(1, ZERO_HASH, &ev);
+        assert!(
+            line.contains(concat!(
+                "\"outcome\":\"denied\",\"count\":7,\"first\":\"1970-01-01T00:00:01.000000Z\",",
+                "\"last\":\"1970-01-01T00:00:02.500001Z\",\"distinct_keys\":3,\"detail\":\"d\",\"prev\""
+            )),
+            "{line}"
+        );
+        assert!(check_line(&KEY, line.trim_end().as_bytes()).ok().unwrap().mac_ok);
     }
 
     #[test]

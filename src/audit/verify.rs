@@ -676,6 +676,111 @@ mod tests {
         assert_eq!(report.to_string(), "audit log OK: 5 records, last seq 5\n");
     }
 
+    /// A refusal as the agent records it, coalesced when `count` is set.
+    fn refusal(key: Option<&str>, count: Option<u64>, distinct_keys: Option<u64>) -> super::super::AuditEvent {
+        let t0 = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_750_000_000);
+        super::super::AuditEvent {
+            event: "fetch",
+            caller: super::super::tests::fetch(0).caller,
+            key: key.map(str::to_owned),
+            outcome: "denied",
+            detail: Some("uid 1001 may not read prod/billing-api: add a [[grant]]".into()),
+            coalesced: count.map(|count| super::super::Coalesced {
+                count,
+                first: t0,
+                last: t0 + std::time::Duration::from_millis(3_250),
+                distinct_keys,
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_log_with_coalesced_records_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = opts(dir.path(), Durability::Fsync);
+        let audit = super::super::Audit::start(opts.clone()).unwrap();
+        audit.record(super::super::tests::fetch(1)).await.unwrap();
+        audit
+            .record(refusal(Some("prod/billing-api"), None, None))
+            .await
+            .unwrap();
+        audit
+            .record(refusal(Some("prod/billing-api"), Some(39_999), None))
+            .await
+            .unwrap();
+        audit.record(refusal(None, Some(250), Some(100))).await.unwrap();
+        audit.record(super::super::tests::fetch(2)).await.unwrap();
+        audit.close().await;
+
+        let report = verify(&opts.path, &KEY).unwrap();
+        assert!(report.is_ok(), "{report}");
+        assert_eq!(report.to_string(), "audit log OK: 5 records, last seq 5\n");
+        let lines = lines(&opts.path);
+        let keyed: serde_json::Value = serde_json::from_str(&lines[2]).unwrap();
+        assert_eq!(keyed["count"], 39_999);
+        assert_eq!(keyed["first"], "2025-06-15T15:06:40.000000Z");
+        assert_eq!(keyed["last"], "2025-06-15T15:06:43.250000Z");
+        assert!(keyed.get("distinct_keys").is_none(), "{keyed}");
+        let folded: serde_json::Value = serde_json::from_str(&lines[3]).unwrap();
+        assert_eq!(
+            (folded["count"].as_u64(), folded["distinct_keys"].as_u64()),
+            (Some(250), Some(100))
+        );
+        assert!(folded.get("key").is_none(), "{folded}");
+        // A plain refusal carries none of the coalesced fields.
+        for field in ["count", "first", "last", "distinct_keys"] {
+            assert!(!lines[1].contains(&format!("\"{field}\"")), "{field} in {}", lines[1]);
+        }
+
+        // Edited counts are caught like any other edit.
+        let mut edited = lines.clone();
+        edited[2] = edited[2].replace("\"count\":39999", "\"count\":3");
+        write_lines(&opts.path, &edited);
+        let report = verify(&opts.path, &KEY).unwrap();
+        let p = only_problem(&report);
+        assert_eq!((p.kind, p.line, p.seq), (ProblemKind::Edited, 3, Some(3)));
+    }
+
+    #[tokio::test]
+    async fn a_coalesced_record_with_inconsistent_fields_is_malformed() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = opts(dir.path(), Durability::Fsync);
+        let audit = super::super::Audit::start(opts.clone()).unwrap();
+        let mut zero = refusal(Some("prod/a"), Some(0), None);
+        audit.record(zero.clone()).await.unwrap();
+        if let Some(c) = zero.coalesced.as_mut() {
+            c.count = 5;
+            std::mem::swap(&mut c.first, &mut c.last);
+        }
+        audit.record(zero).await.unwrap();
+        audit.record(refusal(Some("prod/a"), None, None)).await.unwrap();
+        audit.close().await;
+        // The writer MACs what it is given; the verifier still refuses
+        // coalesced fields that do not make sense (seq 3 is fine).
+        let mut lines = lines(&opts.path);
+        let report = verify(&opts.path, &KEY).unwrap();
+        let found: Vec<_> = report.problems.iter().map(|p| (p.kind, p.line)).collect();
+        assert_eq!(
+            found[..2],
+            [(ProblemKind::Malformed, 1), (ProblemKind::Malformed, 2)],
+            "{report}"
+        );
+        assert!(report.problems[0].message.contains("count is 0"), "{report}");
+        assert!(report.problems[1].message.contains("is after last"), "{report}");
+        // count without first and last.
+        lines[2] = lines[2].replacen("\"outcome\":\"denied\"", "\"outcome\":\"denied\",\"count\":2", 1);
+        write_lines(&opts.path, &lines);
+        let report = verify(&opts.path, &KEY).unwrap();
+        assert!(
+            report
+                .problems
+                .iter()
+                .any(|p| p.line == 3 && p.message.contains("count, first and last together")),
+            "{report}"
+        );
+    }
+
     #[test]
     fn a_missing_log_is_an_error() {
         let dir = tempfile::tempdir().unwrap();

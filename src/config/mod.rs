@@ -54,6 +54,15 @@
 //! fsync_interval = "1s"
 //! # Most records committed together by one write.
 //! max_batch = 256
+//! # Refusals (denials, invalid requests) alike — same uid, event, outcome
+//! # and key — within this window are recorded as the first one, at once,
+//! # plus one record counting the rest when the window ends, so a caller
+//! # without a grant cannot fill the audit disk. "0s" records each one.
+//! coalesce_window = "60s"
+//! # Alert (agent_health) when the audit log's filesystem has less free
+//! # space than this: a size ("256MiB", "1GB") or a share of the
+//! # filesystem ("5%"); "0" never alerts.
+//! min_free = "256MiB"
 //!
 //! [limits]
 //! max_secret_bytes = 65536
@@ -231,6 +240,7 @@
 mod alerts;
 pub mod backend;
 mod raw;
+pub mod size;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -436,7 +446,24 @@ pub struct AuditSettings {
     pub fsync_interval: Duration,
     /// Most records committed together.
     pub max_batch: usize,
+    /// Refusals alike within this window are coalesced into one record
+    /// (zero: each is recorded).
+    pub coalesce_window: Duration,
+    /// Below this much free space on the audit log's filesystem, an
+    /// `agent_health` alert fires.
+    pub min_free: size::MinFree,
 }
+
+/// Default `[audit] coalesce_window`: the first refusal of a kind is
+/// written at once whatever the window, so it only delays the count of the
+/// rest; a minute keeps a sustained flood from one uid to two records per
+/// kind of refusal a minute, and matches the default alert window.
+pub const DEFAULT_COALESCE_WINDOW: Duration = Duration::from_secs(60);
+
+/// Default `[audit] min_free`: room for about half a million more fetch
+/// records, and hours of warning on a busy host, before fail-closed
+/// fetches start failing.
+pub const DEFAULT_MIN_FREE: size::MinFree = size::MinFree::Bytes(256 << 20);
 
 impl Default for AuditSettings {
     fn default() -> AuditSettings {
@@ -444,6 +471,8 @@ impl Default for AuditSettings {
             durability: Durability::Write,
             fsync_interval: Duration::from_secs(1),
             max_batch: 256,
+            coalesce_window: DEFAULT_COALESCE_WINDOW,
+            min_free: DEFAULT_MIN_FREE,
         }
     }
 }

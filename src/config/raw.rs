@@ -108,6 +108,8 @@ pub(super) struct RawAudit {
     pub(super) durability: Option<RawDurability>,
     pub(super) fsync_interval: Option<Spanned<String>>,
     pub(super) max_batch: Option<Spanned<usize>>,
+    pub(super) coalesce_window: Option<Spanned<String>>,
+    pub(super) min_free: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -116,6 +116,7 @@ fn full_example_parses() {
             durability: Durability::Fsync,
             fsync_interval: Duration::from_secs(2),
             max_batch: 64,
+            ..AuditSettings::default()
         }
     );
     assert_eq!(
@@ -227,6 +228,8 @@ fn empty_file_gives_defaults() {
     assert_eq!(c.audit.durability, Durability::Write);
     assert_eq!(c.audit.fsync_interval, Duration::from_secs(1));
     assert_eq!(c.audit.max_batch, 256);
+    assert_eq!(c.audit.coalesce_window, Duration::from_secs(60));
+    assert_eq!(c.audit.min_free, size::MinFree::Bytes(256 << 20));
     assert_eq!(c.limits, Limits::default());
     assert_eq!(c.limits.max_message_bytes, 1_048_576);
     assert_eq!(c.environments, default_environments());
@@ -505,6 +508,40 @@ fn bad_duration() {
     assert!(e.starts_with("keyward.toml:1:"), "{e}");
     let c = parse("shutdown_grace = \"1m 30s\"\n").unwrap();
     assert_eq!(c.shutdown_grace, Duration::from_secs(90));
+}
+
+#[test]
+fn audit_coalescing_and_free_space_settings() {
+    let c = parse("[audit]\ncoalesce_window = \"0s\"\nmin_free = \"0\"\n").unwrap();
+    assert_eq!(c.audit.coalesce_window, Duration::ZERO, "0s records every refusal");
+    assert!(c.audit.min_free.is_off());
+    let c = parse("[audit]\nmin_free = \"1.5 GiB\"\n").unwrap();
+    assert_eq!(c.audit.min_free, size::MinFree::Bytes(3 << 29));
+    let c = parse("[audit]\ncoalesce_window = \"5m\"\nmin_free = \"5%\"\n").unwrap();
+    assert_eq!(c.audit.coalesce_window, Duration::from_secs(300));
+    assert_eq!(c.audit.min_free, size::MinFree::Percent(500));
+
+    let e = parse_err("[audit]\n\ncoalesce_window = \"a minute\"\n");
+    assert_has(&e, &["keyward.toml:3", "coalesce_window", "not a duration", "\"10s\""]);
+    for (value, why) in [
+        ("256M", "unknown unit \"M\""),
+        ("lots", "does not start with a number"),
+        ("150%", "below 100%"),
+    ] {
+        let e = parse_err(&format!("[audit]\nmin_free = \"{value}\"\n"));
+        assert_has(
+            &e,
+            &[
+                "keyward.toml:2",
+                &format!("min_free = \"{value}\""),
+                "is not a size or a percentage",
+                why,
+                "\"256MiB\", \"1GB\" or \"5%\"",
+            ],
+        );
+    }
+    let e = parse_err("[audit]\nmin_free = 256\n");
+    assert!(e.starts_with("keyward.toml:2:"), "{e}");
 }
 
 #[test]

@@ -199,6 +199,23 @@ impl RawAudit {
             None => default.max_batch,
             Some(v) => at_least_one(src, &v, "max_batch")?,
         };
+        let coalesce_window = match self.coalesce_window {
+            None => default.coalesce_window,
+            Some(v) => duration(src, &v, "coalesce_window")?,
+        };
+        let min_free = match self.min_free {
+            None => default.min_free,
+            Some(v) => v.get_ref().parse().map_err(|e| {
+                src.invalid(
+                    &v.span(),
+                    format!(
+                        "min_free = {:?} at {} is not a size or a percentage ({e}): write e.g. \"256MiB\", \"1GB\" or \"5%\" (\"0\" turns the alert off)",
+                        v.get_ref(),
+                        src.at(&v.span())
+                    ),
+                )
+            })?,
+        };
         Ok(AuditSettings {
             durability: match self.durability {
                 None => default.durability,
@@ -207,6 +224,8 @@ impl RawAudit {
             },
             fsync_interval,
             max_batch,
+            coalesce_window,
+            min_free,
         })
     }
 }

@@ -47,6 +47,7 @@
 //! | `keyward_key_age_seconds` | gauge | `environment`, `key` | seconds since the primary was promoted (or created) |
 //! | `keyward_key_expires_in_seconds` | gauge | `environment`, `key` | seconds until the primary expires, negative once expired; only keys with an expiry |
 //! | `keyward_key_generation` | gauge | `environment`, `key` | the key's generation |
+//! | `keyward_audit_disk_free_bytes` | gauge | — | free bytes on the audit log's filesystem at the agent's last check (each tick); see `[audit] min_free` |
 //!
 //! The sinks' counters are owned by the alert dispatcher ([`SinkStats`]);
 //! they are exposed as counters whose value is read from it, so they start

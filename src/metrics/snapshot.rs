@@ -39,6 +39,9 @@ pub struct Snapshot {
     /// Fleet mode: the backend's health (`keyward_backend_*`); `None` with
     /// the local backend.
     pub backend: Option<BackendGauges>,
+    /// Free bytes on the audit log's filesystem at the last check
+    /// (`keyward_audit_disk_free_bytes`); `None` before the first.
+    pub audit_disk_free_bytes: Option<u64>,
 }
 
 /// The shared backend's health, in fleet mode.
@@ -156,6 +159,12 @@ impl Collector for SnapshotCollector {
             "keyward_alert_queue",
             "Alert notifications waiting for delivery, by sink.",
             sinks.iter().map(|(&name, s)| (sink_labels(name), s.queued)),
+        )?;
+        gauge(
+            &mut encoder,
+            "keyward_audit_disk_free_bytes",
+            "Free bytes on the audit log's filesystem (for an unprivileged writer), at the last check.",
+            snapshot.audit_disk_free_bytes.map(|b| (NO_LABELS, b)),
         )?;
 
         if let Some(b) = &snapshot.backend {

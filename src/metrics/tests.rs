@@ -375,6 +375,7 @@ fn snapshot_gauges_are_exactly_the_snapshot() {
             sink("ops-log", "log", [8, 0, 0, 0, 0]),
         ],
         backend: None,
+        audit_disk_free_bytes: None,
     };
     let exp = parse(&m.render(&snapshot));
     assert_eq!(exp.get("keyward_watchers", &[]), 3.0);
@@ -530,6 +531,7 @@ fn every_documented_metric_is_exposed_with_help_and_type() {
             stale: true,
             problems: 1,
         }),
+        audit_disk_free_bytes: Some(1 << 30),
     };
     let exp = parse(&m.render(&snapshot));
     let want = [
@@ -557,6 +559,7 @@ fn every_documented_metric_is_exposed_with_help_and_type() {
         ("keyward_backend_stale_seconds", "gauge"),
         ("keyward_backend_stale", "gauge"),
         ("keyward_backend_problems", "gauge"),
+        ("keyward_audit_disk_free_bytes", "gauge"),
     ];
     let got: BTreeMap<&str, &str> = exp.types.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     assert_eq!(got, want.into_iter().collect::<BTreeMap<_, _>>());
@@ -578,6 +581,7 @@ fn every_documented_metric_is_exposed_with_help_and_type() {
     assert_eq!(exp.get("keyward_backend_stale", &[]), 1.0);
     assert_eq!(exp.get("keyward_backend_stale_seconds", &[]), 42.0);
     assert_eq!(exp.get("keyward_backend_problems", &[]), 1.0);
+    assert_eq!(exp.get("keyward_audit_disk_free_bytes", &[]), f64::from(1u32 << 30));
 }
 
 #[test]

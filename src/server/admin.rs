@@ -55,18 +55,8 @@ impl AdminService {
             "{} may not use the admin socket: run the command as root (or as a member of the configured admin_group)",
             caller.describe()
         );
-        let _ = self
-            .agent
-            .audit
-            .record(AuditEvent {
-                event: "admin",
-                caller: Some(caller.record.clone()),
-                outcome: "denied",
-                detail: Some(msg.clone()),
-                ..Default::default()
-            })
-            .await;
-        Err(ApiError::PermissionDenied(msg))
+        let denied = ApiError::PermissionDenied(msg);
+        Err(self.agent.refuse("admin", &caller, None, "denied", denied).await)
     }
 
     async fn put_key(&self, caller: &Caller, req: proto::PutKeyRequest) -> Result<proto::PutKeyResponse, ApiError> {
@@ -173,6 +163,7 @@ impl AdminService {
             backend_version: after.or(before).and_then(|s| s.backend_version),
             outcome: "ok",
             detail: forced.then(|| "overwrite".to_owned()),
+            coalesced: None,
         };
         self.agent.audit.record(record).await.map(|_| ()).map_err(|e| {
             tracing::error!(key = %key, event, error = %e, "change applied but its audit record failed");

@@ -181,6 +181,12 @@ impl Alerting {
         self.dispatch(alerts);
     }
 
+    /// The failure about `subject` is over (e.g. the audit disk has room
+    /// again): its alert resolves at the next tick.
+    pub fn clear_health(&self, subject: &Subject) {
+        lock(&self.detectors).clear_health(subject);
+    }
+
     /// Evaluates every key (expiry, max age, repeats, resolutions).
     pub fn tick(&self, agent: &Agent) {
         let config = agent.config();
@@ -244,7 +250,9 @@ impl AuditObserver for AuditWatch {
     }
 }
 
-/// Runs [`Alerting::tick`] until `stop`, and writes the over-limit summary.
+/// Runs [`Alerting::tick`] (after checking the audit disk's free space,
+/// see [`super::audit_disk`]) until `stop`, and writes the over-limit
+/// summary.
 pub async fn run_ticks(agent: Arc<Agent>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut last_summary = Instant::now();
     loop {
@@ -254,6 +262,7 @@ pub async fn run_ticks(agent: Arc<Agent>, mut stop: tokio::sync::watch::Receiver
             _ = tokio::time::sleep(tick) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
+        agent.audit_disk.check(&agent);
         agent.alerting.tick(&agent);
         if last_summary.elapsed() >= DROP_SUMMARY_EVERY {
             last_summary = Instant::now();

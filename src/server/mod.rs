@@ -11,6 +11,8 @@
 //! - [`hot_reload`], [`config_reload`]: files changed by other tools, and
 //!   SIGHUP.
 //! - [`error`]: the one mapping from the agent's errors to gRPC statuses.
+//! - [`refusals`]: refusals coalesced in the audit, so that callers without
+//!   a grant cannot fill its disk; [`audit_disk`]: its free space watched.
 //!
 //! `keywardd`'s `main` opens an [`Agent`] (store, audit, lock), binds the
 //! sockets with [`bind_listeners`] and calls [`run`] with a signal future;
@@ -21,6 +23,7 @@
 pub mod activation;
 pub mod admin;
 pub mod alerting;
+pub mod audit_disk;
 pub mod config_reload;
 pub mod creds;
 pub mod error;
@@ -28,6 +31,7 @@ pub mod hot_reload;
 pub mod identity;
 pub mod keys;
 pub mod peer;
+pub mod refusals;
 pub mod reports;
 pub mod rotate;
 pub mod sockets;
@@ -108,6 +112,10 @@ pub struct Agent {
     pub failures: reports::FailureLog,
     /// Detectors, report limits, sinks and metrics.
     pub alerting: Arc<alerting::Alerting>,
+    /// Refusals coalesced in the audit (`[audit] coalesce_window`).
+    pub refusals: refusals::Refusals,
+    /// The audit log's free space, against `[audit] min_free`.
+    pub audit_disk: audit_disk::DiskWatch,
     /// Bumped on every config swap; watch streams re-check access on it.
     config_epoch: tokio::sync::watch::Sender<u64>,
     /// Where the config came from, so that SIGHUP can load it again.
@@ -186,6 +194,8 @@ impl Agent {
         audit.observe(Arc::new(alerting::AuditWatch(alerting.clone())));
         Ok(Agent {
             alerting,
+            refusals: refusals::Refusals::new(config.audit.coalesce_window),
+            audit_disk: audit_disk::DiskWatch::default(),
             store,
             fleet,
             audit,
@@ -259,6 +269,7 @@ impl Agent {
             keys,
             sinks: self.alerting.sink_stats(),
             backend: self.fleet.as_ref().map(|f| f.gauges()),
+            audit_disk_free_bytes: self.audit_disk.free_bytes(),
         }
     }
 
@@ -318,7 +329,9 @@ impl Agent {
     }
 
     /// Audits a refused request as `event` with `outcome` and returns its
-    /// error. A refusal whose record cannot be written is still a refusal.
+    /// error: at once if it is the first of its kind in the window, else
+    /// counted into the window's record (see [`refusals`]). A refusal whose
+    /// record cannot be written is still a refusal.
     pub async fn refuse(
         &self,
         event: &'static str,
@@ -327,15 +340,16 @@ impl Agent {
         outcome: &'static str,
         error: ApiError,
     ) -> ApiError {
-        let record = AuditEvent {
+        let refusal = refusals::Refusal {
             event,
-            caller: Some(caller.record.clone()),
+            caller: caller.record.clone(),
             key,
             outcome,
-            detail: Some(error.to_string()),
-            ..Default::default()
+            detail: error.to_string(),
         };
-        let _ = self.audit.record(record).await;
+        if let Some(record) = self.refusals.admit(refusal) {
+            let _ = self.audit.record(record).await;
+        }
         error
     }
 
@@ -553,6 +567,7 @@ pub async fn run(listeners: Listeners, agent: Arc<Agent>, shutdown: impl Future<
     };
     agent.alerting.start_sinks(&agent.config().alerts);
     let ticks = tokio::spawn(alerting::run_ticks(agent.clone(), stop_rx.clone()));
+    let refusal_windows = tokio::spawn(refusals::run(agent.clone(), stop_rx.clone()));
     let metrics_task = listeners.metrics.map(|listener| {
         let scraped = agent.clone();
         let render: crate::metrics::http::Render = Arc::new(move || {
@@ -643,6 +658,10 @@ pub async fn run(listeners: Listeners, agent: Arc<Agent>, shutdown: impl Future<
         }
     }
     agent.alerting.stop_sinks().await;
+    // The refusals counted in windows still open: after every call has
+    // ended, before the last record.
+    let _ = refusal_windows.await;
+    agent.refusals.flush(&agent, true).await;
     let _ = agent
         .audit
         .record(AuditEvent {

@@ -225,6 +225,7 @@ async fn commit(
         backend_version: committed.backend_version,
         outcome: "ok",
         detail: (!detail.is_empty()).then(|| detail.clone()),
+        coalesced: None,
     };
     if let Err(e) = agent.audit.record(record).await {
         return Err(ApiError::Unavailable(format!(

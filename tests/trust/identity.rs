@@ -363,10 +363,13 @@ fn connecting_then_executing_the_granted_program_does_not_lend_its_identity() {
         return skip("runs clients as other uids");
     }
     let g = Granted::start();
-    for (keep, why) in [
+    for (round, (keep, why)) in [
         (true, "also holds the connection and is not the same program"),
         (false, "no longer holds the connection"),
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
         signal(&g.agent, nix::sys::signal::Signal::SIGSTOP);
         let attack = ConnectInChild::start(&g, "exec", keep);
         signal(&g.agent, nix::sys::signal::Signal::SIGCONT);
@@ -375,8 +378,12 @@ fn connecting_then_executing_the_granted_program_does_not_lend_its_identity() {
             answer.starts_with("DENIED PermissionDenied") && answer.contains(why),
             "keep {keep}: {answer}"
         );
-        let denial = g.last_denial();
-        assert!(denial["detail"].as_str().unwrap().contains(why), "{denial}");
+        // The audit writes the first refusal of a kind at once, and counts
+        // the next ones for the end of its window.
+        if round == 0 {
+            let denial = g.last_denial();
+            assert!(denial["detail"].as_str().unwrap().contains(why), "{denial}");
+        }
     }
 }
 

@@ -327,6 +327,26 @@ fn agent_health_opens_on_a_failure_and_resolves_a_window_after_the_last() {
 }
 
 #[test]
+fn a_cleared_agent_health_failure_resolves_at_the_next_evaluation() {
+    let mut d = detectors("h");
+    let w = Duration::from_secs(60);
+    let disk = Subject::Agent("audit_disk");
+    d.health(disk.clone(), now(0.0), Severity::Warning, "low".to_owned());
+    d.health(
+        Subject::Agent("audit"),
+        now(0.0),
+        Severity::Critical,
+        "failed".to_owned(),
+    );
+    assert_eq!(d.evaluate(now(0.0), [], true, HOUR, w).len(), 2);
+    d.clear_health(&disk);
+    let out = d.evaluate(now(1.0), [], true, HOUR, w);
+    assert_eq!(out.len(), 1, "only the cleared one resolves: {out:#?}");
+    assert_eq!(out[0].status, AlertStatus::Resolved);
+    assert_eq!(out[0].dedup_key, "keyward/h/agent/audit_disk/agent_health");
+}
+
+#[test]
 fn a_deleted_key_resolves_its_alerts_on_a_complete_evaluation() {
     let mut f = Fixture::new();
     f.report(1.0, 1, "c");
