@@ -612,66 +612,107 @@ fn get_in_cgroup(
     got(&run_cli(&mut cmd, None))
 }
 
-/// Units: the unit comes from the cgroup by systemd's rules. A process of
-/// uid 2002 in billing-worker.service (made by root) reads; uid 2002 in
-/// cgroups named billing-worker.service inside a subtree delegated to it
-/// (under its user manager, or a Delegate= service) does not; a grant naming
-/// the unit's cgroup path works too; a unit grant without a principal
-/// applies to nobody on keys.sock.
+/// A units grant for uid 2002: `extra` adds grants.
+fn unit_agent(extra: &str) -> TestAgent {
+    let agent = TestAgent::start_system_shared(
+        "",
+        &format!(
+            "[[grant]]\nuids = [{}]\nunits = [\"billing-worker.service\"]\nkeys = [\"{KEY}\"]\n{extra}",
+            UNIT_USER.uid
+        ),
+    );
+    agent.put(KEY, SECRET);
+    agent
+}
+
+/// The unit comes from the cgroup by systemd's rules: a process of uid 2002
+/// in billing-worker.service (made by root) reads; uid 2002 in cgroups
+/// named billing-worker.service inside a subtree delegated to it (under its
+/// user manager, or under a Delegate= service) does not.
 #[test]
-fn units_come_from_the_cgroup_by_systemds_rules_never_from_a_delegated_subtree() {
+fn a_unit_named_inside_a_delegated_subtree_is_refused() {
     if !is_root() {
         return skip("runs clients as other uids and makes cgroups");
     }
-    let Some(cgroups) = TestCgroups::new("units") else {
+    let Some(cgroups) = TestCgroups::new("delegated") else {
         return;
     };
     let service = cgroups.make("billing-worker.service");
     let manager = cgroups.delegate("user@2002.service", UNIT_USER);
     let delegated = cgroups.delegate("delegated.service", UNIT_USER);
     let shared = SharedDir::new();
-    let agent = TestAgent::start_system_shared(
-        "",
-        &format!(
-            "[[grant]]\nuids = [{uid}]\nunits = [\"billing-worker.service\"]\nkeys = [\"{KEY}\"]\n\
-             [[grant]]\nuids = [{uid}]\nunits = [\"{path}\"]\nkeys = [\"prod/by-path\"]\n\
-             [[grant]]\nunits = [\"billing-worker.service\"]\nkeys = [\"prod/unit-alone\"]\n",
-            uid = UNIT_USER.uid,
-            path = cgroups.path_of("billing-worker.service"),
-        ),
-    );
-    for (k, s) in [
-        (KEY, SECRET),
-        ("prod/by-path", "sk_by_path"),
-        ("prod/unit-alone", "sk_unit_alone"),
-    ] {
-        agent.put(k, s);
-    }
-    let get =
-        |cgroup: &Path, inner: Option<&Path>, key: &str| get_in_cgroup(&agent, &shared, UNIT_USER, cgroup, inner, key);
+    let agent = unit_agent("");
+    let get = |cgroup: &Path, inner: Option<&Path>| get_in_cgroup(&agent, &shared, UNIT_USER, cgroup, inner, KEY);
 
-    assert_eq!(get(&service, None, KEY).as_deref(), Ok(SECRET));
-    assert_eq!(get(&service, None, "prod/by-path").as_deref(), Ok("sk_by_path"));
-    let msg = get(&service, None, "prod/unit-alone").unwrap_err();
-    assert!(
-        msg.contains("PermissionDenied"),
-        "a unit alone applies on creds.sock only: {msg}"
-    );
-
+    assert_eq!(get(&service, None).as_deref(), Ok(SECRET));
     let spoofed = manager.join("app.slice/billing-worker.service");
-    let msg = get(&manager, Some(&spoofed), KEY).unwrap_err();
+    let msg = get(&manager, Some(&spoofed)).unwrap_err();
     assert!(
         msg.contains("PermissionDenied") && msg.contains("user manager user@2002.service"),
         "{msg}"
     );
     let spoofed = delegated.join("billing-worker.service");
-    let msg = get(&delegated, Some(&spoofed), KEY).unwrap_err();
+    let msg = get(&delegated, Some(&spoofed)).unwrap_err();
     assert!(
         msg.contains("PermissionDenied") && msg.contains("delegated to uid 2002"),
         "{msg}"
     );
 
+    // Written at once: the first refusal (the second is counted for the end
+    // of the audit's window).
     let denials = agent.audit_records("fetch", "denied");
-    assert_eq!(denials.len(), 3, "{denials:?}");
+    assert_eq!(denials.len(), 1, "{denials:?}");
+    assert!(
+        denials[0]["detail"].as_str().unwrap().contains("user manager"),
+        "{denials:?}"
+    );
     assert_no_secret("the audit log", &std::fs::read(agent.audit_file()).unwrap(), &[SECRET]);
+}
+
+/// A grant that names units and no principal is for LoadCredential= on
+/// creds.sock: on keys.sock it applies to nobody, even to a process in that
+/// very unit.
+#[test]
+fn a_unit_without_a_principal_applies_to_nobody_on_keys_sock() {
+    if !is_root() {
+        return skip("runs clients as other uids and makes cgroups");
+    }
+    let Some(cgroups) = TestCgroups::new("alone") else {
+        return;
+    };
+    let service = cgroups.make("billing-worker.service");
+    let shared = SharedDir::new();
+    let agent = unit_agent("[[grant]]\nunits = [\"billing-worker.service\"]\nkeys = [\"prod/unit-alone\"]\n");
+    agent.put("prod/unit-alone", "sk_unit_alone");
+    let msg = get_in_cgroup(&agent, &shared, UNIT_USER, &service, None, "prod/unit-alone").unwrap_err();
+    assert!(msg.contains("PermissionDenied"), "{msg}");
+    assert!(
+        agent.logs().contains("only to LoadCredential="),
+        "said at load: {}",
+        agent.logs()
+    );
+}
+
+/// A grant may name the unit by its cgroup.
+#[test]
+fn a_unit_may_be_named_by_its_cgroup() {
+    if !is_root() {
+        return skip("runs clients as other uids and makes cgroups");
+    }
+    let Some(cgroups) = TestCgroups::new("path") else {
+        return;
+    };
+    let service = cgroups.make("billing-worker.service");
+    let other = cgroups.make("other.slice/billing-worker.service");
+    let shared = SharedDir::new();
+    let agent = unit_agent(&format!(
+        "[[grant]]\nuids = [{}]\nunits = [\"{}\"]\nkeys = [\"prod/by-path\"]\n",
+        UNIT_USER.uid,
+        cgroups.path_of("billing-worker.service")
+    ));
+    agent.put("prod/by-path", "sk_by_path");
+    let get = |cgroup: &Path| get_in_cgroup(&agent, &shared, UNIT_USER, cgroup, None, "prod/by-path");
+    assert_eq!(get(&service).as_deref(), Ok("sk_by_path"));
+    // The same unit name in another slice is another cgroup.
+    assert!(get(&other).unwrap_err().contains("PermissionDenied"));
 }
