@@ -8,5 +8,6 @@
 //! One module per area: see the README's "Security model" for what each
 //! proves.
 
+mod client_checks;
 #[path = "../common/mod.rs"]
 mod common;
