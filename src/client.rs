@@ -236,10 +236,11 @@ fn permission_advice(path: &Path) -> String {
     };
     let mode = meta.mode() & 0o7777;
     if mode & 0o020 == 0 {
-        return format!(
-            "its mode ({mode:04o}) lets only its owner (uid {}) connect: run as that user or root",
-            meta.uid()
-        );
+        let who = match meta.uid() {
+            0 => "root".to_string(),
+            uid => format!("uid {uid} or root"),
+        };
+        return format!("its mode ({mode:04o}) lets only its owner connect: run as {who}");
     }
     format!(
         "add this user to the socket's group ({}) or run as root",

@@ -223,7 +223,7 @@ fn keyward_agent_uid_trusts_that_uid() {
 }
 
 #[test]
-fn permission_denied_names_the_sockets_group() {
+fn permission_denied_names_the_sockets_group_or_its_owner() {
     if !is_root() {
         return skip("runs the CLI as uid 2035: needs root");
     }
@@ -237,6 +237,15 @@ fn permission_denied_names_the_sockets_group() {
     assert!(!out.status.success(), "{stderr}");
     assert!(
         stderr.contains(&format!("add this user to the socket's group (gid {SOCKET_GID})")),
+        "{stderr}"
+    );
+    // admin.sock is 0600 root: no group to join.
+    let admin = agent.admin_sock();
+    let out = agent.cli_as(OUTSIDER, &cli, &["--admin-socket", admin.to_str().unwrap(), "status"]);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("its mode (0600) lets only its owner connect: run as root"),
         "{stderr}"
     );
 }
