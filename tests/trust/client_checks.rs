@@ -182,12 +182,13 @@ fn get_from_a_fake_service_socket_sends_nothing() {
 }
 
 #[test]
-fn keyward_agent_uid_trusts_that_uid() {
+fn keyward_agent_uid_and_the_users_own_uid_are_trusted() {
     if !is_root() {
         return skip("the listener runs as uid 2031: needs root");
     }
     // The same listener, declared as the agent's uid: the CLI sends its
     // request (the listener then answers nothing, and the CLI fails).
+    // (This also shows that the listener counts what it is sent.)
     let shared = SharedDir::new();
     let dir = attacker_dir(&shared);
     let fake = FakeListener::start(&dir, "keys.sock");
@@ -203,6 +204,24 @@ fn keyward_agent_uid_trusts_that_uid() {
     assert!(
         fake.received() > 0,
         "the listener received nothing from a client that trusts it"
+    );
+
+    // A listener of the CLI's own user (keywardd --dev run by that user) is
+    // trusted too.
+    let fake = FakeListener::start(&dir, "own.sock");
+    let out = run_cli(
+        ATTACKER
+            .command(shared.cli())
+            .arg("--socket")
+            .arg(&fake.socket)
+            .args(["get", "prod/x"])
+            .env_remove("KEYWARD_AGENT_UID"),
+        None,
+    );
+    assert!(!text(&out.stderr).contains("nothing was sent"), "{}", text(&out.stderr));
+    assert!(
+        fake.received() > 0,
+        "the listener received nothing from its own user's CLI"
     );
 
     // A value that is not a uid is an error before any connection.
