@@ -38,8 +38,9 @@
 //!   `Keys` and `Admin` gRPC services (fetch, watch streams, auth-failure
 //!   reports, changes and rotation), hot reload of the store, config reload
 //!   on SIGHUP, and [`server::run`], the one way in.
-//! - [`client`]: connecting to the agent's sockets (used by the CLI, tests and
-//!   benchmarks).
+//! - [`client`]: connecting to the agent's sockets, once the kernel says
+//!   that root, this user or `KEYWARD_AGENT_UID` serves them (used by the
+//!   CLI, tests and benchmarks).
 //! - [`proto`]: the generated gRPC types of `proto/keyward/v1`.
 //!
 //! The binaries live in `src/bin`: `keywardd` (the agent) and `keyward` (the

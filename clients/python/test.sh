@@ -55,7 +55,7 @@ log="$(mktemp)"
 trap 'rm -rf "$fresh" "$log"' EXIT
 cd "$here"
 PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" PYTHONDONTWRITEBYTECODE=1 \
-  "$py" -m pytest -q -p no:cacheprovider tests 2>&1 | tee "$log"
+  "$py" -m pytest -q -rs -p no:cacheprovider tests 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 
 # The summary is the last line, e.g. "2 failed, 25 passed, 1 skipped in 4.1s".

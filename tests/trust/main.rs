@@ -8,6 +8,7 @@
 //! One module per area: see the README's "Security model" for what each
 //! proves.
 
+mod client_checks;
 #[path = "../common/mod.rs"]
 mod common;
 

@@ -1,9 +1,12 @@
-// Client: one gRPC channel to the agent's service socket. Every call maps
-// its failure through errors.ts, so callers see KeywardError subclasses
-// only; handles and callWithFallback are built on get/watch/report here.
+// Client: one gRPC channel to the agent's service socket, made at the first
+// call once trust.ts has checked who owns the socket (nothing is sent
+// before). Every call maps its failure through errors.ts, so callers see
+// KeywardError subclasses only; handles and callWithFallback are built on
+// get/watch/report here.
 import * as path from "node:path";
 import type { ClientReadableStream } from "@grpc/grpc-js";
-import { mapCallError } from "./errors";
+import { KeywardError, mapCallError } from "./errors";
+import { agentUidFrom, checkSocket } from "./trust";
 import { keysStub } from "./proto";
 import { fromProto, parseKey, type DeletedKey, type KeySet } from "./keyset";
 import type { KeysClient } from "./generated/keyward/v1/Keys";
@@ -19,19 +22,50 @@ export interface ClientOptions {
   socket?: string;
   /** Deadline of each unary call, in ms (default 5000). */
   timeoutMs?: number;
+  /**
+   * The uid keywardd runs as, trusted besides root and this process's user
+   * (default: env KEYWARD_AGENT_UID). See README "Who serves the socket".
+   */
+  agentUid?: number;
 }
 
 export class Client {
   /** The absolute socket path this client dials. */
   readonly socket: string;
-  readonly #stub: KeysClient;
+  /** The uid keywardd runs as, trusted besides root and this user. */
+  readonly agentUid: number | undefined;
+  #stub: KeysClient | undefined;
+  #checking: Promise<KeysClient> | undefined;
+  #closed = false;
   readonly #timeoutMs: number;
   readonly #handles = new Set<KeyHandle>();
 
   constructor(opts: ClientOptions = {}) {
     this.socket = path.resolve(opts.socket || process.env.KEYWARD_SOCKET || DEFAULT_SOCKET);
     this.#timeoutMs = opts.timeoutMs ?? 5000;
-    this.#stub = keysStub(this.socket);
+    this.agentUid = agentUidFrom(opts.agentUid);
+  }
+
+  /**
+   * The stub, on a channel made once the socket passed checkSocket (on the
+   * path it resolved). A failed check rejects this call; the next one
+   * checks again.
+   */
+  #keys(): Promise<KeysClient> {
+    if (this.#closed) return Promise.reject(new KeywardError(`this keyward client (${this.socket}) is closed`));
+    if (this.#stub) return Promise.resolve(this.#stub);
+    this.#checking ??= checkSocket(this.socket, this.agentUid).then(
+      (real) => {
+        if (this.#closed) throw new KeywardError(`this keyward client (${this.socket}) is closed`);
+        this.#stub ??= keysStub(real);
+        return this.#stub;
+      },
+      (e) => {
+        this.#checking = undefined;
+        throw e;
+      },
+    );
+    return this.#checking;
   }
 
   #deadline(): Date {
@@ -41,8 +75,9 @@ export class Client {
   /** The current primary and fallback of `key` (ENV/NAME). */
   async get(key: string): Promise<KeySet> {
     const ref = parseKey(key);
+    const stub = await this.#keys();
     return new Promise((resolve, reject) => {
-      this.#stub.getKey({ key: ref }, { deadline: this.#deadline() }, (err, ks) => {
+      stub.getKey({ key: ref }, { deadline: this.#deadline() }, (err, ks) => {
         if (err || !ks) return reject(mapCallError(err, this.socket, key));
         try {
           const set = fromProto(ks, key);
@@ -63,8 +98,8 @@ export class Client {
    */
   watch(keys: string[]): AsyncIterableIterator<KeySet | DeletedKey> {
     const refs = keys.map(parseKey);
-    const call = this.#stub.watchKeys({ keys: refs });
-    return new WatchIterator(call, this.socket, keys.join(", "));
+    const start = async () => (await this.#keys()).watchKeys({ keys: refs });
+    return new WatchIterator(start, this.socket, keys.join(", "));
   }
 
   /**
@@ -88,8 +123,9 @@ export class Client {
   /** Tells the agent that `version` of `key` was refused with `statusCode`. */
   async reportAuthFailure(key: string, version: number, statusCode: number, service: string, detail = ""): Promise<void> {
     const ref = parseKey(key);
+    const stub = await this.#keys();
     return new Promise((resolve, reject) => {
-      this.#stub.reportAuthFailure(
+      stub.reportAuthFailure(
         { key: ref, version, statusCode, service, detail },
         { deadline: this.#deadline() },
         (err) => (err ? reject(mapCallError(err, this.socket, key)) : resolve()),
@@ -112,22 +148,26 @@ export class Client {
 
   /** Closes the channel and every handle made by this client. */
   close(): void {
+    this.#closed = true;
     for (const h of [...this.#handles]) h.close();
-    this.#stub.close();
+    this.#stub?.close();
   }
 }
 
-/** The WatchKeys stream as an async iterator that cancels on return(). */
+/**
+ * The WatchKeys stream as an async iterator that cancels on return(). The
+ * call starts at the first next(), once the socket is checked.
+ */
 class WatchIterator implements AsyncIterableIterator<KeySet | DeletedKey> {
-  readonly #call: ClientReadableStream<KeyEvent__Output>;
-  readonly #events: AsyncIterator<KeyEvent__Output>;
+  readonly #start: () => Promise<ClientReadableStream<KeyEvent__Output>>;
+  #call: ClientReadableStream<KeyEvent__Output> | undefined;
+  #events: AsyncIterator<KeyEvent__Output> | undefined;
   readonly #socket: string;
   readonly #keys: string;
   #cancelled = false;
 
-  constructor(call: ClientReadableStream<KeyEvent__Output>, socket: string, keys: string) {
-    this.#call = call;
-    this.#events = call[Symbol.asyncIterator]();
+  constructor(start: () => Promise<ClientReadableStream<KeyEvent__Output>>, socket: string, keys: string) {
+    this.#start = start;
     this.#socket = socket;
     this.#keys = keys;
   }
@@ -140,6 +180,15 @@ class WatchIterator implements AsyncIterableIterator<KeySet | DeletedKey> {
     if (this.#cancelled) return { done: true, value: undefined };
     let r: IteratorResult<KeyEvent__Output>;
     try {
+      if (!this.#events) {
+        const call = await this.#start();
+        this.#call = call;
+        this.#events = call[Symbol.asyncIterator]();
+        if (this.#cancelled) {
+          call.cancel();
+          return { done: true, value: undefined };
+        }
+      }
       r = await this.#events.next();
     } catch (e) {
       if (this.#cancelled) return { done: true, value: undefined };
@@ -158,10 +207,10 @@ class WatchIterator implements AsyncIterableIterator<KeySet | DeletedKey> {
   async return(): Promise<IteratorResult<KeySet | DeletedKey>> {
     if (!this.#cancelled) {
       this.#cancelled = true;
-      this.#call.cancel();
+      this.#call?.cancel();
       // Let the stream's iterator release its listeners; the CANCELLED
       // status it may reject with is the one we asked for.
-      this.#events.return?.().catch(() => {});
+      this.#events?.return?.().catch(() => {});
     }
     return { done: true, value: undefined };
   }

@@ -31,6 +31,39 @@ export class KeyNotFoundError extends KeywardError {}
 /** The key name is malformed or its environment is not configured. */
 export class InvalidKeyError extends KeywardError {}
 
+/**
+ * The socket is owned by, or its directory is writable by, a uid that is
+ * neither root, this process's user, nor the agent's (KEYWARD_AGENT_UID or
+ * the `agentUid` option). Nothing was sent. `uid` is the uid at fault (none
+ * for a directory writable by everyone), `path` the file or directory.
+ */
+export class UntrustedSocketError extends KeywardError {
+  readonly uid?: number;
+  readonly path: string;
+
+  constructor(message: string, opts: { uid?: number; path: string }) {
+    super(message);
+    this.uid = opts.uid;
+    this.path = opts.path;
+  }
+}
+
+/** No agent answers on `socket` (`why`: the errno or what failed). */
+export function agentUnavailable(socket: string, why: string, opts: { code?: number; key?: string; cause?: unknown } = {}) {
+  return new AgentUnavailableError(
+    `keyward agent unavailable: is keywardd running? socket ${socket}; set KEYWARD_SOCKET to use another (${why})`,
+    opts,
+  );
+}
+
+/** The socket's mode or group keeps this user out. */
+export function socketPermissionDenied(socket: string, opts: { code?: number; key?: string; cause?: unknown } = {}) {
+  return new PermissionDeniedError(
+    `permission denied connecting to ${socket}: add this user to the socket's group (keyward) or run as root`,
+    opts,
+  );
+}
+
 function isServiceError(e: unknown): e is ServiceError {
   return typeof e === "object" && e !== null && typeof (e as ServiceError).code === "number" && "details" in e;
 }
@@ -52,18 +85,11 @@ export function mapCallError(e: unknown, socket: string, key?: string): KeywardE
       // the details; the agent itself answers UNAVAILABLE when its audit
       // log cannot be written, and that message is kept as is.
       if (/\bEACCES\b|\bEPERM\b/.test(details)) {
-        return new PermissionDeniedError(
-          `permission denied connecting to ${socket}: add this user to the socket's group (keyward) or run as root`,
-          opts,
-        );
+        return socketPermissionDenied(socket, opts);
       }
       const connect = /connect (E[A-Z]+)/.exec(details);
       if (connect || /No connection established|Connection dropped/i.test(details)) {
-        const why = connect ? `connect ${connect[1]}` : "no connection";
-        return new AgentUnavailableError(
-          `keyward agent unavailable: is keywardd running? socket ${socket}; set KEYWARD_SOCKET to use another (${why})`,
-          opts,
-        );
+        return agentUnavailable(socket, connect ? `connect ${connect[1]}` : "no connection", opts);
       }
       return new AgentUnavailableError(`keyward agent at ${socket} is unavailable: ${details}`, opts);
     }

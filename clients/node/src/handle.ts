@@ -3,7 +3,7 @@
 // (100 ms → 5 s) whenever it ends or fails, so a handle outlives agent
 // restarts; between the two it keeps serving the last KeySet it had.
 import { EventEmitter } from "node:events";
-import { KeywardError, InvalidKeyError, KeyNotFoundError, PermissionDeniedError } from "./errors";
+import { KeywardError, InvalidKeyError, KeyNotFoundError, PermissionDeniedError, UntrustedSocketError } from "./errors";
 import type { DeletedKey, KeySet } from "./keyset";
 import type { Client } from "./client";
 
@@ -138,5 +138,10 @@ export class KeyHandle extends EventEmitter {
 }
 
 function isPermanent(e: KeywardError): boolean {
-  return e instanceof KeyNotFoundError || e instanceof InvalidKeyError || e instanceof PermissionDeniedError;
+  return (
+    e instanceof KeyNotFoundError ||
+    e instanceof InvalidKeyError ||
+    e instanceof PermissionDeniedError ||
+    e instanceof UntrustedSocketError
+  );
 }

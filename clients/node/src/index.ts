@@ -5,6 +5,8 @@
 // - handle.ts   KeyHandle: a KeySet kept current across agent restarts
 // - fallback.ts callWithFallback: primary, report on 401/403, then fallback
 // - keyset.ts   KeySet and KeyVersion (whose secret never prints)
+// - trust.ts    who may own the socket and its directories, checked before
+//               the first call sends anything
 // - errors.ts   KeywardError and its subclasses; the one gRPC → error mapping
 // - proto.ts    loading the bundled protos and building the stub
 // - generated/  types generated from proto/ (npm run gen); do not edit
@@ -12,4 +14,12 @@ export { Client, DEFAULT_SOCKET, type ClientOptions } from "./client";
 export { KeyHandle, type HandleOptions } from "./handle";
 export { isAuthRejection, statusOf, type FallbackOptions } from "./fallback";
 export { KeyVersion, type KeySet, type DeletedKey, type RotationState } from "./keyset";
-export { KeywardError, AgentUnavailableError, PermissionDeniedError, KeyNotFoundError, InvalidKeyError } from "./errors";
+export {
+  KeywardError,
+  AgentUnavailableError,
+  PermissionDeniedError,
+  KeyNotFoundError,
+  InvalidKeyError,
+  UntrustedSocketError,
+} from "./errors";
+export { AGENT_UID_ENV } from "./trust";

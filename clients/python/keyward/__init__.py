@@ -14,13 +14,15 @@ Layout:
 - :mod:`keyward.keyset`: :class:`KeySet`, :class:`KeyVersion` (its repr never
   shows the secret), :class:`RotationState`.
 - :mod:`keyward.fallback`: what counts as an auth rejection.
+- :mod:`keyward.trust`: who may serve the socket (root, this user, the
+  agent's uid), checked before the first call sends anything.
 - :mod:`keyward.errors`: :class:`KeywardError` and its subclasses; gRPC codes
   are mapped there, once.
 - :mod:`keyward._proto`: stubs generated from proto/ by ``gen.sh``.
 """
 
 from .client import DEFAULT_SOCKET, Client
-from .errors import AgentUnavailable, InvalidKey, KeyNotFound, KeywardError, PermissionDenied
+from .errors import AgentUnavailable, InvalidKey, KeyNotFound, KeywardError, PermissionDenied, UntrustedSocket
 from .fallback import default_is_auth_error
 from .handle import KeyHandle
 from .keyset import KeySet, KeyVersion, RotationState
@@ -37,5 +39,6 @@ __all__ = [
     "PermissionDenied",
     "KeyNotFound",
     "InvalidKey",
+    "UntrustedSocket",
     "default_is_auth_error",
 ]

@@ -1,8 +1,10 @@
 """The connection to the agent's service socket (:class:`Client`).
 
-One gRPC channel per Client, over the Unix socket. Every call goes through
-here so that errors are mapped once (:mod:`keyward.errors`) and auth-failure
-reports are sent without ever delaying or failing the caller.
+One gRPC channel per Client, over the Unix socket, made at the first call
+once :mod:`keyward.trust` has checked who serves the socket (nothing is sent
+before). Every call goes through here so that errors are mapped once
+(:mod:`keyward.errors`) and auth-failure reports are sent without ever
+delaying or failing the caller.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from .errors import KeywardError, from_rpc_error
 from .fallback import AuthErrorPredicate, default_is_auth_error, status_of
 from .handle import KeyHandle
 from .keyset import KeySet, parse_key
+from .trust import agent_uid_from_env, check_socket
 
 __all__ = ["Client", "DEFAULT_SOCKET"]
 
@@ -56,26 +59,55 @@ class Client:
     Connecting is lazy: a missing agent is reported by the first call, as
     :class:`~keyward.AgentUnavailable`. Use as a context manager or call
     :meth:`close`. Safe to share between threads.
+
+    Before the first call sends anything, the client checks that the socket
+    is served by root, by this process's user, or by ``agent_uid`` (else
+    ``$KEYWARD_AGENT_UID``), and that no other uid can replace it (see
+    :mod:`keyward.trust`); otherwise that call raises
+    :class:`~keyward.UntrustedSocket`.
     """
 
-    def __init__(self, socket: str | None = None, *, timeout: float = 10.0) -> None:
+    def __init__(self, socket: str | None = None, *, timeout: float = 10.0, agent_uid: int | None = None) -> None:
         path = socket or os.environ.get("KEYWARD_SOCKET") or DEFAULT_SOCKET
         self.socket: str = path if os.path.isabs(path) else os.path.abspath(path)
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(f"unix:{self.socket}", options=_CHANNEL_OPTIONS)
-        self._stub = keys_pb2_grpc.KeysStub(self._channel)  # type: ignore[no-untyped-call]
+        if agent_uid is not None and (isinstance(agent_uid, bool) or not isinstance(agent_uid, int) or agent_uid < 0):
+            raise KeywardError(f"agent_uid={agent_uid!r} is not a uid: pass the number keywardd runs as")
+        #: The uid keywardd runs as, trusted besides root and this user.
+        self.agent_uid: int | None = agent_uid if agent_uid is not None else agent_uid_from_env()
+        # Made by _keys() once the socket is checked.
+        self._channel: grpc.Channel | None = None
+        self._stub: keys_pb2_grpc.KeysStub | None = None
+        self._connect_lock = threading.Lock()
         self._handles: "weakref.WeakSet[KeyHandle]" = weakref.WeakSet()
         self._reports: set[threading.Thread] = set()
         self._lock = threading.Lock()
         self._closed = False
+
+    def _keys(self) -> keys_pb2_grpc.KeysStub:
+        """The stub, on a channel made once the socket passed
+        :func:`keyward.trust.check_socket`. Raises its errors (each call
+        checks again until one passes)."""
+        stub = self._stub
+        if stub is not None:
+            return stub
+        with self._connect_lock:
+            if self._closed:
+                raise KeywardError(f"this keyward client ({self.socket}) is closed")
+            if self._stub is None:
+                target = check_socket(self.socket, self.agent_uid, self.timeout)
+                self._channel = grpc.insecure_channel(f"unix:{target}", options=_CHANNEL_OPTIONS)
+                self._stub = keys_pb2_grpc.KeysStub(self._channel)  # type: ignore[no-untyped-call]
+            return self._stub
 
     # -- reading keys --------------------------------------------------------
 
     def get(self, key: str) -> KeySet:
         """The current KeySet of ``key`` (``"ENV/NAME"``)."""
         request = keys_pb2.GetKeyRequest(key=parse_key(key))
+        stub = self._keys()
         try:
-            return KeySet.from_proto(self._stub.GetKey(request, timeout=self.timeout))
+            return KeySet.from_proto(stub.GetKey(request, timeout=self.timeout))
         except grpc.RpcError as e:
             raise from_rpc_error(e, self.socket) from None
 
@@ -88,7 +120,7 @@ class Client:
         if isinstance(keys, str):
             keys = [keys]
         request = keys_pb2.WatchKeysRequest(keys=[parse_key(k) for k in keys])
-        call = self._stub.WatchKeys(request)
+        call = self._keys().WatchKeys(request)
         try:
             for event in call:
                 yield KeySet.from_proto(event.key_set)
@@ -119,8 +151,9 @@ class Client:
         request = keys_pb2.AuthFailureReport(
             key=parse_key(key), version=version, status_code=status_code, service=service, detail=detail
         )
+        stub = self._keys()
         try:
-            self._stub.ReportAuthFailure(request, timeout=self.timeout)
+            stub.ReportAuthFailure(request, timeout=self.timeout)
         except grpc.RpcError as e:
             raise from_rpc_error(e, self.socket) from None
 
@@ -207,7 +240,9 @@ class Client:
         deadline = time.monotonic() + _REPORT_DRAIN_SECONDS
         for thread in pending:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
-        self._channel.close()
+        with self._connect_lock:
+            if self._channel is not None:
+                self._channel.close()
 
     def __enter__(self) -> "Client":
         return self

@@ -18,6 +18,7 @@ __all__ = [
     "PermissionDenied",
     "KeyNotFound",
     "InvalidKey",
+    "UntrustedSocket",
 ]
 
 
@@ -51,6 +52,33 @@ class InvalidKey(KeywardError):
     """The key name is malformed or its environment is not configured."""
 
 
+class UntrustedSocket(KeywardError):
+    """The socket is served by, or its path can be changed by, a uid that is
+    neither root, this process's user, nor the agent's uid
+    (``KEYWARD_AGENT_UID`` or ``Client(agent_uid=)``). Nothing was sent.
+
+    ``uid`` is the uid at fault: the server's, or the owner of ``path``, the
+    directory or file that lets it stand in for the agent. ``pid`` is the
+    server's pid, when known.
+    """
+
+    def __init__(self, message: str, *, uid: int | None, pid: int | None = None, path: str | None = None) -> None:
+        super().__init__(message)
+        self.uid = uid
+        self.pid = pid
+        self.path = path
+
+
+def socket_permission_denied(socket: str, grpc_code: grpc.StatusCode | None = None) -> PermissionDenied:
+    """The error for a socket whose mode or group keeps this user out."""
+    return PermissionDenied(
+        f"permission denied connecting to the keyward socket {socket}: this user may "
+        "not connect; ask an operator to add it to the socket's group "
+        "([sockets] service_group) or run the service as a user that may",
+        grpc_code=grpc_code,
+    )
+
+
 # Transport errors carry the OS error in their details, e.g.
 # "failed to connect to all addresses; last error: UNKNOWN:
 # unix:/run/keyward/keys.sock: Permission denied". A server-sent UNAVAILABLE
@@ -78,12 +106,7 @@ def from_rpc_error(err: grpc.RpcError, socket: str) -> KeywardError:
     details: str = (err.details() if hasattr(err, "details") else None) or ""
     if code == grpc.StatusCode.UNAVAILABLE:
         if "permission denied" in details.lower():
-            return PermissionDenied(
-                f"permission denied connecting to the keyward socket {socket}: this user may "
-                "not connect; ask an operator to add it to the socket's group "
-                "([sockets] service_group) or run the service as a user that may",
-                grpc_code=code,
-            )
+            return socket_permission_denied(socket, code)
         if _is_transport_failure(details):
             if not os.path.exists(socket):
                 why = "no socket at that path"

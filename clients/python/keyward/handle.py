@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from ._proto import keys_pb2
-from .errors import InvalidKey, KeyNotFound, KeywardError, PermissionDenied, from_rpc_error
+from .errors import InvalidKey, KeyNotFound, KeywardError, PermissionDenied, UntrustedSocket, from_rpc_error
 from .keyset import KeySet, KeyVersion, parse_key
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ log = logging.getLogger("keyward")
 
 # Errors that another attempt will not cure: raised at creation instead of
 # retried until the timeout.
-_FATAL_AT_START = (KeyNotFound, PermissionDenied, InvalidKey)
+_FATAL_AT_START = (KeyNotFound, PermissionDenied, InvalidKey, UntrustedSocket)
 
 
 class KeyHandle:
@@ -138,7 +138,7 @@ class KeyHandle:
         request = keys_pb2.WatchKeysRequest(keys=[self._ref])
         while not self._stop.is_set():
             try:
-                call = self._client._stub.WatchKeys(request)
+                call = self._client._keys().WatchKeys(request)
                 with self._cond:
                     self._call = call
                 if self._stop.is_set():
@@ -156,6 +156,8 @@ class KeyHandle:
                 if self._stop.is_set():
                     return
                 error = from_rpc_error(e, self._client.socket)
+            except KeywardError as e:  # the socket's check (Client._keys)
+                error = e
             except Exception as e:  # never let the thread die silently
                 error = KeywardError(f"watch of {self.key} failed: {type(e).__name__}: {e}")
             with self._cond:

@@ -51,8 +51,27 @@ impl Client {
     /// # }
     /// ```
     pub async fn connect_to(socket: impl AsRef<Path>) -> Result<Client, Error> {
-        let socket = socket.as_ref();
-        let channel = connect::open(socket).await?;
+        Client::open(socket.as_ref(), None).await
+    }
+
+    /// Connects to the service socket at `socket`, served by keywardd
+    /// running as `agent_uid` (instead of `$KEYWARD_AGENT_UID`). Root and
+    /// this process's own user are always trusted; a socket served by any
+    /// other uid is refused with [`Error::UntrustedSocket`] before anything
+    /// is sent.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), keyward_client::Error> {
+    /// let client = keyward_client::Client::connect_trusting("/run/keyward/keys.sock", 998).await?;
+    /// # let _ = client; Ok(())
+    /// # }
+    /// ```
+    pub async fn connect_trusting(socket: impl AsRef<Path>, agent_uid: u32) -> Result<Client, Error> {
+        Client::open(socket.as_ref(), Some(agent_uid)).await
+    }
+
+    async fn open(socket: &Path, agent_uid: Option<u32>) -> Result<Client, Error> {
+        let channel = connect::open(socket, agent_uid).await?;
         Ok(Client {
             keys: KeysClient::new(channel),
             socket: Arc::new(socket.to_path_buf()),

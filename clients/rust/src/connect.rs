@@ -3,7 +3,8 @@
 //! The first connection is made by hand, so that "no agent" and "not
 //! allowed" come back as plain [`Error`]s instead of tonic transport
 //! errors. After that the channel reconnects by itself, through the same
-//! connector, whenever the agent restarts.
+//! connector, whenever the agent restarts. Each connection, the first and
+//! every later one, is checked (`trust.rs`) before tonic writes to it.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::{from_io, Error};
+use crate::trust::Trust;
 
 /// The service socket of a system install.
 pub const DEFAULT_SOCKET: &str = "/run/keyward/keys.sock";
@@ -37,9 +39,12 @@ pub fn socket_path(explicit: Option<&Path>) -> PathBuf {
     }
 }
 
-/// Opens a channel to the socket at `path`.
-pub(crate) async fn open(path: &Path) -> Result<Channel, Error> {
+/// Opens a channel to the socket at `path`, served by root, this user or
+/// `agent_uid` (else `$KEYWARD_AGENT_UID`).
+pub(crate) async fn open(path: &Path, agent_uid: Option<u32>) -> Result<Channel, Error> {
+    let trust = Trust::new(agent_uid)?;
     let first = UnixStream::connect(path).await.map_err(|e| from_io(path, e))?;
+    trust.check(&first).map_err(|e| from_io(path, e))?;
     let mut first = Some(first);
     let target = path.to_path_buf();
     // The authority is never resolved; it only fills HTTP/2's :authority.
@@ -50,7 +55,13 @@ pub(crate) async fn open(path: &Path) -> Result<Channel, Error> {
             async move {
                 let stream = match taken {
                     Some(s) => s,
-                    None => UnixStream::connect(&target).await?,
+                    None => {
+                        // The agent restarted, or someone else listens
+                        // at the path now.
+                        let s = UnixStream::connect(&target).await?;
+                        trust.check(&s)?;
+                        s
+                    }
                 };
                 Ok::<_, io::Error>(TokioIo::new(stream))
             }

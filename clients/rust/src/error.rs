@@ -9,6 +9,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::trust::{untrusted_message, UntrustedPeer};
+
 /// Why a call to the keyward agent failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -43,6 +45,29 @@ pub enum Error {
         /// How long it waited.
         waited: Duration,
     },
+    /// The process serving the socket runs as a uid this client does not
+    /// trust: not root, not this process's user, not the agent's uid
+    /// ([`Client::connect_trusting`](crate::Client::connect_trusting) or
+    /// `$KEYWARD_AGENT_UID`). Nothing was sent to it.
+    #[error("{}", untrusted_message(socket, *uid, *pid, *euid, *agent_uid))]
+    UntrustedSocket {
+        /// The socket.
+        socket: PathBuf,
+        /// The uid of the process that serves it.
+        uid: u32,
+        /// Its pid, when the kernel can name it in this pid namespace.
+        pid: Option<i32>,
+        /// This process's effective uid.
+        euid: u32,
+        /// The agent's uid the client trusted, if any.
+        agent_uid: Option<u32>,
+    },
+    /// `$KEYWARD_AGENT_UID` is set to something that is not a uid.
+    #[error("KEYWARD_AGENT_UID={value:?} is not a uid: set it to the number keywardd runs as (e.g. KEYWARD_AGENT_UID=998), or unset it")]
+    InvalidAgentUid {
+        /// The variable's value.
+        value: String,
+    },
     /// The socket could not be opened for another reason.
     #[error("cannot connect to the keyward agent at {}: {source}", socket.display())]
     Connect {
@@ -57,8 +82,12 @@ pub enum Error {
     Rpc(tonic::Status),
 }
 
-/// Maps a failure to open `socket`.
+/// Maps a failure to open `socket` (or the refusal of its server, see
+/// `trust.rs`).
 pub(crate) fn from_io(socket: &Path, e: io::Error) -> Error {
+    if let Some(peer) = untrusted_peer(&e) {
+        return untrusted(socket, peer);
+    }
     match e.kind() {
         io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => Error::AgentUnavailable {
             socket: socket.to_path_buf(),
@@ -84,7 +113,11 @@ pub(crate) fn from_status(socket: &Path, s: tonic::Status) -> Error {
         Code::PermissionDenied => Error::PermissionDenied(s.message().to_string()),
         Code::InvalidArgument => Error::InvalidKey(s.message().to_string()),
         Code::Unavailable | Code::Unknown | Code::Cancelled if std::error::Error::source(&s).is_some() => {
-            match io_cause(&s).map(io::Error::kind) {
+            let cause = io_cause(&s);
+            if let Some(peer) = cause.and_then(untrusted_peer) {
+                return untrusted(socket, peer);
+            }
+            match cause.map(io::Error::kind) {
                 Some(io::ErrorKind::PermissionDenied) => from_io(socket, io::ErrorKind::PermissionDenied.into()),
                 _ => Error::AgentUnavailable {
                     socket: socket.to_path_buf(),
@@ -93,6 +126,21 @@ pub(crate) fn from_status(socket: &Path, s: tonic::Status) -> Error {
         }
         _ => Error::Rpc(s),
     }
+}
+
+fn untrusted(socket: &Path, peer: &UntrustedPeer) -> Error {
+    Error::UntrustedSocket {
+        socket: socket.to_path_buf(),
+        uid: peer.uid,
+        pid: peer.pid,
+        euid: peer.euid,
+        agent_uid: peer.agent_uid,
+    }
+}
+
+/// The refusal of an untrusted server, when `e` is one.
+fn untrusted_peer(e: &io::Error) -> Option<&UntrustedPeer> {
+    e.get_ref().and_then(|inner| inner.downcast_ref::<UntrustedPeer>())
 }
 
 fn io_cause(s: &tonic::Status) -> Option<&io::Error> {

@@ -185,6 +185,9 @@ async fn follow(client: Client, key: String, mut stream: KeySetStream, tx: watch
             }
             match client.watch_boxed(&key).await {
                 Ok(s) => break s,
+                // Someone else serves the socket now: say so, keep the
+                // last state, and retry (the agent may come back).
+                Err(e @ Error::UntrustedSocket { .. }) => tracing::warn!(%key, "keyward watch: {e}"),
                 Err(e) => {
                     tracing::debug!(%key, error = %e, retry_in = ?backoff.peek(), "keyward watch: reconnect failed")
                 }

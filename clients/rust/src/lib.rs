@@ -31,6 +31,8 @@
 //!   that reconnects when the agent restarts.
 //! - `fallback.rs`: [`Client::call_with_fallback`] and the auth-failure
 //!   report it sends.
+//! - `trust.rs`: who may serve the socket (root, this user, the agent's
+//!   uid), checked on every connection before anything is sent.
 //! - `error.rs`: [`Error`]: every failure, with a message saying what to do.
 //! - `proto.rs`: the generated protocol types (private).
 
@@ -45,6 +47,7 @@ mod handle;
 mod keyset;
 mod proto;
 mod secret;
+mod trust;
 
 pub use client::Client;
 pub use connect::{socket_path, DEFAULT_SOCKET, SOCKET_ENV};
@@ -53,3 +56,4 @@ pub use fallback::{auth_rejection, CallError, HttpStatus, KeySource};
 pub use handle::{KeyHandle, DEFAULT_FIRST_KEYSET_TIMEOUT};
 pub use keyset::{KeySet, KeyVersion, RotationState};
 pub use secret::Secret;
+pub use trust::AGENT_UID_ENV;
