@@ -8,9 +8,9 @@
 //! One module per area: see the README's "Security model" for what each
 //! proves.
 
-mod client_checks;
 #[path = "../common/mod.rs"]
 mod common;
 
 mod audit_flood;
+mod client_checks;
 mod identity;
