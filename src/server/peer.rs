@@ -87,18 +87,28 @@ impl Caller {
     /// `still_pinned(start_time)` says, after the reads, whether the pid
     /// still names the process that connected.
     pub fn from_parts(uid: u32, gid: u32, pid: i32, still_pinned: impl FnOnce(u64) -> bool) -> Caller {
+        /// What `/proc` said, while the pid was pinned.
+        struct Read {
+            start: u64,
+            groups: Vec<u32>,
+            exe: Option<PathBuf>,
+            unit: Option<String>,
+        }
         let proc_dir = procfs::dir(pid);
-        let read = || -> Option<(u64, Vec<u32>, Option<PathBuf>, Option<String>)> {
+        let read = || -> Option<Read> {
             let start = procfs::start_time(&proc_dir).ok()?;
-            let groups = procfs::status(&proc_dir).map(|s| s.groups).unwrap_or_default();
-            let exe = std::fs::read_link(proc_dir.join("exe")).ok();
-            let unit = std::fs::read_to_string(proc_dir.join("cgroup"))
-                .ok()
-                .and_then(|c| unit_from_cgroup(&c));
-            still_pinned(start).then_some((start, groups, exe, unit))
+            let read = Read {
+                start,
+                groups: procfs::status(&proc_dir).map(|s| s.groups).unwrap_or_default(),
+                exe: std::fs::read_link(proc_dir.join("exe")).ok(),
+                unit: std::fs::read_to_string(proc_dir.join("cgroup"))
+                    .ok()
+                    .and_then(|c| unit_from_cgroup(&c)),
+            };
+            still_pinned(start).then_some(read)
         };
         let (start_time, groups, exe, unit) = match (pid > 0).then(read).flatten() {
-            Some((start, groups, exe, unit)) => (Some(start), groups, exe, unit),
+            Some(r) => (Some(r.start), r.groups, r.exe, r.unit),
             None => {
                 if pid > 0 {
                     tracing::debug!(

@@ -207,7 +207,7 @@ mod tests {
             Some(PathBuf::from("/sys/fs/cgroup/systemd"))
         );
         assert_eq!(
-            parse_mount_point(&info.lines().nth(4).unwrap().to_owned(), Hierarchy::Unified),
+            parse_mount_point(info.lines().nth(4).unwrap(), Hierarchy::Unified),
             Some(PathBuf::from("/mnt/with space"))
         );
         assert_eq!(parse_mount_point("", Hierarchy::Unified), None);

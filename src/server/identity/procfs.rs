@@ -330,7 +330,7 @@ mod tests {
     fn this_process_reads_back() {
         let me = dir(std::process::id() as i32);
         assert!(start_time(&me).unwrap() > 0);
-        assert_eq!(status(&me).unwrap().tracer_pid >= 0, true);
+        assert!(status(&me).is_ok());
         assert_eq!(
             image(&me).unwrap(),
             FileId::of(&std::fs::metadata(std::env::current_exe().unwrap()).unwrap())
