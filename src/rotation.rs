@@ -67,13 +67,24 @@ impl Command {
 }
 
 /// What retire checks before it drops the old key.
+///
+/// Auth failures reported against the new primary close the gate only when
+/// `quorum` distinct reporters (uids, told apart by their verified unit or
+/// program) reported them: one reader alone cannot keep a (possibly leaked)
+/// old key alive unless it is the only one that may report.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct RetireGate {
+pub struct RetireGate<'a> {
     /// How long after promotion the old key must be kept.
     pub grace: Duration,
     /// Auth failures reported against the current primary since it was
     /// promoted.
     pub failures_since_promotion: u64,
+    /// How many distinct reporters sent them.
+    pub reporters: u64,
+    /// Distinct reporters that close the gate (0 counts as 1).
+    pub quorum: u64,
+    /// Who they are, for the message (e.g. "uid 1001 (billing.service)").
+    pub reported_by: &'a str,
     /// Retire anyway (audited as forced).
     pub force: bool,
     /// How long ago this process promoted the primary, on the monotonic
@@ -175,7 +186,7 @@ pub fn stage(
 pub fn apply(
     state: &KeySetState,
     command: Command,
-    gate: RetireGate,
+    gate: RetireGate<'_>,
     now: SystemTime,
 ) -> Result<KeySetState, RotationError> {
     let mut next = state.clone();
@@ -211,15 +222,19 @@ pub fn apply(
     Ok(next)
 }
 
-fn check_gate(state: &KeySetState, gate: RetireGate, now: SystemTime) -> Result<(), RotationError> {
+fn check_gate(state: &KeySetState, gate: RetireGate<'_>, now: SystemTime) -> Result<(), RotationError> {
     let closed = |reason: String| RotationError::GateClosed {
         key: state.key.to_string(),
         reason,
     };
-    if gate.failures_since_promotion > 0 {
+    if failures_close(&gate) {
         return Err(closed(format!(
-            "{} auth failure(s) were reported against the new primary v{} since it was promoted",
-            gate.failures_since_promotion, state.primary.number
+            "{} auth failure(s) were reported against the new primary v{} since it was promoted, by {} distinct reporter(s) (quorum {}): {}",
+            gate.failures_since_promotion,
+            state.primary.number,
+            gate.reporters,
+            gate.quorum.max(1),
+            gate.reported_by
         )));
     }
     let elapsed = since_promotion(state, gate.promoted_ago, now);
@@ -234,6 +249,12 @@ fn check_gate(state: &KeySetState, gate: RetireGate, now: SystemTime) -> Result<
     Ok(())
 }
 
+/// Whether the reported failures close the gate: some, from at least the
+/// quorum of distinct reporters.
+pub fn failures_close(gate: &RetireGate<'_>) -> bool {
+    gate.failures_since_promotion > 0 && gate.reporters >= gate.quorum.max(1)
+}
+
 /// How long the primary has served: `promoted_ago` when this process saw
 /// the promotion, else by the wall clock since `promoted_at` (zero if that
 /// is in the future).
@@ -246,7 +267,7 @@ fn since_promotion(state: &KeySetState, promoted_ago: Option<Duration>, now: Sys
 
 /// Grace left before retire is allowed (zero when it is), measured as in
 /// [`RetireGate::promoted_ago`].
-pub fn grace_left(state: &KeySetState, gate: &RetireGate, now: SystemTime) -> Duration {
+pub fn grace_left(state: &KeySetState, gate: &RetireGate<'_>, now: SystemTime) -> Duration {
     if state.state != RotationState::Promoted {
         return Duration::ZERO;
     }
@@ -397,12 +418,27 @@ mod tests {
         apply(&p, Command::Retire, gate, promoted_at + Duration::from_secs(61)).unwrap();
         let failing = RetireGate {
             failures_since_promotion: 3,
+            reporters: 2,
+            quorum: 2,
+            reported_by: "uid 1001 (a.service), uid 1002",
             ..gate
         };
         let e = apply(&p, Command::Retire, failing, promoted_at + Duration::from_secs(600)).unwrap_err();
-        assert!(e.to_string().contains("3 auth failure"), "{e}");
+        assert!(
+            e.to_string().contains("3 auth failure") && e.to_string().contains("uid 1001 (a.service), uid 1002"),
+            "{e}"
+        );
         let forced = RetireGate { force: true, ..failing };
         apply(&p, Command::Retire, forced, promoted_at).unwrap();
+        // Below the quorum, failures do not hold the old key.
+        let one = RetireGate {
+            reporters: 1,
+            ..failing
+        };
+        apply(&p, Command::Retire, one, promoted_at + Duration::from_secs(600)).unwrap();
+        // A quorum of 0 means 1: failures from anyone hold it.
+        let any = RetireGate { quorum: 0, ..one };
+        assert!(apply(&p, Command::Retire, any, promoted_at + Duration::from_secs(600)).is_err());
     }
 
     /// Random command sequences (a deterministic generator, many seeds):

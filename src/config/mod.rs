@@ -83,6 +83,12 @@
 //! # Auth failures reported against the new primary during the grace period
 //! # that make `keyward rotate` roll back.
 //! failure_threshold = 3
+//! # Distinct reporters (uids, told apart by their verified unit or program)
+//! # whose auth-failure reports close the retire gate and make `keyward
+//! # rotate` roll back: one reader alone cannot hold a rotation. Capped by
+//! # how many reporters were served the new key, so the only consumer of a
+//! # key still counts on its own.
+//! report_quorum = 2
 //!
 //! # The environments keys may live in. Without an [environments] table:
 //! # dev, staging and prod, all fail-closed.
@@ -114,6 +120,7 @@
 //! hook_timeout = "20s"
 //! propagation_timeout = "30s"
 //! failure_threshold = 5
+//! report_quorum = 1
 //! # Overrides of [alerts.detect] for these keys.
 //! alerts = { spike_threshold = 10, max_age = "90d" }
 //!
@@ -281,6 +288,8 @@ pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_PROPAGATION_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default `rotation.failure_threshold`.
 pub const DEFAULT_FAILURE_THRESHOLD: u64 = 3;
+/// Default `rotation.report_quorum`.
+pub const DEFAULT_REPORT_QUORUM: u64 = 2;
 
 /// Every file and socket the agent uses.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -370,6 +379,8 @@ pub struct RotationDefaults {
     /// Auth failures against the new primary during the grace period that
     /// make `keyward rotate` roll back.
     pub failure_threshold: u64,
+    /// Distinct reporters whose failures close the retire gate and roll back.
+    pub report_quorum: u64,
 }
 
 impl Default for RotationDefaults {
@@ -379,6 +390,7 @@ impl Default for RotationDefaults {
             hook_timeout: DEFAULT_HOOK_TIMEOUT,
             propagation_timeout: DEFAULT_PROPAGATION_TIMEOUT,
             failure_threshold: DEFAULT_FAILURE_THRESHOLD,
+            report_quorum: DEFAULT_REPORT_QUORUM,
         }
     }
 }
@@ -402,6 +414,8 @@ pub struct KeyEntry {
     pub propagation_timeout: Option<Duration>,
     /// Overrides the failure threshold.
     pub failure_threshold: Option<u64>,
+    /// Overrides the report quorum.
+    pub report_quorum: Option<u64>,
     /// Overrides of the alert detectors' thresholds.
     pub detect: DetectOverrides,
     /// Where it was written, e.g. `keyward.toml line 12`.
@@ -429,6 +443,9 @@ pub struct KeyRotation {
     pub propagation_timeout: Duration,
     /// Auth failures on the new primary during grace that roll back.
     pub failure_threshold: u64,
+    /// Distinct reporters whose failures close the retire gate and roll
+    /// back (before the cap by reporters served, see `report_quorum`).
+    pub report_quorum: u64,
     /// Prints a new secret on stdout; told the key in its environment.
     pub generator: Option<HookCommand>,
     /// Gets a candidate on stdin; told the key in its environment.
@@ -669,6 +686,7 @@ impl Config {
             failure_threshold: entry
                 .and_then(|e| e.failure_threshold)
                 .unwrap_or(defaults.failure_threshold),
+            report_quorum: entry.and_then(|e| e.report_quorum).unwrap_or(defaults.report_quorum),
             generator: hook(|e| e.generator.as_ref()),
             validator: hook(|e| e.validator.as_ref()),
             revoker: hook(|e| e.revoker.as_ref()),

@@ -142,6 +142,7 @@ pub(super) struct RawRotation {
     pub(super) hook_timeout: Option<Spanned<String>>,
     pub(super) propagation_timeout: Option<Spanned<String>>,
     pub(super) failure_threshold: Option<Spanned<u64>>,
+    pub(super) report_quorum: Option<Spanned<u64>>,
 }
 
 /// A hook's argv: the span of the list (for "empty") and of each value.
@@ -158,6 +159,7 @@ pub(super) struct RawKeyEntry {
     pub(super) hook_timeout: Option<Spanned<String>>,
     pub(super) propagation_timeout: Option<Spanned<String>>,
     pub(super) failure_threshold: Option<Spanned<u64>>,
+    pub(super) report_quorum: Option<Spanned<u64>>,
     pub(super) alerts: Option<RawDetect>,
 }
 

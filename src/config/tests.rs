@@ -62,6 +62,7 @@ revoker = ["/usr/local/bin/revoke-billing-key"]
 grace = "15m"
 hook_timeout = "20s"
 failure_threshold = 5
+report_quorum = 1
 
 [[key]]
 keys = ["prod/billing-*", "*/crm-api"]
@@ -160,6 +161,7 @@ fn full_example_parses() {
             hook_timeout: Duration::from_secs(45),
             propagation_timeout: Duration::from_secs(60),
             failure_threshold: 4,
+            report_quorum: 2,
         }
     );
     let argv = |a: &[&str]| Some(HookCommand::new(a.iter().map(ToString::to_string).collect()).unwrap());
@@ -175,6 +177,7 @@ fn full_example_parses() {
                 hook_timeout: Some(Duration::from_secs(20)),
                 propagation_timeout: None,
                 failure_threshold: Some(5),
+                report_quorum: Some(1),
                 detect: Default::default(),
                 origin: "keyward.toml line 51".to_owned(),
             },
@@ -190,14 +193,25 @@ fn full_example_parses() {
                 hook_timeout: None,
                 propagation_timeout: Some(Duration::from_secs(10)),
                 failure_threshold: None,
+                report_quorum: None,
                 detect: Default::default(),
-                origin: "keyward.toml line 60".to_owned(),
+                origin: "keyward.toml line 61".to_owned(),
             },
         ]
     );
     assert!(!c.dev_mode);
     // The example's program is not installed here: the grant matches no
     // caller until it is, and the warning says so.
+    let w = c.warnings();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_has(
+        &w[0],
+        &[
+            "/usr/local/bin/billing-worker",
+            "keyward.toml line 38",
+            "matches no caller until it exists",
+        ],
+    );
     let w = c.warnings();
     assert_eq!(w.len(), 1, "{w:?}");
     assert_has(
@@ -254,6 +268,7 @@ fn rotation_defaults() {
             hook_timeout: Duration::from_secs(30),
             propagation_timeout: Duration::from_secs(30),
             failure_threshold: 3,
+            report_quorum: 2,
             generator: None,
             validator: None,
             revoker: None,
@@ -367,6 +382,17 @@ fn key_entries_need_valid_keys() {
     let w = c.warnings();
     assert_eq!(w.len(), 1, "{w:?}");
     assert_has(&w[0], &["q*/x", "[[key]] at keyward.toml line 1"]);
+}
+
+#[test]
+fn report_quorum_is_at_least_one() {
+    let e = parse_err("[rotation]\nreport_quorum = 0\n");
+    assert_has(&e, &["report_quorum at keyward.toml:2 is 0", "at least 1"]);
+    let e = parse_err("[[key]]\nkeys = [\"dev/*\"]\nreport_quorum = 0\n");
+    assert_has(&e, &["keyward.toml:3"]);
+    let c = parse("[rotation]\nreport_quorum = 3\n[[key]]\nkeys = [\"dev/x\"]\nreport_quorum = 1\n").unwrap();
+    assert_eq!(c.rotation_for(&"dev/x".parse().unwrap()).report_quorum, 1);
+    assert_eq!(c.rotation_for(&"dev/y".parse().unwrap()).report_quorum, 3);
 }
 
 #[test]

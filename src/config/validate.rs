@@ -13,8 +13,8 @@ use super::raw::{
 };
 use super::{
     default_environments, AuditFailureMode, AuditSettings, Config, ConfigError, EnvConfig, KeyEntry, Limits, Paths,
-    RotationConfig, RotationDefaults, DEFAULT_AUDIT_FILE, DEFAULT_FAILURE_THRESHOLD, DEFAULT_RUNTIME_DIR,
-    DEFAULT_SERVICE_MODE, DEFAULT_SHUTDOWN_GRACE, DEFAULT_STATE_DIR, MESSAGE_OVERHEAD_BYTES,
+    RotationConfig, RotationDefaults, DEFAULT_AUDIT_FILE, DEFAULT_FAILURE_THRESHOLD, DEFAULT_REPORT_QUORUM,
+    DEFAULT_RUNTIME_DIR, DEFAULT_SERVICE_MODE, DEFAULT_SHUTDOWN_GRACE, DEFAULT_STATE_DIR, MESSAGE_OVERHEAD_BYTES,
 };
 use crate::audit::Durability;
 use crate::hooks::HookCommand;
@@ -651,6 +651,10 @@ impl RawRotation {
                 None => default.failure_threshold,
                 Some(v) => failure_threshold(src, &v)?,
             },
+            report_quorum: match self.report_quorum {
+                None => default.report_quorum,
+                Some(v) => report_quorum(src, &v)?,
+            },
         })
     }
 }
@@ -676,6 +680,19 @@ fn failure_threshold(src: &Source<'_>, v: &Spanned<u64>) -> Result<u64, ConfigEr
             &v.span(),
             format!(
                 "failure_threshold at {} is 0: give the number of auth failures on the new primary that should roll a rotation back (at least 1; default {DEFAULT_FAILURE_THRESHOLD})",
+                src.at(&v.span())
+            ),
+        ));
+    }
+    Ok(*v.get_ref())
+}
+
+fn report_quorum(src: &Source<'_>, v: &Spanned<u64>) -> Result<u64, ConfigError> {
+    if *v.get_ref() == 0 {
+        return Err(src.invalid(
+            &v.span(),
+            format!(
+                "report_quorum at {} is 0: give the number of distinct reporters whose auth failures hold a rotation (at least 1; default {DEFAULT_REPORT_QUORUM})",
                 src.at(&v.span())
             ),
         ));
@@ -741,6 +758,7 @@ fn key_entry(
         failure_threshold: (raw.failure_threshold)
             .map(|v| failure_threshold(src, &v))
             .transpose()?,
+        report_quorum: raw.report_quorum.map(|v| report_quorum(src, &v)).transpose()?,
         detect: match raw.alerts {
             None => Default::default(),
             Some(d) => d.overrides(src, &format!("[[key]] at {at}"))?,

@@ -166,6 +166,9 @@ fn run(state: &KeySetState, op: Op, now: u64, grace: u64) -> Option<Result<KeySe
     let gate = |force, failures| RetireGate {
         grace: Duration::from_secs(grace),
         failures_since_promotion: failures,
+        reporters: u64::from(failures > 0),
+        quorum: 1,
+        reported_by: "",
         force,
         promoted_ago: None,
     };

@@ -133,6 +133,7 @@ impl AdminService {
             )));
         };
         let removed = self.agent.delete_key(&existing).await?;
+        self.agent.served.forget(&key);
         self.agent.watchers.publish(&key, None, "deleted");
         self.audit_change(caller, "delete", &key, Some(&removed), None, false)
             .await?;

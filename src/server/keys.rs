@@ -79,6 +79,7 @@ impl KeysService {
             }
         }
         metrics.fetch(key.env(), key.name(), "ok");
+        super::reports::note_served(agent, caller, &state).await;
         Ok(state.to_proto())
     }
 }

@@ -110,6 +110,8 @@ pub struct Agent {
     pub watchers: crate::watch::Watchers,
     /// Auth failures reported by clients.
     pub failures: reports::FailureLog,
+    /// The versions served to each uid, which reports are checked against.
+    pub served: reports::ServedLog,
     /// Detectors, report limits, sinks and metrics.
     pub alerting: Arc<alerting::Alerting>,
     /// Refusals coalesced in the audit (`[audit] coalesce_window`).
@@ -206,6 +208,7 @@ impl Agent {
             admin_lock: tokio::sync::Mutex::new(()),
             watchers: crate::watch::Watchers::default(),
             failures: reports::FailureLog::default(),
+            served: reports::ServedLog::default(),
             config_epoch: tokio::sync::watch::Sender::new(0),
             config_source: None,
             _state_lock: state_lock,

@@ -1,21 +1,38 @@
 //! Auth-failure reports from clients (`ReportAuthFailure`): checked against
-//! the policy, classified against the key's state, audited and counted.
+//! the policy and what the reporter was served, classified against the
+//! key's state, audited and counted.
 //!
 //! The counts feed the retire gate and `keyward rotate`'s automatic
-//! rollback: a failure reported against the current primary since its
-//! promotion keeps the old key from being retired. Every accepted report
-//! also feeds the alert detectors ([`super::alerting`]). Reports are
-//! limited per caller uid (`[alerts] report_rate`, `report_burst`) before
-//! anything else, so that a client stuck in a retry loop can neither flood
-//! the audit log nor the detectors; refused ones are counted.
+//! rollback: failures reported against the current primary since its
+//! promotion, by at least the quorum of distinct reporters, keep the old
+//! key from being retired. Every accepted report also feeds the alert
+//! detectors ([`super::alerting`]).
+//!
+//! Invariants (what a reader can influence):
+//! - Reports are limited per caller uid (`[alerts] report_rate`,
+//!   `report_burst`) before anything else, so that a client stuck in a
+//!   retry loop can flood neither the audit log nor the detectors; refused
+//!   ones are counted.
+//! - Only a caller whose grant lets it report (`report`, on by default) and
+//!   read the key may report on it.
+//! - A report is about a version the reporting uid was served by this
+//!   agent ([`ServedLog`]); any other version (made up, or never fetched) is
+//!   refused and audited. So reports cannot grow the agent's memory either:
+//!   they name versions that exist.
+//! - The gate counts distinct [`Reporter`]s: a uid, told apart by the unit
+//!   or the granted program it was verified to be, which no user can mint at
+//!   will. `[rotation] report_quorum` of them are needed, capped by how many
+//!   reporters were served the new primary ([`ServedLog::quorum`]), so the
+//!   only consumer of a key still holds its rotation on its own.
 
 use std::collections::{HashMap, VecDeque};
+use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use super::error::ApiError;
 use super::peer::Caller;
-use super::Agent;
+use super::{Agent, Right};
 use crate::alerts::detect::Report;
 use crate::audit::{AuditEvent, VersionRecord};
 use crate::keyset::KeySetState;
@@ -31,8 +48,58 @@ const MAX_TEXT: usize = 256;
 
 pub use crate::alerts::detect::Classification;
 
-/// Report times per (key, version), and when this process promoted each
-/// version.
+/// Who reported a failure, as the retire gate tells reporters apart: the
+/// uid, and the unit or granted program its process was verified to be
+/// (see [`super::identity`]), which a user cannot make up at will.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Reporter {
+    /// The caller's uid.
+    pub uid: u32,
+    /// Its systemd unit, as verified.
+    pub unit: Option<String>,
+    /// The configured executable its image was verified to be.
+    pub program: Option<String>,
+}
+
+impl fmt::Display for Reporter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "uid {}", self.uid)?;
+        match (&self.unit, &self.program) {
+            (Some(u), Some(p)) => write!(f, " ({u}, {p})"),
+            (Some(x), None) | (None, Some(x)) => write!(f, " ({x})"),
+            (None, None) => Ok(()),
+        }
+    }
+}
+
+/// Failures reported against one version since some time, and by whom.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Evidence {
+    /// How many reports.
+    pub failures: u64,
+    /// The distinct reporters, in the order they first reported.
+    pub reporters: Vec<Reporter>,
+}
+
+impl Evidence {
+    /// "uid 1001 (billing.service), uid 1002", or "nobody".
+    pub fn names(&self) -> String {
+        if self.reporters.is_empty() {
+            return "nobody".to_owned();
+        }
+        self.reporters
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// When each report against one version came, and from whom, oldest first.
+type Reports = VecDeque<(Instant, Arc<Reporter>)>;
+
+/// Report times (and reporters) per (key, version), and when this process
+/// promoted each version.
 ///
 /// The times are monotonic (`Instant`), never the wall clock: "reported
 /// since the promotion" must not depend on a clock that can jump. After a
@@ -41,19 +108,19 @@ pub use crate::alerts::detect::Classification;
 /// the retire gate would open on a new key that is being refused.
 #[derive(Default)]
 pub struct FailureLog {
-    times: Mutex<HashMap<(KeyRef, u64), VecDeque<Instant>>>,
+    times: Mutex<HashMap<(KeyRef, u64), Reports>>,
     promotions: Mutex<HashMap<(KeyRef, u64), Instant>>,
 }
 
 impl FailureLog {
     /// Records one report.
-    pub fn record(&self, key: &KeyRef, version: u64, at: Instant) {
+    pub fn record(&self, key: &KeyRef, version: u64, at: Instant, by: Arc<Reporter>) {
         let mut map = self.times.lock().unwrap_or_else(PoisonError::into_inner);
         let times = map.entry((key.clone(), version)).or_default();
         if times.len() == KEPT_PER_VERSION {
             times.pop_front();
         }
-        times.push_back(at);
+        times.push_back((at, by));
     }
 
     /// Notes that this process promoted `version` of `key` at `at`.
@@ -76,19 +143,29 @@ impl FailureLog {
     }
 
     /// Reports against `version` of `key` at or after `since` (all of them
-    /// without `since`).
-    pub fn count_since(&self, key: &KeyRef, version: u64, since: Option<Instant>) -> u64 {
+    /// without `since`), and who sent them.
+    pub fn evidence_since(&self, key: &KeyRef, version: u64, since: Option<Instant>) -> Evidence {
         let map = self.times.lock().unwrap_or_else(PoisonError::into_inner);
-        map.get(&(key.clone(), version)).map_or(0, |t| {
-            t.iter().filter(|&&at| since.is_none_or(|s| at >= s)).count() as u64
-        })
+        let mut evidence = Evidence::default();
+        for (_, by) in map
+            .get(&(key.clone(), version))
+            .into_iter()
+            .flatten()
+            .filter(|(at, _)| since.is_none_or(|s| *at >= s))
+        {
+            evidence.failures += 1;
+            if !evidence.reporters.contains(by) {
+                evidence.reporters.push((**by).clone());
+            }
+        }
+        evidence
     }
 
-    /// Reports against the current primary and fallback since the primary
-    /// was promoted (or created, for a key never rotated). The log only
-    /// holds this process's reports: if the promotion happened before it
-    /// started, every one of them came after.
-    pub fn since_promotion(&self, state: &KeySetState) -> (u64, u64) {
+    /// Reports against the current primary, and how many against the
+    /// fallback, since the primary was promoted (or created, for a key never
+    /// rotated). The log only holds this process's reports: if the promotion
+    /// happened before it started, every one of them came after.
+    pub fn since_promotion(&self, state: &KeySetState) -> (Evidence, u64) {
         let since = state.primary.promoted_at.and_then(|_| {
             self.promotions
                 .lock()
@@ -96,12 +173,76 @@ impl FailureLog {
                 .get(&(state.key.clone(), state.primary.number))
                 .copied()
         });
-        let primary = self.count_since(&state.key, state.primary.number, since);
+        let primary = self.evidence_since(&state.key, state.primary.number, since);
         let fallback = state
             .fallback
             .as_ref()
-            .map_or(0, |f| self.count_since(&state.key, f.number, since));
+            .map_or(0, |f| self.evidence_since(&state.key, f.number, since).failures);
         (primary, fallback)
+    }
+}
+
+/// Most versions of one key remembered as served to one uid: a rotation
+/// has two live versions; a few more cover reports that arrive late.
+const SERVED_VERSIONS_KEPT: usize = 8;
+
+/// The versions of each key this agent served to each uid, and whether that
+/// uid may report on the key: what reports are checked against, and what
+/// caps the quorum. Only uids that the policy lets read a key are ever
+/// served it, so the map is bounded by the policy, not by callers.
+#[derive(Default)]
+pub struct ServedLog {
+    served: Mutex<HashMap<KeyRef, HashMap<u32, Served>>>,
+}
+
+#[derive(Default)]
+struct Served {
+    versions: VecDeque<u64>,
+    may_report: bool,
+}
+
+impl ServedLog {
+    /// Whether `version` of `key` was already noted as served to `uid` (the
+    /// fetch path's check: one lock, no allocation).
+    pub fn contains(&self, key: &KeyRef, uid: u32, version: u64) -> bool {
+        let map = self.served.lock().unwrap_or_else(PoisonError::into_inner);
+        map.get(key)
+            .and_then(|uids| uids.get(&uid))
+            .is_some_and(|s| s.versions.contains(&version))
+    }
+
+    /// Notes that `versions` of `key` were served to `uid`.
+    pub fn note(&self, key: &KeyRef, uid: u32, versions: &[u64], may_report: bool) {
+        let mut map = self.served.lock().unwrap_or_else(PoisonError::into_inner);
+        let served = map.entry(key.clone()).or_default().entry(uid).or_default();
+        served.may_report = may_report;
+        for v in versions {
+            if !served.versions.contains(v) {
+                if served.versions.len() == SERVED_VERSIONS_KEPT {
+                    served.versions.pop_front();
+                }
+                served.versions.push_back(*v);
+            }
+        }
+    }
+
+    /// Forgets `key` (it was deleted): a key created again starts over.
+    pub fn forget(&self, key: &KeyRef) {
+        self.served.lock().unwrap_or_else(PoisonError::into_inner).remove(key);
+    }
+
+    /// The quorum of distinct reporters that holds a rotation of `state`:
+    /// `configured`, but no more than the uids that may report and were
+    /// served the current primary (and at least 1), so that the only
+    /// consumer of a key still counts alone.
+    pub fn quorum(&self, state: &KeySetState, configured: u64) -> u64 {
+        let map = self.served.lock().unwrap_or_else(PoisonError::into_inner);
+        let reporters = map.get(&state.key).map_or(0, |uids| {
+            uids.values()
+                .filter(|s| s.may_report && s.versions.contains(&state.primary.number))
+                .count() as u64
+        });
+        configured.min(reporters).max(1)
     }
 }
 
@@ -113,8 +254,42 @@ fn bounded(s: &str) -> String {
     s[..end].chars().filter(|c| !c.is_control()).collect()
 }
 
+/// Notes, after `caller` was served `state`, the versions it got: reports
+/// are checked against them. Costs one lookup unless they are new to this
+/// uid, which happens once per version (whether the uid may report is
+/// looked up then).
+pub async fn note_served(agent: &Agent, caller: &Caller, state: &KeySetState) {
+    let versions: Vec<u64> = std::iter::once(&state.primary)
+        .chain(state.fallback.as_ref())
+        .map(|v| v.number)
+        .filter(|v| !agent.served.contains(&state.key, caller.uid, *v))
+        .collect();
+    if versions.is_empty() {
+        return;
+    }
+    let may_report = agent.allows(caller, &state.key, Right::Report).await.is_ok();
+    agent.served.note(&state.key, caller.uid, &versions, may_report);
+}
+
+/// The reporter the gate counts `caller` as: its uid, with the unit and the
+/// granted program its process is verified to be (none, when it cannot be
+/// verified, e.g. without CAP_SYS_PTRACE).
+async fn reporter_of(agent: &Agent, caller: &Caller) -> Reporter {
+    let identity = caller.process_identity().await;
+    let program = identity
+        .executables(&agent.config().policy)
+        .first()
+        .map(|p| p.display().to_string());
+    Reporter {
+        uid: caller.uid,
+        unit: identity.unit().map(|u| u.name.to_owned()),
+        program,
+    }
+}
+
 /// Handles one report.
 pub async fn report(agent: &Arc<Agent>, caller: &Caller, r: &proto::AuthFailureReport) -> Result<(), ApiError> {
+    const EVENT: &str = "auth_failure";
     if let Some(limit) = &caller.over_limit {
         return Err(ApiError::ResourceExhausted(limit.clone()));
     }
@@ -126,10 +301,32 @@ pub async fn report(agent: &Arc<Agent>, caller: &Caller, r: &proto::AuthFailureR
         )));
     }
     let key = agent.key_ref(r.key.as_ref())?;
-    agent.check_read("auth_failure", caller, &key).await?;
+    agent.check_read(EVENT, caller, &key).await?;
+    if let Err(why_not) = agent.allows(caller, &key, Right::Report).await {
+        agent.metrics().denial("service", EVENT);
+        let denied = ApiError::PermissionDenied(format!(
+            "{} may read {key} but not report auth failures on it: its grant says report = false{}; nothing was recorded",
+            caller.describe(),
+            super::unverified(why_not.as_deref()),
+        ));
+        return Err(agent
+            .refuse(EVENT, caller, Some(key.to_string()), "denied", denied)
+            .await);
+    }
     let Some(state) = agent.store.get(&key) else {
         return Err(ApiError::NotFound(format!("key {key} does not exist")));
     };
+    if !agent.served.contains(&key, caller.uid, r.version) {
+        agent.metrics().denial("service", EVENT);
+        let refused = ApiError::FailedPrecondition(format!(
+            "uid {} was never served version {} of {key} by this agent: report only a version your process fetched (after an agent restart, fetch the key again first); nothing was recorded",
+            caller.uid, r.version
+        ));
+        return Err(agent
+            .refuse(EVENT, caller, Some(key.to_string()), "not_served", refused)
+            .await);
+    }
+    let reporter = Arc::new(reporter_of(agent, caller).await);
     let class = Classification::of(&state, r.version);
     let fingerprint = [Some(&state.primary), state.fallback.as_ref()]
         .into_iter()
@@ -138,7 +335,7 @@ pub async fn report(agent: &Arc<Agent>, caller: &Caller, r: &proto::AuthFailureR
         .map(|v| v.fingerprint.clone())
         .unwrap_or_default();
     let now = Instant::now();
-    agent.failures.record(&key, r.version, now);
+    agent.failures.record(&key, r.version, now, reporter.clone());
     agent.metrics().report(key.env(), key.name(), class.as_str());
     agent.alerting.on_report(
         &agent.config(),
@@ -153,7 +350,7 @@ pub async fn report(agent: &Arc<Agent>, caller: &Caller, r: &proto::AuthFailureR
         },
     );
     let detail = format!(
-        "status {} on {} version {} from service {:?}: {}",
+        "status {} on {} version {} from service {:?}, reporter {reporter}: {}",
         r.status_code,
         class.as_str(),
         r.version,
@@ -165,7 +362,7 @@ pub async fn report(agent: &Arc<Agent>, caller: &Caller, r: &proto::AuthFailureR
     agent
         .audit
         .record(AuditEvent {
-            event: "auth_failure",
+            event: EVENT,
             caller: Some(caller.record.clone()),
             key: Some(key.to_string()),
             versions: vec![VersionRecord {
@@ -206,26 +403,91 @@ mod tests {
         s
     }
 
+    fn by(uid: u32, unit: Option<&str>) -> Arc<Reporter> {
+        Arc::new(Reporter {
+            uid,
+            unit: unit.map(str::to_owned),
+            program: None,
+        })
+    }
+
     #[test]
     fn counts_only_reports_since_promotion() {
         let s = state();
         let log = FailureLog::default();
         let t0 = Instant::now();
-        log.record(&s.key, 3, t0);
+        log.record(&s.key, 3, t0, by(1, None));
         log.promoted(&s.key, 3, t0 + Duration::from_secs(100));
-        log.record(&s.key, 3, t0 + Duration::from_secs(150));
-        log.record(&s.key, 2, t0 + Duration::from_secs(160));
-        assert_eq!(log.since_promotion(&s), (1, 1));
+        log.record(&s.key, 3, t0 + Duration::from_secs(150), by(2, None));
+        log.record(&s.key, 2, t0 + Duration::from_secs(160), by(1, None));
+        let (primary, fallback) = log.since_promotion(&s);
+        assert_eq!((primary.failures, primary.reporters.len(), fallback), (1, 1, 1));
+        assert_eq!(primary.names(), "uid 2");
     }
 
     #[test]
     fn a_promotion_before_this_process_counts_every_report() {
         let s = state();
         let log = FailureLog::default();
-        log.record(&s.key, 3, Instant::now());
-        log.record(&s.key, 3, Instant::now());
-        log.record(&s.key, 1, Instant::now());
-        assert_eq!(log.since_promotion(&s), (2, 0));
+        log.record(&s.key, 3, Instant::now(), by(1, None));
+        log.record(&s.key, 3, Instant::now(), by(1, None));
+        log.record(&s.key, 1, Instant::now(), by(1, None));
+        let (primary, fallback) = log.since_promotion(&s);
+        assert_eq!((primary.failures, primary.reporters.len(), fallback), (2, 1, 0));
+    }
+
+    /// Reporters are told apart by uid, then by verified unit or program;
+    /// the same one reporting often is one reporter.
+    #[test]
+    fn distinct_reporters_are_counted_once_each() {
+        let s = state();
+        let log = FailureLog::default();
+        for reporter in [
+            by(1, None),
+            by(1, None),
+            by(1, Some("a.service")),
+            by(2, Some("a.service")),
+            by(1, None),
+        ] {
+            log.record(&s.key, 3, Instant::now(), reporter);
+        }
+        let (primary, _) = log.since_promotion(&s);
+        assert_eq!(primary.failures, 5);
+        assert_eq!(primary.names(), "uid 1, uid 1 (a.service), uid 2 (a.service)");
+        assert_eq!(Evidence::default().names(), "nobody");
+    }
+
+    #[test]
+    fn the_quorum_is_capped_by_the_reporters_served_the_primary() {
+        let s = state();
+        let served = ServedLog::default();
+        // Nobody served yet: 1, so the first consumer's report still counts.
+        assert_eq!(served.quorum(&s, 2), 1);
+        served.note(&s.key, 1, &[3, 2], true);
+        assert_eq!(served.quorum(&s, 2), 1);
+        // A reader that may not report does not raise the bar.
+        served.note(&s.key, 2, &[3], false);
+        assert_eq!(served.quorum(&s, 2), 1);
+        served.note(&s.key, 3, &[3], true);
+        assert_eq!(served.quorum(&s, 2), 2);
+        served.note(&s.key, 4, &[3], true);
+        assert_eq!(served.quorum(&s, 2), 2, "never above the configured quorum");
+        // Served only the old version: not a reporter of the new one.
+        served.note(&s.key, 5, &[2], true);
+        assert_eq!(served.quorum(&s, 5), 3);
+        assert!(served.contains(&s.key, 1, 2) && !served.contains(&s.key, 2, 2));
+        served.forget(&s.key);
+        assert!(!served.contains(&s.key, 1, 3));
+    }
+
+    #[test]
+    fn served_versions_are_bounded_per_uid() {
+        let s = state();
+        let served = ServedLog::default();
+        for v in 1..=100 {
+            served.note(&s.key, 1, &[v], true);
+        }
+        assert!(served.contains(&s.key, 1, 100) && !served.contains(&s.key, 1, 92));
     }
 
     #[test]

@@ -149,9 +149,14 @@ pub async fn transition(
     let current = existing(agent, &key)?;
     check_generation(&key, Some(&current), expected_generation)?;
     let now = SystemTime::now();
+    let (evidence, _) = agent.failures.since_promotion(&current);
+    let reported_by = evidence.names();
     let gate = RetireGate {
         grace: settings.grace,
-        failures_since_promotion: agent.failures.since_promotion(&current).0,
+        failures_since_promotion: evidence.failures,
+        reporters: evidence.reporters.len() as u64,
+        quorum: agent.served.quorum(&current, settings.report_quorum),
+        reported_by: &reported_by,
         force,
         promoted_ago: agent.failures.promoted_ago(&current),
     };
@@ -246,11 +251,15 @@ pub fn status(agent: &Agent, key: Option<&proto::KeyRef>) -> Result<proto::Rotat
     let key = agent.key_ref(key)?;
     let settings = agent.config().rotation_for(&key);
     let current = existing(agent, &key)?;
-    let (failures, fallback_failures) = agent.failures.since_promotion(&current);
+    let (evidence, fallback_failures) = agent.failures.since_promotion(&current);
+    let reported_by = evidence.names();
     let now = SystemTime::now();
     let gate = RetireGate {
         grace: settings.grace,
-        failures_since_promotion: failures,
+        failures_since_promotion: evidence.failures,
+        reporters: evidence.reporters.len() as u64,
+        quorum: agent.served.quorum(&current, settings.report_quorum),
+        reported_by: &reported_by,
         force: false,
         promoted_ago: agent.failures.promoted_ago(&current),
     };
@@ -272,8 +281,11 @@ pub fn status(agent: &Agent, key: Option<&proto::KeyRef>) -> Result<proto::Rotat
                 delivered_generation: s.delivered_generation,
             })
             .collect(),
-        failures_since_promotion: failures,
+        failures_since_promotion: evidence.failures,
         fallback_failures_since_promotion: fallback_failures,
+        failure_reporters: gate.reporters,
+        report_quorum: gate.quorum,
+        reporters: evidence.reporters.iter().map(ToString::to_string).collect(),
         grace_seconds: settings.grace.as_secs(),
         // Rounded up: 0 only once the grace period is really over.
         grace_left_seconds: {

@@ -232,6 +232,9 @@ impl Session {
                     }
                 }
             }
+            if let Some(s) = &state {
+                super::reports::note_served(&agent, &caller, s).await;
+            }
             let key_set = match &state {
                 Some(s) => s.to_proto(),
                 None => proto::KeySet {

@@ -14,3 +14,4 @@ mod common;
 mod audit_flood;
 mod client_checks;
 mod identity;
+mod reports;

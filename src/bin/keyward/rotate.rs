@@ -178,8 +178,12 @@ pub async fn rotation_status(cli: &Cli, key: &str) -> Outcome {
         println!("    {}", subscriber_text(sub));
     }
     println!(
-        "  auth failures since promotion: {} on the primary, {} on the fallback (rotate rolls back at {})",
-        s.failures_since_promotion, s.fallback_failures_since_promotion, s.failure_threshold
+        "  auth failures since promotion: {} on the primary{}, {} on the fallback (rotate rolls back at {} from {} distinct reporter(s))",
+        s.failures_since_promotion,
+        reported_by(&s),
+        s.fallback_failures_since_promotion,
+        s.failure_threshold,
+        s.report_quorum.max(1)
     );
     println!("  grace: {} s ({} s left)", s.grace_seconds, s.grace_left_seconds);
     if info.state == RotationState::Promoted as i32 {
@@ -195,6 +199,19 @@ pub async fn rotation_status(cli: &Cli, key: &str) -> Outcome {
         yes(s.has_revoker)
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// " from uid 1001 (billing.service), uid 1002", or nothing without reports.
+fn reported_by(s: &proto::RotationStatus) -> String {
+    if s.reporters.is_empty() {
+        return String::new();
+    }
+    format!(
+        " from {} ({} of the {} distinct reporter(s) that hold a rotation)",
+        s.reporters.join(", "),
+        s.failure_reporters,
+        s.report_quorum.max(1)
+    )
 }
 
 fn yes(b: bool) -> &'static str {
@@ -361,13 +378,17 @@ pub async fn rotate(cli: &Cli, args: &RotateArgs) -> Outcome {
                     describe(&current)
                 ));
             }
-            if s.failure_threshold > 0 && s.failures_since_promotion >= s.failure_threshold {
+            if s.failure_threshold > 0
+                && s.failures_since_promotion >= s.failure_threshold
+                && s.failure_reporters >= s.report_quorum.max(1)
+            {
                 let r = apply(&mut admin, &key, Step::Rollback, Some(current.generation))
                     .await
                     .map_err(refused)?;
                 return halt(format!(
-                    "{} auth failures against the new primary during the grace period: ROLLED BACK automatically ({}). The new key is staged as fallback; investigate, then `keyward abort {key}` or `keyward rotate {key}` to promote again",
+                    "{} auth failures against the new primary during the grace period{}: ROLLED BACK automatically ({}). The new key is staged as fallback; investigate, then `keyward abort {key}` or `keyward rotate {key}` to promote again",
                     s.failures_since_promotion,
+                    reported_by(&s),
                     describe(&r.key.unwrap_or_default())
                 ));
             }
