@@ -56,6 +56,21 @@ pub fn harden(lock_memory: bool) -> HygieneReport {
     report
 }
 
+/// Hardening for the commands that hold keys for as long as they run
+/// (`keyward run`, `keyward render`): no core dump (soft and hard limit 0,
+/// which the child inherits too: it holds the keys in its environment), not
+/// dumpable (other processes of the user cannot ptrace it or read its
+/// memory through /proc), and memory locked where that needs no limit a
+/// later allocation could hit (root, or an unlimited RLIMIT_MEMLOCK): best
+/// effort, silent when not allowed. Returns what could not be done.
+pub fn harden_client() -> Vec<String> {
+    harden(true)
+        .warnings
+        .into_iter()
+        .filter(|w| w.starts_with("could not disable core dumps"))
+        .collect()
+}
+
 /// True when this process's dumpable flag is off (read back from the
 /// kernel, for tests and `GetStatus`).
 pub fn core_dumps_disabled() -> bool {

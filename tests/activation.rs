@@ -9,7 +9,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::os::unix::net::{UnixDatagram, UnixListener};
 use std::path::{Path, PathBuf};
@@ -265,22 +265,6 @@ fn under_journald_lines_carry_a_priority_and_no_timestamp() {
         assert!(line[3..].starts_with("keyward"), "timestamp in {line:?}");
         assert!(!line.contains('\x1b'), "ANSI escape in {line:?}");
     }
-}
-
-/// Connects to `creds.sock` the way systemd does for `LoadCredential=`:
-/// from the abstract address `@<random>/unit/<unit>/<id>`; reads to EOF.
-fn load_credential(creds_sock: &Path, unit: &str, id: &str) -> Vec<u8> {
-    use nix::sys::socket::{bind, connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
-    let fd = socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).unwrap();
-    let random = format!("{:016x}", rand::random::<u64>());
-    let name = format!("{random}/unit/{unit}/{id}");
-    bind(fd.as_raw_fd(), &UnixAddr::new_abstract(name.as_bytes()).unwrap()).unwrap();
-    connect(fd.as_raw_fd(), &UnixAddr::new(creds_sock).unwrap()).unwrap();
-    let mut stream = std::os::unix::net::UnixStream::from(fd);
-    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut got = Vec::new();
-    stream.read_to_end(&mut got).unwrap();
-    got
 }
 
 #[test]

@@ -529,3 +529,21 @@ pub fn rss_kib(pid: u32) -> u64 {
 pub fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
 }
+
+/// Connects to `creds.sock` the way systemd does for `LoadCredential=`:
+/// from the abstract address `@<random>/unit/<unit>/<id>`; reads to EOF.
+pub fn load_credential(creds_sock: &Path, unit: &str, id: &str) -> Vec<u8> {
+    use nix::sys::socket::{bind, connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let fd = socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).unwrap();
+    let random = format!("{:016x}", rand::random::<u64>());
+    let name = format!("{random}/unit/{unit}/{id}");
+    bind(fd.as_raw_fd(), &UnixAddr::new_abstract(name.as_bytes()).unwrap()).unwrap();
+    connect(fd.as_raw_fd(), &UnixAddr::new(creds_sock).unwrap()).unwrap();
+    let mut stream = std::os::unix::net::UnixStream::from(fd);
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut got = Vec::new();
+    stream.read_to_end(&mut got).unwrap();
+    got
+}

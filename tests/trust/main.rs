@@ -15,3 +15,4 @@ mod audit_flood;
 mod client_checks;
 mod identity;
 mod reports;
+mod sockets;

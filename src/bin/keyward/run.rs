@@ -8,6 +8,11 @@
 //! an empty variable or file), follow the keys with `WatchKeys`
 //! (reconnecting with backoff when the agent restarts), and never print a
 //! secret: messages name keys, versions and fingerprints.
+//!
+//! Both hold keys for as long as they run, so they harden themselves first
+//! ([`keyward::hygiene::harden_client`]): no core dump (the hard limit 0 is
+//! inherited by the command `run` starts, which holds the keys in its
+//! environment), not dumpable, memory locked where allowed.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -28,6 +33,13 @@ use zeroize::Zeroizing;
 
 use crate::cli::{Cli, OnRotate, RenderArgs, RunArgs};
 use crate::{key_arg, key_name, refused, service_socket, Outcome};
+
+/// See the module docs; what fails is said, and the command goes on.
+fn harden() {
+    for warning in keyward::hygiene::harden_client() {
+        eprintln!("keyward: {warning}");
+    }
+}
 
 /// Longest wait between two reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -214,6 +226,7 @@ fn splay_delay(splay: Duration) -> Duration {
 
 /// `keyward run`.
 pub async fn run(cli: &Cli, args: &RunArgs) -> Outcome {
+    harden();
     let specs = args.keys.iter().map(|s| key_var(s)).collect::<Result<Vec<_>, _>>()?;
     let refs: Vec<KeyRef> = specs.iter().map(|(k, _)| k.clone()).collect();
     let sock = service_socket(cli);
@@ -444,6 +457,7 @@ async fn on_change(cmd: &str) {
 
 /// `keyward render`.
 pub async fn render(cli: &Cli, args: &RenderArgs) -> Outcome {
+    harden();
     let text = std::fs::read_to_string(&args.template)
         .map_err(|e| format!("cannot read template {}: {e}", args.template.display()))?;
     let (pieces, keys) = parse_template(&text, &args.template.display().to_string())?;
