@@ -2,7 +2,8 @@
 //! transport floor), side by side in one run.
 //!
 //! Run with `cargo bench --bench getkey` (add `-- --quick` for a short run,
-//! `-- --fsync` to run the agent with `[audit] durability = "fsync"`).
+//! `-- --fsync` to run the agent with `[audit] durability = "fsync"`,
+//! `-- --identity` for the cost of verifying a caller's executable alone).
 //! It starts the release `keywardd` in dev mode in a temp dir (audit on,
 //! default durability) and, as a separate process, a server on a Unix
 //! socket whose GetKey handler returns a constant KeySet and does nothing
@@ -26,13 +27,145 @@ fn main() {
     if let Some(i) = args.iter().position(|a| a == "--noop-server") {
         return noop_server(PathBuf::from(&args[i + 1]));
     }
+    if let Some(i) = args.iter().position(|a| a == "--connect-probe") {
+        return connect_probe(PathBuf::from(&args[i + 1]), args[i + 2].parse().unwrap());
+    }
     let quick = args.iter().any(|a| a == "--quick");
     let fsync = args.iter().any(|a| a == "--fsync");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
+    if args.iter().any(|a| a == "--identity") {
+        return rt.block_on(identity(quick));
+    }
     rt.block_on(bench(quick, fsync));
+    rt.block_on(identity(quick));
+}
+
+/// What a caller pays once per connection when only an `executables` grant
+/// lets it read: the agent verifies its process (namespaces, loader
+/// variables, mappings, and every holder of the connection, found through
+/// `/proc/*/fd`). Measured as connect-to-first-answer, on new connections,
+/// against the same connections reading a key a uid grant covers. A
+/// system-mode agent (no dev-mode grant); the caller is this binary run
+/// again without cargo's loader variables, which no granted program has.
+async fn identity(quick: bool) {
+    if !nix::unistd::geteuid().is_root() {
+        println!(
+            "
+identity checks: skipped (the agent must be root to inspect callers)"
+        );
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("agent");
+    let init = Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .args(["init", "--state-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "keyward init failed");
+    let me = std::env::current_exe().unwrap();
+    let config = tmp.path().join("keyward.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = \"{d}\"\nruntime_dir = \"{d}\"\naudit_file = \"{d}/audit.jsonl\"\n\
+             [[grant]]\nuids = [0]\nkeys = [\"prod/bench-api\"]\n\
+             [[grant]]\nuids = [0]\nexecutables = [\"{}\"]\nkeys = [\"prod/bench-exe\"]\n",
+            me.display(),
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    let _agent = Proc(
+        Command::new(env!("CARGO_BIN_EXE_keywardd"))
+            .arg("--config")
+            .arg(&config)
+            .env("KEYWARD_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start keywardd"),
+    );
+    wait_for_socket(&dir.join("admin.sock"));
+    let mut admin =
+        proto::admin_client::AdminClient::new(keyward::client::connect(&dir.join("admin.sock")).await.unwrap());
+    for name in ["bench-api", "bench-exe"] {
+        admin
+            .put_key(proto::PutKeyRequest {
+                key: Some(proto::KeyRef {
+                    environment: "prod".into(),
+                    name: name.into(),
+                }),
+                secret: bytes::Bytes::from_static(SECRET),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let connections = if quick { 50 } else { 300 };
+    let out = Command::new(&me)
+        .arg("--connect-probe")
+        .arg(dir.join("keys.sock"))
+        .arg(connections.to_string())
+        .env_remove("LD_LIBRARY_PATH")
+        .env_remove("LD_PRELOAD")
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "the probe failed");
+    let procs = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .count();
+    println!("
+identity checks: connect + first GetKey on a new connection, {connections} connections each ({procs} processes on this machine)");
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+}
+
+/// The probe of [`identity`]: `n` new connections reading the uid-granted
+/// key, then `n` reading the executable-granted one, alternating; prints
+/// median and p99 of each.
+fn connect_probe(sock: PathBuf, n: usize) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let mut times: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+        for i in 0..(2 * n + 20) {
+            let which = i % 2;
+            let name = ["bench-api", "bench-exe"][which];
+            let t = Instant::now();
+            let mut c = client(&sock).await;
+            c.get_key(proto::GetKeyRequest {
+                key: Some(proto::KeyRef {
+                    environment: "prod".into(),
+                    name: name.into(),
+                }),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {}", e.message()));
+            // The first 20 warm up.
+            if i >= 20 {
+                times[which].push(t.elapsed().as_secs_f64() * 1e6);
+            }
+        }
+        for (label, mut v) in [("uid grant", times[0].clone()), ("exe grant", times[1].clone())] {
+            v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            println!(
+                "  {label}: median {:.0} µs, p99 {:.0} µs",
+                v[v.len() / 2],
+                v[v.len() * 99 / 100]
+            );
+        }
+    });
 }
 
 async fn bench(quick: bool, fsync: bool) {

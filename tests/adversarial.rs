@@ -668,8 +668,13 @@ async fn oversized_requests_are_refused_with_the_limit_and_change_nothing() {
     tally.check(too_large("ReportAuthFailure 2 MiB", ok(r), &transport, "limit"));
 
     // Large but under the message limit: a report whose free text is huge
-    // and hostile is accepted, and audited bounded and without control
-    // characters.
+    // and hostile is accepted (on a version this uid was served), and
+    // audited bounded and without control characters.
+    keys.get_key(proto::GetKeyRequest {
+        key: key("prod", "big"),
+    })
+    .await
+    .unwrap();
     let hostile = format!("\n\u{1b}[31mFORGED{}", "d".repeat(400 * 1024));
     let r = keys
         .report_auth_failure(proto::AuthFailureReport {

@@ -43,6 +43,9 @@ routing_key = "pd-routing-key-456"
     )
 }
 
+/// Reports a 401 on `version` of `key`. The agent takes reports only on
+/// versions the reporter was served: fetch the key first (or before a
+/// rotation, see [`make_v1_stale`]).
 async fn report(agent: &TestAgent, key: &str, version: u64, service: &str) -> Result<(), tonic::Status> {
     let (env, name) = key.split_once('/').unwrap();
     agent
@@ -95,6 +98,7 @@ async fn spike_reaches_webhook_slack_and_pagerduty_then_repeats_and_resolves() {
         http_sinks(&r)
     ));
     agent.put("prod/billing", SECRET_V1);
+    agent.fetch("prod", "billing").await.unwrap();
 
     for _ in 0..2 {
         report(&agent, "prod/billing", 1, "billing-worker").await.unwrap();
@@ -208,6 +212,14 @@ fn report_as_nobody(agent: &TestAgent, key: &str, version: u64) -> std::process:
     )
 }
 
+/// A client fetched v1 of `key`, then the key was rotated to v2: v1 is a
+/// version that client was served and the key no longer serves.
+async fn make_v1_stale(agent: &TestAgent, key: &str) {
+    let (env, name) = key.split_once('/').unwrap();
+    agent.fetch(env, name).await.unwrap();
+    rotate_to_v2(agent, key);
+}
+
 fn rotate_to_v2(agent: &TestAgent, key: &str) {
     for (args, input) in [
         (vec!["stage", key], Some(SECRET_V2.as_bytes())),
@@ -225,6 +237,18 @@ async fn stale_version_names_the_caller_and_refuses_callers_without_access() {
     let agent = agent_for_nobody(&r);
     agent.put("prod/shared", SECRET_V1);
     agent.put("prod/other", SECRET_V1);
+    // uid 65534 fetches v1, then the key is rotated.
+    let cli = cli_for_other_users(agent.dir.parent().unwrap());
+    let out = run_cli(
+        Command::new(cli)
+            .arg("--socket")
+            .arg(agent.keys_sock())
+            .args(["get", "prod/shared"])
+            .uid(NOBODY)
+            .gid(NOBODY),
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
     rotate_to_v2(&agent, "prod/shared");
 
     // uid 65534 still uses v1 after the rotation.
@@ -276,6 +300,7 @@ async fn failures_on_primary_and_fallback_are_a_critical_outage() {
     agent.put("prod/crm", SECRET_V1);
     let out = agent.cli(&["stage", "prod/crm"], Some(SECRET_V2.as_bytes()));
     assert!(out.status.success(), "{}", text(&out.stderr));
+    agent.fetch("prod", "crm").await.unwrap();
     report(&agent, "prod/crm", 1, "crm-sync").await.unwrap();
     report(&agent, "prod/crm", 2, "crm-sync").await.unwrap();
     let got = wait_until(&r, "fallback_failing", |g| {
@@ -416,7 +441,10 @@ url = "{}"
     // 20 alerts (a stale report on each key): the hanging sink holds one
     // and queues 5, the rest are dropped; the working sink gets all 20.
     for i in 0..20 {
-        report(&agent, &format!("prod/k{i}"), 7, "svc").await.unwrap();
+        make_v1_stale(&agent, &format!("prod/k{i}")).await;
+    }
+    for i in 0..20 {
+        report(&agent, &format!("prod/k{i}"), 1, "svc").await.unwrap();
     }
     let got = wait_until(&ok, "20 alerts on the working sink", |g| g.len() >= 20).await;
     assert_eq!(got.len(), 20);
@@ -514,10 +542,11 @@ async fn metrics_count_fetches_denials_reports_alerts_and_keys() {
     );
     assert!(!out.status.success());
     // Reports: the burst of 2 is accepted (a stale version: one alert),
-    // the third is over the limit.
-    report(&agent, "prod/billing", 9, "svc").await.unwrap();
-    report(&agent, "prod/billing", 9, "svc").await.unwrap();
-    let over = report(&agent, "prod/billing", 9, "svc").await.unwrap_err();
+    // the third is over the limit. v1 was served by the fetches above.
+    rotate_to_v2(&agent, "prod/billing");
+    report(&agent, "prod/billing", 1, "svc").await.unwrap();
+    report(&agent, "prod/billing", 1, "svc").await.unwrap();
+    let over = report(&agent, "prod/billing", 1, "svc").await.unwrap_err();
     assert_eq!(over.code(), tonic::Code::ResourceExhausted);
     assert!(over.message().contains("report_rate"), "{}", over.message());
     wait_until(&r, "the alert", |g| g.len() >= 3).await;
@@ -555,7 +584,7 @@ async fn metrics_count_fetches_denials_reports_alerts_and_keys() {
         sample(
             &m,
             "keyward_auth_failure_reports_total",
-            &[("key", "billing"), ("class", "unknown")]
+            &[("key", "billing"), ("class", "stale")]
         ),
         2.0
     );
@@ -579,7 +608,8 @@ async fn metrics_count_fetches_denials_reports_alerts_and_keys() {
         ),
         1.0
     );
-    assert_eq!(sample(&m, "keyward_key_generation", &[("key", "billing")]), 1.0);
+    // put, then stage, promote and retire.
+    assert_eq!(sample(&m, "keyward_key_generation", &[("key", "billing")]), 4.0);
     assert!(sample(&m, "keyward_key_age_seconds", &[("key", "billing")]) >= 0.0);
     assert!(
         m.contains("keyward_key_age_seconds{environment=\"prod\",key=\"billing\"}"),
@@ -601,7 +631,9 @@ async fn sighup_replaces_the_sinks() {
     let mut agent = TestAgent::start_with_config(&http_sinks(&first));
     agent.put("prod/a", SECRET_V1);
     agent.put("prod/b", SECRET_V1);
-    report(&agent, "prod/a", 5, "svc").await.unwrap();
+    make_v1_stale(&agent, "prod/a").await;
+    make_v1_stale(&agent, "prod/b").await;
+    report(&agent, "prod/a", 1, "svc").await.unwrap();
     wait_until(&first, "the first alert", |g| g.len() >= 3).await;
 
     agent.rewrite_config(&format!(
@@ -614,7 +646,7 @@ async fn sighup_replaces_the_sinks() {
         assert!(Instant::now() < deadline, "no reload: {}", agent.logs());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    report(&agent, "prod/b", 5, "svc").await.unwrap();
+    report(&agent, "prod/b", 1, "svc").await.unwrap();
     let got = wait_until(&second, "the alert on the new sink", |g| !g.is_empty()).await;
     assert_eq!(got[0].body["key"], "prod/b");
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -705,7 +737,8 @@ retries = 0
         https.ca_file.display()
     ));
     agent.put("prod/tls", SECRET_V1);
-    report(&agent, "prod/tls", 4, "svc").await.unwrap();
+    make_v1_stale(&agent, "prod/tls").await;
+    report(&agent, "prod/tls", 1, "svc").await.unwrap();
 
     let deadline = Instant::now() + Duration::from_secs(10);
     let got = loop {

@@ -933,6 +933,8 @@ async fn reports_from_before_the_clock_went_back_do_not_make_a_spike() {
     let cmd = with_fake_clock(agent.command(), &clock);
     agent.spawn_with(cmd).unwrap();
     put(&agent, "spiky", "sk_spiky", false).await.unwrap();
+    // Reports count only on versions the reporter was served.
+    agent.fetch("prod", "spiky").await.unwrap();
     let report = || async {
         agent
             .keys()

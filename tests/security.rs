@@ -342,6 +342,8 @@ fn a_newline_in_a_callers_path_cannot_forge_a_log_line() {
     let dir = tempfile::tempdir().unwrap();
     let exe = dir.path().join("kw\nERROR keywardd: forged line");
     std::fs::copy(KEYWARD, &exe).unwrap();
+    // Reports count only on versions the reporter was served.
+    assert!(agent.cli(&["get", "prod/forge"], None).status.success());
     let out = run_cli(
         Command::new(&exe).arg("--dev").arg(&agent.dir).args([
             "report",

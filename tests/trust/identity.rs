@@ -122,6 +122,9 @@ fn a_program_bind_mounted_over_the_granted_path_is_refused() {
         ));
     }
     let mut cmd = WORKER.command("unshare");
+    // In its namespace root is unmapped: the agent's uid 0 reads as 65534,
+    // which the attacker's own client trusts.
+    cmd.env("KEYWARD_AGENT_UID", "65534");
     cmd.args([
         "-Urm",
         "sh",
