@@ -34,32 +34,7 @@ const PYTHON: &str = "/usr/bin/python3";
 /// A listener that accepts one connection, reads it until the client
 /// closes it (or 3 s of silence), and writes the number of bytes received
 /// to OUT. It writes OUT.ready once it listens.
-const FAKE_LISTENER: &str = r#"
-import socket, sys
-path, out = sys.argv[1], sys.argv[2]
-s = socket.socket(socket.AF_UNIX)
-s.bind(path)
-s.listen(8)
-open(out + ".ready", "w").close()
-s.settimeout(30)
-total = 0
-try:
-    c, _ = s.accept()
-    c.settimeout(3)
-    try:
-        while True:
-            b = c.recv(65536)
-            if not b:
-                break
-            total += len(b)
-    except socket.timeout:
-        pass
-    c.close()
-except socket.timeout:
-    pass
-with open(out, "w") as f:
-    f.write(str(total))
-"#;
+const FAKE_LISTENER: &str = include_str!("../support/fake_listener.py");
 
 /// The fake listener, run as [`ATTACKER`] at `dir/name`.
 struct FakeListener {

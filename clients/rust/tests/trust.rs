@@ -26,36 +26,7 @@ const PYTHON: &str = "/usr/bin/python3";
 /// Accepts one connection at PATH (replacing what is there), reads it until
 /// the client closes it or 3 s of silence, and writes the number of bytes
 /// received to OUT (OUT.ready once it listens).
-const FAKE_LISTENER: &str = r#"
-import os, socket, sys
-path, out = sys.argv[1], sys.argv[2]
-try:
-    os.unlink(path)
-except FileNotFoundError:
-    pass
-s = socket.socket(socket.AF_UNIX)
-s.bind(path)
-s.listen(8)
-open(out + ".ready", "w").close()
-s.settimeout(30)
-total = 0
-try:
-    c, _ = s.accept()
-    c.settimeout(3)
-    try:
-        while True:
-            b = c.recv(65536)
-            if not b:
-                break
-            total += len(b)
-    except socket.timeout:
-        pass
-    c.close()
-except socket.timeout:
-    pass
-with open(out, "w") as f:
-    f.write(str(total))
-"#;
+const FAKE_LISTENER: &str = include_str!("../../../tests/support/fake_listener.py");
 
 struct FakeListener {
     child: Child,
