@@ -40,6 +40,11 @@ impl Granted {
     fn start() -> Granted {
         let shared = SharedDir::new();
         let worker = shared.install(Path::new(KEYWARD), "billing-worker");
+        Granted::with(shared, worker)
+    }
+
+    /// The grant names `worker`, in `shared`.
+    fn with(shared: SharedDir, worker: PathBuf) -> Granted {
         let agent = TestAgent::start_system_shared(
             "",
             &format!(
@@ -192,22 +197,7 @@ fn a_granted_program_its_user_can_rewrite_is_refused() {
     }
     let shared = SharedDir::new();
     let worker = shared.install_owned(Path::new(KEYWARD), "billing-worker", WORKER);
-    let agent = TestAgent::start_system_shared(
-        "",
-        &format!(
-            "[[grant]]\nuids = [{}]\nexecutables = [\"{}\"]\nkeys = [\"{KEY}\"]\n",
-            WORKER.uid,
-            worker.display()
-        ),
-    );
-    agent.put(KEY, SECRET);
-    // The agent said so at load.
-    assert!(
-        agent.logs().contains("a non-root user can change it"),
-        "{}",
-        agent.logs()
-    );
-    let g = Granted { agent, shared, worker };
+    let g = Granted::with(shared, worker);
     assert_refused(&g, g.get(WORKER.command(&g.worker)), "which a non-root user can change");
 }
 

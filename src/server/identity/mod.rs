@@ -289,14 +289,16 @@ mod tests {
         assert!(exe_only.executables(&Policy::default()).is_empty());
     }
 
-    /// A python process connects to a listener of this test; the accepted
-    /// connection's peer is verified as the agent would.
-    fn verify_python(env: &[(&str, &str)]) -> (ProcessIdentity, FileId) {
-        use std::os::fd::AsRawFd;
+    /// A python process (environment `env` only) connected to a listener
+    /// of this test, sleeping until killed: the child, the agent's end of
+    /// the connection, and the directory holding the listener.
+    pub(super) fn python_peer(
+        env: &[(&str, &str)],
+    ) -> (std::process::Child, std::os::unix::net::UnixStream, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s");
         let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
-        let mut child = std::process::Command::new("python3")
+        let child = std::process::Command::new("python3")
             .args([
                 "-c",
                 "import socket,sys,time; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); time.sleep(30)",
@@ -307,6 +309,13 @@ mod tests {
             .spawn()
             .unwrap();
         let (conn, _) = listener.accept().unwrap();
+        (child, conn, dir)
+    }
+
+    /// The python peer's connection, verified as the agent would.
+    fn verify_python(env: &[(&str, &str)]) -> (ProcessIdentity, FileId) {
+        use std::os::fd::AsRawFd;
+        let (mut child, conn, _dir) = python_peer(env);
         let cred = nix::sys::socket::getsockopt(&conn, nix::sys::socket::sockopt::PeerCredentials).unwrap();
         let pid = cred.pid();
         let start = procfs::start_time(&procfs::dir(pid)).unwrap();

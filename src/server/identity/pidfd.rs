@@ -14,7 +14,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 /// `SO_PEERPIDFD` in asm-generic/socket.h, the value on the architectures
 /// listed; elsewhere (alpha, mips, parisc, sparc use other numbers) the
 /// agent falls back to the process start time.
-#[cfg(any(
+const SO_PEERPIDFD: Option<libc::c_int> = if cfg!(any(
     target_arch = "x86_64",
     target_arch = "x86",
     target_arch = "aarch64",
@@ -23,19 +23,11 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     target_arch = "loongarch64",
     target_arch = "s390x",
     target_arch = "powerpc64"
-))]
-const SO_PEERPIDFD: Option<libc::c_int> = Some(77);
-#[cfg(not(any(
-    target_arch = "x86_64",
-    target_arch = "x86",
-    target_arch = "aarch64",
-    target_arch = "arm",
-    target_arch = "riscv64",
-    target_arch = "loongarch64",
-    target_arch = "s390x",
-    target_arch = "powerpc64"
-)))]
-const SO_PEERPIDFD: Option<libc::c_int> = None;
+)) {
+    Some(77)
+} else {
+    None
+};
 
 /// What `SO_PEERPIDFD` gave.
 #[derive(Debug)]
@@ -132,6 +124,7 @@ mod tests {
         let pid = child.id() as i32;
         assert!(still_holds(&fd, pid).unwrap());
         drop(conn);
+        child.kill().unwrap();
         child.wait().unwrap();
         assert!(!still_holds(&fd, pid).unwrap(), "reaped");
     }
