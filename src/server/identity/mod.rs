@@ -32,7 +32,10 @@
 //!
 //! This is done at most once per connection, and only when a grant that
 //! lists executables or units could apply to the caller's uid and groups
-//! (see `Agent::check_read`): uid-only grants never pay for it.
+//! (see `Agent::allows`), or to tell reporters apart: uid-only grants never
+//! pay for it. At most two checks run at once (each reads all of
+//! `/proc/*/fd`), so a caller opening connection after connection delays
+//! its own kind but cannot take the machine's CPU.
 
 pub mod cgroup;
 pub mod holders;
