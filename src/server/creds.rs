@@ -168,6 +168,7 @@ fn identify(stream: &UnixStream) -> Option<(Caller, CredentialRequest)> {
         unit: Some(request.unit.clone()),
         record,
         over_limit: None,
+        connection: Default::default(),
     };
     Some((caller, request))
 }
