@@ -10,3 +10,4 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod streams;
