@@ -10,9 +10,9 @@
 //! Invariants: a call counts from the moment its headers reach the service
 //! until its response body is dropped (the response ended, the client
 //! reset the stream, or the connection closed), so a watch counts for as
-//! long as it lasts. Request bytes count from their arrival until the
-//! request body is dropped, which tonic does once the request message is
-//! decoded. So what one uid can make the agent hold for its calls is at
+//! long as it lasts. A request message counts for the size its gRPC header
+//! announces, from the header's arrival until the request body is dropped,
+//! which tonic does once the message is decoded. So what one uid can make the agent hold for its calls is at
 //! most `max_streams_per_uid` calls (each with at most 4 KiB of headers,
 //! [`MAX_HEADER_LIST_BYTES`]) and a budget of request bytes, however many
 //! connections it spreads them over; calls being refused hold at most their
@@ -137,6 +137,7 @@ where
                 uid: caller.uid,
                 held: 0,
                 budget,
+                framing: Framing::new(),
             })
         });
         let answer = self.inner.call(request);
@@ -173,14 +174,68 @@ impl http_body::Body for CountedResponse {
     }
 }
 
-/// A request body whose bytes count on its uid until it is dropped.
+/// A request body whose messages count on its uid until it is dropped.
+///
+/// A message counts for the size its gRPC header announces, from the
+/// moment that header has arrived: that is what tonic's decoder reserves
+/// for it then, before its bytes come (and under `mlockall` a reservation
+/// is resident at once).
 struct CountedRequest {
     body: Body,
     connection: Arc<Connection>,
     uid: u32,
-    /// Bytes this body added to its uid's count.
+    /// What this body added to its uid's count.
     held: usize,
     budget: usize,
+    framing: Framing,
+}
+
+/// Where a request body is in its gRPC framing: in a message's 5-byte
+/// header (flag and length), `filled` bytes of it read so far, or in a
+/// message's body, `left` bytes of it still to come.
+#[derive(Debug)]
+enum Framing {
+    Header { header: [u8; 5], filled: usize },
+    Message { left: usize },
+}
+
+impl Framing {
+    fn new() -> Framing {
+        Framing::Header {
+            header: [0; 5],
+            filled: 0,
+        }
+    }
+
+    /// Reads `data`, the next bytes of the body; returns what the messages
+    /// whose header ends in it will take (header and announced length).
+    fn announced(&mut self, mut data: &[u8]) -> usize {
+        let mut announced = 0;
+        while !data.is_empty() {
+            match self {
+                Framing::Header { header, filled } => {
+                    let n = (header.len() - *filled).min(data.len());
+                    header[*filled..*filled + n].copy_from_slice(&data[..n]);
+                    *filled += n;
+                    data = &data[n..];
+                    if *filled == header.len() {
+                        let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+                        announced += header.len() + len;
+                        *self = Framing::Message { left: len };
+                    }
+                }
+                Framing::Message { left } => {
+                    let n = (*left).min(data.len());
+                    *left -= n;
+                    data = &data[n..];
+                }
+            }
+            if let Framing::Message { left: 0 } = self {
+                *self = Framing::new();
+            }
+        }
+        announced
+    }
 }
 
 impl http_body::Body for CountedRequest {
@@ -192,15 +247,17 @@ impl http_body::Body for CountedRequest {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, tonic::Status>>> {
         let frame = std::task::ready!(Pin::new(&mut self.body).poll_frame(cx));
-        if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(http_body::Frame::data_ref)) {
-            let n = data.map_or(0, bytes::Bytes::len);
-            let total = self.connection.uid_usage().add_request_bytes(n);
-            self.held += n;
-            if total > self.budget {
-                return Poll::Ready(Some(Err(tonic::Status::resource_exhausted(format!(
-                    "uid {} is sending {total} bytes of requests at once; the limit is {} bytes per uid (limits.max_message_bytes): send fewer large requests at a time, or raise max_message_bytes in [limits]",
-                    self.uid, self.budget
-                )))));
+        if let Some(Ok(Some(data))) = frame.as_ref().map(|f| f.as_ref().map(http_body::Frame::data_ref)) {
+            let n = self.framing.announced(data);
+            if n > 0 {
+                let total = self.connection.uid_usage().add_request_bytes(n);
+                self.held += n;
+                if total > self.budget {
+                    return Poll::Ready(Some(Err(tonic::Status::resource_exhausted(format!(
+                        "uid {} is sending {total} bytes of requests at once; the limit is {} bytes per uid (limits.max_message_bytes): send fewer large requests at a time, or raise max_message_bytes in [limits]",
+                        self.uid, self.budget
+                    )))));
+                }
             }
         }
         Poll::Ready(frame)
@@ -218,5 +275,38 @@ impl http_body::Body for CountedRequest {
 impl Drop for CountedRequest {
     fn drop(&mut self) {
         self.connection.uid_usage().remove_request_bytes(self.held);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Framing;
+
+    fn message(len: u32) -> Vec<u8> {
+        let mut m = vec![0];
+        m.extend_from_slice(&len.to_be_bytes());
+        m.extend(std::iter::repeat_n(7u8, len as usize));
+        m
+    }
+
+    #[test]
+    fn a_message_counts_for_its_announced_size_when_its_header_arrives() {
+        let mut f = Framing::new();
+        // The header alone announces the whole message.
+        let m = message(1000);
+        assert_eq!(f.announced(&m[..5]), 1005);
+        assert_eq!(f.announced(&m[5..600]), 0);
+        assert_eq!(f.announced(&m[600..]), 0);
+        // Headers split across chunks, several messages in one chunk, and
+        // an empty message.
+        let (a, b, c) = (message(3), message(0), message(70_000));
+        let mut all = [a, b, c].concat();
+        all.extend_from_slice(&message(1)[..2]);
+        assert_eq!(f.announced(&all[..2]), 0);
+        assert_eq!(f.announced(&all[2..7]), 8);
+        assert_eq!(f.announced(&all[7..13]), 5, "the empty message");
+        assert_eq!(f.announced(&all[13..20]), 70_005);
+        assert_eq!(f.announced(&all[20..]), 0, "the fourth header is not complete");
+        assert_eq!(f.announced(&[0, 0, 1]), 6);
     }
 }
