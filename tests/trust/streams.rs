@@ -154,11 +154,6 @@ async fn h2_connect(socket: &Path, builder: &h2::client::Builder) -> Option<h2::
     tokio::spawn(async move {
         let _ = connection.await;
     });
-    // Wait for the agent's SETTINGS (its stream limit) to be applied.
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while sender.current_max_send_streams() == usize::MAX && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
     Some(sender)
 }
 
@@ -345,6 +340,12 @@ async fn flood_helper() {
         }
     }
     let connected = senders.len();
+    // Let each connection take the agent's SETTINGS (its stream limit, if
+    // it has one).
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while senders.iter().any(|s| s.current_max_send_streams() == usize::MAX) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let tally = Arc::new(Tally::default());
     let watches = Arc::new(Mutex::new(Vec::new()));
     let requests = Arc::new(Mutex::new(Vec::new()));
@@ -468,8 +469,17 @@ impl RssSampler {
         let stopped = stop.clone();
         let thread = std::thread::spawn(move || {
             let mut peak = 0;
+            // Until stopped, or the agent is gone.
             while !stopped.load(Ordering::Relaxed) {
-                peak = peak.max(rss_kib(pid));
+                let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+                    break;
+                };
+                let rss = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                    .unwrap_or(0);
+                peak = peak.max(rss);
                 std::thread::sleep(Duration::from_millis(10));
             }
             peak
@@ -525,12 +535,24 @@ fn flood_phase(
     let stop = shared.owned_dir(&format!("flood-{mode}"), ATTACKER).join("stop");
     let sampler = RssSampler::start(pid);
     let mut flood = spawn_flood(shared, agent, mode, 2 * MAX_CONNECTIONS_PER_UID + 8, &stop);
-    wait_for_file(
-        &stop.with_extension("ready"),
-        Duration::from_secs(120),
-        mode,
-        &mut flood,
-    );
+    // Until the attacker holds all it could open; an agent without limits
+    // is caught growing past the limit before that.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !stop.with_extension("ready").exists() {
+        let rss = rss_kib(pid);
+        if rss.saturating_sub(before) >= RSS_LIMIT_KIB {
+            let _ = flood.kill();
+            panic!("the {mode} flood grew the agent's RSS from {before} KiB to {rss} KiB, and on");
+        }
+        if let Some(status) = flood.try_wait().unwrap() {
+            panic!("{mode}: the attacker exited early with {status}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{mode}: the attacker did not open its streams within 120 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     during();
     std::fs::write(&stop, b"").unwrap();
     let result = result_of(flood.wait_with_output().unwrap(), mode);
