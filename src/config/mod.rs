@@ -67,11 +67,11 @@
 //! # Calls open at once by one uid on all its connections; over it a call
 //! # is refused with RESOURCE_EXHAUSTED. With the watch limits below, this
 //! # bounds what one uid can make the agent hold.
-//! max_streams_per_uid = 1024
+//! max_streams_per_uid = 2048
 //! # Live WatchKeys calls of one uid, and of all uids; over either, a new
 //! # watch is refused with RESOURCE_EXHAUSTED. One call watches up to 1024
 //! # keys: a process needs one.
-//! max_watches_per_uid = 512
+//! max_watches_per_uid = 1024
 //! max_watches = 16384
 //! # Each connection is pinged this often, and closed if it does not answer
 //! # within keepalive_timeout (a hung client frees what it holds).
@@ -507,8 +507,8 @@ impl Default for Limits {
             max_connections_per_uid: 64,
             max_connections: 4096,
             max_streams_per_connection: 64,
-            max_streams_per_uid: 1024,
-            max_watches_per_uid: 512,
+            max_streams_per_uid: 2048,
+            max_watches_per_uid: 1024,
             max_watches: 16384,
             keepalive_interval: Duration::from_secs(60),
             keepalive_timeout: Duration::from_secs(20),

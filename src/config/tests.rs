@@ -667,7 +667,7 @@ fn stream_and_watch_limits_parse() {
             d.max_watches_per_uid,
             d.max_watches
         ),
-        (64, 1024, 512, 16384)
+        (64, 2048, 1024, 16384)
     );
     assert_eq!(
         (d.keepalive_interval, d.keepalive_timeout, d.idle_timeout),

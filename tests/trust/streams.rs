@@ -49,8 +49,8 @@ const RSS_AFTER_LIMIT_KIB: u64 = 16 * 1024;
 
 /// The defaults the attack runs into (see `[limits]` in keyward::config).
 const MAX_CONNECTIONS_PER_UID: usize = 64;
-const MAX_STREAMS_PER_UID: u64 = 1024;
-const MAX_WATCHES_PER_UID: u64 = 512;
+const MAX_STREAMS_PER_UID: u64 = 2048;
+const MAX_WATCHES_PER_UID: u64 = 1024;
 
 fn grant(uids: &[u32]) -> String {
     format!("[[grant]]\nuids = {uids:?}\nkeys = [\"{KEY}\"]\n")
