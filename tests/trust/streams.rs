@@ -31,7 +31,7 @@ use prost::Message;
 use serde_json::Value;
 
 use crate::common::system::{helper, is_helper, is_root, skip, SharedDir, Uid};
-use crate::common::{rss_kib, text, TestAgent};
+use crate::common::{keep_for_leak_scan, rss_kib, text, TestAgent};
 
 /// Granted the key; floods the agent, or never reads.
 const ATTACKER: Uid = Uid::member(2021);
@@ -823,6 +823,7 @@ fn a_subscriber_that_never_reads_is_evicted_and_does_not_hold_up_a_rotation() {
     let status = text(&status.stdout);
     assert!(status.contains("subscribers: 3"), "{status}");
 
+    keep_for_leak_scan("secrets", ROTATED_SECRET.as_bytes());
     let started = Instant::now();
     let out = agent.cli(
         &["rotate", KEY, "--stdin", "--until", "promoted"],
