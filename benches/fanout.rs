@@ -54,8 +54,14 @@ async fn bench(keys: usize, subscribers: usize, connections: usize) {
     std::fs::write(
         &config,
         format!(
-            "[rotation]\ngrace = \"0s\"\n[limits]\nmax_connections_per_uid = {}\n",
-            connections + 16
+            // One uid holds every subscriber: raise its stream and watch
+            // limits to the benchmark's size.
+            "[rotation]\ngrace = \"0s\"\n[limits]\nmax_connections_per_uid = {}\nmax_streams_per_connection = {}\nmax_streams_per_uid = {}\nmax_watches_per_uid = {}\nmax_watches = {}\n",
+            connections + 16,
+            subscribers.div_ceil(connections) + 16,
+            subscribers + 64,
+            subscribers,
+            subscribers,
         ),
     )
     .unwrap();

@@ -70,6 +70,25 @@
 //! max_message_bytes = 1048576
 //! max_connections_per_uid = 64
 //! max_connections = 4096
+//! # Calls open at once on one connection (HTTP/2 streams): a client waits
+//! # for a free one. Every watch holds one for as long as it lasts.
+//! max_streams_per_connection = 64
+//! # Calls open at once by one uid on all its connections; over it a call
+//! # is refused with RESOURCE_EXHAUSTED. With the watch limits below, this
+//! # bounds what one uid can make the agent hold.
+//! max_streams_per_uid = 2048
+//! # Live WatchKeys calls of one uid, and of all uids; over either, a new
+//! # watch is refused with RESOURCE_EXHAUSTED. One call watches up to 1024
+//! # keys: a process needs one.
+//! max_watches_per_uid = 1024
+//! max_watches = 16384
+//! # Each connection is pinged this often, and closed if it does not answer
+//! # within keepalive_timeout (a hung client frees what it holds).
+//! keepalive_interval = "1m"
+//! keepalive_timeout = "20s"
+//! # A connection with no call open for this long is closed (clients
+//! # reconnect on their next call).
+//! idle_timeout = "10m"
 //!
 //! # Rotation defaults for every key (see `keyward rotate`).
 //! [rotation]
@@ -505,6 +524,25 @@ pub struct Limits {
     pub max_connections_per_uid: usize,
     /// Most simultaneous connections in all.
     pub max_connections: usize,
+    /// Most open HTTP/2 streams (calls) on one connection: the
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS` the agent announces. Clients wait
+    /// for a free stream; a peer that opens more gets them refused.
+    pub max_streams_per_connection: u32,
+    /// Most open calls of one uid, on all its connections together: what
+    /// bounds the memory one uid can make the agent hold, however it
+    /// spreads its calls. Over it a call is refused with
+    /// `RESOURCE_EXHAUSTED`.
+    pub max_streams_per_uid: usize,
+    /// Most live `WatchKeys` subscriptions of one uid.
+    pub max_watches_per_uid: usize,
+    /// Most live `WatchKeys` subscriptions in all.
+    pub max_watches: usize,
+    /// An HTTP/2 PING goes to each connection this often...
+    pub keepalive_interval: Duration,
+    /// ...and a connection that does not answer it within this is closed.
+    pub keepalive_timeout: Duration,
+    /// A connection with no open call for this long is closed.
+    pub idle_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -514,6 +552,13 @@ impl Default for Limits {
             max_message_bytes: 1024 * 1024,
             max_connections_per_uid: 64,
             max_connections: 4096,
+            max_streams_per_connection: 64,
+            max_streams_per_uid: 2048,
+            max_watches_per_uid: 1024,
+            max_watches: 16384,
+            keepalive_interval: Duration::from_secs(60),
+            keepalive_timeout: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(600),
         }
     }
 }

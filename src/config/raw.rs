@@ -126,6 +126,13 @@ pub(super) struct RawLimits {
     pub(super) max_message_bytes: Option<Spanned<usize>>,
     pub(super) max_connections_per_uid: Option<Spanned<usize>>,
     pub(super) max_connections: Option<Spanned<usize>>,
+    pub(super) max_streams_per_connection: Option<Spanned<u32>>,
+    pub(super) max_streams_per_uid: Option<Spanned<usize>>,
+    pub(super) max_watches_per_uid: Option<Spanned<usize>>,
+    pub(super) max_watches: Option<Spanned<usize>>,
+    pub(super) keepalive_interval: Option<Spanned<String>>,
+    pub(super) keepalive_timeout: Option<Spanned<String>>,
+    pub(super) idle_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

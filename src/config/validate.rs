@@ -237,6 +237,10 @@ impl RawLimits {
             None => Ok(default),
             Some(v) => at_least_one(src, v, key),
         };
+        let period = |v: &Option<Spanned<String>>, key: &str, default: Duration| match v {
+            None => Ok(default),
+            Some(v) => positive_duration(src, v, key),
+        };
         let limits = Limits {
             max_secret_bytes: take(&self.max_secret_bytes, "max_secret_bytes", default.max_secret_bytes)?,
             max_message_bytes: take(&self.max_message_bytes, "max_message_bytes", default.max_message_bytes)?,
@@ -246,6 +250,28 @@ impl RawLimits {
                 default.max_connections_per_uid,
             )?,
             max_connections: take(&self.max_connections, "max_connections", default.max_connections)?,
+            max_streams_per_connection: match &self.max_streams_per_connection {
+                None => default.max_streams_per_connection,
+                Some(v) => streams_per_connection(src, v)?,
+            },
+            max_streams_per_uid: take(
+                &self.max_streams_per_uid,
+                "max_streams_per_uid",
+                default.max_streams_per_uid,
+            )?,
+            max_watches_per_uid: take(
+                &self.max_watches_per_uid,
+                "max_watches_per_uid",
+                default.max_watches_per_uid,
+            )?,
+            max_watches: take(&self.max_watches, "max_watches", default.max_watches)?,
+            keepalive_interval: period(
+                &self.keepalive_interval,
+                "keepalive_interval",
+                default.keepalive_interval,
+            )?,
+            keepalive_timeout: period(&self.keepalive_timeout, "keepalive_timeout", default.keepalive_timeout)?,
+            idle_timeout: period(&self.idle_timeout, "idle_timeout", default.idle_timeout)?,
         };
         let needed = limits.max_secret_bytes.saturating_add(MESSAGE_OVERHEAD_BYTES);
         if limits.max_message_bytes < needed {
@@ -264,6 +290,23 @@ impl RawLimits {
         }
         Ok(limits)
     }
+}
+
+/// The HTTP/2 stream limit: RFC 9113 advises at least 100, and below a
+/// handful a client's watches would leave no stream for its other calls.
+fn streams_per_connection(src: &Source<'_>, v: &Spanned<u32>) -> Result<u32, ConfigError> {
+    const MIN: u32 = 8;
+    if *v.get_ref() < MIN {
+        return Err(src.invalid(
+            &v.span(),
+            format!(
+                "max_streams_per_connection at {} is {}: give at least {MIN} (a client's watches each hold a stream for as long as they last), or remove the line for the default",
+                src.at(&v.span()),
+                v.get_ref()
+            ),
+        ));
+    }
+    Ok(*v.get_ref())
 }
 
 fn at_least_one(src: &Source<'_>, v: &Spanned<usize>, key: &str) -> Result<usize, ConfigError> {

@@ -6,7 +6,11 @@
 //! - [`activation`]: sockets passed by systemd, readiness notification.
 //! - [`creds`]: `creds.sock`, keys for systemd's `LoadCredential=`.
 //! - [`keys`], [`watch_stream`], [`reports`]: the service socket (`GetKey`,
-//!   `WatchKeys`, `ReportAuthFailure`).
+//!   `WatchKeys`, `ReportAuthFailure`); [`watch_evict`]: watches that take
+//!   nothing do not hold up rotations.
+//! - [`streams`]: every call counted per connection and per uid, and
+//!   bounded; with the `[limits]` stream, watch, keepalive and idle
+//!   settings, what one uid can make the agent hold is bounded.
 //! - [`admin`], [`rotate`]: the admin socket (changes and rotation).
 //! - [`hot_reload`], [`config_reload`]: files changed by other tools, and
 //!   SIGHUP.
@@ -35,6 +39,8 @@ pub mod refusals;
 pub mod reports;
 pub mod rotate;
 pub mod sockets;
+pub mod streams;
+pub mod watch_evict;
 pub mod watch_stream;
 
 use std::fs::File;
@@ -571,6 +577,7 @@ pub async fn run(listeners: Listeners, agent: Arc<Agent>, shutdown: impl Future<
     agent.alerting.start_sinks(&agent.config().alerts);
     let ticks = tokio::spawn(alerting::run_ticks(agent.clone(), stop_rx.clone()));
     let refusal_windows = tokio::spawn(refusals::run(agent.clone(), stop_rx.clone()));
+    let evictions = tokio::spawn(watch_evict::run(agent.clone(), stop_rx.clone()));
     let metrics_task = listeners.metrics.map(|listener| {
         let scraped = agent.clone();
         let render: crate::metrics::http::Render = Arc::new(move || {
@@ -598,13 +605,25 @@ pub async fn run(listeners: Listeners, agent: Arc<Agent>, shutdown: impl Future<
             agent.config().shutdown_grace,
         ))),
     };
-    let mut service_task = tokio::spawn(
+    // Streams per connection, pings, and calls counted for the idle limit:
+    // see [limits] in crate::config.
+    let builder = || {
         Server::builder()
+            .max_concurrent_streams(limits.max_streams_per_connection)
+            .http2_keepalive_interval(Some(limits.keepalive_interval))
+            .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+            .http2_max_header_list_size(streams::MAX_HEADER_LIST_BYTES)
+            .initial_connection_window_size(streams::RECEIVE_WINDOW_BYTES)
+            .initial_stream_window_size(streams::RECEIVE_WINDOW_BYTES)
+            .layer(streams::CallsLayer::new(&limits))
+    };
+    let mut service_task = tokio::spawn(
+        builder()
             .add_service(keys)
             .serve_with_incoming_shutdown(service_incoming, stopped(stop_rx.clone())),
     );
     let mut admin_task = tokio::spawn(
-        Server::builder()
+        builder()
             .add_service(admin)
             .serve_with_incoming_shutdown(admin_incoming, stopped(stop_rx)),
     );
@@ -653,6 +672,7 @@ pub async fn run(listeners: Listeners, agent: Arc<Agent>, shutdown: impl Future<
         tasks.finish().await;
     }
     let _ = ticks.await;
+    let _ = evictions.await;
     if let Some(task) = metrics_task {
         match task.await {
             Ok(Err(e)) => tracing::error!(error = %e, "the metrics listener failed"),
@@ -714,6 +734,7 @@ fn incoming(listener: tokio::net::UnixListener, agent: Arc<Agent>) -> impl Strea
         let config = agent.config();
         let limits = &config.limits;
         let (guard, per_uid, total) = agent.connections.register(caller.uid);
+        caller.connection = Arc::new(peer::Connection::of_uid(guard.usage()));
         if total > limits.max_connections {
             tracing::warn!(uid = caller.uid, total, limit = limits.max_connections, "connection refused: agent is at its connection limit");
             return None;
@@ -728,6 +749,8 @@ fn incoming(listener: tokio::net::UnixListener, agent: Arc<Agent>) -> impl Strea
                 caller.uid, limits.max_connections_per_uid
             ));
         }
-        Some(Ok(PeerStream::new(stream, Arc::new(caller), guard)))
+        Some(Ok(
+            PeerStream::new(stream, Arc::new(caller), guard).with_idle_timeout(limits.idle_timeout)
+        ))
     })
 }

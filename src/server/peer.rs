@@ -13,16 +13,25 @@
 //! The executable and unit read here are for messages and the audit log.
 //! Policy selectors match only a verified identity
 //! ([`Caller::process_identity`], see [`super::identity`]).
+//!
+//! The [`PeerStream`] owns the connection, so it is also where a connection
+//! ends: when its [`Connection`] is closed by the agent (an evicted watch
+//! whose client never reads), and when no call has been open on it for the
+//! idle timeout (the calls are counted by [`super::streams`]).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::UnixStream;
+use tokio::time::{Instant, Sleep};
 use tonic::transport::server::Connected;
 
 use crate::audit::CallerRecord;
@@ -59,6 +68,8 @@ pub struct Caller {
     socket_inode: Option<u64>,
     /// The verified executable and unit, once a grant needed them.
     identity: tokio::sync::OnceCell<Arc<ProcessIdentity>>,
+    /// The connection itself: its open calls, and a way to close it.
+    pub connection: Arc<Connection>,
 }
 
 impl Caller {
@@ -139,6 +150,7 @@ impl Caller {
             start_time,
             socket_inode: None,
             identity: tokio::sync::OnceCell::new(),
+            connection: Arc::default(),
         }
     }
 
@@ -165,6 +177,7 @@ impl Caller {
             start_time: None,
             socket_inode: None,
             identity: tokio::sync::OnceCell::new(),
+            connection: Arc::default(),
         }
     }
 
@@ -239,27 +252,35 @@ pub fn unit_from_cgroup(text: &str) -> Option<String> {
 /// Counts open connections per uid and in total.
 #[derive(Debug, Default)]
 pub struct ConnectionTracker {
-    per_uid: Mutex<HashMap<u32, usize>>,
+    /// Connections and what they hold together, per uid.
+    per_uid: Mutex<HashMap<u32, (usize, Arc<UidUsage>)>>,
 }
 
 impl ConnectionTracker {
     /// Open connections in total.
     pub fn total(&self) -> usize {
-        self.per_uid.lock().expect("tracker lock").values().sum()
+        self.per_uid
+            .lock()
+            .expect("tracker lock")
+            .values()
+            .map(|(n, _)| n)
+            .sum()
     }
 
     /// Registers a connection from `uid`; returns its guard and how many
     /// connections that uid has now (including this one).
     pub fn register(self: &Arc<Self>, uid: u32) -> (ConnectionGuard, usize, usize) {
         let mut map = self.per_uid.lock().expect("tracker lock");
-        let n = map.entry(uid).or_insert(0);
+        let (n, usage) = map.entry(uid).or_insert_with(|| (0, Arc::default()));
         *n += 1;
         let count = *n;
-        let total = map.values().sum();
+        let usage = usage.clone();
+        let total = map.values().map(|(n, _)| n).sum();
         (
             ConnectionGuard {
                 tracker: self.clone(),
                 uid,
+                usage,
             },
             count,
             total,
@@ -272,12 +293,20 @@ impl ConnectionTracker {
 pub struct ConnectionGuard {
     tracker: Arc<ConnectionTracker>,
     uid: u32,
+    usage: Arc<UidUsage>,
+}
+
+impl ConnectionGuard {
+    /// What all connections of this uid hold together.
+    pub fn usage(&self) -> Arc<UidUsage> {
+        self.usage.clone()
+    }
 }
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         let mut map = self.tracker.per_uid.lock().expect("tracker lock");
-        if let Some(n) = map.get_mut(&self.uid) {
+        if let Some((n, _)) = map.get_mut(&self.uid) {
             *n -= 1;
             if *n == 0 {
                 map.remove(&self.uid);
@@ -286,12 +315,168 @@ impl Drop for ConnectionGuard {
     }
 }
 
-/// An accepted connection with its caller attached.
+/// What the connections of one uid hold together: open calls, and bytes
+/// of requests being read (see [`super::streams`]).
+#[derive(Debug, Default)]
+pub struct UidUsage {
+    calls: AtomicUsize,
+    request_bytes: AtomicUsize,
+}
+
+impl UidUsage {
+    /// Open calls on all the uid's connections.
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::Acquire)
+    }
+
+    /// Adds `n` bytes of requests being read; returns the uid's total.
+    pub fn add_request_bytes(&self, n: usize) -> usize {
+        self.request_bytes.fetch_add(n, Ordering::AcqRel) + n
+    }
+
+    /// Removes bytes added by [`UidUsage::add_request_bytes`].
+    pub fn remove_request_bytes(&self, n: usize) {
+        self.request_bytes.fetch_sub(n, Ordering::AcqRel);
+    }
+}
+
+/// One connection as the agent's other parts see it: how many calls are
+/// open on it (and on all its uid's connections), since when none is, and a
+/// way to close it.
+#[derive(Debug)]
+pub struct Connection {
+    state: Mutex<ConnectionState>,
+    uid: Arc<UidUsage>,
+}
+
+#[derive(Debug)]
+struct ConnectionState {
+    open_calls: usize,
+    /// When the last call ended (or the connection was accepted); `None`
+    /// while a call is open.
+    idle_since: Option<Instant>,
+    closing: bool,
+    /// The task serving the connection, to wake on a change.
+    waker: Option<Waker>,
+}
+
+impl Default for Connection {
+    /// A connection counted on its own (no other of its uid is known).
+    fn default() -> Connection {
+        Connection::of_uid(Arc::default())
+    }
+}
+
+impl Connection {
+    /// A connection whose calls also count in `uid`, what all connections
+    /// of its uid hold ([`ConnectionGuard::usage`]).
+    pub fn of_uid(uid: Arc<UidUsage>) -> Connection {
+        Connection {
+            state: Mutex::new(ConnectionState {
+                open_calls: 0,
+                idle_since: Some(Instant::now()),
+                closing: false,
+                waker: None,
+            }),
+            uid,
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, ConnectionState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// What all connections of this connection's uid hold.
+    pub fn uid_usage(&self) -> &UidUsage {
+        &self.uid
+    }
+
+    /// A call was opened on the connection: it counts until the guard
+    /// drops, unless the uid already has `max_per_uid` calls open (then
+    /// `Err` with how many it has).
+    pub fn call_opened(self: &Arc<Self>, max_per_uid: usize) -> Result<CallGuard, usize> {
+        let open = self.uid.calls.fetch_add(1, Ordering::AcqRel);
+        if open >= max_per_uid {
+            self.uid.calls.fetch_sub(1, Ordering::AcqRel);
+            return Err(open);
+        }
+        let mut s = self.state();
+        s.open_calls += 1;
+        s.idle_since = None;
+        Ok(CallGuard(self.clone()))
+    }
+
+    /// Calls open now.
+    pub fn open_calls(&self) -> usize {
+        self.state().open_calls
+    }
+
+    /// Closes the connection with every call on it, as soon as the task
+    /// serving it runs.
+    pub fn close(&self) {
+        let waker = {
+            let mut s = self.state();
+            s.closing = true;
+            s.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Whether [`Connection::close`] was called, and since when it is idle;
+    /// registers `cx` to be woken on a change.
+    fn poll_state(&self, cx: &Context<'_>) -> (bool, Option<Instant>) {
+        let mut s = self.state();
+        if !s.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            s.waker = Some(cx.waker().clone());
+        }
+        (s.closing, s.idle_since)
+    }
+}
+
+/// Counts one open call of a [`Connection`] (see [`Connection::call_opened`]).
+#[derive(Debug)]
+pub struct CallGuard(Arc<Connection>);
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        self.0.uid.calls.fetch_sub(1, Ordering::AcqRel);
+        let waker = {
+            let mut s = self.0.state();
+            s.open_calls -= 1;
+            if s.open_calls > 0 {
+                return;
+            }
+            s.idle_since = Some(Instant::now());
+            s.waker.take()
+        };
+        // The serving task arms its idle timer when it next runs.
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+/// An accepted connection with its caller attached. It ends (reads see the
+/// end of the stream) once no call has been open on it for the idle
+/// timeout, and fails every read and write once [`Connection::close`] was
+/// called.
 pub struct PeerStream {
     inner: UnixStream,
     caller: Arc<Caller>,
+    idle_timeout: Option<Duration>,
+    /// Armed at `idle_since + idle_timeout` while no call is open.
+    idle_timer: Pin<Box<Sleep>>,
+    /// When the client last sent something.
+    last_read: Option<Instant>,
     _guard: ConnectionGuard,
 }
+
+/// An idle connection is not ended sooner than this after the client last
+/// sent something: a call whose headers were just read is counted only once
+/// its task runs, and must not find its connection gone.
+const IDLE_READ_GRACE: Duration = Duration::from_secs(1);
 
 impl PeerStream {
     /// Wraps an accepted stream.
@@ -299,8 +484,44 @@ impl PeerStream {
         PeerStream {
             inner,
             caller,
+            idle_timeout: None,
+            idle_timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            last_read: None,
             _guard: guard,
         }
+    }
+
+    /// Ends the connection once no call has been open on it for `timeout`.
+    pub fn with_idle_timeout(mut self, timeout: Duration) -> PeerStream {
+        self.idle_timeout = Some(timeout);
+        self
+    }
+
+    /// `Err` once the connection was closed by the agent.
+    fn check_open(&self, cx: &Context<'_>) -> io::Result<Option<Instant>> {
+        let (closing, idle_since) = self.caller.connection.poll_state(cx);
+        if closing {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "connection closed by keywardd",
+            ));
+        }
+        Ok(idle_since)
+    }
+
+    /// Whether the idle timeout has passed (else the timer is armed).
+    fn idle_expired(&mut self, idle_since: Option<Instant>, cx: &mut Context<'_>) -> bool {
+        let (Some(timeout), Some(since)) = (self.idle_timeout, idle_since) else {
+            return false;
+        };
+        let mut deadline = since + timeout;
+        if let Some(read) = self.last_read {
+            deadline = deadline.max(read + IDLE_READ_GRACE);
+        }
+        if self.idle_timer.deadline() != deadline {
+            self.idle_timer.as_mut().reset(deadline);
+        }
+        self.idle_timer.as_mut().poll(cx).is_ready()
     }
 }
 
@@ -314,16 +535,37 @@ impl Connected for PeerStream {
 
 impl AsyncRead for PeerStream {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let idle_since = self.check_open(cx)?;
+        // Whatever the client sent first: a call arriving as the timer
+        // fires is read, not cut off.
+        let before = buf.filled().len();
+        if let ready @ Poll::Ready(_) = Pin::new(&mut self.inner).poll_read(cx, buf) {
+            if buf.filled().len() > before {
+                self.last_read = Some(Instant::now());
+            }
+            return ready;
+        }
+        if self.idle_expired(idle_since, cx) {
+            tracing::debug!(
+                uid = self.caller.uid,
+                pid = self.caller.pid,
+                "closing an idle connection"
+            );
+            // The end of the stream: the HTTP/2 server ends the connection.
+            return Poll::Ready(Ok(()));
+        }
+        Poll::Pending
     }
 }
 
 impl AsyncWrite for PeerStream {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.check_open(cx)?;
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.check_open(cx)?;
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
@@ -336,6 +578,7 @@ impl AsyncWrite for PeerStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        self.check_open(cx)?;
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 

@@ -281,6 +281,23 @@ pub fn status(agent: &Agent, key: Option<&proto::KeyRef>) -> Result<proto::Rotat
                 delivered_generation: s.delivered_generation,
             })
             .collect(),
+        evicted: agent
+            .watchers
+            .recent_evictions(&key)
+            .into_iter()
+            .map(|e| proto::EvictedSubscriber {
+                subscriber: Some(proto::Subscriber {
+                    uid: e.who.uid,
+                    pid: e.who.pid,
+                    exe: e.who.exe.clone().unwrap_or_default(),
+                    unit: e.who.unit.clone().unwrap_or_default(),
+                    delivered_generation: e.delivered_generation,
+                }),
+                waiting_generation: e.waiting_generation.unwrap_or(0),
+                waited_ms: e.waited.as_millis() as u64,
+                evicted_at: Some(crate::keyset::timestamp(e.at)),
+            })
+            .collect(),
         failures_since_promotion: evidence.failures,
         fallback_failures_since_promotion: fallback_failures,
         failure_reporters: gate.reporters,

@@ -29,6 +29,15 @@
 //!   with `PERMISSION_DENIED` when the caller lost any of them.
 //! - The subscriber's delivered generation moves when tonic takes the event
 //!   from the stream, not before.
+//! - A caller has at most `[limits] max_watches_per_uid` streams open, and
+//!   the agent `max_watches`: past either, `RESOURCE_EXHAUSTED` naming the
+//!   setting.
+//! - A stream evicted for taking nothing within its key's propagation
+//!   timeout ([`crate::watch`], [`super::watch_evict`]) sends nothing more:
+//!   its next poll ends it with `ABORTED`, saying why. (hyper takes the next
+//!   event only once the one before found room in the client's HTTP/2
+//!   window, so a client that never opens it gets the status only if it
+//!   does.)
 //! - The stream costs no task of its own: it is polled by the call's task in
 //!   the server. While it waits it holds only its channels' receivers; the
 //!   future that audits and builds an event exists only while one is being
@@ -53,7 +62,7 @@ use crate::config::AuditFailureMode;
 use crate::keyset::KeySetState;
 use crate::proto;
 use crate::secret::KeyRef;
-use crate::watch::{same_state, Subscription};
+use crate::watch::{same_state, Eviction, Subscription, WatchCaps};
 
 /// Most keys one `WatchKeys` call may name.
 pub const MAX_KEYS_PER_WATCH: usize = 1024;
@@ -96,7 +105,25 @@ pub async fn watch(
     }
 
     // Subscribe first, then read: see the invariants in crate::watch.
-    let subscription = agent.watchers.subscribe(&keys, caller.record.clone());
+    let limits = &agent.config().limits;
+    let caps = WatchCaps {
+        per_uid: limits.max_watches_per_uid,
+        total: limits.max_watches,
+    };
+    let connection = caller.connection.clone();
+    let close: crate::watch::CloseConnection = Arc::new(move || connection.close());
+    let subscription = match agent
+        .watchers
+        .subscribe(&keys, caller.record.clone(), caps, Some(close))
+    {
+        Ok(s) => s,
+        Err(refused) => {
+            // Not audited: the caller may read these keys, and a flood of
+            // refusals must not become a flood of records.
+            tracing::debug!(uid = caller.uid, pid = caller.pid, "{refused}");
+            return Err(ApiError::ResourceExhausted(refused.to_string()));
+        }
+    };
     let mut initial = Vec::with_capacity(keys.len());
     for key in &keys {
         match agent.store.get(key) {
@@ -132,8 +159,10 @@ enum Sent {
 /// An event ready to hand to tonic.
 struct Delivery {
     event: proto::KeyEvent,
-    /// Which key it is for, and the state it carries (`None`: deleted).
+    /// Which key it is for, the publish it comes from, and the state it
+    /// carries (`None`: deleted).
     index: usize,
+    seq: u64,
     state: Option<Arc<KeySetState>>,
 }
 
@@ -158,13 +187,17 @@ struct Session {
 impl Session {
     /// What to deliver next, if anything is ready; `Err` ends the stream.
     fn poll_next_delivery(&mut self, cx: &mut Context<'_>) -> Poll<Result<Delivering, Status>> {
+        if let Poll::Ready(eviction) = self.subscription.poll_evicted(cx) {
+            return Poll::Ready(Err(evicted(&eviction)));
+        }
         if self.initial_sent < self.sent.len() {
             let index = self.initial_sent;
             self.initial_sent += 1;
             let Sent::State(state) = &self.sent[index] else {
                 unreachable!("initial states are all present")
             };
-            return Poll::Ready(Ok(self.deliver(index, Some(state.clone()), "initial")));
+            let seq = self.subscription.initial_seq(index);
+            return Poll::Ready(Ok(self.deliver(index, seq, Some(state.clone()), "initial")));
         }
         // A reload first: nothing more goes out under a policy that no
         // longer allows it. The check may verify the caller's process (a
@@ -198,14 +231,20 @@ impl Session {
                 _ => false,
             };
             if !unchanged {
-                return Poll::Ready(Ok(self.deliver(index, published.state, published.reason)));
+                return Poll::Ready(Ok(self.deliver(
+                    index,
+                    published.seq,
+                    published.state,
+                    published.reason,
+                )));
             }
+            self.subscription.taken(index, published.seq, None);
         }
     }
 
     /// The future that checks, audits and builds the event for key `index`
-    /// in `state` (`None`: deleted).
-    fn deliver(&self, index: usize, state: Option<Arc<KeySetState>>, reason: &'static str) -> Delivering {
+    /// in `state` (`None`: deleted), from publish `seq`.
+    fn deliver(&self, index: usize, seq: u64, state: Option<Arc<KeySetState>>, reason: &'static str) -> Delivering {
         let agent = self.agent.clone();
         let caller = self.caller.clone();
         let key = self.subscription.keys()[index].clone();
@@ -248,18 +287,18 @@ impl Session {
                     reason: reason.to_owned(),
                 },
                 index,
+                seq,
                 state,
             }))
         })
     }
 
     /// Records what was handed to tonic.
-    fn delivered(&mut self, index: usize, state: Option<Arc<KeySetState>>) {
+    fn delivered(&mut self, index: usize, seq: u64, state: Option<Arc<KeySetState>>) {
+        self.subscription
+            .taken(index, seq, state.as_ref().map(|s| s.generation));
         self.sent[index] = match state {
-            Some(s) => {
-                self.subscription.mark_delivered(index, s.generation);
-                Sent::State(s)
-            }
+            Some(s) => Sent::State(s),
             None => Sent::Deleted,
         };
     }
@@ -277,6 +316,24 @@ async fn refuse_access(agent: Arc<Agent>, caller: Arc<Caller>, key: KeyRef, why:
         .refuse("watch", &caller, Some(key.to_string()), "denied", denied)
         .await
         .into()
+}
+
+/// The status that ends an evicted stream.
+fn evicted(e: &Eviction) -> Status {
+    let waiting = match e.waiting_generation {
+        Some(g) => format!("generation {g} of {}", e.key),
+        None => format!("the deletion of {}", e.key),
+    };
+    Status::aborted(format!(
+        "this watch was ended by keywardd: it took no event for {} while {waiting} waited for it (the key's propagation timeout is {}), so rotations no longer wait for it. Read the stream as events arrive (a client that stops reading holds up every rotation of its keys), then watch again",
+        humantime::format_duration(round_ms(e.waited)),
+        humantime::format_duration(e.timeout)
+    ))
+}
+
+/// `d` to whole milliseconds, for messages.
+fn round_ms(d: std::time::Duration) -> std::time::Duration {
+    std::time::Duration::from_millis(d.as_millis() as u64)
 }
 
 fn shutting_down() -> Status {
@@ -318,9 +375,14 @@ impl Stream for WatchEvents {
             }
         };
         match outcome {
-            Ok(Delivery { event, index, state }) => {
+            Ok(Delivery {
+                event,
+                index,
+                seq,
+                state,
+            }) => {
                 // tonic has the event as soon as this returns.
-                session.delivered(index, state);
+                session.delivered(index, seq, state);
                 Poll::Ready(Some(Ok(event)))
             }
             Err(status) => {

@@ -16,3 +16,4 @@ mod client_checks;
 mod identity;
 mod reports;
 mod sockets;
+mod streams;

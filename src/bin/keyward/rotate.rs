@@ -156,7 +156,8 @@ async fn status(
         .into_inner())
 }
 
-fn subscriber_text(s: &proto::Subscriber) -> String {
+/// "uid 1001 pid 42 /usr/bin/worker (billing.service)".
+fn subscriber_who(s: &proto::Subscriber) -> String {
     let mut t = format!("uid {} pid {}", s.uid, s.pid);
     if !s.exe.is_empty() {
         t.push_str(&format!(" {}", s.exe));
@@ -164,7 +165,31 @@ fn subscriber_text(s: &proto::Subscriber) -> String {
     if !s.unit.is_empty() {
         t.push_str(&format!(" ({})", s.unit));
     }
-    format!("{t}: has generation {}", s.delivered_generation)
+    t
+}
+
+fn subscriber_text(s: &proto::Subscriber) -> String {
+    format!("{}: has generation {}", subscriber_who(s), s.delivered_generation)
+}
+
+fn evicted_text(e: &proto::EvictedSubscriber) -> String {
+    let sub = e.subscriber.clone().unwrap_or_default();
+    let waiting = match e.waiting_generation {
+        0 => "the key's deletion".to_owned(),
+        g => format!("generation {g}"),
+    };
+    let at = e
+        .evicted_at
+        .as_ref()
+        .and_then(keyward::keyset::from_timestamp)
+        .map(|t| format!(" at {}", humantime::format_rfc3339_seconds(t)))
+        .unwrap_or_default();
+    format!(
+        "{}: evicted{at}: took no event for {} while {waiting} waited (it has generation {})",
+        subscriber_who(&sub),
+        humantime::format_duration(Duration::from_millis(e.waited_ms)),
+        sub.delivered_generation
+    )
 }
 
 pub async fn rotation_status(cli: &Cli, key: &str) -> Outcome {
@@ -176,6 +201,15 @@ pub async fn rotation_status(cli: &Cli, key: &str) -> Outcome {
     println!("  subscribers: {}", s.subscribers.len());
     for sub in &s.subscribers {
         println!("    {}", subscriber_text(sub));
+    }
+    if !s.evicted.is_empty() {
+        println!(
+            "  evicted recently (took nothing within the propagation timeout; rotations do not wait for them): {}",
+            s.evicted.len()
+        );
+        for e in &s.evicted {
+            println!("    {}", evicted_text(e));
+        }
     }
     println!(
         "  auth failures since promotion: {} on the primary{}, {} on the fallback (rotate rolls back at {} from {} distinct reporter(s))",
@@ -221,6 +255,10 @@ fn yes(b: bool) -> &'static str {
         "no"
     }
 }
+
+/// How much longer than the propagation timeout `rotate` waits: the agent
+/// checks subscribers twice a second.
+const EVICTION_MARGIN: Duration = Duration::from_secs(2);
 
 /// Stops `rotate` with the key left consistent, saying how to continue.
 fn halt(msg: String) -> Outcome {
@@ -314,7 +352,10 @@ pub async fn rotate(cli: &Cli, args: &RotateArgs) -> Outcome {
         }
         let limit = Duration::from_secs(s.propagation_timeout_seconds);
         println!("[2/5] propagate: waiting up to {limit:?} for every subscriber to receive generation {generation}");
-        let deadline = Instant::now() + limit;
+        // The agent evicts a subscriber that took nothing for the timeout
+        // (within half a second of it): wait a little longer, so that the
+        // eviction lands and propagation goes on with the others.
+        let deadline = Instant::now() + limit + EVICTION_MARGIN;
         loop {
             s = status(&mut admin, &key).await?;
             let lagging: Vec<&proto::Subscriber> = s
@@ -324,6 +365,20 @@ pub async fn rotate(cli: &Cli, args: &RotateArgs) -> Outcome {
                 .collect();
             if lagging.is_empty() {
                 println!("      {} subscriber(s) have the staged key", s.subscribers.len());
+                let evicted: Vec<&proto::EvictedSubscriber> = s
+                    .evicted
+                    .iter()
+                    .filter(|e| e.waiting_generation >= generation)
+                    .collect();
+                if !evicted.is_empty() {
+                    println!(
+                        "      {} subscriber(s) evicted: they took nothing within {limit:?}, and their watch was ended",
+                        evicted.len()
+                    );
+                    for e in evicted {
+                        println!("        {}", evicted_text(e));
+                    }
+                }
                 break;
             }
             if Instant::now() >= deadline {

@@ -7,6 +7,7 @@
 
 mod cli;
 mod log;
+mod memory;
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::ExitCode;
@@ -146,6 +147,7 @@ fn main() -> ExitCode {
         if let Some(n) = &notifier {
             n.send(&format!("READY=1\nSTATUS=serving {} keys", agent.store.len()));
         }
+        tokio::spawn(memory::give_back_after_load_falls(agent.clone()));
         let until = signals.until_shutdown(agent.clone());
         let shutdown = async move {
             until.await;

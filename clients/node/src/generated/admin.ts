@@ -23,6 +23,7 @@ export interface ProtoGrpcType {
       BackendStatus: MessageTypeDefinition
       DeleteKeyRequest: MessageTypeDefinition
       DeleteKeyResponse: MessageTypeDefinition
+      EvictedSubscriber: MessageTypeDefinition
       FleetAgent: MessageTypeDefinition
       FleetKey: MessageTypeDefinition
       FleetStatus: MessageTypeDefinition

@@ -2,6 +2,7 @@
 
 import type { KeyInfo as _keyward_v1_KeyInfo, KeyInfo__Output as _keyward_v1_KeyInfo__Output } from '../../keyward/v1/KeyInfo';
 import type { Subscriber as _keyward_v1_Subscriber, Subscriber__Output as _keyward_v1_Subscriber__Output } from '../../keyward/v1/Subscriber';
+import type { EvictedSubscriber as _keyward_v1_EvictedSubscriber, EvictedSubscriber__Output as _keyward_v1_EvictedSubscriber__Output } from '../../keyward/v1/EvictedSubscriber';
 import type { Long } from '@grpc/proto-loader';
 
 export interface RotationStatus {
@@ -32,6 +33,21 @@ export interface RotationStatus {
    */
   'propagationTimeoutSeconds'?: (number | string | Long);
   'failureThreshold'?: (number | string | Long);
+  /**
+   * Subscribers the agent evicted recently, newest first (at most 16): each
+   * took no event for the key's propagation timeout while a change waited,
+   * so rotations stopped waiting for it and its stream was ended.
+   */
+  'evicted'?: (_keyward_v1_EvictedSubscriber)[];
+  /**
+   * How many distinct reporters sent failures_since_promotion (a uid, told
+   * apart by its verified unit or granted program), who they are, and how
+   * many of them close the retire gate and make `keyward rotate` roll back
+   * ([rotation] report_quorum, capped by the reporters served the primary).
+   */
+  'failureReporters'?: (number | string | Long);
+  'reportQuorum'?: (number | string | Long);
+  'reporters'?: (string)[];
 }
 
 export interface RotationStatus__Output {
@@ -62,4 +78,19 @@ export interface RotationStatus__Output {
    */
   'propagationTimeoutSeconds': (number);
   'failureThreshold': (number);
+  /**
+   * Subscribers the agent evicted recently, newest first (at most 16): each
+   * took no event for the key's propagation timeout while a change waited,
+   * so rotations stopped waiting for it and its stream was ended.
+   */
+  'evicted': (_keyward_v1_EvictedSubscriber__Output)[];
+  /**
+   * How many distinct reporters sent failures_since_promotion (a uid, told
+   * apart by its verified unit or granted program), who they are, and how
+   * many of them close the retire gate and make `keyward rotate` roll back
+   * ([rotation] report_quorum, capped by the reporters served the primary).
+   */
+  'failureReporters': (number);
+  'reportQuorum': (number);
+  'reporters': (string)[];
 }
