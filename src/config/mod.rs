@@ -87,7 +87,8 @@
 //! keepalive_interval = "1m"
 //! keepalive_timeout = "20s"
 //! # A connection with no call open for this long is closed (clients
-//! # reconnect on their next call).
+//! # reconnect on their next call); it is looked at once per timeout, so
+//! # an idle connection goes within twice this.
 //! idle_timeout = "10m"
 //!
 //! # Rotation defaults for every key (see `keyward rotate`).

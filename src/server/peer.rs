@@ -70,6 +70,9 @@ pub struct Caller {
     identity: tokio::sync::OnceCell<Arc<ProcessIdentity>>,
     /// The connection itself: its open calls, and a way to close it.
     pub connection: Arc<Connection>,
+    /// The last key state whose versions were noted as served to this
+    /// caller ([`Caller::first_served`]).
+    last_served: Mutex<std::sync::Weak<crate::keyset::KeySetState>>,
 }
 
 impl Caller {
@@ -151,6 +154,7 @@ impl Caller {
             socket_inode: None,
             identity: tokio::sync::OnceCell::new(),
             connection: Arc::default(),
+            last_served: Mutex::default(),
         }
     }
 
@@ -178,6 +182,7 @@ impl Caller {
             socket_inode: None,
             identity: tokio::sync::OnceCell::new(),
             connection: Arc::default(),
+            last_served: Mutex::default(),
         }
     }
 
@@ -214,6 +219,20 @@ impl Caller {
             })
             .await
             .clone()
+    }
+
+    /// Whether `state` is served to this connection for the first time:
+    /// false when it is the state last served on it (the same allocation,
+    /// held alive by the `Weak`, so never another state at its address).
+    /// A client fetching the same key again skips the served-version
+    /// bookkeeping with one uncontended lock.
+    pub fn first_served(&self, state: &Arc<crate::keyset::KeySetState>) -> bool {
+        let mut last = self.last_served.lock().unwrap_or_else(PoisonError::into_inner);
+        if std::ptr::eq(last.as_ptr(), Arc::as_ptr(state)) {
+            return false;
+        }
+        *last = Arc::downgrade(state);
+        true
     }
 
     /// The verified identity, if [`Caller::process_identity`] has run.
@@ -346,6 +365,9 @@ impl UidUsage {
 #[derive(Debug)]
 pub struct Connection {
     state: Mutex<ConnectionState>,
+    /// [`Connection::close`] was called: read on every read and write,
+    /// without the lock.
+    closing: std::sync::atomic::AtomicBool,
     uid: Arc<UidUsage>,
 }
 
@@ -355,8 +377,7 @@ struct ConnectionState {
     /// When the last call ended (or the connection was accepted); `None`
     /// while a call is open.
     idle_since: Option<Instant>,
-    closing: bool,
-    /// The task serving the connection, to wake on a change.
+    /// The task serving the connection, to wake when it is closed.
     waker: Option<Waker>,
 }
 
@@ -375,9 +396,9 @@ impl Connection {
             state: Mutex::new(ConnectionState {
                 open_calls: 0,
                 idle_since: Some(Instant::now()),
-                closing: false,
                 waker: None,
             }),
+            closing: Default::default(),
             uid,
         }
     }
@@ -414,24 +435,29 @@ impl Connection {
     /// Closes the connection with every call on it, as soon as the task
     /// serving it runs.
     pub fn close(&self) {
-        let waker = {
-            let mut s = self.state();
-            s.closing = true;
-            s.waker.take()
-        };
+        self.closing.store(true, Ordering::Release);
+        let waker = self.state().waker.take();
         if let Some(w) = waker {
             w.wake();
         }
     }
 
-    /// Whether [`Connection::close`] was called, and since when it is idle;
-    /// registers `cx` to be woken on a change.
-    fn poll_state(&self, cx: &Context<'_>) -> (bool, Option<Instant>) {
+    /// Whether [`Connection::close`] was called.
+    fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+
+    /// Registers `waker` to be woken when the connection is closed.
+    fn wake_on_close(&self, waker: &Waker) {
         let mut s = self.state();
-        if !s.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-            s.waker = Some(cx.waker().clone());
+        if !s.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            s.waker = Some(waker.clone());
         }
-        (s.closing, s.idle_since)
+    }
+
+    /// Since when no call is open (`None`: one is).
+    fn idle_since(&self) -> Option<Instant> {
+        self.state().idle_since
     }
 }
 
@@ -442,18 +468,12 @@ pub struct CallGuard(Arc<Connection>);
 impl Drop for CallGuard {
     fn drop(&mut self) {
         self.0.uid.calls.fetch_sub(1, Ordering::AcqRel);
-        let waker = {
-            let mut s = self.0.state();
-            s.open_calls -= 1;
-            if s.open_calls > 0 {
-                return;
-            }
+        let mut s = self.0.state();
+        s.open_calls -= 1;
+        if s.open_calls == 0 {
+            // No wake-up: the serving task's idle timer is always armed and
+            // looks at this when it fires (see PeerStream::idle_expired).
             s.idle_since = Some(Instant::now());
-            s.waker.take()
-        };
-        // The serving task arms its idle timer when it next runs.
-        if let Some(w) = waker {
-            w.wake();
         }
     }
 }
@@ -466,17 +486,24 @@ pub struct PeerStream {
     inner: UnixStream,
     caller: Arc<Caller>,
     idle_timeout: Option<Duration>,
-    /// Armed at `idle_since + idle_timeout` while no call is open.
+    /// Always armed (see [`PeerStream::idle_expired`]).
     idle_timer: Pin<Box<Sleep>>,
-    /// When the client last sent something.
-    last_read: Option<Instant>,
+    /// Reads that brought something, and their number when the idle timer
+    /// last fired: a read since then counts as recent.
+    reads: u64,
+    reads_at_timer: u64,
+    /// The waker [`Connection::close`] wakes, as last registered (kept here
+    /// so that the lock is taken only when the task's waker changes).
+    close_waker: Option<Waker>,
     _guard: ConnectionGuard,
 }
 
-/// An idle connection is not ended sooner than this after the client last
-/// sent something: a call whose headers were just read is counted only once
-/// its task runs, and must not find its connection gone.
-const IDLE_READ_GRACE: Duration = Duration::from_secs(1);
+/// When the client sent something since the idle timer last looked, it
+/// looks again this much later before ending the connection: a call whose
+/// headers were just read is counted only once its task runs, and must not
+/// find its connection gone. Short, because the client's answers to the
+/// agent's keepalive pings are reads too.
+const IDLE_READ_GRACE: Duration = Duration::from_millis(200);
 
 impl PeerStream {
     /// Wraps an accepted stream.
@@ -486,7 +513,9 @@ impl PeerStream {
             caller,
             idle_timeout: None,
             idle_timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
-            last_read: None,
+            reads: 0,
+            reads_at_timer: 0,
+            close_waker: None,
             _guard: guard,
         }
     }
@@ -494,34 +523,49 @@ impl PeerStream {
     /// Ends the connection once no call has been open on it for `timeout`.
     pub fn with_idle_timeout(mut self, timeout: Duration) -> PeerStream {
         self.idle_timeout = Some(timeout);
+        self.idle_timer = Box::pin(tokio::time::sleep(timeout));
         self
     }
 
     /// `Err` once the connection was closed by the agent.
-    fn check_open(&self, cx: &Context<'_>) -> io::Result<Option<Instant>> {
-        let (closing, idle_since) = self.caller.connection.poll_state(cx);
-        if closing {
+    fn check_open(&self) -> io::Result<()> {
+        if self.caller.connection.is_closing() {
             return Err(io::Error::new(
                 io::ErrorKind::ConnectionAborted,
                 "connection closed by keywardd",
             ));
         }
-        Ok(idle_since)
+        Ok(())
     }
 
-    /// Whether the idle timeout has passed (else the timer is armed).
-    fn idle_expired(&mut self, idle_since: Option<Instant>, cx: &mut Context<'_>) -> bool {
-        let (Some(timeout), Some(since)) = (self.idle_timeout, idle_since) else {
+    /// Whether the idle timeout has passed. The timer is always armed: at
+    /// `idle_timeout` from when the connection was last seen busy, so that
+    /// the end of a call costs nothing (no wake-up, no timer reset); when it
+    /// fires and the connection was busy meanwhile, it is set again.
+    fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(timeout) = self.idle_timeout else {
             return false;
         };
-        let mut deadline = since + timeout;
-        if let Some(read) = self.last_read {
-            deadline = deadline.max(read + IDLE_READ_GRACE);
+        if self.idle_timer.as_mut().poll(cx).is_pending() {
+            return false;
         }
-        if self.idle_timer.deadline() != deadline {
-            self.idle_timer.as_mut().reset(deadline);
+        let now = Instant::now();
+        let mut due = match self.caller.connection.idle_since() {
+            Some(since) => since + timeout,
+            // A call is open: look again a whole timeout from now.
+            None => now + timeout,
+        };
+        if due <= now && self.reads != self.reads_at_timer {
+            due = now + IDLE_READ_GRACE;
         }
-        self.idle_timer.as_mut().poll(cx).is_ready()
+        self.reads_at_timer = self.reads;
+        if due <= now {
+            return true;
+        }
+        self.idle_timer.as_mut().reset(due);
+        // Registers the waker for the new deadline.
+        let _ = self.idle_timer.as_mut().poll(cx);
+        false
     }
 }
 
@@ -535,17 +579,24 @@ impl Connected for PeerStream {
 
 impl AsyncRead for PeerStream {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let idle_since = self.check_open(cx)?;
+        self.check_open()?;
         // Whatever the client sent first: a call arriving as the timer
         // fires is read, not cut off.
         let before = buf.filled().len();
         if let ready @ Poll::Ready(_) = Pin::new(&mut self.inner).poll_read(cx, buf) {
             if buf.filled().len() > before {
-                self.last_read = Some(Instant::now());
+                self.reads += 1;
             }
             return ready;
         }
-        if self.idle_expired(idle_since, cx) {
+        // Waiting for the client: be woken if the agent closes the
+        // connection meanwhile (a close that came before this is seen now).
+        if !self.close_waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            self.caller.connection.wake_on_close(cx.waker());
+            self.close_waker = Some(cx.waker().clone());
+            self.check_open()?;
+        }
+        if self.idle_expired(cx) {
             tracing::debug!(
                 uid = self.caller.uid,
                 pid = self.caller.pid,
@@ -560,12 +611,12 @@ impl AsyncRead for PeerStream {
 
 impl AsyncWrite for PeerStream {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        self.check_open(cx)?;
+        self.check_open()?;
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.check_open(cx)?;
+        self.check_open()?;
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
@@ -578,7 +629,7 @@ impl AsyncWrite for PeerStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.check_open(cx)?;
+        self.check_open()?;
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 

@@ -202,13 +202,21 @@ struct Served {
 }
 
 impl ServedLog {
-    /// Whether `version` of `key` was already noted as served to `uid` (the
-    /// fetch path's check: one lock, no allocation).
+    /// Whether `version` of `key` was noted as served to `uid`.
     pub fn contains(&self, key: &KeyRef, uid: u32, version: u64) -> bool {
         let map = self.served.lock().unwrap_or_else(PoisonError::into_inner);
         map.get(key)
             .and_then(|uids| uids.get(&uid))
             .is_some_and(|s| s.versions.contains(&version))
+    }
+
+    /// Whether `primary` and `fallback` of `key` were both already noted as
+    /// served to `uid` (the fetch path's check: one lock, no allocation).
+    pub fn contains_all(&self, key: &KeyRef, uid: u32, primary: u64, fallback: Option<u64>) -> bool {
+        let map = self.served.lock().unwrap_or_else(PoisonError::into_inner);
+        map.get(key)
+            .and_then(|uids| uids.get(&uid))
+            .is_some_and(|s| s.versions.contains(&primary) && fallback.is_none_or(|f| s.versions.contains(&f)))
     }
 
     /// Notes that `versions` of `key` were served to `uid`.
@@ -255,19 +263,21 @@ fn bounded(s: &str) -> String {
 }
 
 /// Notes, after `caller` was served `state`, the versions it got: reports
-/// are checked against them. Costs one lookup unless they are new to this
-/// uid, which happens once per version (whether the uid may report is
-/// looked up then).
-pub async fn note_served(agent: &Agent, caller: &Caller, state: &KeySetState) {
-    let versions: Vec<u64> = std::iter::once(&state.primary)
-        .chain(state.fallback.as_ref())
-        .map(|v| v.number)
-        .filter(|v| !agent.served.contains(&state.key, caller.uid, *v))
-        .collect();
-    if versions.is_empty() {
+/// are checked against them. Costs one uncontended lock when the connection
+/// was last served this very state, one lookup unless the versions are new
+/// to this uid, which happens once per version (whether the uid may report
+/// is looked up then).
+pub async fn note_served(agent: &Agent, caller: &Caller, state: &Arc<KeySetState>) {
+    if !caller.first_served(state) {
+        return;
+    }
+    let primary = state.primary.number;
+    let fallback = state.fallback.as_ref().map(|f| f.number);
+    if agent.served.contains_all(&state.key, caller.uid, primary, fallback) {
         return;
     }
     let may_report = agent.allows(caller, &state.key, Right::Report).await.is_ok();
+    let versions: Vec<u64> = std::iter::once(primary).chain(fallback).collect();
     agent.served.note(&state.key, caller.uid, &versions, may_report);
 }
 
