@@ -36,8 +36,10 @@
 //! - [`server`]: socket binding, caller identity from peer credentials (and
 //!   the verification of a caller's executable and unit), the
 //!   `Keys` and `Admin` gRPC services (fetch, watch streams, auth-failure
-//!   reports, changes and rotation), hot reload of the store, config reload
-//!   on SIGHUP, and [`server::run`], the one way in.
+//!   reports, changes and rotation), the bounds on what one caller can make
+//!   the agent hold or write (streams, watches, coalesced refusals), hot
+//!   reload of the store, config reload on SIGHUP, and [`server::run`], the
+//!   one way in.
 //! - [`client`]: connecting to the agent's sockets, once the kernel says
 //!   that root, this user or `KEYWARD_AGENT_UID` serves them (used by the
 //!   CLI, tests and benchmarks).
