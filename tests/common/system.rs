@@ -226,6 +226,26 @@ pub fn helper(who: Option<Uid>, name: &str, shared: &SharedDir) -> Command {
     cmd
 }
 
+/// A helper's parameter `name` (a `KEYWARD_HELPER_*` variable its test set).
+pub fn helper_param(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is set by the test"))
+}
+
+/// The JSON a helper printed on its `RESULT {…}` line (how helpers report
+/// what they saw); fails naming `what` when there is none.
+pub fn helper_result(out: std::process::Output, what: &str) -> serde_json::Value {
+    let stdout = super::text(&out.stdout);
+    let line = stdout.lines().find_map(|l| l.strip_prefix("RESULT "));
+    let Some(line) = line else {
+        panic!(
+            "{what} printed no result ({}): {stdout}{}",
+            out.status,
+            super::text(&out.stderr)
+        );
+    };
+    serde_json::from_str(line).unwrap()
+}
+
 /// Whether this process is a [`helper`] (tests that are helpers return at
 /// once when it is not).
 pub fn is_helper() -> bool {

@@ -11,13 +11,13 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Output, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use keyward::proto;
 use serde_json::Value;
 
-use crate::common::system::{helper, is_helper, is_root, skip, Cleanup, SharedDir, Uid};
+use crate::common::system::{helper, helper_param, helper_result, is_helper, is_root, skip, Cleanup, SharedDir, Uid};
 use crate::common::{text, TestAgent, KEYWARD};
 
 /// No grant: every key it asks for is refused.
@@ -127,20 +127,6 @@ fn spawn_helper(who: Uid, shared: &SharedDir, agent: &TestAgent, mode: &str, cal
         .expect("spawn helper")
 }
 
-/// The `RESULT {…}` line a helper printed.
-fn result_of(out: Output, what: &str) -> Value {
-    let stdout = text(&out.stdout);
-    let line = stdout.lines().find_map(|l| l.strip_prefix("RESULT "));
-    let Some(line) = line else {
-        panic!(
-            "{what} printed no result ({}): {stdout}{}",
-            out.status,
-            text(&out.stderr)
-        );
-    };
-    serde_json::from_str(line).unwrap()
-}
-
 #[test]
 fn a_flood_of_refusals_adds_little_to_the_audit_and_the_granted_caller_is_served() {
     if !is_root() {
@@ -179,7 +165,7 @@ fn a_flood_of_refusals_adds_little_to_the_audit_and_the_granted_caller_is_served
         .collect();
     let mut refused = 0;
     for child in attackers {
-        let r = result_of(child.wait_with_output().unwrap(), "an attacker");
+        let r = helper_result(child.wait_with_output().unwrap(), "an attacker");
         assert_eq!(r["other"], 0, "every call is refused as denied: {r}");
         refused += r["denied"].as_u64().unwrap();
     }
@@ -189,7 +175,7 @@ fn a_flood_of_refusals_adds_little_to_the_audit_and_the_granted_caller_is_served
     // Phase 2: a new made-up key, invalid name or unknown environment each
     // time, then keys that are not UTF-8 at all.
     let varied = spawn_helper(ATTACKER, &shared, &agent, "varied", VARIED_CALLS, &stop);
-    let varied = result_of(varied.wait_with_output().unwrap(), "the varying attacker");
+    let varied = helper_result(varied.wait_with_output().unwrap(), "the varying attacker");
     assert_eq!(varied["ok"], 0, "{varied}");
     assert_eq!(
         varied["denied"].as_u64().unwrap() + varied["invalid"].as_u64().unwrap(),
@@ -200,7 +186,7 @@ fn a_flood_of_refusals_adds_little_to_the_audit_and_the_granted_caller_is_served
     let flood_secs = started.elapsed().as_secs_f64();
 
     std::fs::write(&stop, b"").unwrap();
-    let served = result_of(caller.wait_with_output().unwrap(), "the granted caller");
+    let served = helper_result(caller.wait_with_output().unwrap(), "the granted caller");
     assert_eq!(
         served["failed"], 0,
         "the granted caller was refused during the flood: {served}"
@@ -324,7 +310,7 @@ fn a_window_ends_with_one_record_counting_the_rest_while_the_agent_runs() {
     let stop = shared.path().join("stop");
     let run = |calls| {
         let child = spawn_helper(ATTACKER, &shared, &agent, "same", calls, &stop);
-        let r = result_of(child.wait_with_output().unwrap(), "the attacker");
+        let r = helper_result(child.wait_with_output().unwrap(), "the attacker");
         assert_eq!(r["denied"], calls as u64, "{r}");
     };
     run(50);
@@ -434,10 +420,6 @@ struct RawGetKeyRequest {
     key: Option<RawKeyRef>,
 }
 
-fn env_param(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} is set by the test"))
-}
-
 /// Tallies of one helper run.
 #[derive(Default)]
 struct Tally {
@@ -474,9 +456,9 @@ async fn flood_helper() {
     if !is_helper() {
         return;
     }
-    let socket = PathBuf::from(env_param("KEYWARD_HELPER_SOCKET"));
-    let calls: usize = env_param("KEYWARD_HELPER_CALLS").parse().unwrap();
-    let stop = PathBuf::from(env_param("KEYWARD_HELPER_STOP"));
+    let socket = PathBuf::from(helper_param("KEYWARD_HELPER_SOCKET"));
+    let calls: usize = helper_param("KEYWARD_HELPER_CALLS").parse().unwrap();
+    let stop = PathBuf::from(helper_param("KEYWARD_HELPER_STOP"));
     let channel = keyward::client::connect(&socket).await.expect("connect");
     let client = proto::keys_client::KeysClient::new(channel.clone());
     let request = |env: &str, name: &str| proto::GetKeyRequest {
@@ -486,7 +468,7 @@ async fn flood_helper() {
         }),
     };
     let (env, name) = KEY.split_once('/').unwrap();
-    let result = match env_param("KEYWARD_HELPER_MODE").as_str() {
+    let result = match helper_param("KEYWARD_HELPER_MODE").as_str() {
         "same" => {
             let tasks: Vec<_> = (0..8)
                 .map(|t| {

@@ -20,7 +20,7 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Output, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -30,7 +30,7 @@ use keyward::proto;
 use prost::Message;
 use serde_json::Value;
 
-use crate::common::system::{helper, is_helper, is_root, skip, SharedDir, Uid};
+use crate::common::system::{helper, helper_param, helper_result, is_helper, is_root, skip, SharedDir, Uid};
 use crate::common::{keep_for_leak_scan, rss_kib, text, TestAgent};
 
 /// Granted the key; floods the agent, or never reads.
@@ -54,24 +54,6 @@ const MAX_WATCHES_PER_UID: u64 = 1024;
 
 fn grant(uids: &[u32]) -> String {
     format!("[[grant]]\nuids = {uids:?}\nkeys = [\"{KEY}\"]\n")
-}
-
-fn env_param(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} is set by the test"))
-}
-
-/// The `RESULT {…}` line a helper printed.
-fn result_of(out: Output, what: &str) -> Value {
-    let stdout = text(&out.stdout);
-    let line = stdout.lines().find_map(|l| l.strip_prefix("RESULT "));
-    let Some(line) = line else {
-        panic!(
-            "{what} printed no result ({}): {stdout}{}",
-            out.status,
-            text(&out.stderr)
-        );
-    };
-    serde_json::from_str(line).unwrap()
 }
 
 /// Waits until `path` exists, or fails naming `what`.
@@ -321,11 +303,11 @@ async fn flood_helper() {
     if !is_helper() {
         return;
     }
-    let socket = PathBuf::from(env_param("KEYWARD_HELPER_SOCKET"));
-    let connections: usize = env_param("KEYWARD_HELPER_CONNECTIONS").parse().unwrap();
-    let mode = env_param("KEYWARD_HELPER_MODE");
-    let seconds: u64 = env_param("KEYWARD_HELPER_SECONDS").parse().unwrap();
-    let stop = PathBuf::from(env_param("KEYWARD_HELPER_STOP"));
+    let socket = PathBuf::from(helper_param("KEYWARD_HELPER_SOCKET"));
+    let connections: usize = helper_param("KEYWARD_HELPER_CONNECTIONS").parse().unwrap();
+    let mode = helper_param("KEYWARD_HELPER_MODE");
+    let seconds: u64 = helper_param("KEYWARD_HELPER_SECONDS").parse().unwrap();
+    let stop = PathBuf::from(helper_param("KEYWARD_HELPER_STOP"));
     let mut builder = h2::client::Builder::new();
     // Wide windows: the agent can send every initial event without this
     // client reading any, so nothing slows the flood down.
@@ -553,7 +535,7 @@ fn flood_phase(
     }
     during();
     std::fs::write(&stop, b"").unwrap();
-    let result = result_of(flood.wait_with_output().unwrap(), mode);
+    let result = helper_result(flood.wait_with_output().unwrap(), mode);
     let after = settled_rss(pid, before);
     let peak = sampler.stop();
     eprintln!(
@@ -683,8 +665,8 @@ async fn stalled_subscriber_helper() {
     if !is_helper() {
         return;
     }
-    let socket = PathBuf::from(env_param("KEYWARD_HELPER_SOCKET"));
-    let stop = PathBuf::from(env_param("KEYWARD_HELPER_STOP"));
+    let socket = PathBuf::from(helper_param("KEYWARD_HELPER_SOCKET"));
+    let stop = PathBuf::from(helper_param("KEYWARD_HELPER_STOP"));
     let opens = std::env::var_os("KEYWARD_HELPER_OPEN").is_some();
     let io = tokio::net::UnixStream::connect(&socket).await.expect("connect");
     let (sender, mut connection) = h2::client::Builder::new()
@@ -884,7 +866,7 @@ fn a_subscriber_that_never_reads_is_evicted_and_does_not_hold_up_a_rotation() {
     }
 
     // The one that opens its window then gets the status that says why.
-    let a = result_of(
+    let a = helper_result(
         opener.wait_with_output().unwrap(),
         "the subscriber that opens its window",
     );
@@ -901,7 +883,7 @@ fn a_subscriber_that_never_reads_is_evicted_and_does_not_hold_up_a_rotation() {
     );
 
     // The one that never does has its connection closed a timeout later.
-    let b = result_of(closed.wait_with_output().unwrap(), "the subscriber that never reads");
+    let b = helper_result(closed.wait_with_output().unwrap(), "the subscriber that never reads");
     eprintln!("never reads: {b}; {:?} after the rotation", evicted_at.elapsed());
     assert!(b["end"]["connection_closed"].is_string(), "{b}");
     let closed_after = Duration::from_millis(b["closed_after_ms"].as_u64().unwrap());
