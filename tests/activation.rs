@@ -94,6 +94,16 @@ impl Agent {
         text(&self.stderr.lock().unwrap())
     }
 
+    /// Waits (10 s at most) until the agent has logged `needle`: "ready"
+    /// comes on stdout, the log on stderr, read by another thread.
+    fn wait_for_log(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.logs().contains(needle) {
+            assert!(Instant::now() < deadline, "no {needle:?} in the log: {}", self.logs());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// SIGTERM; asserts it exits with success. Its output is all read by
     /// then.
     fn stop(&mut self) {
@@ -154,7 +164,7 @@ async fn serves_the_socket_systemd_passed_and_leaves_its_file() {
     .arg(KEYWARDD)
     .arg(&dir);
     let mut agent = Agent::spawn(cmd, Stdio::from(OwnedFd::from(listener)));
-    assert!(agent.logs().contains("passed by systemd"), "{}", agent.logs());
+    agent.wait_for_log("passed by systemd");
 
     keep_for_leak_scan("secrets", b"sk_live_activated");
     let put = run_cli(
