@@ -53,20 +53,22 @@
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod agent;
 pub mod alerts;
 pub mod audit;
 pub mod client;
 pub mod config;
-pub mod fleet;
 pub mod hooks;
 pub mod hygiene;
 pub mod keyset;
 pub mod metrics;
+pub mod openbao;
 pub mod policy;
 pub mod proto;
 pub mod rotation;
 pub mod secret;
 pub mod server;
+pub mod sockets;
 pub mod store;
 pub mod watch;
 

@@ -26,7 +26,6 @@
 //!   decodes, names its key and version, and is newer; anything else is
 //!   reported as a problem (status, log) while the last good state serves.
 
-pub mod kv;
 mod status;
 mod sync;
 mod write;
@@ -40,9 +39,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use age::x25519;
 
 use crate::config::backend::{OpenBaoAuth, OpenBaoConfig};
+use crate::openbao::{KvAuth, KvClient, KvOptions};
 use crate::proto;
 use crate::secret::KeyRef;
-use kv::{KvAuth, KvClient, KvOptions};
 
 pub use sync::{spawn, FleetTasks};
 

@@ -7,12 +7,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::kv::KvError;
 use super::{unix_ms, Fleet, FORMAT};
+use crate::agent::error::ApiError;
+use crate::agent::Agent;
+use crate::openbao::KvError;
 use crate::proto;
 use crate::secret::KeyRef;
-use crate::server::error::ApiError;
-use crate::server::Agent;
 
 /// One key as an agent serves it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]

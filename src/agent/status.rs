@@ -1,0 +1,68 @@
+//! `GetStatus`: what the agent is, serves and holds open.
+
+use crate::keyset::timestamp;
+use crate::proto;
+
+use super::Agent;
+
+impl Agent {
+    /// The agent's status, for `keyward status` and `doctor`.
+    pub fn status(&self) -> proto::AgentStatus {
+        let a = self;
+        let audit = a.audit.status();
+        let config = a.config();
+        let p = &config.paths;
+        proto::AgentStatus {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            pid: std::process::id(),
+            started_at: Some(timestamp(a.started_at)),
+            service_socket: p.service_socket.display().to_string(),
+            admin_socket: p.admin_socket.display().to_string(),
+            store_dir: p.store_dir.display().to_string(),
+            audit_file: p.audit_file.display().to_string(),
+            environments: config.environments.keys().cloned().collect(),
+            keys: a.store.len() as u64,
+            connections: a.connections.total() as u64,
+            audit_sequence: audit.sequence,
+            audit_head: audit.head,
+            audit_error: audit.error.unwrap_or_default(),
+            memory_locked: a.memory_locked,
+            agent_recipient: a.recipient.clone(),
+            open_alerts: a
+                .alerting
+                .open_alert_list()
+                .into_iter()
+                .map(|alert| proto::OpenAlert {
+                    dedup_key: alert.dedup_key,
+                    signal: alert.signal.as_str().to_owned(),
+                    severity: alert.severity.as_str().to_owned(),
+                    key: alert.key.map(|k| k.to_string()).unwrap_or_default(),
+                    summary: alert.summary,
+                    opened_at: Some(timestamp(alert.opened_at)),
+                    repeats: alert.repeat,
+                })
+                .collect(),
+            sinks: a
+                .alerting
+                .sink_stats()
+                .into_iter()
+                .map(|s| proto::SinkStatus {
+                    name: s.name,
+                    kind: s.kind.to_owned(),
+                    delivered: s.delivered,
+                    failed: s.failed,
+                    dropped: s.dropped,
+                    retries: s.retries,
+                    queued: s.queued,
+                })
+                .collect(),
+            backend: Some(match &a.fleet {
+                Some(fleet) => fleet.status(),
+                None => proto::BackendStatus {
+                    kind: config.backend.kind().to_owned(),
+                    ..Default::default()
+                },
+            }),
+        }
+    }
+}
