@@ -71,6 +71,7 @@ pub mod server;
 pub mod sockets;
 pub mod store;
 pub mod watch;
+pub mod wire;
 
 /// Cases per property test: `PROPTEST_CASES` when set (the long runs of
 /// RELIABILITY.md), else the module's `default`.

@@ -13,10 +13,11 @@ use super::caller::Caller;
 use super::error::ApiError;
 use super::Agent;
 use crate::audit::AuditError;
-use crate::keyset::{from_timestamp, KeySetState};
+use crate::keyset::KeySetState;
 use crate::proto;
 use crate::rotation;
 use crate::secret::{KeyRef, Secret};
+use crate::wire::{from_timestamp, ToInfo};
 
 impl Agent {
     /// `PutKey`: creates a key, or overwrites one that is not mid-rotation.

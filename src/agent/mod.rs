@@ -64,6 +64,7 @@ use crate::secret::{Fingerprinter, KeyRef};
 use crate::sockets::{self, BindError};
 use crate::store::identity::{AgentIdentity, InstallKey};
 use crate::store::{Store, StoreError, StoreOptions};
+use crate::wire::FromWire;
 use caller::Caller;
 use error::ApiError;
 

@@ -20,10 +20,12 @@ use super::Agent;
 use crate::alerts::detect::Subject;
 use crate::alerts::Severity;
 use crate::hooks;
-use crate::keyset::{from_timestamp, KeySetState};
+use crate::keyset::KeySetState;
 use crate::proto;
 use crate::rotation::{self, Command, RetireGate, RotationError};
 use crate::secret::{KeyRef, Secret};
+use crate::wire::FromWire;
+use crate::wire::{from_timestamp, ToInfo};
 
 impl From<RotationError> for ApiError {
     fn from(e: RotationError) -> ApiError {
@@ -296,7 +298,7 @@ pub fn status(agent: &Agent, key: Option<&proto::KeyRef>) -> Result<proto::Rotat
                 }),
                 waiting_generation: e.waiting_generation.unwrap_or(0),
                 waited_ms: e.waited.as_millis() as u64,
-                evicted_at: Some(crate::keyset::timestamp(e.at)),
+                evicted_at: Some(crate::wire::timestamp(e.at)),
             })
             .collect(),
         failures_since_promotion: evidence.failures,

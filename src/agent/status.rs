@@ -1,7 +1,7 @@
 //! `GetStatus`: what the agent is, serves and holds open.
 
-use crate::keyset::timestamp;
 use crate::proto;
+use crate::wire::timestamp;
 
 use super::Agent;
 

@@ -18,7 +18,7 @@ use crate::audit::AuditEvent;
 pub struct Running {
     agent: Arc<Agent>,
     hot_reload: Option<hot_reload::HotReload>,
-    fleet: Option<fleet::FleetTasks>,
+    fleet: Option<fleet::sync::FleetTasks>,
     ticks: JoinHandle<()>,
     refusal_windows: JoinHandle<()>,
     evictions: JoinHandle<()>,
@@ -39,7 +39,7 @@ impl Agent {
         let mut fleet_tasks = self
             .fleet
             .clone()
-            .map(|fleet| fleet::spawn(self.clone(), fleet, stop.clone()));
+            .map(|fleet| fleet::sync::spawn(self.clone(), fleet, stop.clone()));
         if let (Some(tasks), Some(fleet)) = (fleet_tasks.as_mut(), self.fleet.as_ref()) {
             // Serve what OpenBao holds from the start if it answers soon;
             // otherwise the local copy, and say so.

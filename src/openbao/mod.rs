@@ -23,6 +23,8 @@
 
 mod auth;
 mod error;
+mod lease;
+mod options;
 pub(crate) mod path;
 mod renewal;
 mod response;
@@ -30,7 +32,6 @@ mod session;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,43 +39,8 @@ use bytes::Bytes;
 use reqwest::Method;
 
 pub use error::KvError;
+pub use options::{KvAuth, KvOptions};
 use session::{Request, Session};
-
-/// How to reach and authenticate to OpenBao.
-#[derive(Debug, Clone)]
-pub struct KvOptions {
-    /// `http://127.0.0.1:8200` or `https://…`; a trailing `/` is ignored.
-    pub address: String,
-    /// The KV v2 mount, e.g. `secret`.
-    pub mount: String,
-    /// Sent as `X-Vault-Namespace` when set.
-    pub namespace: Option<String>,
-    /// A PEM bundle of CA certificates trusted for https, in addition to
-    /// the system's roots.
-    pub ca_file: Option<PathBuf>,
-    /// Where the token comes from.
-    pub auth: KvAuth,
-    /// The limit on each request (connecting, and the whole exchange).
-    pub timeout: Duration,
-}
-
-/// Where the token comes from. Holds file paths only.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KvAuth {
-    /// A token read from a file (trimmed). Read again when the server says
-    /// 403, so that a rotated file is picked up.
-    TokenFile(PathBuf),
-    /// AppRole login: `POST /v1/auth/{mount}/login {role_id, secret_id}`,
-    /// the ids read from files (trimmed).
-    AppRole {
-        /// The AppRole auth mount, e.g. `approle`.
-        mount: String,
-        /// The file holding the role_id.
-        role_id_file: PathBuf,
-        /// The file holding the secret_id.
-        secret_id_file: PathBuf,
-    },
-}
 
 /// One version of an entry.
 #[derive(Clone, PartialEq)]

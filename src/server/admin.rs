@@ -14,6 +14,7 @@ use crate::agent::error::ApiError;
 use crate::agent::{rotate, Agent};
 use crate::proto;
 use crate::rotation::Command;
+use crate::wire::ToInfo;
 
 /// The admin-socket gRPC service.
 pub struct AdminService {

@@ -13,6 +13,8 @@ use crate::agent::error::ApiError;
 use crate::agent::serve::Via;
 use crate::agent::Agent;
 use crate::proto;
+use crate::wire::shown_key;
+use crate::wire::ToWire;
 
 /// The service-socket gRPC service.
 pub struct KeysService {
@@ -46,21 +48,6 @@ impl KeysService {
             .map(|s| s.to_proto())
             .ok_or_else(|| ApiError::NotFound(format!("key {key} does not exist")))
     }
-}
-
-/// A key as the caller sent it, escaped and bounded, for audit records of
-/// refusals.
-pub fn shown_key(k: &proto::KeyRef) -> String {
-    let mut s = format!("{:?}/{:?}", k.environment, k.name);
-    if s.len() > 300 {
-        let mut end = 300;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-        s.push('…');
-    }
-    s
 }
 
 type EventStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<proto::KeyEvent, Status>> + Send>>;

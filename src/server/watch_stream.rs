@@ -53,7 +53,6 @@ use tokio_stream::wrappers::WatchStream;
 use tokio_stream::Stream;
 use tonic::Status;
 
-use super::keys::shown_key;
 use super::peer::Peer;
 use crate::agent::caller::Caller;
 use crate::agent::error::ApiError;
@@ -63,6 +62,8 @@ use crate::keyset::KeySetState;
 use crate::proto;
 use crate::secret::KeyRef;
 use crate::watch::{same_state, Eviction, Subscription, WatchCaps};
+use crate::wire::shown_key;
+use crate::wire::ToWire;
 
 /// Most keys one `WatchKeys` call may name.
 pub const MAX_KEYS_PER_WATCH: usize = 1024;

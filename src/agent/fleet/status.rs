@@ -13,6 +13,7 @@ use crate::agent::Agent;
 use crate::openbao::KvError;
 use crate::proto;
 use crate::secret::KeyRef;
+use crate::wire::ToWire;
 
 /// One key as an agent serves it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -153,7 +154,7 @@ impl Fleet {
                 agent_id: r.agent_id,
                 hostname: r.hostname,
                 recipient: r.recipient,
-                updated_at: Some(crate::keyset::timestamp(
+                updated_at: Some(crate::wire::timestamp(
                     UNIX_EPOCH + Duration::from_millis(r.updated_at_ms),
                 )),
                 ttl_seconds: r.ttl_seconds,

@@ -18,10 +18,11 @@ use std::time::SystemTime;
 use clap::Parser;
 use cli::{AuditCommand, Cli, Command, PutArgs};
 use keyward::client::{self, DEFAULT_ADMIN_SOCKET, DEFAULT_SERVICE_SOCKET};
-use keyward::keyset::{from_timestamp, timestamp};
 use keyward::proto::{self, admin_client::AdminClient, keys_client::KeysClient};
 use keyward::secret::KeyRef;
 use keyward::store::identity::{AgentIdentity, InstallKey};
+use keyward::wire::ToWire;
+use keyward::wire::{from_timestamp, timestamp};
 use zeroize::Zeroizing;
 
 const DEFAULT_STATE_DIR: &str = "/var/lib/keyward";

@@ -9,12 +9,13 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use keyward::keyset::timestamp;
 use keyward::proto::{self, admin_client::AdminClient, keys_client::KeysClient, RotationState};
+use keyward::wire::timestamp;
 use tonic::transport::Channel;
 
 use crate::cli::{Cli, RotateArgs, StageArgs, StepArgs, Until};
 use crate::{admin, key_arg, key_name, read_secret, refused, service_socket, state_name, Outcome};
+use keyward::wire::ToWire;
 
 /// A single rotation step after stage.
 #[derive(Clone, Copy, Debug)]
@@ -181,7 +182,7 @@ fn evicted_text(e: &proto::EvictedSubscriber) -> String {
     let at = e
         .evicted_at
         .as_ref()
-        .and_then(keyward::keyset::from_timestamp)
+        .and_then(keyward::wire::from_timestamp)
         .map(|t| format!(" at {}", humantime::format_rfc3339_seconds(t)))
         .unwrap_or_default();
     format!(

@@ -33,6 +33,7 @@ use zeroize::Zeroizing;
 
 use crate::cli::{Cli, OnRotate, RenderArgs, RunArgs};
 use crate::{key_arg, key_name, refused, service_socket, Outcome};
+use keyward::wire::ToWire;
 
 /// See the module docs; what fails is said, and the command goes on.
 fn harden() {
