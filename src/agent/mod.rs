@@ -414,7 +414,7 @@ impl Agent {
     /// Whether the current policy gives `caller` `right` on `key`. The
     /// caller's uid and groups are tried first; only when a grant listing
     /// executables or units could apply is the caller's process verified
-    /// (once per connection, see [`identity`]). `Err` carries why the
+    /// (once per connection, see `crate::server::identity`). `Err` carries why the
     /// executable and unit selectors could not match, when that was tried
     /// and they could not.
     pub async fn allows(&self, caller: &Caller, key: &KeyRef, right: Right) -> Result<(), Option<String>> {

@@ -50,7 +50,7 @@ pub use crate::alerts::detect::Classification;
 
 /// Who reported a failure, as the retire gate tells reporters apart: the
 /// uid, and the unit or granted program its process was verified to be
-/// (see [`super::identity`]), which a user cannot make up at will.
+/// (see `crate::server::identity`), which a user cannot make up at will.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Reporter {
     /// The caller's uid.

@@ -33,7 +33,7 @@
 //!   the agent `max_watches`: past either, `RESOURCE_EXHAUSTED` naming the
 //!   setting.
 //! - A stream evicted for taking nothing within its key's propagation
-//!   timeout ([`crate::watch`], [`super::watch_evict`]) sends nothing more:
+//!   timeout ([`crate::watch`], [`crate::agent::watch_evict`]) sends nothing more:
 //!   its next poll ends it with `ABORTED`, saying why. (hyper takes the next
 //!   event only once the one before found room in the client's HTTP/2
 //!   window, so a client that never opens it gets the status only if it
