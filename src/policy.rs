@@ -111,6 +111,16 @@ pub fn may_ask_for_credentials(uid: u32, pid: Option<i32>, dev_mode: bool, agent
     (uid == 0 && pid == Some(1)) || (dev_mode && uid == agent_uid)
 }
 
+/// A caller known by its unit alone: the unit the service manager (PID 1)
+/// names when it asks `creds.sock` for a credential. It has no uid, groups
+/// or executable the policy could match, so only credentials grants (those
+/// that name nothing but `units`) apply to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnitPrincipal<'a> {
+    /// The unit being started, e.g. `billing.service`.
+    pub unit: &'a str,
+}
+
 /// A systemd unit as a `units` selector sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Unit<'a> {
@@ -453,12 +463,12 @@ impl Policy {
             .find(|g| g.report && g.applies_to(who) && g.covers(key))
     }
 
-    /// The first credentials grant (only `units`) that lets the unit named
-    /// `unit` have `key` through `LoadCredential=`.
-    pub fn credential_grant_for(&self, unit: &str, key: &KeyRef) -> Option<&Grant> {
+    /// The first credentials grant (only `units`) that lets the unit
+    /// `who` names have `key` through `LoadCredential=`.
+    pub fn credential_grant_for(&self, who: &UnitPrincipal<'_>, key: &KeyRef) -> Option<&Grant> {
         self.grants
             .iter()
-            .find(|g| g.is_credentials_grant() && g.units.iter().any(|u| u == unit) && g.covers(key))
+            .find(|g| g.is_credentials_grant() && g.units.iter().any(|u| u == who.unit) && g.covers(key))
     }
 
     /// Every executable path the grants name (each once).
@@ -882,7 +892,10 @@ mod tests {
                 ..grant("uid+unit")
             },
         ]);
-        let origin = |unit, k| policy.credential_grant_for(unit, &key(k)).map(|g| g.origin.clone());
+        let origin = |unit, k| {
+            let who = UnitPrincipal { unit };
+            policy.credential_grant_for(&who, &key(k)).map(|g| g.origin.clone())
+        };
         assert_eq!(origin("billing.service", "prod/billing-api").as_deref(), Some("creds"));
         assert_eq!(origin("billing.service", "prod/crm-api"), None);
         // A grant with a principal is not a credentials grant.

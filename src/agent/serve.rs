@@ -109,7 +109,8 @@ impl Agent {
                 state.cloned()
             }
             Via::Credential { unit, .. } => {
-                if self.config().policy.credential_grant_for(unit, key).is_none() {
+                let who = crate::policy::UnitPrincipal { unit };
+                if self.config().policy.credential_grant_for(&who, key).is_none() {
                     let denied = ApiError::PermissionDenied(format!(
                         "unit {unit} may not read {key}: no grant naming only units lists this unit for this key; add a [[grant]] with units = [{unit:?}]"
                     ));
