@@ -45,17 +45,6 @@ impl Command {
         }
     }
 
-    /// The watch `reason` of the state this command produces.
-    pub fn reason(self) -> &'static str {
-        match self {
-            Command::Stage => "staged",
-            Command::Promote => "promoted",
-            Command::Rollback => "rolled_back",
-            Command::Abort => "aborted",
-            Command::Retire => "retired",
-        }
-    }
-
     /// Every command, for tables.
     pub const ALL: [Command; 5] = [
         Command::Stage,

@@ -26,7 +26,7 @@ use super::Agent;
 use crate::audit::{AuditError, AuditEvent, VersionRecord};
 use crate::keyset::{KeySetState, RotationState};
 use crate::secret::KeyRef;
-use crate::watch::same_state;
+use crate::watch::{same_state, Reason};
 
 /// Proof that changes are serialized: from [`Agent::lock_changes`].
 pub struct ChangeLock<'a>(#[allow(dead_code)] tokio::sync::MutexGuard<'a, ()>);
@@ -68,8 +68,8 @@ pub struct Change<'a> {
     pub commit: Commit,
     /// The audit event (`put`, `promote`, `reload`, `fleet_sync`…).
     pub event: &'static str,
-    /// The reason watchers are given (`put`, `promoted`, `reloaded`…).
-    pub reason: &'static str,
+    /// The reason watchers are given.
+    pub reason: Reason,
     /// Who asked for it (`None`: the agent itself, from a file or the
     /// fleet).
     pub caller: Option<&'a Caller>,

@@ -17,6 +17,7 @@ use crate::keyset::KeySetState;
 use crate::proto;
 use crate::rotation;
 use crate::secret::{KeyRef, Secret};
+use crate::watch::Reason;
 use crate::wire::{from_timestamp, ToInfo};
 
 impl Agent {
@@ -64,7 +65,7 @@ impl Agent {
             after: After::State(next),
             commit: Commit::Backend,
             event: "put",
-            reason: "put",
+            reason: Reason::Put,
             caller: Some(caller),
             detail: req.overwrite.then(|| "overwrite".to_owned()),
             name_dropped: false,
@@ -97,7 +98,7 @@ impl Agent {
             after: After::Deleted,
             commit: Commit::Backend,
             event: "delete",
-            reason: "deleted",
+            reason: Reason::Deleted,
             caller: Some(caller),
             detail: None,
             name_dropped: false,
@@ -136,7 +137,7 @@ impl Agent {
                 after: After::State((*current).clone()),
                 commit: Commit::Backend,
                 event: "reseal",
-                reason: "reseal",
+                reason: Reason::Reseal,
                 caller: Some(caller),
                 detail: None,
                 name_dropped: false,

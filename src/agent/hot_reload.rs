@@ -39,6 +39,7 @@ use crate::audit::AuditEvent;
 use crate::keyset::KeySetState;
 use crate::secret::KeyRef;
 use crate::store::reload::{FileKind, PathClass, ReloadOutcome};
+use crate::watch::Reason;
 
 /// How long a path must see no event before its file is read.
 pub const QUIET: Duration = Duration::from_millis(100);
@@ -315,7 +316,7 @@ async fn report(agent: &Agent, serial: &ChangeLock<'_>, key: &KeyRef, path: &Pat
                 after: After::Loaded(after),
                 commit: Commit::Loaded,
                 event: "reload",
-                reason: "reloaded",
+                reason: Reason::Reloaded,
                 caller: None,
                 detail: Some(format!("applied {shown}: {}, {what}", kind.as_str())),
                 name_dropped: false,

@@ -195,7 +195,7 @@ async fn commit(
         after: After::State(next),
         commit: Commit::Backend,
         event: command.as_str(),
-        reason: command.reason(),
+        reason: command.into(),
         caller: Some(caller),
         detail: (!detail.is_empty()).then(|| detail.clone()),
         // Name the version that was dropped too.

@@ -22,6 +22,7 @@ use crate::audit::{AuditEvent, VersionRecord};
 use crate::config::AuditFailureMode;
 use crate::keyset::KeySetState;
 use crate::secret::KeyRef;
+use crate::watch::Reason;
 
 /// How a key state leaves the agent.
 #[derive(Clone, Copy, Debug)]
@@ -31,8 +32,8 @@ pub enum Via<'a> {
     /// A `WatchKeys` event: a state published for `reason` (`None`: the key
     /// was deleted).
     Watch {
-        /// Why it is sent (`initial`, `put`, `promoted`…).
-        reason: &'static str,
+        /// Why it is sent.
+        reason: Reason,
         /// What is sent.
         state: Option<&'a Arc<KeySetState>>,
     },
@@ -130,7 +131,7 @@ impl Agent {
         };
         let detail = match via {
             Via::Fetch => None,
-            Via::Watch { reason, .. } => Some(reason.to_owned()),
+            Via::Watch { reason, .. } => Some(reason.as_str().to_owned()),
             Via::Credential { id, unit } => Some(format!("LoadCredential {id} for {unit}")),
         };
         let record = AuditEvent {

@@ -61,7 +61,7 @@ use crate::agent::{Agent, Right};
 use crate::keyset::KeySetState;
 use crate::proto;
 use crate::secret::KeyRef;
-use crate::watch::{same_state, Eviction, Subscription, WatchCaps};
+use crate::watch::{same_state, Eviction, Reason, Subscription, WatchCaps};
 use crate::wire::shown_key;
 use crate::wire::ToWire;
 
@@ -192,7 +192,7 @@ impl Session {
                 unreachable!("initial states are all present")
             };
             let seq = self.subscription.initial_seq(index);
-            return Poll::Ready(Ok(self.deliver(index, seq, Some(state.clone()), "initial")));
+            return Poll::Ready(Ok(self.deliver(index, seq, Some(state.clone()), Reason::Initial)));
         }
         // A reload first: nothing more goes out under a policy that no
         // longer allows it. The check may verify the caller's process (a
@@ -239,7 +239,7 @@ impl Session {
 
     /// The future that checks, audits and builds the event for key `index`
     /// in `state` (`None`: deleted), from publish `seq`.
-    fn deliver(&self, index: usize, seq: u64, state: Option<Arc<KeySetState>>, reason: &'static str) -> Delivering {
+    fn deliver(&self, index: usize, seq: u64, state: Option<Arc<KeySetState>>, reason: Reason) -> Delivering {
         let agent = self.agent.clone();
         let caller = self.caller.clone();
         let key = self.subscription.keys()[index].clone();
@@ -259,7 +259,7 @@ impl Session {
             Ok(Some(Delivery {
                 event: proto::KeyEvent {
                     key_set: Some(key_set),
-                    reason: reason.to_owned(),
+                    reason: reason.as_str().to_owned(),
                 },
                 index,
                 seq,

@@ -16,6 +16,7 @@ use crate::alerts::Severity;
 use crate::openbao::{KvEntry, KvError};
 use crate::secret::KeyRef;
 use crate::store::reload::{check_no_reuse, same_state};
+use crate::watch::Reason;
 
 /// The follower's tasks.
 pub struct FleetTasks {
@@ -259,7 +260,7 @@ impl Fleet {
                         after: After::Deleted,
                         commit: Commit::LocalCopy,
                         event: "fleet_sync",
-                        reason: "deleted",
+                        reason: Reason::Deleted,
                         caller: None,
                         detail: Some("deleted".to_owned()),
                         name_dropped: false,
@@ -326,7 +327,7 @@ impl Fleet {
             after: After::State(state),
             commit: Commit::LocalCopy,
             event: "fleet_sync",
-            reason: "fleet",
+            reason: Reason::Fleet,
             caller: None,
             detail: Some("applied".to_owned()),
             name_dropped: false,
