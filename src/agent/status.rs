@@ -1,4 +1,7 @@
-//! `GetStatus`: what the agent is, serves and holds open.
+//! What the agent is, serves and holds open: `GetStatus`, and the state
+//! behind each metrics scrape.
+
+use std::time::SystemTime;
 
 use crate::proto;
 use crate::wire::timestamp;
@@ -63,6 +66,50 @@ impl Agent {
                     ..Default::default()
                 },
             }),
+        }
+    }
+
+    /// The counters behind the metrics listener.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.alerting.metrics
+    }
+
+    /// The agent's state for one metrics scrape.
+    pub fn metrics_snapshot(&self) -> crate::metrics::Snapshot {
+        use crate::alerts::{Severity, Signal};
+        let now = SystemTime::now();
+        let secs = |a: SystemTime, b: SystemTime| match a.duration_since(b) {
+            Ok(d) => d.as_secs_f64(),
+            Err(e) => -e.duration().as_secs_f64(),
+        };
+        let keys = self
+            .store
+            .list(None)
+            .iter()
+            .map(|s| crate::metrics::KeyGauges {
+                environment: s.key.env().to_owned(),
+                key: s.key.name().to_owned(),
+                age_seconds: secs(now, s.primary.promoted_at.unwrap_or(s.primary.created_at)),
+                expires_in_seconds: s.primary.expires_at.map(|e| secs(e, now)),
+                generation: s.generation,
+            })
+            .collect();
+        let open = self.alerting.open_alerts();
+        let mut open_alerts = Vec::new();
+        for signal in Signal::ALL {
+            for severity in [Severity::Info, Severity::Warning, Severity::Critical] {
+                let n = open.iter().filter(|(g, v)| *g == signal && *v == severity).count() as u64;
+                open_alerts.push((signal, severity, n));
+            }
+        }
+        crate::metrics::Snapshot {
+            watchers: self.watchers.count() as u64,
+            connections: self.connections.total() as u64,
+            open_alerts,
+            keys,
+            sinks: self.alerting.sink_stats(),
+            backend: self.fleet.as_ref().map(|f| f.gauges()),
+            audit_disk_free_bytes: self.audit_disk.free_bytes(),
         }
     }
 }
