@@ -78,6 +78,9 @@ pub struct Change<'a> {
     /// Also name, in the audit record, the fallback the change dropped
     /// (retire, abort).
     pub name_dropped: bool,
+    /// The fleet backend's version the change comes from, when it is not
+    /// the new state's own (a deletion marker's); `None`: the state's.
+    pub backend_version: Option<u64>,
 }
 
 /// A change that was applied.
@@ -111,6 +114,7 @@ impl Agent {
             caller,
             detail,
             name_dropped,
+            backend_version,
         } = change;
         let started = Instant::now();
         let (state, deleted) = match (after, commit) {
@@ -167,7 +171,7 @@ impl Agent {
             versions,
             generation_before: before.as_ref().map(|s| s.generation),
             generation_after: after.map(|s| s.generation),
-            backend_version: after.or(before.as_ref()).and_then(|s| s.backend_version),
+            backend_version: backend_version.or_else(|| after.or(before.as_ref()).and_then(|s| s.backend_version)),
             outcome: "ok",
             detail,
             coalesced: None,

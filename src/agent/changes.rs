@@ -69,6 +69,7 @@ impl Agent {
             caller: Some(caller),
             detail: req.overwrite.then(|| "overwrite".to_owned()),
             name_dropped: false,
+            backend_version: None,
         };
         let applied = self.apply(&serial, change).await?;
         audited("put", &key, applied.audit)?;
@@ -102,6 +103,7 @@ impl Agent {
             caller: Some(caller),
             detail: None,
             name_dropped: false,
+            backend_version: None,
         };
         let applied = self.apply(&serial, change).await?;
         audited("delete", &key, applied.audit)?;
@@ -141,6 +143,7 @@ impl Agent {
                 caller: Some(caller),
                 detail: None,
                 name_dropped: false,
+                backend_version: None,
             };
             let applied = self.apply(&serial, change).await?;
             audited("reseal", &key, applied.audit)?;

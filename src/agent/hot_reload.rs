@@ -320,6 +320,7 @@ async fn report(agent: &Agent, serial: &ChangeLock<'_>, key: &KeyRef, path: &Pat
                 caller: None,
                 detail: Some(format!("applied {shown}: {}, {what}", kind.as_str())),
                 name_dropped: false,
+                backend_version: None,
             };
             let audited = match agent.apply(serial, change).await {
                 Ok(applied) => applied.audit,

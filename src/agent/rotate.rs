@@ -200,6 +200,7 @@ async fn commit(
         detail: (!detail.is_empty()).then(|| detail.clone()),
         // Name the version that was dropped too.
         name_dropped: command == Command::Retire || command == Command::Abort,
+        backend_version: None,
     };
     let applied = agent.apply(serial, change).await?;
     let committed = applied.state;

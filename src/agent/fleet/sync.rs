@@ -264,6 +264,7 @@ impl Fleet {
                         caller: None,
                         detail: Some("deleted".to_owned()),
                         name_dropped: false,
+                        backend_version: Some(entry.version),
                     };
                     match agent.apply(&serial, change).await {
                         Ok(applied) => {
@@ -331,6 +332,7 @@ impl Fleet {
             caller: None,
             detail: Some("applied".to_owned()),
             name_dropped: false,
+            backend_version: Some(entry.version),
         };
         let applied = match agent.apply(&serial, change).await {
             Ok(a) => a,
