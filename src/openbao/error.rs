@@ -5,6 +5,9 @@
 //! the mapping never sees a token, and [`scrub`] removes one from any text
 //! that might echo it back.
 
+use std::error::Error as _;
+use std::time::Duration;
+
 use serde_json::Value;
 
 /// How many characters of OpenBao's error text a message keeps.
@@ -247,6 +250,86 @@ pub(super) fn scrub_error(error: KvError, secrets: &[&str]) -> KvError {
         },
         other @ (KvError::CasMismatch { .. } | KvError::Sealed { .. }) => other,
     }
+}
+
+/// An error and its sources on one line.
+pub(super) fn one_line(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let part = e.to_string();
+        if !text.ends_with(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = e.source();
+    }
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Why a request got no answer, in a few words: "connection refused", "no
+/// answer within 5s", or the innermost error ("invalid peer certificate:
+/// UnknownIssuer").
+pub(super) fn transport_reason(error: &reqwest::Error, timeout: Duration) -> String {
+    if error.is_timeout() {
+        return format!("no answer within {}", humantime::format_duration(timeout));
+    }
+    let mut innermost: &dyn std::error::Error = error;
+    let mut io_kind = None;
+    let mut source = error.source();
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            io_kind = Some(io.kind());
+        }
+        innermost = e;
+        source = e.source();
+    }
+    use std::io::ErrorKind;
+    match io_kind {
+        Some(ErrorKind::ConnectionRefused) => "connection refused".to_owned(),
+        Some(ErrorKind::ConnectionReset) => "connection reset".to_owned(),
+        Some(ErrorKind::ConnectionAborted) => "connection aborted".to_owned(),
+        Some(ErrorKind::TimedOut) => format!("no answer within {}", humantime::format_duration(timeout)),
+        _ => {
+            let text = innermost.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+            if error.is_connect() {
+                format!("cannot connect: {text}")
+            } else {
+                text
+            }
+        }
+    }
+}
+
+/// True when the connection was closed (or reset) after the request went
+/// out and before any answer came: what a reused connection that the
+/// server had just closed looks like.
+pub(super) fn closed_unanswered(error: &reqwest::Error) -> bool {
+    if error.is_timeout() || error.is_connect() {
+        return false;
+    }
+    let mut source = error.source();
+    while let Some(e) = source {
+        if let Some(hyper_error) = e.downcast_ref::<hyper::Error>() {
+            if hyper_error.is_incomplete_message() || hyper_error.is_canceled() {
+                return true;
+            }
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind;
+            if matches!(
+                io.kind(),
+                ErrorKind::ConnectionReset
+                    | ErrorKind::BrokenPipe
+                    | ErrorKind::ConnectionAborted
+                    | ErrorKind::UnexpectedEof
+            ) {
+                return true;
+            }
+        }
+        source = e.source();
+    }
+    false
 }
 
 #[cfg(test)]

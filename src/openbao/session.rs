@@ -15,7 +15,6 @@
 //!   [`KvError::Unreachable`] at once (no retry loop here: the caller
 //!   decides when to try again).
 
-use std::error::Error as _;
 use std::path::Path;
 use std::time::Duration;
 
@@ -30,7 +29,9 @@ use zeroize::Zeroize;
 
 use super::auth::{approle_login_body, read_secret_file, APPROLE_FILE_FIX, TOKEN_FILE_FIX};
 use super::error::KvError;
-use super::error::{answer_error, error_text, not_found_means_absent, scrub, scrub_error};
+use super::error::{
+    answer_error, closed_unanswered, error_text, not_found_means_absent, one_line, scrub, scrub_error, transport_reason,
+};
 use super::lease::Lease;
 use super::options::{KvAuth, KvOptions};
 use super::response::{self, TokenLife};
@@ -119,86 +120,6 @@ fn read_ca_file(path: &Path) -> Result<Vec<reqwest::Certificate>, KvError> {
         return Err(error("it holds no PEM certificate".to_owned()));
     }
     Ok(certs)
-}
-
-/// An error and its sources on one line.
-fn one_line(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        let part = e.to_string();
-        if !text.ends_with(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = e.source();
-    }
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-/// Why a request got no answer, in a few words: "connection refused", "no
-/// answer within 5s", or the innermost error ("invalid peer certificate:
-/// UnknownIssuer").
-fn transport_reason(error: &reqwest::Error, timeout: Duration) -> String {
-    if error.is_timeout() {
-        return format!("no answer within {}", humantime::format_duration(timeout));
-    }
-    let mut innermost: &dyn std::error::Error = error;
-    let mut io_kind = None;
-    let mut source = error.source();
-    while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            io_kind = Some(io.kind());
-        }
-        innermost = e;
-        source = e.source();
-    }
-    use std::io::ErrorKind;
-    match io_kind {
-        Some(ErrorKind::ConnectionRefused) => "connection refused".to_owned(),
-        Some(ErrorKind::ConnectionReset) => "connection reset".to_owned(),
-        Some(ErrorKind::ConnectionAborted) => "connection aborted".to_owned(),
-        Some(ErrorKind::TimedOut) => format!("no answer within {}", humantime::format_duration(timeout)),
-        _ => {
-            let text = innermost.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
-            if error.is_connect() {
-                format!("cannot connect: {text}")
-            } else {
-                text
-            }
-        }
-    }
-}
-
-/// True when the connection was closed (or reset) after the request went
-/// out and before any answer came: what a reused connection that the
-/// server had just closed looks like.
-fn closed_unanswered(error: &reqwest::Error) -> bool {
-    if error.is_timeout() || error.is_connect() {
-        return false;
-    }
-    let mut source = error.source();
-    while let Some(e) = source {
-        if let Some(hyper_error) = e.downcast_ref::<hyper::Error>() {
-            if hyper_error.is_incomplete_message() || hyper_error.is_canceled() {
-                return true;
-            }
-        }
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            use std::io::ErrorKind;
-            if matches!(
-                io.kind(),
-                ErrorKind::ConnectionReset
-                    | ErrorKind::BrokenPipe
-                    | ErrorKind::ConnectionAborted
-                    | ErrorKind::UnexpectedEof
-            ) {
-                return true;
-            }
-        }
-        source = e.source();
-    }
-    false
 }
 
 /// Best effort: zeroes a body that held a token, if no one else holds it.

@@ -20,6 +20,7 @@ pub mod identity;
 mod perms;
 pub mod record;
 pub mod reload;
+mod seal;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -228,33 +229,6 @@ impl Store {
     /// the backend is the source of truth, the file only its cache.
     pub fn replace(&self, next: KeySetState) -> Result<Arc<KeySetState>, StoreError> {
         self.write_state(next)
-    }
-
-    /// Encrypts a record to this agent, the extra recipients and `more`
-    /// (the fleet's other agents, none of them among the first), ASCII-armored:
-    /// the form kept in a shared backend, readable with `age -d` by any of them.
-    pub fn seal_armored(&self, plaintext: &[u8], more: &[x25519::Recipient]) -> Result<String, StoreError> {
-        let armored = encrypt_to(self.recipients.iter().chain(more), plaintext, true)
-            .map_err(|e| StoreError::Invalid(format!("cannot encrypt a record for the backend: {e}")))?;
-        String::from_utf8(armored)
-            .map_err(|e| StoreError::Invalid(format!("cannot encrypt a record for the backend: {e}")))
-    }
-
-    /// Decrypts and decodes a record sealed by [`Store::seal_armored`] (by
-    /// any agent of the fleet) as the state of `key`.
-    pub fn open_armored(&self, key: KeyRef, armored: &str) -> Result<KeySetState, StoreError> {
-        let mut binary = zeroize::Zeroizing::new(Vec::with_capacity(armored.len()));
-        io::Read::read_to_end(&mut age::armor::ArmoredReader::new(armored.as_bytes()), &mut binary).map_err(|e| {
-            StoreError::Invalid(format!(
-                "the record is not an age file ({e}): it was not written by keyward"
-            ))
-        })?;
-        self.decrypt_decode(key, &binary, |e| {
-            format!(
-                "this agent cannot decrypt it ({e}): it is not encrypted to this agent's identity {}; add that recipient to every agent's [backend] recipients, then run `keyward fleet reseal` on an agent that can read it",
-                self.identity.recipient()
-            )
-        })
     }
 
     /// [`Store::commit`] without the check for a key file the store did not
