@@ -102,17 +102,8 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
+pub use crate::config::audit::Durability;
 pub use verify::{verify, ProblemKind, VerifyProblem, VerifyReport};
-
-/// When a record counts as written.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Durability {
-    /// write(2) returned: survives an agent crash, not a power loss. A
-    /// background fdatasync runs every `fsync_interval`.
-    Write,
-    /// fdatasync returned for the batch: survives a power loss.
-    Fsync,
-}
 
 /// How to open the log.
 #[derive(Clone)]

@@ -1,6 +1,7 @@
 //! Config tests: the documented example, the defaults, and the message of each kind of mistake.
 
 use super::*;
+use crate::policy::KeyPattern;
 
 /// The module docs' example, with accounts that exist on every test
 /// machine (root) in place of billing and keyward.
