@@ -427,9 +427,6 @@ impl RawConfig {
 mod tests;
 
 #[cfg(test)]
-mod alerts_tests;
-
-#[cfg(test)]
 mod proptests;
 
 #[cfg(test)]
