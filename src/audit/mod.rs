@@ -49,7 +49,7 @@
 //!
 //! # Layout
 //!
-//! [`line`] holds a record's fields and its line codec (the record format
+//! [`line`](mod@line) holds a record's fields and its line codec (the record format
 //! is described there), [`head`] the head file's codec and handle;
 //! `commit.rs` the group commit, `writer.rs` the writer state (opening,
 //! tail recovery, appending), `sync.rs` the background sync of

@@ -85,7 +85,7 @@ pub struct KeyEntry {
 }
 
 /// The rotation settings: `[rotation]` and the `[[key]]` entries, in file
-/// order. Use [`Config::rotation_for`] to get one key's settings.
+/// order. Use [`Config::rotation_for`](super::Config::rotation_for) to get one key's settings.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct RotationConfig {
     /// The `[rotation]` table.
@@ -94,7 +94,7 @@ pub struct RotationConfig {
     pub keys: Vec<KeyEntry>,
 }
 
-/// The effective rotation settings of one key (see [`Config::rotation_for`]).
+/// The effective rotation settings of one key (see [`Config::rotation_for`](super::Config::rotation_for)).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyRotation {
     /// Retire is refused until this long after promotion.

@@ -24,6 +24,7 @@
 //! or `Debug` output. Sinks are described by their name and
 //! `scheme://host:port` only.
 //!
+//! [`Alert`]: crate::alerts::Alert
 //! [`Sensitive`]: crate::alerts::Sensitive
 
 mod dispatch;

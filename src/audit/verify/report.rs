@@ -53,7 +53,7 @@ impl fmt::Display for VerifyProblem {
     }
 }
 
-/// The result of [`verify`].
+/// The result of [`verify`](crate::audit::verify()).
 #[derive(Clone, Debug, Default)]
 pub struct VerifyReport {
     /// Lines that parsed as records (whether or not they verified).
