@@ -125,6 +125,25 @@ mod tests {
     use super::*;
     use crate::audit::tests::KEY;
 
+    /// A head file as the format defines it, its MAC computed outside
+    /// this code (HMAC-SHA256 under the key of "head", the seq as 8 bytes
+    /// big-endian and the hash's hex digits): written and read byte for
+    /// byte.
+    #[test]
+    fn a_known_head_is_written_and_read_byte_for_byte() {
+        let json = concat!(
+            "{\"seq\":42,\"hash\":\"abababababababababababababababababababababababababababababababab\",",
+            "\"mac\":\"671f52cafee2d3c0368fcc1eb6f2b5989467f73dc0771cd07876b8f29d7e46dd\"}"
+        );
+        let known = format!("{json:<width$}\n", width = HEAD_LEN - 1);
+        let head = Head {
+            seq: 42,
+            hash: "ab".repeat(32),
+        };
+        assert_eq!(String::from_utf8(encode_head(&KEY, &head)).unwrap(), known);
+        assert_eq!(decode_head(&KEY, known.as_bytes()), Ok(Some(head)));
+    }
+
     #[test]
     fn head_round_trips_and_rejects_tampering() {
         let head = Head {

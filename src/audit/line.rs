@@ -453,6 +453,27 @@ mod tests {
         assert!(check_line(&KEY, line.trim_end().as_bytes()).ok().unwrap().mac_ok);
     }
 
+    /// A line as the format defines it, its hash computed outside this
+    /// code (HMAC-SHA256 under the key of the bytes up to `prev`, closed
+    /// with `}`): the encoder writes exactly these bytes and the checker
+    /// accepts them, so the logs already written keep verifying.
+    #[test]
+    fn a_known_line_is_written_and_checked_byte_for_byte() {
+        let known = concat!(
+            "{\"time\":\"1970-01-01T00:00:00.000000Z\",\"seq\":1,\"event\":\"fetch\",",
+            "\"caller\":{\"uid\":1001,\"gid\":1001,\"pid\":4242,\"exe\":\"/usr/bin/billing\"},",
+            "\"key\":\"prod/billing-api\",\"versions\":[{\"role\":\"primary\",\"version\":3,",
+            "\"fingerprint\":\"9f86d081884c7d65\"}],\"generation_after\":1,\"outcome\":\"ok\",",
+            "\"prev\":\"0000000000000000000000000000000000000000000000000000000000000000\",",
+            "\"hash\":\"9b9f33d39395b85e0ac5f2906d03d3c1374fc88af64acf9afb49a8bd126a29c1\"}\n"
+        );
+        let (line, hash) = encode(1, ZERO_HASH, &fetch(1));
+        assert_eq!(line, known);
+        assert_eq!(hash, "9b9f33d39395b85e0ac5f2906d03d3c1374fc88af64acf9afb49a8bd126a29c1");
+        let checked = check_line(&KEY, known.trim_end().as_bytes()).ok().unwrap();
+        assert!(checked.mac_ok);
+    }
+
     #[test]
     fn the_hash_covers_the_line_as_written() {
         let (line, hash) = encode(1, ZERO_HASH, &fetch(1));
