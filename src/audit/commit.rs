@@ -27,13 +27,14 @@
 //!   or `Closed` if a leader panicked (which closes the log).
 
 use std::path::PathBuf;
-use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::runtime::RuntimeFlavor;
 use tokio::sync::{oneshot, Notify};
 
-use super::writer::{report_failure, HeadFile, LogFile, Writer};
+use super::head::HeadFile;
+use super::sync::Syncer;
+use super::writer::Writer;
 use super::{lock, AuditError, AuditEvent, AuditOptions, AuditStatus, Durability};
 
 /// Batches a leader writes before it hands the lead on (once its own
@@ -414,86 +415,6 @@ fn blocking<R>(f: impl FnOnce() -> R) -> R {
     match tokio::runtime::Handle::try_current() {
         Ok(rt) if rt.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
         _ => f(),
-    }
-}
-
-/// The background sync thread of [`Durability::Write`]: every
-/// `fsync_interval`, fdatasyncs what has been written (on its own handle
-/// of the log, without any lock held), then moves the head to it.
-struct Syncer {
-    /// Dropped or sent to: stop.
-    stop: mpsc::Sender<()>,
-    /// Sent as the thread's very last act.
-    done: oneshot::Receiver<()>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl Syncer {
-    fn start(
-        mut log: Box<dyn LogFile>,
-        synced: u64,
-        opts: &AuditOptions,
-        status: Arc<Mutex<AuditStatus>>,
-        head: Arc<Mutex<HeadFile>>,
-    ) -> Result<Syncer, AuditError> {
-        let (stop, stopped) = mpsc::channel();
-        let (done_tx, done) = oneshot::channel();
-        let (interval, path) = (opts.fsync_interval, opts.path.clone());
-        let thread = std::thread::Builder::new()
-            .name("keyward-audit-sync".into())
-            // It only syncs and writes the head file: a small stack, which
-            // matters because the agent's memory is locked (all resident).
-            .stack_size(256 * 1024)
-            .spawn(move || {
-                let mut synced = synced;
-                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
-                    synced = sync_once(&mut *log, synced, &status, &head, &path);
-                }
-                let _ = done_tx.send(());
-            })
-            .map_err(|e| AuditError::io(&opts.path, e))?;
-        Ok(Syncer { stop, done, thread })
-    }
-
-    /// Stops the thread and waits for it, without blocking the runtime on a
-    /// sync in progress.
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        // Err only if the thread is already gone.
-        let _ = self.done.await;
-        if self.thread.join().is_err() {
-            tracing::error!("the audit sync thread panicked");
-        }
-    }
-}
-
-/// One background sync: if records were written since `synced`, fdatasync
-/// them and move the head; returns the seq now durable.
-fn sync_once(
-    log: &mut dyn LogFile,
-    synced: u64,
-    status: &Mutex<AuditStatus>,
-    head: &Mutex<HeadFile>,
-    path: &std::path::Path,
-) -> u64 {
-    // Everything up to this seq was written before the sync starts, so the
-    // sync covers it.
-    let (seq, hash) = {
-        let status = lock(status);
-        (status.sequence, status.head.clone())
-    };
-    if seq == synced {
-        return synced;
-    }
-    match log.sync() {
-        Ok(()) => {
-            lock(head).advance(seq, &hash);
-            seq
-        }
-        Err(e) => {
-            report_failure(status, path, "sync", &e, 0);
-            synced
-        }
     }
 }
 

@@ -15,11 +15,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use super::{
-    check_line, decode_head, encode_head, encode_record, hash_str, head_path, hmac, lock, torn_detail, AuditError,
-    AuditEvent, AuditOptions, AuditStatus, Durability, HashHex, Head, HmacSha256, LineError, TimeText, EVENT_RECOVERED,
-    OUTCOME_HEAD_INVALID, OUTCOME_HEAD_MISMATCH, OUTCOME_MISSING_TAIL, OUTCOME_TORN, ZERO_HASH,
+use super::head::{decode_head, head_path, HeadFile, HEAD_LEN};
+use super::line::{
+    check_line, encode_record, hash_str, hmac, torn_detail, AuditEvent, CheckedLine, HashHex, HmacSha256, LineError,
+    TimeText, EVENT_RECOVERED, OUTCOME_HEAD_INVALID, OUTCOME_HEAD_MISMATCH, OUTCOME_MISSING_TAIL, OUTCOME_TORN,
+    ZERO_HASH,
 };
+use super::{lock, AuditError, AuditOptions, AuditStatus, Durability};
 
 /// How much of the log's end `open` reads first to find the last record.
 const TAIL_WINDOW: u64 = 64 * 1024;
@@ -84,7 +86,7 @@ pub(super) fn open(
             "the audit log ends with a torn fragment (a crash during a write); keeping it and marking it");
         notices.push(notice(OUTCOME_TORN, torn_detail(torn.offset, torn.len)));
     }
-    let mut head_bytes = vec![0; super::HEAD_LEN];
+    let mut head_bytes = vec![0; HEAD_LEN];
     let head_read = read_prefix(&head_file, &mut head_bytes).map_err(io_err)?;
     let found = decode_head(&opts.key, &head_bytes[..head_read]);
     match &found {
@@ -291,7 +293,7 @@ pub(super) fn scan_tail(log: &dyn LogFile, key: &[u8; 32]) -> io::Result<Tail> {
 /// `Ok(Some(None))`: the log holds no record at all; `Ok(Some(Some((record,
 /// offset one past its last byte))))`.
 #[allow(clippy::type_complexity)]
-fn last_record(buf: &[u8], start: u64, key: &[u8; 32]) -> io::Result<Option<Option<(super::CheckedLine, u64)>>> {
+fn last_record(buf: &[u8], start: u64, key: &[u8; 32]) -> io::Result<Option<Option<(CheckedLine, u64)>>> {
     // `end`: one past the current line's last byte.
     let mut end = match buf.last() {
         Some(b'\n') => buf.len() - 1,
@@ -456,46 +458,6 @@ pub(super) fn report_failure(status: &Mutex<AuditStatus>, path: &Path, what: &st
     let message = format!("{what} failed: {}", AuditError::io_copy(path, e));
     tracing::error!(error = %message, refused, "audit log {what} failed");
     lock(status).error = Some(message);
-}
-
-/// The head file, behind its own mutex: moved by the leader after each
-/// batch with [`Durability::Fsync`], by the background sync thread with
-/// [`Durability::Write`], and by `close`.
-pub(super) struct HeadFile {
-    file: File,
-    key: [u8; 32],
-    path: PathBuf,
-    /// The seq the file names, if it names a valid one; it only moves
-    /// forward (a background sync that started before a newer one ended
-    /// must not move it back).
-    names: Option<u64>,
-}
-
-impl HeadFile {
-    /// Names record `seq` (with `hash`), which must be durable, if that is
-    /// past what the file names. Overwrites in place; a failure only
-    /// weakens the detection of a cut tail, so it is logged (and retried at
-    /// the next move), not returned.
-    pub(super) fn advance(&mut self, seq: u64, hash: &str) {
-        if self.names.is_some_and(|names| names >= seq) {
-            return;
-        }
-        let head = Head {
-            seq,
-            hash: hash.to_owned(),
-        };
-        match self.file.write_all_at(&encode_head(&self.key, &head), 0) {
-            Ok(()) => self.names = Some(seq),
-            Err(e) => tracing::error!(path = %self.path.display(), error = %e, "could not update the audit head file"),
-        }
-    }
-
-    /// fdatasyncs the head file (at close).
-    pub(super) fn sync(&self) {
-        if let Err(e) = self.file.sync_data() {
-            tracing::error!(path = %self.path.display(), error = %e, "could not sync the audit head file");
-        }
-    }
 }
 
 #[cfg(test)]

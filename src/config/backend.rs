@@ -1,15 +1,17 @@
 //! `[backend]`: where the keys live. `local` (the store directory, the
 //! default) or `openbao` (OpenBao or Vault KV v2, fleet mode).
 
+pub(crate) mod path;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::validate::{absolute_path, positive_duration, Source};
-use super::ConfigError;
-use crate::openbao::path::{check_address, check_path};
+use super::error::{ConfigError, Source};
+use super::value::{absolute_path, positive_duration};
+use path::{check_address, check_path};
 
 /// Where the keys live.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]

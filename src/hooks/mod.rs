@@ -39,7 +39,8 @@ use std::time::Duration;
 
 use zeroize::Zeroizing;
 
-use crate::secret::{KeyRef, Secret};
+pub use crate::config::hooks::{HookCommand, InvalidHookCommand};
+use crate::secret::Secret;
 use run::{run, StdoutMode};
 
 /// The whole `PATH` a hook gets: system directories only.
@@ -82,69 +83,6 @@ impl Hook {
 impl fmt::Display for Hook {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
-    }
-}
-
-/// A hook command line from the config. `Debug` is safe: it holds no secret.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HookCommand {
-    /// The program (an absolute path, run without `PATH` lookup) and its
-    /// arguments. Never a secret.
-    pub argv: Vec<String>,
-    /// Extra environment variables (never secrets), e.g. `KEYWARD_KEY`.
-    pub env: Vec<(String, String)>,
-}
-
-/// Why a hook command line was refused (the config loader adds where).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum InvalidHookCommand {
-    /// `[]`.
-    #[error("is empty: give the program and its arguments, e.g. [\"/usr/local/bin/new-key\", \"--env\", \"prod\"]")]
-    Empty,
-    /// The program is not an absolute path.
-    #[error("runs {program:?}, which is not an absolute path: write the full path, starting with '/' (hooks run as the agent's user, usually root, so they are never looked up in PATH)")]
-    NotAbsolute {
-        /// The program as written.
-        program: String,
-    },
-    /// An argument holds a NUL byte, which no command line can carry.
-    #[error("has a NUL byte in argument {index}: remove it")]
-    Nul {
-        /// 0-based index in the list.
-        index: usize,
-    },
-}
-
-impl HookCommand {
-    /// Checks `argv`: non-empty, the program an absolute path, no NUL bytes.
-    pub fn new(argv: Vec<String>) -> Result<HookCommand, InvalidHookCommand> {
-        let Some(program) = argv.first() else {
-            return Err(InvalidHookCommand::Empty);
-        };
-        if !program.starts_with('/') {
-            return Err(InvalidHookCommand::NotAbsolute {
-                program: program.clone(),
-            });
-        }
-        if let Some(index) = argv.iter().position(|a| a.contains('\0')) {
-            return Err(InvalidHookCommand::Nul { index });
-        }
-        Ok(HookCommand { argv, env: Vec::new() })
-    }
-
-    /// The same command, told which key it works on through `KEYWARD_KEY`,
-    /// `KEYWARD_ENV` and `KEYWARD_NAME`.
-    pub fn for_key(mut self, key: &KeyRef) -> HookCommand {
-        self.env.retain(|(k, _)| !k.starts_with("KEYWARD_"));
-        self.env.push(("KEYWARD_KEY".to_owned(), key.to_string()));
-        self.env.push(("KEYWARD_ENV".to_owned(), key.env().to_owned()));
-        self.env.push(("KEYWARD_NAME".to_owned(), key.name().to_owned()));
-        self
-    }
-
-    /// The program's path, for messages.
-    pub fn program(&self) -> &str {
-        self.argv.first().map_or("", String::as_str)
     }
 }
 

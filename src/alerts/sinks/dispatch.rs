@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 
 use super::error::DeliveryError;
 use super::retry::{backoff_delay, with_jitter, DropWarnings, DROP_WARNING_EVERY};
-use super::Sink;
+use super::sink::Sink;
 use crate::alerts::{Alert, Severity, Signal, SinkConfig, SinkStats};
 
 /// Delivers alerts to every configured sink. Built by [`Dispatcher::start`],

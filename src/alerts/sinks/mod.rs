@@ -15,6 +15,7 @@
 //! - `log`: the log sink (one structured `tracing` event per notification).
 //! - `retry`: backoff and the rate limit on "queue full" warnings.
 //! - `dispatch`: the [`Dispatcher`]: a bounded queue and a worker per sink.
+//! - `sink`: one built sink of any kind, as the dispatcher drives it.
 //! - `error`: [`SinkError`], delivery errors and the scrubbing of tokens.
 //!
 //! Invariants: [`Dispatcher::send`] never blocks, so a slow or hanging sink
@@ -23,6 +24,7 @@
 //! or `Debug` output. Sinks are described by their name and
 //! `scheme://host:port` only.
 //!
+//! [`Alert`]: crate::alerts::Alert
 //! [`Sensitive`]: crate::alerts::Sensitive
 
 mod dispatch;
@@ -32,21 +34,18 @@ mod http;
 mod log;
 mod payload;
 mod retry;
+mod sink;
 mod smtp;
 
 use std::sync::Once;
-use std::time::Duration;
 
 pub use dispatch::Dispatcher;
 pub use error::SinkError;
 pub use payload::{email_body, email_subject, pagerduty_json, payload_json, rfc3339, slack_json};
 pub use retry::{backoff_delay, with_jitter, DROP_WARNING_EVERY, MAX_BACKOFF};
 
-use crate::alerts::{Alert, SinkConfig, SinkKind};
-use error::DeliveryError;
-use exec::ExecSink;
-use http::{Format, HttpSink};
-use smtp::{SmtpSettings, SmtpSink};
+use crate::alerts::SinkConfig;
+use sink::Sink;
 
 /// The User-Agent of every HTTP sink: `keywardd/VERSION`.
 pub const USER_AGENT: &str = concat!("keywardd/", env!("CARGO_PKG_VERSION"));
@@ -66,121 +65,6 @@ pub(crate) fn install_crypto_provider() {
 /// config validation and reload.
 pub fn check(config: &SinkConfig) -> Result<(), SinkError> {
     Sink::build(config).map(drop)
-}
-
-/// A sink built from its settings, ready to deliver. No `Debug`: most hold
-/// a token.
-pub(crate) enum Sink {
-    /// Webhook, Slack, PagerDuty.
-    Http(HttpSink),
-    /// Email.
-    Smtp(SmtpSink),
-    /// A program.
-    Exec(ExecSink),
-    /// The agent's log; holds the sink's name.
-    Log(String),
-}
-
-impl Sink {
-    /// Builds the sink (no network).
-    pub(crate) fn build(config: &SinkConfig) -> Result<Sink, SinkError> {
-        let name = config.name.as_str();
-        Ok(match &config.kind {
-            SinkKind::Webhook { url, headers, ca_file } => Sink::Http(HttpSink::build(
-                name,
-                url,
-                headers,
-                ca_file.as_deref(),
-                Format::Generic,
-                config.timeout,
-            )?),
-            SinkKind::Slack { url, ca_file } => Sink::Http(HttpSink::build(
-                name,
-                url,
-                &[],
-                ca_file.as_deref(),
-                Format::Slack,
-                config.timeout,
-            )?),
-            SinkKind::PagerDuty {
-                url,
-                routing_key,
-                ca_file,
-            } => Sink::Http(HttpSink::build(
-                name,
-                url,
-                &[],
-                ca_file.as_deref(),
-                Format::PagerDuty {
-                    routing_key: routing_key.clone(),
-                },
-                config.timeout,
-            )?),
-            SinkKind::Smtp {
-                host,
-                port,
-                tls,
-                username,
-                password,
-                from,
-                to,
-                ca_file,
-            } => Sink::Smtp(SmtpSink::build(
-                name,
-                SmtpSettings {
-                    host,
-                    port: *port,
-                    tls: *tls,
-                    username: username.as_deref(),
-                    password: password.as_ref(),
-                    from,
-                    to,
-                    ca_file: ca_file.as_deref(),
-                },
-                config.timeout,
-            )?),
-            SinkKind::Exec { command } => Sink::Exec(ExecSink::new(command.clone(), config.timeout)),
-            SinkKind::Log => Sink::Log(config.name.clone()),
-        })
-    }
-
-    /// What logs say it delivers to.
-    pub(crate) fn endpoint(&self) -> &str {
-        match self {
-            Sink::Http(sink) => sink.endpoint(),
-            Sink::Smtp(sink) => sink.endpoint(),
-            Sink::Exec(sink) => sink.endpoint(),
-            Sink::Log(_) => "the log",
-        }
-    }
-
-    /// Why an attempt that ran out of time failed, and what to do.
-    pub(crate) fn timed_out(&self, after: Duration) -> String {
-        let after = humantime::format_duration(after);
-        match self {
-            Sink::Exec(sink) => format!(
-                "the alert hook {} did not finish within {after} and was killed with its process group: make it faster, or raise the sink's timeout",
-                sink.endpoint()
-            ),
-            _ => format!(
-                "{}: no answer within {after}: check that it is up and reachable, or raise the sink's timeout",
-                self.endpoint()
-            ),
-        }
-    }
-
-    /// One delivery attempt (the caller bounds its time).
-    pub(crate) async fn deliver(&self, alert: &Alert) -> Result<(), DeliveryError> {
-        match self {
-            Sink::Http(sink) => sink.deliver(alert).await,
-            Sink::Smtp(sink) => sink.deliver(alert).await,
-            Sink::Exec(sink) => sink.deliver(alert).await,
-            Sink::Log(name) => {
-                log::log_alert(name, alert);
-                Ok(())
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::super::tests::{fetch, opts, KEY};
+use super::super::writer::LogFile;
 use super::super::{verify, Audit};
 use super::*;
 
@@ -286,8 +287,8 @@ async fn dropping_every_handle_without_close_syncs_and_moves_the_head() {
         audit.record(fetch(i)).await.unwrap();
     }
     drop(audit);
-    let head = std::fs::read(super::super::head_path(&opts.path)).unwrap();
-    let head = super::super::decode_head(&KEY, &head).unwrap().unwrap();
+    let head = std::fs::read(super::super::head::head_path(&opts.path)).unwrap();
+    let head = super::super::head::decode_head(&KEY, &head).unwrap().unwrap();
     assert_eq!(head.seq, 3);
     let report = verify(&opts.path, &KEY).unwrap();
     assert!(report.is_ok() && report.notes.is_empty(), "{report}");

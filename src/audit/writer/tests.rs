@@ -337,7 +337,7 @@ async fn write_mode_syncs_and_moves_the_head_in_the_background() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let bytes = std::fs::read(head_path(&opts.path)).unwrap();
-        let head = super::super::decode_head(&KEY, &bytes).unwrap();
+        let head = super::super::head::decode_head(&KEY, &bytes).unwrap();
         if head.is_some_and(|h| h.seq == 3) {
             break;
         }

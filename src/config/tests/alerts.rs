@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use super::tests::{assert_has, parse, parse_err};
-use crate::alerts::{Severity, Signal, SinkKind, SmtpTls};
+use super::{assert_has, parse, parse_err};
+use crate::config::alerts::{Severity, Signal, SinkKind, SmtpTls};
 
 const TOKEN: &str = "T0KEN-s3cr3t-9f8e7d";
 
@@ -114,7 +114,7 @@ listen = "127.0.0.1:9464"
     assert_eq!(s.signals, [Signal::Spike, Signal::FallbackFailing]);
     match &a.sinks[2].kind {
         SinkKind::PagerDuty { url, routing_key, .. } => {
-            assert_eq!(url.expose(), crate::alerts::PAGERDUTY_EVENTS_URL);
+            assert_eq!(url.expose(), crate::config::alerts::PAGERDUTY_EVENTS_URL);
             assert_eq!(routing_key.expose(), TOKEN);
         }
         other => panic!("{other:?}"),
@@ -155,7 +155,7 @@ fn defaults_without_an_alerts_table() {
     let c = parse("").unwrap();
     assert_eq!(c.alerts.sinks.len(), 1);
     assert_eq!(c.alerts.sinks[0].kind, SinkKind::Log);
-    assert_eq!(c.alerts.detect, crate::alerts::DetectSettings::default());
+    assert_eq!(c.alerts.detect, crate::config::alerts::DetectSettings::default());
     assert!(!c.alerts.agent_host.is_empty());
     assert_eq!(c.metrics_listen, None);
 }
