@@ -85,6 +85,7 @@ pub mod hygiene;
 pub mod keyset;
 pub mod metrics;
 pub mod openbao;
+pub mod outbound;
 pub mod policy;
 pub mod proto;
 pub mod rotation;

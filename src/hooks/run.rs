@@ -9,7 +9,8 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use zeroize::Zeroizing;
 
-use super::{Hook, HookCommand, HookError, HOOK_PATH, STDERR_TAIL_BYTES};
+use super::error::{Hook, HookError, HOOK_PATH, STDERR_TAIL_BYTES};
+use crate::config::hooks::HookCommand;
 
 /// How long to wait for a killed hook to be reaped before leaving it to
 /// tokio's background reaper.

@@ -153,12 +153,12 @@ impl Session {
                 "the OpenBao request timeout is zero: give it a few seconds (e.g. 10s)".to_owned(),
             ));
         }
-        crate::alerts::sinks::install_crypto_provider();
+        crate::outbound::install_crypto_provider();
         let mut builder = reqwest::Client::builder()
             .timeout(options.timeout)
             .connect_timeout(options.timeout)
             .redirect(reqwest::redirect::Policy::none())
-            .user_agent(crate::alerts::sinks::USER_AGENT)
+            .user_agent(crate::outbound::USER_AGENT)
             .referer(false)
             .pool_idle_timeout(POOL_IDLE)
             .tcp_keepalive(Duration::from_secs(30));

@@ -128,12 +128,12 @@ impl HttpSink {
             redactor.add(routing_key.expose());
         }
 
-        super::install_crypto_provider();
+        crate::outbound::install_crypto_provider();
         let mut builder = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())
-            .user_agent(super::USER_AGENT)
+            .user_agent(crate::outbound::USER_AGENT)
             .referer(false);
         if let Some(path) = ca_file {
             builder = builder.tls_certs_merge(read_ca_file(sink, path)?);

@@ -37,8 +37,6 @@ mod retry;
 mod sink;
 mod smtp;
 
-use std::sync::Once;
-
 pub use dispatch::Dispatcher;
 pub use error::SinkError;
 pub use payload::{email_body, email_subject, pagerduty_json, payload_json, rfc3339, slack_json};
@@ -47,18 +45,7 @@ pub use retry::{backoff_delay, with_jitter, DROP_WARNING_EVERY, MAX_BACKOFF};
 use crate::alerts::SinkConfig;
 use sink::Sink;
 
-/// The User-Agent of every HTTP sink: `keywardd/VERSION`.
-pub const USER_AGENT: &str = concat!("keywardd/", env!("CARGO_PKG_VERSION"));
-
-/// Makes `ring` the process's rustls crypto provider (once; if another one
-/// was installed first, that one stays).
-pub(crate) fn install_crypto_provider() {
-    static INSTALL: Once = Once::new();
-    INSTALL.call_once(|| {
-        // Err: a provider is already installed, which is as good.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
-}
+pub use crate::outbound::USER_AGENT;
 
 /// Checks a sink's settings as [`Dispatcher::start`] would use them (the
 /// URL, headers, addresses, `ca_file`), without sending anything: for

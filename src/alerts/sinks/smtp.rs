@@ -88,7 +88,7 @@ impl SmtpSink {
             redactor.add(password.expose());
         }
 
-        super::install_crypto_provider();
+        crate::outbound::install_crypto_provider();
         let tls_parameters = || -> Result<TlsParameters, SinkError> {
             let setup_error = |reason: String| SinkError::Setup {
                 sink: sink.to_owned(),
