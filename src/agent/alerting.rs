@@ -17,6 +17,7 @@ use crate::alerts::detect::{Detectors, Now, Report, Subject};
 use crate::alerts::sinks::Dispatcher;
 use crate::alerts::{Alert, AlertsConfig, Severity};
 use crate::audit::{AuditError, AuditEvent, AuditObserver};
+use crate::audit::{Event, Outcome};
 use crate::config::Config;
 use crate::keyset::KeySetState;
 use crate::metrics::Metrics;
@@ -276,10 +277,8 @@ pub async fn run_ticks(agent: Arc<Agent>, mut stop: tokio::sync::watch::Receiver
                 let _ = agent
                     .audit
                     .record(AuditEvent {
-                        event: "auth_failure_dropped",
-                        outcome: "dropped",
                         detail: Some(detail),
-                        ..Default::default()
+                        ..AuditEvent::new(Event::AuthFailureDropped, Outcome::Dropped)
                     })
                     .await;
             }

@@ -24,6 +24,7 @@ use super::error::ApiError;
 use super::serve::served_versions;
 use super::Agent;
 use crate::audit::{AuditError, AuditEvent, VersionRecord};
+use crate::audit::{Event, Outcome};
 use crate::keyset::{KeySetState, RotationState};
 use crate::secret::KeyRef;
 use crate::watch::{same_state, Reason};
@@ -66,8 +67,8 @@ pub struct Change<'a> {
     pub after: After,
     /// Where it is made durable.
     pub commit: Commit,
-    /// The audit event (`put`, `promote`, `reload`, `fleet_sync`…).
-    pub event: &'static str,
+    /// The audit event.
+    pub event: Event,
     /// The reason watchers are given.
     pub reason: Reason,
     /// Who asked for it (`None`: the agent itself, from a file or the
@@ -172,7 +173,7 @@ impl Agent {
             generation_before: before.as_ref().map(|s| s.generation),
             generation_after: after.map(|s| s.generation),
             backend_version: backend_version.or_else(|| after.or(before.as_ref()).and_then(|s| s.backend_version)),
-            outcome: "ok",
+            outcome: Outcome::Ok,
             detail,
             coalesced: None,
         };

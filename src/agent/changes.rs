@@ -13,6 +13,7 @@ use super::caller::Caller;
 use super::error::ApiError;
 use super::Agent;
 use crate::audit::AuditError;
+use crate::audit::Event;
 use crate::keyset::KeySetState;
 use crate::proto;
 use crate::rotation;
@@ -64,7 +65,7 @@ impl Agent {
             before: existing,
             after: After::State(next),
             commit: Commit::Backend,
-            event: "put",
+            event: Event::Put,
             reason: Reason::Put,
             caller: Some(caller),
             detail: req.overwrite.then(|| "overwrite".to_owned()),
@@ -98,7 +99,7 @@ impl Agent {
             before: existing,
             after: After::Deleted,
             commit: Commit::Backend,
-            event: "delete",
+            event: Event::Delete,
             reason: Reason::Deleted,
             caller: Some(caller),
             detail: None,
@@ -138,7 +139,7 @@ impl Agent {
                 before: Some(current.clone()),
                 after: After::State((*current).clone()),
                 commit: Commit::Backend,
-                event: "reseal",
+                event: Event::Reseal,
                 reason: Reason::Reseal,
                 caller: Some(caller),
                 detail: None,

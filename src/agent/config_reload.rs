@@ -15,6 +15,7 @@ use crate::audit::AuditEvent;
 use crate::config::{Config, ConfigError};
 
 use super::Agent;
+use crate::audit::{Event, Outcome};
 
 /// How the running config was built, so that a reload builds the new one
 /// the same way.
@@ -161,11 +162,9 @@ pub(super) async fn reload(agent: &Agent) -> Result<ReloadReport, ReloadError> {
         Some(source) => source.load().map_err(ReloadError::from),
         None => Err(ReloadError::NoSource),
     };
-    let record = |outcome: &'static str, detail: String| AuditEvent {
-        event: "config_reload",
-        outcome,
+    let record = |outcome: Outcome, detail: String| AuditEvent {
         detail: Some(detail),
-        ..Default::default()
+        ..AuditEvent::new(Event::ConfigReload, outcome)
     };
     let new = match loaded {
         Ok(c) => c,
@@ -176,7 +175,7 @@ pub(super) async fn reload(agent: &Agent) -> Result<ReloadReport, ReloadError> {
                 crate::alerts::Severity::Warning,
                 format!("the config reload was rejected, the previous config keeps serving: {e}"),
             );
-            let _ = agent.audit.record(record("rejected", e.to_string())).await;
+            let _ = agent.audit.record(record(Outcome::Rejected, e.to_string())).await;
             return Err(e);
         }
     };
@@ -185,7 +184,7 @@ pub(super) async fn reload(agent: &Agent) -> Result<ReloadReport, ReloadError> {
         tracing::warn!("{w}");
     }
     agent.replace_config(next);
-    let _ = agent.audit.record(record("ok", report.summary())).await;
+    let _ = agent.audit.record(record(Outcome::Ok, report.summary())).await;
     Ok(report)
 }
 

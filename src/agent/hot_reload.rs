@@ -36,6 +36,7 @@ use super::apply::{After, Change, ChangeLock, Commit};
 use super::serve::served_versions;
 use super::Agent;
 use crate::audit::AuditEvent;
+use crate::audit::{Event, Outcome};
 use crate::keyset::KeySetState;
 use crate::secret::KeyRef;
 use crate::store::reload::{FileKind, PathClass, ReloadOutcome};
@@ -281,14 +282,12 @@ async fn handle(agent: &Arc<Agent>, path: &Path, warned: &mut HashSet<PathBuf>) 
 async fn report(agent: &Agent, serial: &ChangeLock<'_>, key: &KeyRef, path: &Path, outcome: ReloadOutcome) {
     let shown = path.display();
     let record = |outcome, current: Option<&KeySetState>, before: Option<u64>, detail: String| AuditEvent {
-        event: "reload",
         key: Some(key.to_string()),
         versions: current.map(served_versions).unwrap_or_default(),
         generation_before: before,
         generation_after: current.map(|s| s.generation),
-        outcome,
         detail: Some(detail),
-        ..Default::default()
+        ..AuditEvent::new(Event::Reload, outcome)
     };
     let event = match outcome {
         ReloadOutcome::Unchanged => {
@@ -315,7 +314,7 @@ async fn report(agent: &Agent, serial: &ChangeLock<'_>, key: &KeyRef, path: &Pat
                 before,
                 after: After::Loaded(after),
                 commit: Commit::Loaded,
-                event: "reload",
+                event: Event::Reload,
                 reason: Reason::Reloaded,
                 caller: None,
                 detail: Some(format!("applied {shown}: {}, {what}", kind.as_str())),
@@ -339,7 +338,7 @@ async fn report(agent: &Agent, serial: &ChangeLock<'_>, key: &KeyRef, path: &Pat
                 "{shown}: holds the current primary of {key}; rewritten in keyward's format, generation {} unchanged",
                 current.generation);
             record(
-                "unchanged",
+                Outcome::Unchanged,
                 Some(&current),
                 Some(current.generation),
                 format!(
@@ -353,7 +352,7 @@ async fn report(agent: &Agent, serial: &ChangeLock<'_>, key: &KeyRef, path: &Pat
                 current.generation
             );
             tracing::warn!(key = %key, "{detail}");
-            record("ignored", Some(&current), Some(current.generation), detail)
+            record(Outcome::Ignored, Some(&current), Some(current.generation), detail)
         }
         ReloadOutcome::Rejected { current, reason } => {
             let serving = match &current {
@@ -368,7 +367,7 @@ async fn report(agent: &Agent, serial: &ChangeLock<'_>, key: &KeyRef, path: &Pat
                 format!("a rewritten key file was rejected: {shown}: {reason}; {serving}: fix or replace the file before the agent restarts"),
             );
             record(
-                "rejected",
+                Outcome::Rejected,
                 current.as_deref(),
                 current.as_ref().map(|c| c.generation),
                 format!("{shown}: {reason}"),

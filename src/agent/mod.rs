@@ -56,6 +56,7 @@ use std::time::SystemTime;
 use nix::fcntl::Flock;
 
 use crate::audit::{Audit, AuditError, AuditOptions};
+use crate::audit::{Event, Outcome};
 use crate::config::{AuditFailureMode, Config};
 use crate::hygiene::HygieneReport;
 use crate::keyset::KeySetState;
@@ -348,10 +349,10 @@ impl Agent {
     /// record cannot be written is still a refusal.
     pub async fn refuse(
         &self,
-        event: &'static str,
+        event: Event,
         caller: &Caller,
         key: Option<String>,
-        outcome: &'static str,
+        outcome: Outcome,
         error: ApiError,
     ) -> ApiError {
         let refusal = refusals::Refusal {
@@ -399,19 +400,19 @@ impl Agent {
 
     /// Checks that the policy lets `caller` read `key`; a refusal is audited
     /// as `event`.
-    pub async fn check_read(&self, event: &'static str, caller: &Caller, key: &KeyRef) -> Result<(), ApiError> {
+    pub async fn check_read(&self, event: Event, caller: &Caller, key: &KeyRef) -> Result<(), ApiError> {
         let why_not = match self.allows(caller, key, Right::Read).await {
             Ok(()) => return Ok(()),
             Err(why_not) => why_not,
         };
-        self.metrics().denial("service", event);
+        self.metrics().denial("service", event.as_str());
         let denied = ApiError::PermissionDenied(format!(
             "{} may not read {key}: no grant in the policy names this caller for this key{}; add a [[grant]] to the agent's config",
             caller.describe(),
             unverified(why_not.as_deref()),
         ));
         Err(self
-            .refuse(event, caller, Some(key.to_string()), "denied", denied)
+            .refuse(event, caller, Some(key.to_string()), Outcome::Denied, denied)
             .await)
     }
 

@@ -47,6 +47,7 @@ use std::time::{Duration, Instant, SystemTime};
 use super::Agent;
 use crate::alerts::detect::Now;
 use crate::audit::{AuditEvent, CallerRecord, Coalesced, DISTINCT_KEYS_COUNTED};
+use crate::audit::{Event, Outcome};
 
 /// Keys of its own a uid has coalesced apart in a window; refusals of more
 /// keys fold into one bucket per (uid, event, outcome).
@@ -59,13 +60,13 @@ pub const MAX_BUCKETS: usize = 1024;
 #[derive(Clone, Debug)]
 pub struct Refusal {
     /// `fetch`, `watch`, `auth_failure`, `credential`, `admin`.
-    pub event: &'static str,
+    pub event: Event,
     /// Who was refused.
     pub caller: Arc<CallerRecord>,
     /// The key asked for, as shown in the audit (escaped and bounded).
     pub key: Option<String>,
     /// `denied`, `invalid_argument`, `not_found`.
-    pub outcome: &'static str,
+    pub outcome: Outcome,
     /// The message the caller got.
     pub detail: String,
 }
@@ -74,12 +75,10 @@ impl Refusal {
     /// The refusal's own audit record.
     pub fn into_record(self) -> AuditEvent {
         AuditEvent {
-            event: self.event,
             caller: Some(self.caller),
             key: self.key,
-            outcome: self.outcome,
             detail: Some(self.detail),
-            ..Default::default()
+            ..AuditEvent::new(self.event, self.outcome)
         }
     }
 }
@@ -97,8 +96,8 @@ enum Scope {
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct BucketId {
-    event: &'static str,
-    outcome: &'static str,
+    event: Event,
+    outcome: Outcome,
     scope: Scope,
 }
 
@@ -314,10 +313,8 @@ fn summary(id: BucketId, b: Bucket) -> AuditEvent {
         ),
     };
     AuditEvent {
-        event: id.event,
         caller,
         key,
-        outcome: id.outcome,
         detail: Some(detail),
         coalesced: Some(Coalesced {
             count: b.count,
@@ -325,7 +322,7 @@ fn summary(id: BucketId, b: Bucket) -> AuditEvent {
             last: b.last,
             distinct_keys,
         }),
-        ..Default::default()
+        ..AuditEvent::new(id.event, id.outcome)
     }
 }
 

@@ -35,6 +35,7 @@ use super::error::ApiError;
 use super::{Agent, Right};
 use crate::alerts::detect::Report;
 use crate::audit::{AuditEvent, VersionRecord};
+use crate::audit::{Event, Outcome};
 use crate::keyset::KeySetState;
 use crate::proto;
 use crate::secret::KeyRef;
@@ -299,7 +300,7 @@ async fn reporter_of(agent: &Agent, caller: &Caller) -> Reporter {
 
 /// Handles one report.
 pub async fn report(agent: &Arc<Agent>, caller: &Caller, r: &proto::AuthFailureReport) -> Result<(), ApiError> {
-    const EVENT: &str = "auth_failure";
+    const EVENT: Event = Event::AuthFailure;
     if !agent.alerting.admit_report(caller.uid) {
         let config = agent.config();
         return Err(ApiError::ResourceExhausted(format!(
@@ -310,27 +311,27 @@ pub async fn report(agent: &Arc<Agent>, caller: &Caller, r: &proto::AuthFailureR
     let key = agent.key_ref(r.key.as_ref())?;
     agent.check_read(EVENT, caller, &key).await?;
     if let Err(why_not) = agent.allows(caller, &key, Right::Report).await {
-        agent.metrics().denial("service", EVENT);
+        agent.metrics().denial("service", EVENT.as_str());
         let denied = ApiError::PermissionDenied(format!(
             "{} may read {key} but not report auth failures on it: its grant says report = false{}; nothing was recorded",
             caller.describe(),
             super::unverified(why_not.as_deref()),
         ));
         return Err(agent
-            .refuse(EVENT, caller, Some(key.to_string()), "denied", denied)
+            .refuse(EVENT, caller, Some(key.to_string()), Outcome::Denied, denied)
             .await);
     }
     let Some(state) = agent.store.get(&key) else {
         return Err(ApiError::NotFound(format!("key {key} does not exist")));
     };
     if !agent.served.contains(&key, caller.uid, r.version) {
-        agent.metrics().denial("service", EVENT);
+        agent.metrics().denial("service", EVENT.as_str());
         let refused = ApiError::FailedPrecondition(format!(
             "uid {} was never served version {} of {key} by this agent: report only a version your process fetched (after an agent restart, fetch the key again first); nothing was recorded",
             caller.uid, r.version
         ));
         return Err(agent
-            .refuse(EVENT, caller, Some(key.to_string()), "not_served", refused)
+            .refuse(EVENT, caller, Some(key.to_string()), Outcome::NotServed, refused)
             .await);
     }
     let reporter = Arc::new(reporter_of(agent, caller).await);
@@ -369,7 +370,6 @@ pub async fn report(agent: &Arc<Agent>, caller: &Caller, r: &proto::AuthFailureR
     agent
         .audit
         .record(AuditEvent {
-            event: EVENT,
             caller: Some(caller.record.clone()),
             key: Some(key.to_string()),
             versions: vec![VersionRecord {
@@ -378,9 +378,8 @@ pub async fn report(agent: &Arc<Agent>, caller: &Caller, r: &proto::AuthFailureR
                 fingerprint,
             }],
             generation_after: Some(state.generation),
-            outcome: "reported",
             detail: Some(detail),
-            ..Default::default()
+            ..AuditEvent::new(EVENT, Outcome::Reported)
         })
         .await?;
     Ok(())

@@ -194,7 +194,7 @@ async fn commit(
         before: Some(before),
         after: After::State(next),
         commit: Commit::Backend,
-        event: command.as_str(),
+        event: command.into(),
         reason: command.into(),
         caller: Some(caller),
         detail: (!detail.is_empty()).then(|| detail.clone()),

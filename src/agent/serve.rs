@@ -19,6 +19,7 @@ use super::caller::Caller;
 use super::error::ApiError;
 use super::{reports, Agent, Right};
 use crate::audit::{AuditEvent, VersionRecord};
+use crate::audit::{Event, Outcome};
 use crate::config::AuditFailureMode;
 use crate::keyset::KeySetState;
 use crate::secret::KeyRef;
@@ -49,11 +50,11 @@ pub enum Via<'a> {
 
 impl Via<'_> {
     /// The audit event of a delivery (and of its refusals).
-    pub fn event(&self) -> &'static str {
+    pub fn event(&self) -> Event {
         match self {
-            Via::Fetch => "fetch",
-            Via::Watch { .. } => "watch",
-            Via::Credential { .. } => "credential",
+            Via::Fetch => Event::Fetch,
+            Via::Watch { .. } => Event::Watch,
+            Via::Credential { .. } => Event::Credential,
         }
     }
 }
@@ -91,7 +92,7 @@ impl Agent {
                     let missing =
                         ApiError::NotFound(format!("key {key} does not exist: create it with `keyward put {key}`"));
                     return Err(self
-                        .refuse(event, caller, Some(key.to_string()), "not_found", missing)
+                        .refuse(event, caller, Some(key.to_string()), Outcome::NotFound, missing)
                         .await);
                 };
                 Some(state)
@@ -104,7 +105,7 @@ impl Agent {
                     );
                     let denied = ApiError::PermissionDenied(msg);
                     return Err(self
-                        .refuse(event, caller, Some(key.to_string()), "denied", denied)
+                        .refuse(event, caller, Some(key.to_string()), Outcome::Denied, denied)
                         .await);
                 }
                 state.cloned()
@@ -116,14 +117,14 @@ impl Agent {
                         "unit {unit} may not read {key}: no grant naming only units lists this unit for this key; add a [[grant]] with units = [{unit:?}]"
                     ));
                     return Err(self
-                        .refuse(event, caller, Some(key.to_string()), "denied", denied)
+                        .refuse(event, caller, Some(key.to_string()), Outcome::Denied, denied)
                         .await);
                 }
                 let Some(state) = self.store.get(key) else {
                     let missing =
                         ApiError::NotFound(format!("key {key} does not exist: create it with `keyward put {key}`"));
                     return Err(self
-                        .refuse(event, caller, Some(key.to_string()), "not_found", missing)
+                        .refuse(event, caller, Some(key.to_string()), Outcome::NotFound, missing)
                         .await);
                 };
                 Some(state)
@@ -135,15 +136,13 @@ impl Agent {
             Via::Credential { id, unit } => Some(format!("LoadCredential {id} for {unit}")),
         };
         let record = AuditEvent {
-            event,
             caller: Some(caller.record.clone()),
             key: Some(key.to_string()),
             versions: state.as_deref().map(served_versions).unwrap_or_default(),
             generation_after: state.as_ref().map(|s| s.generation),
             backend_version: state.as_ref().and_then(|s| s.backend_version),
-            outcome: "ok",
             detail,
-            ..Default::default()
+            ..AuditEvent::new(event, Outcome::Ok)
         };
         if let Err(e) = self.audit.record(record).await {
             match self.on_audit_failure(key) {

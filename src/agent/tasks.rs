@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 
 use super::{alerting, fleet, hot_reload, refusals, watch_evict, Agent};
 use crate::audit::AuditEvent;
+use crate::audit::{Event, Outcome};
 
 /// The agent's running tasks; [`Running::finish`] ends them.
 pub struct Running {
@@ -76,10 +77,8 @@ impl Running {
         let _ = agent
             .audit
             .record(AuditEvent {
-                event: "agent_start",
-                outcome: "ok",
                 detail: Some(format!("pid {}, {} keys", std::process::id(), agent.store.len())),
-                ..Default::default()
+                ..AuditEvent::new(Event::AgentStart, Outcome::Ok)
             })
             .await;
     }
@@ -105,9 +104,7 @@ impl Running {
         let _ = agent
             .audit
             .record(AuditEvent {
-                event: "agent_stop",
-                outcome: "ok",
-                ..Default::default()
+                ..AuditEvent::new(Event::AgentStop, Outcome::Ok)
             })
             .await;
         agent.audit.close().await;

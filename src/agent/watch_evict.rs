@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use super::Agent;
 use crate::audit::AuditEvent;
+use crate::audit::{Event, Outcome};
 use crate::watch::Eviction;
 
 /// How often subscribers are checked: an eviction lands at most this long
@@ -67,17 +68,15 @@ fn record(e: &Eviction) -> AuditEvent {
         None => "the key's deletion".to_owned(),
     };
     AuditEvent {
-        event: "watch",
         caller: Some(e.who.clone()),
         key: Some(e.key.to_string()),
         generation_before: Some(e.delivered_generation),
         generation_after: e.waiting_generation,
-        outcome: "evicted",
         detail: Some(format!(
             "took no event for {} ms while {waiting} waited (propagation timeout {} ms); removed from the subscribers, its stream ends with ABORTED",
             e.waited.as_millis(),
             e.timeout.as_millis()
         )),
-        ..Default::default()
+        ..AuditEvent::new(Event::Watch, Outcome::Evicted)
     }
 }

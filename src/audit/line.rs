@@ -52,6 +52,8 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
+use super::kind::{Event, Outcome};
+
 /// Who made a call, as recorded.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct CallerRecord {
@@ -81,10 +83,10 @@ pub struct VersionRecord {
 }
 
 /// One event to record.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct AuditEvent {
-    /// What happened: `fetch`, `watch`, `denied`, `stage`, `reload`…
-    pub event: &'static str,
+    /// What happened.
+    pub event: Event,
     /// Who asked, if a caller did.
     pub caller: Option<Arc<CallerRecord>>,
     /// The key concerned, as `ENV/NAME`.
@@ -98,12 +100,30 @@ pub struct AuditEvent {
     /// Fleet mode: the backend (KV v2) version of the record served or
     /// written.
     pub backend_version: Option<u64>,
-    /// How it ended: `ok`, `denied`, `not_found`…
-    pub outcome: &'static str,
+    /// How it ended.
+    pub outcome: Outcome,
     /// Free text for a human; never secret material.
     pub detail: Option<String>,
     /// Set when the record stands for several refusals alike.
     pub coalesced: Option<Coalesced>,
+}
+
+impl AuditEvent {
+    /// A record of `event` ending with `outcome`, with nothing else yet.
+    pub fn new(event: Event, outcome: Outcome) -> AuditEvent {
+        AuditEvent {
+            event,
+            caller: None,
+            key: None,
+            versions: Vec::new(),
+            generation_before: None,
+            generation_after: None,
+            backend_version: None,
+            outcome,
+            detail: None,
+            coalesced: None,
+        }
+    }
 }
 
 /// Most distinct keys a folded coalesced record counts (`distinct_keys`).
@@ -130,15 +150,15 @@ pub(super) type HmacSha256 = Hmac<Sha256>;
 pub(super) const ZERO_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// The event the writer records about the log itself.
-pub(super) const EVENT_RECOVERED: &str = "audit_recovered";
+pub(super) const EVENT_RECOVERED: &str = Event::AuditRecovered.as_str();
 /// Outcome: a torn fragment was found at the end and kept as its own line.
-pub(super) const OUTCOME_TORN: &str = "torn_tail";
+pub(super) const OUTCOME_TORN: &str = Outcome::TornTail.as_str();
 /// Outcome: the head file named records the log no longer has.
-pub(super) const OUTCOME_MISSING_TAIL: &str = "missing_tail";
+pub(super) const OUTCOME_MISSING_TAIL: &str = Outcome::MissingTail.as_str();
 /// Outcome: the head file named the log's last seq with another hash.
-pub(super) const OUTCOME_HEAD_MISMATCH: &str = "head_mismatch";
+pub(super) const OUTCOME_HEAD_MISMATCH: &str = Outcome::HeadMismatch.as_str();
 /// Outcome: the head file was unreadable or its MAC was wrong.
-pub(super) const OUTCOME_HEAD_INVALID: &str = "head_invalid";
+pub(super) const OUTCOME_HEAD_INVALID: &str = Outcome::HeadInvalid.as_str();
 
 /// Length of `,"hash":"<64 hex>"}`, the suffix every line ends with.
 const HASH_SUFFIX_LEN: usize = 75;
@@ -235,14 +255,14 @@ pub(super) fn encode_record(
     let out = RecordOut {
         time: time.as_str(),
         seq,
-        event: ev.event,
+        event: ev.event.as_str(),
         caller: ev.caller.as_deref(),
         key: ev.key.as_deref(),
         versions: &ev.versions,
         generation_before: ev.generation_before,
         generation_after: ev.generation_after,
         backend_version: ev.backend_version,
-        outcome: ev.outcome,
+        outcome: ev.outcome.as_str(),
         count: c.map(|c| c.count),
         first: first.as_ref().map(TimeText::as_str),
         last: last.as_ref().map(TimeText::as_str),
@@ -415,11 +435,7 @@ mod tests {
         assert!(line.ends_with("\"}\n") && line.matches('\n').count() == 1, "{line}");
 
         // Absent optional fields are left out, not null.
-        let bare = AuditEvent {
-            event: "reload",
-            outcome: "ok",
-            ..AuditEvent::default()
-        };
+        let bare = AuditEvent::new(Event::Reload, Outcome::Ok);
         let (line, _) = encode(2, &hash, &bare);
         for absent in ["caller", "key", "versions", "generation", "detail", "null"] {
             assert!(!line.contains(absent), "{absent} in {line}");
@@ -430,9 +446,7 @@ mod tests {
     fn coalesced_fields_follow_outcome_in_fixed_order() {
         let first = SystemTime::UNIX_EPOCH + Duration::from_secs(1);
         let ev = AuditEvent {
-            event: "fetch",
             caller: fetch(0).caller,
-            outcome: "denied",
             detail: Some("d".into()),
             coalesced: Some(Coalesced {
                 count: 7,
@@ -440,7 +454,7 @@ mod tests {
                 last: first + Duration::from_micros(1_500_001),
                 distinct_keys: Some(3),
             }),
-            ..Default::default()
+            ..AuditEvent::new(Event::Fetch, Outcome::Denied)
         };
         let (line, _) = encode(1, ZERO_HASH, &ev);
         assert!(

@@ -59,6 +59,7 @@
 mod commit;
 mod error;
 pub mod head;
+mod kind;
 pub mod line;
 mod sync;
 mod verify;
@@ -71,6 +72,7 @@ use std::time::Duration;
 pub use crate::config::audit::Durability;
 pub use error::AuditError;
 pub use head::head_path;
+pub use kind::{Event, Outcome};
 pub use line::{AuditEvent, CallerRecord, Coalesced, VersionRecord, DISTINCT_KEYS_COUNTED};
 pub use verify::{verify, ProblemKind, VerifyProblem, VerifyReport};
 
@@ -217,7 +219,7 @@ mod tests {
     /// A fetch as the server would record it.
     pub(super) fn fetch(i: u64) -> AuditEvent {
         AuditEvent {
-            event: "fetch",
+            event: Event::Fetch,
             caller: Some(Arc::new(CallerRecord {
                 uid: 1001,
                 gid: 1001,
@@ -234,7 +236,7 @@ mod tests {
             generation_before: None,
             generation_after: Some(i),
             backend_version: None,
-            outcome: "ok",
+            outcome: Outcome::Ok,
             detail: None,
             coalesced: None,
         }

@@ -16,10 +16,10 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use super::head::{decode_head, head_path, HeadFile, HEAD_LEN};
+use super::kind::{Event, Outcome};
 use super::line::{
     check_line, encode_record, hash_str, hmac, torn_detail, AuditEvent, CheckedLine, HashHex, HmacSha256, LineError,
-    TimeText, EVENT_RECOVERED, OUTCOME_HEAD_INVALID, OUTCOME_HEAD_MISMATCH, OUTCOME_MISSING_TAIL, OUTCOME_TORN,
-    ZERO_HASH,
+    TimeText, ZERO_HASH,
 };
 use super::{lock, AuditError, AuditOptions, AuditStatus, Durability};
 
@@ -84,7 +84,7 @@ pub(super) fn open(
     if let Some(torn) = &tail.torn {
         tracing::warn!(path = %path.display(), offset = torn.offset, len = torn.len,
             "the audit log ends with a torn fragment (a crash during a write); keeping it and marking it");
-        notices.push(notice(OUTCOME_TORN, torn_detail(torn.offset, torn.len)));
+        notices.push(notice(Outcome::TornTail, torn_detail(torn.offset, torn.len)));
     }
     let mut head_bytes = vec![0; HEAD_LEN];
     let head_read = read_prefix(&head_file, &mut head_bytes).map_err(io_err)?;
@@ -92,7 +92,7 @@ pub(super) fn open(
     match &found {
         Ok(None) => {}
         Ok(Some(head)) if head.seq > tail.seq => notices.push(notice(
-            OUTCOME_MISSING_TAIL,
+            Outcome::MissingTail,
             format!(
                 "the head file says the log reached seq {} but it ends at seq {}: records {}..{} are missing from the end (if the log was rotated on purpose, move {} with it)",
                 head.seq,
@@ -103,14 +103,14 @@ pub(super) fn open(
             ),
         )),
         Ok(Some(head)) if head.seq == tail.seq && head.hash != tail.hash => notices.push(notice(
-            OUTCOME_HEAD_MISMATCH,
+            Outcome::HeadMismatch,
             format!(
                 "the head file names seq {} with hash {}, but the log's record {} has hash {}: the end of the log was replaced",
                 head.seq, head.hash, tail.seq, tail.hash
             ),
         )),
         Ok(Some(_)) => {}
-        Err(message) => notices.push(notice(OUTCOME_HEAD_INVALID, message.clone())),
+        Err(message) => notices.push(notice(Outcome::HeadInvalid, message.clone())),
     }
     for n in &notices[usize::from(tail.torn.is_some())..] {
         tracing::error!(path = %path.display(), detail = n.detail.as_deref().unwrap_or(""),
@@ -214,12 +214,10 @@ fn read_prefix(file: &File, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
-fn notice(outcome: &'static str, detail: String) -> AuditEvent {
+fn notice(outcome: Outcome, detail: String) -> AuditEvent {
     AuditEvent {
-        event: EVENT_RECOVERED,
-        outcome,
         detail: Some(detail),
-        ..AuditEvent::default()
+        ..AuditEvent::new(Event::AuditRecovered, outcome)
     }
 }
 

@@ -12,6 +12,7 @@ use super::peer::caller_of;
 use crate::agent::caller::Caller;
 use crate::agent::error::ApiError;
 use crate::agent::{rotate, Agent};
+use crate::audit::{Event, Outcome};
 use crate::proto;
 use crate::rotation::Command;
 use crate::wire::ToInfo;
@@ -46,7 +47,10 @@ impl AdminService {
             caller.describe()
         );
         let denied = ApiError::PermissionDenied(msg);
-        Err(self.agent.refuse("admin", &caller, None, "denied", denied).await)
+        Err(self
+            .agent
+            .refuse(Event::Admin, &caller, None, Outcome::Denied, denied)
+            .await)
     }
 }
 

@@ -35,6 +35,7 @@ use crate::agent::caller::Caller;
 use crate::agent::error::ApiError;
 use crate::agent::serve::Via;
 use crate::agent::Agent;
+use crate::audit::{Event, Outcome};
 use crate::secret::KeyRef;
 
 /// How long systemd gets to read a credential.
@@ -163,20 +164,26 @@ async fn decide(
     caller: &Caller,
     request: &CredentialRequest,
 ) -> Result<zeroize::Zeroizing<Vec<u8>>, ApiError> {
-    const EVENT: &str = "credential";
+    const EVENT: Event = Event::Credential;
     let key = match key_for_credential(&request.id) {
         Ok(k) => k,
         Err(e) => {
             let shown = Some(format!("{:?}", request.id));
             return Err(agent
-                .refuse(EVENT, caller, shown, "invalid_argument", ApiError::InvalidArgument(e))
+                .refuse(
+                    EVENT,
+                    caller,
+                    shown,
+                    Outcome::InvalidArgument,
+                    ApiError::InvalidArgument(e),
+                )
                 .await);
         }
     };
     if !agent.config().environments.contains_key(key.env()) {
         let e = ApiError::InvalidArgument(agent.unknown_env_message(key.env()));
         return Err(agent
-            .refuse(EVENT, caller, Some(key.to_string()), "invalid_argument", e)
+            .refuse(EVENT, caller, Some(key.to_string()), Outcome::InvalidArgument, e)
             .await);
     }
     let via = Via::Credential {

@@ -12,6 +12,7 @@ use super::peer::{caller_of, Peer};
 use crate::agent::error::ApiError;
 use crate::agent::serve::Via;
 use crate::agent::Agent;
+use crate::audit::{Event, Outcome};
 use crate::proto;
 use crate::wire::shown_key;
 use crate::wire::ToWire;
@@ -39,7 +40,9 @@ impl KeysService {
             Err(e) => {
                 agent.metrics().fetch("", "", "invalid");
                 let shown = req.key.as_ref().map(shown_key);
-                return Err(agent.refuse("fetch", caller, shown, "invalid_argument", e).await);
+                return Err(agent
+                    .refuse(Event::Fetch, caller, shown, Outcome::InvalidArgument, e)
+                    .await);
             }
         };
         let served = agent.serve(caller, &key, Via::Fetch).await?;

@@ -58,6 +58,7 @@ use crate::agent::caller::Caller;
 use crate::agent::error::ApiError;
 use crate::agent::serve::Via;
 use crate::agent::{Agent, Right};
+use crate::audit::{Event, Outcome};
 use crate::keyset::KeySetState;
 use crate::proto;
 use crate::secret::KeyRef;
@@ -75,23 +76,23 @@ pub async fn watch(agent: Arc<Agent>, peer: Arc<Peer>, req: proto::WatchKeysRequ
         return Err(ApiError::ResourceExhausted(limit.clone()));
     }
     let caller = peer.caller.clone();
-    let refuse = |key: Option<String>, outcome: &'static str, error: ApiError| {
+    let refuse = |key: Option<String>, outcome: Outcome, error: ApiError| {
         let (agent, caller) = (agent.clone(), caller.clone());
-        async move { Err(agent.refuse("watch", &caller, key, outcome, error).await) }
+        async move { Err(agent.refuse(Event::Watch, &caller, key, outcome, error).await) }
     };
     if req.keys.is_empty() || req.keys.len() > MAX_KEYS_PER_WATCH {
         let msg = format!(
             "WatchKeys takes 1 to {MAX_KEYS_PER_WATCH} keys, got {}: name the keys to watch (split a longer list over several calls)",
             req.keys.len()
         );
-        return refuse(None, "invalid_argument", ApiError::InvalidArgument(msg)).await;
+        return refuse(None, Outcome::InvalidArgument, ApiError::InvalidArgument(msg)).await;
     }
     let mut keys: Vec<KeyRef> = Vec::with_capacity(req.keys.len());
     for k in &req.keys {
         match agent.key_ref(Some(k)) {
             Ok(key) if keys.contains(&key) => {}
             Ok(key) => keys.push(key),
-            Err(e) => return refuse(Some(shown_key(k)), "invalid_argument", e).await,
+            Err(e) => return refuse(Some(shown_key(k)), Outcome::InvalidArgument, e).await,
         }
     }
 
@@ -99,7 +100,7 @@ pub async fn watch(agent: Arc<Agent>, peer: Arc<Peer>, req: proto::WatchKeysRequ
     // after this check is seen by the stream.
     let epoch = agent.config_epoch();
     for key in &keys {
-        agent.check_read("watch", &caller, key).await?;
+        agent.check_read(Event::Watch, &caller, key).await?;
     }
 
     // Subscribe first, then read: see the invariants in crate::watch.
@@ -127,7 +128,7 @@ pub async fn watch(agent: Arc<Agent>, peer: Arc<Peer>, req: proto::WatchKeysRequ
                 let msg = format!(
                     "key {key} does not exist: create it with `keyward put {key}` before watching it (WatchKeys starts only on existing keys)"
                 );
-                return refuse(Some(key.to_string()), "not_found", ApiError::NotFound(msg)).await;
+                return refuse(Some(key.to_string()), Outcome::NotFound, ApiError::NotFound(msg)).await;
             }
         }
     }
@@ -288,7 +289,7 @@ async fn refuse_access(agent: Arc<Agent>, caller: Arc<Caller>, key: KeyRef, why:
     );
     let denied = ApiError::PermissionDenied(msg);
     agent
-        .refuse("watch", &caller, Some(key.to_string()), "denied", denied)
+        .refuse(Event::Watch, &caller, Some(key.to_string()), Outcome::Denied, denied)
         .await
         .into()
 }

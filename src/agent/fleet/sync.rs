@@ -13,6 +13,7 @@ use crate::agent::apply::{After, Change, Commit};
 use crate::agent::Agent;
 use crate::alerts::detect::Subject;
 use crate::alerts::Severity;
+use crate::audit::Event;
 use crate::openbao::{KvEntry, KvError};
 use crate::secret::KeyRef;
 use crate::store::reload::{check_no_reuse, same_state};
@@ -259,7 +260,7 @@ impl Fleet {
                         before: local,
                         after: After::Deleted,
                         commit: Commit::LocalCopy,
-                        event: "fleet_sync",
+                        event: Event::FleetSync,
                         reason: Reason::Deleted,
                         caller: None,
                         detail: Some("deleted".to_owned()),
@@ -327,7 +328,7 @@ impl Fleet {
             before: local,
             after: After::State(state),
             commit: Commit::LocalCopy,
-            event: "fleet_sync",
+            event: Event::FleetSync,
             reason: Reason::Fleet,
             caller: None,
             detail: Some("applied".to_owned()),

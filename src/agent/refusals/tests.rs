@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::*;
+use crate::audit::{Event, Outcome};
 
 /// Wall time 0 of the tables: 2025-06-15T15:06:40Z.
 fn wall0() -> SystemTime {
@@ -22,7 +23,28 @@ impl Clock {
     }
 }
 
+/// The event and outcome the tables name.
+fn kind(event: &str, outcome: &str) -> (Event, Outcome) {
+    let event = match event {
+        "fetch" => Event::Fetch,
+        "watch" => Event::Watch,
+        "auth_failure" => Event::AuthFailure,
+        "credential" => Event::Credential,
+        "admin" => Event::Admin,
+        other => panic!("no event {other} in these tables"),
+    };
+    let outcome = match outcome {
+        "denied" => Outcome::Denied,
+        "invalid_argument" => Outcome::InvalidArgument,
+        "not_found" => Outcome::NotFound,
+        "not_served" => Outcome::NotServed,
+        other => panic!("no outcome {other} in these tables"),
+    };
+    (event, outcome)
+}
+
 fn refusal(uid: u32, pid: i32, event: &'static str, outcome: &'static str, key: Option<&str>) -> Refusal {
+    let (event, outcome) = kind(event, outcome);
     Refusal {
         event,
         caller: Arc::new(CallerRecord {
@@ -170,7 +192,7 @@ fn refusals_alike_are_written_once_then_counted_per_window() {
                         );
                         let record = r.into_record();
                         assert!(record.coalesced.is_none(), "{name}");
-                        assert_eq!((record.event, record.outcome), (event, outcome), "{name}");
+                        assert_eq!((record.event, record.outcome), kind(event, outcome), "{name}");
                     }
                 }
                 C(ms, want) => {
@@ -189,8 +211,8 @@ fn refusals_alike_are_written_once_then_counted_per_window() {
                             (
                                 caller.uid,
                                 caller.pid,
-                                r.event,
-                                r.outcome,
+                                r.event.as_str(),
+                                r.outcome.as_str(),
                                 key,
                                 co.count,
                                 ms(co.first),

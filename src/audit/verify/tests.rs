@@ -4,6 +4,7 @@
 use super::super::tests::{lines, opts, write_lines, write_log, KEY};
 use super::super::Durability;
 use super::*;
+use crate::audit::{AuditEvent, Event, Outcome};
 
 /// A closed log of five records in a fresh directory.
 async fn five_records() -> (tempfile::TempDir, std::path::PathBuf, Vec<String>) {
@@ -150,10 +151,8 @@ async fn a_good_log_reports_ok() {
 fn refusal(key: Option<&str>, count: Option<u64>, distinct_keys: Option<u64>) -> super::super::AuditEvent {
     let t0 = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_750_000_000);
     super::super::AuditEvent {
-        event: "fetch",
         caller: super::super::tests::fetch(0).caller,
         key: key.map(str::to_owned),
-        outcome: "denied",
         detail: Some("uid 1001 may not read prod/billing-api: add a [[grant]]".into()),
         coalesced: count.map(|count| super::super::Coalesced {
             count,
@@ -161,7 +160,7 @@ fn refusal(key: Option<&str>, count: Option<u64>, distinct_keys: Option<u64>) ->
             last: t0 + std::time::Duration::from_millis(3_250),
             distinct_keys,
         }),
-        ..Default::default()
+        ..AuditEvent::new(Event::Fetch, Outcome::Denied)
     }
 }
 

@@ -1,0 +1,160 @@
+//! What an audit record says happened (its `event`) and how it ended (its
+//! `outcome`): each a closed set, written by one `as_str`. The names are
+//! the audit record format; they never change.
+
+/// What happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Event {
+    /// A `GetKey` (or its refusal).
+    Fetch,
+    /// A `WatchKeys` event sent (or a watch refused, or evicted).
+    Watch,
+    /// A credential for systemd's `LoadCredential=` (or its refusal).
+    Credential,
+    /// A client reported an auth failure.
+    AuthFailure,
+    /// Reports over a uid's rate, counted but not processed.
+    AuthFailureDropped,
+    /// A caller refused at the admin socket.
+    Admin,
+    /// `PutKey`.
+    Put,
+    /// `DeleteKey`.
+    Delete,
+    /// `ResealFleet`, one key.
+    Reseal,
+    /// `StageKey`.
+    Stage,
+    /// `PromoteKey`.
+    Promote,
+    /// `RollbackKey`.
+    Rollback,
+    /// `AbortKey`.
+    Abort,
+    /// `RetireKey`.
+    Retire,
+    /// A key file rewritten by another tool (hot reload).
+    Reload,
+    /// A change applied from the fleet backend.
+    FleetSync,
+    /// The config file loaded again (SIGHUP).
+    ConfigReload,
+    /// The agent started serving.
+    AgentStart,
+    /// The agent stopped.
+    AgentStop,
+    /// The writer found the log damaged at start and carried on.
+    AuditRecovered,
+}
+
+impl Event {
+    /// The name in the record.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Event::Fetch => "fetch",
+            Event::Watch => "watch",
+            Event::Credential => "credential",
+            Event::AuthFailure => "auth_failure",
+            Event::AuthFailureDropped => "auth_failure_dropped",
+            Event::Admin => "admin",
+            Event::Put => "put",
+            Event::Delete => "delete",
+            Event::Reseal => "reseal",
+            Event::Stage => "stage",
+            Event::Promote => "promote",
+            Event::Rollback => "rollback",
+            Event::Abort => "abort",
+            Event::Retire => "retire",
+            Event::Reload => "reload",
+            Event::FleetSync => "fleet_sync",
+            Event::ConfigReload => "config_reload",
+            Event::AgentStart => "agent_start",
+            Event::AgentStop => "agent_stop",
+            Event::AuditRecovered => "audit_recovered",
+        }
+    }
+}
+
+/// How it ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Outcome {
+    /// Done.
+    Ok,
+    /// The policy or the socket's rules refused the caller.
+    Denied,
+    /// The request was malformed or named an unknown environment.
+    InvalidArgument,
+    /// The key does not exist.
+    NotFound,
+    /// A report on a version the caller was never served.
+    NotServed,
+    /// An auth failure recorded.
+    Reported,
+    /// Reports dropped over the rate.
+    Dropped,
+    /// A watch that took nothing, ended.
+    Evicted,
+    /// A file or config that was not applied.
+    Rejected,
+    /// A file that changed nothing a client sees.
+    Unchanged,
+    /// A change made outside keyward that is not followed.
+    Ignored,
+    /// A torn fragment found at the end of the log, kept as its own line.
+    TornTail,
+    /// The head file named records the log no longer has.
+    MissingTail,
+    /// The head file named the log's last seq with another hash.
+    HeadMismatch,
+    /// The head file was unreadable or its MAC was wrong.
+    HeadInvalid,
+}
+
+impl Outcome {
+    /// The name in the record.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Denied => "denied",
+            Outcome::InvalidArgument => "invalid_argument",
+            Outcome::NotFound => "not_found",
+            Outcome::NotServed => "not_served",
+            Outcome::Reported => "reported",
+            Outcome::Dropped => "dropped",
+            Outcome::Evicted => "evicted",
+            Outcome::Rejected => "rejected",
+            Outcome::Unchanged => "unchanged",
+            Outcome::Ignored => "ignored",
+            Outcome::TornTail => "torn_tail",
+            Outcome::MissingTail => "missing_tail",
+            Outcome::HeadMismatch => "head_mismatch",
+            Outcome::HeadInvalid => "head_invalid",
+        }
+    }
+}
+
+impl From<crate::rotation::Command> for Event {
+    /// The record of a rotation step.
+    fn from(c: crate::rotation::Command) -> Event {
+        use crate::rotation::Command;
+        match c {
+            Command::Stage => Event::Stage,
+            Command::Promote => Event::Promote,
+            Command::Rollback => Event::Rollback,
+            Command::Abort => Event::Abort,
+            Command::Retire => Event::Retire,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotation_steps_are_recorded_by_the_names_the_cli_uses() {
+        for c in crate::rotation::Command::ALL {
+            assert_eq!(Event::from(c).as_str(), c.as_str());
+        }
+    }
+}
