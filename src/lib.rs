@@ -43,7 +43,8 @@
 //! - [`client`]: connecting to the agent's sockets, once the kernel says
 //!   that root, this user or `KEYWARD_AGENT_UID` serves them (used by the
 //!   CLI, tests and benchmarks).
-//! - [`proto`]: the generated gRPC types of `proto/keyward/v1`.
+//! - [`proto`]: the wire types of `proto/keyward/v1`, re-exported from the
+//!   `keyward-proto` crate.
 //!
 //! The binaries live in `src/bin`: `keywardd` (the agent) and `keyward` (the
 //! CLI).
