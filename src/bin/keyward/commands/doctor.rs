@@ -13,6 +13,7 @@
 //! asks the running agent.
 
 mod agent;
+mod audit;
 mod files;
 
 use std::path::Path;
@@ -96,7 +97,7 @@ pub(crate) async fn doctor(cli: &Cli, config_file: Option<&Path>, json: bool) ->
         .unwrap_or_else(|| config.paths.admin_socket.clone());
     let agent = agent::connect(&admin_socket).await;
     files::check_sockets(&config, &admin_socket, agent.is_ok(), &mut out);
-    let last_record = files::check_audit(&config.paths.audit_file, owner, loaded.install_key.as_ref(), &mut out);
+    let last_record = audit::check_audit(&config.paths.audit_file, owner, loaded.install_key.as_ref(), &mut out);
     check_clock(last_record, &mut out);
     match agent {
         Ok(admin) => agent::check_agent(admin, &config, &mut out).await,

@@ -9,9 +9,11 @@ use keyward::proto::{self, admin_client::AdminClient};
 use tonic::transport::Channel;
 
 use crate::cli::{Cli, FleetCommand};
-use crate::{admin, key_arg, key_name, refused, rfc3339, state_name, Outcome};
+use crate::sockets::admin;
+use crate::text::{key_arg, key_name, refused, rfc3339, state_name};
+use crate::Outcome;
 
-pub async fn run(cli: &Cli, command: &FleetCommand) -> Outcome {
+pub(crate) async fn run(cli: &Cli, command: &FleetCommand) -> Outcome {
     match command {
         FleetCommand::Status { key, json } => status(cli, key.as_deref(), *json).await,
         FleetCommand::Reseal { env } => reseal(cli, env.as_deref()).await,
@@ -119,7 +121,7 @@ async fn reseal(cli: &Cli, env: Option<&str>) -> Outcome {
 
 /// Waits until every live agent serves `key` at `generation` or later.
 /// `Err` with the laggards when `limit` passes first.
-pub async fn wait_for_fleet(
+pub(crate) async fn wait_for_fleet(
     admin: &mut AdminClient<Channel>,
     key: &proto::KeyRef,
     generation: u64,

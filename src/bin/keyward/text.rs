@@ -1,0 +1,40 @@
+//! How the CLI reads and shows keys, states and times, and the agent's
+//! refusals.
+
+use keyward::keyset::from_timestamp;
+use keyward::proto;
+use keyward::secret::KeyRef;
+
+/// `ENV/NAME` of a key the agent named; empty if it named none.
+pub(crate) fn key_name(key: Option<&proto::KeyRef>) -> String {
+    key.map(|k| format!("{}/{}", k.environment, k.name)).unwrap_or_default()
+}
+
+pub(crate) fn key_arg(text: &str) -> Result<KeyRef, String> {
+    text.parse().map_err(|e: keyward::secret::NameError| e.to_string())
+}
+
+/// The agent's message, without tonic's framing.
+pub(crate) fn refused(status: tonic::Status) -> String {
+    format!("{} ({:?})", status.message(), status.code())
+}
+
+pub(crate) fn state_name(state: i32) -> &'static str {
+    match proto::RotationState::try_from(state) {
+        Ok(proto::RotationState::Steady) => "steady",
+        Ok(proto::RotationState::Staged) => "staged",
+        Ok(proto::RotationState::Promoted) => "promoted",
+        _ => "unknown",
+    }
+}
+
+/// `t` as RFC 3339 in whole seconds; `None` if there is no (valid) time.
+pub(crate) fn rfc3339(t: Option<&prost_types::Timestamp>) -> Option<String> {
+    t.and_then(from_timestamp)
+        .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+}
+
+/// [`rfc3339`], or `-` for no time.
+pub(crate) fn time_text(t: Option<&prost_types::Timestamp>) -> String {
+    rfc3339(t).unwrap_or_else(|| "-".into())
+}
