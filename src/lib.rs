@@ -40,9 +40,6 @@
 //!   the agent hold or write (streams, watches, coalesced refusals), hot
 //!   reload of the store, config reload on SIGHUP, and [`server::run`], the
 //!   one way in.
-//! - [`client`]: connecting to the agent's sockets, once the kernel says
-//!   that root, this user or `KEYWARD_AGENT_UID` serves them (used by the
-//!   CLI, tests and benchmarks).
 //! - [`proto`]: the wire types of `proto/keyward/v1`, re-exported from the
 //!   `keyward-proto` crate.
 //!
@@ -56,7 +53,6 @@
 
 pub mod alerts;
 pub mod audit;
-pub mod client;
 pub mod config;
 pub mod fleet;
 pub mod hooks;

@@ -4,18 +4,17 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use keyward::client;
 use keyward::proto::{self, keys_client::KeysClient};
 use zeroize::Zeroizing;
 
 use crate::cli::Cli;
-use crate::sockets::service_socket;
+use crate::sockets::{channel, service_socket};
 use crate::text::{key_arg, refused, rfc3339, state_name};
 use crate::Outcome;
 
 pub(crate) async fn get(cli: &Cli, key: &str, primary_only: bool, json: bool) -> Outcome {
     let key = key_arg(key)?;
-    let channel = client::connect(&service_socket(cli)).await.map_err(|e| e.to_string())?;
+    let channel = channel(&service_socket(cli)).await?;
     let set = KeysClient::new(channel)
         .get_key(proto::GetKeyRequest {
             key: Some(key.to_proto()),

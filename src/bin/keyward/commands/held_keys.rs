@@ -18,11 +18,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use keyward::client;
 use keyward::proto::{self, keys_client::KeysClient};
 use keyward::secret::KeyRef;
 use tokio::sync::mpsc;
 
+use crate::sockets::channel;
 use crate::text::{key_name, refused};
 
 /// See the module docs; what fails is said, and the command goes on.
@@ -37,7 +37,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Fetches every key; the first failure is the error, naming the key.
 pub(crate) async fn fetch_all(sock: &Path, keys: &[KeyRef]) -> Result<Vec<proto::KeySet>, String> {
-    let channel = client::connect(sock).await.map_err(|e| e.to_string())?;
+    let channel = channel(sock).await?;
     let mut client = KeysClient::new(channel);
     let mut out = Vec::with_capacity(keys.len());
     for key in keys {
@@ -66,7 +66,7 @@ pub(crate) fn spawn_watcher(
         let mut backoff = Duration::from_millis(100);
         loop {
             let stream = async {
-                let channel = client::connect(&sock).await.map_err(|e| e.to_string())?;
+                let channel = channel(&sock).await?;
                 KeysClient::new(channel)
                     .watch_keys(proto::WatchKeysRequest {
                         keys: keys.iter().map(KeyRef::to_proto).collect(),

@@ -3,17 +3,16 @@
 
 use std::process::ExitCode;
 
-use keyward::client;
 use keyward::proto::{self, keys_client::KeysClient};
 
 use crate::cli::Cli;
-use crate::sockets::service_socket;
+use crate::sockets::{channel, service_socket};
 use crate::text::{key_arg, refused};
 use crate::Outcome;
 
 pub(crate) async fn report(cli: &Cli, key: &str, version: u64, status: u32, service: &str, detail: &str) -> Outcome {
     let k = key_arg(key)?;
-    let channel = client::connect(&service_socket(cli)).await.map_err(|e| e.to_string())?;
+    let channel = channel(&service_socket(cli)).await?;
     KeysClient::new(channel)
         .report_auth_failure(proto::AuthFailureReport {
             key: Some(k.to_proto()),

@@ -4,17 +4,16 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use keyward::client;
 use keyward::proto::{self, keys_client::KeysClient};
 
 use crate::cli::Cli;
-use crate::sockets::service_socket;
+use crate::sockets::{channel, service_socket};
 use crate::text::{key_arg, key_name, refused, state_name};
 use crate::Outcome;
 
 pub(crate) async fn watch(cli: &Cli, keys: &[String], json: bool) -> Outcome {
     let refs = keys.iter().map(|k| key_arg(k)).collect::<Result<Vec<_>, _>>()?;
-    let channel = client::connect(&service_socket(cli)).await.map_err(|e| e.to_string())?;
+    let channel = channel(&service_socket(cli)).await?;
     let mut stream = KeysClient::new(channel)
         .watch_keys(proto::WatchKeysRequest {
             keys: refs.iter().map(|k| k.to_proto()).collect(),

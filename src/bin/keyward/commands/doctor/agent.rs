@@ -20,9 +20,9 @@ const AGENT_TIMEOUT: Duration = Duration::from_secs(3);
 /// The admin client on `path`, if the agent answers within
 /// [`AGENT_TIMEOUT`].
 pub(super) async fn connect(path: &Path) -> Result<AdminClient<Channel>, String> {
-    match tokio::time::timeout(AGENT_TIMEOUT, keyward::client::connect(path)).await {
+    match tokio::time::timeout(AGENT_TIMEOUT, crate::sockets::channel(path)).await {
         Ok(Ok(channel)) => Ok(AdminClient::new(channel)),
-        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Err(e)) => Err(e),
         Err(_) => Err(format!("no answer within {}s", AGENT_TIMEOUT.as_secs())),
     }
 }
