@@ -16,7 +16,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use keyward::proto::admin_client::AdminClient;
-use keyward_client::Trust;
+use keyward_client::{Client, Trust};
 use tonic::transport::Channel;
 
 use crate::cli::Cli;
@@ -44,6 +44,14 @@ pub(crate) fn admin_socket(cli: &Cli) -> PathBuf {
         (None, Some(dir)) => dir.join("admin.sock"),
         (None, None) => DEFAULT_ADMIN_SOCKET.into(),
     }
+}
+
+/// keyward-client on the service socket.
+pub(crate) async fn service(cli: &Cli) -> Result<Client, String> {
+    let path = service_socket(cli);
+    Client::connect_with_trust(&path, trust()?)
+        .await
+        .map_err(|e| refusal(&path, e))
 }
 
 /// The admin stubs on the admin socket.

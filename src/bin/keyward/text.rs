@@ -38,3 +38,34 @@ pub(crate) fn rfc3339(t: Option<&prost_types::Timestamp>) -> Option<String> {
 pub(crate) fn time_text(t: Option<&prost_types::Timestamp>) -> String {
     rfc3339(t).unwrap_or_else(|| "-".into())
 }
+
+/// A failed call through keyward-client, in the words [`refused`] gives a
+/// status of the agent: its message and its code.
+pub(crate) fn client_error(e: keyward_client::Error) -> String {
+    use keyward_client::Error;
+    match e {
+        Error::PermissionDenied(m) => format!("{m} ({:?})", tonic::Code::PermissionDenied),
+        Error::NotFound(m) => format!("{m} ({:?})", tonic::Code::NotFound),
+        Error::InvalidKey(m) => format!("{m} ({:?})", tonic::Code::InvalidArgument),
+        Error::Rpc(status) => refused(status),
+        // The agent went away, or the socket changed hands: keyward-client's
+        // own message says so and what to do.
+        other => other.to_string(),
+    }
+}
+
+/// [`state_name`] of keyward-client's rotation state.
+pub(crate) fn rotation_state(state: keyward_client::RotationState) -> &'static str {
+    use keyward_client::RotationState;
+    match state {
+        RotationState::Steady => "steady",
+        RotationState::Staged => "staged",
+        RotationState::Promoted => "promoted",
+        _ => "unknown",
+    }
+}
+
+/// `t` as RFC 3339 in whole seconds, as [`rfc3339`] shows a wire time.
+pub(crate) fn time_rfc3339(t: std::time::SystemTime) -> Option<String> {
+    rfc3339(Some(&keyward::keyset::timestamp(t)))
+}

@@ -5,9 +5,10 @@
 //! signals it when a key changes; `render` writes keys into a file from a
 //! template and re-renders it on every change. Both fetch every key before
 //! anything starts (an unreachable agent or a missing key is an error, never
-//! an empty variable or file), follow the keys with `WatchKeys`
-//! (reconnecting with backoff when the agent restarts), and never print a
-//! secret: messages name keys, versions and fingerprints.
+//! an empty variable or file), follow the keys with keyward-client's
+//! handles (which keep the last state and reconnect with backoff when the
+//! agent restarts), and never print a secret: messages name keys, versions
+//! and fingerprints.
 //!
 //! Both hold keys for as long as they run, so they harden themselves first
 //! ([`keyward::hygiene::harden_client`]): no core dump (the hard limit 0 is
@@ -15,15 +16,13 @@
 //! environment), not dumpable, memory locked where allowed.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use keyward::proto::{self, keys_client::KeysClient};
 use keyward::secret::KeyRef;
+use keyward_client::{Client, KeyHandle, KeySet};
 use tokio::sync::mpsc;
 
-use crate::sockets::channel;
-use crate::text::{key_name, refused};
+use crate::text::client_error;
 
 /// See the module docs; what fails is said, and the command goes on.
 pub(crate) fn harden() {
@@ -32,95 +31,92 @@ pub(crate) fn harden() {
     }
 }
 
-/// Longest wait between two reconnection attempts.
+/// Longest wait between two attempts to start following a key.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Fetches every key; the first failure is the error, naming the key.
-pub(crate) async fn fetch_all(sock: &Path, keys: &[KeyRef]) -> Result<Vec<proto::KeySet>, String> {
-    let channel = channel(sock).await?;
-    let mut client = KeysClient::new(channel);
+pub(crate) async fn fetch_all(client: &Client, keys: &[KeyRef]) -> Result<Vec<KeySet>, String> {
     let mut out = Vec::with_capacity(keys.len());
     for key in keys {
         let set = client
-            .get_key(proto::GetKeyRequest {
-                key: Some(key.to_proto()),
-            })
+            .get(&key.to_string())
             .await
-            .map_err(|s| format!("cannot fetch {key}: {}", refused(s)))?
-            .into_inner();
+            .map_err(|e| format!("cannot fetch {key}: {}", client_error(e)))?;
         out.push(set);
     }
     Ok(out)
 }
 
-/// Follows `keys` with WatchKeys, reconnecting with backoff, and sends the
-/// name of every key whose generation differs from the last one seen
-/// (starting from `seen`).
-pub(crate) fn spawn_watcher(
-    sock: PathBuf,
-    keys: Vec<KeyRef>,
-    mut seen: HashMap<String, u64>,
-) -> mpsc::Receiver<String> {
+/// Follows `keys`, a handle each, and sends the name of every key whose
+/// generation differs from the last one seen (starting from `seen`, the
+/// generations the command was given). Ends when the receiver is dropped.
+pub(crate) fn follow(client: &Client, keys: &[KeyRef], seen: &HashMap<String, u64>) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let stream = async {
-                let channel = channel(&sock).await?;
-                KeysClient::new(channel)
-                    .watch_keys(proto::WatchKeysRequest {
-                        keys: keys.iter().map(KeyRef::to_proto).collect(),
-                    })
-                    .await
-                    .map(tonic::Response::into_inner)
-                    .map_err(refused)
-            }
-            .await;
-            let ended = match stream {
-                Err(e) => e,
-                Ok(mut stream) => loop {
-                    match stream.message().await {
-                        Ok(Some(event)) => {
-                            backoff = Duration::from_millis(100);
-                            let Some(set) = event.key_set else { continue };
-                            let name = key_name(set.key.as_ref());
-                            if seen.insert(name.clone(), set.generation) != Some(set.generation)
-                                && tx.send(name).await.is_err()
-                            {
-                                return;
-                            }
-                        }
-                        Ok(None) => break "the agent ended the watch".to_owned(),
-                        Err(s) => break refused(s),
-                    }
-                },
-            };
-            if tx.is_closed() {
+    for key in keys {
+        let key = key.to_string();
+        let last = seen.get(&key).copied();
+        tokio::spawn(follow_key(client.clone(), key, last, tx.clone()));
+    }
+    rx
+}
+
+/// One key of [`follow`]. Its handle reconnects by itself; only getting
+/// the handle (the key's first state on the watch) is retried here.
+async fn follow_key(client: Client, key: String, mut last: Option<u64>, tx: mpsc::Sender<String>) {
+    let Some(mut handle) = first_handle(&client, &key, &tx).await else {
+        return;
+    };
+    let mut state = handle.current();
+    loop {
+        if last != Some(state.generation) {
+            last = Some(state.generation);
+            if tx.send(key.clone()).await.is_err() {
                 return;
             }
-            eprintln!(
-                "keyward: lost the watch on the keys ({ended}); retrying in {} ms",
-                backoff.as_millis()
-            );
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
-    });
-    rx
+        state = tokio::select! {
+            _ = tx.closed() => return,
+            changed = handle.changed() => match changed {
+                Ok(state) => state,
+                // The runtime is shutting down.
+                Err(_) => return,
+            },
+        };
+    }
+}
+
+/// A handle on `key`, retried with backoff until it comes or `tx` closes.
+async fn first_handle(client: &Client, key: &str, tx: &mpsc::Sender<String>) -> Option<KeyHandle> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let attempt = tokio::select! {
+            _ = tx.closed() => return None,
+            attempt = client.handle(key) => attempt,
+        };
+        match attempt {
+            Ok(handle) => return Some(handle),
+            Err(e) => eprintln!(
+                "keyward: lost the watch on {key} ({}); retrying in {} ms",
+                client_error(e),
+                backoff.as_millis()
+            ),
+        }
+        tokio::select! {
+            _ = tx.closed() => return None,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
 }
 
 /// "prod/a generation 4 (primary v3 …), …": what a command was given,
 /// without the secrets.
-pub(crate) fn describe(sets: &[proto::KeySet]) -> String {
+pub(crate) fn describe(sets: &[KeySet]) -> String {
     sets.iter()
         .map(|s| {
-            let p = s.primary.as_ref();
             format!(
                 "{} generation {} (primary v{} {})",
-                key_name(s.key.as_ref()),
-                s.generation,
-                p.map_or(0, |p| p.version),
-                p.map_or("", |p| p.fingerprint.as_str())
+                s.key, s.generation, s.primary.version, s.primary.fingerprint
             )
         })
         .collect::<Vec<_>>()

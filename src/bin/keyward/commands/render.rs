@@ -9,10 +9,9 @@ use std::process::ExitCode;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cli::{Cli, RenderArgs};
-use crate::commands::held_keys::{describe, fetch_all, harden, spawn_watcher};
+use crate::commands::held_keys::{describe, fetch_all, follow, harden};
 use crate::commands::template::{parse_template, render_bytes};
-use crate::sockets::service_socket;
-use crate::text::key_name;
+use crate::sockets::service;
 use crate::Outcome;
 
 /// Writes `bytes` to `path` atomically with `mode`: a temp file in the same
@@ -70,17 +69,16 @@ pub(crate) async fn render(cli: &Cli, args: &RenderArgs) -> Outcome {
                 args.mode
             )
         })?;
-    let sock = service_socket(cli);
-    let sets = fetch_all(&sock, &keys)
-        .await
-        .map_err(|e| format!("{e}; {} was not written", args.out.display()))?;
+    let not_written = |e: String| format!("{e}; {} was not written", args.out.display());
+    let client = service(cli).await.map_err(not_written)?;
+    let sets = fetch_all(&client, &keys).await.map_err(not_written)?;
     write_atomically(&args.out, &render_bytes(&pieces, &sets)?, mode)?;
     eprintln!("keyward render: wrote {} ({})", args.out.display(), describe(&sets));
     if args.once {
         return Ok(ExitCode::SUCCESS);
     }
-    let seen = sets.iter().map(|s| (key_name(s.key.as_ref()), s.generation)).collect();
-    let mut changes = spawn_watcher(sock.clone(), keys.clone(), seen);
+    let seen = sets.iter().map(|s| (s.key.clone(), s.generation)).collect();
+    let mut changes = follow(&client, &keys, &seen);
     let mut term = signal(SignalKind::terminate()).map_err(|e| format!("cannot handle signals: {e}"))?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle signals: {e}"))?;
     loop {
@@ -88,7 +86,7 @@ pub(crate) async fn render(cli: &Cli, args: &RenderArgs) -> Outcome {
             _ = term.recv() => return Ok(ExitCode::SUCCESS),
             _ = int.recv() => return Ok(ExitCode::SUCCESS),
             Some(changed) = changes.recv() => {
-                let sets = match fetch_all(&sock, &keys).await {
+                let sets = match fetch_all(&client, &keys).await {
                     Ok(s) => s,
                     Err(e) => {
                         eprintln!("keyward render: {changed} changed but {e}; {} is left as it was", args.out.display());

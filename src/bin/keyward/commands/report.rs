@@ -1,5 +1,10 @@
 //! `keyward report`: tell the agent that a provider refused a key, for
 //! scripts (the client libraries report from their fallback helper).
+//!
+//! It calls the Keys stub itself, over keyward-client's checked channel:
+//! `--status` takes any number the agent accepts (a u32 on the wire), which
+//! keyward-client's `report_auth_failure` (an HTTP status, u16) would
+//! narrow.
 
 use std::process::ExitCode;
 

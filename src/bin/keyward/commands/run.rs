@@ -7,8 +7,8 @@ use std::os::unix::ffi::OsStringExt;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use keyward::proto;
 use keyward::secret::KeyRef;
+use keyward_client::KeySet;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use rand::Rng;
@@ -17,9 +17,9 @@ use tokio::sync::mpsc;
 use zeroize::Zeroizing;
 
 use crate::cli::{Cli, OnRotate, RunArgs};
-use crate::commands::held_keys::{describe, fetch_all, harden, spawn_watcher};
-use crate::sockets::service_socket;
-use crate::text::{key_arg, key_name};
+use crate::commands::held_keys::{describe, fetch_all, follow, harden};
+use crate::sockets::service;
+use crate::text::key_arg;
 use crate::Outcome;
 
 /// `KEY=VAR` of `--key`.
@@ -45,23 +45,23 @@ type ChildEnv = Vec<(String, Zeroizing<Vec<u8>>)>;
 
 /// The variables a child gets: VAR (the primary), VAR_PRIMARY and
 /// VAR_FALLBACK (the fallback, or the primary when the key has none).
-fn child_env(specs: &[(KeyRef, String)], sets: &[proto::KeySet]) -> Result<ChildEnv, String> {
+fn child_env(specs: &[(KeyRef, String)], sets: &[KeySet]) -> Result<ChildEnv, String> {
     let mut env = Vec::new();
     for ((key, var), set) in specs.iter().zip(sets) {
-        let primary = set.primary.as_ref().ok_or_else(|| format!("{key} has no primary"))?;
+        let primary = &set.primary;
         let fallback = set.fallback.as_ref().unwrap_or(primary);
         for (name, v) in [
             (var.clone(), primary),
             (format!("{var}_PRIMARY"), primary),
             (format!("{var}_FALLBACK"), fallback),
         ] {
-            if v.secret.contains(&0) {
+            if v.secret.expose().contains(&0) {
                 return Err(format!(
                     "{key} version {} holds a NUL byte, which no environment variable can carry: use keyward render to put it in a file",
                     v.version
                 ));
             }
-            env.push((name, Zeroizing::new(v.secret.to_vec())));
+            env.push((name, Zeroizing::new(v.secret.expose().to_vec())));
         }
     }
     Ok(env)
@@ -121,13 +121,12 @@ pub(crate) async fn run(cli: &Cli, args: &RunArgs) -> Outcome {
     harden();
     let specs = args.keys.iter().map(|s| key_var(s)).collect::<Result<Vec<_>, _>>()?;
     let refs: Vec<KeyRef> = specs.iter().map(|(k, _)| k.clone()).collect();
-    let sock = service_socket(cli);
-    let sets = fetch_all(&sock, &refs)
-        .await
-        .map_err(|e| format!("{e}; the command was not started"))?;
+    let not_started = |e: String| format!("{e}; the command was not started");
+    let client = service(cli).await.map_err(not_started)?;
+    let sets = fetch_all(&client, &refs).await.map_err(not_started)?;
     let env = child_env(&specs, &sets)?;
-    let seen = sets.iter().map(|s| (key_name(s.key.as_ref()), s.generation)).collect();
-    let mut changes = spawn_watcher(sock.clone(), refs.clone(), seen);
+    let seen = sets.iter().map(|s| (s.key.clone(), s.generation)).collect();
+    let mut changes = follow(&client, &refs, &seen);
     let mut child = Child::start(&args.command, &env)?;
     drop(env);
 
@@ -195,7 +194,7 @@ pub(crate) async fn run(cli: &Cli, args: &RunArgs) -> Outcome {
                         let _ = kill(child.pid, *sig);
                     }
                     OnRotate::Restart => {
-                        let sets = match fetch_all(&sock, &refs).await {
+                        let sets = match fetch_all(&client, &refs).await {
                             Ok(s) => s,
                             Err(e) => {
                                 eprintln!("keyward run: {} changed but {e}; the command keeps running with its keys", changed.join(", "));

@@ -2,11 +2,9 @@
 //! `{{ ENV/NAME.FIELD }}`, parsed once, then filled with every new state of
 //! the keys.
 
-use keyward::proto;
 use keyward::secret::KeyRef;
+use keyward_client::KeySet;
 use zeroize::Zeroizing;
-
-use crate::text::key_name;
 
 /// One `{{ … }}` of a template.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,20 +73,17 @@ pub(crate) fn parse_template(text: &str, origin: &str) -> Result<(Vec<Piece>, Ve
 }
 
 /// The template filled with `sets`, one per key of the template.
-pub(crate) fn render_bytes(pieces: &[Piece], sets: &[proto::KeySet]) -> Result<Zeroizing<Vec<u8>>, String> {
+pub(crate) fn render_bytes(pieces: &[Piece], sets: &[KeySet]) -> Result<Zeroizing<Vec<u8>>, String> {
     let mut out = Zeroizing::new(Vec::new());
     for piece in pieces {
         match piece {
             Piece::Text(t) => out.extend_from_slice(t.as_bytes()),
             Piece::Key(i, field) => {
                 let set = &sets[*i];
-                let primary = set
-                    .primary
-                    .as_ref()
-                    .ok_or_else(|| format!("{} has no primary", key_name(set.key.as_ref())))?;
+                let primary = &set.primary;
                 match field {
-                    Field::Primary => out.extend_from_slice(&primary.secret),
-                    Field::Fallback => out.extend_from_slice(&set.fallback.as_ref().unwrap_or(primary).secret),
+                    Field::Primary => out.extend_from_slice(primary.secret.expose()),
+                    Field::Fallback => out.extend_from_slice(set.fallback.as_ref().unwrap_or(primary).secret.expose()),
                     Field::Version => out.extend_from_slice(primary.version.to_string().as_bytes()),
                     Field::Fingerprint => out.extend_from_slice(primary.fingerprint.as_bytes()),
                 }

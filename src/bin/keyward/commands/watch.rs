@@ -1,5 +1,9 @@
 //! `keyward watch`: print every change of the keys as the agent sends it,
 //! with its reason, until the agent ends the stream.
+//!
+//! It reads the WatchKeys stream itself, over keyward-client's checked
+//! channel: each event's reason, which it prints, is not part of
+//! keyward-client's key states.
 
 use std::io::Write;
 use std::process::ExitCode;
