@@ -58,7 +58,7 @@ impl Trust {
     }
 
     /// Checks who serves `stream`, before anything is written to it. The
-    /// refusal is an `io::Error` holding an [`UntrustedPeer`], so that it
+    /// refusal is an `io::Error` (of kind `Other`) naming the server, so that it
     /// travels through tonic's reconnections and is mapped once, by
     /// [`Error::from_socket_io`].
     pub fn check(&self, stream: &UnixStream) -> io::Result<()> {
