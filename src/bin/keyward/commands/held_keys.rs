@@ -51,6 +51,7 @@ pub(crate) async fn fetch_all(client: &Client, keys: &[KeyRef]) -> Result<Vec<Ke
 /// generation differs from the last one seen (starting from `seen`, the
 /// generations the command was given). Ends when the receiver is dropped.
 pub(crate) fn follow(client: &Client, keys: &[KeyRef], seen: &HashMap<String, u64>) -> mpsc::Receiver<String> {
+    say_reconnects();
     let (tx, rx) = mpsc::channel(64);
     for key in keys {
         let key = key.to_string();
@@ -58,6 +59,22 @@ pub(crate) fn follow(client: &Client, keys: &[KeyRef], seen: &HashMap<String, u6
         tokio::spawn(follow_key(client.clone(), key, last, tx.clone()));
     }
     rx
+}
+
+/// Puts keyward-client's own notices on stderr: a handle that lost the
+/// agent and is reconnecting, and when it is back (its `tracing` events at
+/// info and above, which name the key and the error, never a secret). The
+/// command's user sees the agent go away, as with the watch `run` and
+/// `render` had before.
+fn say_reconnects() {
+    let _already_set = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::new("keyward_client=info"))
+        .without_time()
+        .with_ansi(false)
+        .with_level(false)
+        .with_target(false)
+        .try_init();
 }
 
 /// One key of [`follow`]. Its handle reconnects by itself; only getting
