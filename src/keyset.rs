@@ -6,7 +6,6 @@
 
 use std::time::SystemTime;
 
-use crate::proto;
 use crate::secret::{KeyRef, Secret};
 
 /// How many retired versions' metadata a key keeps.
@@ -25,15 +24,6 @@ pub enum RotationState {
 }
 
 impl RotationState {
-    /// The wire enum.
-    pub fn to_proto(self) -> proto::RotationState {
-        match self {
-            RotationState::Steady => proto::RotationState::Steady,
-            RotationState::Staged => proto::RotationState::Staged,
-            RotationState::Promoted => proto::RotationState::Promoted,
-        }
-    }
-
     /// Lowercase name for logs and the audit.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -88,31 +78,6 @@ impl Version {
             expires_at: self.expires_at,
             promoted_at: self.promoted_at,
             retired_at: None,
-        }
-    }
-
-    /// The wire form, sharing the secret buffer.
-    pub fn to_proto(&self) -> proto::KeyVersion {
-        proto::KeyVersion {
-            version: self.number,
-            secret: self.secret.to_shared_bytes(),
-            fingerprint: self.fingerprint.clone(),
-            created_at: Some(timestamp(self.created_at)),
-            expires_at: self.expires_at.map(timestamp),
-        }
-    }
-}
-
-impl VersionMeta {
-    /// The wire form.
-    pub fn to_proto(&self) -> proto::VersionInfo {
-        proto::VersionInfo {
-            version: self.number,
-            fingerprint: self.fingerprint.clone(),
-            created_at: Some(timestamp(self.created_at)),
-            expires_at: self.expires_at.map(timestamp),
-            promoted_at: self.promoted_at.map(timestamp),
-            retired_at: self.retired_at.map(timestamp),
         }
     }
 }
@@ -193,39 +158,6 @@ impl KeySetState {
         next.generation = self.generation + 1;
         next
     }
-
-    /// The wire form served by `GetKey`.
-    pub fn to_proto(&self) -> proto::KeySet {
-        proto::KeySet {
-            key: Some(self.key.to_proto()),
-            generation: self.generation,
-            primary: Some(self.primary.to_proto()),
-            fallback: self.fallback.as_ref().map(Version::to_proto),
-            state: self.state.to_proto() as i32,
-        }
-    }
-
-    /// Metadata only, for `ListKeys`.
-    pub fn to_info(&self) -> proto::KeyInfo {
-        proto::KeyInfo {
-            key: Some(self.key.to_proto()),
-            generation: self.generation,
-            state: self.state.to_proto() as i32,
-            primary: Some(self.primary.meta().to_proto()),
-            fallback: self.fallback.as_ref().map(|f| f.meta().to_proto()),
-            history: self.history.iter().map(VersionMeta::to_proto).collect(),
-        }
-    }
-}
-
-/// A `SystemTime` as a protobuf timestamp.
-pub fn timestamp(t: SystemTime) -> prost_types::Timestamp {
-    prost_types::Timestamp::from(t)
-}
-
-/// A protobuf timestamp as a `SystemTime`, if it is in range.
-pub fn from_timestamp(t: &prost_types::Timestamp) -> Option<SystemTime> {
-    SystemTime::try_from(*t).ok()
 }
 
 #[cfg(test)]

@@ -9,39 +9,60 @@
 //!
 //! # Layout
 //!
+//! Arrows only point down (`tests/layers.rs` checks it): the binaries use
+//! [`server`], which turns requests into [`agent`] operations; the agent
+//! uses the middle tier; the middle tier uses the pure core.
+//!
+//! The pure core (plain data and rules, table- and property-tested, no I/O
+//! and no wire types):
+//!
 //! - [`secret`]: the [`secret::Secret`] type (zeroizing, never printed),
 //!   key names ([`secret::KeyRef`]) and fingerprints.
 //! - [`keyset`]: the state of one key: generation, primary, fallback,
 //!   history.
+//! - [`rotation`]: the rotation state machine and its rules (what may be
+//!   staged, that a new key differs from the primary, no overwrite
+//!   mid-rotation, the retire gate).
+//! - [`policy`]: every access rule: who may read or report on which keys,
+//!   who may use the admin socket, who may ask for a credential.
 //! - [`config`]: the TOML config file, parsed raw and validated into typed
 //!   values; also the dev-mode defaults.
-//! - [`policy`]: who may read which keys. Pure functions, table-tested.
-//! - [`rotation`]: the rotation state machine (stage, promote, rollback,
-//!   abort, retire). Pure functions, table-tested.
-//! - [`hooks`]: running the per-key generator, validator and revoker
-//!   commands: secrets only on stdin and stdout, a timeout that kills the
-//!   hook's whole process group, errors that never contain the secret.
+//!
+//! The edge of the core: [`proto`], the generated gRPC types of
+//! `proto/keyward/v1` (re-exported from the `keyward-proto` crate), and
+//! [`wire`], the conversions between them and the core's types.
+//!
+//! The middle tier (each a part of the agent's work that knows nothing of
+//! the agent):
+//!
 //! - [`store`]: the agent identity, the age-encrypted key files, atomic
 //!   writes, the in-memory view the fetch path reads, and the decisions of
 //!   hot reload (`store::reload`).
-//! - [`fleet`]: fleet mode: the keys in OpenBao (or Vault) KV v2, sealed to
-//!   every agent, written with check-and-set, followed by polling into the
-//!   store (the local copy), and each agent's published status; the KV v2
-//!   client with token-file or AppRole login (`fleet::kv`).
-//! - [`watch`]: one latest-value channel per key for `WatchKeys`, and the
-//!   registry of live subscribers with the generation each was sent.
 //! - [`audit`]: the append-only, hash-chained audit log: leader/follower
 //!   group commit, the head file, and the offline verifier.
-//! - [`hygiene`]: process hardening (no core dumps, locked memory).
-//! - [`server`]: socket binding, caller identity from peer credentials (and
-//!   the verification of a caller's executable and unit), the
-//!   `Keys` and `Admin` gRPC services (fetch, watch streams, auth-failure
-//!   reports, changes and rotation), the bounds on what one caller can make
-//!   the agent hold or write (streams, watches, coalesced refusals), hot
-//!   reload of the store, config reload on SIGHUP, and [`server::run`], the
-//!   one way in.
-//! - [`proto`]: the wire types of `proto/keyward/v1`, re-exported from the
-//!   `keyward-proto` crate.
+//! - [`watch`]: one latest-value channel per key for `WatchKeys`, and the
+//!   registry of live subscribers with the generation each was sent.
+//! - [`alerts`]: detectors (pure) and sinks; [`metrics`]: the counters and
+//!   the Prometheus endpoint.
+//! - [`hooks`]: running the per-key generator, validator and revoker
+//!   commands: secrets only on stdin and stdout, a timeout that kills the
+//!   hook's whole process group, errors that never contain the secret.
+//! - [`openbao`]: the OpenBao (or Vault) KV v2 client with token-file or
+//!   AppRole login; a leaf.
+//! - [`sockets`]: socket files and the state lock; [`hygiene`]: process
+//!   hardening (no core dumps, locked memory).
+//!
+//! - [`agent`]: the running agent, its state behind a small API:
+//!   [`agent::Agent::serve`] (policy → audit → answer, the only way a
+//!   secret leaves), [`agent::Agent::apply`] (check → durable commit →
+//!   audit → publish, the only way state changes), rotation, reports and
+//!   the served-version log, coalesced refusals, alerting, hot reload,
+//!   config reload, fleet follow and publish, status.
+//! - [`server`]: the transport: socket binding, caller identity from peer
+//!   credentials (and the verification of a caller's executable and unit),
+//!   the bounds on streams and calls, the `Keys` and `Admin` gRPC services
+//!   and `creds.sock`, the one mapping from agent errors to statuses, and
+//!   [`server::run()`], the one way in.
 //!
 //! The binaries live in `src/bin`: `keywardd` (the agent) and `keyward` (the
 //! CLI).
@@ -51,21 +72,24 @@
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod agent;
 pub mod alerts;
 pub mod audit;
 pub mod config;
-pub mod fleet;
 pub mod hooks;
 pub mod hygiene;
 pub mod keyset;
 pub mod metrics;
+pub mod openbao;
 pub mod policy;
 pub mod proto;
 pub mod rotation;
 pub mod secret;
 pub mod server;
+pub mod sockets;
 pub mod store;
 pub mod watch;
+pub mod wire;
 
 /// Cases per property test: `PROPTEST_CASES` when set (the long runs of
 /// RELIABILITY.md), else the module's `default`.

@@ -94,6 +94,33 @@ impl<'a> Principal<'a> {
     }
 }
 
+/// Whether `who` may use the admin socket: root, the agent's own user
+/// (`agent_uid`), or a member of the configured admin group. The socket's
+/// mode already keeps others out; this is the second lock on the door (a
+/// socket passed in by a service manager may have another mode).
+pub fn may_administer(who: &Principal<'_>, agent_uid: u32, admin_group: Option<u32>) -> bool {
+    let in_admin_group = admin_group.is_some_and(|g| who.gid == g || who.groups.contains(&g));
+    who.uid == 0 || who.uid == agent_uid || in_admin_group
+}
+
+/// Whether a peer with `uid` and `pid` may ask for credentials on
+/// `creds.sock`: the service manager (PID 1 as root), whose word on the
+/// unit is believed; in dev mode, where there is no service manager to
+/// prove, also the agent's own user.
+pub fn may_ask_for_credentials(uid: u32, pid: Option<i32>, dev_mode: bool, agent_uid: u32) -> bool {
+    (uid == 0 && pid == Some(1)) || (dev_mode && uid == agent_uid)
+}
+
+/// A caller known by its unit alone: the unit the service manager (PID 1)
+/// names when it asks `creds.sock` for a credential. It has no uid, groups
+/// or executable the policy could match, so only credentials grants (those
+/// that name nothing but `units`) apply to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnitPrincipal<'a> {
+    /// The unit being started, e.g. `billing.service`.
+    pub unit: &'a str,
+}
+
 /// A systemd unit as a `units` selector sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Unit<'a> {
@@ -436,12 +463,12 @@ impl Policy {
             .find(|g| g.report && g.applies_to(who) && g.covers(key))
     }
 
-    /// The first credentials grant (only `units`) that lets the unit named
-    /// `unit` have `key` through `LoadCredential=`.
-    pub fn credential_grant_for(&self, unit: &str, key: &KeyRef) -> Option<&Grant> {
+    /// The first credentials grant (only `units`) that lets the unit
+    /// `who` names have `key` through `LoadCredential=`.
+    pub fn credential_grant_for(&self, who: &UnitPrincipal<'_>, key: &KeyRef) -> Option<&Grant> {
         self.grants
             .iter()
-            .find(|g| g.is_credentials_grant() && g.units.iter().any(|u| u == unit) && g.covers(key))
+            .find(|g| g.is_credentials_grant() && g.units.iter().any(|u| u == who.unit) && g.covers(key))
     }
 
     /// Every executable path the grants name (each once).
@@ -474,6 +501,50 @@ impl Grant {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_service_manager_asks_in_system_mode() {
+        // (uid, pid, dev mode, agent's uid) → may ask
+        let cases = [
+            (0, Some(1), false, 0, true),
+            (0, Some(2), false, 0, false),
+            (0, None, false, 0, false),
+            (1000, Some(1), false, 0, false),
+            (1000, Some(55), true, 1000, true),
+            (1001, Some(55), true, 1000, false),
+            (0, Some(55), true, 1000, false),
+        ];
+        for (uid, pid, dev, own, want) in cases {
+            assert_eq!(
+                may_ask_for_credentials(uid, pid, dev, own),
+                want,
+                "uid {uid} pid {pid:?} dev {dev} own {own}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_admin_socket_takes_root_the_agents_user_and_the_admin_group() {
+        // (uid, gid, groups, agent's uid, admin group) → may administer
+        let cases: [(u32, u32, &[u32], u32, Option<u32>, bool); 8] = [
+            (0, 0, &[], 999, None, true),
+            (999, 999, &[], 999, None, true),
+            (1000, 1000, &[], 999, None, false),
+            (1000, 1000, &[], 999, Some(50), false),
+            (1000, 50, &[], 999, Some(50), true),
+            (1000, 1000, &[7, 50], 999, Some(50), true),
+            (1000, 1000, &[7], 999, Some(50), false),
+            (4294967295, 4294967295, &[], 999, None, false),
+        ];
+        for (uid, gid, groups, agent, group, want) in cases {
+            let who = Principal::of_credentials(uid, gid, groups);
+            assert_eq!(
+                may_administer(&who, agent, group),
+                want,
+                "uid {uid} gid {gid} groups {groups:?} agent {agent} admin group {group:?}"
+            );
+        }
+    }
 
     fn key(s: &str) -> KeyRef {
         s.parse().unwrap()
@@ -821,7 +892,10 @@ mod tests {
                 ..grant("uid+unit")
             },
         ]);
-        let origin = |unit, k| policy.credential_grant_for(unit, &key(k)).map(|g| g.origin.clone());
+        let origin = |unit, k| {
+            let who = UnitPrincipal { unit };
+            policy.credential_grant_for(&who, &key(k)).map(|g| g.origin.clone())
+        };
         assert_eq!(origin("billing.service", "prod/billing-api").as_deref(), Some("creds"));
         assert_eq!(origin("billing.service", "prod/crm-api"), None);
         // A grant with a principal is not a credentials grant.

@@ -45,17 +45,6 @@ impl Command {
         }
     }
 
-    /// The watch `reason` of the state this command produces.
-    pub fn reason(self) -> &'static str {
-        match self {
-            Command::Stage => "staged",
-            Command::Promote => "promoted",
-            Command::Rollback => "rolled_back",
-            Command::Abort => "aborted",
-            Command::Retire => "retired",
-        }
-    }
-
     /// Every command, for tables.
     pub const ALL: [Command; 5] = [
         Command::Stage,
@@ -110,6 +99,27 @@ pub enum RotationError {
         /// What to do instead.
         next: String,
     },
+    /// Overwriting would replace the staged or old key of a rotation under
+    /// way.
+    #[error(
+        "key {key} is mid-rotation ({state}): finish the rotation or abort it before overwriting; nothing was changed"
+    )]
+    MidRotation {
+        /// The key.
+        key: String,
+        /// Its state.
+        state: &'static str,
+    },
+    /// The new key is the one serving as primary.
+    #[error(
+        "the new key for {key} is the same as its current primary (fingerprint {fingerprint}): give a different key"
+    )]
+    SameAsPrimary {
+        /// The key.
+        key: String,
+        /// The primary's fingerprint.
+        fingerprint: String,
+    },
     /// Retire's gate is closed.
     #[error("cannot retire the old key of {key} yet: {reason}; wait, investigate or roll back (`keyward rollback {key}`), or pass --force to retire anyway")]
     GateClosed {
@@ -155,6 +165,40 @@ fn push_history(history: &mut Vec<VersionMeta>, meta: VersionMeta) {
     history.truncate(HISTORY_LIMIT);
 }
 
+/// Whether a key in `state` may be staged (`replace`: its staged key
+/// replaced), before anything is prepared for it.
+pub fn may_stage(state: &KeySetState, replace: bool) -> Result<(), RotationError> {
+    match state.state {
+        RotationState::Steady => Ok(()),
+        RotationState::Staged if replace => Ok(()),
+        _ => Err(refuse(state, Command::Stage)),
+    }
+}
+
+/// The key `new` may be staged for `state`: it is not the primary.
+pub fn must_differ(state: &KeySetState, new_fingerprint: &str) -> Result<(), RotationError> {
+    if new_fingerprint == state.primary.fingerprint {
+        return Err(RotationError::SameAsPrimary {
+            key: state.key.to_string(),
+            fingerprint: new_fingerprint.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Replaces both keys of `state` by `new` (`put --overwrite`, a raw secret
+/// written to the key file): only while no rotation is under way, since it
+/// would also replace the staged or the old key.
+pub fn overwrite(state: &KeySetState, new: Version, now: SystemTime) -> Result<KeySetState, RotationError> {
+    if state.state != RotationState::Steady {
+        return Err(RotationError::MidRotation {
+            key: state.key.to_string(),
+            state: state.state.as_str(),
+        });
+    }
+    Ok(state.overwrite(new, now))
+}
+
 /// Stages `new` as the fallback. `new.number` is replaced by the next free
 /// version number. With `replace`, a key that is already staged gets its
 /// staged key replaced (the old staged key goes to history).
@@ -164,15 +208,13 @@ pub fn stage(
     replace: bool,
     now: SystemTime,
 ) -> Result<KeySetState, RotationError> {
+    may_stage(state, replace)?;
+    must_differ(state, &new.fingerprint)?;
     let mut next = state.clone();
-    match state.state {
-        RotationState::Steady => {}
-        RotationState::Staged if replace => {
-            if let Some(old_staged) = &state.fallback {
-                push_history(&mut next.history, dropped(old_staged, now));
-            }
+    if state.state == RotationState::Staged {
+        if let Some(old_staged) = &state.fallback {
+            push_history(&mut next.history, dropped(old_staged, now));
         }
-        _ => return Err(refuse(state, Command::Stage)),
     }
     new.number = state.max_version() + 1;
     new.promoted_at = None;
@@ -288,6 +330,48 @@ mod tests {
             created_at: SystemTime::UNIX_EPOCH,
             expires_at: None,
             promoted_at: None,
+        }
+    }
+
+    #[test]
+    fn stage_and_overwrite_rules() {
+        // (state, replace) → may stage
+        let staged = stage(&steady(), version(0, "new"), false, SystemTime::UNIX_EPOCH).unwrap();
+        let promoted = apply(&staged, Command::Promote, RetireGate::default(), SystemTime::UNIX_EPOCH).unwrap();
+        let cases = [
+            (&steady(), false, true),
+            (&steady(), true, true),
+            (&staged, false, false),
+            (&staged, true, true),
+            (&promoted, false, false),
+            (&promoted, true, false),
+        ];
+        for (state, replace, want) in cases {
+            assert_eq!(
+                may_stage(state, replace).is_ok(),
+                want,
+                "{:?} replace {replace}",
+                state.state
+            );
+        }
+        // The new key must not be the primary, in any state.
+        for state in [&steady(), &staged, &promoted] {
+            let same = version(0, "x");
+            let same = Version {
+                fingerprint: state.primary.fingerprint.clone(),
+                ..same
+            };
+            let e = must_differ(state, &same.fingerprint).unwrap_err();
+            assert!(e.to_string().contains("same as its current primary"), "{e}");
+            assert!(must_differ(state, "fp-other").is_ok());
+            assert!(stage(state, same, true, SystemTime::UNIX_EPOCH).is_err());
+        }
+        // Overwrite only while steady: mid-rotation it would drop a key.
+        assert!(overwrite(&steady(), version(0, "x"), SystemTime::UNIX_EPOCH).is_ok());
+        for state in [&staged, &promoted] {
+            let e = overwrite(state, version(0, "x"), SystemTime::UNIX_EPOCH).unwrap_err();
+            assert!(matches!(e, RotationError::MidRotation { .. }), "{e}");
+            assert!(e.to_string().contains("nothing was changed"), "{e}");
         }
     }
 

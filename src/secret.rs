@@ -153,22 +153,6 @@ impl KeyRef {
     pub fn name(&self) -> &str {
         &self.name
     }
-
-    /// The wire form.
-    pub fn to_proto(&self) -> crate::proto::KeyRef {
-        crate::proto::KeyRef {
-            environment: self.env.clone(),
-            name: self.name.clone(),
-        }
-    }
-
-    /// Validates a wire `KeyRef` (absent counts as empty).
-    pub fn from_proto(k: Option<&crate::proto::KeyRef>) -> Result<KeyRef, NameError> {
-        match k {
-            Some(k) => KeyRef::new(&k.environment, &k.name),
-            None => Err(NameError::Empty { what: "key" }),
-        }
-    }
 }
 
 impl fmt::Display for KeyRef {

@@ -69,18 +69,78 @@ use tokio_stream::{Stream, StreamExt, StreamMap};
 
 use crate::audit::CallerRecord;
 use crate::keyset::{KeySetState, Version};
+use crate::rotation::Command;
 use crate::secret::KeyRef;
 
 /// How many evictions [`Watchers::recent_evictions`] keeps per key.
 pub const RECENT_EVICTIONS: usize = 16;
+
+/// Why a subscriber is sent a state: the `reason` of a `KeyEvent`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// The state when the watch started.
+    Initial,
+    /// `keyward put`.
+    Put,
+    /// The key was deleted.
+    Deleted,
+    /// A new key was staged.
+    Staged,
+    /// The staged key was promoted.
+    Promoted,
+    /// The old key is primary again.
+    RolledBack,
+    /// The staged key was dropped.
+    Aborted,
+    /// The old key was retired.
+    Retired,
+    /// Its file was rewritten by another tool (hot reload).
+    Reloaded,
+    /// Another agent of the fleet changed it.
+    Fleet,
+    /// Re-encrypted for the fleet's current members.
+    Reseal,
+}
+
+impl Reason {
+    /// The name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Initial => "initial",
+            Reason::Put => "put",
+            Reason::Deleted => "deleted",
+            Reason::Staged => "staged",
+            Reason::Promoted => "promoted",
+            Reason::RolledBack => "rolled_back",
+            Reason::Aborted => "aborted",
+            Reason::Retired => "retired",
+            Reason::Reloaded => "reloaded",
+            Reason::Fleet => "fleet",
+            Reason::Reseal => "reseal",
+        }
+    }
+}
+
+impl From<Command> for Reason {
+    /// The reason of the state a rotation command produces.
+    fn from(c: Command) -> Reason {
+        match c {
+            Command::Stage => Reason::Staged,
+            Command::Promote => Reason::Promoted,
+            Command::Rollback => Reason::RolledBack,
+            Command::Abort => Reason::Aborted,
+            Command::Retire => Reason::Retired,
+        }
+    }
+}
 
 /// One published state of a key.
 #[derive(Clone)]
 pub struct Published {
     /// The key's new state; `None` when the key was deleted.
     pub state: Option<Arc<KeySetState>>,
-    /// Why it changed: `put`, `deleted`, `staged`, `promoted`, …
-    pub reason: &'static str,
+    /// Why it changed.
+    pub reason: Reason,
     /// Which publish of the key's channel this is (they count up from 1);
     /// hand it back to [`Subscription::taken`].
     pub seq: u64,
@@ -219,7 +279,7 @@ struct Sub {
 impl Watchers {
     /// Publishes a key's new state. Never blocks on subscribers and never
     /// waits; a key nobody watches is a no-op.
-    pub fn publish(&self, key: &KeyRef, state: Option<Arc<KeySetState>>, reason: &'static str) {
+    pub fn publish(&self, key: &KeyRef, state: Option<Arc<KeySetState>>, reason: Reason) {
         let now = Instant::now();
         let mut reg = self.lock();
         if let Some(ch) = reg.keys.get_mut(key) {
@@ -294,7 +354,7 @@ impl Watchers {
                 // Never read: every subscriber reads the store instead.
                 tx: watch::Sender::new(Published {
                     state: None,
-                    reason: "initial",
+                    reason: Reason::Initial,
                     seq: 0,
                 }),
                 seq: 0,
@@ -675,22 +735,22 @@ mod tests {
         let w = Watchers::default();
         let a = key("prod/a");
         // Nobody watches: a no-op.
-        w.publish(&a, Some(state("prod/a", 1)), "put");
+        w.publish(&a, Some(state("prod/a", 1)), Reason::Put);
         let mut sub = subscribe_ok(&w, std::slice::from_ref(&a), who(1, 1));
         for g in 2..=50 {
-            w.publish(&a, Some(state("prod/a", g)), "put");
+            w.publish(&a, Some(state("prod/a", g)), Reason::Put);
         }
         let (i, p) = next_change(&mut sub).await.unwrap();
-        assert_eq!((i, p.reason), (0, "put"));
+        assert_eq!((i, p.reason), (0, Reason::Put));
         assert_eq!(p.state.unwrap().generation, 50, "skips to the latest");
         // Nothing more until the next publish.
         assert!(tokio::time::timeout(Duration::from_millis(50), sub.changed())
             .await
             .is_err());
-        w.publish(&a, None, "deleted");
+        w.publish(&a, None, Reason::Deleted);
         let (_, p) = next_change(&mut sub).await.unwrap();
         assert!(p.state.is_none());
-        assert_eq!(p.reason, "deleted");
+        assert_eq!(p.reason, Reason::Deleted);
     }
 
     #[tokio::test]
@@ -700,7 +760,7 @@ mod tests {
         let _stuck = subscribe_ok(&w, std::slice::from_ref(&a), who(1, 1));
         let mut fast = subscribe_ok(&w, std::slice::from_ref(&a), who(2, 2));
         for g in 1..=100 {
-            w.publish(&a, Some(state("prod/a", g)), "put");
+            w.publish(&a, Some(state("prod/a", g)), Reason::Put);
             let (_, p) = next_change(&mut fast).await.unwrap();
             assert_eq!(p.state.unwrap().generation, g);
         }
@@ -711,13 +771,13 @@ mod tests {
         let w = Watchers::default();
         let (a, b) = (key("prod/a"), key("staging/b"));
         let mut sub = subscribe_ok(&w, &[a.clone(), b.clone()], who(1, 1));
-        w.publish(&b, Some(state("staging/b", 4)), "staged");
+        w.publish(&b, Some(state("staging/b", 4)), Reason::Staged);
         let (i, p) = next_change(&mut sub).await.unwrap();
-        assert_eq!((i, p.reason), (1, "staged"));
+        assert_eq!((i, p.reason), (1, Reason::Staged));
         assert_eq!(sub.keys()[i], b);
-        w.publish(&a, Some(state("prod/a", 9)), "promoted");
+        w.publish(&a, Some(state("prod/a", 9)), Reason::Promoted);
         let (i, p) = next_change(&mut sub).await.unwrap();
-        assert_eq!((i, p.reason), (0, "promoted"));
+        assert_eq!((i, p.reason), (0, Reason::Promoted));
     }
 
     #[tokio::test]
@@ -806,7 +866,7 @@ mod tests {
         tokio::time::advance(Duration::from_secs(60)).await;
         assert!(w.evict_stalled(|_| TWO_S).is_empty());
 
-        w.publish(&a, Some(state("prod/a", 2)), "staged");
+        w.publish(&a, Some(state("prod/a", 2)), Reason::Staged);
         let (i, p) = next_change(&mut reader).await.unwrap();
         reader.taken(i, p.seq, Some(2));
         tokio::time::advance(Duration::from_millis(1999)).await;
@@ -859,7 +919,7 @@ mod tests {
         let stuck = w
             .subscribe(std::slice::from_ref(&a), who(1, 1), CAPS, Some(close))
             .unwrap();
-        w.publish(&a, Some(state("prod/a", 2)), "staged");
+        w.publish(&a, Some(state("prod/a", 2)), Reason::Staged);
         tokio::time::advance(TWO_S).await;
         assert_eq!(w.evict_stalled(|_| TWO_S).len(), 1);
         drop(stuck);
@@ -881,10 +941,10 @@ mod tests {
         assert_eq!(slow.initial_seq(0), 0);
         // Handing over the initial state (publish 0) leaves nothing pending.
         slow.taken(0, slow.initial_seq(0), Some(1));
-        w.publish(&a, Some(state("prod/a", 2)), "staged");
+        w.publish(&a, Some(state("prod/a", 2)), Reason::Staged);
         let (_, first) = next_change(&mut slow).await.unwrap();
         tokio::time::advance(Duration::from_secs(1)).await;
-        w.publish(&a, Some(state("prod/a", 3)), "promoted");
+        w.publish(&a, Some(state("prod/a", 3)), Reason::Promoted);
         tokio::time::advance(Duration::from_millis(500)).await;
         // It takes generation 2 only now: 3 is still waiting, from now on.
         slow.taken(0, first.seq, Some(2));
@@ -900,13 +960,13 @@ mod tests {
 
         // A publish skipped as unchanged is taken too.
         let mut other = subscribe_ok(&w, std::slice::from_ref(&a), who(2, 2));
-        w.publish(&a, Some(state("prod/a", 3)), "reloaded");
+        w.publish(&a, Some(state("prod/a", 3)), Reason::Reloaded);
         let (i, p) = next_change(&mut other).await.unwrap();
         other.taken(i, p.seq, None);
         tokio::time::advance(Duration::from_secs(60)).await;
         assert!(w.evict_stalled(|_| TWO_S).is_empty());
         // A deletion waits like any other publish, and names no generation.
-        w.publish(&a, None, "deleted");
+        w.publish(&a, None, Reason::Deleted);
         tokio::time::advance(TWO_S).await;
         let evicted = w.evict_stalled(|_| TWO_S);
         assert_eq!(evicted.len(), 1);
@@ -926,8 +986,8 @@ mod tests {
                 Duration::from_secs(10)
             }
         };
-        w.publish(&a, Some(state("prod/a", 2)), "staged");
-        w.publish(&b, Some(state("prod/b", 2)), "staged");
+        w.publish(&a, Some(state("prod/a", 2)), Reason::Staged);
+        w.publish(&b, Some(state("prod/b", 2)), Reason::Staged);
         tokio::time::advance(TWO_S).await;
         let evicted = w.evict_stalled(timeout);
         assert_eq!(evicted.len(), 1, "b's timeout is longer: {evicted:?}");
@@ -950,7 +1010,7 @@ mod tests {
         let mut held = Vec::new();
         for pid in 0..(RECENT_EVICTIONS as i32 + 3) {
             held.push(subscribe_ok(&w, std::slice::from_ref(&a), who(1, pid)));
-            w.publish(&a, Some(state("prod/a", pid as u64 + 2)), "put");
+            w.publish(&a, Some(state("prod/a", pid as u64 + 2)), Reason::Put);
             tokio::time::advance(TWO_S).await;
             assert_eq!(w.evict_stalled(|_| TWO_S).len(), 1);
         }

@@ -71,6 +71,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use keyward::proto::{self, admin_client::AdminClient, keys_client::KeysClient, RotationState};
+use keyward::wire::ToWire;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tonic::transport::Channel;

@@ -1,4 +1,4 @@
-//! The OpenBao KV v2 client (`keyward::fleet::kv`) against a real OpenBao
+//! The OpenBao KV v2 client (`keyward::openbao`) against a real OpenBao
 //! server (tests/common/openbao.rs): reads, versions, listings, metadata,
 //! check-and-set, token files (a wrong token, a rotated file), AppRole with
 //! renewal past the max TTL, and a server that stops, hangs, seals and
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::log::{captured_log, captured_text};
 use common::openbao::{write_private, Bao};
-use keyward::fleet::kv::{KvAuth, KvClient, KvError, KvOptions};
+use keyward::openbao::{KvAuth, KvClient, KvError, KvOptions};
 use serde_json::json;
 
 /// The request timeout of the clients here: requests on loopback take

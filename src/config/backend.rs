@@ -9,7 +9,7 @@ use toml::Spanned;
 
 use super::validate::{absolute_path, positive_duration, Source};
 use super::ConfigError;
-use crate::fleet::kv::path::{check_address, check_path};
+use crate::openbao::path::{check_address, check_path};
 
 /// Where the keys live.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]

@@ -150,7 +150,7 @@ enum Incoming {
     Unix {
         listener: tokio::net::UnixListener,
         /// Removes the socket file when dropped.
-        _file: crate::server::sockets::SocketFile,
+        _file: crate::sockets::SocketFile,
     },
 }
 

@@ -7,7 +7,7 @@
 //! config fails at load with the reason and the way out.
 //!
 //! A Unix socket is bound under a temporary name, given mode 0660 and
-//! renamed into place (the agent's [`crate::server::sockets::bind`]), so it
+//! renamed into place (the agent's [`crate::sockets::bind`]), so it
 //! is never reachable with looser permissions; a stale socket is replaced,
 //! a live one or a file that is not a socket is left alone. The socket file
 //! is removed when the listener is dropped ([`super::http::serve`] drops it
@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use crate::server::sockets::{self, BindError};
+use crate::sockets::{self, BindError};
 
 /// Where the metrics endpoint listens: `127.0.0.1:9464`, `[::1]:9464` or
 /// `unix:/run/keyward/metrics.sock`.

@@ -123,7 +123,7 @@ impl Model {
                 self.drop_version(old);
                 self.state = Steady;
             }
-            (Op::Put, _) => {
+            (Op::Put, Steady) => {
                 // Overwrite: primary then fallback go to the front of the
                 // history, in that order.
                 let mut dropped = vec![self.primary];
@@ -179,7 +179,7 @@ fn run(state: &KeySetState, op: Op, now: u64, grace: u64) -> Option<Result<KeySe
         Op::Rollback => apply(state, Command::Rollback, gate(false, 0), at(now)),
         Op::Abort => apply(state, Command::Abort, gate(false, 0), at(now)),
         Op::Retire { force, failures } => apply(state, Command::Retire, gate(force, failures), at(now)),
-        Op::Put => Ok(state.overwrite(version(next, now), at(now))),
+        Op::Put => overwrite(state, version(next, now), at(now)),
         Op::Tick { .. } => return None,
     })
 }
@@ -257,6 +257,10 @@ proptest! {
                         RotationError::GateClosed { .. } => {
                             msg.contains("--force") && (msg.contains("grace") || msg.contains("auth failure"))
                         }
+                        RotationError::MidRotation { state: s, .. } => {
+                            msg.contains(s) && msg.contains("nothing was changed")
+                        }
+                        RotationError::SameAsPrimary { .. } => msg.contains("same as its current primary"),
                     };
                     prop_assert!(explained, "{}", msg);
                     prop_assert!(!msg.contains("sk_v"), "a refusal shows a secret: {}", msg);

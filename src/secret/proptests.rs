@@ -12,6 +12,7 @@ use std::path::{Component, Path};
 use proptest::prelude::*;
 
 use super::*;
+use crate::wire::{FromWire, ToWire};
 
 /// Cases per property: enough to hit every forbidden class many times
 /// over, few enough to keep `cargo test --lib` quick.

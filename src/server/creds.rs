@@ -31,12 +31,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinSet;
 
-use super::error::ApiError;
-use super::keys::served_versions;
-use super::peer::Caller;
-use super::Agent;
-use crate::audit::AuditEvent;
-use crate::config::AuditFailureMode;
+use crate::agent::caller::Caller;
+use crate::agent::error::ApiError;
+use crate::agent::serve::Via;
+use crate::agent::Agent;
 use crate::secret::KeyRef;
 
 /// How long systemd gets to read a credential.
@@ -125,13 +123,6 @@ async fn answer(agent: Arc<Agent>, mut stream: UnixStream) {
     }
 }
 
-/// Whether a peer with `uid` and `pid` may ask for credentials: the service
-/// manager (PID 1 as root) in system mode; in dev mode also the agent's own
-/// user.
-pub fn may_ask(uid: u32, pid: Option<i32>, dev_mode: bool, own_uid: u32) -> bool {
-    (uid == 0 && pid == Some(1)) || (dev_mode && uid == own_uid)
-}
-
 /// The peer and what it asks for; `None` (logged) when the peer may not
 /// ask or its address is not systemd's form.
 fn identify(stream: &UnixStream, dev_mode: bool) -> Option<(Caller, CredentialRequest)> {
@@ -143,7 +134,7 @@ fn identify(stream: &UnixStream, dev_mode: bool) -> Option<(Caller, CredentialRe
         }
     };
     let own = nix::unistd::geteuid().as_raw();
-    if !may_ask(cred.uid(), cred.pid(), dev_mode, own) {
+    if !crate::policy::may_ask_for_credentials(cred.uid(), cred.pid(), dev_mode, own) {
         tracing::warn!(
             uid = cred.uid(),
             pid = cred.pid(),
@@ -162,7 +153,7 @@ fn identify(stream: &UnixStream, dev_mode: bool) -> Option<(Caller, CredentialRe
         return None;
     };
     let pid = cred.pid().unwrap_or(0);
-    let caller = Caller::from_service_manager(cred.uid(), cred.gid(), pid, request.unit.clone());
+    let caller = super::peer::from_service_manager(cred.uid(), cred.gid(), pid, request.unit.clone());
     Some((caller, request))
 }
 
@@ -188,45 +179,14 @@ async fn decide(
             .refuse(EVENT, caller, Some(key.to_string()), "invalid_argument", e)
             .await);
     }
-    if agent
-        .config()
-        .policy
-        .credential_grant_for(&request.unit, &key)
-        .is_none()
-    {
-        let denied = ApiError::PermissionDenied(format!(
-            "unit {} may not read {key}: no grant naming only units lists this unit for this key; add a [[grant]] with units = [{:?}]",
-            request.unit, request.unit
-        ));
-        return Err(agent
-            .refuse(EVENT, caller, Some(key.to_string()), "denied", denied)
-            .await);
-    }
-    let Some(state) = agent.store.get(&key) else {
-        let missing = ApiError::NotFound(format!("key {key} does not exist: create it with `keyward put {key}`"));
-        return Err(agent
-            .refuse(EVENT, caller, Some(key.to_string()), "not_found", missing)
-            .await);
+    let via = Via::Credential {
+        id: &request.id,
+        unit: &request.unit,
     };
-    let event = AuditEvent {
-        event: EVENT,
-        caller: Some(caller.record.clone()),
-        key: Some(key.to_string()),
-        versions: served_versions(&state),
-        generation_after: Some(state.generation),
-        backend_version: state.backend_version,
-        outcome: "ok",
-        detail: Some(format!("LoadCredential {} for {}", request.id, request.unit)),
-        ..Default::default()
-    };
-    if let Err(e) = agent.audit.record(event).await {
-        match agent.on_audit_failure(&key) {
-            AuditFailureMode::FailClosed => return Err(e.into()),
-            AuditFailureMode::FailOpen => {
-                tracing::warn!(key = %key, error = %e, "serving a credential without an audit record (environment is fail-open)")
-            }
-        }
-    }
+    let served = agent.serve(caller, &key, via).await?;
+    let state = served
+        .state()
+        .ok_or_else(|| ApiError::NotFound(format!("key {key} does not exist")))?;
     Ok(zeroize::Zeroizing::new(state.primary.secret.expose_secret().to_vec()))
 }
 
@@ -247,27 +207,6 @@ mod tests {
             b"\xff/unit/a.service/prod.x",
         ] {
             assert_eq!(parse_peer_name(bad), None, "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn only_the_service_manager_asks_in_system_mode() {
-        // (uid, pid, dev mode, agent's uid) → may ask
-        let cases = [
-            (0, Some(1), false, 0, true),
-            (0, Some(2), false, 0, false),
-            (0, None, false, 0, false),
-            (1000, Some(1), false, 0, false),
-            (1000, Some(55), true, 1000, true),
-            (1001, Some(55), true, 1000, false),
-            (0, Some(55), true, 1000, false),
-        ];
-        for (uid, pid, dev, own, want) in cases {
-            assert_eq!(
-                may_ask(uid, pid, dev, own),
-                want,
-                "uid {uid} pid {pid:?} dev {dev} own {own}"
-            );
         }
     }
 

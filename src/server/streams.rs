@@ -28,7 +28,8 @@ use tonic::body::Body;
 use tonic::codegen::http;
 use tower::{Layer, Service};
 
-use super::peer::{CallGuard, Caller, Connection};
+use super::peer::Peer;
+use crate::agent::connections::{CallGuard, Connection};
 use crate::config::Limits;
 
 /// The largest header block a call may send (HTTP/2
@@ -108,24 +109,20 @@ where
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Answer<S::Error> {
-        let Some(caller) = request.extensions().get::<Arc<Caller>>().cloned() else {
+        let Some(peer) = request.extensions().get::<Arc<Peer>>().cloned() else {
             return Box::pin(self.inner.call(request));
         };
-        if let Some(limit) = &caller.over_limit {
+        if let Some(limit) = &peer.over_limit {
             return refuse(limit.clone());
         }
         let max = self.limits.max_per_uid;
-        let guard = match caller.connection.call_opened(max) {
+        let uid = peer.caller.uid;
+        let guard = match peer.connection.call_opened(max) {
             Ok(guard) => guard,
             Err(open) => {
-                tracing::debug!(
-                    uid = caller.uid,
-                    open,
-                    "call refused: the uid has max_streams_per_uid calls open"
-                );
+                tracing::debug!(uid, open, "call refused: the uid has max_streams_per_uid calls open");
                 return refuse(format!(
-                    "uid {} has {open} calls open; the limit is {max} per uid (limits.max_streams_per_uid): end the calls and watches it no longer needs (each watch is one call for as long as it lasts), or raise max_streams_per_uid in [limits]",
-                    caller.uid
+                    "uid {uid} has {open} calls open; the limit is {max} per uid (limits.max_streams_per_uid): end the calls and watches it no longer needs (each watch is one call for as long as it lasts), or raise max_streams_per_uid in [limits]"
                 ));
             }
         };
@@ -133,8 +130,8 @@ where
         let request = request.map(|body| {
             Body::new(CountedRequest {
                 body,
-                connection: caller.connection.clone(),
-                uid: caller.uid,
+                connection: peer.connection.clone(),
+                uid,
                 held: 0,
                 budget,
                 framing: Framing::new(),

@@ -33,7 +33,7 @@
 //!   the agent `max_watches`: past either, `RESOURCE_EXHAUSTED` naming the
 //!   setting.
 //! - A stream evicted for taking nothing within its key's propagation
-//!   timeout ([`crate::watch`], [`super::watch_evict`]) sends nothing more:
+//!   timeout ([`crate::watch`], [`crate::agent::watch_evict`]) sends nothing more:
 //!   its next poll ends it with `ABORTED`, saying why. (hyper takes the next
 //!   event only once the one before found room in the client's HTTP/2
 //!   window, so a client that never opens it gets the status only if it
@@ -53,30 +53,28 @@ use tokio_stream::wrappers::WatchStream;
 use tokio_stream::Stream;
 use tonic::Status;
 
-use super::error::ApiError;
-use super::keys::{served_versions, shown_key};
-use super::peer::Caller;
-use super::{Agent, Right};
-use crate::audit::AuditEvent;
-use crate::config::AuditFailureMode;
+use super::peer::Peer;
+use crate::agent::caller::Caller;
+use crate::agent::error::ApiError;
+use crate::agent::serve::Via;
+use crate::agent::{Agent, Right};
 use crate::keyset::KeySetState;
 use crate::proto;
 use crate::secret::KeyRef;
-use crate::watch::{same_state, Eviction, Subscription, WatchCaps};
+use crate::watch::{same_state, Eviction, Reason, Subscription, WatchCaps};
+use crate::wire::shown_key;
+use crate::wire::ToWire;
 
 /// Most keys one `WatchKeys` call may name.
 pub const MAX_KEYS_PER_WATCH: usize = 1024;
 
 /// Checks the request, subscribes and reads the initial states; returns the
 /// stream of events. Refusals are audited.
-pub async fn watch(
-    agent: Arc<Agent>,
-    caller: Arc<Caller>,
-    req: proto::WatchKeysRequest,
-) -> Result<WatchEvents, ApiError> {
-    if let Some(limit) = &caller.over_limit {
+pub async fn watch(agent: Arc<Agent>, peer: Arc<Peer>, req: proto::WatchKeysRequest) -> Result<WatchEvents, ApiError> {
+    if let Some(limit) = &peer.over_limit {
         return Err(ApiError::ResourceExhausted(limit.clone()));
     }
+    let caller = peer.caller.clone();
     let refuse = |key: Option<String>, outcome: &'static str, error: ApiError| {
         let (agent, caller) = (agent.clone(), caller.clone());
         async move { Err(agent.refuse("watch", &caller, key, outcome, error).await) }
@@ -110,12 +108,9 @@ pub async fn watch(
         per_uid: limits.max_watches_per_uid,
         total: limits.max_watches,
     };
-    let connection = caller.connection.clone();
+    let connection = peer.connection.clone();
     let close: crate::watch::CloseConnection = Arc::new(move || connection.close());
-    let subscription = match agent
-        .watchers
-        .subscribe(&keys, caller.record.clone(), caps, Some(close))
-    {
+    let subscription = match agent.subscribe(&keys, &caller, caps, close) {
         Ok(s) => s,
         Err(refused) => {
             // Not audited: the caller may read these keys, and a flood of
@@ -126,7 +121,7 @@ pub async fn watch(
     };
     let mut initial = Vec::with_capacity(keys.len());
     for key in &keys {
-        match agent.store.get(key) {
+        match agent.current(key) {
             Some(state) => initial.push(state),
             None => {
                 let msg = format!(
@@ -197,7 +192,7 @@ impl Session {
                 unreachable!("initial states are all present")
             };
             let seq = self.subscription.initial_seq(index);
-            return Poll::Ready(Ok(self.deliver(index, seq, Some(state.clone()), "initial")));
+            return Poll::Ready(Ok(self.deliver(index, seq, Some(state.clone()), Reason::Initial)));
         }
         // A reload first: nothing more goes out under a policy that no
         // longer allows it. The check may verify the caller's process (a
@@ -244,36 +239,16 @@ impl Session {
 
     /// The future that checks, audits and builds the event for key `index`
     /// in `state` (`None`: deleted), from publish `seq`.
-    fn deliver(&self, index: usize, seq: u64, state: Option<Arc<KeySetState>>, reason: &'static str) -> Delivering {
+    fn deliver(&self, index: usize, seq: u64, state: Option<Arc<KeySetState>>, reason: Reason) -> Delivering {
         let agent = self.agent.clone();
         let caller = self.caller.clone();
         let key = self.subscription.keys()[index].clone();
         Box::pin(async move {
-            if agent.allows(&caller, &key, Right::Read).await.is_err() {
-                return Err(refuse_access(agent, caller, key, "is not allowed by the current config").await);
-            }
-            let record = AuditEvent {
-                event: "watch",
-                caller: Some(caller.record.clone()),
-                key: Some(key.to_string()),
-                versions: state.as_deref().map(served_versions).unwrap_or_default(),
-                generation_after: state.as_ref().map(|s| s.generation),
-                backend_version: state.as_ref().and_then(|s| s.backend_version),
-                outcome: "ok",
-                detail: Some(reason.to_owned()),
-                ..Default::default()
+            let via = Via::Watch {
+                reason,
+                state: state.as_ref(),
             };
-            if let Err(e) = agent.audit.record(record).await {
-                match agent.on_audit_failure(&key) {
-                    AuditFailureMode::FailClosed => return Err(ApiError::from(e).into()),
-                    AuditFailureMode::FailOpen => {
-                        tracing::warn!(key = %key, error = %e, "watch event sent without an audit record (environment is fail-open)")
-                    }
-                }
-            }
-            if let Some(s) = &state {
-                super::reports::note_served(&agent, &caller, s).await;
-            }
+            agent.serve(&caller, &key, via).await?;
             let key_set = match &state {
                 Some(s) => s.to_proto(),
                 None => proto::KeySet {
@@ -284,7 +259,7 @@ impl Session {
             Ok(Some(Delivery {
                 event: proto::KeyEvent {
                     key_set: Some(key_set),
-                    reason: reason.to_owned(),
+                    reason: reason.as_str().to_owned(),
                 },
                 index,
                 seq,

@@ -14,8 +14,8 @@ use std::path::Path;
 
 use zeroize::Zeroizing;
 
+use super::error::StoreError;
 use super::perms::{self, Kind};
-use super::StoreError;
 
 /// Infix of every temp file name; a file named `.<name>.age<TEMP_INFIX>…` is
 /// never a committed state.

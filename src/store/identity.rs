@@ -21,7 +21,7 @@ use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use super::atomic::{self, Mode};
-use super::StoreError;
+use super::error::StoreError;
 use crate::secret::Fingerprinter;
 
 pub use super::perms::{check_private, check_private_dir};

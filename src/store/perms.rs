@@ -10,7 +10,7 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::Path;
 
-use super::StoreError;
+use super::error::StoreError;
 
 /// What a path is expected to be.
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -24,7 +24,7 @@ use std::time::SystemTime;
 
 use super::perms::{self, Kind};
 use super::{atomic, record, Store, MAX_KEY_FILE};
-use crate::keyset::{KeySetState, RotationState, Version};
+use crate::keyset::{KeySetState, Version};
 use crate::rotation::next_step;
 use crate::secret::{KeyRef, Secret};
 
@@ -159,13 +159,15 @@ pub fn plan(
                 ))
             }
             Some(cur) if cur.primary.fingerprint == version.fingerprint => Ok(Plan::Rewrite),
-            Some(cur) if cur.state != RotationState::Steady => Err(format!(
-                "{} is mid-rotation ({}); finish or abort the rotation first: a raw secret would replace both its keys ({})",
-                cur.key,
-                cur.state.as_str(),
-                next_step(cur)
-            )),
-            Some(cur) => Ok(Plan::Apply(Box::new(cur.overwrite(version, now)), FileKind::RawSecret)),
+            Some(cur) => match crate::rotation::overwrite(cur, version, now) {
+                Ok(next) => Ok(Plan::Apply(Box::new(next), FileKind::RawSecret)),
+                Err(_) => Err(format!(
+                    "{} is mid-rotation ({}); finish or abort the rotation first: a raw secret would replace both its keys ({})",
+                    cur.key,
+                    cur.state.as_str(),
+                    next_step(cur)
+                )),
+            },
         },
     }
 }

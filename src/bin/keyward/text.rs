@@ -1,9 +1,9 @@
 //! How the CLI reads and shows keys, states and times, and the agent's
 //! refusals.
 
-use keyward::keyset::from_timestamp;
 use keyward::proto;
 use keyward::secret::KeyRef;
+use keyward::wire::from_timestamp;
 
 /// `ENV/NAME` of a key the agent named; empty if it named none.
 pub(crate) fn key_name(key: Option<&proto::KeyRef>) -> String {
@@ -67,5 +67,5 @@ pub(crate) fn rotation_state(state: keyward_client::RotationState) -> &'static s
 
 /// `t` as RFC 3339 in whole seconds, as [`rfc3339`] shows a wire time.
 pub(crate) fn time_rfc3339(t: std::time::SystemTime) -> Option<String> {
-    rfc3339(Some(&keyward::keyset::timestamp(t)))
+    rfc3339(Some(&keyward::wire::timestamp(t)))
 }

@@ -15,10 +15,11 @@ use std::sync::Arc;
 
 use clap::Parser;
 use cli::Args;
+use keyward::agent::config_reload::ConfigSource;
+use keyward::agent::Agent;
 use keyward::config::Config;
+use keyward::server;
 use keyward::server::activation::{self, Inherited, Notifier};
-use keyward::server::config_reload::ConfigSource;
-use keyward::server::{self, Agent};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 const EX_USAGE: u8 = 64;
@@ -116,7 +117,7 @@ fn main() -> ExitCode {
             Ok(l) => l,
             Err(e) => {
                 eprintln!("keywardd: cannot start: {e}");
-                agent.audit.close().await;
+                agent.audit().close().await;
                 return ExitCode::FAILURE;
             }
         };
@@ -136,16 +137,16 @@ fn main() -> ExitCode {
         println!(
             "  store:          {} ({} keys)",
             p.store_dir.display(),
-            agent.store.len()
+            agent.key_count()
         );
         tracing::info!(
             service_socket = %p.service_socket.display(),
             admin_socket = %p.admin_socket.display(),
-            keys = agent.store.len(),
+            keys = agent.key_count(),
             "ready"
         );
         if let Some(n) = &notifier {
-            n.send(&format!("READY=1\nSTATUS=serving {} keys", agent.store.len()));
+            n.send(&format!("READY=1\nSTATUS=serving {} keys", agent.key_count()));
         }
         tokio::spawn(memory::give_back_after_load_falls(agent.clone()));
         let until = signals.until_shutdown(agent.clone());

@@ -18,7 +18,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use keyward::server::Agent;
+use keyward::agent::Agent;
 
 /// How often the load is looked at.
 const CHECK_EVERY: Duration = Duration::from_secs(5);
@@ -32,7 +32,7 @@ pub async fn give_back_after_load_falls(agent: Arc<Agent>) {
     let mut ticks = tokio::time::interval(CHECK_EVERY);
     loop {
         ticks.tick().await;
-        let load = agent.connections.total() + agent.watchers.count();
+        let load = agent.connections().total() + agent.watch_count();
         high = high.max(load);
         if high >= load + FALL {
             high = load;

@@ -16,15 +16,7 @@ use std::path::{Path, PathBuf};
 
 use super::procfs::Hierarchy;
 
-/// A unit as a cgroup path names it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CgroupUnit {
-    /// The unit, e.g. `billing-worker.service`.
-    pub name: String,
-    /// Its own cgroup: the slices and the unit, e.g.
-    /// `/system.slice/billing-worker.service`.
-    pub cgroup: String,
-}
+pub use crate::agent::caller::CgroupUnit;
 
 /// The unit types that own processes in the cgroup tree.
 const UNIT_TYPES: [&str; 5] = [".service", ".scope", ".socket", ".mount", ".swap"];

@@ -42,69 +42,10 @@ pub mod holders;
 pub mod pidfd;
 pub mod procfs;
 
-use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use crate::policy::{Policy, Unit};
-use cgroup::CgroupUnit;
-use procfs::FileId;
-
-/// What verification found: the image and unit selectors may match, or why
-/// they may not.
-#[derive(Clone, Debug)]
-pub struct ProcessIdentity {
-    /// The running image, when executable selectors may match.
-    image: Result<FileId, String>,
-    /// The unit (`None`: the caller has none), when unit selectors may match.
-    unit: Result<Option<CgroupUnit>, String>,
-}
-
-impl ProcessIdentity {
-    /// Nothing may match, for `reason`.
-    pub fn refused(reason: String) -> ProcessIdentity {
-        ProcessIdentity {
-            image: Err(reason.clone()),
-            unit: Err(reason),
-        }
-    }
-
-    /// The configured executable paths of `policy` whose file is, now, the
-    /// caller's running image.
-    pub fn executables(&self, policy: &Policy) -> Vec<PathBuf> {
-        let Ok(image) = self.image else {
-            return Vec::new();
-        };
-        policy
-            .executable_paths()
-            .into_iter()
-            .filter(|p| std::fs::metadata(p).is_ok_and(|m| FileId::of(&m) == image))
-            .map(PathBuf::from)
-            .collect()
-    }
-
-    /// The caller's unit, when unit selectors may match it.
-    pub fn unit(&self) -> Option<Unit<'_>> {
-        match &self.unit {
-            Ok(Some(u)) => Some(Unit {
-                name: &u.name,
-                cgroup: &u.cgroup,
-            }),
-            _ => None,
-        }
-    }
-
-    /// Why executable or unit selectors cannot match, for messages: `None`
-    /// when both may.
-    pub fn why_not(&self) -> Option<String> {
-        match (&self.image, &self.unit) {
-            (Err(a), Err(b)) if a == b => Some(a.clone()),
-            (Err(a), Err(b)) => Some(format!("{a}; and its unit: {b}")),
-            (Err(a), Ok(_)) => Some(format!("its executable: {a}")),
-            (Ok(_), Err(b)) => Some(format!("its unit: {b}")),
-            (Ok(_), Ok(_)) => None,
-        }
-    }
-}
+pub use crate::agent::caller::ProcessIdentity;
+use crate::agent::caller::{CgroupUnit, FileId};
 
 /// One process, as the checks see it.
 struct Inspected {
@@ -275,22 +216,6 @@ pub fn verify(pid: i32, start_time: u64, socket_inode: u64) -> ProcessIdentity {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn why_not_names_what_failed() {
-        let ok = ProcessIdentity {
-            image: Ok(FileId { dev: 1, ino: 2 }),
-            unit: Ok(None),
-        };
-        assert_eq!(ok.why_not(), None);
-        assert_eq!(ProcessIdentity::refused("x".into()).why_not().as_deref(), Some("x"));
-        let exe_only = ProcessIdentity {
-            image: Err("traced".into()),
-            ..ok.clone()
-        };
-        assert_eq!(exe_only.why_not().as_deref(), Some("its executable: traced"));
-        assert!(exe_only.executables(&Policy::default()).is_empty());
-    }
 
     /// A python process (environment `env` only) connected to a listener
     /// of this test, sleeping until killed: the child, the agent's end of

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use keyward::proto;
+use keyward::wire::ToWire;
 
 use crate::cli::Cli;
 use crate::sockets::admin;

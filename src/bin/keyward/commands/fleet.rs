@@ -4,14 +4,15 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
-use keyward::keyset::from_timestamp;
 use keyward::proto::{self, admin_client::AdminClient};
+use keyward::wire::from_timestamp;
 use tonic::transport::Channel;
 
 use crate::cli::{Cli, FleetCommand};
 use crate::sockets::admin;
 use crate::text::{key_arg, key_name, refused, rfc3339, state_name};
 use crate::Outcome;
+use keyward::wire::ToWire;
 
 pub(crate) async fn run(cli: &Cli, command: &FleetCommand) -> Outcome {
     match command {
@@ -172,7 +173,7 @@ mod tests {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let agent = proto::FleetAgent {
             agent_id: "a1".into(),
-            updated_at: Some(keyward::keyset::timestamp(now - Duration::from_secs(5))),
+            updated_at: Some(keyward::wire::timestamp(now - Duration::from_secs(5))),
             keys: vec![proto::FleetKey {
                 key: Some(proto::KeyRef {
                     environment: "prod".into(),

@@ -3,8 +3,9 @@
 
 use std::process::ExitCode;
 
-use keyward::keyset::timestamp;
 use keyward::proto;
+use keyward::wire::timestamp;
+use keyward::wire::ToWire;
 
 use crate::cli::{Cli, PutArgs};
 use crate::secret_input::read_secret;

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use keyward::proto::{self, admin_client::AdminClient, RotationState};
 use keyward::secret::KeyRef;
+use keyward::wire::ToWire;
 use tonic::transport::Channel;
 
 use crate::cli::{Cli, RotateArgs, Until};

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use keyward::proto::{self, admin_client::AdminClient, RotationState};
 use keyward::secret::KeyRef;
+use keyward::wire::ToWire;
 use tonic::transport::Channel;
 
 use crate::cli::Cli;
@@ -49,7 +50,7 @@ pub(crate) fn evicted_text(e: &proto::EvictedSubscriber) -> String {
     let at = e
         .evicted_at
         .as_ref()
-        .and_then(keyward::keyset::from_timestamp)
+        .and_then(keyward::wire::from_timestamp)
         .map(|t| format!(" at {}", humantime::format_rfc3339_seconds(t)))
         .unwrap_or_default();
     format!(

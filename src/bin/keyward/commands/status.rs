@@ -3,8 +3,8 @@
 use std::process::ExitCode;
 use std::time::SystemTime;
 
-use keyward::keyset::from_timestamp;
 use keyward::proto;
+use keyward::wire::from_timestamp;
 
 use crate::cli::Cli;
 use crate::sockets::admin;

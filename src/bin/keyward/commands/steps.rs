@@ -4,9 +4,10 @@
 
 use std::process::ExitCode;
 
-use keyward::keyset::timestamp;
 use keyward::proto::{self, admin_client::AdminClient};
 use keyward::secret::KeyRef;
+use keyward::wire::timestamp;
+use keyward::wire::ToWire;
 use tonic::transport::Channel;
 
 use crate::cli::{Cli, StageArgs, StepArgs};

@@ -9,6 +9,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use keyward::proto::{self, keys_client::KeysClient};
+use keyward::wire::ToWire;
 
 use crate::cli::Cli;
 use crate::sockets::{channel, service_socket};

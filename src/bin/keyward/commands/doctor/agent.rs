@@ -5,12 +5,13 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use keyward::config::Config;
-use keyward::keyset::from_timestamp;
 use keyward::proto::{self, admin_client::AdminClient};
 use keyward::secret::KeyRef;
+use keyward::wire::from_timestamp;
 use tonic::transport::Channel;
 
 use super::Finding;
+use keyward::wire::FromWire;
 
 /// Keys whose primary expires within this are reported.
 const EXPIRY_WARNING: Duration = Duration::from_secs(7 * 24 * 3600);

@@ -26,9 +26,8 @@
 //!   decodes, names its key and version, and is newer; anything else is
 //!   reported as a problem (status, log) while the last good state serves.
 
-pub mod kv;
 mod status;
-mod sync;
+pub mod sync;
 mod write;
 
 use std::collections::BTreeMap;
@@ -40,11 +39,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use age::x25519;
 
 use crate::config::backend::{OpenBaoAuth, OpenBaoConfig};
+use crate::openbao::{KvAuth, KvClient, KvOptions};
 use crate::proto;
 use crate::secret::KeyRef;
-use kv::{KvAuth, KvClient, KvOptions};
-
-pub use sync::{spawn, FleetTasks};
 
 /// The `format` of every value keyward writes.
 pub const FORMAT: &str = "keyward-fleet-v1";
@@ -239,7 +236,7 @@ impl Fleet {
             mount: self.cfg.mount.clone(),
             prefix: self.cfg.prefix.clone(),
             agent_id: self.cfg.agent_id.clone(),
-            last_sync_at: h.last_ok.map(crate::keyset::timestamp),
+            last_sync_at: h.last_ok.map(crate::wire::timestamp),
             stale_seconds: stale_for.map_or(0, |d| d.as_secs()),
             stale: self.over_stale_after(stale_for),
             last_error: h.last_error.clone().unwrap_or_default(),

@@ -13,7 +13,8 @@ use secrecy::SecretString;
 use serde_json::Value;
 use zeroize::Zeroize;
 
-use super::{KvEntry, KvError, KvMetadata, KvVersionState};
+use super::entry::{KvEntry, KvMetadata, KvVersionState};
+use super::error::KvError;
 
 /// A parsed body whose strings are wiped when dropped: for the answers
 /// that carry a token.

@@ -376,7 +376,7 @@ impl Refusals {
 
 /// Writes the coalesced records as their windows end, until `stop` (the
 /// windows still open then are written by the shutdown, see
-/// [`super::run`]). A window ends at most a tick late: a quarter of it,
+/// [`super::tasks::Running::finish`]). A window ends at most a tick late: a quarter of it,
 /// between 50 ms and 1 s.
 pub async fn run(agent: Arc<Agent>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let window = agent.refusals.window;

@@ -12,19 +12,20 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::admin::check_generation;
+use super::apply::{After, Change, ChangeLock, Commit};
+use super::caller::Caller;
+use super::changes::check_generation;
 use super::error::ApiError;
-use super::keys::served_versions;
-use super::peer::Caller;
 use super::Agent;
 use crate::alerts::detect::Subject;
 use crate::alerts::Severity;
-use crate::audit::AuditEvent;
 use crate::hooks;
-use crate::keyset::{from_timestamp, KeySetState, RotationState};
+use crate::keyset::KeySetState;
 use crate::proto;
 use crate::rotation::{self, Command, RetireGate, RotationError};
 use crate::secret::{KeyRef, Secret};
+use crate::wire::FromWire;
+use crate::wire::{from_timestamp, ToInfo};
 
 impl From<RotationError> for ApiError {
     fn from(e: RotationError) -> ApiError {
@@ -62,14 +63,7 @@ pub async fn stage(
     let before = existing(agent, &key)?;
     check_generation(&key, Some(&before), req.expected_generation)?;
     // Refuse early (before running any hook) when the state forbids it.
-    if !(before.state == RotationState::Steady || before.state == RotationState::Staged && req.replace) {
-        return Err(
-            rotation::stage(&before, before.primary.clone(), req.replace, SystemTime::now())
-                .err()
-                .map(ApiError::from)
-                .unwrap_or_else(|| ApiError::FailedPrecondition(format!("cannot stage {key} now"))),
-        );
-    }
+    rotation::may_stage(&before, req.replace)?;
     let (secret, origin) = match (req.generate, req.secret.is_empty()) {
         (true, false) => {
             return Err(ApiError::InvalidArgument(
@@ -108,12 +102,7 @@ pub async fn stage(
     let now = SystemTime::now();
     let expires_at = req.expires_at.as_ref().and_then(from_timestamp);
     let version = agent.store.new_version(0, secret, now, expires_at);
-    if version.fingerprint == before.primary.fingerprint {
-        return Err(ApiError::FailedPrecondition(format!(
-            "the new key for {key} is the same as its current primary (fingerprint {}): give a different key",
-            version.fingerprint
-        )));
-    }
+    rotation::must_differ(&before, &version.fingerprint)?;
     let mut notes = vec![format!("new key {origin}, fingerprint {}", version.fingerprint)];
     if let Some(validator) = &settings.validator {
         hooks::validate(validator, &version.secret, settings.hook_timeout)
@@ -122,7 +111,7 @@ pub async fn stage(
         notes.push("validator accepted the new key".to_owned());
     }
 
-    let _serial = agent.admin_lock.lock().await;
+    let serial = agent.lock_changes().await;
     let current = existing(agent, &key)?;
     if current.generation != before.generation {
         return Err(ApiError::Aborted(format!(
@@ -131,7 +120,7 @@ pub async fn stage(
         )));
     }
     let next = rotation::stage(&current, version, req.replace, now)?;
-    commit(agent, caller, Command::Stage, &current, next, notes.join("; ")).await
+    commit(agent, &serial, caller, Command::Stage, current, next, notes.join("; ")).await
 }
 
 /// `PromoteKey`, `RollbackKey`, `AbortKey` and `RetireKey`.
@@ -145,7 +134,7 @@ pub async fn transition(
 ) -> Result<proto::RotationResponse, ApiError> {
     let key = agent.key_ref(key)?;
     let settings = agent.config().rotation_for(&key);
-    let _serial = agent.admin_lock.lock().await;
+    let serial = agent.lock_changes().await;
     let current = existing(agent, &key)?;
     check_generation(&key, Some(&current), expected_generation)?;
     let now = SystemTime::now();
@@ -172,9 +161,7 @@ pub async fn transition(
         if let (Some(revoker), Some(old)) = (&settings.revoker, &current.fallback) {
             // Fleet mode: the retire must be writable before the old key is
             // revoked at its provider, or a revoked key would stay served.
-            if let Some(fleet) = &agent.fleet {
-                fleet.check_writable(&current).await?;
-            }
+            agent.check_writable(&current).await?;
             let note = hooks::revoke(revoker, &old.secret, settings.hook_timeout)
                 .await
                 .map_err(|e| {
@@ -187,52 +174,38 @@ pub async fn transition(
             detail.push(format!("revoker: {note}"));
         }
     }
-    commit(agent, caller, command, &current, next, detail.join("; ")).await
+    commit(agent, &serial, caller, command, current, next, detail.join("; ")).await
 }
 
-/// Makes `next` durable, pushes it to watchers and audits it.
+/// Applies `next` (durable, audited, published).
 async fn commit(
-    agent: &Arc<Agent>,
+    agent: &Agent,
+    serial: &ChangeLock<'_>,
     caller: &Caller,
     command: Command,
-    before: &KeySetState,
+    before: Arc<KeySetState>,
     next: KeySetState,
     detail: String,
 ) -> Result<proto::RotationResponse, ApiError> {
     let key = next.key.clone();
-    let started = std::time::Instant::now();
-    let committed = agent.commit_change(Some(before), next).await?;
-    if command == Command::Promote {
-        // Failures reported from now on count against the new primary.
-        agent.failures.promoted(&key, committed.primary.number, started);
-    }
-    agent.watchers.publish(&key, Some(committed.clone()), command.reason());
+    let generation_before = before.generation;
+    let change = Change {
+        key: &key,
+        before: Some(before),
+        after: After::State(next),
+        commit: Commit::Backend,
+        event: command.as_str(),
+        reason: command.into(),
+        caller: Some(caller),
+        detail: (!detail.is_empty()).then(|| detail.clone()),
+        // Name the version that was dropped too.
+        name_dropped: command == Command::Retire || command == Command::Abort,
+    };
+    let applied = agent.apply(serial, change).await?;
+    let committed = applied.state;
     tracing::info!(key = %key, command = command.as_str(), generation = committed.generation,
         state = committed.state.as_str(), "rotation step applied");
-    let mut versions = served_versions(&committed);
-    if command == Command::Retire || command == Command::Abort {
-        // Name the version that was dropped too.
-        if let Some(dropped) = &before.fallback {
-            versions.push(crate::audit::VersionRecord {
-                role: "dropped",
-                version: dropped.number,
-                fingerprint: dropped.fingerprint.clone(),
-            });
-        }
-    }
-    let record = AuditEvent {
-        event: command.as_str(),
-        caller: Some(caller.record.clone()),
-        key: Some(key.to_string()),
-        versions,
-        generation_before: Some(before.generation),
-        generation_after: Some(committed.generation),
-        backend_version: committed.backend_version,
-        outcome: "ok",
-        detail: (!detail.is_empty()).then(|| detail.clone()),
-        coalesced: None,
-    };
-    if let Err(e) = agent.audit.record(record).await {
+    if let Err(e) = applied.audit {
         return Err(ApiError::Unavailable(format!(
             "the {} of {key} was applied and is durable (generation {}), but its audit record could not be written ({e}): fix the audit disk",
             command.as_str(),
@@ -241,9 +214,39 @@ async fn commit(
     }
     Ok(proto::RotationResponse {
         key: Some(committed.to_info()),
-        generation_before: before.generation,
+        generation_before,
         notes: if detail.is_empty() { Vec::new() } else { vec![detail] },
     })
+}
+
+/// Counts a rotation step's result in the metrics; a step that could not
+/// be written (store or audit) also raises an agent-health alert. Hook
+/// failures raise theirs where they happen.
+pub fn counted<T>(
+    agent: &Agent,
+    command: Command,
+    key: Option<&proto::KeyRef>,
+    done: Result<T, ApiError>,
+) -> Result<T, ApiError> {
+    let result = match &done {
+        Ok(_) => "ok",
+        Err(ApiError::HookFailed(_)) => "failed",
+        Err(ApiError::Unavailable(message)) => {
+            let subject = match KeyRef::from_proto(key) {
+                Ok(k) => Subject::Key(k),
+                Err(_) => Subject::Agent("rotation"),
+            };
+            agent.alerting.health(
+                subject,
+                Severity::Critical,
+                format!("the {} step failed: {message}", command.as_str()),
+            );
+            "failed"
+        }
+        Err(_) => "refused",
+    };
+    agent.metrics().rotation(command.as_str(), result);
+    done
 }
 
 /// `GetRotationStatus`.
@@ -295,7 +298,7 @@ pub fn status(agent: &Agent, key: Option<&proto::KeyRef>) -> Result<proto::Rotat
                 }),
                 waiting_generation: e.waiting_generation.unwrap_or(0),
                 waited_ms: e.waited.as_millis() as u64,
-                evicted_at: Some(crate::keyset::timestamp(e.at)),
+                evicted_at: Some(crate::wire::timestamp(e.at)),
             })
             .collect(),
         failures_since_promotion: evidence.failures,

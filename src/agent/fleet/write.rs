@@ -5,12 +5,12 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use super::kv::KvError;
 use super::{BackendRecord, Fleet, FORMAT};
+use crate::agent::error::ApiError;
+use crate::agent::Agent;
 use crate::keyset::KeySetState;
+use crate::openbao::KvError;
 use crate::secret::KeyRef;
-use crate::server::error::ApiError;
-use crate::server::Agent;
 use crate::store::record;
 
 impl Fleet {

@@ -30,8 +30,8 @@ use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
+use super::caller::Caller;
 use super::error::ApiError;
-use super::peer::Caller;
 use super::{Agent, Right};
 use crate::alerts::detect::Report;
 use crate::audit::{AuditEvent, VersionRecord};
@@ -50,7 +50,7 @@ pub use crate::alerts::detect::Classification;
 
 /// Who reported a failure, as the retire gate tells reporters apart: the
 /// uid, and the unit or granted program its process was verified to be
-/// (see [`super::identity`]), which a user cannot make up at will.
+/// (see `crate::server::identity`), which a user cannot make up at will.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Reporter {
     /// The caller's uid.
@@ -300,9 +300,6 @@ async fn reporter_of(agent: &Agent, caller: &Caller) -> Reporter {
 /// Handles one report.
 pub async fn report(agent: &Arc<Agent>, caller: &Caller, r: &proto::AuthFailureReport) -> Result<(), ApiError> {
     const EVENT: &str = "auth_failure";
-    if let Some(limit) = &caller.over_limit {
-        return Err(ApiError::ResourceExhausted(limit.clone()));
-    }
     if !agent.alerting.admit_report(caller.uid) {
         let config = agent.config();
         return Err(ApiError::ResourceExhausted(format!(

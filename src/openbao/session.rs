@@ -29,10 +29,11 @@ use tokio::time::Instant;
 use zeroize::Zeroize;
 
 use super::auth::{approle_login_body, read_secret_file, APPROLE_FILE_FIX, TOKEN_FILE_FIX};
+use super::error::KvError;
 use super::error::{answer_error, error_text, not_found_means_absent, scrub, scrub_error};
-use super::renewal::Lease;
+use super::lease::Lease;
+use super::options::{KvAuth, KvOptions};
 use super::response::{self, TokenLife};
-use super::{KvAuth, KvError, KvOptions};
 
 /// How long an idle pooled connection is kept (below OpenBao's own idle
 /// timeout, so that we close first).

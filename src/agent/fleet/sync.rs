@@ -8,16 +8,15 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
 
-use super::kv::{KvEntry, KvError};
 use super::{BackendRecord, Fleet};
+use crate::agent::apply::{After, Change, Commit};
+use crate::agent::Agent;
 use crate::alerts::detect::Subject;
 use crate::alerts::Severity;
-use crate::audit::AuditEvent;
-use crate::keyset::{KeySetState, RotationState};
+use crate::openbao::{KvEntry, KvError};
 use crate::secret::KeyRef;
-use crate::server::keys::served_versions;
-use crate::server::Agent;
 use crate::store::reload::{check_no_reuse, same_state};
+use crate::watch::Reason;
 
 /// The follower's tasks.
 pub struct FleetTasks {
@@ -234,8 +233,8 @@ impl Fleet {
     /// same moment is either before or after, never interleaved). Returns
     /// whether the key now serves this version.
     async fn apply(&self, agent: &Agent, key: &KeyRef, entry: KvEntry) -> bool {
-        let _serial = agent.admin_lock.lock().await;
-        let local = agent.store.get(key);
+        let serial = agent.lock_changes().await;
+        let local = agent.current(key);
         if local.as_ref().and_then(|s| s.backend_version).unwrap_or(0) >= entry.version && local.is_some() {
             return true; // applied meanwhile by a write of our own
         }
@@ -246,7 +245,7 @@ impl Fleet {
         if local.is_none() {
             // Never over a key file this agent could not load: it may be the
             // only copy of a secret.
-            if let Err(e) = agent.store.check_loaded(key) {
+            if let Err(e) = agent.check_loaded(key) {
                 return refuse(e.to_string());
             }
         }
@@ -254,11 +253,21 @@ impl Fleet {
             BackendRecord::Sealed(sealed) => sealed,
             BackendRecord::Deleted { .. } => {
                 self.set_problem(key, None);
-                if let Some(old) = local {
-                    match agent.store.delete(key) {
-                        Ok(_) => {
-                            agent.watchers.publish(key, None, "deleted");
-                            self.audit_sync(agent, key, Some(&old), None, entry.version).await;
+                if local.is_some() {
+                    let change = Change {
+                        key,
+                        before: local,
+                        after: After::Deleted,
+                        commit: Commit::LocalCopy,
+                        event: "fleet_sync",
+                        reason: Reason::Deleted,
+                        caller: None,
+                        detail: Some("deleted".to_owned()),
+                        name_dropped: false,
+                    };
+                    match agent.apply(&serial, change).await {
+                        Ok(applied) => {
+                            audit_failed(key, applied.audit);
                             tracing::info!(key = %key, backend_version = entry.version, "deleted from the fleet");
                         }
                         Err(e) => return refuse(format!("cannot remove the local copy: {e}")),
@@ -273,7 +282,7 @@ impl Fleet {
                 ))
             }
         };
-        let state = match agent.store.open_armored(key.clone(), sealed) {
+        let state = match agent.open_armored(key.clone(), sealed) {
             Ok(s) => s,
             Err(e) => return refuse(format!("record version {}: {e}", entry.version)),
         };
@@ -300,53 +309,40 @@ impl Fleet {
             }
         }
         let unchanged = local.as_ref().is_some_and(|old| same_state(old, &state));
-        let newly_promoted = state.state == RotationState::Promoted
-            && local
-                .as_ref()
-                .is_none_or(|old| old.state != RotationState::Promoted || old.primary.number != state.primary.number);
-        let committed = match agent.store.replace(state) {
-            Ok(c) => c,
+        if unchanged {
+            // A re-encryption (reseal): nothing a client would see changes,
+            // so it is not a change of the served state; only the local
+            // copy is written again.
+            if let Err(e) = agent.replace_local_copy(state) {
+                return refuse(format!("cannot write the local copy: {e}"));
+            }
+            self.set_problem(key, None);
+            self.health().publish_due = true;
+            return true;
+        }
+        let backend_version = entry.version;
+        let change = Change {
+            key,
+            before: local,
+            after: After::State(state),
+            commit: Commit::LocalCopy,
+            event: "fleet_sync",
+            reason: Reason::Fleet,
+            caller: None,
+            detail: Some("applied".to_owned()),
+            name_dropped: false,
+        };
+        let applied = match agent.apply(&serial, change).await {
+            Ok(a) => a,
             Err(e) => return refuse(format!("cannot write the local copy: {e}")),
         };
         self.set_problem(key, None);
         self.health().publish_due = true;
-        if unchanged {
-            // A re-encryption (reseal): nothing a client would see changed.
-            return true;
-        }
-        if newly_promoted {
-            agent.failures.promoted(key, committed.primary.number, Instant::now());
-        }
-        agent.watchers.publish(key, Some(committed.clone()), "fleet");
-        tracing::info!(key = %key, generation = committed.generation, backend_version = entry.version,
+        let committed = &applied.state;
+        tracing::info!(key = %key, generation = committed.generation, backend_version,
             state = committed.state.as_str(), "applied a change from the fleet");
-        self.audit_sync(agent, key, local.as_deref(), Some(&committed), entry.version)
-            .await;
+        audit_failed(key, applied.audit);
         true
-    }
-
-    async fn audit_sync(
-        &self,
-        agent: &Agent,
-        key: &KeyRef,
-        before: Option<&KeySetState>,
-        after: Option<&KeySetState>,
-        backend_version: u64,
-    ) {
-        let record = AuditEvent {
-            event: "fleet_sync",
-            key: Some(key.to_string()),
-            versions: after.or(before).map(served_versions).unwrap_or_default(),
-            generation_before: before.map(|s| s.generation),
-            generation_after: after.map(|s| s.generation),
-            backend_version: Some(backend_version),
-            outcome: "ok",
-            detail: Some(if after.is_some() { "applied" } else { "deleted" }.to_owned()),
-            ..Default::default()
-        };
-        if let Err(e) = agent.audit.record(record).await {
-            tracing::error!(key = %key, error = %e, "applied a change from the fleet but its audit record failed");
-        }
     }
 
     /// While stale, keeps an agent-health alert open (it resolves a window
@@ -372,5 +368,12 @@ impl Fleet {
                 error.unwrap_or_else(|| "no error recorded".to_owned())
             ),
         );
+    }
+}
+
+/// Logs a change from the fleet that was applied but not audited.
+fn audit_failed(key: &KeyRef, audit: Result<(), crate::audit::AuditError>) {
+    if let Err(e) = audit {
+        tracing::error!(key = %key, error = %e, "applied a change from the fleet but its audit record failed");
     }
 }

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
 
-use super::KvError;
+use super::error::KvError;
 
 /// Reads a file holding one credential (a token, a role_id, a secret_id):
 /// its content, trimmed, which must be non-empty printable ASCII (it goes

@@ -7,12 +7,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::kv::KvError;
 use super::{unix_ms, Fleet, FORMAT};
+use crate::agent::error::ApiError;
+use crate::agent::Agent;
+use crate::openbao::KvError;
 use crate::proto;
 use crate::secret::KeyRef;
-use crate::server::error::ApiError;
-use crate::server::Agent;
+use crate::wire::ToWire;
 
 /// One key as an agent serves it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -153,7 +154,7 @@ impl Fleet {
                 agent_id: r.agent_id,
                 hostname: r.hostname,
                 recipient: r.recipient,
-                updated_at: Some(crate::keyset::timestamp(
+                updated_at: Some(crate::wire::timestamp(
                     UNIX_EPOCH + Duration::from_millis(r.updated_at_ms),
                 )),
                 ttl_seconds: r.ttl_seconds,

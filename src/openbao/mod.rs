@@ -22,104 +22,26 @@
 //! the token cache, the 403 retry), `renewal` (keeping the token alive).
 
 mod auth;
+mod entry;
 mod error;
+mod lease;
+mod options;
 pub(crate) mod path;
 mod renewal;
 mod response;
 mod session;
 
-use std::collections::BTreeMap;
 use std::fmt;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use reqwest::Method;
 
+pub use entry::{KvEntry, KvMetadata, KvVersionState};
 pub use error::KvError;
+pub use options::{KvAuth, KvOptions};
 use session::{Request, Session};
-
-/// How to reach and authenticate to OpenBao.
-#[derive(Debug, Clone)]
-pub struct KvOptions {
-    /// `http://127.0.0.1:8200` or `https://…`; a trailing `/` is ignored.
-    pub address: String,
-    /// The KV v2 mount, e.g. `secret`.
-    pub mount: String,
-    /// Sent as `X-Vault-Namespace` when set.
-    pub namespace: Option<String>,
-    /// A PEM bundle of CA certificates trusted for https, in addition to
-    /// the system's roots.
-    pub ca_file: Option<PathBuf>,
-    /// Where the token comes from.
-    pub auth: KvAuth,
-    /// The limit on each request (connecting, and the whole exchange).
-    pub timeout: Duration,
-}
-
-/// Where the token comes from. Holds file paths only.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KvAuth {
-    /// A token read from a file (trimmed). Read again when the server says
-    /// 403, so that a rotated file is picked up.
-    TokenFile(PathBuf),
-    /// AppRole login: `POST /v1/auth/{mount}/login {role_id, secret_id}`,
-    /// the ids read from files (trimmed).
-    AppRole {
-        /// The AppRole auth mount, e.g. `approle`.
-        mount: String,
-        /// The file holding the role_id.
-        role_id_file: PathBuf,
-        /// The file holding the secret_id.
-        secret_id_file: PathBuf,
-    },
-}
-
-/// One version of an entry.
-#[derive(Clone, PartialEq)]
-pub struct KvEntry {
-    /// Its version number.
-    pub version: u64,
-    /// Its data (the `data.data` object).
-    pub data: serde_json::Value,
-}
-
-/// Shows the version and the names of the data's fields, never their values.
-impl fmt::Debug for KvEntry {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let fields: Vec<&str> = self
-            .data
-            .as_object()
-            .map(|object| object.keys().map(String::as_str).collect())
-            .unwrap_or_default();
-        f.debug_struct("KvEntry")
-            .field("version", &self.version)
-            .field("data_fields", &fields)
-            .finish()
-    }
-}
-
-/// An entry's metadata.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KvMetadata {
-    /// The latest version written (0: none).
-    pub current_version: u64,
-    /// The oldest version kept.
-
-    /// The versions kept, by number.
-    pub versions: BTreeMap<u64, KvVersionState>,
-}
-
-/// The state of one version.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KvVersionState {
-    /// Soft-deleted (its `deletion_time` is set; it may be in the future
-    /// when `delete_version_after` scheduled it).
-    pub deleted: bool,
-    /// Its data is gone for good.
-    pub destroyed: bool,
-}
 
 /// A KV v2 client for one mount. Cloning shares the connection pool and
 /// the token.

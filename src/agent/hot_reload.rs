@@ -32,12 +32,14 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::keys::served_versions;
+use super::apply::{After, Change, ChangeLock, Commit};
+use super::serve::served_versions;
 use super::Agent;
 use crate::audit::AuditEvent;
 use crate::keyset::KeySetState;
 use crate::secret::KeyRef;
 use crate::store::reload::{FileKind, PathClass, ReloadOutcome};
+use crate::watch::Reason;
 
 /// How long a path must see no event before its file is read.
 pub const QUIET: Duration = Duration::from_millis(100);
@@ -257,7 +259,7 @@ async fn handle(agent: &Arc<Agent>, path: &Path, warned: &mut HashSet<PathBuf>) 
     };
     // Serialized with admin changes: nothing commits between reading the
     // file, comparing it with memory and committing it.
-    let _serial = agent.admin_lock.lock().await;
+    let serial = agent.lock_changes().await;
     let max_secret_bytes = agent.config().limits.max_secret_bytes;
     let worker = Arc::clone(agent);
     let worker_key = key.clone();
@@ -272,11 +274,11 @@ async fn handle(agent: &Arc<Agent>, path: &Path, warned: &mut HashSet<PathBuf>) 
                 return;
             }
         };
-    report(agent, &key, path, outcome).await;
+    report(agent, &serial, &key, path, outcome).await;
 }
 
 /// Logs, publishes and audits what happened to one file.
-async fn report(agent: &Agent, key: &KeyRef, path: &Path, outcome: ReloadOutcome) {
+async fn report(agent: &Agent, serial: &ChangeLock<'_>, key: &KeyRef, path: &Path, outcome: ReloadOutcome) {
     let shown = path.display();
     let record = |outcome, current: Option<&KeySetState>, before: Option<u64>, detail: String| AuditEvent {
         event: "reload",
@@ -302,19 +304,34 @@ async fn report(agent: &Agent, key: &KeyRef, path: &Path, outcome: ReloadOutcome
             return;
         }
         ReloadOutcome::Applied { before, after, kind } => {
-            agent.watchers.publish(key, Some(Arc::clone(&after)), "reloaded");
             let what = match kind {
                 FileKind::Record { file_generation } => format!("file generation {file_generation}"),
                 FileKind::RawSecret => format!("now primary version {}", after.primary.number),
             };
             tracing::info!(key = %key, generation = after.generation,
                 "{shown}: applied ({}, {what}); {key} is now at generation {}", kind.as_str(), after.generation);
-            record(
-                "ok",
-                Some(&after),
-                before.map(|b| b.generation),
-                format!("applied {shown}: {}, {what}", kind.as_str()),
-            )
+            let change = Change {
+                key,
+                before,
+                after: After::Loaded(after),
+                commit: Commit::Loaded,
+                event: "reload",
+                reason: Reason::Reloaded,
+                caller: None,
+                detail: Some(format!("applied {shown}: {}, {what}", kind.as_str())),
+                name_dropped: false,
+            };
+            let audited = match agent.apply(serial, change).await {
+                Ok(applied) => applied.audit,
+                Err(e) => {
+                    tracing::error!(key = %key, error = %e, "{shown}: loaded but not applied");
+                    return;
+                }
+            };
+            if let Err(e) = audited {
+                tracing::error!(key = %key, error = %e, "{shown}: reload handled but its audit record could not be written");
+            }
+            return;
         }
         ReloadOutcome::Normalized { current } => {
             tracing::info!(key = %key,

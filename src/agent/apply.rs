@@ -1,0 +1,191 @@
+//! [`Agent::apply`]: the only way the served state of a key changes.
+//!
+//! Invariants:
+//!
+//! - Changes are serialized: `apply` takes a [`ChangeLock`], held from
+//!   reading the state a change is based on until the change is applied,
+//!   so that nothing commits in between.
+//! - A change is durable before anyone sees it: written where the keys live
+//!   (the store directory; in fleet mode the backend, check-and-set against
+//!   the state served now, then the local copy), or already durable where
+//!   it came from (the fleet backend, a key file written by another tool).
+//!   A change that cannot be made durable leaves the old state serving.
+//! - Then it is audited, with the generation before and after and the
+//!   versions it serves (and the one it dropped), then published to the
+//!   watchers. A change whose record cannot be written still happened: the
+//!   caller is told so ([`Applied::audit`]), and it is published anyway,
+//!   since the store already serves it.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::caller::Caller;
+use super::error::ApiError;
+use super::serve::served_versions;
+use super::Agent;
+use crate::audit::{AuditError, AuditEvent, VersionRecord};
+use crate::keyset::{KeySetState, RotationState};
+use crate::secret::KeyRef;
+use crate::watch::{same_state, Reason};
+
+/// Proof that changes are serialized: from [`Agent::lock_changes`].
+pub struct ChangeLock<'a>(#[allow(dead_code)] tokio::sync::MutexGuard<'a, ()>);
+
+/// Where a change is made durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Commit {
+    /// Where the keys live: the store directory, or in fleet mode the
+    /// backend (check-and-set against the state before) and then the local
+    /// copy.
+    Backend,
+    /// The local copy alone: the change is durable in the fleet backend
+    /// already (fleet follow).
+    LocalCopy,
+    /// Nothing to write: the store has loaded the change from a file
+    /// another tool wrote (hot reload).
+    Loaded,
+}
+
+/// The new state of a key.
+pub enum After {
+    /// The key holds this state.
+    State(KeySetState),
+    /// The store has this state already ([`Commit::Loaded`]).
+    Loaded(Arc<KeySetState>),
+    /// The key is deleted.
+    Deleted,
+}
+
+/// One change of one key.
+pub struct Change<'a> {
+    /// The key.
+    pub key: &'a KeyRef,
+    /// The state served before (`None`: the key did not exist).
+    pub before: Option<Arc<KeySetState>>,
+    /// The state after.
+    pub after: After,
+    /// Where it is made durable.
+    pub commit: Commit,
+    /// The audit event (`put`, `promote`, `reload`, `fleet_sync`…).
+    pub event: &'static str,
+    /// The reason watchers are given.
+    pub reason: Reason,
+    /// Who asked for it (`None`: the agent itself, from a file or the
+    /// fleet).
+    pub caller: Option<&'a Caller>,
+    /// The audit record's detail.
+    pub detail: Option<String>,
+    /// Also name, in the audit record, the fallback the change dropped
+    /// (retire, abort).
+    pub name_dropped: bool,
+}
+
+/// A change that was applied.
+pub struct Applied {
+    /// The state now served (`None`: deleted), or for a deletion the state
+    /// that was removed.
+    pub state: Arc<KeySetState>,
+    /// Whether the key was deleted.
+    pub deleted: bool,
+    /// `Err` when the change is durable but its audit record could not be
+    /// written.
+    pub audit: Result<(), AuditError>,
+}
+
+impl Agent {
+    /// Serializes changes: hold it from reading the state a change is based
+    /// on until [`Agent::apply`] returns.
+    pub async fn lock_changes(&self) -> ChangeLock<'_> {
+        ChangeLock(self.admin_lock.lock().await)
+    }
+
+    /// Applies `change` (see the module docs). `Err`: nothing changed.
+    pub async fn apply(&self, _serial: &ChangeLock<'_>, change: Change<'_>) -> Result<Applied, ApiError> {
+        let Change {
+            key,
+            before,
+            after,
+            commit,
+            event,
+            reason,
+            caller,
+            detail,
+            name_dropped,
+        } = change;
+        let started = Instant::now();
+        let (state, deleted) = match (after, commit) {
+            (After::Deleted, _) => {
+                let Some(existing) = before.as_deref() else {
+                    return Err(ApiError::NotFound(format!("key {key} does not exist; nothing was deleted")));
+                };
+                let removed = match (commit, &self.fleet) {
+                    (Commit::Backend, Some(fleet)) => fleet.delete(self, existing).await?,
+                    (Commit::Loaded, _) => existing.clone().into(),
+                    _ => self.store.delete(key)?,
+                };
+                (removed, true)
+            }
+            (After::State(next), Commit::Backend) => {
+                let committed = match &self.fleet {
+                    None => self.store.commit(next)?,
+                    Some(fleet) => fleet.commit(self, before.as_deref(), next).await?,
+                };
+                (committed, false)
+            }
+            (After::State(next), Commit::LocalCopy) => (self.store.replace(next)?, false),
+            (After::Loaded(state), _) => (state, false),
+            (After::State(_), Commit::Loaded) => {
+                return Err(ApiError::Unavailable(format!(
+                    "the change of {key} was not applied: a loaded change must carry the loaded state; this is a keyward bug"
+                )))
+            }
+        };
+        if deleted {
+            self.served.forget(key);
+        } else if newly_promoted(before.as_deref(), &state) {
+            // Failures reported from now on count against the new primary.
+            self.failures.promoted(key, state.primary.number, started);
+        }
+        let after = (!deleted).then_some(&state);
+        let mut versions = after
+            .map(|s| served_versions(s))
+            .or_else(|| before.as_deref().map(served_versions))
+            .unwrap_or_default();
+        if name_dropped {
+            if let Some(dropped) = before.as_ref().and_then(|b| b.fallback.as_ref()) {
+                versions.push(VersionRecord {
+                    role: "dropped",
+                    version: dropped.number,
+                    fingerprint: dropped.fingerprint.clone(),
+                });
+            }
+        }
+        let record = AuditEvent {
+            event,
+            caller: caller.map(|c| c.record.clone()),
+            key: Some(key.to_string()),
+            versions,
+            generation_before: before.as_ref().map(|s| s.generation),
+            generation_after: after.map(|s| s.generation),
+            backend_version: after.or(before.as_ref()).and_then(|s| s.backend_version),
+            outcome: "ok",
+            detail,
+            coalesced: None,
+        };
+        let audit = self.audit.record(record).await.map(|_| ());
+        match after {
+            None => self.watchers.publish(key, None, reason),
+            Some(s) if !before.as_deref().is_some_and(|b| same_state(b, s)) => {
+                self.watchers.publish(key, Some(s.clone()), reason)
+            }
+            Some(_) => {}
+        }
+        Ok(Applied { state, deleted, audit })
+    }
+}
+
+/// Whether `after` promoted a primary that `before` did not have promoted.
+fn newly_promoted(before: Option<&KeySetState>, after: &KeySetState) -> bool {
+    after.state == RotationState::Promoted
+        && before.is_none_or(|b| b.state != RotationState::Promoted || b.primary.number != after.primary.number)
+}
