@@ -80,7 +80,7 @@ fn key(name: &str) -> proto::KeyRef {
 
 async fn put(agent: &Agent, name: &str) {
     let mut admin =
-        proto::admin_client::AdminClient::new(keyward::client::connect(&agent.dir.join("admin.sock")).await.unwrap());
+        proto::admin_client::AdminClient::new(keyward_client::channel(&agent.dir.join("admin.sock")).await.unwrap());
     admin
         .put_key(proto::PutKeyRequest {
             key: Some(key(name)),

@@ -70,7 +70,7 @@ async fn bench(keys: usize, subscribers: usize, connections: usize) {
     let rss_empty = rss_kib(pid);
 
     let t = Instant::now();
-    let admin = AdminClient::new(keyward::client::connect(&dir.join("admin.sock")).await.unwrap());
+    let admin = AdminClient::new(keyward_client::channel(&dir.join("admin.sock")).await.unwrap());
     let mut puts = Vec::new();
     for w in 0..8 {
         let mut admin = admin.clone();
@@ -96,7 +96,7 @@ async fn bench(keys: usize, subscribers: usize, connections: usize) {
     // Subscribers: `subscribers` streams on prod/fan-0 over `connections`.
     let mut channels: Vec<Channel> = Vec::new();
     for _ in 0..connections {
-        channels.push(keyward::client::connect(&dir.join("keys.sock")).await.unwrap());
+        channels.push(keyward_client::channel(&dir.join("keys.sock")).await.unwrap());
     }
     let ready = Arc::new(Barrier::new(subscribers + 1));
     let (target_tx, target_rx) = tokio::sync::watch::channel(0u64);

@@ -175,7 +175,7 @@ impl Fleet {
 
     async fn admin(&self, i: usize) -> AdminClient<Channel> {
         AdminClient::new(
-            keyward::client::connect(&self.agents[i].dir.join("admin.sock"))
+            keyward_client::channel(&self.agents[i].dir.join("admin.sock"))
                 .await
                 .unwrap(),
         )

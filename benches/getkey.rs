@@ -90,7 +90,7 @@ identity checks: skipped (the agent must be root to inspect callers)"
     );
     wait_for_socket(&dir.join("admin.sock"));
     let mut admin =
-        proto::admin_client::AdminClient::new(keyward::client::connect(&dir.join("admin.sock")).await.unwrap());
+        proto::admin_client::AdminClient::new(keyward_client::channel(&dir.join("admin.sock")).await.unwrap());
     for name in ["bench-api", "bench-exe"] {
         admin
             .put_key(proto::PutKeyRequest {
@@ -195,7 +195,7 @@ async fn bench(quick: bool, fsync: bool) {
     );
     wait_for_socket(&noop_sock);
 
-    let admin_channel = keyward::client::connect(&dir.join("admin.sock")).await.unwrap();
+    let admin_channel = keyward_client::channel(&dir.join("admin.sock")).await.unwrap();
     proto::admin_client::AdminClient::new(admin_channel)
         .put_key(proto::PutKeyRequest {
             key: Some(bench_key()),

@@ -29,8 +29,8 @@
 //!   values; also the dev-mode defaults.
 //!
 //! The edge of the core: [`proto`], the generated gRPC types of
-//! `proto/keyward/v1`, and [`wire`], the conversions between them and the
-//! core's types.
+//! `proto/keyward/v1` (re-exported from the `keyward-proto` crate), and
+//! [`wire`], the conversions between them and the core's types.
 //!
 //! The middle tier (each a part of the agent's work that knows nothing of
 //! the agent):
@@ -63,9 +63,6 @@
 //!   the bounds on streams and calls, the `Keys` and `Admin` gRPC services
 //!   and `creds.sock`, the one mapping from agent errors to statuses, and
 //!   [`server::run()`], the one way in.
-//! - [`client`]: connecting to the agent's sockets, once the kernel says
-//!   that root, this user or `KEYWARD_AGENT_UID` serves them (used by the
-//!   CLI, tests and benchmarks).
 //!
 //! The binaries live in `src/bin`: `keywardd` (the agent) and `keyward` (the
 //! CLI).
@@ -78,7 +75,6 @@
 pub mod agent;
 pub mod alerts;
 pub mod audit;
-pub mod client;
 pub mod config;
 pub mod hooks;
 pub mod hygiene;

@@ -175,7 +175,7 @@ async fn serves_the_socket_systemd_passed_and_leaves_its_file() {
         Some(b"sk_live_activated"),
     );
     assert!(put.status.success(), "{}", text(&put.stderr));
-    let mut keys = keyward::proto::keys_client::KeysClient::new(keyward::client::connect(&keys_sock).await.unwrap());
+    let mut keys = keyward::proto::keys_client::KeysClient::new(keyward_client::channel(&keys_sock).await.unwrap());
     let set = keys
         .get_key(keyward::proto::GetKeyRequest {
             key: key("prod", "billing-api"),

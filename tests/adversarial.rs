@@ -1262,7 +1262,7 @@ async fn a_connection_flood_past_the_per_uid_limit_does_not_starve_another_uid()
     }
     // Past twice the limit a new connection is closed at once (the client
     // sees it closed while connecting, or its first call fails).
-    let r = match keyward::client::connect(&agent.keys_sock()).await {
+    let r = match keyward_client::channel(&agent.keys_sock()).await {
         Err(_) => Ok(()),
         Ok(channel) => match proto::keys_client::KeysClient::new(channel)
             .get_key(proto::GetKeyRequest {

@@ -264,7 +264,7 @@ async fn grpc_writer(
     mut counter: u64,
 ) -> (WriterResult, u64) {
     let mut acked = Vec::new();
-    let Ok(channel) = keyward::client::connect(&socket).await else {
+    let Ok(channel) = keyward_client::channel(&socket).await else {
         assert!(shared.killed.load(Ordering::SeqCst), "cannot connect to a live agent");
         return (WriterResult { keys, acked }, counter);
     };
@@ -458,7 +458,7 @@ async fn cli_writer(
 /// Fetches random keys until the agent dies; a fetch must never be older
 /// than what was acknowledged before it was sent.
 async fn fetcher(socket: PathBuf, shared: Arc<Shared>, mut rng: StdRng) {
-    let Ok(channel) = keyward::client::connect(&socket).await else {
+    let Ok(channel) = keyward_client::channel(&socket).await else {
         assert!(shared.killed.load(Ordering::SeqCst), "cannot connect to a live agent");
         return;
     };

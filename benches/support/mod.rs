@@ -52,7 +52,7 @@ pub fn start_agent(dir: &Path, config: &Path) -> Proc {
 
 /// A Keys client on `sock`.
 pub async fn client(sock: &Path) -> KeysClient<Channel> {
-    KeysClient::new(keyward::client::connect(sock).await.unwrap())
+    KeysClient::new(keyward_client::channel(sock).await.unwrap())
 }
 
 /// GetKey calls of `key` per second, `conns` connections each calling in a

@@ -250,7 +250,7 @@ impl TestAgent {
 
     pub async fn keys(&self) -> KeysClient<Channel> {
         KeysClient::new(
-            keyward::client::connect(&self.keys_sock())
+            keyward_client::channel(&self.keys_sock())
                 .await
                 .expect("connect keys.sock"),
         )
@@ -264,7 +264,7 @@ impl TestAgent {
 
     pub async fn admin(&self) -> AdminClient<Channel> {
         AdminClient::new(
-            keyward::client::connect(&self.admin_sock())
+            keyward_client::channel(&self.admin_sock())
                 .await
                 .expect("connect admin.sock"),
         )

@@ -459,7 +459,7 @@ async fn flood_helper() {
     let socket = PathBuf::from(helper_param("KEYWARD_HELPER_SOCKET"));
     let calls: usize = helper_param("KEYWARD_HELPER_CALLS").parse().unwrap();
     let stop = PathBuf::from(helper_param("KEYWARD_HELPER_STOP"));
-    let channel = keyward::client::connect(&socket).await.expect("connect");
+    let channel = keyward_client::channel(&socket).await.expect("connect");
     let client = proto::keys_client::KeysClient::new(channel.clone());
     let request = |env: &str, name: &str| proto::GetKeyRequest {
         key: Some(proto::KeyRef {

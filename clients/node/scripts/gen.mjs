@@ -1,5 +1,7 @@
-// Copies the repo's protos into the package and generates TypeScript types
-// from them. The package loads the copies at runtime, so it works when
+// Copies the repo's service-socket proto (keys.proto) into the package and
+// generates TypeScript types from it. The admin protocol (admin.proto) is
+// the operators' socket, which this client never uses, so it is not
+// shipped. The package loads the copies at runtime, so it works when
 // installed on its own; the generated types are committed, and test.sh
 // regenerates them into a temp dir to check they are not stale.
 //
@@ -9,7 +11,7 @@
 // The flags below must match LOADER_OPTIONS in src/proto.ts: the types
 // describe what the loader produces.
 import { execFileSync } from "node:child_process";
-import { cpSync, mkdirSync, readdirSync, rmSync } from "node:fs";
+import { cpSync, mkdirSync, rmSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -26,7 +28,8 @@ rmSync(protoDir, { recursive: true, force: true });
 rmSync(typesDir, { recursive: true, force: true });
 mkdirSync(join(protoDir, "keyward", "v1"), { recursive: true });
 
-const files = readdirSync(repoProtos).filter((f) => f.endsWith(".proto")).sort();
+// Only the service socket's protocol: admin.proto stays in the repo.
+const files = ["keys.proto"];
 for (const f of files) {
   cpSync(join(repoProtos, f), join(protoDir, "keyward", "v1", f));
 }

@@ -1,7 +1,8 @@
-// Loads the keyward protos that ship with the package and builds the gRPC
-// stub for the service socket. The protos are copies of the repo's
-// proto/keyward/v1 (scripts/gen.mjs), so an installed package needs
-// nothing from the repo.
+// Loads the keyward proto that ships with the package and builds the gRPC
+// stub for the service socket. The proto is a copy of the repo's
+// proto/keyward/v1/keys.proto (scripts/gen.mjs), so an installed package
+// needs nothing from the repo. The admin protocol is not shipped: this
+// client never talks to the admin socket.
 import * as path from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
@@ -27,7 +28,7 @@ let loaded: ProtoGrpcType | undefined;
 
 function keysPackage(): ProtoGrpcType {
   if (!loaded) {
-    const def = protoLoader.loadSync(["keyward/v1/keys.proto", "keyward/v1/admin.proto"], {
+    const def = protoLoader.loadSync("keyward/v1/keys.proto", {
       ...LOADER_OPTIONS,
       includeDirs: [PROTO_DIR],
     });

@@ -12,6 +12,7 @@ use crate::error::{from_status, Error};
 use crate::keyset::{parse_key, KeySet};
 use crate::proto;
 use crate::proto::keys_client::KeysClient;
+use crate::trust::Trust;
 
 /// A boxed stream of key states, as [`Client::watch`] returns.
 pub(crate) type KeySetStream = Pin<Box<dyn Stream<Item = Result<KeySet, Error>> + Send>>;
@@ -70,13 +71,29 @@ impl Client {
         Client::open(socket.as_ref(), Some(agent_uid)).await
     }
 
+    /// Connects to the service socket at `socket`, served by a uid that
+    /// `trust` allows; a failure to connect comes back as the socket's
+    /// `io::Error`, as [`checked_channel`](crate::checked_channel) returns
+    /// it, for a caller that words its own messages (the `keyward` CLI).
+    /// [`Error::from_socket_io`] maps it otherwise. Later failures are
+    /// [`Error`]s, as with [`Client::connect_to`].
+    pub async fn connect_with_trust(socket: impl AsRef<Path>, trust: Trust) -> std::io::Result<Client> {
+        let socket = socket.as_ref();
+        let channel = connect::checked_channel(socket, trust).await?;
+        Ok(Client::over(socket, channel))
+    }
+
     async fn open(socket: &Path, agent_uid: Option<u32>) -> Result<Client, Error> {
         let channel = connect::open(socket, agent_uid).await?;
-        Ok(Client {
+        Ok(Client::over(socket, channel))
+    }
+
+    fn over(socket: &Path, channel: Channel) -> Client {
+        Client {
             keys: KeysClient::new(channel),
             socket: Arc::new(socket.to_path_buf()),
             service: default_service().into(),
-        })
+        }
     }
 
     /// The same connection, reporting auth failures as `service` (by default

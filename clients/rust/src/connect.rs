@@ -1,8 +1,7 @@
 //! Finding the agent's service socket and opening a gRPC channel over it.
 //!
 //! The first connection is made by hand, so that "no agent" and "not
-//! allowed" come back as plain [`Error`]s instead of tonic transport
-//! errors. After that the channel reconnects by itself, through the same
+//! allowed" come back as plain errors instead of tonic transport errors. After that the channel reconnects by itself, through the same
 //! connector, whenever the agent restarts. Each connection, the first and
 //! every later one, is checked (`trust.rs`) before tonic writes to it.
 
@@ -43,8 +42,30 @@ pub fn socket_path(explicit: Option<&Path>) -> PathBuf {
 /// `agent_uid` (else `$KEYWARD_AGENT_UID`).
 pub(crate) async fn open(path: &Path, agent_uid: Option<u32>) -> Result<Channel, Error> {
     let trust = Trust::new(agent_uid)?;
-    let first = UnixStream::connect(path).await.map_err(|e| from_io(path, e))?;
-    trust.check(&first).map_err(|e| from_io(path, e))?;
+    checked_channel(path, trust).await.map_err(|e| from_io(path, e))
+}
+
+/// A gRPC channel to either of the agent's sockets (service or admin) at
+/// `path`, served by root, this user or `$KEYWARD_AGENT_UID`; failures
+/// come with the messages of [`Error`].
+///
+/// For the admin socket's stubs (`keyward_proto::admin_client`) and for
+/// tests; a service is better served by [`Client`](crate::Client).
+pub async fn channel(path: &Path) -> Result<Channel, Error> {
+    open(path, None).await
+}
+
+/// A gRPC channel to the socket at `path`, every connection of which (the
+/// first, and each one made again after the agent restarts) is checked by
+/// `trust` before anything is written to it.
+///
+/// The first connection's failure comes back as it happened, for a caller
+/// that words its own messages: the socket's `io::Error` (`NotFound`,
+/// `ConnectionRefused`, `PermissionDenied`…), or one of kind `Other` when
+/// the server is not trusted. [`Error::from_socket_io`] maps any of them.
+pub async fn checked_channel(path: &Path, trust: Trust) -> io::Result<Channel> {
+    let first = UnixStream::connect(path).await?;
+    trust.check(&first)?;
     let mut first = Some(first);
     let target = path.to_path_buf();
     // The authority is never resolved; it only fills HTTP/2's :authority.
@@ -67,8 +88,5 @@ pub(crate) async fn open(path: &Path, agent_uid: Option<u32>) -> Result<Channel,
             }
         }))
         .await
-        .map_err(|e| Error::Connect {
-            socket: path.to_path_buf(),
-            source: io::Error::other(e),
-        })
+        .map_err(io::Error::other)
 }

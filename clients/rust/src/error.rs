@@ -82,6 +82,15 @@ pub enum Error {
     Rpc(tonic::Status),
 }
 
+impl Error {
+    /// The error for a failure to open `socket`, as
+    /// [`checked_channel`](crate::checked_channel) returns it (the refusal
+    /// of an untrusted server included).
+    pub fn from_socket_io(socket: &Path, e: io::Error) -> Error {
+        from_io(socket, e)
+    }
+}
+
 /// Maps a failure to open `socket` (or the refusal of its server, see
 /// `trust.rs`).
 pub(crate) fn from_io(socket: &Path, e: io::Error) -> Error {

@@ -31,10 +31,12 @@
 //!   that reconnects when the agent restarts.
 //! - `fallback.rs`: [`Client::call_with_fallback`] and the auth-failure
 //!   report it sends.
-//! - `trust.rs`: who may serve the socket (root, this user, the agent's
-//!   uid), checked on every connection before anything is sent.
+//! - `trust.rs`: [`Trust`], who may serve the socket (root, this user, the
+//!   agent's uid), checked on every connection before anything is sent;
+//!   [`channel`] and [`checked_channel`] give the same check to other
+//!   stubs on the agent's sockets (the `keyward` CLI's admin commands).
 //! - `error.rs`: [`Error`]: every failure, with a message saying what to do.
-//! - `proto.rs`: the generated protocol types (private).
+//! - the protocol types come from the `keyward-proto` crate (private here).
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -45,15 +47,17 @@ mod error;
 mod fallback;
 mod handle;
 mod keyset;
-mod proto;
 mod secret;
 mod trust;
 
+// The generated protocol, as `crate::proto::…`.
+use keyward_proto as proto;
+
 pub use client::Client;
-pub use connect::{socket_path, DEFAULT_SOCKET, SOCKET_ENV};
+pub use connect::{channel, checked_channel, socket_path, DEFAULT_SOCKET, SOCKET_ENV};
 pub use error::Error;
 pub use fallback::{auth_rejection, CallError, HttpStatus, KeySource};
 pub use handle::{KeyHandle, DEFAULT_FIRST_KEYSET_TIMEOUT};
 pub use keyset::{KeySet, KeyVersion, RotationState};
 pub use secret::Secret;
-pub use trust::AGENT_UID_ENV;
+pub use trust::{Trust, AGENT_UID_ENV};

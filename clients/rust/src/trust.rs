@@ -10,7 +10,13 @@
 //! path (say, in a runtime directory that user can write) receives no
 //! request, and no key is read from it.
 //!
+//! The same check serves every channel to the agent's sockets: [`Client`]
+//! on the service socket, and, through [`channel`], the `keyward` CLI's
+//! admin commands and the project's tests.
+//!
+//! [`Client`]: crate::Client
 //! [`Client::connect_trusting`]: crate::Client::connect_trusting
+//! [`channel`]: crate::channel
 
 use std::fmt;
 use std::io;
@@ -23,16 +29,19 @@ use crate::error::Error;
 /// neither root nor the user running the client.
 pub const AGENT_UID_ENV: &str = "KEYWARD_AGENT_UID";
 
-/// The uids trusted to serve the socket, besides root.
+/// The uids trusted to serve the agent's sockets: root, this process's
+/// effective uid, and the agent's uid when one is named.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Trust {
+pub struct Trust {
     euid: u32,
     agent_uid: Option<u32>,
 }
 
 impl Trust {
-    /// `agent_uid` if given, else `$KEYWARD_AGENT_UID`.
-    pub(crate) fn new(agent_uid: Option<u32>) -> Result<Trust, Error> {
+    /// Root, this process's effective uid, and `agent_uid` if given, else
+    /// `$KEYWARD_AGENT_UID` (an error when that is set to anything but a
+    /// uid).
+    pub fn new(agent_uid: Option<u32>) -> Result<Trust, Error> {
         let agent_uid = match agent_uid {
             Some(uid) => Some(uid),
             None => parse_agent_uid(std::env::var_os(AGENT_UID_ENV))?,
@@ -43,15 +52,16 @@ impl Trust {
         })
     }
 
-    fn trusts(&self, uid: u32) -> bool {
+    /// Whether a server running as `uid` is trusted.
+    pub fn trusts(&self, uid: u32) -> bool {
         uid == 0 || uid == self.euid || self.agent_uid == Some(uid)
     }
 
     /// Checks who serves `stream`, before anything is written to it. The
-    /// refusal is an `io::Error` holding an [`UntrustedPeer`], so that it
-    /// travels through tonic's reconnections and is mapped once, in
-    /// `error.rs`.
-    pub(crate) fn check(&self, stream: &UnixStream) -> io::Result<()> {
+    /// refusal is an `io::Error` (of kind `Other`) naming the server, so that it
+    /// travels through tonic's reconnections and is mapped once, by
+    /// [`Error::from_socket_io`].
+    pub fn check(&self, stream: &UnixStream) -> io::Result<()> {
         let peer = stream.peer_cred()?;
         if self.trusts(peer.uid()) {
             return Ok(());

@@ -1,0 +1,34 @@
+//! Compiles `keyward/v1/{keys,admin}.proto` with protox (a protobuf compiler
+//! in Rust), so a build needs no system `protoc`. The output goes to
+//! `OUT_DIR` and depends only on the protos and these settings: every build
+//! of the same sources yields the same code.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = ["keyward/v1/keys.proto", "keyward/v1/admin.proto"];
+    let fds = protox::compile(protos, ["."])?;
+    tonic_prost_build::configure()
+        // Callers bring their own channel (a Unix socket whose server is
+        // checked first); no `connect(url)` constructors.
+        .build_transport(false)
+        // Secret material travels as `Bytes` so the agent can hand out its
+        // zeroizing buffers, and a client can take a secret out of the
+        // decoded frame, without copying.
+        .bytes(".keyward.v1.KeyVersion.secret")
+        .bytes(".keyward.v1.PutKeyRequest.secret")
+        .bytes(".keyward.v1.StageKeyRequest.secret")
+        // Small per-stream codec buffers: 10,000 idle watch streams must not
+        // each hold tonic's default 8 KiB (see codec.rs).
+        .codec_path("crate::SmallBufferCodec")
+        // Messages that carry secrets get a hand-written, redacting Debug
+        // (redact.rs).
+        .skip_debug([
+            ".keyward.v1.KeyVersion",
+            ".keyward.v1.PutKeyRequest",
+            ".keyward.v1.StageKeyRequest",
+        ])
+        .compile_fds(fds)?;
+    for p in protos {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    Ok(())
+}

@@ -1,0 +1,42 @@
+//! `keyward audit verify`: check the audit log's hash chain and MACs.
+//!
+//! Exits 3 when the log has a problem (see `main.rs`).
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use keyward::store::identity::InstallKey;
+
+use crate::cli::Cli;
+use crate::commands::init::DEFAULT_STATE_DIR;
+use crate::Outcome;
+
+/// The audit log of a system install.
+const DEFAULT_AUDIT_FILE: &str = "/var/log/keyward/audit.jsonl";
+
+pub(crate) fn verify(cli: &Cli, file: Option<&Path>, key: Option<&Path>) -> Outcome {
+    let file = match (file, &cli.dev) {
+        (Some(f), _) => f.to_path_buf(),
+        (None, Some(dir)) => dir.join("audit.jsonl"),
+        (None, None) => DEFAULT_AUDIT_FILE.into(),
+    };
+    let key_file = match key {
+        Some(k) => k.to_path_buf(),
+        None => {
+            let beside = file.parent().unwrap_or(Path::new(".")).join("install.key");
+            if beside.exists() {
+                beside
+            } else {
+                Path::new(DEFAULT_STATE_DIR).join("install.key")
+            }
+        }
+    };
+    let install_key = InstallKey::load(&key_file).map_err(|e| format!("{e} (pass the install key with --key FILE)"))?;
+    let report = keyward::audit::verify(&file, &install_key.audit_key()).map_err(|e| e.to_string())?;
+    println!("{report}");
+    Ok(if report.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
+}

@@ -1,0 +1,34 @@
+//! `keyward report`: tell the agent that a provider refused a key, for
+//! scripts (the client libraries report from their fallback helper).
+//!
+//! It calls the Keys stub itself, over keyward-client's checked channel:
+//! `--status` takes any number the agent accepts (a u32 on the wire), which
+//! keyward-client's `report_auth_failure` (an HTTP status, u16) would
+//! narrow.
+
+use std::process::ExitCode;
+
+use keyward::proto::{self, keys_client::KeysClient};
+use keyward::wire::ToWire;
+
+use crate::cli::Cli;
+use crate::sockets::{channel, service_socket};
+use crate::text::{key_arg, refused};
+use crate::Outcome;
+
+pub(crate) async fn report(cli: &Cli, key: &str, version: u64, status: u32, service: &str, detail: &str) -> Outcome {
+    let k = key_arg(key)?;
+    let channel = channel(&service_socket(cli)).await?;
+    KeysClient::new(channel)
+        .report_auth_failure(proto::AuthFailureReport {
+            key: Some(k.to_proto()),
+            version,
+            status_code: status,
+            service: service.to_owned(),
+            detail: detail.to_owned(),
+        })
+        .await
+        .map_err(refused)?;
+    println!("reported: {key} version {version} refused with HTTP {status}");
+    Ok(ExitCode::SUCCESS)
+}
