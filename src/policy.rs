@@ -526,7 +526,8 @@ mod tests {
     #[test]
     fn the_admin_socket_takes_root_the_agents_user_and_the_admin_group() {
         // (uid, gid, groups, agent's uid, admin group) → may administer
-        let cases: [(u32, u32, &[u32], u32, Option<u32>, bool); 8] = [
+        type Case = (u32, u32, &'static [u32], u32, Option<u32>, bool);
+        let cases: [Case; 8] = [
             (0, 0, &[], 999, None, true),
             (999, 999, &[], 999, None, true),
             (1000, 1000, &[], 999, None, false),

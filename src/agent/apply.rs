@@ -50,7 +50,7 @@ pub enum Commit {
 /// The new state of a key.
 pub enum After {
     /// The key holds this state.
-    State(KeySetState),
+    State(Box<KeySetState>),
     /// The store has this state already ([`Commit::Loaded`]).
     Loaded(Arc<KeySetState>),
     /// The key is deleted.
@@ -132,12 +132,12 @@ impl Agent {
             }
             (After::State(next), Commit::Backend) => {
                 let committed = match &self.fleet {
-                    None => self.store.commit(next)?,
-                    Some(fleet) => fleet.commit(self, before.as_deref(), next).await?,
+                    None => self.store.commit(*next)?,
+                    Some(fleet) => fleet.commit(self, before.as_deref(), *next).await?,
                 };
                 (committed, false)
             }
-            (After::State(next), Commit::LocalCopy) => (self.store.replace(next)?, false),
+            (After::State(next), Commit::LocalCopy) => (self.store.replace(*next)?, false),
             (After::Loaded(state), _) => (state, false),
             (After::State(_), Commit::Loaded) => {
                 return Err(ApiError::Unavailable(format!(

@@ -63,7 +63,7 @@ impl Agent {
         let change = Change {
             key: &key,
             before: existing,
-            after: After::State(next),
+            after: After::State(Box::new(next)),
             commit: Commit::Backend,
             event: Event::Put,
             reason: Reason::Put,
@@ -137,7 +137,7 @@ impl Agent {
             let change = Change {
                 key: &key,
                 before: Some(current.clone()),
-                after: After::State((*current).clone()),
+                after: After::State(Box::new((*current).clone())),
                 commit: Commit::Backend,
                 event: Event::Reseal,
                 reason: Reason::Reseal,

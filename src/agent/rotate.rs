@@ -192,7 +192,7 @@ async fn commit(
     let change = Change {
         key: &key,
         before: Some(before),
-        after: After::State(next),
+        after: After::State(Box::new(next)),
         commit: Commit::Backend,
         event: command.into(),
         reason: command.into(),

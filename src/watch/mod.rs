@@ -486,6 +486,7 @@ mod tests {
     use std::time::{Duration, SystemTime};
 
     use super::*;
+    use crate::keyset::Version;
     use crate::secret::Secret;
 
     fn who(uid: u32, pid: i32) -> Arc<CallerRecord> {

@@ -326,7 +326,7 @@ impl Fleet {
         let change = Change {
             key,
             before: local,
-            after: After::State(state),
+            after: After::State(Box::new(state)),
             commit: Commit::LocalCopy,
             event: Event::FleetSync,
             reason: Reason::Fleet,
