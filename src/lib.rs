@@ -25,8 +25,10 @@
 //!   mid-rotation, the retire gate).
 //! - [`policy`]: every access rule: who may read or report on which keys,
 //!   who may use the admin socket, who may ask for a credential.
-//! - [`config`]: the TOML config file, parsed raw and validated into typed
-//!   values; also the dev-mode defaults.
+//! - [`config`]: the TOML config file, one file per section (its raw form,
+//!   typed form and checks); the reference config,
+//!   `packaging/keyward.toml.example`, is its documentation and is parsed by
+//!   a test; also the dev-mode defaults.
 //!
 //! The edge of the core: [`proto`], the generated gRPC types of
 //! `proto/keyward/v1` (re-exported from the `keyward-proto` crate), and
@@ -50,7 +52,8 @@
 //! - [`openbao`]: the OpenBao (or Vault) KV v2 client with token-file or
 //!   AppRole login; a leaf.
 //! - [`sockets`]: socket files and the state lock; [`hygiene`]: process
-//!   hardening (no core dumps, locked memory).
+//!   hardening (no core dumps, locked memory); [`outbound`]: what every
+//!   outbound HTTP(S) client shares (the TLS provider, the User-Agent).
 //!
 //! - [`agent`]: the running agent, its state behind a small API:
 //!   [`agent::Agent::serve`] (policy → audit → answer, the only way a

@@ -77,7 +77,7 @@ pub struct Published {
     /// Why it changed.
     pub reason: Reason,
     /// Which publish of the key's channel this is (they count up from 1);
-    /// hand it back to [`Subscription::taken`].
+    /// hand it back to [`super::Subscription::taken`].
     pub seq: u64,
 }
 
@@ -106,7 +106,7 @@ pub struct WatchCaps {
     pub total: usize,
 }
 
-/// Why [`Watchers::subscribe`] refused a subscription.
+/// Why [`super::Watchers::subscribe`] refused a subscription.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WatchRefused {
     /// The uid has as many as it may.
@@ -130,7 +130,7 @@ pub enum WatchRefused {
 }
 
 /// Closes the connection a subscription came on (see
-/// [`Watchers::overdue_connections`]).
+/// [`super::Watchers::overdue_connections`]).
 pub type CloseConnection = Arc<dyn Fn() + Send + Sync>;
 
 /// A subscription removed from the registry because it took nothing for
