@@ -4,16 +4,14 @@
 //! and on a reconnection after the agent went away. Needs root, to run the
 //! listener as another uid; skipped otherwise.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use common::*;
 use keyward_client::{Client, Error};
+use keyward_testkit::TestAgent;
 
 /// The uids of the fake listeners.
 const ATTACKER: u32 = 2034;
@@ -141,10 +139,10 @@ async fn a_reconnection_to_another_uid_sends_nothing() {
     }
     // The client is given a path in a directory another uid owns; at
     // first it leads to the real agent.
-    let mut agent = Agent::start();
-    agent.put("prod/billing-api", "sk_before_the_swap");
+    let mut agent = TestAgent::start_traversable(None);
+    agent.put_raw("prod/billing-api", "sk_before_the_swap");
     let link = owned_dir(agent.tmp(), RECONNECT_ATTACKER).join("keys.sock");
-    std::os::unix::fs::symlink(agent.socket(), &link).unwrap();
+    std::os::unix::fs::symlink(agent.keys_sock(), &link).unwrap();
     let client = Client::connect_to(&link).await.unwrap();
     let keys = client.get("prod/billing-api").await.unwrap();
     assert_eq!(keys.primary.secret.expose(), b"sk_before_the_swap");
