@@ -9,7 +9,7 @@
 //! before the tests run, never by them: [`bins`] says how they are found.
 //!
 //! Beside the agent: [`system`] (other uids, cgroups, helper processes, for
-//! the trust tests), [`openbao`] (a real OpenBao server), [`smtp`],
+//! the trust tests), [`fake_listener`] (another uid at a socket's path), [`openbao`] (a real OpenBao server), [`smtp`],
 //! [`receiver`] and [`provider`] (an SMTP server, an alert receiver and an
 //! API provider on loopback), [`log`] (the in-process `tracing` log),
 //! [`tools`] (the test venv's Python, waiting for children) and [`bench`]
@@ -17,6 +17,7 @@
 
 pub mod bench;
 pub mod bins;
+pub mod fake_listener;
 pub mod log;
 pub mod openbao;
 pub mod provider;
@@ -46,7 +47,7 @@ const OUTPUT_LIMIT: Duration = Duration::from_secs(5);
 /// A running agent and its temp directory.
 pub struct TestAgent {
     pub dir: PathBuf,
-    _tmp: Option<tempfile::TempDir>,
+    tmp: tempfile::TempDir,
     pub child: Option<Child>,
     output: Arc<Mutex<Vec<u8>>>,
     /// The threads reading the stdout and stderr of each agent started.
@@ -55,18 +56,24 @@ pub struct TestAgent {
 }
 
 impl TestAgent {
+    /// An agent, not started, with its state in `dir` inside `tmp` (removed
+    /// with it) and its config file if any.
+    fn new(tmp: tempfile::TempDir, dir: PathBuf, config: Option<PathBuf>) -> TestAgent {
+        TestAgent {
+            dir,
+            tmp,
+            child: None,
+            output: Arc::default(),
+            readers: Vec::new(),
+            config,
+        }
+    }
+
     /// A dev-mode agent in a fresh temp dir.
     pub fn start() -> TestAgent {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().join("state");
-        let mut a = TestAgent {
-            dir,
-            _tmp: Some(tmp),
-            child: None,
-            output: Arc::default(),
-            readers: Vec::new(),
-            config: None,
-        };
+        let mut a = TestAgent::new(tmp, dir, None);
         a.spawn().expect("agent starts");
         a
     }
@@ -92,14 +99,7 @@ impl TestAgent {
             std::fs::write(&config, toml).unwrap();
             config
         });
-        let mut a = TestAgent {
-            dir,
-            _tmp: Some(tmp),
-            child: None,
-            output: Arc::default(),
-            readers: Vec::new(),
-            config,
-        };
+        let mut a = TestAgent::new(tmp, dir, config);
         a.spawn().expect("agent starts");
         a
     }
@@ -117,14 +117,7 @@ impl TestAgent {
         );
         assert!(out.status.success(), "keyward init: {}", text(&out.stderr));
         let config = tmp.path().join("keyward.toml");
-        TestAgent {
-            dir,
-            _tmp: Some(tmp),
-            child: None,
-            output: Arc::default(),
-            readers: Vec::new(),
-            config: Some(config),
-        }
+        TestAgent::new(tmp, dir, Some(config))
     }
 
     /// Writes `toml` as the config of a [`TestAgent::prepare`]d agent and
@@ -204,7 +197,7 @@ impl TestAgent {
     /// The temp dir around the state dir [`TestAgent::dir`], removed when
     /// the agent is dropped.
     pub fn tmp(&self) -> &Path {
-        self.dir.parent().expect("the state dir is in the temp dir")
+        self.tmp.path()
     }
 
     pub fn keys_sock(&self) -> PathBuf {
@@ -505,14 +498,7 @@ impl TestAgent {
         );
         assert!(out.status.success(), "keyward init: {}", text(&out.stderr));
         let config = tmp.path().join("keyward.toml");
-        let mut a = TestAgent {
-            dir,
-            _tmp: Some(tmp),
-            child: None,
-            output: Arc::default(),
-            readers: Vec::new(),
-            config: Some(config),
-        };
+        let mut a = TestAgent::new(tmp, dir, Some(config));
         a.rewrite_config(toml);
         let cmd = a.system_command();
         a.spawn_with(cmd).expect("agent starts");

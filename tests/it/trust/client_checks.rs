@@ -8,9 +8,9 @@
 //! refusal is the uid check.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Output};
-use std::time::{Duration, Instant};
+use std::process::Output;
 
+use crate::common::fake_listener::{FakeListener, PYTHON};
 use crate::common::system::{is_root, skip, SharedDir, Uid, SOCKET_GID};
 use crate::common::{assert_no_secret, keep_for_leak_scan, run_cli, text, TestAgent};
 
@@ -27,67 +27,9 @@ const OUTSIDER: Uid = Uid {
     in_socket_group: false,
 };
 
-/// Debian's python3: other uids may run it (a python under /root may not
-/// be).
-const PYTHON: &str = "/usr/bin/python3";
-
-/// A listener that accepts one connection, reads it until the client
-/// closes it (or 3 s of silence), and writes the number of bytes received
-/// to OUT. It writes OUT.ready once it listens.
-const FAKE_LISTENER: &str = include_str!("../../support/fake_listener.py");
-
 /// The fake listener, run as [`ATTACKER`] at `dir/name`.
-struct FakeListener {
-    child: Child,
-    socket: PathBuf,
-    out: PathBuf,
-}
-
-impl FakeListener {
-    fn start(dir: &Path, name: &str) -> FakeListener {
-        let socket = dir.join(name);
-        let out = dir.join(format!("{name}.received"));
-        // Left by an earlier listener at the same path.
-        let ready = out.with_extension("received.ready");
-        let _ = std::fs::remove_file(&ready);
-        let _ = std::fs::remove_file(&out);
-        let mut child = ATTACKER
-            .command(PYTHON)
-            .arg("-c")
-            .arg(FAKE_LISTENER)
-            .arg(&socket)
-            .arg(&out)
-            .spawn()
-            .expect("run python3 as the attacker");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !ready.exists() {
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!("the fake listener exited with {status} before listening");
-            }
-            assert!(Instant::now() < deadline, "the fake listener did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        FakeListener { child, socket, out }
-    }
-
-    /// How many bytes the listener received on its one connection, once it
-    /// is done with it.
-    fn received(mut self) -> usize {
-        let deadline = Instant::now() + Duration::from_secs(40);
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "the fake listener did not finish");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let got = std::fs::read_to_string(&self.out).expect("the fake listener's count");
-        got.trim().parse().unwrap()
-    }
-}
-
-impl Drop for FakeListener {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn fake_listener(dir: &Path, name: &str) -> FakeListener {
+    FakeListener::start(ATTACKER.command(PYTHON), &dir.join(name))
 }
 
 /// The attacker's runtime directory in `shared`, with the CLI copied
@@ -116,7 +58,7 @@ fn put_to_a_fake_admin_socket_sends_nothing() {
     }
     let shared = SharedDir::new();
     let dir = attacker_dir(&shared);
-    let fake = FakeListener::start(&dir, "admin.sock");
+    let fake = fake_listener(&dir, "admin.sock");
     let secret = "sk_live_typed_by_the_admin_7Qx2";
     keep_for_leak_scan("secrets", secret.as_bytes());
 
@@ -142,7 +84,7 @@ fn get_from_a_fake_service_socket_sends_nothing() {
     }
     let shared = SharedDir::new();
     let dir = attacker_dir(&shared);
-    let fake = FakeListener::start(&dir, "keys.sock");
+    let fake = fake_listener(&dir, "keys.sock");
     let out = run_cli(
         std::process::Command::new(crate::common::KEYWARD)
             .arg("--socket")
@@ -166,7 +108,7 @@ fn keyward_agent_uid_and_the_users_own_uid_are_trusted() {
     // (This also shows that the listener counts what it is sent.)
     let shared = SharedDir::new();
     let dir = attacker_dir(&shared);
-    let fake = FakeListener::start(&dir, "keys.sock");
+    let fake = fake_listener(&dir, "keys.sock");
     let out = run_cli(
         std::process::Command::new(crate::common::KEYWARD)
             .arg("--socket")
@@ -183,7 +125,7 @@ fn keyward_agent_uid_and_the_users_own_uid_are_trusted() {
 
     // A listener of the CLI's own user (keywardd --dev run by that user) is
     // trusted too.
-    let fake = FakeListener::start(&dir, "own.sock");
+    let fake = fake_listener(&dir, "own.sock");
     let out = run_cli(
         ATTACKER
             .command(shared.cli())
