@@ -5,10 +5,10 @@
 //! build failure inside a test failure. The binaries are built before the
 //! tests run, and found in one of two ways:
 //!
-//! 1. `CARGO_BIN_EXE_<name>` in the environment. Cargo (`cargo test`,
-//!    `cargo bench`) and cargo-nextest set it, at run time as at compile
-//!    time, for the integration tests and benches of the package that owns
-//!    the binaries: the `keyward` package's `tests/it` and `benches/`.
+//! 1. From the environment, for the integration tests and benches of the
+//!    package that owns the binaries (the `keyward` package's `tests/it`
+//!    and `benches/`): Cargo sets `CARGO_BIN_EXE_<name>` for them at run
+//!    time as at compile time, cargo-nextest `NEXTEST_BIN_EXE_<name>`.
 //! 2. Otherwise, beside the test executable's own profile directory: a test
 //!    executable is `target/<profile>/deps/NAME-HASH`, and the workspace's
 //!    binaries of the same build are `target/<profile>/NAME`. That is how
@@ -36,7 +36,9 @@ pub fn keyward() -> &'static Path {
 }
 
 fn locate(name: &str) -> PathBuf {
-    let path = match std::env::var_os(format!("CARGO_BIN_EXE_{name}")) {
+    let named = std::env::var_os(format!("CARGO_BIN_EXE_{name}"))
+        .or_else(|| std::env::var_os(format!("NEXTEST_BIN_EXE_{name}")));
+    let path = match named {
         Some(path) => PathBuf::from(path),
         None => {
             let exe = std::env::current_exe().expect("the test executable's path");

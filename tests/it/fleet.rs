@@ -175,6 +175,24 @@ async fn until_backend(
     }
 }
 
+/// `keyward fleet status ARGS…` on `agent`, once its listing satisfies
+/// `check` or [`PROPAGATION`] has passed (then the listing as it is: the
+/// caller's assertions say what is missing). Each agent writes its own
+/// status record after it synced, so a listing read at once may still show
+/// an agent's earlier record.
+async fn until_fleet_status(agent: &TestAgent, args: &[&str], check: impl Fn(&str) -> bool) -> String {
+    let start = Instant::now();
+    loop {
+        let out = cli(agent, &[&["fleet", "status"], args].concat(), None);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let listing = text(&out.stdout);
+        if check(&listing) || start.elapsed() >= PROPAGATION {
+            return listing;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn cli(agent: &TestAgent, args: &[&str], stdin: Option<&[u8]>) -> std::process::Output {
     agent.cli(args, stdin)
 }
@@ -757,8 +775,8 @@ async fn an_agent_joins_the_fleet_once_the_records_are_resealed_to_it() {
         "nothing served that c cannot read"
     );
     // `keyward fleet status` shows c's problem to the operator on a.
-    let out = cli(&agents[0], &["fleet", "status"], None);
-    assert!(text(&out.stdout).contains("PROBLEM prod/crm"), "{}", text(&out.stdout));
+    let listing = until_fleet_status(&agents[0], &[], |l| l.contains("PROBLEM prod/crm")).await;
+    assert!(listing.contains("PROBLEM prod/crm"), "{listing}");
 
     // a learns c's recipient (a restart: [backend] is read at start) and
     // reseals: c serves the key; the generation did not change.
@@ -873,8 +891,10 @@ async fn a_kv_mount_that_requires_check_and_set_works_too() {
     fleet.agent(0).put("prod/strict", "sk_strict_mount_4242");
     until_served(fleet.agent(1), "strict", "sk_strict_mount_4242").await;
     // Both statuses (written where the last writer wins) got through.
-    let out = cli(fleet.agent(1), &["fleet", "status", "prod/strict"], None);
-    let listing = text(&out.stdout);
+    let listing = until_fleet_status(fleet.agent(1), &["prod/strict"], |l| {
+        l.matches("prod/strict generation 1").count() == 2
+    })
+    .await;
     assert!(listing.contains("a (") && listing.contains("b ("), "{listing}");
     assert_eq!(listing.matches("prod/strict generation 1").count(), 2, "{listing}");
 }
