@@ -110,6 +110,12 @@ impl TestAgent {
     pub fn prepare() -> TestAgent {
         let tmp = tempfile::tempdir().expect("tempdir");
         std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        TestAgent::initialized(tmp)
+    }
+
+    /// An agent, not started, whose state dir `state/` in `tmp` is made by
+    /// `keyward init`, with `keyward.toml` beside it as its config file.
+    fn initialized(tmp: tempfile::TempDir) -> TestAgent {
         let dir = tmp.path().join("state");
         let out = run_cli(
             Command::new(bins::keyward()).args(["init", "--state-dir"]).arg(&dir),
@@ -490,15 +496,7 @@ impl TestAgent {
     /// `state/` prepared by `keyward init`. `toml` follows the path settings
     /// in its config file; write it again with [`TestAgent::rewrite_config`].
     pub fn start_system(toml: &str) -> TestAgent {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let dir = tmp.path().join("state");
-        let out = run_cli(
-            Command::new(bins::keyward()).args(["init", "--state-dir"]).arg(&dir),
-            None,
-        );
-        assert!(out.status.success(), "keyward init: {}", text(&out.stderr));
-        let config = tmp.path().join("keyward.toml");
-        let mut a = TestAgent::new(tmp, dir, Some(config));
+        let mut a = TestAgent::initialized(tempfile::tempdir().expect("tempdir"));
         a.rewrite_config(toml);
         let cmd = a.system_command();
         a.spawn_with(cmd).expect("agent starts");
