@@ -15,6 +15,8 @@
 //! [`tools`] (the test venv's Python, waiting for children) and [`bench`]
 //! (what the benches measure with).
 
+#![forbid(unsafe_code)]
+
 pub mod bench;
 pub mod bins;
 pub mod fake_listener;
