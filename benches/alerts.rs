@@ -17,11 +17,8 @@
 //! The agent is the release `keywardd` in dev mode in a temp dir, with a
 //! webhook sink pointing at the receiver.
 
-#[path = "../tests/common/receiver.rs"]
-mod receiver;
-#[path = "../tests/common/server_thread.rs"]
-mod server_thread;
-mod support;
+use keyward_testkit::bench as support;
+use keyward_testkit::receiver;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

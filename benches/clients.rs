@@ -11,7 +11,7 @@
 //! Run `scripts/test` once first (it makes the Python venv and the Node
 //! client's node_modules and dist/), then `cargo bench --bench clients`.
 
-mod support;
+use keyward_testkit::bench as support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

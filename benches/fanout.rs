@@ -7,7 +7,7 @@
 //! subscribers). It starts the release `keywardd` in dev mode in a temp dir
 //! with the audit on (every delivery is audited).
 
-mod support;
+use keyward_testkit::bench as support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -3,7 +3,7 @@
 //! Run with `cargo bench --bench fleet` (`-- --quick` for a short run). The
 //! `bao` binary comes from `KEYWARD_TEST_BAO`, else from the test venv
 //! (target/test-venv/bin/bao, made if it is missing), as in the fleet
-//! tests; the server harness is the tests' own (tests/common/openbao.rs:
+//! tests; the server harness is the tests' own (testkit/src/openbao.rs:
 //! `bao server`, raft storage, no TLS, on loopback).
 //!
 //! It measures, in one run and in this order:
@@ -26,13 +26,8 @@
 //! 4. Propagation again, on a fresh fleet with `poll_interval = "200ms"`
 //!    (1-3 run with the default, 500 ms).
 
-mod support;
-
-#[path = "../tests/common/openbao.rs"]
-mod openbao;
-/// What openbao.rs needs beside it: the test venv and waiting for children.
-#[path = "../tests/common/tools.rs"]
-mod tools;
+use keyward_testkit::bench as support;
+use keyward_testkit::openbao;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

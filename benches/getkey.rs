@@ -11,7 +11,7 @@
 //! over one connection, then throughput with 16 concurrent connections. The
 //! rounds alternate between the two servers so that machine noise hits both.
 
-mod support;
+use keyward_testkit::bench as support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -9,7 +9,7 @@
 //!
 //! # Layout
 //!
-//! Arrows only point down (`tests/layers.rs` checks it): the binaries use
+//! Arrows only point down (`tests/it/layers.rs` checks it): the binaries use
 //! [`server`], which turns requests into [`agent`] operations; the agent
 //! uses the middle tier; the middle tier uses the pure core.
 //!

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """After the whole Rust suite: looks for every secret the tests put or
 staged through the CLI in every agent's output and audit log the tests kept
-(tests/common/mod.rs, KEYWARD_LEAK_DIR), and lists files the suite left in
+(testkit/src/lib.rs, KEYWARD_LEAK_DIR), and lists files the suite left in
 its temp directory.
 
     leak_scan.py LEAK_DIR SUITE_TMPDIR

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A real SMTP server on loopback, for keyward's alert-sink tests.
 
-Started by tests/common/smtp.rs with the Python of the test venv
+Started by testkit/src/smtp.rs with the Python of the test venv
 (tests/requirements.txt: aiosmtpd, trustme). It listens on 127.0.0.1 on a
 port the kernel picks, prints `READY <port>` on stdout once it accepts
 connections, and writes each message it receives as one JSON file in the

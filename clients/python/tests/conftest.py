@@ -38,7 +38,7 @@ class Agent:
         self.dir = root / "state"
         self.config: Path | None = None
         if config is not None:
-            # A tree other uids may traverse, as in tests/common (Rust).
+            # A tree other uids may traverse, as in the Rust test kit (testkit/).
             os.chmod(root, 0o755)
             self.dir.mkdir(mode=0o755)
             os.chmod(self.dir, 0o755)

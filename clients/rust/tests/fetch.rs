@@ -1,22 +1,20 @@
 //! `get` and its errors, against a real agent.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
-use common::*;
 use keyward_client::{Client, Error, RotationState};
+use keyward_testkit::TestAgent;
 
 #[tokio::test]
 async fn get_returns_the_exact_bytes_and_debug_hides_them() {
-    let agent = Agent::start();
+    let agent = TestAgent::start_traversable(None);
     // Leading/trailing spaces and a non-ASCII byte: nothing may be trimmed.
     let secret = " sk_live_ünïcode_42 ";
-    agent.put("prod/billing-api", secret);
+    agent.put_raw("prod/billing-api", secret);
 
-    let client = Client::connect_to(agent.socket()).await.unwrap();
+    let client = Client::connect_to(agent.keys_sock()).await.unwrap();
     let keys = client.get("prod/billing-api").await.unwrap();
     assert_eq!(keys.key, "prod/billing-api");
     assert_eq!(keys.state, RotationState::Steady);
@@ -34,10 +32,10 @@ async fn get_returns_the_exact_bytes_and_debug_hides_them() {
 
 #[tokio::test]
 async fn get_during_a_rotation_has_primary_and_fallback() {
-    let agent = Agent::start();
-    agent.put("dev/x", "old");
-    agent.stage("dev/x", "new");
-    let client = Client::connect_to(agent.socket()).await.unwrap();
+    let agent = TestAgent::start_traversable(None);
+    agent.put_raw("dev/x", "old");
+    agent.stage_raw("dev/x", "new");
+    let client = Client::connect_to(agent.keys_sock()).await.unwrap();
     let keys = client.get("dev/x").await.unwrap();
     assert_eq!(keys.state, RotationState::Staged);
     assert_eq!(keys.primary.secret.expose(), b"old");
@@ -47,8 +45,8 @@ async fn get_during_a_rotation_has_primary_and_fallback() {
 
 #[tokio::test]
 async fn unknown_and_malformed_keys() {
-    let agent = Agent::start();
-    let client = Client::connect_to(agent.socket()).await.unwrap();
+    let agent = TestAgent::start_traversable(None);
+    let client = Client::connect_to(agent.keys_sock()).await.unwrap();
     match client.get("prod/nope").await {
         Err(Error::NotFound(m)) => assert!(m.contains("prod/nope"), "{m}"),
         other => panic!("{other:?}"),
@@ -80,8 +78,8 @@ async fn no_agent_is_agent_unavailable_with_what_to_do() {
 
     // A stale socket file (the agent died) says the same.
     let agent_gone = {
-        let mut a = Agent::start();
-        let s = a.socket();
+        let mut a = TestAgent::start_traversable(None);
+        let s = a.keys_sock();
         a.stop();
         std::os::unix::net::UnixListener::bind(&s).unwrap();
         s
@@ -92,12 +90,12 @@ async fn no_agent_is_agent_unavailable_with_what_to_do() {
 
 #[tokio::test]
 async fn the_socket_comes_from_keyward_socket_when_not_given() {
-    let agent = Agent::start();
-    agent.put("dev/env-var", "v");
+    let agent = TestAgent::start_traversable(None);
+    agent.put_raw("dev/env-var", "v");
     // The only test in this binary that sets it.
-    std::env::set_var("KEYWARD_SOCKET", agent.socket());
+    std::env::set_var("KEYWARD_SOCKET", agent.keys_sock());
     let client = Client::connect().await.unwrap();
-    assert_eq!(client.socket(), agent.socket());
+    assert_eq!(client.socket(), agent.keys_sock());
     assert_eq!(client.get("dev/env-var").await.unwrap().primary.secret.expose(), b"v");
 }
 
@@ -122,13 +120,13 @@ async fn helper_get_as_other_uid() {
     }
 }
 
-fn get_as_nobody(agent: &Agent, key: &str) -> String {
+fn get_as_nobody(agent: &TestAgent, key: &str) -> String {
     let exe = agent.tmp().join("client-test");
     std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
     std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
     let out = Command::new(&exe)
         .args(["--exact", "helper_get_as_other_uid", "--include-ignored", "--nocapture"])
-        .env("KEYWARD_SOCKET", agent.socket())
+        .env("KEYWARD_SOCKET", agent.keys_sock())
         .env("KEYWARD_TEST_KEY", key)
         .current_dir(agent.tmp())
         .uid(NOBODY)
@@ -152,16 +150,16 @@ async fn another_uid_is_permission_denied() {
         return;
     }
     // The socket is 0660 root:root: uid 65534 cannot connect.
-    let agent = Agent::start();
-    agent.put("prod/billing-api", "sk_live_nobody");
+    let agent = TestAgent::start_traversable(None);
+    agent.put_raw("prod/billing-api", "sk_live_nobody");
     let line = get_as_nobody(&agent, "prod/billing-api");
     assert!(line.starts_with("RESULT PermissionDenied"), "{line}");
-    assert!(line.contains(&agent.socket().display().to_string()), "{line}");
+    assert!(line.contains(&agent.keys_sock().display().to_string()), "{line}");
 
     // Its group may connect, but the policy grants it nothing: the agent's
     // message is kept.
-    let agent = Agent::start_with_config("[sockets]\nservice_group = \"65534\"\nservice_mode = \"0660\"\n");
-    agent.put("prod/billing-api", "sk_live_nobody");
+    let agent = TestAgent::start_with_config("[sockets]\nservice_group = \"65534\"\nservice_mode = \"0660\"\n");
+    agent.put_raw("prod/billing-api", "sk_live_nobody");
     let line = get_as_nobody(&agent, "prod/billing-api");
     assert!(line.starts_with("RESULT PermissionDenied"), "{line}");
     assert!(

@@ -4,80 +4,25 @@
 //! and on a reconnection after the agent went away. Needs root, to run the
 //! listener as another uid; skipped otherwise.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-use common::*;
 use keyward_client::{Client, Error};
+use keyward_testkit::fake_listener::{FakeListener, PYTHON};
+use keyward_testkit::TestAgent;
 
 /// The uids of the fake listeners.
 const ATTACKER: u32 = 2034;
 const RECONNECT_ATTACKER: u32 = 2036;
 
-/// Debian's python3: other uids may run it (a python under /root may not
-/// be).
-const PYTHON: &str = "/usr/bin/python3";
-
-/// Accepts one connection at PATH (replacing what is there), reads it until
-/// the client closes it or 3 s of silence, and writes the number of bytes
-/// received to OUT (OUT.ready once it listens).
-const FAKE_LISTENER: &str = include_str!("../../../tests/support/fake_listener.py");
-
-struct FakeListener {
-    child: Child,
-    out: PathBuf,
-}
-
-impl FakeListener {
-    /// Runs the listener as `uid` at `socket`, in `socket`'s directory,
-    /// which `uid` owns.
-    fn start(uid: u32, socket: &Path) -> FakeListener {
-        let out = socket.with_extension("received");
-        // Left by an earlier listener at the same path.
-        let ready = out.with_extension("received.ready");
-        let _ = std::fs::remove_file(&ready);
-        let _ = std::fs::remove_file(&out);
-        let mut child = Command::new(PYTHON)
-            .arg("-c")
-            .arg(FAKE_LISTENER)
-            .arg(socket)
-            .arg(&out)
-            .uid(uid)
-            .gid(uid)
-            .spawn()
-            .expect("run python3 as another uid");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !ready.exists() {
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!("the fake listener exited with {status} before listening");
-            }
-            assert!(Instant::now() < deadline, "the fake listener did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        FakeListener { child, out }
-    }
-
-    /// The bytes received on its one connection, once it is done with it.
-    fn received(mut self) -> usize {
-        let deadline = Instant::now() + Duration::from_secs(40);
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "the fake listener did not finish");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        std::fs::read_to_string(&self.out).unwrap().trim().parse().unwrap()
-    }
-}
-
-impl Drop for FakeListener {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The fake listener, run as `uid` at `socket`, in `socket`'s directory,
+/// which `uid` owns.
+fn fake_listener(uid: u32, socket: &Path) -> FakeListener {
+    let mut python = Command::new(PYTHON);
+    python.uid(uid).gid(uid);
+    FakeListener::start(python, socket)
 }
 
 /// A directory owned by `uid` (0755) in a temp dir others may enter.
@@ -120,14 +65,14 @@ async fn a_socket_served_by_another_uid_gets_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let socket = owned_dir(tmp.path(), ATTACKER).join("keys.sock");
 
-    let fake = FakeListener::start(ATTACKER, &socket);
+    let fake = fake_listener(ATTACKER, &socket);
     let result = Client::connect_to(&socket).await;
     assert_eq!(fake.received(), 0, "the fake listener received bytes");
     assert_untrusted(&result.unwrap_err(), &socket, ATTACKER);
 
     // Told that the agent runs as that uid, the client does talk to it:
     // the listener counts what it is sent.
-    let fake = FakeListener::start(ATTACKER, &socket);
+    let fake = fake_listener(ATTACKER, &socket);
     let client = Client::connect_trusting(&socket, ATTACKER).await.unwrap();
     assert!(client.get("prod/x").await.is_err(), "the fake listener answers nothing");
     assert!(fake.received() > 0, "a trusted listener received nothing");
@@ -141,10 +86,10 @@ async fn a_reconnection_to_another_uid_sends_nothing() {
     }
     // The client is given a path in a directory another uid owns; at
     // first it leads to the real agent.
-    let mut agent = Agent::start();
-    agent.put("prod/billing-api", "sk_before_the_swap");
+    let mut agent = TestAgent::start_traversable(None);
+    agent.put_raw("prod/billing-api", "sk_before_the_swap");
     let link = owned_dir(agent.tmp(), RECONNECT_ATTACKER).join("keys.sock");
-    std::os::unix::fs::symlink(agent.socket(), &link).unwrap();
+    std::os::unix::fs::symlink(agent.keys_sock(), &link).unwrap();
     let client = Client::connect_to(&link).await.unwrap();
     let keys = client.get("prod/billing-api").await.unwrap();
     assert_eq!(keys.primary.secret.expose(), b"sk_before_the_swap");
@@ -152,7 +97,7 @@ async fn a_reconnection_to_another_uid_sends_nothing() {
     // The agent goes away and that uid puts its own listener there: the
     // channel's next connection is refused before the request is sent.
     agent.stop();
-    let fake = FakeListener::start(RECONNECT_ATTACKER, &link);
+    let fake = fake_listener(RECONNECT_ATTACKER, &link);
     let result = client.get("prod/billing-api").await;
     assert_eq!(fake.received(), 0, "the fake listener received bytes");
     assert_untrusted(&result.unwrap_err(), &link, RECONNECT_ATTACKER);

@@ -1,12 +1,10 @@
 //! `watch` and `KeyHandle`, against a real agent that rotates and restarts.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
 use keyward_client::{Client, Error, KeyHandle, KeySet, RotationState};
+use keyward_testkit::{eventually, TestAgent};
 use tokio_stream::StreamExt;
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -26,9 +24,9 @@ async fn until(h: &mut KeyHandle, ok: impl Fn(&KeySet) -> bool) -> Arc<KeySet> {
 
 #[tokio::test]
 async fn watch_sees_a_rotation() {
-    let agent = Agent::start();
-    agent.put("prod/billing-api", "sk_v1");
-    let client = Client::connect_to(agent.socket()).await.unwrap();
+    let agent = TestAgent::start_traversable(None);
+    agent.put_raw("prod/billing-api", "sk_v1");
+    let client = Client::connect_to(agent.keys_sock()).await.unwrap();
     let mut changes = client.watch(&["prod/billing-api"]).await.unwrap();
     let mut next = async || {
         tokio::time::timeout(WAIT, changes.next())
@@ -42,7 +40,7 @@ async fn watch_sees_a_rotation() {
     assert_eq!((first.state, first.primary.version), (RotationState::Steady, 1));
     assert_eq!(first.primary.secret.expose(), b"sk_v1");
 
-    agent.stage("prod/billing-api", "sk_v2");
+    agent.stage_raw("prod/billing-api", "sk_v2");
     let staged = next().await;
     assert_eq!(staged.state, RotationState::Staged);
     assert_eq!(staged.primary.secret.expose(), b"sk_v1");
@@ -61,8 +59,8 @@ async fn watch_sees_a_rotation() {
 
 #[tokio::test]
 async fn watch_of_a_missing_key_is_not_found() {
-    let agent = Agent::start();
-    let client = Client::connect_to(agent.socket()).await.unwrap();
+    let agent = TestAgent::start_traversable(None);
+    let client = Client::connect_to(agent.keys_sock()).await.unwrap();
     match client.watch(&["prod/none"]).await {
         Err(Error::NotFound(_)) => {}
         Err(e) => panic!("{e:?}"),
@@ -74,19 +72,19 @@ async fn watch_of_a_missing_key_is_not_found() {
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
-// Multi-threaded: `Agent::stop` blocks its thread, and the client must
+// Multi-threaded: `TestAgent::stop` blocks its thread, and the client must
 // keep answering the agent's GOAWAY meanwhile, or the agent waits out its
 // shutdown grace for this connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handle_follows_a_rotation_and_survives_an_agent_restart() {
-    let mut agent = Agent::start();
-    agent.put("prod/billing-api", "sk_v1");
-    let client = Client::connect_to(agent.socket()).await.unwrap();
+    let mut agent = TestAgent::start_traversable(None);
+    agent.put_raw("prod/billing-api", "sk_v1");
+    let client = Client::connect_to(agent.keys_sock()).await.unwrap();
     let mut h = client.handle("prod/billing-api").await.unwrap();
     assert_eq!(h.key(), "prod/billing-api");
     assert_eq!(h.current().primary.secret.expose(), b"sk_v1");
 
-    agent.stage("prod/billing-api", "sk_v2");
+    agent.stage_raw("prod/billing-api", "sk_v2");
     agent.promote("prod/billing-api");
     let promoted = until(&mut h, |k| k.primary.version == 2).await;
     assert_eq!(promoted.primary.secret.expose(), b"sk_v2");
@@ -99,12 +97,12 @@ async fn handle_follows_a_rotation_and_survives_an_agent_restart() {
     assert!(client.get("prod/billing-api").await.is_err());
 
     // Back on the same dir; the rotation goes on and the handle follows it.
-    agent.spawn();
+    agent.spawn().expect("agent restarts");
     agent.retire("prod/billing-api");
     let retired = until(&mut h, |k| k.state == RotationState::Steady).await;
     assert_eq!(retired.primary.version, 2);
     assert!(retired.fallback.is_none());
-    agent.stage("prod/billing-api", "sk_v3");
+    agent.stage_raw("prod/billing-api", "sk_v3");
     agent.promote("prod/billing-api");
     let third = until(&mut h, |k| k.primary.version == 3).await;
     assert_eq!(third.primary.secret.expose(), b"sk_v3");
@@ -113,8 +111,8 @@ async fn handle_follows_a_rotation_and_survives_an_agent_restart() {
 }
 
 /// The number of live watch subscribers of `key`, from `keyward rotation-status`.
-fn subscribers(agent: &Agent, key: &str) -> usize {
-    let out = agent.ok(&["rotation-status", key], b"");
+fn subscribers(agent: &TestAgent, key: &str) -> usize {
+    let out = agent.ok(&["rotation-status", key], None);
     out.lines()
         .find_map(|l| l.trim().strip_prefix("subscribers: "))
         .and_then(|n| n.split_whitespace().next()?.parse().ok())
@@ -123,9 +121,9 @@ fn subscribers(agent: &Agent, key: &str) -> usize {
 
 #[tokio::test]
 async fn dropping_every_handle_ends_its_watch() {
-    let agent = Agent::start();
-    agent.put("dev/x", "v1");
-    let client = Client::connect_to(agent.socket()).await.unwrap();
+    let agent = TestAgent::start_traversable(None);
+    agent.put_raw("dev/x", "v1");
+    let client = Client::connect_to(agent.keys_sock()).await.unwrap();
     let h = client.handle("dev/x").await.unwrap();
     let copy = h.clone();
     assert_eq!(subscribers(&agent, "dev/x"), 1);
@@ -139,14 +137,14 @@ async fn dropping_every_handle_ends_its_watch() {
     assert!(gone.is_some(), "the watch is still subscribed");
 }
 
-// Multi-threaded: `Agent::stop` blocks its thread, and the client must
+// Multi-threaded: `TestAgent::stop` blocks its thread, and the client must
 // keep answering the agent's GOAWAY meanwhile, or the agent waits out its
 // shutdown grace for this connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handle_waits_for_an_agent_that_is_starting() {
-    let mut agent = Agent::start();
-    agent.put("dev/late", "v1");
-    let client = Client::connect_to(agent.socket()).await.unwrap();
+    let mut agent = TestAgent::start_traversable(None);
+    agent.put_raw("dev/late", "v1");
+    let client = Client::connect_to(agent.keys_sock()).await.unwrap();
     agent.stop();
     // No agent and a short wait: the error says the agent is not there.
     let err = client
@@ -160,7 +158,7 @@ async fn a_handle_waits_for_an_agent_that_is_starting() {
         async move { client.handle("dev/late").await }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    agent.spawn();
+    agent.spawn().expect("agent restarts");
     let h = waiting.await.unwrap().unwrap();
     assert_eq!(h.current().primary.secret.expose(), b"v1");
 }

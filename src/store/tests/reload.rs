@@ -1,6 +1,6 @@
 //! Hot reload, store side: what `Store::reload_file` makes of files other
 //! tools write. The watcher itself is tested end to end in
-//! `tests/hot_reload.rs`.
+//! `tests/it/hot_reload.rs`.
 
 use super::*;
 use crate::store::reload::{plan, FileContent, FileKind, PathClass, Plan, ReloadOutcome};

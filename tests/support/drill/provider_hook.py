@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""The rotation hooks of the rotation drill (tests/drill_rotation.rs).
+"""The rotation hooks of the rotation drill (tests/it/drill_rotation.rs).
 
     provider_hook.py generate|validate|revoke http://127.0.0.1:PORT
 
-They talk to the drill's fake API provider (tests/common/provider.rs) the way
+They talk to the drill's fake API provider (testkit/src/provider.rs) the way
 an operator's hooks talk to a real one, and follow keyward's hook contract:
 
 - generate: asks the provider for a new key (POST /admin/issue) and prints

@@ -1,0 +1,85 @@
+//! What the benchmarks share: a child process stopped on drop, waiting for
+//! a socket to come up, and GetKey throughput over several connections.
+
+use std::path::Path;
+use std::process::Child;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keyward::proto::{self, keys_client::KeysClient};
+use tonic::transport::Channel;
+
+/// A process that gets SIGTERM and is reaped when dropped.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.0.wait();
+    }
+}
+
+/// Blocks until something accepts connections on `path` (30 s at most).
+pub fn wait_for_socket(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::os::unix::net::UnixStream::connect(path).is_err() {
+        assert!(Instant::now() < deadline, "{} never came up", path.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Starts the release `keywardd` in dev mode in `dir` with the config file
+/// `config` (logging warnings only) and waits for its admin socket.
+pub fn start_agent(dir: &Path, config: &Path) -> Proc {
+    let agent = Proc(
+        std::process::Command::new(crate::bins::keywardd())
+            .arg("--dev")
+            .arg(dir)
+            .arg("--config")
+            .arg(config)
+            .env("KEYWARD_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start keywardd"),
+    );
+    wait_for_socket(&dir.join("admin.sock"));
+    agent
+}
+
+/// A Keys client on `sock`.
+pub async fn client(sock: &Path) -> KeysClient<Channel> {
+    KeysClient::new(keyward_client::channel(sock).await.unwrap())
+}
+
+/// GetKey calls of `key` per second, `conns` connections each calling in a
+/// loop, counted over `dur` after a 300 ms warm-up.
+pub async fn throughput(sock: &Path, key: proto::KeyRef, conns: usize, dur: Duration) -> f64 {
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let mut c = client(sock).await;
+        let (done, stop, key) = (done.clone(), stop.clone(), key.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                c.get_key(proto::GetKeyRequest { key: Some(key.clone()) })
+                    .await
+                    .unwrap();
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let start_count = done.load(Ordering::Relaxed);
+    let t = Instant::now();
+    tokio::time::sleep(dur).await;
+    let n = done.load(Ordering::Relaxed) - start_count;
+    let elapsed = t.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    n as f64 / elapsed
+}

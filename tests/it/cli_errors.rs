@@ -1,0 +1,124 @@
+//! What a user sees when something is wrong before any key is touched: a bad
+//! config, no agent running.
+
+use crate::common;
+
+use std::process::Command;
+
+use common::*;
+
+#[test]
+fn a_bad_config_is_refused_with_its_line_and_exit_code_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("keyward.toml");
+    std::fs::write(
+        &config,
+        "[limits]\nmax_secret_bytes = 100\nmax_conections_per_uid = 3\n",
+    )
+    .unwrap();
+    let out = Command::new(KEYWARDD)
+        .arg("--dev")
+        .arg(dir.path().join("state"))
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let msg = text(&out.stderr);
+    assert!(msg.contains("keyward.toml:3"), "names the line: {msg}");
+    assert!(msg.contains("max_conections_per_uid"), "{msg}");
+    assert!(!dir.path().join("state").exists(), "nothing created on a bad config");
+
+    std::fs::write(
+        &config,
+        "[[grant]]\nusers = [\"no-such-user-kw\"]\nkeys = [\"prod/*\"]\n",
+    )
+    .unwrap();
+    let out = Command::new(KEYWARDD)
+        .arg("--config")
+        .arg(&config)
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(text(&out.stderr).contains("no-such-user-kw"), "{}", text(&out.stderr));
+
+    std::fs::write(&config, "[[grant]]\nuids = [0]\nkeys = [\"prod/*\"]\n").unwrap();
+    let out = Command::new(KEYWARDD)
+        .arg("--config")
+        .arg(&config)
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("1 grants"), "{}", text(&out.stdout));
+}
+
+#[test]
+fn a_missing_config_says_where_it_looked_and_what_to_do() {
+    let out = Command::new(KEYWARDD)
+        .args(["--config", "/nonexistent/keyward.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let msg = text(&out.stderr);
+    assert!(
+        msg.contains("/nonexistent/keyward.toml") && msg.contains("--dev"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn the_cli_explains_when_no_agent_is_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_cli(
+        Command::new(KEYWARD)
+            .arg("--dev")
+            .arg(dir.path())
+            .args(["get", "prod/x"]),
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let msg = text(&out.stderr);
+    assert!(
+        msg.contains("no keyward agent socket") && msg.contains("start keywardd"),
+        "{msg}"
+    );
+
+    // A stale socket file: "not listening", not a hang.
+    let stale = dir.path().join("keys.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    let out = run_cli(
+        Command::new(KEYWARD)
+            .arg("--socket")
+            .arg(&stale)
+            .args(["get", "prod/x"]),
+        None,
+    );
+    assert!(
+        text(&out.stderr).contains("no keyward agent is listening"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn put_never_takes_a_secret_from_argv_and_refuses_empty_input() {
+    let agent = TestAgent::start();
+    let out = agent.cli(&["put", "prod/empty"], Some(b""));
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("no secret given"), "{}", text(&out.stderr));
+    // An extra positional argument (a secret typed on the command line) is a
+    // usage error, not a value.
+    let out = agent.cli(&["put", "prod/argv", "sk_live_on_argv"], Some(b"x"));
+    assert_eq!(out.status.code(), Some(2));
+    let out = agent.cli(&["get", "prod/argv"], None);
+    assert!(!out.status.success(), "nothing was stored");
+    // --file works and keeps the bytes.
+    let f = agent.dir.parent().unwrap().join("secret.txt");
+    std::fs::write(&f, "sk_from_file\n").unwrap();
+    let out = agent.cli(&["put", "--raw", "--file", f.to_str().unwrap(), "prod/from-file"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let got = agent.cli(&["get", "--primary", "prod/from-file"], None);
+    assert_eq!(text(&got.stdout), "sk_from_file\n\n");
+}

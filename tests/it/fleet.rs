@@ -1,0 +1,975 @@
+//! Fleet mode against a real OpenBao server (`bao server`, raft storage,
+//! on loopback; see tests/common/openbao.rs): three agents with their own
+//! state directories and sockets share it.
+
+use crate::common;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::openbao::Bao;
+use common::{key, text, TestAgent, KEYWARD};
+use keyward::proto;
+
+/// How long anything here may take to propagate (the agents poll every
+/// 200 ms).
+const PROPAGATION: Duration = Duration::from_secs(10);
+
+/// A fleet of agents on one OpenBao.
+struct Fleet {
+    bao: Bao,
+    agents: Vec<TestAgent>,
+    token_file: PathBuf,
+    recipients: Vec<String>,
+}
+
+impl Fleet {
+    /// `n` agents named a, b, c…; `extra(i)` is appended to agent i's
+    /// `[backend]` table.
+    fn start(n: usize, extra: impl Fn(usize) -> String) -> Fleet {
+        let mut fleet = Fleet::prepare(n);
+        fleet.launch(extra);
+        fleet
+    }
+
+    /// OpenBao and `n` agents with identities, not started.
+    fn prepare(n: usize) -> Fleet {
+        let bao = Bao::start();
+        let token_file = bao.dir.join("agent.token");
+        bao.token_file(&token_file);
+        let agents: Vec<TestAgent> = (0..n).map(|_| TestAgent::prepare()).collect();
+        let recipients: Vec<String> = agents.iter().map(|a| a.recipient().to_string()).collect();
+        Fleet {
+            bao,
+            agents,
+            token_file,
+            recipients,
+        }
+    }
+
+    fn launch(&mut self, extra: impl Fn(usize) -> String) {
+        let mut agents = std::mem::take(&mut self.agents);
+        for (i, agent) in agents.iter_mut().enumerate() {
+            let dir = agent.dir.clone();
+            agent.launch(&self.config(i, &dir, &extra(i)));
+        }
+        self.agents = agents;
+    }
+
+    /// Agent i's config: the metrics endpoint on `dir/metrics.sock`, a 1 s
+    /// grace, and `[backend]` with test timings and `extra`.
+    fn config(&self, i: usize, dir: &std::path::Path, extra: &str) -> String {
+        let recipients: Vec<String> = self.recipients.iter().map(|r| format!("{r:?}")).collect();
+        let login = if extra.contains("approle") {
+            String::new()
+        } else {
+            format!("token_file = {:?}\n", self.token_file.display().to_string())
+        };
+        // Test timings, unless `extra` sets its own.
+        let timings: String = [
+            ("poll_interval", "200ms"),
+            ("status_ttl", "6s"),
+            ("stale_after", "2s"),
+            ("request_timeout", "1s"),
+            ("initial_sync_timeout", "3s"),
+        ]
+        .iter()
+        .filter(|(k, _)| !extra.contains(&format!("{k} =")))
+        .map(|(k, v)| format!("{k} = \"{v}\"\n"))
+        .collect();
+        format!(
+            "lock_memory = false\n[metrics]\nlisten = \"unix:{}/metrics.sock\"\n[rotation]\ngrace = \"1s\"\n[backend]\nkind = \"openbao\"\naddress = {:?}\n{login}recipients = [{}]\nagent_id = \"{}\"\n{timings}{extra}\n",
+            dir.display(),
+            self.bao.addr,
+            recipients.join(", "),
+            agent_name(i),
+        )
+    }
+
+    fn agent(&self, i: usize) -> &TestAgent {
+        &self.agents[i]
+    }
+}
+
+fn agent_name(i: usize) -> String {
+    ((b'a' + i as u8) as char).to_string()
+}
+
+/// Writes `data` as the next version of `secret/<path>`, as an operator
+/// with the bao CLI would.
+fn kv_put_raw(bao: &Bao, path: &str, data: &serde_json::Value) {
+    bao.cli_ok(&["kv", "put", "-mount=secret", path, "-"], Some(&data.to_string()));
+}
+
+/// The `data.data` of version `version` of `secret/<path>`.
+fn kv_get_raw_version(bao: &Bao, path: &str, version: u64) -> Option<serde_json::Value> {
+    let v = format!("-version={version}");
+    let json = bao.cli_json(&["kv", "get", "-mount=secret", "-format=json", &v, path], None);
+    Some(json["data"]["data"].clone()).filter(|d| !d.is_null())
+}
+
+/// GET /metrics over the agent's Unix socket; the body.
+fn scrape(sock: &std::path::Path) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: keyward\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_owned()
+}
+
+/// The value of the unlabelled sample `name`, if exposed.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+fn primary(set: &proto::KeySet) -> Vec<u8> {
+    set.primary.as_ref().unwrap().secret.to_vec()
+}
+
+/// Polls `agent` until `prod/NAME`'s primary is `secret`; the time it took.
+async fn until_served(agent: &TestAgent, name: &str, secret: &str) -> Duration {
+    let start = Instant::now();
+    loop {
+        if let Ok(set) = agent.fetch("prod", name).await {
+            if primary(&set) == secret.as_bytes() {
+                return start.elapsed();
+            }
+        }
+        assert!(
+            start.elapsed() < PROPAGATION,
+            "{secret:?} not served within {PROPAGATION:?}: {}",
+            agent.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn backend(agent: &TestAgent) -> proto::BackendStatus {
+    agent.status().await.backend.expect("a backend status")
+}
+
+/// Polls until `check` holds for the agent's backend status.
+async fn until_backend(
+    agent: &TestAgent,
+    what: &str,
+    check: impl Fn(&proto::BackendStatus) -> bool,
+) -> proto::BackendStatus {
+    let start = Instant::now();
+    loop {
+        let b = backend(agent).await;
+        if check(&b) {
+            return b;
+        }
+        assert!(
+            start.elapsed() < PROPAGATION,
+            "{what}: not within {PROPAGATION:?}: {b:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `keyward fleet status ARGS…` on `agent`, once its listing satisfies
+/// `check` or [`PROPAGATION`] has passed (then the listing as it is: the
+/// caller's assertions say what is missing). Each agent writes its own
+/// status record after it synced, so a listing read at once may still show
+/// an agent's earlier record.
+async fn until_fleet_status(agent: &TestAgent, args: &[&str], check: impl Fn(&str) -> bool) -> String {
+    let start = Instant::now();
+    loop {
+        let out = cli(agent, &[&["fleet", "status"], args].concat(), None);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let listing = text(&out.stdout);
+        if check(&listing) || start.elapsed() >= PROPAGATION {
+            return listing;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn cli(agent: &TestAgent, args: &[&str], stdin: Option<&[u8]>) -> std::process::Output {
+    agent.cli(args, stdin)
+}
+
+fn state_of(agent: &TestAgent, name: &str) -> (String, u64) {
+    let out = cli(agent, &["list", "--json"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let keys = list
+        .as_array()
+        .cloned()
+        .or_else(|| list["keys"].as_array().cloned())
+        .unwrap();
+    let k = keys
+        .iter()
+        .find(|k| k["key"].as_str() == Some(&format!("prod/{name}")) || k["name"].as_str() == Some(name))
+        .unwrap_or_else(|| panic!("prod/{name} in {list}"));
+    (
+        k["state"].as_str().unwrap().to_owned(),
+        k["generation"].as_u64().unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_on_one_agent_is_served_by_all_and_openbao_holds_only_ciphertext() {
+    let fleet = Fleet::start(3, |_| String::new());
+    let secret = "sk_fleet_put_3f9a1c";
+    fleet.agent(0).put("prod/billing-api", secret);
+    for i in 0..3 {
+        let took = until_served(fleet.agent(i), "billing-api", secret).await;
+        eprintln!("agent {} serves the put after {took:?}", agent_name(i));
+    }
+
+    // The others' audit names the backend version they applied and served.
+    let b = fleet.agent(1);
+    b.fetch("prod", "billing-api").await.unwrap();
+    let lines = b.audit_lines();
+    let sync = lines
+        .iter()
+        .find(|l| l["event"] == "fleet_sync" && l["key"] == "prod/billing-api")
+        .expect("a fleet_sync record");
+    assert_eq!(sync["backend_version"], 1, "{sync}");
+    let fetch = lines
+        .iter()
+        .rev()
+        .find(|l| l["event"] == "fetch")
+        .expect("a fetch record");
+    assert_eq!(fetch["backend_version"], 1, "{fetch}");
+    assert_eq!(fetch["generation_after"], 1, "{fetch}");
+    // The chain covers the new field.
+    let out = cli(b, &["audit", "verify"], None);
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+
+    // A rotation step too, then the raw KV values: ciphertext only.
+    let staged = "sk_fleet_staged_77d2e0";
+    let out = cli(fleet.agent(2), &["stage", "prod/billing-api"], Some(staged.as_bytes()));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for i in 0..3 {
+        let start = Instant::now();
+        while fleet
+            .agent(i)
+            .fetch("prod", "billing-api")
+            .await
+            .unwrap()
+            .fallback
+            .is_none()
+        {
+            assert!(
+                start.elapsed() < PROPAGATION,
+                "stage not propagated to {}",
+                agent_name(i)
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+    let raw = fleet
+        .bao
+        .kv_get_raw("keyward/keys/prod/billing-api")
+        .expect("a record in OpenBao");
+    let raw_text = raw.to_string();
+    assert!(raw_text.contains("BEGIN AGE ENCRYPTED FILE"), "{raw_text}");
+    assert_eq!(raw["format"], "keyward-fleet-v1");
+    for s in [secret, staged] {
+        assert!(!raw_text.contains(s), "plaintext secret in OpenBao: {raw_text}");
+    }
+    // Every other path keyward wrote: statuses and the change marker.
+    let mut paths = vec!["keyward/changes".to_owned()];
+    for a in fleet.bao.kv_list("keyward/agents") {
+        paths.push(format!("keyward/agents/{a}"));
+    }
+    assert!(paths.len() >= 4, "three agent statuses and the marker: {paths:?}");
+    for p in paths {
+        let v = fleet.bao.kv_get_raw(&p).map(|v| v.to_string()).unwrap_or_default();
+        for s in [secret, staged] {
+            assert!(!v.contains(s), "plaintext secret at {p}: {v}");
+        }
+    }
+
+    // Each agent's status says where its keys come from.
+    let status = until_backend(fleet.agent(1), "b in sync", |b| !b.stale).await;
+    assert_eq!(status.kind, "openbao");
+    assert_eq!(status.agent_id, "b");
+    assert!(status.problems.is_empty(), "{status:?}");
+    let out = cli(fleet.agent(0), &["fleet", "status", "prod/billing-api"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let listing = text(&out.stdout);
+    for id in ["a", "b", "c"] {
+        assert!(listing.contains(&format!("{id} (")), "{listing}");
+    }
+    assert!(listing.contains("prod/billing-api generation 2 (staged"), "{listing}");
+}
+
+/// A watcher on `agent` for prod/NAME: its events as they come.
+async fn watcher(agent: &TestAgent, name: &str) -> tokio::sync::mpsc::UnboundedReceiver<(Instant, proto::KeySet)> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut stream = agent
+        .keys()
+        .await
+        .watch_keys(proto::WatchKeysRequest {
+            keys: vec![key("prod", name).unwrap()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::spawn(async move {
+        while let Ok(Some(event)) = stream.message().await {
+            if tx.send((Instant::now(), event.key_set.unwrap())).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Drains `rx` until a key set of at least `generation` arrives.
+async fn until_generation(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<(Instant, proto::KeySet)>,
+    generation: u64,
+) -> (Instant, proto::KeySet) {
+    loop {
+        let (at, set) = tokio::time::timeout(PROPAGATION, rx.recv())
+            .await
+            .expect("a watch event in time")
+            .expect("the stream is open");
+        if set.generation >= generation {
+            return (at, set);
+        }
+    }
+}
+
+fn rotate_fleet(agent: &TestAgent, name: &str, secret: &str, timeout: &str) -> std::process::Child {
+    let mut child = Command::new(KEYWARD)
+        .arg("--dev")
+        .arg(&agent.dir)
+        .args([
+            "rotate",
+            "--fleet",
+            "--stdin",
+            "--poll",
+            "100ms",
+            "--fleet-timeout",
+            timeout,
+        ])
+        .arg(format!("prod/{name}"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(secret.as_bytes()).unwrap();
+    child
+}
+
+fn signal(agent: &TestAgent, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent.pid() as i32), sig).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_rotation_reaches_every_watcher_and_waits_for_a_paused_agent() {
+    let fleet = Fleet::start(3, |_| String::new());
+    fleet.agent(0).put("prod/crm", "sk_crm_old_51a0");
+    for i in 0..3 {
+        until_served(fleet.agent(i), "crm", "sk_crm_old_51a0").await;
+    }
+    let mut watchers = Vec::new();
+    for i in 0..3 {
+        let mut rx = watcher(fleet.agent(i), "crm").await;
+        until_generation(&mut rx, 1).await;
+        watchers.push(rx);
+    }
+
+    // Agent c is paused: its status stays live (TTL 6 s) but it cannot
+    // apply anything, so the rotation must wait for it at the stage.
+    signal(fleet.agent(2), nix::sys::signal::Signal::SIGSTOP);
+    let mut rotate = rotate_fleet(fleet.agent(0), "crm", "sk_crm_new_93bd", "30s");
+    let start = Instant::now();
+    while state_of(fleet.agent(0), "crm") != ("staged".to_owned(), 2) {
+        assert!(start.elapsed() < PROPAGATION, "rotate did not stage");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Staged, and still so after a while: the rotation waits for c.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(rotate.try_wait().unwrap().is_none(), "rotate --fleet went on without c");
+    let (state, generation) = state_of(fleet.agent(0), "crm");
+    assert_eq!(
+        (state.as_str(), generation),
+        ("staged", 2),
+        "waiting at the stage for c"
+    );
+    let resumed = Instant::now();
+    signal(fleet.agent(2), nix::sys::signal::Signal::SIGCONT);
+    let out = tokio::task::spawn_blocking(move || rotate.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(stdout.contains("waiting for: c (serves generation 1)"), "{stdout}");
+    assert!(
+        stdout.contains("fleet: all 3 live agent(s) serve generation 2"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("fleet: all 3 live agent(s) serve generation 3"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("fleet: all 3 live agent(s) serve generation 4"),
+        "{stdout}"
+    );
+
+    // Every watcher saw the promotion (after c was resumed) and the end.
+    for (i, rx) in watchers.iter_mut().enumerate() {
+        let (promoted_at, promoted) = until_generation(rx, 3).await;
+        assert_eq!(primary(&promoted), b"sk_crm_new_93bd", "agent {}", agent_name(i));
+        assert!(
+            promoted_at > resumed,
+            "agent {} got the promotion before c was resumed",
+            agent_name(i)
+        );
+        let (_, retired) = until_generation(rx, 4).await;
+        assert_eq!(primary(&retired), b"sk_crm_new_93bd");
+        assert!(retired.fallback.is_none(), "retired on agent {}", agent_name(i));
+    }
+
+    // Bounded wait: c paused past --fleet-timeout stops the rotation at the
+    // stage, naming c; nothing is promoted.
+    signal(fleet.agent(2), nix::sys::signal::Signal::SIGSTOP);
+    let rotate = rotate_fleet(fleet.agent(0), "crm", "sk_crm_newer_0c44", "1500ms");
+    let out = tokio::task::spawn_blocking(move || rotate.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    signal(fleet.agent(2), nix::sys::signal::Signal::SIGCONT);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+    assert!(stderr.contains("c (serves generation 4)"), "{stderr}");
+    assert!(stderr.contains("it stays STAGED"), "{stderr}");
+    assert_eq!(state_of(fleet.agent(0), "crm"), ("staged".to_owned(), 5));
+    // Run again: it resumes from the stage and completes.
+    let rotate = rotate_fleet(fleet.agent(0), "crm", "unused", "30s");
+    let out = tokio::task::spawn_blocking(move || rotate.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(out.status.success(), "{}\n{}", text(&out.stdout), text(&out.stderr));
+    for i in 0..3 {
+        until_served(fleet.agent(i), "crm", "sk_crm_newer_0c44").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openbao_down_agents_keep_serving_report_staleness_restart_from_their_copy_and_converge() {
+    let mut fleet = Fleet::start(3, |_| String::new());
+    fleet.agent(0).put("prod/enrich", "sk_enrich_before_a81f");
+    for i in 0..3 {
+        until_served(fleet.agent(i), "enrich", "sk_enrich_before_a81f").await;
+    }
+
+    fleet.bao.stop();
+    for i in 0..3 {
+        let b = until_backend(fleet.agent(i), "stale after OpenBao stopped", |b| b.stale).await;
+        assert!(!b.last_error.is_empty(), "{b:?}");
+        assert!(b.last_sync_at.is_some(), "{b:?}");
+        // Still serving the last good key.
+        let set = fleet.agent(i).fetch("prod", "enrich").await.unwrap();
+        assert_eq!(primary(&set), b"sk_enrich_before_a81f");
+    }
+    // The alert opens (at the follower's next round once stale), and
+    // `keyward status` says it.
+    let start = Instant::now();
+    loop {
+        let open = fleet.agent(0).status().await.open_alerts;
+        if open
+            .iter()
+            .any(|a| a.signal == "agent_health" && a.dedup_key.contains("agent/backend"))
+        {
+            break;
+        }
+        assert!(start.elapsed() < PROPAGATION, "no backend alert: {open:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = cli(fleet.agent(0), &["status"], None);
+    assert!(
+        text(&out.stdout).contains("STALE, serving the local copy"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = cli(fleet.agent(0), &["doctor"], None);
+    assert!(
+        text(&out.stdout).contains("not in sync with OpenBao"),
+        "{}",
+        text(&out.stdout)
+    );
+    let metrics = scrape(&fleet.agent(0).dir.join("metrics.sock"));
+    assert_eq!(sample(&metrics, "keyward_backend_stale"), Some(1.0), "{metrics}");
+    assert_eq!(sample(&metrics, "keyward_backend_up"), Some(0.0), "{metrics}");
+    assert!(
+        sample(&metrics, "keyward_backend_stale_seconds").unwrap() >= 2.0,
+        "{metrics}"
+    );
+    // A change needs OpenBao: refused, nothing changed.
+    let out = cli(fleet.agent(0), &["put", "prod/other"], Some(b"sk_refused_put_55"));
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("unreachable") && stderr.contains("nothing was changed"),
+        "{stderr}"
+    );
+
+    // An agent restarted while OpenBao is down serves its local copy, and
+    // knows how stale it is.
+    fleet.agents[1].stop();
+    fleet.agents[1].spawn().expect("restarts without OpenBao");
+    let set = fleet.agent(1).fetch("prod", "enrich").await.unwrap();
+    assert_eq!(primary(&set), b"sk_enrich_before_a81f");
+    let b = backend(fleet.agent(1)).await;
+    assert!(b.stale && b.last_sync_at.is_some(), "{b:?}");
+
+    // OpenBao back: everyone converges, and a new change reaches all.
+    fleet.bao.restart();
+    for i in 0..3 {
+        until_backend(fleet.agent(i), "in sync after OpenBao is back", |b| {
+            !b.stale && b.last_error.is_empty()
+        })
+        .await;
+    }
+    let metrics = scrape(&fleet.agent(0).dir.join("metrics.sock"));
+    assert_eq!(sample(&metrics, "keyward_backend_stale"), Some(0.0), "{metrics}");
+    assert_eq!(sample(&metrics, "keyward_backend_up"), Some(1.0), "{metrics}");
+    fleet.agent(2).put("prod/after", "sk_after_restart_9e3d");
+    let out = cli(
+        fleet.agent(0),
+        &["put", "--overwrite", "prod/enrich"],
+        Some(b"sk_enrich_after_c2b7"),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for i in 0..3 {
+        until_served(fleet.agent(i), "after", "sk_after_restart_9e3d").await;
+        until_served(fleet.agent(i), "enrich", "sk_enrich_after_c2b7").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_concurrent_rotations_check_and_set_lets_one_win() {
+    // b follows slowly (no change marker polling to speak of), so its view
+    // is old when it writes.
+    let fleet = Fleet::start(3, |i| {
+        if i == 1 {
+            "poll_interval = \"1h\"\nresync_interval = \"1h\"".to_owned()
+        } else {
+            String::new()
+        }
+    });
+    fleet.agent(0).put("prod/payments", "sk_pay_v1_11aa");
+    // b learns of the key only through a restart's first sync.
+    let mut agents = fleet.agents;
+    agents[1].stop();
+    agents[1].spawn().unwrap();
+    until_served(&agents[1], "payments", "sk_pay_v1_11aa").await;
+    let out = cli(&agents[0], &["stage", "prod/payments"], Some(b"sk_pay_from_a_22bb"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = cli(&agents[1], &["stage", "prod/payments"], Some(b"sk_pay_from_b_33cc"));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("changed in OpenBao by another agent or admin"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("nothing was changed"), "{stderr}");
+    // The loser re-synced at once and serves the winner's stage.
+    for a in &agents {
+        let start = Instant::now();
+        loop {
+            // c may not have the key yet at all.
+            let set = a.fetch("prod", "payments").await.ok();
+            if let Some(f) = set.as_ref().and_then(|s| s.fallback.as_ref()) {
+                assert_eq!(f.secret.to_vec(), b"sk_pay_from_a_22bb");
+                break;
+            }
+            assert!(start.elapsed() < PROPAGATION, "{set:?}\n{}", a.logs());
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    // Truly at once, from a and c (both in sync): exactly one promote wins.
+    let (a, c) = (&agents[0], &agents[2]);
+    let (ra, rc) = tokio::join!(
+        async {
+            a.admin()
+                .await
+                .promote_key(proto::RotationRequest {
+                    key: key("prod", "payments"),
+                    ..Default::default()
+                })
+                .await
+        },
+        async {
+            c.admin()
+                .await
+                .promote_key(proto::RotationRequest {
+                    key: key("prod", "payments"),
+                    ..Default::default()
+                })
+                .await
+        },
+    );
+    let loser = match (ra, rc) {
+        (Ok(_), Err(e)) | (Err(e), Ok(_)) => e,
+        other => panic!("exactly one promote wins: {other:?}"),
+    };
+    assert!(
+        matches!(loser.code(), tonic::Code::Aborted | tonic::Code::FailedPrecondition),
+        "{loser:?}"
+    );
+    // (b polls hourly: it sees this at its next change of its own.)
+    for a in [&agents[0], &agents[2]] {
+        let start = Instant::now();
+        while state_of(a, "payments") != ("promoted".to_owned(), 3) {
+            assert!(start.elapsed() < PROPAGATION, "{:?}", state_of(a, "payments"));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let raw = fleet.bao.kv_get_raw("keyward/keys/prod/payments").unwrap().to_string();
+    assert!(!raw.contains("sk_pay_from_b_33cc") && !raw.contains("sk_pay_from_a_22bb"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_copied_or_replayed_in_openbao_is_refused_and_the_last_good_state_serves() {
+    let fleet = Fleet::start(2, |_| String::new());
+    fleet.agent(0).put("prod/one", "sk_one_v1_aa01");
+    fleet.agent(0).put("prod/two", "sk_two_v1_bb02");
+    let out = cli(
+        fleet.agent(0),
+        &["put", "--overwrite", "prod/one"],
+        Some(b"sk_one_v2_aa03"),
+    );
+    assert!(out.status.success());
+    for i in 0..2 {
+        until_served(fleet.agent(i), "one", "sk_one_v2_aa03").await;
+        until_served(fleet.agent(i), "two", "sk_two_v1_bb02").await;
+    }
+    // An operator copies one's record over two's path.
+    let one = fleet.bao.kv_get_raw("keyward/keys/prod/one").unwrap();
+    kv_put_raw(&fleet.bao, "keyward/keys/prod/two", &one);
+    // And replays one's version 1 as its newest version.
+    let old = kv_get_raw_version(&fleet.bao, "keyward/keys/prod/one", 1).unwrap();
+    kv_put_raw(&fleet.bao, "keyward/keys/prod/one", &old);
+    kv_put_raw(&fleet.bao, "keyward/changes", &serde_json::json!({"poke": 1}));
+    let b = until_backend(fleet.agent(1), "problems reported", |b| b.problems.len() == 2).await;
+    let problems = b.problems.join("\n");
+    assert!(
+        problems.contains("prod/two") && problems.contains("copied to the wrong path"),
+        "{problems}"
+    );
+    assert!(
+        problems.contains("prod/one") && problems.contains("replay"),
+        "{problems}"
+    );
+    for i in 0..2 {
+        let set = fleet.agent(i).fetch("prod", "one").await.unwrap();
+        assert_eq!(primary(&set), b"sk_one_v2_aa03");
+        let set = fleet.agent(i).fetch("prod", "two").await.unwrap();
+        assert_eq!(primary(&set), b"sk_two_v1_bb02");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_logging_in_with_approle_keeps_syncing_past_its_token_max_ttl() {
+    let mut fleet = Fleet::prepare(2);
+    let (role_id, secret_id) = fleet.bao.approle("keyward-agent", "2s", "4s");
+    let role_file = fleet.bao.dir.join("role_id");
+    let secret_file = fleet.bao.dir.join("secret_id");
+    common::openbao::write_private(&role_file, &role_id);
+    common::openbao::write_private(&secret_file, &secret_id);
+    let approle = format!(
+        "approle = {{ role_id_file = {:?}, secret_id_file = {:?} }}",
+        role_file.display().to_string(),
+        secret_file.display().to_string()
+    );
+    fleet.launch(|i| if i == 1 { approle.clone() } else { String::new() });
+    fleet.agent(0).put("prod/crm", "sk_approle_v1_d00d");
+    until_served(fleet.agent(1), "crm", "sk_approle_v1_d00d").await;
+    // Past the 4 s max TTL: the agent logged in again.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let out = cli(
+        fleet.agent(0),
+        &["put", "--overwrite", "prod/crm"],
+        Some(b"sk_approle_v2_beef"),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    until_served(fleet.agent(1), "crm", "sk_approle_v2_beef").await;
+    until_backend(fleet.agent(1), "in sync on AppRole", |b| {
+        !b.stale && b.last_error.is_empty()
+    })
+    .await;
+    // And it writes with its AppRole token too.
+    let out = cli(fleet.agent(1), &["put", "prod/from-b"], Some(b"sk_written_by_b_f00"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    until_served(fleet.agent(0), "from-b", "sk_written_by_b_f00").await;
+    let logs = fleet.agent(1).logs();
+    assert!(
+        !logs.contains(&secret_id) && !logs.contains(&role_id),
+        "login ids are never logged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_reaches_every_agent_and_a_new_key_continues_its_generation() {
+    let fleet = Fleet::start(2, |_| String::new());
+    fleet.agent(0).put("prod/gone", "sk_gone_v1_7a7a");
+    until_served(fleet.agent(1), "gone", "sk_gone_v1_7a7a").await;
+    let mut rx = watcher(fleet.agent(1), "gone").await;
+    until_generation(&mut rx, 1).await;
+    let out = cli(fleet.agent(0), &["delete", "prod/gone", "--yes"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let start = Instant::now();
+    while fleet.agent(1).fetch("prod", "gone").await.is_ok() {
+        assert!(start.elapsed() < PROPAGATION, "the delete reached b");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    // The deletion marker is in OpenBao; b audited it.
+    let raw = fleet.bao.kv_get_raw("keyward/keys/prod/gone").unwrap();
+    assert_eq!(raw["deleted"], true, "{raw}");
+    assert!(fleet
+        .agent(1)
+        .audit_lines()
+        .iter()
+        .any(|l| l["event"] == "fleet_sync" && l["detail"] == "deleted" && l["backend_version"] == 2));
+    // Created again from b: the generation goes on from the deleted key's.
+    fleet.agent(1).put("prod/gone", "sk_gone_again_8b8b");
+    until_served(fleet.agent(0), "gone", "sk_gone_again_8b8b").await;
+    let set = fleet.agent(0).fetch("prod", "gone").await.unwrap();
+    assert_eq!(set.generation, 3, "1 (put), 2 (delete), 3 (put again)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_joins_the_fleet_once_the_records_are_resealed_to_it() {
+    // a and b know only each other; c is set up with all three.
+    let mut fleet = Fleet::prepare(3);
+    let all = fleet.recipients.clone();
+    fleet.recipients.truncate(2);
+    let mut agents = std::mem::take(&mut fleet.agents);
+    for (i, agent) in agents.iter_mut().enumerate().take(2) {
+        let dir = agent.dir.clone();
+        agent.launch(&fleet.config(i, &dir, ""));
+    }
+    agents[0].put("prod/crm", "sk_join_v1_1234");
+    fleet.recipients = all;
+    let dir = agents[2].dir.clone();
+    agents[2].launch(&fleet.config(2, &dir, ""));
+    let b = until_backend(&agents[2], "c cannot decrypt", |b| !b.problems.is_empty()).await;
+    assert!(
+        b.problems[0].contains("prod/crm") && b.problems[0].contains("cannot decrypt"),
+        "{b:?}"
+    );
+    assert!(
+        agents[2].fetch("prod", "crm").await.is_err(),
+        "nothing served that c cannot read"
+    );
+    // `keyward fleet status` shows c's problem to the operator on a.
+    let listing = until_fleet_status(&agents[0], &[], |l| l.contains("PROBLEM prod/crm")).await;
+    assert!(listing.contains("PROBLEM prod/crm"), "{listing}");
+
+    // a learns c's recipient (a restart: [backend] is read at start) and
+    // reseals: c serves the key; the generation did not change.
+    agents[0].stop();
+    std::fs::write(
+        agents[0].dir.parent().unwrap().join("keyward.toml"),
+        fleet.config(0, &agents[0].dir.clone(), ""),
+    )
+    .unwrap();
+    agents[0].spawn().unwrap();
+    let out = cli(&agents[0], &["fleet", "reseal"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("resealed prod/crm (generation 1)"),
+        "{}",
+        text(&out.stdout)
+    );
+    until_served(&agents[2], "crm", "sk_join_v1_1234").await;
+    until_backend(&agents[2], "c's problem cleared", |b| b.problems.is_empty()).await;
+    let set = agents[1].fetch("prod", "crm").await.unwrap();
+    assert_eq!(set.generation, 1);
+}
+
+/// `bao server -dev -dev-tls` on a free loopback port: https with a CA it
+/// writes to `DIR/vault-ca.pem`; in-memory, root token "root".
+struct DevTlsBao {
+    child: std::process::Child,
+    addr: String,
+    dir: tempfile::TempDir,
+}
+
+impl DevTlsBao {
+    fn start() -> DevTlsBao {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = std::fs::File::create(dir.path().join("bao.log")).unwrap();
+        let child = Command::new(common::openbao::bao_binary())
+            .args(["server", "-dev", "-dev-tls", "-dev-root-token-id=root"])
+            .arg(format!("-dev-tls-cert-dir={}", dir.path().display()))
+            .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
+            .env("HOME", dir.path())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let bao = DevTlsBao {
+            child,
+            addr: format!("https://127.0.0.1:{port}"),
+            dir,
+        };
+        let start = Instant::now();
+        while !bao.ca().exists() || std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(start.elapsed() < Duration::from_secs(30), "bao -dev-tls did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bao
+    }
+
+    fn ca(&self) -> PathBuf {
+        self.dir.path().join("vault-ca.pem")
+    }
+}
+
+impl Drop for DevTlsBao {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_with_the_configured_ca_file_works_and_without_it_is_refused() {
+    let bao = DevTlsBao::start();
+    let token = bao.dir.path().join("token");
+    common::openbao::write_private(&token, "root");
+    let mut agent = TestAgent::prepare();
+    let config = |ca: &str| {
+        format!(
+            "lock_memory = false\n[backend]\nkind = \"openbao\"\naddress = {:?}\ntoken_file = {:?}\nrecipients = [{:?}]\nagent_id = \"tls\"\npoll_interval = \"200ms\"\nstale_after = \"2s\"\nrequest_timeout = \"2s\"\ninitial_sync_timeout = \"2s\"\n{ca}",
+            bao.addr,
+            token.display().to_string(),
+            agent.recipient().to_string(),
+        )
+    };
+    let with_ca = config(&format!("ca_file = {:?}\n", bao.ca().display().to_string()));
+    let without = config("");
+    agent.launch(&with_ca);
+    agent.put("prod/tls", "sk_over_tls_5150");
+    assert_eq!(primary(&agent.fetch("prod", "tls").await.unwrap()), b"sk_over_tls_5150");
+    until_backend(&agent, "in sync over https", |b| !b.stale && b.last_error.is_empty()).await;
+
+    // Without the CA the server's certificate is not trusted: stale, and
+    // the error says why.
+    agent.stop();
+    std::fs::write(agent.dir.parent().unwrap().join("keyward.toml"), &without).unwrap();
+    agent.spawn().unwrap();
+    let b = until_backend(&agent, "refused without the CA", |b| !b.last_error.is_empty()).await;
+    assert!(b.last_error.to_lowercase().contains("certificate"), "{b:?}");
+    // It still serves its local copy.
+    assert_eq!(primary(&agent.fetch("prod", "tls").await.unwrap()), b"sk_over_tls_5150");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kv_mount_that_requires_check_and_set_works_too() {
+    let mut fleet = Fleet::prepare(2);
+    fleet.bao.cli_ok(&["write", "secret/config", "cas_required=true"], None);
+    fleet.launch(|_| String::new());
+    fleet.agent(0).put("prod/strict", "sk_strict_mount_4242");
+    until_served(fleet.agent(1), "strict", "sk_strict_mount_4242").await;
+    // Both statuses (written where the last writer wins) got through.
+    let listing = until_fleet_status(fleet.agent(1), &["prod/strict"], |l| {
+        l.matches("prod/strict generation 1").count() == 2
+    })
+    .await;
+    assert!(listing.contains("a (") && listing.contains("b ("), "{listing}");
+    assert_eq!(listing.matches("prod/strict generation 1").count(), 2, "{listing}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_file_the_agent_could_not_load_is_never_replaced_from_the_fleet() {
+    let mut fleet = Fleet::prepare(2);
+    // b has a key file it cannot read (encrypted to some other identity):
+    // it may be the only copy of a secret.
+    let env_dir = fleet.agents[1].dir.join("store/prod");
+    std::fs::create_dir_all(&env_dir).unwrap();
+    let file = env_dir.join("kept.age");
+    let other = age::x25519::Identity::generate().to_public();
+    let foreign = common::encrypt_to(&other, b"sk_only_copy_elsewhere");
+    std::fs::write(&file, &foreign).unwrap();
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    fleet.launch(|_| String::new());
+
+    // A put elsewhere reaches OpenBao, but b neither applies it over its
+    // file nor serves it, and says why.
+    fleet.agent(0).put("prod/kept", "sk_fleet_kept_v1_9c9c");
+    let b = until_backend(fleet.agent(1), "b reports the unloaded file", |b| {
+        b.problems.iter().any(|p| p.contains("prod/kept"))
+    })
+    .await;
+    assert!(b.problems.iter().any(|p| p.contains("did not load it")), "{b:?}");
+    assert_eq!(std::fs::read(&file).unwrap(), foreign, "the file is untouched");
+    assert!(fleet.agent(1).fetch("prod", "kept").await.is_err());
+
+    // A change of that key on b is refused before anything reaches OpenBao.
+    let out = cli(
+        fleet.agent(1),
+        &["put", "--overwrite", "prod/kept"],
+        Some(b"sk_refused_over_file"),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(text(&out.stderr).contains("did not load it"), "{}", text(&out.stderr));
+    assert_eq!(std::fs::read(&file).unwrap(), foreign);
+    let raw = fleet.bao.kv_get_raw("keyward/keys/prod/kept").unwrap().to_string();
+    let version = fleet.bao.cli_json(
+        &[
+            "kv",
+            "metadata",
+            "get",
+            "-mount=secret",
+            "-format=json",
+            "keyward/keys/prod/kept",
+        ],
+        None,
+    )["data"]["current_version"]
+        .as_u64();
+    assert_eq!(version, Some(1), "nothing written over the fleet's record: {raw}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_a_host_had_before_joining_is_replaced_by_the_fleets_and_its_watchers_are_told() {
+    let mut fleet = Fleet::prepare(2);
+    // b served prod/dup on its own (local backend) before joining.
+    fleet.agents[1].launch("lock_memory = false\n");
+    fleet.agents[1].put("prod/dup", "sk_dup_local_only_b1");
+    fleet.agents[1].stop();
+    fleet.launch(|_| String::new());
+    let mut rx = watcher(fleet.agent(1), "dup").await;
+    let (_, first) = until_generation(&mut rx, 1).await;
+    assert_eq!(primary(&first), b"sk_dup_local_only_b1");
+
+    // a creates the same name in the fleet, also at generation 1: b serves
+    // the fleet's key, tells its watcher and audits it.
+    fleet.agent(0).put("prod/dup", "sk_dup_fleet_a1");
+    let (_, event) = until_generation(&mut rx, 1).await;
+    assert_eq!(primary(&event), b"sk_dup_fleet_a1", "the watcher was told");
+    assert_eq!(event.generation, 1);
+    assert!(fleet
+        .agent(1)
+        .audit_lines()
+        .iter()
+        .any(|l| l["event"] == "fleet_sync" && l["key"] == "prod/dup" && l["backend_version"] == 1));
+}
