@@ -163,8 +163,9 @@ fn the_child_is_signalled_on_rotation() {
         1,
         "signalled, not restarted: {log_text}"
     );
-    run.kill().unwrap();
-    let _ = run.wait();
+    // SIGTERM, which keyward run passes on: a SIGKILL would leave the
+    // command running, orphaned, after the test.
+    terminate(&mut run, Duration::from_secs(10)).expect("keyward run exits within 10 s of SIGTERM");
 }
 
 #[test]
