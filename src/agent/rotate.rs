@@ -16,9 +16,11 @@ use super::apply::{After, Change, ChangeLock, Commit};
 use super::caller::Caller;
 use super::changes::check_generation;
 use super::error::ApiError;
+use super::reports::Evidence;
 use super::Agent;
 use crate::alerts::detect::Subject;
 use crate::alerts::Severity;
+use crate::config::KeyRotation;
 use crate::hooks;
 use crate::keyset::KeySetState;
 use crate::proto;
@@ -123,6 +125,41 @@ pub async fn stage(
     commit(agent, &serial, caller, Command::Stage, current, next, notes.join("; ")).await
 }
 
+/// What the retire gate of a key is checked against: the failures reported
+/// since its promotion and by whom, the quorum, and when it was promoted.
+struct GateFacts {
+    evidence: Evidence,
+    fallback_failures: u64,
+    reported_by: String,
+    quorum: u64,
+    promoted_ago: Option<std::time::Duration>,
+}
+
+impl GateFacts {
+    fn of(agent: &Agent, current: &KeySetState, settings: &KeyRotation) -> GateFacts {
+        let (evidence, fallback_failures) = agent.failures.since_promotion(current);
+        GateFacts {
+            reported_by: evidence.names(),
+            evidence,
+            fallback_failures,
+            quorum: agent.served.quorum(current, settings.report_quorum),
+            promoted_ago: agent.failures.promoted_ago(current),
+        }
+    }
+
+    fn gate(&self, grace: std::time::Duration, force: bool) -> RetireGate<'_> {
+        RetireGate {
+            grace,
+            failures_since_promotion: self.evidence.failures,
+            reporters: self.evidence.reporters.len() as u64,
+            quorum: self.quorum,
+            reported_by: &self.reported_by,
+            force,
+            promoted_ago: self.promoted_ago,
+        }
+    }
+}
+
 /// `PromoteKey`, `RollbackKey`, `AbortKey` and `RetireKey`.
 pub async fn transition(
     agent: &Arc<Agent>,
@@ -138,17 +175,8 @@ pub async fn transition(
     let current = existing(agent, &key)?;
     check_generation(&key, Some(&current), expected_generation)?;
     let now = SystemTime::now();
-    let (evidence, _) = agent.failures.since_promotion(&current);
-    let reported_by = evidence.names();
-    let gate = RetireGate {
-        grace: settings.grace,
-        failures_since_promotion: evidence.failures,
-        reporters: evidence.reporters.len() as u64,
-        quorum: agent.served.quorum(&current, settings.report_quorum),
-        reported_by: &reported_by,
-        force,
-        promoted_ago: agent.failures.promoted_ago(&current),
-    };
+    let facts = GateFacts::of(agent, &current, &settings);
+    let gate = facts.gate(settings.grace, force);
     // Dry run first: a refused command must not run the revoker.
     let next = rotation::apply(&current, command, gate, now)?;
     let mut detail = Vec::new();
@@ -255,18 +283,10 @@ pub fn status(agent: &Agent, key: Option<&proto::KeyRef>) -> Result<proto::Rotat
     let key = agent.key_ref(key)?;
     let settings = agent.config().rotation_for(&key);
     let current = existing(agent, &key)?;
-    let (evidence, fallback_failures) = agent.failures.since_promotion(&current);
-    let reported_by = evidence.names();
+    let facts = GateFacts::of(agent, &current, &settings);
+    let (evidence, fallback_failures) = (&facts.evidence, facts.fallback_failures);
     let now = SystemTime::now();
-    let gate = RetireGate {
-        grace: settings.grace,
-        failures_since_promotion: evidence.failures,
-        reporters: evidence.reporters.len() as u64,
-        quorum: agent.served.quorum(&current, settings.report_quorum),
-        reported_by: &reported_by,
-        force: false,
-        promoted_ago: agent.failures.promoted_ago(&current),
-    };
+    let gate = facts.gate(settings.grace, false);
     let (retire_allowed, retire_blocked_reason) = match rotation::apply(&current, Command::Retire, gate, now) {
         Ok(_) => (true, String::new()),
         Err(e) => (false, e.to_string()),
