@@ -30,31 +30,27 @@ use crate::secret::KeyRef;
 use crate::watch::{same_state, Reason};
 
 /// Proof that changes are serialized: from [`Agent::lock_changes`].
-pub struct ChangeLock<'a>(#[allow(dead_code)] tokio::sync::MutexGuard<'a, ()>);
-
-/// Where a change is made durable.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Commit {
-    /// Where the keys live: the store directory, or in fleet mode the
-    /// backend (check-and-set against the state before) and then the local
-    /// copy.
-    Backend,
-    /// The local copy alone: the change is durable in the fleet backend
-    /// already (fleet follow).
-    LocalCopy,
-    /// Nothing to write: the store has loaded the change from a file
-    /// another tool wrote (hot reload).
-    Loaded,
+pub struct ChangeLock<'a> {
+    _serial: tokio::sync::MutexGuard<'a, ()>,
 }
 
-/// The new state of a key.
+/// The new state of a key, and where it is made durable.
 pub enum After {
-    /// The key holds this state.
-    State(Box<KeySetState>),
-    /// The store has this state already ([`Commit::Loaded`]).
+    /// This state, written where the keys live: the store directory, or in
+    /// fleet mode the backend (check-and-set against the state before) and
+    /// then the local copy.
+    Write(Box<KeySetState>),
+    /// The key deleted where the keys live (as `Write`).
+    Delete,
+    /// This state, written to the local copy alone: it is durable in the
+    /// fleet backend already (fleet follow).
+    LocalCopy(Box<KeySetState>),
+    /// The key deleted from the local copy alone (a deletion marker in the
+    /// fleet backend).
+    DeleteLocalCopy,
+    /// This state, which the store has loaded from a file another tool
+    /// wrote (hot reload): nothing to write.
     Loaded(Arc<KeySetState>),
-    /// The key is deleted.
-    Deleted,
 }
 
 /// One change of one key.
@@ -63,10 +59,8 @@ pub struct Change<'a> {
     pub key: &'a KeyRef,
     /// The state served before (`None`: the key did not exist).
     pub before: Option<Arc<KeySetState>>,
-    /// The state after.
+    /// The state after, and where it is made durable.
     pub after: After,
-    /// Where it is made durable.
-    pub commit: Commit,
     /// The audit event.
     pub event: Event,
     /// The reason watchers are given.
@@ -100,7 +94,9 @@ impl Agent {
     /// Serializes changes: hold it from reading the state a change is based
     /// on until [`Agent::apply`] returns.
     pub async fn lock_changes(&self) -> ChangeLock<'_> {
-        ChangeLock(self.admin_lock.lock().await)
+        ChangeLock {
+            _serial: self.admin_lock.lock().await,
+        }
     }
 
     /// Applies `change` (see the module docs). `Err`: nothing changed.
@@ -109,7 +105,6 @@ impl Agent {
             key,
             before,
             after,
-            commit,
             event,
             reason,
             caller,
@@ -118,31 +113,27 @@ impl Agent {
             backend_version,
         } = change;
         let started = Instant::now();
-        let (state, deleted) = match (after, commit) {
-            (After::Deleted, _) => {
-                let Some(existing) = before.as_deref() else {
-                    return Err(ApiError::NotFound(format!("key {key} does not exist; nothing was deleted")));
-                };
-                let removed = match (commit, &self.fleet) {
-                    (Commit::Backend, Some(fleet)) => fleet.delete(self, existing).await?,
-                    (Commit::Loaded, _) => existing.clone().into(),
-                    _ => self.store.delete(key)?,
-                };
-                (removed, true)
-            }
-            (After::State(next), Commit::Backend) => {
+        let (state, deleted) = match after {
+            After::Write(next) => {
                 let committed = match &self.fleet {
                     None => self.store.commit(*next)?,
                     Some(fleet) => fleet.commit(self, before.as_deref(), *next).await?,
                 };
                 (committed, false)
             }
-            (After::State(next), Commit::LocalCopy) => (self.store.replace(*next)?, false),
-            (After::Loaded(state), _) => (state, false),
-            (After::State(_), Commit::Loaded) => {
-                return Err(ApiError::Unavailable(format!(
-                    "the change of {key} was not applied: a loaded change must carry the loaded state; this is a keyward bug"
-                )))
+            After::LocalCopy(next) => (self.store.replace(*next)?, false),
+            After::Loaded(state) => (state, false),
+            After::Delete => {
+                let existing = existing(key, before.as_deref())?;
+                let removed = match &self.fleet {
+                    None => self.store.delete(key)?,
+                    Some(fleet) => fleet.delete(self, existing).await?,
+                };
+                (removed, true)
+            }
+            After::DeleteLocalCopy => {
+                existing(key, before.as_deref())?;
+                (self.store.delete(key)?, true)
             }
         };
         if deleted {
@@ -187,6 +178,11 @@ impl Agent {
         }
         Ok(Applied { state, deleted, audit })
     }
+}
+
+/// The state a deletion removes; `NotFound` when there is none.
+fn existing<'a>(key: &KeyRef, before: Option<&'a KeySetState>) -> Result<&'a KeySetState, ApiError> {
+    before.ok_or_else(|| ApiError::NotFound(format!("key {key} does not exist; nothing was deleted")))
 }
 
 /// Whether `after` promoted a primary that `before` did not have promoted.

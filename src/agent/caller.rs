@@ -228,11 +228,6 @@ impl Caller {
         true
     }
 
-    /// The verified identity, if [`Caller::process_identity`] has run.
-    pub fn checked_identity(&self) -> Option<&Arc<ProcessIdentity>> {
-        self.identity.get()
-    }
-
     /// "uid 1001 (pid 42, /usr/bin/worker, billing.service)", for messages.
     pub fn describe(&self) -> String {
         let mut s = format!("uid {} (pid {}", self.uid, self.pid);

@@ -8,7 +8,7 @@
 
 use std::time::SystemTime;
 
-use super::apply::{After, Change, Commit};
+use super::apply::{After, Change};
 use super::caller::Caller;
 use super::error::ApiError;
 use super::Agent;
@@ -63,8 +63,7 @@ impl Agent {
         let change = Change {
             key: &key,
             before: existing,
-            after: After::State(Box::new(next)),
-            commit: Commit::Backend,
+            after: After::Write(Box::new(next)),
             event: Event::Put,
             reason: Reason::Put,
             caller: Some(caller),
@@ -97,8 +96,7 @@ impl Agent {
         let change = Change {
             key: &key,
             before: existing,
-            after: After::Deleted,
-            commit: Commit::Backend,
+            after: After::Delete,
             event: Event::Delete,
             reason: Reason::Deleted,
             caller: Some(caller),
@@ -137,8 +135,7 @@ impl Agent {
             let change = Change {
                 key: &key,
                 before: Some(current.clone()),
-                after: After::State(Box::new((*current).clone())),
-                commit: Commit::Backend,
+                after: After::Write(Box::new((*current).clone())),
                 event: Event::Reseal,
                 reason: Reason::Reseal,
                 caller: Some(caller),

@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::apply::{After, Change, ChangeLock, Commit};
+use super::apply::{After, Change, ChangeLock};
 use super::serve::served_versions;
 use super::Agent;
 use crate::audit::AuditEvent;
@@ -313,7 +313,6 @@ async fn report(agent: &Agent, serial: &ChangeLock<'_>, key: &KeyRef, path: &Pat
                 key,
                 before,
                 after: After::Loaded(after),
-                commit: Commit::Loaded,
                 event: Event::Reload,
                 reason: Reason::Reloaded,
                 caller: None,

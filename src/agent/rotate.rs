@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::apply::{After, Change, ChangeLock, Commit};
+use super::apply::{After, Change, ChangeLock};
 use super::caller::Caller;
 use super::changes::check_generation;
 use super::error::ApiError;
@@ -220,8 +220,7 @@ async fn commit(
     let change = Change {
         key: &key,
         before: Some(before),
-        after: After::State(Box::new(next)),
-        commit: Commit::Backend,
+        after: After::Write(Box::new(next)),
         event: command.into(),
         reason: command.into(),
         caller: Some(caller),

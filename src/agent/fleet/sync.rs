@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 
 use super::{BackendRecord, Fleet};
-use crate::agent::apply::{After, Change, Commit};
+use crate::agent::apply::{After, Change};
 use crate::agent::Agent;
 use crate::alerts::detect::Subject;
 use crate::alerts::Severity;
@@ -258,8 +258,7 @@ impl Fleet {
                     let change = Change {
                         key,
                         before: local,
-                        after: After::Deleted,
-                        commit: Commit::LocalCopy,
+                        after: After::DeleteLocalCopy,
                         event: Event::FleetSync,
                         reason: Reason::Deleted,
                         caller: None,
@@ -326,8 +325,7 @@ impl Fleet {
         let change = Change {
             key,
             before: local,
-            after: After::State(Box::new(state)),
-            commit: Commit::LocalCopy,
+            after: After::LocalCopy(Box::new(state)),
             event: Event::FleetSync,
             reason: Reason::Fleet,
             caller: None,
