@@ -99,13 +99,8 @@ impl Agent {
             }
             Via::Watch { state, .. } => {
                 if self.allows(caller, key, Right::Read).await.is_err() {
-                    let msg = format!(
-                        "access to {key} is not allowed by the current config: {} may no longer read it, so this watch has ended; ask for a [[grant]] in the agent's config",
-                        caller.describe()
-                    );
-                    let denied = ApiError::PermissionDenied(msg);
                     return Err(self
-                        .refuse(event, caller, Some(key.to_string()), Outcome::Denied, denied)
+                        .watch_access_lost(caller, key, "is not allowed by the current config")
                         .await);
                 }
                 state.cloned()
@@ -174,6 +169,21 @@ impl Agent {
             _ => {}
         }
         Ok(Served(state))
+    }
+}
+
+impl Agent {
+    /// Audits that `caller` lost access to watched `key` (`why`: "was
+    /// removed by a config reload"…) and gives the error that ends the
+    /// watch.
+    pub async fn watch_access_lost(&self, caller: &Caller, key: &KeyRef, why: &str) -> ApiError {
+        let msg = format!(
+            "access to {key} {why}: {} may no longer read it, so this watch has ended; ask for a [[grant]] in the agent's config",
+            caller.describe()
+        );
+        let denied = ApiError::PermissionDenied(msg);
+        self.refuse(Event::Watch, caller, Some(key.to_string()), Outcome::Denied, denied)
+            .await
     }
 }
 

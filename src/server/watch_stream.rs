@@ -211,7 +211,8 @@ impl Session {
             return Poll::Ready(Ok(Box::pin(async move {
                 for key in keys {
                     if agent.allows(&caller, &key, Right::Read).await.is_err() {
-                        return Err(refuse_access(agent, caller, key, "was removed by a config reload").await);
+                        let lost = agent.watch_access_lost(&caller, &key, "was removed by a config reload");
+                        return Err(lost.await.into());
                     }
                 }
                 Ok(None)
@@ -278,20 +279,6 @@ impl Session {
             None => Sent::Deleted,
         };
     }
-}
-
-/// Audits that `caller` lost access to `key` and gives the status that ends
-/// the stream.
-async fn refuse_access(agent: Arc<Agent>, caller: Arc<Caller>, key: KeyRef, why: &'static str) -> Status {
-    let msg = format!(
-        "access to {key} {why}: {} may no longer read it, so this watch has ended; ask for a [[grant]] in the agent's config",
-        caller.describe()
-    );
-    let denied = ApiError::PermissionDenied(msg);
-    agent
-        .refuse(Event::Watch, &caller, Some(key.to_string()), Outcome::Denied, denied)
-        .await
-        .into()
 }
 
 /// The status that ends an evicted stream.
