@@ -52,7 +52,7 @@ fn locate(name: &str) -> PathBuf {
     };
     assert!(
         path.is_file(),
-        "{} is missing: build the binaries first (`cargo build --bins`, as scripts/test does)",
+        "{} is missing: build the binaries first (`cargo build --bins`; the test build of scripts/test makes them)",
         path.display()
     );
     path

@@ -180,7 +180,7 @@ fn the_granted_program_under_a_tracer_is_refused() {
         return skip("runs clients as other uids");
     }
     if run_cli(Command::new("strace").arg("-V"), None).status.code() != Some(0) {
-        return skip("strace is not installed (scripts/test installs it)");
+        return skip("strace is not installed (scripts/bootstrap installs it)");
     }
     let g = Granted::start();
     let mut cmd = WORKER.command("strace");
