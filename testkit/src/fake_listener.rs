@@ -1,5 +1,5 @@
 //! A stand-in for the agent at a socket's path, run by another uid: it
-//! accepts one connection, reads it until the client closes it (or 3 s of
+//! accepts connections, reads each until the client closes it (or 3 s of
 //! silence) and counts the bytes. The agent's CLI and the Rust client must
 //! check who serves a socket before they send anything; this is what they
 //! are checked against (tests/it/trust/client_checks.rs,
@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 /// be).
 pub const PYTHON: &str = "/usr/bin/python3";
 
-/// Accepts one connection at PATH (replacing what is there), reads it until
-/// the client closes it or 3 s of silence, and writes the number of bytes
-/// received to OUT (OUT.ready once it listens).
+/// Accepts connections at PATH (replacing what is there), reads each until
+/// the client closes it or 3 s of silence, and once no new one came for 2 s
+/// writes the number of bytes received in all to OUT (OUT.ready once it
+/// listens). Shared with the Python client's tests.
 const SCRIPT: &str = include_str!("../../tests/support/fake_listener.py");
 
 /// The running listener; killed when dropped.

@@ -23,39 +23,10 @@ OTHER = 2037
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason=f"running a listener as uid {ATTACKER} needs root")
 
-# Accepts connections one after the other, reads each until the client
-# closes it (or 3 s of silence), and once no new connection came for 2 s
-# (30 s for the first) writes the number of bytes received in all to OUT
-# (OUT.ready once it listens). The client's probe is one connection; grpc's,
-# when it gets that far, another.
-FAKE_LISTENER = """
-import socket, sys
-path, out = sys.argv[1], sys.argv[2]
-s = socket.socket(socket.AF_UNIX)
-s.bind(path)
-s.listen(8)
-open(out + ".ready", "w").close()
-s.settimeout(30)
-total = 0
-try:
-    while True:
-        c, _ = s.accept()
-        s.settimeout(2)
-        c.settimeout(3)
-        try:
-            while True:
-                b = c.recv(65536)
-                if not b:
-                    break
-                total += len(b)
-        except socket.timeout:
-            pass
-        c.close()
-except socket.timeout:
-    pass
-with open(out, "w") as f:
-    f.write(str(total))
-"""
+# The fake socket the Rust tests use too: accepts connections one after the
+# other and, once none came for 2 s, writes the number of bytes received in
+# all to OUT (OUT.ready once it listens).
+FAKE_LISTENER = (Path(__file__).resolve().parents[3] / "tests/support/fake_listener.py").read_text()
 
 
 class FakeListener:
