@@ -314,6 +314,13 @@ impl proto::keys_server::Keys for Noop {
     ) -> Result<tonic::Response<proto::AuthFailureAck>, tonic::Status> {
         Err(tonic::Status::unimplemented("no-op"))
     }
+
+    async fn report_key_use(
+        &self,
+        _: tonic::Request<proto::KeyUseReport>,
+    ) -> Result<tonic::Response<proto::KeyUseAck>, tonic::Status> {
+        Err(tonic::Status::unimplemented("no-op"))
+    }
 }
 
 fn noop_server(sock: PathBuf) {

@@ -16,6 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .bytes(".keyward.v1.KeyVersion.secret")
         .bytes(".keyward.v1.PutKeyRequest.secret")
         .bytes(".keyward.v1.StageKeyRequest.secret")
+        .bytes(".keyward.v1.StartRotationRequest.secret")
         // Small per-stream codec buffers: 10,000 idle watch streams must not
         // each hold tonic's default 8 KiB (see codec.rs).
         .codec_path("crate::SmallBufferCodec")
@@ -25,6 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".keyward.v1.KeyVersion",
             ".keyward.v1.PutKeyRequest",
             ".keyward.v1.StageKeyRequest",
+            ".keyward.v1.StartRotationRequest",
         ])
         .compile_fds(fds)?;
     for p in protos {

@@ -16,6 +16,9 @@
 
 use std::time::{Duration, SystemTime};
 
+pub mod plan;
+pub mod schedule;
+
 use crate::keyset::{KeySetState, RotationState, Version, VersionMeta, HISTORY_LIMIT};
 
 /// A rotation command.

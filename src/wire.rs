@@ -124,6 +124,9 @@ impl ToInfo for KeySetState {
             primary: Some(self.primary.meta().to_proto()),
             fallback: self.fallback.as_ref().map(|f| f.meta().to_proto()),
             history: self.history.iter().map(ToWire::to_proto).collect(),
+            // The agent adds its schedule (Agent::key_info).
+            next_rotation: None,
+            schedule: String::new(),
         }
     }
 }

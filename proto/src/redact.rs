@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use crate::{KeyVersion, PutKeyRequest, StageKeyRequest};
+use crate::{KeyVersion, PutKeyRequest, StageKeyRequest, StartRotationRequest};
 
 impl fmt::Debug for KeyVersion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -43,6 +43,20 @@ impl fmt::Debug for StageKeyRequest {
     }
 }
 
+impl fmt::Debug for StartRotationRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StartRotationRequest")
+            .field("key", &self.key)
+            .field("secret", &format_args!("[redacted; {} bytes]", self.secret.len()))
+            .field("until", &self.until)
+            .field("expected_generation", &self.expected_generation)
+            .field("expires_at", &self.expires_at)
+            .field("fleet", &self.fleet)
+            .field("fleet_timeout_seconds", &self.fleet_timeout_seconds)
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,5 +90,10 @@ mod tests {
             ..Default::default()
         };
         assert!(!format!("{s:?}").contains("sk_live_debugleak"));
+        let r = StartRotationRequest {
+            secret: bytes::Bytes::from_static(b"sk_live_debugleak"),
+            ..Default::default()
+        };
+        assert!(!format!("{r:?}").contains("sk_live_debugleak"));
     }
 }

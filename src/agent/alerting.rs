@@ -182,6 +182,36 @@ impl Alerting {
         self.dispatch(alerts);
     }
 
+    /// A rotation job's condition about `key` (`no_evidence`,
+    /// `rotation_failed`) holds: its alert opens now, or is refreshed.
+    pub fn set_condition(
+        &self,
+        key: &crate::secret::KeyRef,
+        signal: crate::alerts::Signal,
+        severity: Severity,
+        summary: String,
+        details: std::collections::BTreeMap<String, String>,
+    ) {
+        let settings = lock(&self.settings).clone();
+        let subject = Subject::Key(key.clone());
+        let now = now();
+        let alerts = {
+            let mut d = lock(&self.detectors);
+            let unchanged = d.has_condition(&subject, signal, severity, &summary);
+            d.set_condition(subject, signal, severity, summary, details);
+            if unchanged {
+                return;
+            }
+            d.evaluate_conditions(now, key, settings.repeat_interval)
+        };
+        self.dispatch(alerts);
+    }
+
+    /// The condition is over: its alert resolves at the next tick.
+    pub fn clear_condition(&self, key: &crate::secret::KeyRef, signal: crate::alerts::Signal) {
+        lock(&self.detectors).clear_condition(&Subject::Key(key.clone()), signal);
+    }
+
     /// The failure about `subject` is over (e.g. the audit disk has room
     /// again): its alert resolves at the next tick.
     pub fn clear_health(&self, subject: &Subject) {

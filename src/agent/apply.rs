@@ -138,6 +138,7 @@ impl Agent {
         };
         if deleted {
             self.served.forget(key);
+            self.uses.forget(key);
         } else if newly_promoted(before.as_deref(), &state) {
             // Failures reported from now on count against the new primary.
             self.failures.promoted(key, state.primary.number, started);
@@ -176,6 +177,8 @@ impl Agent {
             }
             Some(_) => {}
         }
+        // A rotation job of the key looks again.
+        self.jobs.wake(key);
         Ok(Applied { state, deleted, audit })
     }
 }

@@ -51,7 +51,12 @@ impl Agent {
         check_generation(&key, existing.as_deref(), req.expected_generation)?;
         let now = SystemTime::now();
         let next = match &existing {
-            None => KeySetState::create(key.clone(), self.store.new_version(1, secret, now, expires_at)),
+            None => {
+                if let Some(problem) = self.config().schedule_problem(&key) {
+                    return Err(ApiError::FailedPrecondition(format!("{problem}; nothing was stored")));
+                }
+                KeySetState::create(key.clone(), self.store.new_version(1, secret, now, expires_at))
+            }
             Some(old) if !req.overwrite => {
                 return Err(ApiError::AlreadyExists(format!(
                     "key {key} already exists (generation {}): pass --overwrite to replace it, or rotate it with `keyward stage {key}`; nothing was changed",

@@ -59,6 +59,9 @@ pub enum ReloadError {
     /// The new config does not load or validate.
     #[error("{0}; the running config is unchanged")]
     Config(#[from] ConfigError),
+    /// A stored key's new schedule cannot be followed.
+    #[error("{0}; the running config is unchanged")]
+    Schedule(String),
 }
 
 /// What a successful reload did.
@@ -166,6 +169,12 @@ pub(super) async fn reload(agent: &Agent) -> Result<ReloadReport, ReloadError> {
         detail: Some(detail),
         ..AuditEvent::new(Event::ConfigReload, outcome)
     };
+    let loaded = loaded.and_then(
+        |c| match agent.store.list(None).iter().find_map(|s| c.schedule_problem(&s.key)) {
+            Some(problem) => Err(ReloadError::Schedule(problem)),
+            None => Ok(c),
+        },
+    );
     let new = match loaded {
         Ok(c) => c,
         Err(e) => {

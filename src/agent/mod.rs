@@ -39,6 +39,7 @@ pub mod connections;
 pub mod error;
 pub mod fleet;
 pub mod hot_reload;
+pub mod jobs;
 pub mod refusals;
 pub mod reports;
 pub mod rotate;
@@ -84,6 +85,12 @@ pub enum StartError {
     /// `[backend]` (fleet mode).
     #[error(transparent)]
     Fleet(#[from] crate::agent::fleet::FleetError),
+    /// The rotation jobs file.
+    #[error(transparent)]
+    Jobs(#[from] jobs::JobsFileError),
+    /// A key's schedule cannot be followed.
+    #[error("{0}")]
+    Schedule(String),
     /// The state directory.
     #[error("cannot create {path}: {source}")]
     StateDir {
@@ -120,6 +127,10 @@ pub struct Agent {
     failures: reports::FailureLog,
     /// The versions served to each uid, which reports are checked against.
     served: reports::ServedLog,
+    /// Successful use reported by clients: a rotation's evidence.
+    uses: reports::UseLog,
+    /// Each key's rotation job.
+    jobs: jobs::Jobs,
     /// Detectors, report limits, sinks and metrics.
     alerting: Arc<alerting::Alerting>,
     /// Refusals coalesced in the audit (`[audit] coalesce_window`).
@@ -190,6 +201,10 @@ impl Agent {
         for problem in &problems {
             tracing::error!(path = ?problem.path, reason = %problem.reason, "key file not loaded; the file is left in place");
         }
+        if let Some(problem) = store.list(None).iter().find_map(|s| config.schedule_problem(&s.key)) {
+            return Err(StartError::Schedule(problem));
+        }
+        let jobs = jobs::Jobs::load(&p.state_dir)?;
         let audit = Audit::start(AuditOptions {
             path: p.audit_file.clone(),
             key: install_key.audit_key(),
@@ -217,6 +232,8 @@ impl Agent {
             watchers: crate::watch::Watchers::default(),
             failures: reports::FailureLog::default(),
             served: reports::ServedLog::default(),
+            uses: reports::UseLog::default(),
+            jobs,
             config_epoch: tokio::sync::watch::Sender::new(0),
             config_source: None,
             _state_lock: state_lock,
@@ -271,6 +288,18 @@ impl Agent {
         self.store.get(key)
     }
 
+    /// A key's metadata for the admin socket, with its next scheduled
+    /// rotation.
+    pub fn key_info(&self, state: &KeySetState) -> crate::proto::KeyInfo {
+        use crate::wire::ToInfo;
+        let mut info = state.to_info();
+        if let Some((at, schedule)) = jobs::next_rotation(self, state) {
+            info.next_rotation = Some(crate::wire::timestamp(at));
+            info.schedule = schedule;
+        }
+        info
+    }
+
     /// Every key of `env` (all: `None`), for listings.
     pub fn list(&self, env: Option<&str>) -> Vec<Arc<KeySetState>> {
         self.store.list(env)
@@ -302,10 +331,12 @@ impl Agent {
         &self,
         keys: &[KeyRef],
         caller: &Caller,
+        kind: crate::watch::ClientKind,
         caps: crate::watch::WatchCaps,
         close: crate::watch::CloseConnection,
     ) -> Result<crate::watch::Subscription, crate::watch::WatchRefused> {
-        self.watchers.subscribe(keys, caller.record.clone(), caps, Some(close))
+        self.watchers
+            .subscribe(keys, caller.record.clone(), kind, caps, Some(close))
     }
 
     /// Refuses to write over a key file the store could not load: it may be

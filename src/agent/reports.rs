@@ -183,6 +183,55 @@ impl FailureLog {
     }
 }
 
+/// Most distinct users remembered per (key, version): the evidence needs
+/// a handful; the bound keeps a flood from growing memory.
+const USERS_KEPT_PER_VERSION: usize = 256;
+
+/// Successful use reported per (key, version) (`ReportKeyUse`): who
+/// reported it and how many calls, the evidence a rotation's retire needs.
+/// Version numbers are never reused, so a use of a version is evidence for
+/// that key whenever it was reported.
+#[derive(Default)]
+pub struct UseLog {
+    users: Mutex<HashMap<(KeyRef, u64), Users>>,
+}
+
+/// Who reported using one version, and how many calls each.
+type Users = Vec<(Reporter, u64)>;
+
+impl UseLog {
+    /// Records `successes` calls by `by`; true when `by` is new for this
+    /// version (the report to audit).
+    pub fn record(&self, key: &KeyRef, version: u64, by: &Reporter, successes: u64) -> bool {
+        let mut map = self.users.lock().unwrap_or_else(PoisonError::into_inner);
+        let users = map.entry((key.clone(), version)).or_default();
+        if let Some((_, n)) = users.iter_mut().find(|(r, _)| r == by) {
+            *n = n.saturating_add(successes);
+            return false;
+        }
+        if users.len() < USERS_KEPT_PER_VERSION {
+            users.push((by.clone(), successes));
+        }
+        true
+    }
+
+    /// Who reported use of `version` of `key`, in the order they first did.
+    pub fn users(&self, key: &KeyRef, version: u64) -> Vec<Reporter> {
+        let map = self.users.lock().unwrap_or_else(PoisonError::into_inner);
+        map.get(&(key.clone(), version))
+            .map(|u| u.iter().map(|(r, _)| r.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Forgets `key` (deleted).
+    pub fn forget(&self, key: &KeyRef) {
+        self.users
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|(k, _), _| k != key);
+    }
+}
+
 /// Most versions of one key remembered as served to one uid: a rotation
 /// has two live versions; a few more cover reports that arrive late.
 const SERVED_VERSIONS_KEPT: usize = 8;
@@ -238,6 +287,22 @@ impl ServedLog {
     /// Forgets `key` (it was deleted): a key created again starts over.
     pub fn forget(&self, key: &KeyRef) {
         self.served.lock().unwrap_or_else(PoisonError::into_inner).remove(key);
+    }
+
+    /// The uids that may report and were served `version` of `key`.
+    pub fn reporting_uids(&self, key: &KeyRef, version: u64) -> Vec<u32> {
+        let map = self.served.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut uids: Vec<u32> = map
+            .get(key)
+            .map(|uids| {
+                uids.iter()
+                    .filter(|(_, s)| s.may_report && s.versions.contains(&version))
+                    .map(|(uid, _)| *uid)
+                    .collect()
+            })
+            .unwrap_or_default();
+        uids.sort_unstable();
+        uids
     }
 
     /// The quorum of distinct reporters that holds a rotation of `state`:
@@ -301,39 +366,7 @@ async fn reporter_of(agent: &Agent, caller: &Caller) -> Reporter {
 /// Handles one report.
 pub async fn report(agent: &Arc<Agent>, caller: &Caller, r: &proto::AuthFailureReport) -> Result<(), ApiError> {
     const EVENT: Event = Event::AuthFailure;
-    if !agent.alerting.admit_report(caller.uid) {
-        let config = agent.config();
-        return Err(ApiError::ResourceExhausted(format!(
-            "uid {} sent more than {} auth-failure reports per second (burst {}): this one was counted but not processed; report each failed request once, or raise [alerts] report_rate",
-            caller.uid, config.alerts.report_rate, config.alerts.report_burst
-        )));
-    }
-    let key = agent.key_ref(r.key.as_ref())?;
-    agent.check_read(EVENT, caller, &key).await?;
-    if let Err(why_not) = agent.allows(caller, &key, Right::Report).await {
-        agent.metrics().denial("service", EVENT.as_str());
-        let denied = ApiError::PermissionDenied(format!(
-            "{} may read {key} but not report auth failures on it: its grant says report = false{}; nothing was recorded",
-            caller.describe(),
-            super::unverified(why_not.as_deref()),
-        ));
-        return Err(agent
-            .refuse(EVENT, caller, Some(key.to_string()), Outcome::Denied, denied)
-            .await);
-    }
-    let Some(state) = agent.store.get(&key) else {
-        return Err(ApiError::NotFound(format!("key {key} does not exist")));
-    };
-    if !agent.served.contains(&key, caller.uid, r.version) {
-        agent.metrics().denial("service", EVENT.as_str());
-        let refused = ApiError::FailedPrecondition(format!(
-            "uid {} was never served version {} of {key} by this agent: report only a version your process fetched (after an agent restart, fetch the key again first); nothing was recorded",
-            caller.uid, r.version
-        ));
-        return Err(agent
-            .refuse(EVENT, caller, Some(key.to_string()), Outcome::NotServed, refused)
-            .await);
-    }
+    let (key, state) = check_report(agent, caller, EVENT, r.key.as_ref(), r.version).await?;
     let reporter = Arc::new(reporter_of(agent, caller).await);
     let class = Classification::of(&state, r.version);
     let fingerprint = [Some(&state.primary), state.fallback.as_ref()]
@@ -345,6 +378,7 @@ pub async fn report(agent: &Arc<Agent>, caller: &Caller, r: &proto::AuthFailureR
     let now = Instant::now();
     agent.failures.record(&key, r.version, now, reporter.clone());
     agent.metrics().report(key.env(), key.name(), class.as_str());
+    agent.jobs.wake(&key);
     agent.alerting.on_report(
         &agent.config(),
         &state,
@@ -379,6 +413,97 @@ pub async fn report(agent: &Arc<Agent>, caller: &Caller, r: &proto::AuthFailureR
             }],
             generation_after: Some(state.generation),
             detail: Some(detail),
+            ..AuditEvent::new(EVENT, Outcome::Reported)
+        })
+        .await?;
+    Ok(())
+}
+
+/// Checks a report (`ReportAuthFailure` or `ReportKeyUse`) from `caller`
+/// about `version` of the key `key`: under the uid's report rate, the
+/// caller may read and report on the key, and it was served that version.
+/// Refusals are counted, and audited as `event`.
+async fn check_report(
+    agent: &Arc<Agent>,
+    caller: &Caller,
+    event: Event,
+    key: Option<&proto::KeyRef>,
+    version: u64,
+) -> Result<(KeyRef, Arc<KeySetState>), ApiError> {
+    if !agent.alerting.admit_report(caller.uid) {
+        let config = agent.config();
+        return Err(ApiError::ResourceExhausted(format!(
+            "uid {} sent more than {} reports per second (burst {}): this one was counted but not processed; report each failed request once and use at most every few seconds, or raise [alerts] report_rate",
+            caller.uid, config.alerts.report_rate, config.alerts.report_burst
+        )));
+    }
+    let key = agent.key_ref(key)?;
+    agent.check_read(event, caller, &key).await?;
+    if let Err(why_not) = agent.allows(caller, &key, Right::Report).await {
+        agent.metrics().denial("service", event.as_str());
+        let denied = ApiError::PermissionDenied(format!(
+            "{} may read {key} but not report on it: its grant says report = false{}; nothing was recorded",
+            caller.describe(),
+            super::unverified(why_not.as_deref()),
+        ));
+        return Err(agent
+            .refuse(event, caller, Some(key.to_string()), Outcome::Denied, denied)
+            .await);
+    }
+    let Some(state) = agent.store.get(&key) else {
+        return Err(ApiError::NotFound(format!("key {key} does not exist")));
+    };
+    if !agent.served.contains(&key, caller.uid, version) {
+        agent.metrics().denial("service", event.as_str());
+        let refused = ApiError::FailedPrecondition(format!(
+            "uid {} was never served version {version} of {key} by this agent: report only a version your process fetched (after an agent restart, fetch the key again first); nothing was recorded",
+            caller.uid
+        ));
+        return Err(agent
+            .refuse(event, caller, Some(key.to_string()), Outcome::NotServed, refused)
+            .await);
+    }
+    Ok((key, state))
+}
+
+/// Handles one `ReportKeyUse`: checked as failure reports are; the first
+/// report of each reporter and version is audited, later ones only add to
+/// the count. Wakes the key's rotation job, which may be waiting for this.
+pub async fn report_use(agent: &Arc<Agent>, caller: &Caller, r: &proto::KeyUseReport) -> Result<(), ApiError> {
+    const EVENT: Event = Event::KeyUse;
+    let (key, state) = check_report(agent, caller, EVENT, r.key.as_ref(), r.version).await?;
+    let reporter = reporter_of(agent, caller).await;
+    let first = agent.uses.record(&key, r.version, &reporter, r.successes.max(1));
+    let role = Classification::of(&state, r.version).as_str();
+    agent.metrics().key_use(key.env(), key.name(), role);
+    if !first {
+        return Ok(());
+    }
+    let fingerprint = [Some(&state.primary), state.fallback.as_ref()]
+        .into_iter()
+        .flatten()
+        .find(|v| v.number == r.version)
+        .map(|v| v.fingerprint.clone())
+        .unwrap_or_default();
+    tracing::debug!(key = %key, version = r.version, caller = %caller.describe(), "key use reported");
+    agent.jobs.wake(&key);
+    agent
+        .audit
+        .record(AuditEvent {
+            caller: Some(caller.record.clone()),
+            key: Some(key.to_string()),
+            versions: vec![VersionRecord {
+                role,
+                version: r.version,
+                fingerprint,
+            }],
+            generation_after: Some(state.generation),
+            detail: Some(format!(
+                "{} successful call(s) with {role} version {} from service {:?}, reporter {reporter}",
+                r.successes.max(1),
+                r.version,
+                bounded(&r.service)
+            )),
             ..AuditEvent::new(EVENT, Outcome::Reported)
         })
         .await?;

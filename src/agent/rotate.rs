@@ -52,6 +52,54 @@ fn existing(agent: &Agent, key: &KeyRef) -> Result<Arc<KeySetState>, ApiError> {
     })
 }
 
+/// Who takes a rotation step, for its audit record: a caller of the admin
+/// socket, or the agent's rotation job (`job` says which and who started
+/// it).
+#[derive(Clone, Copy)]
+pub enum Actor<'a> {
+    /// `StageKey`, `PromoteKey`… from this caller.
+    Caller(&'a Caller),
+    /// A rotation job, e.g. "rotation job (schedule)".
+    Job(&'a str),
+}
+
+impl Actor<'_> {
+    fn caller(&self) -> Option<&Caller> {
+        match self {
+            Actor::Caller(c) => Some(c),
+            Actor::Job(_) => None,
+        }
+    }
+}
+
+/// Where a new key comes from.
+pub enum NewKey {
+    /// Given by the caller.
+    Given(Secret),
+    /// Made by the key's generator hook.
+    Generate,
+}
+
+/// A rotation step that was applied.
+pub struct Committed {
+    /// The key's state after it.
+    pub state: Arc<KeySetState>,
+    /// The generation before it.
+    pub generation_before: u64,
+    /// Notes from hooks, never secrets.
+    pub notes: Vec<String>,
+}
+
+impl Committed {
+    fn response(self) -> proto::RotationResponse {
+        proto::RotationResponse {
+            key: Some(self.state.to_info()),
+            generation_before: self.generation_before,
+            notes: self.notes,
+        }
+    }
+}
+
 /// `StageKey`: a new key becomes the fallback.
 pub async fn stage(
     agent: &Arc<Agent>,
@@ -59,20 +107,64 @@ pub async fn stage(
     req: proto::StageKeyRequest,
 ) -> Result<proto::RotationResponse, ApiError> {
     let key = agent.key_ref(req.key.as_ref())?;
-    let config = agent.config();
-    let settings = config.rotation_for(&key);
-    let limit = config.limits.max_secret_bytes;
-    let before = existing(agent, &key)?;
-    check_generation(&key, Some(&before), req.expected_generation)?;
-    // Refuse early (before running any hook) when the state forbids it.
-    rotation::may_stage(&before, req.replace)?;
-    let (secret, origin) = match (req.generate, req.secret.is_empty()) {
+    let new = match (req.generate, req.secret.is_empty()) {
         (true, false) => {
             return Err(ApiError::InvalidArgument(
                 "give either a secret or --generate, not both".to_owned(),
             ))
         }
-        (true, true) => {
+        (true, true) => NewKey::Generate,
+        (false, true) => {
+            return Err(ApiError::InvalidArgument(format!(
+                "no new secret for {key}: pipe it on stdin, or use --generate with a configured generator hook"
+            )))
+        }
+        (false, false) => {
+            let limit = agent.config().limits.max_secret_bytes;
+            if req.secret.len() > limit {
+                return Err(ApiError::InvalidArgument(format!(
+                    "the new secret for {key} is {} bytes; the limit is {limit} bytes (limits.max_secret_bytes): nothing was staged",
+                    req.secret.len()
+                )));
+            }
+            NewKey::Given(Secret::copy_from(&req.secret))
+        }
+    };
+    drop(req.secret);
+    let expires_at = req.expires_at.as_ref().and_then(from_timestamp);
+    let done = stage_new(
+        agent,
+        Actor::Caller(caller),
+        &key,
+        new,
+        req.replace,
+        req.expected_generation,
+        expires_at,
+    )
+    .await?;
+    Ok(done.response())
+}
+
+/// Stages a new key for `key`: made by the generator or given, checked by
+/// the validator, then committed if the key did not change meanwhile.
+pub async fn stage_new(
+    agent: &Arc<Agent>,
+    actor: Actor<'_>,
+    key: &KeyRef,
+    new: NewKey,
+    replace: bool,
+    expected_generation: Option<u64>,
+    expires_at: Option<SystemTime>,
+) -> Result<Committed, ApiError> {
+    let config = agent.config();
+    let settings = config.rotation_for(key);
+    let limit = config.limits.max_secret_bytes;
+    let before = existing(agent, key)?;
+    check_generation(key, Some(&before), expected_generation)?;
+    // Refuse early (before running any hook) when the state forbids it.
+    rotation::may_stage(&before, replace)?;
+    let (secret, origin) = match new {
+        NewKey::Generate => {
             let Some(generator) = &settings.generator else {
                 return Err(ApiError::FailedPrecondition(format!(
                     "no generator hook is configured for {key}: pipe the new key on stdin, or add a [[key]] entry with generator = [...] to the config"
@@ -81,62 +173,47 @@ pub async fn stage(
             (
                 hooks::generate(generator, settings.hook_timeout, limit)
                     .await
-                    .map_err(|e| hook_failed(agent, &key, format!("{e}; nothing was changed")))?,
+                    .map_err(|e| hook_failed(agent, key, format!("{e}; nothing was changed")))?,
                 "generated",
             )
         }
-        (false, true) => {
-            return Err(ApiError::InvalidArgument(format!(
-                "no new secret for {key}: pipe it on stdin, or use --generate with a configured generator hook"
-            )))
-        }
-        (false, false) => {
-            if req.secret.len() > limit {
-                return Err(ApiError::InvalidArgument(format!(
-                    "the new secret for {key} is {} bytes; the limit is {limit} bytes (limits.max_secret_bytes): nothing was staged",
-                    req.secret.len()
-                )));
-            }
-            (Secret::copy_from(&req.secret), "provided")
-        }
+        NewKey::Given(secret) => (secret, "provided"),
     };
-    drop(req.secret);
     let now = SystemTime::now();
-    let expires_at = req.expires_at.as_ref().and_then(from_timestamp);
     let version = agent.store.new_version(0, secret, now, expires_at);
     rotation::must_differ(&before, &version.fingerprint)?;
     let mut notes = vec![format!("new key {origin}, fingerprint {}", version.fingerprint)];
     if let Some(validator) = &settings.validator {
         hooks::validate(validator, &version.secret, settings.hook_timeout)
             .await
-            .map_err(|e| hook_failed(agent, &key, format!("{e}; nothing was changed")))?;
+            .map_err(|e| hook_failed(agent, key, format!("{e}; nothing was changed")))?;
         notes.push("validator accepted the new key".to_owned());
     }
 
     let serial = agent.lock_changes().await;
-    let current = existing(agent, &key)?;
+    let current = existing(agent, key)?;
     if current.generation != before.generation {
         return Err(ApiError::Aborted(format!(
             "key {key} changed (generation {} → {}) while the new key was being prepared: nothing was staged; retry",
             before.generation, current.generation
         )));
     }
-    let next = rotation::stage(&current, version, req.replace, now)?;
-    commit(agent, &serial, caller, Command::Stage, current, next, notes.join("; ")).await
+    let next = rotation::stage(&current, version, replace, now)?;
+    commit(agent, &serial, actor, Command::Stage, current, next, notes.join("; ")).await
 }
 
 /// What the retire gate of a key is checked against: the failures reported
 /// since its promotion and by whom, the quorum, and when it was promoted.
-struct GateFacts {
-    evidence: Evidence,
-    fallback_failures: u64,
-    reported_by: String,
-    quorum: u64,
-    promoted_ago: Option<std::time::Duration>,
+pub(super) struct GateFacts {
+    pub(super) evidence: Evidence,
+    pub(super) fallback_failures: u64,
+    pub(super) reported_by: String,
+    pub(super) quorum: u64,
+    pub(super) promoted_ago: Option<std::time::Duration>,
 }
 
 impl GateFacts {
-    fn of(agent: &Agent, current: &KeySetState, settings: &KeyRotation) -> GateFacts {
+    pub(super) fn of(agent: &Agent, current: &KeySetState, settings: &KeyRotation) -> GateFacts {
         let (evidence, fallback_failures) = agent.failures.since_promotion(current);
         GateFacts {
             reported_by: evidence.names(),
@@ -147,7 +224,7 @@ impl GateFacts {
         }
     }
 
-    fn gate(&self, grace: std::time::Duration, force: bool) -> RetireGate<'_> {
+    pub(super) fn gate(&self, grace: std::time::Duration, force: bool) -> RetireGate<'_> {
         RetireGate {
             grace,
             failures_since_promotion: self.evidence.failures,
@@ -170,10 +247,24 @@ pub async fn transition(
     force: bool,
 ) -> Result<proto::RotationResponse, ApiError> {
     let key = agent.key_ref(key)?;
-    let settings = agent.config().rotation_for(&key);
+    let done = step(agent, Actor::Caller(caller), &key, expected_generation, command, force).await?;
+    Ok(done.response())
+}
+
+/// Promote, rollback, abort or retire `key`, checked against its state and
+/// (retire) its gate; retire runs the revoker first.
+pub async fn step(
+    agent: &Arc<Agent>,
+    actor: Actor<'_>,
+    key: &KeyRef,
+    expected_generation: Option<u64>,
+    command: Command,
+    force: bool,
+) -> Result<Committed, ApiError> {
+    let settings = agent.config().rotation_for(key);
     let serial = agent.lock_changes().await;
-    let current = existing(agent, &key)?;
-    check_generation(&key, Some(&current), expected_generation)?;
+    let current = existing(agent, key)?;
+    check_generation(key, Some(&current), expected_generation)?;
     let now = SystemTime::now();
     let facts = GateFacts::of(agent, &current, &settings);
     let gate = facts.gate(settings.grace, force);
@@ -195,35 +286,40 @@ pub async fn transition(
                 .map_err(|e| {
                     hook_failed(
                         agent,
-                        &key,
+                        key,
                         format!("{e}; the old key was not retired: fix the revoker and retry"),
                     )
                 })?;
             detail.push(format!("revoker: {note}"));
         }
     }
-    commit(agent, &serial, caller, command, current, next, detail.join("; ")).await
+    commit(agent, &serial, actor, command, current, next, detail.join("; ")).await
 }
 
 /// Applies `next` (durable, audited, published).
 async fn commit(
     agent: &Agent,
     serial: &ChangeLock<'_>,
-    caller: &Caller,
+    actor: Actor<'_>,
     command: Command,
     before: Arc<KeySetState>,
     next: KeySetState,
     detail: String,
-) -> Result<proto::RotationResponse, ApiError> {
+) -> Result<Committed, ApiError> {
     let key = next.key.clone();
     let generation_before = before.generation;
+    let detail = match actor {
+        Actor::Job(job) if detail.is_empty() => job.to_owned(),
+        Actor::Job(job) => format!("{job}: {detail}"),
+        Actor::Caller(_) => detail,
+    };
     let change = Change {
         key: &key,
         before: Some(before),
         after: After::Write(Box::new(next)),
         event: command.into(),
         reason: command.into(),
-        caller: Some(caller),
+        caller: actor.caller(),
         detail: (!detail.is_empty()).then(|| detail.clone()),
         // Name the version that was dropped too.
         name_dropped: command == Command::Retire || command == Command::Abort,
@@ -240,8 +336,8 @@ async fn commit(
             committed.generation
         )));
     }
-    Ok(proto::RotationResponse {
-        key: Some(committed.to_info()),
+    Ok(Committed {
+        state: committed,
         generation_before,
         notes: if detail.is_empty() { Vec::new() } else { vec![detail] },
     })
@@ -290,8 +386,18 @@ pub fn status(agent: &Agent, key: Option<&proto::KeyRef>) -> Result<proto::Rotat
         Ok(_) => (true, String::new()),
         Err(e) => (false, e.to_string()),
     };
+    let users = agent.uses.users(&key, current.primary.number);
+    let job = agent.jobs.job(&key);
+    let next = super::jobs::next_rotation(agent, &current);
     Ok(proto::RotationStatus {
-        key: Some(current.to_info()),
+        key: Some(agent.key_info(&current)),
+        users: users.iter().map(ToString::to_string).collect(),
+        evidence_quorum: settings.evidence_quorum,
+        unreported: super::jobs::unreported(agent, &current),
+        validated_after_promotion: agent.jobs.validated(&key, current.primary.number),
+        schedule: next.as_ref().map(|(_, s)| s.clone()).unwrap_or_default(),
+        next_rotation: next.map(|(t, _)| crate::wire::timestamp(t)),
+        job,
         subscribers: agent
             .watchers
             .subscribers(&key)
@@ -302,6 +408,8 @@ pub fn status(agent: &Agent, key: Option<&proto::KeyRef>) -> Result<proto::Rotat
                 exe: s.exe.unwrap_or_default(),
                 unit: s.unit.unwrap_or_default(),
                 delivered_generation: s.delivered_generation,
+                kind: s.kind.as_str().to_owned(),
+                reported_use: users.iter().any(|u| u.uid == s.uid),
             })
             .collect(),
         evicted: agent
@@ -315,6 +423,8 @@ pub fn status(agent: &Agent, key: Option<&proto::KeyRef>) -> Result<proto::Rotat
                     exe: e.who.exe.clone().unwrap_or_default(),
                     unit: e.who.unit.clone().unwrap_or_default(),
                     delivered_generation: e.delivered_generation,
+                    kind: String::new(),
+                    reported_use: users.iter().any(|u| u.uid == e.who.uid),
                 }),
                 waiting_generation: e.waiting_generation.unwrap_or(0),
                 waited_ms: e.waited.as_millis() as u64,

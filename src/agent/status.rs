@@ -92,6 +92,7 @@ impl Agent {
                 age_seconds: secs(now, s.primary.promoted_at.unwrap_or(s.primary.created_at)),
                 expires_in_seconds: s.primary.expires_at.map(|e| secs(e, now)),
                 generation: s.generation,
+                job_step: self.jobs.step_of(&s.key).map_or(0, |step| step.number()),
             })
             .collect();
         let open = self.alerting.open_alerts();

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::{alerting, fleet, hot_reload, refusals, watch_evict, Agent};
+use super::{alerting, fleet, hot_reload, jobs, refusals, watch_evict, Agent};
 use crate::audit::AuditEvent;
 use crate::audit::{Event, Outcome};
 
@@ -53,6 +53,8 @@ impl Agent {
             }
         }
         self.alerting.start_sinks(&self.config().alerts);
+        // Rotation jobs that were running resume; the schedule starts.
+        jobs::Jobs::start_tasks(self, stop.clone());
         Running {
             agent: self.clone(),
             hot_reload,
@@ -96,6 +98,9 @@ impl Running {
         }
         let _ = self.ticks.await;
         let _ = self.evictions.await;
+        // A step under way gets a few seconds; one cut short is taken
+        // again when the agent starts (see jobs).
+        agent.jobs.finish(std::time::Duration::from_secs(5)).await;
         agent.alerting.stop_sinks().await;
         // The refusals counted in windows still open: after every call has
         // ended, before the last record.

@@ -15,6 +15,13 @@ pub enum Event {
     AuthFailure,
     /// Reports over a uid's rate, counted but not processed.
     AuthFailureDropped,
+    /// A client reported successful use of a version (first report of
+    /// each reporter and version).
+    KeyUse,
+    /// A rotation job started, finished, was cancelled or failed.
+    RotationJob,
+    /// The validator run on a promoted key by its rotation job.
+    Validate,
     /// A caller refused at the admin socket.
     Admin,
     /// `PutKey`.
@@ -56,6 +63,9 @@ impl Event {
             Event::Credential => "credential",
             Event::AuthFailure => "auth_failure",
             Event::AuthFailureDropped => "auth_failure_dropped",
+            Event::KeyUse => "key_use",
+            Event::RotationJob => "rotation_job",
+            Event::Validate => "validate",
             Event::Admin => "admin",
             Event::Put => "put",
             Event::Delete => "delete",
@@ -92,6 +102,14 @@ pub enum Outcome {
     Reported,
     /// Reports dropped over the rate.
     Dropped,
+    /// A rotation job began.
+    Started,
+    /// A rotation job ended by rolling back.
+    RolledBack,
+    /// A rotation job was cancelled.
+    Cancelled,
+    /// A rotation job (or its step) failed.
+    Failed,
     /// A watch that took nothing, ended.
     Evicted,
     /// A file or config that was not applied.
@@ -121,6 +139,10 @@ impl Outcome {
             Outcome::NotServed => "not_served",
             Outcome::Reported => "reported",
             Outcome::Dropped => "dropped",
+            Outcome::Started => "started",
+            Outcome::RolledBack => "rolled_back",
+            Outcome::Cancelled => "cancelled",
+            Outcome::Failed => "failed",
             Outcome::Evicted => "evicted",
             Outcome::Rejected => "rejected",
             Outcome::Unchanged => "unchanged",

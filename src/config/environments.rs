@@ -33,6 +33,8 @@ pub struct EnvConfig {
     pub on_audit_failure: AuditFailureMode,
     /// Overrides `[rotation] grace` for this environment's keys.
     pub grace: Option<Duration>,
+    /// Overrides `[rotation] every`, `window` and `jitter` for them.
+    pub schedule: super::rotation::ScheduleParts,
 }
 
 /// One `[environments.NAME]` as written.
@@ -41,6 +43,9 @@ pub struct EnvConfig {
 pub(super) struct RawEnv {
     on_audit_failure: Option<RawFailureMode>,
     grace: Option<Spanned<String>>,
+    every: Option<Spanned<String>>,
+    window: Option<Spanned<String>>,
+    jitter: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -86,11 +91,13 @@ pub(super) fn environments(
             Some(RawFailureMode::FailOpen) => AuditFailureMode::FailOpen,
         };
         let grace = env.grace.map(|g| duration(src, &g, "grace")).transpose()?;
+        let schedule = super::rotation::ScheduleParts::read(src, env.every, env.window, env.jitter)?;
         out.insert(
             name,
             EnvConfig {
                 on_audit_failure,
                 grace,
+                schedule,
             },
         );
     }

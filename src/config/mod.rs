@@ -91,8 +91,8 @@ pub use limits::{Limits, MESSAGE_OVERHEAD_BYTES};
 pub use metrics::MetricsListen;
 pub use paths::{Paths, DEFAULT_AUDIT_FILE, DEFAULT_RUNTIME_DIR, DEFAULT_STATE_DIR};
 pub use rotation::{
-    KeyEntry, KeyRotation, RotationConfig, RotationDefaults, DEFAULT_FAILURE_THRESHOLD, DEFAULT_GRACE,
-    DEFAULT_HOOK_TIMEOUT, DEFAULT_PROPAGATION_TIMEOUT, DEFAULT_REPORT_QUORUM,
+    KeyEntry, KeyRotation, RotationConfig, RotationDefaults, ScheduleParts, DEFAULT_EVIDENCE_QUORUM,
+    DEFAULT_FAILURE_THRESHOLD, DEFAULT_GRACE, DEFAULT_HOOK_TIMEOUT, DEFAULT_PROPAGATION_TIMEOUT, DEFAULT_REPORT_QUORUM,
 };
 pub use sockets::DEFAULT_SERVICE_MODE;
 
@@ -224,10 +224,30 @@ impl Config {
     /// only) from the key's `[environments.ENV]`, else from `[rotation]`,
     /// else the default. Hooks come only from that first matching entry;
     /// they are told the key through `KEYWARD_KEY`, `KEYWARD_ENV` and
-    /// `KEYWARD_NAME`.
+    /// `KEYWARD_NAME`. The schedule's `every`, `window` and `jitter` each
+    /// come from the entry, else the environment, else `[rotation]`.
     pub fn rotation_for(&self, key: &KeyRef) -> KeyRotation {
-        let env_grace = self.environments.get(key.env()).and_then(|e| e.grace);
-        self.rotation.for_key(key, env_grace)
+        let env = self.environments.get(key.env());
+        let no_schedule = ScheduleParts::default();
+        self.rotation.for_key(
+            key,
+            env.and_then(|e| e.grace),
+            env.map_or(&no_schedule, |e| &e.schedule),
+        )
+    }
+
+    /// Why `key` cannot follow its configured schedule, if it cannot: a
+    /// schedule needs a generator hook to make the new keys. Checked for
+    /// every stored key at start and reload, and for a key being created.
+    pub fn schedule_problem(&self, key: &KeyRef) -> Option<String> {
+        let r = self.rotation_for(key);
+        let schedule = r.schedule.as_ref()?;
+        if r.generator.is_none() {
+            return Some(format!(
+                "key {key} is scheduled for rotation ({schedule}) but has no generator hook: add a [[key]] entry for it with generator = [\"/path/to/hook\"], or turn its schedule off there with every = \"off\""
+            ));
+        }
+        None
     }
 
     /// The alert detectors' thresholds for `key`: `[alerts.detect]` (or
@@ -392,6 +412,24 @@ impl RawConfig {
             key_entries.push(key_entry(src, raw, &environments)?);
         }
 
+        let backend = match self.backend {
+            None => BackendConfig::Local,
+            Some(raw) => raw.validate(src)?,
+        };
+        let scheduled = defaults.schedule.schedules()
+            || environments.values().any(|e| e.schedule.schedules())
+            || key_entries.iter().any(|e| e.schedule.schedules());
+        if scheduled && !matches!(backend, BackendConfig::Local) {
+            let start = src.text.find("every").unwrap_or(0);
+            return Err(src.invalid(
+                &(start..start),
+                format!(
+                    "every (a rotation schedule) at {} is set with [backend] kind = \"openbao\": in a fleet every agent would rotate the same keys on its own; rotate fleet keys with `keyward rotate --fleet KEY` from one host, and remove every",
+                    src.at(&(start..start))
+                ),
+            ));
+        }
+
         Ok(Config {
             paths,
             service_socket_group: sockets.service_group,
@@ -414,10 +452,7 @@ impl RawConfig {
                 None => None,
                 Some(raw) => raw.validate(src)?,
             },
-            backend: match self.backend {
-                None => BackendConfig::Local,
-                Some(raw) => raw.validate(src)?,
-            },
+            backend,
             dev_mode: false,
         })
     }

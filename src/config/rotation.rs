@@ -15,6 +15,7 @@ use super::error::{ConfigError, Source};
 use super::hooks::{hook_command, HookCommand, RawArgv};
 use super::value::{duration, list, positive_duration, RawList};
 use crate::policy::KeyPattern;
+use crate::rotation::schedule::{Schedule, Window};
 use crate::secret::KeyRef;
 
 /// Default `rotation.grace`.
@@ -27,6 +28,66 @@ pub const DEFAULT_PROPAGATION_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_FAILURE_THRESHOLD: u64 = 3;
 /// Default `rotation.report_quorum`.
 pub const DEFAULT_REPORT_QUORUM: u64 = 2;
+/// Default `rotation.evidence_quorum`.
+pub const DEFAULT_EVIDENCE_QUORUM: u64 = 1;
+
+/// `every`, `window` and `jitter` as set at one level (`[rotation]`, an
+/// environment, a `[[key]]`): each may be left to the level below.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct ScheduleParts {
+    /// `every`: `Some(None)` is `every = "off"` (no schedule here, whatever
+    /// the levels below say).
+    pub every: Option<Option<Duration>>,
+    /// `window`.
+    pub window: Option<Window>,
+    /// `jitter`.
+    pub jitter: Option<Duration>,
+}
+
+impl ScheduleParts {
+    /// Reads `every`, `window` and `jitter` of a table.
+    pub(super) fn read(
+        src: &Source<'_>,
+        every: Option<Spanned<String>>,
+        window: Option<Spanned<String>>,
+        jitter: Option<Spanned<String>>,
+    ) -> Result<ScheduleParts, ConfigError> {
+        let every = match every {
+            None => None,
+            Some(v) if v.get_ref() == "off" => Some(None),
+            Some(v) => Some(Some(positive_duration(src, &v, "every")?)),
+        };
+        let window = match window {
+            None => None,
+            Some(v) => Some(Window::parse(v.get_ref()).map_err(|e| {
+                src.invalid(
+                    &v.span(),
+                    format!("{e} (at {}; the times are in the agent's time zone)", src.at(&v.span())),
+                )
+            })?),
+        };
+        Ok(ScheduleParts {
+            every,
+            window,
+            jitter: jitter.map(|v| duration(src, &v, "jitter")).transpose()?,
+        })
+    }
+
+    /// Whether `every` is set to a period here.
+    pub fn schedules(&self) -> bool {
+        matches!(self.every, Some(Some(_)))
+    }
+
+    /// The schedule these levels make, the first listed first.
+    fn resolve(levels: &[&ScheduleParts]) -> Option<Schedule> {
+        let every = levels.iter().find_map(|l| l.every)??;
+        Some(Schedule {
+            every,
+            window: levels.iter().find_map(|l| l.window.clone()),
+            jitter: levels.iter().find_map(|l| l.jitter).unwrap_or_default(),
+        })
+    }
+}
 
 /// The `[rotation]` table: the settings of every key without an override.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,6 +104,11 @@ pub struct RotationDefaults {
     pub failure_threshold: u64,
     /// Distinct reporters whose failures close the retire gate and roll back.
     pub report_quorum: u64,
+    /// Distinct callers whose reported use of the new primary lets a job
+    /// retire the old key.
+    pub evidence_quorum: u64,
+    /// The schedule of every key (`every`, `window`, `jitter`).
+    pub schedule: ScheduleParts,
 }
 
 impl Default for RotationDefaults {
@@ -53,6 +119,8 @@ impl Default for RotationDefaults {
             propagation_timeout: DEFAULT_PROPAGATION_TIMEOUT,
             failure_threshold: DEFAULT_FAILURE_THRESHOLD,
             report_quorum: DEFAULT_REPORT_QUORUM,
+            evidence_quorum: DEFAULT_EVIDENCE_QUORUM,
+            schedule: ScheduleParts::default(),
         }
     }
 }
@@ -78,6 +146,10 @@ pub struct KeyEntry {
     pub failure_threshold: Option<u64>,
     /// Overrides the report quorum.
     pub report_quorum: Option<u64>,
+    /// Overrides the evidence quorum.
+    pub evidence_quorum: Option<u64>,
+    /// Overrides the schedule.
+    pub schedule: ScheduleParts,
     /// Overrides of the alert detectors' thresholds.
     pub detect: DetectOverrides,
     /// Where it was written, e.g. `keyward.toml line 12`.
@@ -114,6 +186,10 @@ pub struct KeyRotation {
     pub validator: Option<HookCommand>,
     /// Gets the retired secret on stdin; told the key in its environment.
     pub revoker: Option<HookCommand>,
+    /// Distinct callers whose reported use lets a job retire.
+    pub evidence_quorum: u64,
+    /// When the agent rotates it on its own.
+    pub schedule: Option<Schedule>,
 }
 
 impl RotationConfig {
@@ -125,7 +201,12 @@ impl RotationConfig {
     /// The effective rotation settings of `key` (see
     /// [`super::Config::rotation_for`]); `env_grace` is the grace of the
     /// key's environment, if it sets one.
-    pub(super) fn for_key(&self, key: &KeyRef, env_grace: Option<Duration>) -> KeyRotation {
+    pub(super) fn for_key(
+        &self,
+        key: &KeyRef,
+        env_grace: Option<Duration>,
+        env_schedule: &ScheduleParts,
+    ) -> KeyRotation {
         let defaults = &self.defaults;
         let entry = self.entry_for(key);
         let set = |f: fn(&KeyEntry) -> Option<Duration>| entry.and_then(f);
@@ -141,6 +222,14 @@ impl RotationConfig {
             generator: hook(|e| e.generator.as_ref()),
             validator: hook(|e| e.validator.as_ref()),
             revoker: hook(|e| e.revoker.as_ref()),
+            evidence_quorum: entry
+                .and_then(|e| e.evidence_quorum)
+                .unwrap_or(defaults.evidence_quorum),
+            schedule: ScheduleParts::resolve(&[
+                entry.map_or(&ScheduleParts::default(), |e| &e.schedule),
+                env_schedule,
+                &defaults.schedule,
+            ]),
         }
     }
 
@@ -163,6 +252,10 @@ pub(super) struct RawRotation {
     propagation_timeout: Option<Spanned<String>>,
     failure_threshold: Option<Spanned<u64>>,
     report_quorum: Option<Spanned<u64>>,
+    evidence_quorum: Option<Spanned<u64>>,
+    every: Option<Spanned<String>>,
+    window: Option<Spanned<String>>,
+    jitter: Option<Spanned<String>>,
 }
 
 /// One `[[key]]` entry as written.
@@ -178,6 +271,10 @@ pub(super) struct RawKeyEntry {
     propagation_timeout: Option<Spanned<String>>,
     failure_threshold: Option<Spanned<u64>>,
     report_quorum: Option<Spanned<u64>>,
+    evidence_quorum: Option<Spanned<u64>>,
+    every: Option<Spanned<String>>,
+    window: Option<Spanned<String>>,
+    jitter: Option<Spanned<String>>,
     alerts: Option<RawDetect>,
 }
 
@@ -205,6 +302,11 @@ impl RawRotation {
                 None => default.report_quorum,
                 Some(v) => report_quorum(src, &v)?,
             },
+            evidence_quorum: match self.evidence_quorum {
+                None => default.evidence_quorum,
+                Some(v) => evidence_quorum(src, &v)?,
+            },
+            schedule: ScheduleParts::read(src, self.every, self.window, self.jitter)?,
         })
     }
 }
@@ -235,6 +337,19 @@ fn report_quorum(src: &Source<'_>, v: &Spanned<u64>) -> Result<u64, ConfigError>
     Ok(*v.get_ref())
 }
 
+fn evidence_quorum(src: &Source<'_>, v: &Spanned<u64>) -> Result<u64, ConfigError> {
+    if *v.get_ref() == 0 {
+        return Err(src.invalid(
+            &v.span(),
+            format!(
+                "evidence_quorum at {} is 0: give the number of distinct callers whose reported use of a new primary lets a rotation retire the old key (at least 1; default {DEFAULT_EVIDENCE_QUORUM})",
+                src.at(&v.span())
+            ),
+        ));
+    }
+    Ok(*v.get_ref())
+}
+
 pub(super) fn key_entry(
     src: &Source<'_>,
     raw: Spanned<RawKeyEntry>,
@@ -258,9 +373,20 @@ pub(super) fn key_entry(
     for k in raw_keys {
         keys.push(key_pattern(src, &k, environments, "[[key]]")?);
     }
+    let schedule = ScheduleParts::read(src, raw.every, raw.window, raw.jitter)?;
+    let generator = hook_command(src, raw.generator, "generator")?;
+    if schedule.schedules() && generator.is_none() {
+        return Err(src.invalid(
+            &span,
+            format!(
+                "[[key]] at {at} sets every (a rotation schedule) for {} but no generator: the agent needs a generator hook to make the new keys; add generator = [\"/path/to/hook\"], or remove every",
+                keys.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+            ),
+        ));
+    }
     Ok(KeyEntry {
         keys,
-        generator: hook_command(src, raw.generator, "generator")?,
+        generator,
         validator: hook_command(src, raw.validator, "validator")?,
         revoker: hook_command(src, raw.revoker, "revoker")?,
         grace: raw.grace.map(|v| duration(src, &v, "grace")).transpose()?,
@@ -274,6 +400,8 @@ pub(super) fn key_entry(
             .map(|v| failure_threshold(src, &v))
             .transpose()?,
         report_quorum: raw.report_quorum.map(|v| report_quorum(src, &v)).transpose()?,
+        evidence_quorum: (raw.evidence_quorum).map(|v| evidence_quorum(src, &v)).transpose()?,
+        schedule,
         detect: match raw.alerts {
             None => Default::default(),
             Some(d) => d.overrides(src, &format!("[[key]] at {at}"))?,

@@ -27,7 +27,9 @@
 //! | `keyward_auth_failure_reports_total` | `environment`, `key`, `class` | accepted `ReportAuthFailure` reports; `class` is one of [`REPORT_CLASSES`] |
 //! | `keyward_auth_failure_reports_dropped_total` | `uid` | reports refused by the per-caller rate limit |
 //! | `keyward_alert_notifications_total` | `signal`, `status` | alert notifications made; `status` is `firing`, `repeat` or `resolved` |
-//! | `keyward_rotations_total` | `step`, `result` | rotation steps; `step` is one of [`ROTATION_STEPS`], `result` one of [`ROTATION_RESULTS`] |
+//! | `keyward_rotation_steps_total` | `step`, `result` | rotation steps; `step` is one of [`ROTATION_STEPS`], `result` one of [`ROTATION_RESULTS`] |
+//! | `keyward_rotations_total` | `result`, `trigger` | rotation jobs ended; `result` is `ok`, `rolled_back`, `cancelled` or `failed`, `trigger` `manual` or `schedule` |
+//! | `keyward_key_use_reports_total` | `environment`, `key`, `class` | accepted `ReportKeyUse` reports; `class` as for failure reports |
 //! | `keyward_audit_write_failures_total` | — | audit records that could not be written |
 //!
 //! A histogram: `keyward_audit_write_seconds` (`_bucket{le}`, `_sum`,
@@ -47,6 +49,7 @@
 //! | `keyward_key_age_seconds` | gauge | `environment`, `key` | seconds since the primary was promoted (or created) |
 //! | `keyward_key_expires_in_seconds` | gauge | `environment`, `key` | seconds until the primary expires, negative once expired; only keys with an expiry |
 //! | `keyward_key_generation` | gauge | `environment`, `key` | the key's generation |
+//! | `keyward_rotation_job_step` | gauge | `environment`, `key` | the step of the key's running rotation job: 1 stage, 2 propagate, 3 promote, 4 grace, 5 evidence, 6 retire; 0 when none runs |
 //! | `keyward_audit_disk_free_bytes` | gauge | — | free bytes on the audit log's filesystem at the agent's last check (each tick); see `[audit] min_free` |
 //!
 //! The sinks' counters are owned by the alert dispatcher ([`SinkStats`]);
@@ -110,7 +113,7 @@ pub const REPORT_CLASSES: [&str; 4] = ["primary", "fallback", "stale", "unknown"
 /// The `step` values of `keyward_rotations_total`.
 pub const ROTATION_STEPS: [&str; 6] = ["stage", "promote", "rollback", "abort", "retire", "rotate"];
 
-/// The `result` values of `keyward_rotations_total`.
+/// The `result` values of `keyward_rotation_steps_total`.
 pub const ROTATION_RESULTS: [&str; 3] = ["ok", "refused", "failed"];
 
 const ALERT_STATUSES: [AlertStatus; 3] = [AlertStatus::Firing, AlertStatus::Repeat, AlertStatus::Resolved];
@@ -139,6 +142,12 @@ struct RotationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobLabels {
+    result: &'static str,
+    trigger: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
 }
@@ -151,10 +160,12 @@ pub struct Metrics {
     registry: Registry,
     fetches: Arc<KeyedCounters>,
     reports: Arc<KeyedCounters>,
+    uses: Arc<KeyedCounters>,
     denials: Family<DenialLabels, Counter>,
     reports_dropped: Family<DroppedLabels, Counter>,
     alerts: Family<AlertLabels, Counter>,
     rotations: Family<RotationLabels, Counter>,
+    jobs: Family<JobLabels, Counter>,
     audit_write: Histogram,
     audit_failures: Counter,
 }
@@ -178,14 +189,21 @@ impl Metrics {
             "Auth-failure reports accepted, by key and what the reported version is to the key.",
             "class",
         ));
+        let uses = Arc::new(KeyedCounters::new(
+            "keyward_key_use_reports",
+            "Key-use reports accepted, by key and what the reported version is to the key.",
+            "class",
+        ));
         let metrics = Metrics {
             registry: Registry::default(),
             fetches,
             reports,
+            uses,
             denials: Family::default(),
             reports_dropped: Family::default(),
             alerts: Family::default(),
             rotations: Family::default(),
+            jobs: Family::default(),
             audit_write: Histogram::new(exponential_buckets(0.000_01, 2.0, 18)),
             audit_failures: Counter::default(),
         };
@@ -197,6 +215,17 @@ impl Metrics {
         for step in ROTATION_STEPS {
             for result in ROTATION_RESULTS {
                 let _ = metrics.rotations.get_or_create(&RotationLabels { step, result });
+            }
+        }
+        for result in crate::rotation::plan::JobResult::ALL {
+            for trigger in [
+                crate::rotation::plan::Trigger::Manual,
+                crate::rotation::plan::Trigger::Schedule,
+            ] {
+                let _ = metrics.jobs.get_or_create(&JobLabels {
+                    result: result.as_str(),
+                    trigger: trigger.as_str(),
+                });
             }
         }
         metrics.register()
@@ -233,9 +262,14 @@ impl Metrics {
             self.alerts.clone(),
         );
         r.register(
-            "keyward_rotations",
+            "keyward_rotation_steps",
             "Rotation steps, by step and result",
             self.rotations.clone(),
+        );
+        r.register(
+            "keyward_rotations",
+            "Rotation jobs ended, by result and what started them",
+            self.jobs.clone(),
         );
         r.register(
             "keyward_audit_write_seconds",
@@ -249,6 +283,7 @@ impl Metrics {
         );
         r.register_collector(Box::new(self.fetches.clone()));
         r.register_collector(Box::new(self.reports.clone()));
+        r.register_collector(Box::new(self.uses.clone()));
         self
     }
 
@@ -271,6 +306,22 @@ impl Metrics {
     pub fn report(&self, environment: &str, key: &str, class: &'static str) {
         debug_assert!(REPORT_CLASSES.contains(&class), "unknown report class {class}");
         self.reports.inc(environment, key, class);
+    }
+
+    /// Counts an accepted key-use report (`class` as for
+    /// [`Metrics::report`]).
+    pub fn key_use(&self, environment: &str, key: &str, class: &'static str) {
+        self.uses.inc(environment, key, class);
+    }
+
+    /// Counts a rotation job that ended.
+    pub fn rotation_job(&self, result: crate::rotation::plan::JobResult, trigger: crate::rotation::plan::Trigger) {
+        self.jobs
+            .get_or_create(&JobLabels {
+                result: result.as_str(),
+                trigger: trigger.as_str(),
+            })
+            .inc();
     }
 
     /// Counts a report refused by the per-caller rate limit.

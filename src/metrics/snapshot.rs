@@ -73,6 +73,8 @@ pub struct KeyGauges {
     pub expires_in_seconds: Option<f64>,
     /// The key's generation (bumped on every change).
     pub generation: u64,
+    /// The step number of its running rotation job (0: none).
+    pub job_step: i64,
 }
 
 /// Encodes one [`Snapshot`]; registered in a per-scrape registry.
@@ -131,6 +133,12 @@ impl Collector for SnapshotCollector {
             "keyward_key_generation",
             "The key's generation, bumped on every change.",
             keys.iter().map(|(&name, k)| (key_labels(name), k.generation)),
+        )?;
+        gauge(
+            &mut encoder,
+            "keyward_rotation_job_step",
+            "The step of the key's running rotation job: 1 stage, 2 propagate, 3 promote, 4 grace, 5 evidence, 6 retire; 0 when none runs.",
+            keys.iter().map(|(&name, k)| (key_labels(name), k.job_step)),
         )?;
 
         let sinks: BTreeMap<_, _> = snapshot.sinks.iter().map(|s| ((s.name.as_str(), s.kind), s)).collect();

@@ -179,6 +179,7 @@ fn key(environment: &str, key: &str, age: f64, expires: Option<f64>, generation:
         age_seconds: age,
         expires_in_seconds: expires,
         generation,
+        job_step: 0,
     }
 }
 
@@ -277,7 +278,7 @@ fn counters_show_exactly_what_was_recorded() {
     );
     assert_eq!(exp.get(alerts, &[("signal", "spike"), ("status", "repeat")]), 0.0);
 
-    let rotations = "keyward_rotations_total";
+    let rotations = "keyward_rotation_steps_total";
     assert_eq!(exp.get(rotations, &[("step", "promote"), ("result", "ok")]), 1.0);
     assert_eq!(exp.get(rotations, &[("step", "retire"), ("result", "refused")]), 2.0);
     assert_eq!(exp.get(rotations, &[("step", "stage"), ("result", "failed")]), 0.0);
@@ -299,9 +300,12 @@ fn alert_and_rotation_counters_exist_at_zero_from_the_start() {
             );
         }
     }
-    let rotations = exp.series("keyward_rotations_total");
+    let rotations = exp.series("keyward_rotation_steps_total");
     assert_eq!(rotations.len(), ROTATION_STEPS.len() * ROTATION_RESULTS.len());
     assert!(rotations.iter().all(|s| s.value == 0.0));
+    let jobs = exp.series("keyward_rotations_total");
+    assert_eq!(jobs.len(), 4 * 2, "result × trigger");
+    assert!(jobs.iter().all(|s| s.value == 0.0));
     // Families without samples are left out, HELP and TYPE included.
     assert!(!exp.types.contains_key("keyward_fetches_total"));
     assert!(!exp.types.contains_key("keyward_denials_total"));
@@ -544,6 +548,7 @@ fn every_documented_metric_is_exposed_with_help_and_type() {
         ("keyward_alert_deliveries_total", "counter"),
         ("keyward_alert_delivery_retries_total", "counter"),
         ("keyward_alert_queue", "gauge"),
+        ("keyward_rotation_steps_total", "counter"),
         ("keyward_rotations_total", "counter"),
         ("keyward_watchers", "gauge"),
         ("keyward_connections", "gauge"),

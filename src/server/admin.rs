@@ -11,11 +11,10 @@ use tonic::{Request, Response, Status};
 use super::peer::caller_of;
 use crate::agent::caller::Caller;
 use crate::agent::error::ApiError;
-use crate::agent::{rotate, Agent};
+use crate::agent::{jobs, rotate, Agent};
 use crate::audit::{Event, Outcome};
 use crate::proto;
 use crate::rotation::Command;
-use crate::wire::ToInfo;
 
 /// The admin-socket gRPC service.
 pub struct AdminService {
@@ -98,7 +97,7 @@ impl proto::admin_server::Admin for AdminService {
     ) -> Result<Response<proto::ListKeysResponse>, Status> {
         self.authorize(&request).await?;
         let env = self.agent.env_filter(&request.get_ref().environment)?;
-        let keys = self.agent.list(env).iter().map(|k| k.to_info()).collect();
+        let keys = self.agent.list(env).iter().map(|k| self.agent.key_info(k)).collect();
         Ok(Response::new(proto::ListKeysResponse { keys }))
     }
 
@@ -181,6 +180,26 @@ impl proto::admin_server::Admin for AdminService {
             &self.agent,
             request.get_ref().key.as_ref(),
         )?))
+    }
+
+    async fn start_rotation(
+        &self,
+        request: Request<proto::StartRotationRequest>,
+    ) -> Result<Response<proto::RotationJob>, Status> {
+        let caller = self.authorize(&request).await?;
+        Ok(Response::new(
+            jobs::start(&self.agent, &caller, request.into_inner()).await?,
+        ))
+    }
+
+    async fn cancel_rotation(
+        &self,
+        request: Request<proto::CancelRotationRequest>,
+    ) -> Result<Response<proto::RotationJob>, Status> {
+        let caller = self.authorize(&request).await?;
+        Ok(Response::new(
+            jobs::cancel(&self.agent, &caller, request.get_ref().key.as_ref()).await?,
+        ))
     }
 
     async fn get_fleet_status(

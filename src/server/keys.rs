@@ -14,6 +14,7 @@ use crate::agent::serve::Via;
 use crate::agent::Agent;
 use crate::audit::{Event, Outcome};
 use crate::proto;
+use crate::watch::ClientKind;
 use crate::wire::shown_key;
 use crate::wire::ToWire;
 
@@ -69,7 +70,13 @@ impl proto::keys_server::Keys for KeysService {
         request: Request<proto::WatchKeysRequest>,
     ) -> Result<Response<Self::WatchKeysStream>, Status> {
         let peer = caller_of(&request)?;
-        let events = super::watch_stream::watch(self.agent.clone(), peer, request.into_inner()).await?;
+        let kind = ClientKind::from_header(
+            request
+                .metadata()
+                .get(crate::watch::CLIENT_HEADER)
+                .and_then(|v| v.to_str().ok()),
+        );
+        let events = super::watch_stream::watch(self.agent.clone(), peer, kind, request.into_inner()).await?;
         Ok(Response::new(Box::pin(events)))
     }
 
@@ -83,5 +90,17 @@ impl proto::keys_server::Keys for KeysService {
         }
         crate::agent::reports::report(&self.agent, &peer.caller, request.get_ref()).await?;
         Ok(Response::new(proto::AuthFailureAck {}))
+    }
+
+    async fn report_key_use(
+        &self,
+        request: Request<proto::KeyUseReport>,
+    ) -> Result<Response<proto::KeyUseAck>, Status> {
+        let peer = caller_of(&request)?;
+        if let Some(limit) = &peer.over_limit {
+            return Err(ApiError::ResourceExhausted(limit.clone()).into());
+        }
+        crate::agent::reports::report_use(&self.agent, &peer.caller, request.get_ref()).await?;
+        Ok(Response::new(proto::KeyUseAck {}))
     }
 }

@@ -62,6 +62,7 @@ use crate::audit::{Event, Outcome};
 use crate::keyset::KeySetState;
 use crate::proto;
 use crate::secret::KeyRef;
+use crate::watch::ClientKind;
 use crate::watch::{same_state, Eviction, Reason, Subscription, WatchCaps};
 use crate::wire::shown_key;
 use crate::wire::ToWire;
@@ -71,7 +72,12 @@ pub const MAX_KEYS_PER_WATCH: usize = 1024;
 
 /// Checks the request, subscribes and reads the initial states; returns the
 /// stream of events. Refusals are audited.
-pub async fn watch(agent: Arc<Agent>, peer: Arc<Peer>, req: proto::WatchKeysRequest) -> Result<WatchEvents, ApiError> {
+pub async fn watch(
+    agent: Arc<Agent>,
+    peer: Arc<Peer>,
+    kind: ClientKind,
+    req: proto::WatchKeysRequest,
+) -> Result<WatchEvents, ApiError> {
     if let Some(limit) = &peer.over_limit {
         return Err(ApiError::ResourceExhausted(limit.clone()));
     }
@@ -111,7 +117,7 @@ pub async fn watch(agent: Arc<Agent>, peer: Arc<Peer>, req: proto::WatchKeysRequ
     };
     let connection = peer.connection.clone();
     let close: crate::watch::CloseConnection = Arc::new(move || connection.close());
-    let subscription = match agent.subscribe(&keys, &caller, caps, close) {
+    let subscription = match agent.subscribe(&keys, &caller, kind, caps, close) {
         Ok(s) => s,
         Err(refused) => {
             // Not audited: the caller may read these keys, and a flood of

@@ -72,7 +72,10 @@ use crate::keyset::KeySetState;
 use crate::secret::KeyRef;
 
 mod types;
-pub use types::{same_state, CloseConnection, Eviction, Published, Reason, SubscriberInfo, WatchCaps, WatchRefused};
+pub use types::{
+    same_state, ClientKind, CloseConnection, Eviction, Published, Reason, SubscriberInfo, WatchCaps, WatchRefused,
+    CLIENT_HEADER,
+};
 
 /// How many evictions [`Watchers::recent_evictions`] keeps per key.
 pub const RECENT_EVICTIONS: usize = 16;
@@ -113,6 +116,7 @@ struct KeyChannel {
 /// One subscription's registration for one key.
 struct Entry {
     who: Arc<CallerRecord>,
+    kind: ClientKind,
     /// The last generation handed to gRPC.
     delivered: u64,
     /// The channel's publishes taken so far (handed over, or skipped as
@@ -164,6 +168,7 @@ impl Watchers {
         &self,
         keys: &[KeyRef],
         who: Arc<CallerRecord>,
+        kind: ClientKind,
         caps: WatchCaps,
         close: Option<CloseConnection>,
     ) -> Result<Subscription, WatchRefused> {
@@ -224,6 +229,7 @@ impl Watchers {
                 id,
                 Entry {
                     who: who.clone(),
+                    kind,
                     delivered: 0,
                     taken: ch.seq,
                     pending_since: None,
@@ -257,6 +263,7 @@ impl Watchers {
                 exe: e.who.exe.clone(),
                 unit: e.who.unit.clone(),
                 delivered_generation: e.delivered,
+                kind: e.kind,
             })
             .collect()
     }
@@ -523,7 +530,8 @@ mod tests {
     };
 
     fn subscribe_ok(w: &Watchers, keys: &[KeyRef], who: Arc<CallerRecord>) -> Subscription {
-        w.subscribe(keys, who, CAPS, None).expect("under the caps")
+        w.subscribe(keys, who, ClientKind::Other, CAPS, None)
+            .expect("under the caps")
     }
 
     async fn next_change(sub: &mut Subscription) -> Option<(usize, Published)> {
@@ -639,10 +647,14 @@ mod tests {
         let w = Watchers::default();
         let a = key("prod/a");
         let caps = WatchCaps { per_uid: 2, total: 3 };
-        let s1 = w.subscribe(std::slice::from_ref(&a), who(7, 1), caps, None).unwrap();
-        let _s2 = w.subscribe(std::slice::from_ref(&a), who(7, 2), caps, None).unwrap();
+        let s1 = w
+            .subscribe(std::slice::from_ref(&a), who(7, 1), ClientKind::Other, caps, None)
+            .unwrap();
+        let _s2 = w
+            .subscribe(std::slice::from_ref(&a), who(7, 2), ClientKind::Other, caps, None)
+            .unwrap();
         let refused = w
-            .subscribe(std::slice::from_ref(&a), who(7, 3), caps, None)
+            .subscribe(std::slice::from_ref(&a), who(7, 3), ClientKind::Other, caps, None)
             .err()
             .unwrap();
         assert_eq!(
@@ -655,10 +667,12 @@ mod tests {
         );
         assert!(refused.to_string().contains("limits.max_watches_per_uid"), "{refused}");
         // Another uid is not held back by uid 7's cap...
-        let _s3 = w.subscribe(std::slice::from_ref(&a), who(8, 4), caps, None).unwrap();
+        let _s3 = w
+            .subscribe(std::slice::from_ref(&a), who(8, 4), ClientKind::Other, caps, None)
+            .unwrap();
         // ...but by the total.
         let refused = w
-            .subscribe(std::slice::from_ref(&a), who(9, 5), caps, None)
+            .subscribe(std::slice::from_ref(&a), who(9, 5), ClientKind::Other, caps, None)
             .err()
             .unwrap();
         assert_eq!(refused, WatchRefused::Total { open: 3, limit: 3 });
@@ -668,7 +682,8 @@ mod tests {
         assert_eq!(w.subscribers(&a).len(), 3);
         drop(s1);
         assert_eq!(w.count_for_uid(7), 1);
-        w.subscribe(std::slice::from_ref(&a), who(7, 6), caps, None).unwrap();
+        w.subscribe(std::slice::from_ref(&a), who(7, 6), ClientKind::Other, caps, None)
+            .unwrap();
     }
 
     /// A closure counting how often it was called.
@@ -699,7 +714,13 @@ mod tests {
         let a = key("prod/a");
         let (closes, close) = counter();
         let mut stuck = w
-            .subscribe(std::slice::from_ref(&a), who(1, 1), CAPS, Some(close))
+            .subscribe(
+                std::slice::from_ref(&a),
+                who(1, 1),
+                ClientKind::Other,
+                CAPS,
+                Some(close),
+            )
             .unwrap();
         let mut reader = subscribe_ok(&w, std::slice::from_ref(&a), who(2, 2));
         // Nothing published yet: nobody is waited for, however long.
@@ -757,7 +778,13 @@ mod tests {
         let a = key("prod/a");
         let (closes, close) = counter();
         let stuck = w
-            .subscribe(std::slice::from_ref(&a), who(1, 1), CAPS, Some(close))
+            .subscribe(
+                std::slice::from_ref(&a),
+                who(1, 1),
+                ClientKind::Other,
+                CAPS,
+                Some(close),
+            )
             .unwrap();
         w.publish(&a, Some(state("prod/a", 2)), Reason::Staged);
         tokio::time::advance(TWO_S).await;

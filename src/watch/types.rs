@@ -81,6 +81,45 @@ pub struct Published {
     pub seq: u64,
 }
 
+/// What a subscriber says it is (the `x-keyward-client` request header):
+/// whether it can report use and failures. A claim, not an identity: it
+/// only decides how the subscriber is listed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ClientKind {
+    /// A keyward client library (Rust, Python, Node): it reports.
+    Library,
+    /// `keyward run`: the program it starts cannot report.
+    Run,
+    /// Anything else (grpcurl, a generated stub of its own).
+    #[default]
+    Other,
+}
+
+/// The request header that names the client.
+pub const CLIENT_HEADER: &str = "x-keyward-client";
+
+impl ClientKind {
+    /// From the header's value, `LANG/VERSION` (`rust/0.1.0`,
+    /// `python/0.1.0`, `node/0.1.0`) or `run/VERSION`.
+    pub fn from_header(value: Option<&str>) -> ClientKind {
+        let name = value.and_then(|v| v.split('/').next()).unwrap_or("");
+        match name {
+            "rust" | "python" | "node" => ClientKind::Library,
+            "run" => ClientKind::Run,
+            _ => ClientKind::Other,
+        }
+    }
+
+    /// As `GetRotationStatus` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientKind::Library => "library",
+            ClientKind::Run => "run",
+            ClientKind::Other => "other",
+        }
+    }
+}
+
 /// A live subscriber, as `GetRotationStatus` reports it.
 #[derive(Clone, Debug)]
 pub struct SubscriberInfo {
@@ -94,6 +133,8 @@ pub struct SubscriberInfo {
     pub unit: Option<String>,
     /// The last generation of the key handed to its stream (0: none yet).
     pub delivered_generation: u64,
+    /// What it says it is.
+    pub kind: ClientKind,
 }
 
 /// Caps on live subscriptions: `[limits] max_watches_per_uid` and

@@ -28,6 +28,7 @@
 //! | expiry_ahead | the primary's `expires_at` is less than `expiry_lead` away (critical once passed) |
 //! | max_age_overdue | the primary has served longer than `max_age` |
 //! | agent_health | the agent reported a failure of its own in the last `W` |
+//! | no_evidence, rotation_failed | a rotation job says so ([`Detectors::set_condition`]), until it clears it |
 //!
 //! Life of an alert, per (subject, signal): it **opens** (one `firing`
 //! notification) when its signal becomes active, is sent again as a
@@ -136,7 +137,17 @@ pub struct Detectors {
     anchor: Instant,
     reports: HashMap<KeyRef, KeyReports>,
     health: HashMap<Subject, Health>,
+    /// Signals that others decide (a rotation job): active from
+    /// [`Detectors::set_condition`] to [`Detectors::clear_condition`].
+    conditions: BTreeMap<(Subject, Signal), Condition>,
     open: BTreeMap<(Subject, Signal), Open>,
+}
+
+/// An active condition: what its alert says.
+struct Condition {
+    severity: Severity,
+    summary: String,
+    details: BTreeMap<String, String>,
 }
 
 impl Detectors {
@@ -149,6 +160,7 @@ impl Detectors {
             anchor,
             reports: HashMap::new(),
             health: HashMap::new(),
+            conditions: BTreeMap::new(),
             open: BTreeMap::new(),
         }
     }
@@ -173,6 +185,62 @@ impl Detectors {
     /// alert resolves at the next evaluation instead of a window later.
     pub fn clear_health(&mut self, subject: &Subject) {
         self.health.remove(subject);
+    }
+
+    /// Makes `signal` about `subject` active, saying `summary` (its alert
+    /// opens at the next evaluation, and is sent again when the severity
+    /// changes or at the repeat interval).
+    pub fn set_condition(
+        &mut self,
+        subject: Subject,
+        signal: Signal,
+        severity: Severity,
+        summary: String,
+        details: BTreeMap<String, String>,
+    ) {
+        self.conditions.insert(
+            (subject, signal),
+            Condition {
+                severity,
+                summary,
+                details,
+            },
+        );
+    }
+
+    /// Whether `signal` about `subject` is active already with this
+    /// severity and summary (setting it again changes nothing).
+    pub fn has_condition(&self, subject: &Subject, signal: Signal, severity: Severity, summary: &str) -> bool {
+        self.conditions
+            .get(&(subject.clone(), signal))
+            .is_some_and(|c| c.severity == severity && c.summary == summary)
+    }
+
+    /// Evaluates the conditions of `key` alone (no other key's alert
+    /// changes): what a job's new condition opens.
+    pub fn evaluate_conditions(&mut self, now: Now, key: &KeyRef, repeat_interval: Duration) -> Vec<Alert> {
+        let found: Vec<Active> = self
+            .conditions
+            .iter()
+            .filter(|((s, _), _)| *s == Subject::Key(key.clone()))
+            .map(|((subject, signal), c)| Active {
+                subject: subject.clone(),
+                signal: *signal,
+                severity: c.severity,
+                hold: Duration::ZERO,
+                source: None,
+            })
+            .collect();
+        found
+            .into_iter()
+            .filter_map(|f| self.notify(f, now, &[], repeat_interval))
+            .collect()
+    }
+
+    /// Ends `signal` about `subject`: its alert resolves at the next
+    /// evaluation.
+    pub fn clear_condition(&mut self, subject: &Subject, signal: Signal) {
+        self.conditions.remove(&(subject.clone(), signal));
     }
 
     /// The open alerts, as last sent, oldest first.
@@ -214,7 +282,11 @@ impl Detectors {
                 let interesting = state.primary.expires_at.is_some()
                     || settings.max_age.is_some()
                     || self.reports.contains_key(&state.key)
-                    || open_keys.contains(&state.key);
+                    || open_keys.contains(&state.key)
+                    || self
+                        .conditions
+                        .keys()
+                        .any(|(s, _)| *s == Subject::Key(state.key.clone()));
                 interesting.then_some((state.as_ref(), settings))
             })
             .collect();
@@ -303,6 +375,22 @@ impl Detectors {
                 source: None,
             });
         }
+        for ((subject, signal), c) in &self.conditions {
+            // A key's condition is evaluated with its key (a key that is
+            // gone resolves it).
+            if let Subject::Key(k) = subject {
+                if !checked.contains(k) {
+                    continue;
+                }
+            }
+            found.push(Active {
+                subject: subject.clone(),
+                signal: *signal,
+                severity: c.severity,
+                hold: Duration::ZERO,
+                source: None,
+            });
+        }
         found
     }
 
@@ -353,7 +441,17 @@ impl Detectors {
                 let finding = KEY_SIGNALS.iter().find(|(s, _, _)| *s == signal).map(|(_, _, f)| f);
                 finding.and_then(|f| f(&self.view(state, settings, now)))
             }
-            None => self.health.get(&subject).map(|h| agent_health::finding(&subject, h)),
+            None if signal == Signal::AgentHealth => {
+                self.health.get(&subject).map(|h| agent_health::finding(&subject, h))
+            }
+            None => self.conditions.get(&(subject.clone(), signal)).map(|c| Finding {
+                severity: c.severity,
+                version: None,
+                service: "keywardd".to_owned(),
+                summary: format!("{subject}: {}", c.summary),
+                error: c.summary.clone(),
+                details: c.details.clone(),
+            }),
         }?;
         match self.open.get_mut(&key) {
             None => {

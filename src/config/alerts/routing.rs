@@ -25,11 +25,16 @@ pub enum Signal {
     /// The agent itself is failing: audit writes, store reloads, rotation
     /// steps, hooks.
     AgentHealth,
+    /// A rotation job's grace is over and nothing shows that the new
+    /// primary works: it waits, both keys valid.
+    NoEvidence,
+    /// A rotation job failed or rolled back.
+    RotationFailed,
 }
 
 impl Signal {
     /// Every signal, for metrics and docs.
-    pub const ALL: [Signal; 7] = [
+    pub const ALL: [Signal; 9] = [
         Signal::Spike,
         Signal::StaleVersion,
         Signal::RisingRate,
@@ -37,6 +42,8 @@ impl Signal {
         Signal::ExpiryAhead,
         Signal::MaxAgeOverdue,
         Signal::AgentHealth,
+        Signal::NoEvidence,
+        Signal::RotationFailed,
     ];
 
     /// The name used in payloads, config and metrics (`stale_version`).
@@ -49,6 +56,8 @@ impl Signal {
             Signal::ExpiryAhead => "expiry_ahead",
             Signal::MaxAgeOverdue => "max_age_overdue",
             Signal::AgentHealth => "agent_health",
+            Signal::NoEvidence => "no_evidence",
+            Signal::RotationFailed => "rotation_failed",
         }
     }
 }

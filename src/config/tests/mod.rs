@@ -164,6 +164,8 @@ fn full_example_parses() {
             propagation_timeout: Duration::from_secs(60),
             failure_threshold: 4,
             report_quorum: 2,
+            evidence_quorum: 1,
+            schedule: Default::default(),
         }
     );
     let argv = |a: &[&str]| Some(HookCommand::new(a.iter().map(ToString::to_string).collect()).unwrap());
@@ -180,6 +182,8 @@ fn full_example_parses() {
                 propagation_timeout: None,
                 failure_threshold: Some(5),
                 report_quorum: Some(1),
+                evidence_quorum: None,
+                schedule: Default::default(),
                 detect: Default::default(),
                 origin: "keyward.toml line 51".to_owned(),
             },
@@ -196,6 +200,8 @@ fn full_example_parses() {
                 propagation_timeout: Some(Duration::from_secs(10)),
                 failure_threshold: None,
                 report_quorum: None,
+                evidence_quorum: None,
+                schedule: Default::default(),
                 detect: Default::default(),
                 origin: "keyward.toml line 61".to_owned(),
             },

@@ -16,6 +16,8 @@ fn rotation_defaults() {
             generator: None,
             validator: None,
             revoker: None,
+            evidence_quorum: 1,
+            schedule: None,
         }
     );
 }
@@ -184,4 +186,42 @@ fn rotation_durations_and_thresholds() {
     assert_eq!(c.rotation.defaults.grace, Duration::ZERO);
     assert_eq!(c.environments["dev"].grace, Some(Duration::ZERO));
     assert_eq!(c.rotation_for(&"dev/x".parse().unwrap()).grace, Duration::ZERO);
+}
+
+#[test]
+fn schedules_resolve_per_key_then_environment_then_rotation() {
+    let c = parse(
+        "[rotation]\nevery = \"30d\"\njitter = \"1h\"\n[environments.prod]\nevery = \"7d\"\nwindow = \"Mon-Fri 09:00-16:00\"\n[environments.dev]\n[[key]]\nkeys = [\"prod/fast\"]\ngenerator = [\"/bin/gen\"]\nevery = \"1d\"\n[[key]]\nkeys = [\"prod/manual\"]\nevery = \"off\"\n",
+    )
+    .unwrap();
+    let for_key = |k: &str| c.rotation_for(&k.parse().unwrap()).schedule;
+    let fast = for_key("prod/fast").unwrap();
+    assert_eq!(fast.every, Duration::from_secs(86400));
+    assert_eq!(fast.window.unwrap().to_string(), "Mon-Fri 09:00-16:00");
+    assert_eq!(fast.jitter, Duration::from_secs(3600));
+    assert_eq!(for_key("prod/other").unwrap().every, Duration::from_secs(7 * 86400));
+    assert_eq!(for_key("dev/x").unwrap().every, Duration::from_secs(30 * 86400));
+    assert!(for_key("dev/x").unwrap().window.is_none());
+    assert_eq!(for_key("prod/manual"), None, "every = \"off\" turns it off");
+    // A schedule without a generator is named, key by key.
+    let problem = c.schedule_problem(&"prod/other".parse().unwrap()).unwrap();
+    assert!(
+        problem.contains("prod/other") && problem.contains("generator"),
+        "{problem}"
+    );
+    assert!(c.schedule_problem(&"prod/fast".parse().unwrap()).is_none());
+    assert!(c.schedule_problem(&"prod/manual".parse().unwrap()).is_none());
+}
+
+#[test]
+fn schedule_errors_name_what_is_wrong() {
+    for (text, says) in [
+        ("[[key]]\nkeys = [\"prod/a\"]\nevery = \"30d\"\n", "no generator"),
+        ("[rotation]\nevery = \"soon\"\n", "every"),
+        ("[rotation]\nevery = \"1d\"\nwindow = \"Mon-Fry\"\n", "not a day"),
+        ("[rotation]\nevidence_quorum = 0\n", "evidence_quorum"),
+    ] {
+        let e = parse(text).unwrap_err().to_string();
+        assert!(e.contains(says), "{text}: {e}");
+    }
 }
