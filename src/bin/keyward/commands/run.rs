@@ -32,6 +32,11 @@ use crate::sockets::service;
 use crate::text::key_arg;
 use crate::Outcome;
 
+/// How `keyward run` names itself to the agent (keyward-client's
+/// `x-keyward-client` header): a consumer that holds keys for a program
+/// which cannot report which key it uses.
+const CLIENT_NAME: &str = concat!("run/", env!("CARGO_PKG_VERSION"));
+
 /// `KEY=VAR` of `--key`.
 fn key_var(spec: &str) -> Result<(KeyRef, String), String> {
     let (key, var) = spec.split_once('=').ok_or_else(|| {
@@ -149,7 +154,7 @@ pub(crate) async fn run(cli: &Cli, args: &RunArgs) -> Outcome {
     let specs = args.keys.iter().map(|s| key_var(s)).collect::<Result<Vec<_>, _>>()?;
     let refs: Vec<KeyRef> = specs.iter().map(|(k, _)| k.clone()).collect();
     let not_started = |e: String| format!("{e}; the command was not started");
-    let client = service(cli).await.map_err(not_started)?;
+    let client = service(cli).await.map_err(not_started)?.with_client_name(CLIENT_NAME);
     let sets = fetch_all(&client, &refs).await.map_err(not_started)?;
     let env = child_env(&specs, &sets)?;
     let seen = sets.iter().map(|s| (s.key.clone(), s.generation)).collect();
