@@ -357,8 +357,9 @@ impl Worker {
     }
 }
 
-/// A `keyward run` child: keyward run, restarting `run_child.py` on every
-/// change, each copy appending its counts to `out`.
+/// A `keyward run` child: keyward run, restarting `run_child.py` when the
+/// primary changes (the default `--restart-on primary`: once per rotation,
+/// at the promote), each copy appending its counts to `out`.
 struct RunChild {
     child: std::process::Child,
     out: PathBuf,
@@ -397,14 +398,21 @@ impl RunChild {
     }
 
     /// Waits (10 s at most) until keyward run has restarted its program
-    /// with `generation` of the key.
-    async fn wait_for_restart_with(&self, generation: u64) {
-        let wanted = format!("restarting the command with {KEY} generation {generation} ");
+    /// with `version` of the key as the primary.
+    async fn wait_for_restart_with(&self, version: u64) {
+        let restarted = |log: String| {
+            log.lines()
+                .filter_map(|l| {
+                    l.split_once("restarting the command with ")
+                        .map(|(_, with)| with.to_owned())
+                })
+                .any(|with| restarted_with(&with, version))
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !text(&std::fs::read(&self.log).unwrap_or_default()).contains(&wanted) {
+        while !restarted(text(&std::fs::read(&self.log).unwrap_or_default())) {
             assert!(
                 Instant::now() < deadline,
-                "keyward run did not restart its program with generation {generation}"
+                "keyward run did not restart its program with primary v{version}"
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -462,6 +470,15 @@ impl Drop for RunChild {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Whether keyward run's "restarting the command with WITH" gave the
+/// program `version` of the drilled key as its primary. WITH is `ENV/NAME
+/// generation N (primary vV FINGERPRINT)`: the generation is the promote's,
+/// or the retire's when that came first (the retire alone restarts
+/// nothing).
+fn restarted_with(with: &str, version: u64) -> bool {
+    with.starts_with(&format!("{KEY} generation ")) && with.contains(&format!(" (primary v{version} "))
 }
 
 /// What the `keyward run` children counted, summed.
@@ -680,11 +697,12 @@ async fn no_request_fails_while_rotations_run_back_to_back() {
         }
     }
     let elapsed = started.elapsed();
-    // A last stretch of calls on the final key.
-    let last_generation = 1 + 3 * rotations as u64;
+    // A last stretch of calls on the final key (the first is version 1,
+    // each rotation stages one more).
+    let last_version = 1 + rotations as u64;
     if rotations > 0 {
         for child in &children {
-            child.wait_for_restart_with(last_generation).await;
+            child.wait_for_restart_with(last_version).await;
         }
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -739,12 +757,11 @@ async fn no_request_fails_while_rotations_run_back_to_back() {
     if run_children > 0 && rotations > 0 {
         assert!(run.requests > 0, "the keyward run children made requests");
         // Each followed the rotations to the end: its last restart was
-        // with the final generation.
-        let last = format!("{KEY} generation {last_generation} ");
+        // with the final primary.
         for (n, restart) in run.last_restart.iter().enumerate() {
             assert!(
-                restart.starts_with(&last),
-                "keyward run child {n}'s last restart was with {restart:?}, not the final generation"
+                restarted_with(restart, last_version),
+                "keyward run child {n}'s last restart was with {restart:?}, not the final primary v{last_version}"
             );
         }
     }
@@ -774,7 +791,9 @@ async fn no_request_fails_while_rotations_run_back_to_back() {
         now.primary.secret.expose() == valid[0].as_bytes(),
         "the agent's primary is the provider's valid key"
     );
-    assert_eq!(now.generation, last_generation);
+    // Put, then stage, promote and retire per rotation.
+    assert_eq!(now.generation, 1 + 3 * rotations as u64);
+    assert_eq!(now.primary.version, last_version);
 
     // No critical alert: nothing was refused that the agent considers
     // serving (a stale_version warning is a worker that used a state one

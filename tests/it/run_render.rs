@@ -1,11 +1,12 @@
 //! `keyward run` and `keyward render` against a real agent: the child's
-//! environment, restart and signal on rotation, the exit status, and the
-//! rendered file.
+//! environment, restart and signal on rotation (once per rotation by
+//! default, on every step with `--restart-on any`), the exit status, and
+//! the rendered file.
 
 use crate::common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -114,8 +115,8 @@ fn the_child_is_restarted_with_the_new_keys_on_rotation() {
     );
     wait_file(&log, "the first start", |t| t.lines().count() == 1);
     rotate(&agent, "prod/api");
-    // Stage (V2 becomes the fallback) and promote (V2 primary, V1
-    // fallback) are two changes: the last start has the promoted state.
+    // The promote restarts it (V2 primary, V1 fallback); the stage does
+    // not (see the tests below).
     let starts = wait_file(&log, "a restart with the promoted key", |t| {
         t.lines().last() == Some(format!("{V2} {V1}").as_str())
     });
@@ -127,6 +128,97 @@ fn the_child_is_restarted_with_the_new_keys_on_rotation() {
     let err = stderr_of(run);
     assert!(err.contains("prod/api changed; restarting the command"), "{err}");
     assert_no_secret("keyward run's stderr", err.as_bytes(), &[V1, V2]);
+}
+
+/// Runs `keyward --dev DIR CLI_ARGS…` and asserts it worked.
+fn step(agent: &TestAgent, args: &[&str], input: Option<&str>) {
+    let out = agent.cli(args, input.map(str::as_bytes));
+    assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+}
+
+/// An agent whose retire gate opens at once (`grace = "0s"`), holding
+/// `prod/api` = V1, and `keyward run --key prod/api=API_KEY RUN_ARGS… --
+/// CHILD` where the child appends "$API_KEY_PRIMARY $API_KEY_FALLBACK" to
+/// the returned file each time it starts.
+fn run_counting_starts(run_args: &[&str]) -> (TestAgent, tempfile::TempDir, PathBuf, Child) {
+    let agent = TestAgent::start_with_config("[rotation]\ngrace = \"0s\"\n");
+    agent.put("prod/api", V1);
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("starts");
+    let child = script(
+        tmp.path(),
+        "child.sh",
+        &format!(
+            "echo \"$API_KEY_PRIMARY $API_KEY_FALLBACK\" >> {}\nexec sleep 60",
+            log.display()
+        ),
+    );
+    let mut args = vec!["run", "--key", "prod/api=API_KEY", "--stop-timeout", "2s"];
+    args.extend_from_slice(run_args);
+    args.extend(["--", &child]);
+    let run = spawn_cli(&agent, &args);
+    wait_file(&log, "the first start", |t| t.lines().count() == 1);
+    (agent, tmp, log, run)
+}
+
+/// After the last step: no start comes within 1.5 s of it (a bounded
+/// wait for something that must not happen), and the starts are `want`.
+fn assert_starts_settle_at(log: &Path, want: &[String]) {
+    let until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < until {
+        let t = std::fs::read_to_string(log).unwrap_or_default();
+        assert!(t.lines().count() <= want.len(), "more starts than {want:?}: {t:?}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let t = std::fs::read_to_string(log).unwrap();
+    assert_eq!(t.lines().collect::<Vec<_>>(), want, "the child's starts");
+}
+
+#[test]
+fn by_default_a_full_rotation_restarts_the_child_once_at_promote() {
+    let (agent, _tmp, log, mut run) = run_counting_starts(&[]);
+    step(&agent, &["stage", "prod/api"], Some(V2));
+    step(&agent, &["promote", "prod/api"], None);
+    wait_file(&log, "the restart at promote", |t| t.lines().count() >= 2);
+    step(&agent, &["retire", "prod/api"], None);
+    // Stage and retire change only the fallback: no restart for them, and
+    // the child keeps the fallback it got at promote (V1, now retired).
+    assert_starts_settle_at(&log, &[format!("{V1} {V1}"), format!("{V2} {V1}")]);
+    terminate(&mut run, Duration::from_secs(10)).expect("keyward run exits within 10 s of SIGTERM");
+    let err = stderr_of(run);
+    // The retire reached it and was let be (the stage may have come
+    // together with the promote, so it is not looked for).
+    assert!(
+        err.contains("prod/api changed but not its primary (v2); --restart-on primary: the command keeps running"),
+        "{err}"
+    );
+    assert_eq!(err.matches("restarting the command").count(), 1, "{err}");
+    assert_no_secret("keyward run's stderr", err.as_bytes(), &[V1, V2]);
+}
+
+#[test]
+fn restart_on_any_restarts_the_child_at_each_step() {
+    let (agent, _tmp, log, mut run) = run_counting_starts(&["--restart-on", "any"]);
+    for (n, args, input) in [
+        (2, vec!["stage", "prod/api"], Some(V2)),
+        (3, vec!["promote", "prod/api"], None),
+        (4, vec!["retire", "prod/api"], None),
+    ] {
+        step(&agent, &args, input);
+        wait_file(&log, &format!("the restart after {}", args[0]), |t| {
+            t.lines().count() >= n
+        });
+    }
+    assert_starts_settle_at(
+        &log,
+        &[
+            format!("{V1} {V1}"),
+            format!("{V1} {V2}"),
+            format!("{V2} {V1}"),
+            format!("{V2} {V2}"),
+        ],
+    );
+    terminate(&mut run, Duration::from_secs(10)).expect("keyward run exits within 10 s of SIGTERM");
 }
 
 #[test]

@@ -5,8 +5,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio_stream::{Stream, StreamExt};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
+use crate::client_name::ClientName;
 use crate::connect;
 use crate::error::{from_status, Error};
 use crate::keyset::{parse_key, KeySet};
@@ -21,9 +23,14 @@ pub(crate) type KeySetStream = Pin<Box<dyn Stream<Item = Result<KeySet, Error>> 
 ///
 /// Cloning is cheap: clones share one HTTP/2 connection, which is
 /// re-established by itself when the agent restarts.
+///
+/// Every request carries the header
+/// [`x-keyward-client`](crate::CLIENT_HEADER), `rust/VERSION` unless
+/// [`Client::with_client_name`] says otherwise.
 #[derive(Clone)]
 pub struct Client {
-    keys: KeysClient<Channel>,
+    channel: Channel,
+    name: ClientName,
     socket: Arc<PathBuf>,
     service: Arc<str>,
 }
@@ -90,10 +97,17 @@ impl Client {
 
     fn over(socket: &Path, channel: Channel) -> Client {
         Client {
-            keys: KeysClient::new(channel),
+            channel,
+            name: ClientName::default(),
             socket: Arc::new(socket.to_path_buf()),
             service: default_service().into(),
         }
+    }
+
+    /// The `Keys` stub on this connection, adding the client's name to
+    /// each request.
+    fn keys(&self) -> KeysClient<InterceptedService<Channel, ClientName>> {
+        KeysClient::with_interceptor(self.channel.clone(), self.name.clone())
     }
 
     /// The same connection, reporting auth failures as `service` (by default
@@ -106,6 +120,31 @@ impl Client {
     /// The service name sent with auth-failure reports.
     pub fn service(&self) -> &str {
         &self.service
+    }
+
+    /// The same connection, naming the program as `name` to the agent in
+    /// the [`x-keyward-client`](crate::CLIENT_HEADER) header of every
+    /// request, instead of `rust/VERSION` (this library's version). Write
+    /// it as `KIND/VERSION`, e.g. `run/0.1.0` for `keyward run`; characters
+    /// a header cannot carry (anything but printable ASCII and the space)
+    /// become `_`. It is a label for the agent's lists, not a credential:
+    /// the agent identifies the caller by its process, never by this.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), keyward_client::Error> {
+    /// let client = keyward_client::Client::connect().await?.with_client_name("billing-sidecar/2.1");
+    /// assert_eq!(client.client_name(), "billing-sidecar/2.1");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn with_client_name(mut self, name: &str) -> Client {
+        self.name = ClientName::new(name);
+        self
+    }
+
+    /// What the [`x-keyward-client`](crate::CLIENT_HEADER) header says.
+    pub fn client_name(&self) -> &str {
+        self.name.as_str()
     }
 
     /// The socket this client talks to.
@@ -126,7 +165,7 @@ impl Client {
         let request = proto::GetKeyRequest {
             key: Some(parse_key(key)?),
         };
-        let reply = self.keys.clone().get_key(request).await.map_err(|s| self.error(s))?;
+        let reply = self.keys().get_key(request).await.map_err(|s| self.error(s))?;
         KeySet::try_from(reply.into_inner())
     }
 
@@ -153,7 +192,7 @@ impl Client {
         let request = proto::WatchKeysRequest {
             keys: keys.iter().map(|k| parse_key(k)).collect::<Result<_, _>>()?,
         };
-        let events = self.keys.clone().watch_keys(request).await.map_err(|s| self.error(s))?;
+        let events = self.keys().watch_keys(request).await.map_err(|s| self.error(s))?;
         let socket = Arc::clone(&self.socket);
         Ok(events.into_inner().map(move |event| {
             let event = event.map_err(|s| from_status(&socket, s))?;
@@ -187,8 +226,7 @@ impl Client {
             service: service.to_string(),
             detail: detail.to_string(),
         };
-        self.keys
-            .clone()
+        self.keys()
             .report_auth_failure(report)
             .await
             .map_err(|s| self.error(s))?;
@@ -205,6 +243,7 @@ impl std::fmt::Debug for Client {
         f.debug_struct("Client")
             .field("socket", &self.socket)
             .field("service", &self.service)
+            .field("client_name", &self.client_name())
             .finish()
     }
 }

@@ -23,6 +23,9 @@
 //! - [`connect`](crate::Client::connect): finding the socket and opening a
 //!   gRPC channel over it (`connect.rs`).
 //! - `client.rs`: [`Client`], one method per RPC of the `Keys` service.
+//! - `client_name.rs`: the [`CLIENT_HEADER`] (`x-keyward-client`) every
+//!   request carries, naming the program (`rust/VERSION` by default;
+//!   [`Client::with_client_name`]).
 //! - `keyset.rs`: [`KeySet`], [`KeyVersion`], [`RotationState`]: the
 //!   agent's answer in plain Rust types.
 //! - `secret.rs`: [`Secret`], secret bytes that are wiped when dropped and
@@ -42,6 +45,7 @@
 #![deny(missing_docs)]
 
 mod client;
+mod client_name;
 mod connect;
 mod error;
 mod fallback;
@@ -54,6 +58,7 @@ mod trust;
 use keyward_proto as proto;
 
 pub use client::Client;
+pub use client_name::CLIENT_HEADER;
 pub use connect::{channel, checked_channel, socket_path, DEFAULT_SOCKET, SOCKET_ENV};
 pub use error::Error;
 pub use fallback::{auth_rejection, CallError, HttpStatus, KeySource};

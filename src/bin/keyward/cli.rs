@@ -124,9 +124,19 @@ pub enum Command {
         key: String,
     },
     /// Start a command with keys in its environment; restart or signal it
-    /// when a key changes. For each --key ENV/NAME=VAR the command gets VAR
-    /// (the primary), VAR_PRIMARY and VAR_FALLBACK (the fallback, or the
-    /// primary when the key has none).
+    /// when a key's primary changes. For each --key ENV/NAME=VAR the
+    /// command gets VAR (the primary), VAR_PRIMARY and VAR_FALLBACK (the
+    /// fallback, or the primary when the key has none).
+    ///
+    /// By default (--restart-on primary) only a change of a primary
+    /// restarts it: a promote, a rollback, or a put --overwrite, i.e. once
+    /// per full rotation. A stage, an abort and a retire change only the
+    /// fallback and leave it running, so its VAR_FALLBACK can be out of
+    /// date: a newly staged key reaches it only with the restart at
+    /// promote, and after a retire VAR_FALLBACK still holds the retired
+    /// key. --restart-on any restarts it on every change (a full rotation
+    /// restarts it three times: stage, promote, retire). A deleted key
+    /// leaves it running with the keys it has.
     Run(RunArgs),
     /// Write keys into a file from a template, and again on every change.
     /// The template names keys as {{ ENV/NAME }} (the primary) or
@@ -313,6 +323,18 @@ pub enum OnRotate {
     None,
 }
 
+/// Which changes of a key `keyward run` acts on (`--restart-on`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RestartOn {
+    /// A primary other than the one the command was given (or last
+    /// signalled for): promote, rollback, put --overwrite. Once per
+    /// rotation.
+    Primary,
+    /// Every change: stage, abort and retire too (three times per
+    /// rotation).
+    Any,
+}
+
 fn on_rotate(s: &str) -> Result<OnRotate, String> {
     match s {
         "restart" => Ok(OnRotate::Restart),
@@ -344,9 +366,20 @@ pub struct RunArgs {
     /// more keys).
     #[arg(long = "key", value_name = "ENV/NAME=VAR", required = true)]
     pub keys: Vec<String>,
-    /// restart, signal:NAME (e.g. signal:HUP) or none.
+    /// What to do on a change that --restart-on selects: restart,
+    /// signal:NAME (e.g. signal:HUP) or none. With the default
+    /// (--restart-on primary) a promote, a rollback or a put --overwrite
+    /// is acted on; a stage, an abort or a retire is not.
     #[arg(long, value_name = "ACTION", default_value = "restart", value_parser = on_rotate)]
     pub on_rotate: OnRotate,
+    /// Which changes restart (or signal) the command. primary: a new
+    /// primary only (promote, rollback, put --overwrite), once per
+    /// rotation; after a stage, an abort or a retire the command keeps
+    /// running and its VAR_FALLBACK may be out of date (a staged key
+    /// reaches it only at the promote restart; after a retire it still
+    /// holds the retired key). any: every change of a key.
+    #[arg(long, value_name = "WHICH", value_enum, default_value_t = RestartOn::Primary)]
+    pub restart_on: RestartOn,
     /// Wait a random time up to this long before acting on a change, so
     /// that many hosts do not restart at once. Keep it, plus the command's
     /// restart time, well below the key's rotation grace period: the old key

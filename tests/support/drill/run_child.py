@@ -12,7 +12,8 @@ unchanged app gets from `keyward run`'s variables. It appends to OUT_FILE
 - at once, for every request that failed with both keys:
   `fail primary=STATUS fallback=STATUS` (a status is "error" when the
   request itself failed);
-- when SIGTERM ends it (keyward run restarts it on every rotation step):
+- when SIGTERM ends it (keyward run restarts it when the primary changes,
+  at each promote):
   `done ok=N fell_back=N fail=N`.
 
 It never prints a key.

@@ -2,8 +2,9 @@
 //! that know nothing of keyward.
 //!
 //! `run` starts a command with keys in its environment and restarts or
-//! signals it when a key changes; `render` writes keys into a file from a
-//! template and re-renders it on every change. Both fetch every key before
+//! signals it when a key's primary changes (or on every change, with
+//! `--restart-on any`); `render` writes keys into a file from a template
+//! and re-renders it on every change. Both fetch every key before
 //! anything starts (an unreachable agent or a missing key is an error, never
 //! an empty variable or file), follow the keys with keyward-client's
 //! handles (which keep the last state and reconnect with backoff when the
@@ -47,10 +48,37 @@ pub(crate) async fn fetch_all(client: &Client, keys: &[KeyRef]) -> Result<Vec<Ke
     Ok(out)
 }
 
-/// Follows `keys`, a handle each, and sends the name of every key whose
-/// generation differs from the last one seen (starting from `seen`, the
-/// generations the command was given). Ends when the receiver is dropped.
-pub(crate) fn follow(client: &Client, keys: &[KeyRef], seen: &HashMap<String, u64>) -> mpsc::Receiver<String> {
+/// Which value of a key is its primary: the version and its fingerprint (a
+/// keyed hash of the secret), never the secret. Two equal `PrimaryId`s are
+/// the same primary, so `keyward run` can tell a change of the primary from
+/// one of the fallback alone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct PrimaryId {
+    pub version: u64,
+    pub fingerprint: String,
+}
+
+impl PrimaryId {
+    pub(crate) fn of(set: &KeySet) -> PrimaryId {
+        PrimaryId {
+            version: set.primary.version,
+            fingerprint: set.primary.fingerprint.clone(),
+        }
+    }
+}
+
+/// A key whose state changed, and its primary in the new state.
+#[derive(Clone, Debug)]
+pub(crate) struct Change {
+    pub key: String,
+    pub primary: PrimaryId,
+}
+
+/// Follows `keys`, a handle each, and sends a [`Change`] for every key
+/// whose generation differs from the last one seen (starting from `seen`,
+/// the generations the command was given). Ends when the receiver is
+/// dropped.
+pub(crate) fn follow(client: &Client, keys: &[KeyRef], seen: &HashMap<String, u64>) -> mpsc::Receiver<Change> {
     say_reconnects();
     let (tx, rx) = mpsc::channel(64);
     for key in keys {
@@ -79,7 +107,7 @@ fn say_reconnects() {
 
 /// One key of [`follow`]. Its handle reconnects by itself; only getting
 /// the handle (the key's first state on the watch) is retried here.
-async fn follow_key(client: Client, key: String, mut last: Option<u64>, tx: mpsc::Sender<String>) {
+async fn follow_key(client: Client, key: String, mut last: Option<u64>, tx: mpsc::Sender<Change>) {
     let Some(mut handle) = first_handle(&client, &key, &tx).await else {
         return;
     };
@@ -87,7 +115,11 @@ async fn follow_key(client: Client, key: String, mut last: Option<u64>, tx: mpsc
     loop {
         if last != Some(state.generation) {
             last = Some(state.generation);
-            if tx.send(key.clone()).await.is_err() {
+            let change = Change {
+                key: key.clone(),
+                primary: PrimaryId::of(&state),
+            };
+            if tx.send(change).await.is_err() {
                 return;
             }
         }
@@ -103,7 +135,7 @@ async fn follow_key(client: Client, key: String, mut last: Option<u64>, tx: mpsc
 }
 
 /// A handle on `key`, retried with backoff until it comes or `tx` closes.
-async fn first_handle(client: &Client, key: &str, tx: &mpsc::Sender<String>) -> Option<KeyHandle> {
+async fn first_handle(client: &Client, key: &str, tx: &mpsc::Sender<Change>) -> Option<KeyHandle> {
     let mut backoff = Duration::from_millis(100);
     loop {
         let attempt = tokio::select! {

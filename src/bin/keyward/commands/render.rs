@@ -85,7 +85,8 @@ pub(crate) async fn render(cli: &Cli, args: &RenderArgs) -> Outcome {
         tokio::select! {
             _ = term.recv() => return Ok(ExitCode::SUCCESS),
             _ = int.recv() => return Ok(ExitCode::SUCCESS),
-            Some(changed) = changes.recv() => {
+            Some(change) = changes.recv() => {
+                let changed = change.key;
                 let sets = match fetch_all(&client, &keys).await {
                     Ok(s) => s,
                     Err(e) => {

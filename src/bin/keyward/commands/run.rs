@@ -1,7 +1,17 @@
 //! `keyward run`: start a command with keys in its environment, and restart
 //! or signal it when a key changes (see `held_keys.rs` for how the keys are
 //! fetched and followed).
+//!
+//! With `--restart-on primary` (the default) it acts only when a key's
+//! primary is no longer the one the command was given (or, with
+//! `--on-rotate signal:…`, last signalled for): once per rotation, at the
+//! promote. The command's `VAR_FALLBACK` is then left as it was through a
+//! stage, an abort or a retire; a program needs its primary to work, and
+//! restarting it three times per rotation for the fallback alone cost more
+//! than a fallback that is one step behind. `--restart-on any` acts on
+//! every change.
 
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
 use std::process::ExitCode;
@@ -16,11 +26,16 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use zeroize::Zeroizing;
 
-use crate::cli::{Cli, OnRotate, RunArgs};
-use crate::commands::held_keys::{describe, fetch_all, follow, harden};
+use crate::cli::{Cli, OnRotate, RestartOn, RunArgs};
+use crate::commands::held_keys::{describe, fetch_all, follow, harden, Change, PrimaryId};
 use crate::sockets::service;
 use crate::text::key_arg;
 use crate::Outcome;
+
+/// How `keyward run` names itself to the agent (keyward-client's
+/// `x-keyward-client` header): a consumer that holds keys for a program
+/// which cannot report which key it uses.
+const CLIENT_NAME: &str = concat!("run/", env!("CARGO_PKG_VERSION"));
 
 /// `KEY=VAR` of `--key`.
 fn key_var(spec: &str) -> Result<(KeyRef, String), String> {
@@ -108,6 +123,23 @@ fn exit_code(status: std::process::ExitStatus) -> ExitCode {
     }
 }
 
+/// The primary of each key that the command was given (or, with
+/// `--on-rotate signal:…`, last signalled for).
+type Given = HashMap<String, PrimaryId>;
+
+fn given(sets: &[KeySet]) -> Given {
+    sets.iter().map(|s| (s.key.clone(), PrimaryId::of(s))).collect()
+}
+
+/// Whether `change` is one `--restart-on` acts on, against what the
+/// command has.
+fn acts_on(restart_on: RestartOn, given: &Given, change: &Change) -> bool {
+    match restart_on {
+        RestartOn::Any => true,
+        RestartOn::Primary => given.get(&change.key) != Some(&change.primary),
+    }
+}
+
 /// A random delay in `0..=splay`.
 fn splay_delay(splay: Duration) -> Duration {
     if splay.is_zero() {
@@ -122,10 +154,11 @@ pub(crate) async fn run(cli: &Cli, args: &RunArgs) -> Outcome {
     let specs = args.keys.iter().map(|s| key_var(s)).collect::<Result<Vec<_>, _>>()?;
     let refs: Vec<KeyRef> = specs.iter().map(|(k, _)| k.clone()).collect();
     let not_started = |e: String| format!("{e}; the command was not started");
-    let client = service(cli).await.map_err(not_started)?;
+    let client = service(cli).await.map_err(not_started)?.with_client_name(CLIENT_NAME);
     let sets = fetch_all(&client, &refs).await.map_err(not_started)?;
     let env = child_env(&specs, &sets)?;
     let seen = sets.iter().map(|s| (s.key.clone(), s.generation)).collect();
+    let mut has = given(&sets);
     let mut changes = follow(&client, &refs, &seen);
     let mut child = Child::start(&args.command, &env)?;
     drop(env);
@@ -162,11 +195,28 @@ pub(crate) async fn run(cli: &Cli, args: &RunArgs) -> Outcome {
                 let _ = kill(child.pid, sig);
             }
             Some(first) = changes.recv() => {
-                let mut changed = vec![first];
                 if matches!(args.on_rotate, OnRotate::None) {
-                    eprintln!("keyward run: {} changed; --on-rotate none: the command keeps its keys", changed.join(", "));
+                    eprintln!("keyward run: {} changed; --on-rotate none: the command keeps its keys", first.key);
                     continue;
                 }
+                if !acts_on(args.restart_on, &has, &first) {
+                    eprintln!(
+                        "keyward run: {} changed but not its primary (v{}); --restart-on primary: the command keeps running",
+                        first.key, first.primary.version
+                    );
+                    continue;
+                }
+                // The latest primary of each key that changed, for a
+                // signal (a restart fetches the keys again).
+                let mut latest: Given = HashMap::new();
+                let mut changed = vec![first.key.clone()];
+                latest.insert(first.key, first.primary);
+                let mut note = |change: Change, changed: &mut Vec<String>| {
+                    if acts_on(args.restart_on, &has, &change) {
+                        changed.push(change.key.clone());
+                    }
+                    latest.insert(change.key, change.primary);
+                };
                 let delay = splay_delay(args.splay);
                 // Still forward signals and notice the child exiting while
                 // waiting out the splay.
@@ -180,11 +230,11 @@ pub(crate) async fn run(cli: &Cli, args: &RunArgs) -> Outcome {
                             return Ok(exit_code(status));
                         }
                         Some(sig) = sig_rx.recv() => { let _ = kill(child.pid, sig); }
-                        Some(more) = changes.recv() => changed.push(more),
+                        Some(more) = changes.recv() => note(more, &mut changed),
                     }
                 }
                 while let Ok(more) = changes.try_recv() {
-                    changed.push(more);
+                    note(more, &mut changed);
                 }
                 changed.sort();
                 changed.dedup();
@@ -192,6 +242,7 @@ pub(crate) async fn run(cli: &Cli, args: &RunArgs) -> Outcome {
                     OnRotate::Signal(sig) => {
                         eprintln!("keyward run: {} changed; sending {sig} to the command", changed.join(", "));
                         let _ = kill(child.pid, *sig);
+                        has.extend(latest);
                     }
                     OnRotate::Restart => {
                         let sets = match fetch_all(&client, &refs).await {
@@ -201,6 +252,13 @@ pub(crate) async fn run(cli: &Cli, args: &RunArgs) -> Outcome {
                                 continue;
                             }
                         };
+                        if args.restart_on == RestartOn::Primary && given(&sets) == has {
+                            eprintln!(
+                                "keyward run: {} changed, but its primary is back to the one the command has; the command keeps running",
+                                changed.join(", ")
+                            );
+                            continue;
+                        }
                         let env = match child_env(&specs, &sets) {
                             Ok(env) => env,
                             Err(e) => {
@@ -211,6 +269,7 @@ pub(crate) async fn run(cli: &Cli, args: &RunArgs) -> Outcome {
                         eprintln!("keyward run: {} changed; restarting the command with {}", changed.join(", "), describe(&sets));
                         child.stop(args.stop_timeout).await;
                         child = Child::start(&args.command, &env)?;
+                        has = given(&sets);
                     }
                     OnRotate::None => {}
                 }
@@ -236,5 +295,34 @@ mod tests {
             .contains("not an environment variable name"));
         assert!(key_var("prod/a=A-B").is_err());
         assert!(key_var("../x=A").is_err());
+    }
+
+    #[test]
+    fn restart_on_primary_acts_only_on_another_primary() {
+        let id = |version: u64, fingerprint: &str| PrimaryId {
+            version,
+            fingerprint: fingerprint.to_owned(),
+        };
+        let has: Given = [("prod/a".to_owned(), id(1, "f1"))].into();
+        let change = |key: &str, primary| Change {
+            key: key.to_owned(),
+            primary,
+        };
+        // (change, acted on with primary, with any)
+        let table = [
+            // stage, abort, retire: the primary stays.
+            (change("prod/a", id(1, "f1")), false, true),
+            // promote, or a put --overwrite.
+            (change("prod/a", id(2, "f2")), true, true),
+            // The same version number with another secret.
+            (change("prod/a", id(1, "f9")), true, true),
+            // A key the command was not given (cannot happen; acted on).
+            (change("prod/b", id(1, "f1")), true, true),
+        ];
+        for (c, primary, any) in table {
+            let what = format!("{} v{} {}", c.key, c.primary.version, c.primary.fingerprint);
+            assert_eq!(acts_on(RestartOn::Primary, &has, &c), primary, "{what}");
+            assert_eq!(acts_on(RestartOn::Any, &has, &c), any, "{what}");
+        }
     }
 }
