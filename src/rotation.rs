@@ -11,8 +11,8 @@
 //! staged fallback, retire the old fallback, and nothing else); version
 //! numbers are never reused; dropped versions keep their metadata in the
 //! bounded history. Retire is refused while its gate is closed (grace
-//! period not over, or auth failures reported against the new primary since
-//! promotion) unless forced.
+//! period not over, auth failures reported against the new primary since
+//! promotion, or no evidence that the new primary works) unless forced.
 
 use std::time::{Duration, SystemTime};
 
@@ -79,6 +79,13 @@ pub struct RetireGate<'a> {
     pub reported_by: &'a str,
     /// Retire anyway (audited as forced).
     pub force: bool,
+    /// Distinct callers served the primary that reported using it
+    /// successfully.
+    pub users: u64,
+    /// How many such callers are evidence enough (0 counts as 1).
+    pub evidence_quorum: u64,
+    /// A validator run after the promotion accepted the primary.
+    pub validated: bool,
     /// How long ago this process promoted the primary, on the monotonic
     /// clock. The grace is measured with it when known, so that a clock set
     /// right (or wrong) after the promotion neither ends it early nor
@@ -291,7 +298,23 @@ fn check_gate(state: &KeySetState, gate: RetireGate<'_>, now: SystemTime) -> Res
             humantime::format_duration(gate.grace)
         )));
     }
+    if !has_evidence(&gate) {
+        return Err(closed(format!(
+            "nothing shows that the new primary v{} works: use reported by {} of {} caller(s) needed (client libraries report it), and no validator accepted it after promotion (`keyward rotate {}` runs the validator); retiring now could leave every consumer with a refused key",
+            state.primary.number,
+            gate.users,
+            gate.evidence_quorum.max(1),
+            state.key
+        )));
+    }
     Ok(())
+}
+
+/// Whether the gate has evidence that the new primary works: use reported
+/// by the quorum of callers served it, or the validator's acceptance after
+/// promotion.
+pub fn has_evidence(gate: &RetireGate<'_>) -> bool {
+    gate.validated || gate.users >= gate.evidence_quorum.max(1)
 }
 
 /// Whether the reported failures close the gate: some, from at least the
@@ -400,10 +423,18 @@ mod tests {
         v.secret.expose_secret()
     }
 
+    /// A gate with evidence and nothing else: retire passes it.
+    fn used() -> RetireGate<'static> {
+        RetireGate {
+            users: 1,
+            ..Default::default()
+        }
+    }
+
     fn run(state: &KeySetState, command: Command) -> Result<KeySetState, RotationError> {
         match command {
             Command::Stage => stage(state, version(0, "newer"), false, SystemTime::UNIX_EPOCH),
-            c => apply(state, c, RetireGate::default(), SystemTime::UNIX_EPOCH),
+            c => apply(state, c, used(), SystemTime::UNIX_EPOCH),
         }
     }
 
@@ -456,7 +487,7 @@ mod tests {
             (secret_of(&back.primary), back.fallback.as_ref().map(secret_of)),
             (&b"old"[..], Some(&b"new"[..]))
         );
-        let retired = apply(&p, Command::Retire, RetireGate::default(), SystemTime::UNIX_EPOCH).unwrap();
+        let retired = apply(&p, Command::Retire, used(), SystemTime::UNIX_EPOCH).unwrap();
         assert_eq!(secret_of(&retired.primary), b"new");
         assert!(retired.fallback.is_none());
         assert_eq!(retired.history[0].number, 1);
@@ -483,7 +514,7 @@ mod tests {
         let p = apply(&staged(), Command::Promote, RetireGate::default(), promoted_at).unwrap();
         let gate = RetireGate {
             grace: Duration::from_secs(60),
-            ..Default::default()
+            ..used()
         };
         let early = apply(&p, Command::Retire, gate, promoted_at + Duration::from_secs(10)).unwrap_err();
         assert!(early.to_string().contains("grace period"), "{early}");
@@ -528,6 +559,40 @@ mod tests {
         assert!(apply(&p, Command::Retire, any, promoted_at + Duration::from_secs(600)).is_err());
     }
 
+    /// Retire without evidence is refused however long ago the promotion
+    /// was; the quorum, a validator's acceptance or force open it.
+    #[test]
+    fn retire_needs_evidence_that_the_new_primary_works() {
+        let p = promoted();
+        let silent = RetireGate::default();
+        let e = apply(
+            &p,
+            Command::Retire,
+            silent,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(86400),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("nothing shows that the new primary v2 works"),
+            "{e}"
+        );
+        let short = RetireGate {
+            users: 1,
+            evidence_quorum: 2,
+            ..silent
+        };
+        assert!(apply(&p, Command::Retire, short, SystemTime::UNIX_EPOCH).is_err());
+        let two = RetireGate { users: 2, ..short };
+        assert!(apply(&p, Command::Retire, two, SystemTime::UNIX_EPOCH).is_ok());
+        let validated = RetireGate {
+            validated: true,
+            ..silent
+        };
+        assert!(apply(&p, Command::Retire, validated, SystemTime::UNIX_EPOCH).is_ok());
+        let forced = RetireGate { force: true, ..silent };
+        assert!(apply(&p, Command::Retire, forced, SystemTime::UNIX_EPOCH).is_ok());
+    }
+
     /// Random command sequences (a deterministic generator, many seeds):
     /// the serving primary is never dropped, generations grow by one per
     /// accepted command, version numbers never repeat.
@@ -548,7 +613,7 @@ mod tests {
                 let replace = rand() % 2 == 0;
                 let result = match command {
                     Command::Stage => stage(&state, version(0, "s"), replace, SystemTime::UNIX_EPOCH),
-                    c => apply(&state, c, RetireGate::default(), SystemTime::UNIX_EPOCH),
+                    c => apply(&state, c, used(), SystemTime::UNIX_EPOCH),
                 };
                 let Ok(next) = result else { continue };
                 assert_eq!(next.generation, state.generation + 1);

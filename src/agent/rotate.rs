@@ -210,6 +210,9 @@ pub(super) struct GateFacts {
     pub(super) reported_by: String,
     pub(super) quorum: u64,
     pub(super) promoted_ago: Option<std::time::Duration>,
+    pub(super) users: u64,
+    pub(super) evidence_quorum: u64,
+    pub(super) validated: bool,
 }
 
 impl GateFacts {
@@ -221,6 +224,9 @@ impl GateFacts {
             fallback_failures,
             quorum: agent.served.quorum(current, settings.report_quorum),
             promoted_ago: agent.failures.promoted_ago(current),
+            users: agent.uses.users(&current.key, current.primary.number).len() as u64,
+            evidence_quorum: settings.evidence_quorum,
+            validated: agent.jobs.validated(&current.key, current.primary.number),
         }
     }
 
@@ -233,6 +239,9 @@ impl GateFacts {
             reported_by: &self.reported_by,
             force,
             promoted_ago: self.promoted_ago,
+            users: self.users,
+            evidence_quorum: self.evidence_quorum,
+            validated: self.validated,
         }
     }
 }
@@ -308,6 +317,7 @@ async fn commit(
 ) -> Result<Committed, ApiError> {
     let key = next.key.clone();
     let generation_before = before.generation;
+    let notes = if detail.is_empty() { Vec::new() } else { vec![detail.clone()] };
     let detail = match actor {
         Actor::Job(job) if detail.is_empty() => job.to_owned(),
         Actor::Job(job) => format!("{job}: {detail}"),
@@ -339,7 +349,7 @@ async fn commit(
     Ok(Committed {
         state: committed,
         generation_before,
-        notes: if detail.is_empty() { Vec::new() } else { vec![detail] },
+        notes,
     })
 }
 

@@ -520,6 +520,7 @@ fn every_documented_metric_is_exposed_with_help_and_type() {
     m.fetch("prod", "a", "ok");
     m.denial("service", "get_key");
     m.report("prod", "a", "primary");
+    m.key_use("prod", "a", "primary");
     m.report_dropped(1000);
     m.audit_write(Duration::from_micros(50));
     let snapshot = Snapshot {
@@ -543,6 +544,7 @@ fn every_documented_metric_is_exposed_with_help_and_type() {
         ("keyward_denials_total", "counter"),
         ("keyward_auth_failure_reports_total", "counter"),
         ("keyward_auth_failure_reports_dropped_total", "counter"),
+        ("keyward_key_use_reports_total", "counter"),
         ("keyward_alert_notifications_total", "counter"),
         ("keyward_alerts_open", "gauge"),
         ("keyward_alert_deliveries_total", "counter"),
@@ -557,6 +559,7 @@ fn every_documented_metric_is_exposed_with_help_and_type() {
         ("keyward_key_age_seconds", "gauge"),
         ("keyward_key_expires_in_seconds", "gauge"),
         ("keyward_key_generation", "gauge"),
+        ("keyward_rotation_job_step", "gauge"),
         ("keyward_agent_start_time_seconds", "gauge"),
         ("keyward_build_info", "gauge"),
         ("keyward_backend_up", "gauge"),

@@ -463,7 +463,13 @@ fn promoted(memory: &Memory, state: &KeySetState, seen: &Observed, new: u64) -> 
     if seen.has_validator && memory.validated.is_none() {
         return Action::Validate;
     }
-    if seen.users >= seen.evidence_quorum.max(1) || memory.validated == Some(true) {
+    let gate = super::RetireGate {
+        users: seen.users,
+        evidence_quorum: seen.evidence_quorum,
+        validated: memory.validated == Some(true),
+        ..Default::default()
+    };
+    if super::has_evidence(&gate) {
         return Action::Retire;
     }
     let unreported = if seen.unreported.is_empty() {
@@ -576,7 +582,10 @@ mod tests {
         let retired = apply(
             &promoted(),
             Command::Retire,
-            RetireGate::default(),
+            RetireGate {
+                users: 1,
+                ..Default::default()
+            },
             SystemTime::UNIX_EPOCH,
         )
         .unwrap();
@@ -616,7 +625,11 @@ mod tests {
         };
         assert!(is_wait(&next(&with_new(), Some(&promoted()), &one), Gate::Evidence));
         // Failures while waiting roll back.
-        let failing = Observed { failures: 3, ..quiet };
+        let failing = Observed {
+            failures: 3,
+            reporters: 1,
+            ..quiet
+        };
         assert!(matches!(
             next(&with_new(), Some(&promoted()), &failing),
             Action::Rollback { .. }
@@ -708,7 +721,7 @@ mod tests {
             panic!("{a:?}")
         };
         assert!(
-            message.contains("PROMOTED") && message.contains("keyward retire"),
+            message.contains("stays promoted") && message.contains("keyward retire"),
             "{message}"
         );
         assert!(matches!(
@@ -736,7 +749,7 @@ mod tests {
             panic!("{a:?}")
         };
         assert!(
-            message.contains("stays STAGED") && message.contains("uid 1 pid 2"),
+            message.contains("stays staged") && message.contains("uid 1 pid 2"),
             "{message}"
         );
         let staged_only = Memory {

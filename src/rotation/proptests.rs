@@ -171,6 +171,11 @@ fn run(state: &KeySetState, op: Op, now: u64, grace: u64) -> Option<Result<KeySe
         reported_by: "",
         force,
         promoted_ago: None,
+        // Evidence is tested on its own (rotation::tests); here use was
+        // always reported.
+        users: 1,
+        evidence_quorum: 1,
+        validated: false,
     };
     let next = state.max_version() + 1;
     Some(match op {

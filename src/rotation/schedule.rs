@@ -255,7 +255,8 @@ mod tests {
         }
         for (bad, says) in [
             ("Mon-Fry 09:00-16:00", "not a day"),
-            ("Mon 9-16", "range HH:MM-HH:MM"),
+            ("Mon 9-16", "not a time of day"),
+            ("Mon 09:00", "range HH:MM-HH:MM"),
             ("Mon 25:00-26:00", "not a time of day"),
             ("Mon 09:00-09:00", "empty"),
             ("Mon 09:00-10:00 extra", "DAYS HH:MM-HH:MM"),

@@ -124,10 +124,15 @@ async fn observe(agent: &Agent, slot: &Slot, state: &KeySetState, memory: &Memor
         if let Some(fleet) = agent.fleet() {
             match fleet.fleet_status(agent, Some(&state.key)).await {
                 Ok(status) => {
-                    for a in status.agents.iter().filter(|a| a.live) {
-                        let g = a.keys.first().map_or(0, |k| k.generation);
-                        if g < state.generation {
-                            fleet_lagging.push(format!("{} ({}) serves generation {g}", a.agent_id, a.hostname));
+                    let live: Vec<&crate::proto::FleetAgent> = status.agents.iter().filter(|a| a.live).collect();
+                    if live.is_empty() {
+                        fleet_lagging.push("no live agent has published its status".to_owned());
+                    }
+                    for a in live {
+                        match a.keys.first().map(|k| k.generation) {
+                            Some(g) if g >= state.generation => {}
+                            Some(g) => fleet_lagging.push(format!("{} (serves generation {g})", a.agent_id)),
+                            None => fleet_lagging.push(format!("{} (does not serve the key)", a.agent_id)),
                         }
                     }
                 }
@@ -188,10 +193,7 @@ pub(super) async fn drive(agent: Arc<Agent>, slot: Arc<Slot>, mut stop: watch::R
         let moved = {
             let mut r = lock(&slot.record);
             let moved = r.step != step;
-            if moved {
-                r.step = step;
-                r.note(format!("step: {step}"));
-            }
+            r.step = step;
             moved
         };
         if moved {

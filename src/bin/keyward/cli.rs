@@ -101,9 +101,12 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Run the whole safe sequence with each step's gate: stage → wait for
-    /// subscribers → promote → grace period (rolls back on failures) →
-    /// retire. Run it again to resume a key left STAGED or PROMOTED.
+    /// Start (or resume) the agent's rotation job for a key and follow it:
+    /// the agent runs the safe sequence itself (stage → wait for
+    /// subscribers → promote → grace period, rolling back on failures →
+    /// evidence that the new key works → retire and revoke), and resumes it
+    /// after a restart. Ctrl-C stops following, not the job; `--cancel`
+    /// stops the job.
     Rotate(RotateArgs),
     /// Print each key's state as it changes (Ctrl-C to stop).
     Watch {
@@ -118,10 +121,18 @@ pub enum Command {
     /// re-encrypting the records for a new one.
     #[command(subcommand)]
     Fleet(FleetCommand),
-    /// Show where a key's rotation stands: subscribers, failures, gate.
+    /// Show where a key's rotation stands: its job's step and what it
+    /// waits for, subscribers (and which can report use), failures, the
+    /// gate, the next scheduled rotation.
     RotationStatus {
         /// ENV/NAME.
         key: String,
+        /// Follow the running job until it ends (Ctrl-C stops following).
+        #[arg(long)]
+        follow: bool,
+        /// With --follow: how often to look.
+        #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = humantime::parse_duration)]
+        poll: std::time::Duration,
     },
     /// Start a command with keys in its environment; restart or signal it
     /// when a key's primary changes. For each --key ENV/NAME=VAR the
@@ -225,6 +236,10 @@ pub enum Until {
 pub struct RotateArgs {
     /// ENV/NAME, e.g. prod/billing-api.
     pub key: String,
+    /// Stop the key's running job between two steps (the key stays in the
+    /// consistent state it reached).
+    #[arg(long, conflicts_with_all = ["stdin", "file", "until", "fleet"])]
+    pub cancel: bool,
     /// Read the new secret from stdin (otherwise the configured generator
     /// makes it).
     #[arg(long, conflicts_with = "file")]
@@ -238,12 +253,13 @@ pub struct RotateArgs {
     /// Stop after this step.
     #[arg(long, value_enum, default_value = "retired")]
     pub until: Until,
-    /// How often to check subscribers and failures.
+    /// How often to look at the job while following it.
     #[arg(long, value_name = "DURATION", default_value = "200ms", value_parser = humantime::parse_duration)]
     pub poll: std::time::Duration,
-    /// Fleet mode: after each step, wait until every live agent of the
-    /// fleet serves the key's new generation (listing the laggards); promote
-    /// and retire only once they all do.
+    /// Fleet mode: after staging and after promoting, the job waits until
+    /// every live agent of the fleet serves the key's new generation
+    /// (listing the laggards); it promotes and retires only once they all
+    /// do.
     #[arg(long)]
     pub fleet: bool,
     /// With --fleet: how long to wait for the laggards at each step.

@@ -71,7 +71,9 @@ async fn dispatch(cli: Cli) -> Outcome {
         Command::Retire { step, force } => steps::step(&cli, step, Step::Retire { force: *force }).await,
         Command::Rotate(args) => rotate::rotate(&cli, args).await,
         Command::Watch { keys, json } => watch::watch(&cli, keys, *json).await,
-        Command::RotationStatus { key } => rotation_status::rotation_status(&cli, key).await,
+        Command::RotationStatus { key, follow, poll } => {
+            rotation_status::rotation_status(&cli, key, *follow, *poll).await
+        }
         Command::Run(args) => run::run(&cli, args).await,
         Command::Render(args) => render::render(&cli, args).await,
         Command::Doctor { config, json } => doctor::doctor(&cli, config.as_deref(), *json).await,

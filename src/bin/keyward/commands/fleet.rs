@@ -2,7 +2,7 @@
 //! --fleet`.
 
 use std::process::ExitCode;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::SystemTime;
 
 use keyward::proto::{self, admin_client::AdminClient};
 use keyward::wire::from_timestamp;
@@ -120,53 +120,10 @@ async fn reseal(cli: &Cli, env: Option<&str>) -> Outcome {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Waits until every live agent serves `key` at `generation` or later.
-/// `Err` with the laggards when `limit` passes first.
-pub(crate) async fn wait_for_fleet(
-    admin: &mut AdminClient<Channel>,
-    key: &proto::KeyRef,
-    generation: u64,
-    limit: Duration,
-    poll: Duration,
-) -> Result<usize, String> {
-    let deadline = Instant::now() + limit;
-    let mut shown = String::new();
-    loop {
-        let s = fetch(admin, Some(key)).await?;
-        let live: Vec<&proto::FleetAgent> = s.agents.iter().filter(|a| a.live).collect();
-        let laggards: Vec<String> = live
-            .iter()
-            .filter_map(|a| {
-                let served = a.keys.first().map(|k| k.generation);
-                match served {
-                    Some(g) if g >= generation => None,
-                    Some(g) => Some(format!("{} (serves generation {g})", a.agent_id)),
-                    None => Some(format!("{} (does not serve the key)", a.agent_id)),
-                }
-            })
-            .collect();
-        if !live.is_empty() && laggards.is_empty() {
-            return Ok(live.len());
-        }
-        let text = if live.is_empty() {
-            "no live agent has published its status".to_owned()
-        } else {
-            laggards.join(", ")
-        };
-        if Instant::now() >= deadline {
-            return Err(text);
-        }
-        if text != shown {
-            println!("      waiting for: {text}");
-            shown = text;
-        }
-        tokio::time::sleep(poll).await;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn agent_json_gives_times_as_data() {

@@ -38,7 +38,28 @@ fn subscriber_who(s: &proto::Subscriber) -> String {
 }
 
 pub(crate) fn subscriber_text(s: &proto::Subscriber) -> String {
-    format!("{}: has generation {}", subscriber_who(s), s.delivered_generation)
+    let kind = match s.kind.as_str() {
+        "library" if s.reported_use => "client library, reported use of the primary",
+        "library" => "client library, no use of the primary reported",
+        "run" => "keyward run, cannot report",
+        _ => "not a keyward client, cannot report",
+    };
+    format!(
+        "{}: has generation {} [{kind}]",
+        subscriber_who(s),
+        s.delivered_generation
+    )
+}
+
+/// "manual, by uid 0 pid 42, at evidence".
+pub(crate) fn job_line(j: &proto::RotationJob) -> String {
+    let since = j
+        .started_at
+        .as_ref()
+        .and_then(keyward::wire::from_timestamp)
+        .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+        .unwrap_or_default();
+    format!("{}, {since}, step {}", j.trigger, j.step)
 }
 
 pub(crate) fn evicted_text(e: &proto::EvictedSubscriber) -> String {
@@ -61,12 +82,75 @@ pub(crate) fn evicted_text(e: &proto::EvictedSubscriber) -> String {
     )
 }
 
-pub(crate) async fn rotation_status(cli: &Cli, key: &str) -> Outcome {
+pub(crate) async fn rotation_status(cli: &Cli, key: &str, follow: bool, poll: Duration) -> Outcome {
     let key = key_arg(key)?;
     let mut admin = admin(cli).await?;
     let s = status(&mut admin, &key).await?;
+    if follow {
+        if !s.job.as_ref().is_some_and(|j| j.active) {
+            return Err(format!(
+                "no rotation job runs for {key}{}: start one with `keyward rotate {key}`",
+                s.job
+                    .as_ref()
+                    .map(|j| format!(" (the last one ended: {}: {})", j.result, j.message))
+                    .unwrap_or_default()
+            ));
+        }
+        return super::rotate::follow(&mut admin, &key, poll).await;
+    }
     let info = s.key.clone().unwrap_or_default();
     println!("{key}: {}", describe(&info));
+    match &s.job {
+        Some(j) if j.active => {
+            println!("  job: running ({})", job_line(j));
+            if !j.next_gate.is_empty() {
+                println!("    next gate: {}", j.next_gate);
+            }
+            if !j.waiting.is_empty() {
+                println!("    waiting: {}", j.waiting);
+            }
+            println!("    follow: keyward rotation-status {key} --follow; stop: keyward rotate --cancel {key}");
+        }
+        Some(j) => println!("  last job: {} ({}): {}", j.result, job_line(j), j.message),
+        None => println!("  job: none"),
+    }
+    if let Some(j) = &s.job {
+        if j.failed_attempts > 0 {
+            let retry = j
+                .retry_at
+                .as_ref()
+                .and_then(keyward::wire::from_timestamp)
+                .map(|t| format!(", next attempt after {}", humantime::format_rfc3339_seconds(t)))
+                .unwrap_or_default();
+            println!("  scheduled attempts failed in a row: {}{retry}", j.failed_attempts);
+        }
+    }
+    match s.next_rotation.as_ref().and_then(keyward::wire::from_timestamp) {
+        Some(t) => println!(
+            "  schedule: {}; next rotation {}",
+            s.schedule,
+            humantime::format_rfc3339_seconds(t)
+        ),
+        None => println!("  schedule: none (rotated only by hand)"),
+    }
+    println!(
+        "  evidence: use of the primary reported by {} of {} caller(s) needed{}{}",
+        s.users.len(),
+        s.evidence_quorum.max(1),
+        if s.users.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", s.users.join(", "))
+        },
+        if s.validated_after_promotion {
+            "; the validator accepted it after promotion"
+        } else {
+            ""
+        }
+    );
+    if !s.unreported.is_empty() {
+        println!("    served the primary, no use reported: {}", s.unreported.join("; "));
+    }
     println!("  subscribers: {}", s.subscribers.len());
     for sub in &s.subscribers {
         println!("    {}", subscriber_text(sub));
