@@ -317,7 +317,11 @@ async fn commit(
 ) -> Result<Committed, ApiError> {
     let key = next.key.clone();
     let generation_before = before.generation;
-    let notes = if detail.is_empty() { Vec::new() } else { vec![detail.clone()] };
+    let notes = if detail.is_empty() {
+        Vec::new()
+    } else {
+        vec![detail.clone()]
+    };
     let detail = match actor {
         Actor::Job(job) if detail.is_empty() => job.to_owned(),
         Actor::Job(job) => format!("{job}: {detail}"),

@@ -30,6 +30,7 @@ mod layers;
 mod leak_scan;
 mod metrics_listener;
 mod rotation;
+mod rotation_jobs;
 mod run_render;
 mod security;
 mod soak;

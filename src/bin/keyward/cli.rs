@@ -184,6 +184,14 @@ pub enum Command {
         /// A short note (the endpoint, the provider's error code…).
         #[arg(long, value_name = "TEXT", default_value = "")]
         detail: String,
+        /// Report successful use instead of a refusal: calls with this
+        /// version worked (ReportKeyUse), the evidence a rotation needs to
+        /// retire the old key. --status and --detail do not apply.
+        #[arg(long, conflicts_with_all = ["status", "detail"])]
+        used: bool,
+        /// With --used: how many calls succeeded.
+        #[arg(long, value_name = "N", default_value_t = 1, requires = "used")]
+        successes: u64,
     },
 }
 

@@ -80,9 +80,18 @@ async fn dispatch(cli: Cli) -> Outcome {
         Command::Report {
             key,
             version,
+            service,
+            used: true,
+            successes,
+            ..
+        } => report::report_use(&cli, key, *version, service, *successes).await,
+        Command::Report {
+            key,
+            version,
             status,
             service,
             detail,
+            ..
         } => report::report(&cli, key, *version, *status, service, detail).await,
     }
 }

@@ -40,6 +40,8 @@ pub(crate) async fn list(cli: &Cli, env: Option<&str>, json: bool) -> Outcome {
                     "primary": k.primary.as_ref().map(version_json),
                     "fallback": k.fallback.as_ref().map(version_json),
                     "retired_versions": k.history.len(),
+                    "next_rotation": time_text(k.next_rotation.as_ref()),
+                    "schedule": k.schedule,
                 })
             })
             .collect();
@@ -47,16 +49,17 @@ pub(crate) async fn list(cli: &Cli, env: Option<&str>, json: bool) -> Outcome {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<40} {:>4} {:<9} {:<24} {:<24} CREATED",
-        "KEY", "GEN", "STATE", "PRIMARY", "FALLBACK"
+        "{:<40} {:>4} {:<9} {:<24} {:<24} {:<20} NEXT ROTATION",
+        "KEY", "GEN", "STATE", "PRIMARY", "FALLBACK", "CREATED"
     );
     for k in &keys {
         let v = |v: Option<&proto::VersionInfo>| {
             v.map(|v| format!("v{} {}", v.version, v.fingerprint))
                 .unwrap_or_else(|| "-".into())
         };
+        let next = time_text(k.next_rotation.as_ref());
         println!(
-            "{:<40} {:>4} {:<9} {:<24} {:<24} {}",
+            "{:<40} {:>4} {:<9} {:<24} {:<24} {:<20} {next}",
             name(k),
             k.generation,
             state_name(k.state),

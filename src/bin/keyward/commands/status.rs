@@ -26,6 +26,23 @@ pub(crate) async fn status(cli: &Cli, json: bool) -> Outcome {
         .map(|d| humantime::format_duration(std::time::Duration::from_secs(d.as_secs())).to_string())
         .unwrap_or_default();
     let opened = |a: &proto::OpenAlert| rfc3339(a.opened_at.as_ref()).unwrap_or_default();
+    // Each scheduled key's next rotation.
+    let scheduled: Vec<(String, String, String)> = admin
+        .list_keys(proto::ListKeysRequest::default())
+        .await
+        .map_err(refused)?
+        .into_inner()
+        .keys
+        .iter()
+        .filter(|k| !k.schedule.is_empty())
+        .map(|k| {
+            (
+                crate::text::key_name(k.key.as_ref()),
+                rfc3339(k.next_rotation.as_ref()).unwrap_or_default(),
+                k.schedule.clone(),
+            )
+        })
+        .collect();
     if json {
         let alerts: Vec<serde_json::Value> = s
             .open_alerts
@@ -57,6 +74,9 @@ pub(crate) async fn status(cli: &Cli, json: bool) -> Outcome {
                 "audit_sequence": s.audit_sequence, "audit_head": s.audit_head, "audit_error": s.audit_error,
                 "memory_locked": s.memory_locked, "agent_recipient": s.agent_recipient,
                 "open_alerts": alerts, "sinks": sinks,
+                "scheduled_rotations": scheduled.iter().map(|(key, next, schedule)| serde_json::json!({
+                    "key": key, "next_rotation": next, "schedule": schedule,
+                })).collect::<Vec<_>>(),
                 "backend": s.backend.as_ref().map(|b| serde_json::json!({
                     "kind": b.kind, "address": b.address, "mount": b.mount, "prefix": b.prefix,
                     "agent_id": b.agent_id,
@@ -107,6 +127,9 @@ pub(crate) async fn status(cli: &Cli, json: bool) -> Outcome {
                 "  sink            {} ({}): {} delivered, {} failed, {} dropped, {} queued",
                 k.name, k.kind, k.delivered, k.failed, k.dropped, k.queued
             );
+        }
+        for (key, next, schedule) in &scheduled {
+            println!("  next rotation   {key} at {next} ({schedule})");
         }
         println!("  open alerts     {}", s.open_alerts.len());
         for a in &s.open_alerts {
