@@ -139,7 +139,13 @@ impl Agent {
         if deleted {
             self.served.forget(key);
             self.uses.forget(key);
-        } else if newly_promoted(before.as_deref(), &state) {
+        } else {
+            let live: Vec<u64> = std::iter::once(state.primary.number)
+                .chain(state.fallback.as_ref().map(|f| f.number))
+                .collect();
+            self.uses.keep_only(key, &live);
+        }
+        if !deleted && newly_promoted(before.as_deref(), &state) {
             // Failures reported from now on count against the new primary.
             self.failures.promoted(key, state.primary.number, started);
         }

@@ -230,6 +230,15 @@ impl UseLog {
             .unwrap_or_else(PoisonError::into_inner)
             .retain(|(k, _), _| k != key);
     }
+
+    /// Forgets the versions of `key` it no longer serves (`live`): years of
+    /// scheduled rotations must not pile up.
+    pub fn keep_only(&self, key: &KeyRef, live: &[u64]) {
+        self.users
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|(k, v), _| k != key || live.contains(v));
+    }
 }
 
 /// Most versions of one key remembered as served to one uid: a rotation
@@ -619,6 +628,22 @@ mod tests {
             served.note(&s.key, 1, &[v], true);
         }
         assert!(served.contains(&s.key, 1, 100) && !served.contains(&s.key, 1, 92));
+    }
+
+    #[test]
+    fn use_is_counted_once_per_reporter_and_dropped_versions_are_forgotten() {
+        let s = state();
+        let log = UseLog::default();
+        assert!(log.record(&s.key, 3, &by(1, None), 5));
+        assert!(!log.record(&s.key, 3, &by(1, None), 5), "the same reporter again");
+        assert!(log.record(&s.key, 3, &by(2, Some("a.service")), 1));
+        assert!(log.record(&s.key, 2, &by(1, None), 1));
+        assert_eq!(log.users(&s.key, 3).len(), 2);
+        log.keep_only(&s.key, &[3]);
+        assert!(log.users(&s.key, 2).is_empty());
+        assert_eq!(log.users(&s.key, 3).len(), 2);
+        log.forget(&s.key);
+        assert!(log.users(&s.key, 3).is_empty());
     }
 
     #[test]

@@ -357,7 +357,9 @@ async fn call(
                 .retire_key(proto::RetireKeyRequest {
                     key,
                     expected_generation,
-                    force: false,
+                    // What is drilled is durability, not the evidence
+                    // gate (rotation_jobs tests that): nobody reports use.
+                    force: true,
                 })
                 .await?
                 .into_inner()
@@ -410,7 +412,7 @@ async fn cli_writer(
             Op::Promote => vec!["promote", &key],
             Op::Abort => vec!["abort", &key],
             Op::Rollback => vec!["rollback", &key],
-            Op::Retire => vec!["retire", &key],
+            Op::Retire => vec!["retire", "--force", &key],
         };
         args.extend(["--expected-generation", &generation]);
         let takes_secret = matches!(op, Op::Create | Op::Put | Op::Stage | Op::StageReplace);

@@ -175,7 +175,7 @@ async fn no_secret_reaches_any_output_process_record_temp_or_core_file() {
     for (args, stdin) in [
         (vec!["stage", "prod/leak-b"], Some(s_staged.as_bytes())),
         (vec!["promote", "prod/leak-b"], None),
-        (vec!["retire", "prod/leak-b"], None),
+        (vec!["retire", "--force", "prod/leak-b"], None),
     ] {
         let out = cli(&agent, &tmp, &args, stdin);
         ok(&out, args[0]);

@@ -56,6 +56,12 @@ impl Readers {
         got(&self.agent.cli_as(who, &self.cli, &args))
     }
 
+    fn report_use(&self, who: Uid, version: u64) -> Result<String, String> {
+        let v = version.to_string();
+        let args = ["report", KEY, "--version", &v, "--service", "test", "--used"];
+        got(&self.agent.cli_as(who, &self.cli, &args))
+    }
+
     /// Stages a new key and promotes it (v2 primary, v1 fallback).
     fn rotate_to_v2(&self) {
         let out = self.agent.cli(&["stage", KEY], Some(b"sk_live_reports_v2"));
@@ -118,6 +124,8 @@ fn one_reader_cannot_hold_a_rotation_alone() {
     for _ in 0..3 {
         r.report(READER, 2).unwrap();
     }
+    // The service says the new key works: the evidence retire needs.
+    r.report_use(SERVICE, 2).unwrap();
     let status = text(&r.agent.cli(&["rotation-status", KEY], None).stdout);
     assert!(status.contains("retire: allowed"), "{status}");
     assert!(
@@ -127,7 +135,11 @@ fn one_reader_cannot_hold_a_rotation_alone() {
     // `keyward rotate` from PROMOTED: no rollback on one reader's word.
     let out = r.agent.cli(&["rotate", KEY], None);
     assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
-    assert!(text(&out.stdout).contains("done:"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("ok: v2 is the primary"),
+        "{}",
+        text(&out.stdout)
+    );
 
     // The next rotation: both readers report; the gate closes.
     let out = r.agent.cli(&["stage", KEY], Some(b"sk_live_reports_v3"));
@@ -181,4 +193,44 @@ fn a_grant_can_withhold_the_right_to_report() {
     r.report(SERVICE, 2).unwrap();
     let msg = text(&r.retire().stderr);
     assert!(msg.contains("(quorum 1): uid 2041"), "{msg}");
+}
+
+/// Reported use is what lets a rotation retire the old key, so a reader
+/// must not be able to claim it for a key it was never given: a use report
+/// on a version its uid was never served is refused and audited, one from
+/// a reader whose grant withholds reporting is denied, and one from a uid
+/// the policy does not let read the key is denied; none of them opens the
+/// retire gate. The service that was served the key and uses it, does.
+#[test]
+fn use_reports_count_only_from_callers_served_the_key() {
+    if !is_root() {
+        return skip("runs clients as other uids");
+    }
+    const STRANGER: Uid = Uid::member(2049);
+    let r = Readers::start("grace = \"0s\"");
+    // The reader fetched v1 only; the new key is never fetched by it.
+    r.fetch(READER);
+    r.fetch(MUTE);
+    r.rotate_to_v2();
+    r.fetch(MUTE);
+    let msg = r.report_use(READER, 2).unwrap_err();
+    assert!(msg.contains("was never served version 2 of prod/billing-api"), "{msg}");
+    let msg = r.report_use(MUTE, 2).unwrap_err();
+    assert!(msg.contains("PermissionDenied") && msg.contains("not report"), "{msg}");
+    let msg = r.report_use(STRANGER, 2).unwrap_err();
+    assert!(msg.contains("PermissionDenied"), "{msg}");
+    assert_eq!(r.agent.audit_records("key_use", "not_served").len(), 1);
+    assert!(!r.agent.audit_records("key_use", "denied").is_empty());
+    assert!(r.agent.audit_records("key_use", "reported").is_empty());
+    // None of that is evidence.
+    let msg = text(&r.retire().stderr);
+    assert!(msg.contains("nothing shows that the new primary v2 works"), "{msg}");
+    // The service, served v2, reports using it: retire goes through.
+    r.fetch(SERVICE);
+    r.report_use(SERVICE, 2).unwrap();
+    let out = r.retire();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let used = r.agent.audit_records("key_use", "reported");
+    assert_eq!(used.len(), 1);
+    assert_eq!(used[0]["caller"]["uid"], SERVICE.uid);
 }

@@ -250,3 +250,45 @@ fn a_key_that_expires_while_warned_is_sent_again_at_once_as_critical() {
     assert_eq!((e[0].status, e[0].severity), (AlertStatus::Repeat, Severity::Critical));
     assert!(f.eval(602.0).is_empty(), "and only once");
 }
+
+/// A rotation job's conditions (`no_evidence`, `rotation_failed`) open
+/// when set, repeat only at the interval or on a new severity, and resolve
+/// at the first evaluation after they are cleared, or with their key.
+#[test]
+fn conditions_open_when_set_and_resolve_when_cleared() {
+    let mut d = detectors("h");
+    let s = state();
+    let w = Duration::from_secs(60);
+    let subject = Subject::Key(s.key.clone());
+    let mut details = std::collections::BTreeMap::new();
+    details.insert("unreported".to_owned(), "uid 1001 (keyward run)".to_owned());
+    d.set_condition(
+        subject.clone(),
+        Signal::NoEvidence,
+        Severity::Warning,
+        "no evidence that v3 works".to_owned(),
+        details,
+    );
+    assert!(d.has_condition(&subject, Signal::NoEvidence, Severity::Warning, "no evidence that v3 works"));
+    let out = d.evaluate_conditions(now(0.0), &s.key, HOUR);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].signal, Signal::NoEvidence);
+    assert_eq!(out[0].key.as_ref(), Some(&s.key));
+    assert_eq!(out[0].details["unreported"], "uid 1001 (keyward run)");
+    // Still set: nothing new within the repeat interval.
+    assert!(d.evaluate(now(10.0), [(&s, settings())], true, HOUR, w).is_empty());
+    d.clear_condition(&subject, Signal::NoEvidence);
+    let out = d.evaluate(now(20.0), [(&s, settings())], true, HOUR, w);
+    assert_eq!(only(&out, Signal::NoEvidence)[0].status, AlertStatus::Resolved);
+    // A key that is gone resolves its condition's alert.
+    d.set_condition(
+        subject.clone(),
+        Signal::RotationFailed,
+        Severity::Warning,
+        "the schedule rotation failed".to_owned(),
+        Default::default(),
+    );
+    assert_eq!(d.evaluate_conditions(now(30.0), &s.key, HOUR).len(), 1);
+    let out = d.evaluate(now(40.0), [], true, HOUR, w);
+    assert_eq!(only(&out, Signal::RotationFailed)[0].status, AlertStatus::Resolved);
+}

@@ -143,12 +143,13 @@ pub(crate) async fn follow(admin: &mut AdminClient<Channel>, key: &KeyRef, poll:
         printed = job.log.len();
         if !job.active {
             let info = s.key.unwrap_or_default();
-            println!("{}: {} ({})", job.result, job.message, describe(&info));
-            return Ok(if job.result == "ok" {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            });
+            let line = format!("{}: {} ({})", job.result, job.message, describe(&info));
+            if job.result == "ok" {
+                println!("{line}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            eprintln!("keyward rotate: {line}");
+            return Ok(ExitCode::FAILURE);
         }
         if !job.waiting.is_empty() && job.waiting != last_wait && !same_kind(&job.waiting, &last_wait) {
             println!("  waiting ({}): {}", job.step, job.waiting);
