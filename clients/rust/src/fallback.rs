@@ -140,10 +140,9 @@ impl Client {
             KeySource::Key(k) => Arc::new(self.get(k).await?),
             KeySource::Handle(h) => h.current(),
         };
-        let runtime = tokio::runtime::Handle::current();
         let refused = match f(&keys.primary.secret).await {
             Ok(v) => {
-                self.note_use(&runtime, &keys.key, keys.primary.version);
+                self.note_use_here(&keys.key, keys.primary.version);
                 return Ok(v);
             }
             Err(e) => e,
@@ -157,7 +156,7 @@ impl Client {
         };
         match f(&fallback.secret).await {
             Ok(v) => {
-                self.note_use(&runtime, &keys.key, fallback.version);
+                self.note_use_here(&keys.key, fallback.version);
                 Ok(v)
             }
             Err(e) => {

@@ -108,6 +108,15 @@ impl Client {
             }
         });
     }
+
+    /// [`Client::note_use`] on the runtime of the calling task; outside
+    /// any tokio runtime, nothing is counted nor sent.
+    pub(crate) fn note_use_here(&self, key: &str, version: u64) {
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => self.note_use(&runtime, key, version),
+            Err(_) => tracing::debug!(%key, version, "no tokio runtime: key use not reported"),
+        }
+    }
 }
 
 #[cfg(test)]
