@@ -1,7 +1,8 @@
 // Client: one gRPC channel to the agent's service socket, made at the first
 // call once trust.ts has checked who owns the socket (nothing is sent
 // before). Every call maps its failure through errors.ts, so callers see
-// KeywardError subclasses only; handles and callWithFallback are built on
+// KeywardError subclasses only, and carries the x-keyward-client header
+// (clientname.ts, via proto.ts); handles and callWithFallback are built on
 // get/watch/report here.
 import * as path from "node:path";
 import type { ClientReadableStream } from "@grpc/grpc-js";
@@ -134,9 +135,29 @@ export class Client {
   }
 
   /**
+   * Tells the agent that `successes` calls made by `service` with `version`
+   * of `key` succeeded: the evidence a rotation needs before the agent
+   * retires the old key. callWithFallback and KeyHandle.reportUse send
+   * these by themselves, in the background and at most once per version
+   * every USE_REPORT_INTERVAL_MS.
+   */
+  async reportKeyUse(key: string, version: number, service: string, successes = 1): Promise<void> {
+    const ref = parseKey(key);
+    const stub = await this.#keys();
+    return new Promise((resolve, reject) => {
+      stub.reportKeyUse(
+        { key: ref, version, service, successes },
+        { deadline: this.#deadline() },
+        (err) => (err ? reject(mapCallError(err, this.socket, key)) : resolve()),
+      );
+    });
+  }
+
+  /**
    * Calls `fn` with the primary secret of `key`; when it is refused (401 or
    * 403), reports that to the agent and calls `fn` again with the fallback.
-   * See README "callWithFallback".
+   * A success is reported as key use of the version that worked. See
+   * README "callWithFallback".
    */
   callWithFallback<T>(
     key: string | KeyHandle,

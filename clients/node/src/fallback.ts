@@ -1,11 +1,13 @@
 // callWithFallback: try the primary secret, and on an auth rejection
-// (401/403) tell the agent and try the fallback. The report is fire and
-// forget: it must never slow down or fail the caller's request, so it is
-// neither awaited nor allowed to throw.
+// (401/403) tell the agent and try the fallback. A success tells the agent
+// which version worked (keyuse.ts). Reports are fire and forget: they must
+// never slow down or fail the caller's request, so they are neither
+// awaited nor allowed to throw.
 import * as path from "node:path";
 import type { Client } from "./client";
 import type { KeyHandle } from "./handle";
 import type { KeySet, KeyVersion } from "./keyset";
+import { noteUse } from "./keyuse";
 
 export interface FallbackOptions {
   /**
@@ -14,7 +16,7 @@ export interface FallbackOptions {
    * (fetch Response, most HTTP client errors).
    */
   isAuthError?: (errOrResult: unknown) => boolean;
-  /** Named in reports (default: the script's file name). */
+  /** Named in auth-failure and key-use reports (default: the script's file name). */
   service?: string;
 }
 
@@ -34,7 +36,17 @@ export function isAuthRejection(x: unknown): boolean {
   return s === 401 || s === 403;
 }
 
-function defaultService(): string {
+/**
+ * Whether a success is worth reporting as key use: no HTTP status, or one
+ * below 400. A 5xx does not show that the key works, and a false report
+ * could let a rotation retire the only key that does.
+ */
+function worked(value: unknown): boolean {
+  const s = statusOf(value);
+  return s === undefined || s < 400;
+}
+
+export function defaultService(): string {
   return process.argv[1] ? path.basename(process.argv[1]) : "node";
 }
 
@@ -60,7 +72,10 @@ export async function callWithFallback<T>(
       last = { ok: false, error };
     }
     const subject = last.ok ? last.value : last.error;
-    if (!isAuth(subject)) break;
+    if (!isAuth(subject)) {
+      if (last.ok && worked(last.value)) noteUse(reporter, set.key, v.version, service);
+      break;
+    }
     reporter
       .reportAuthFailure(set.key, v.version, statusOf(subject) ?? 0, service, `${i === 0 ? "primary" : "fallback"} refused`)
       .catch(() => {});

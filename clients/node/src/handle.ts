@@ -2,10 +2,14 @@
 // WatchKeys stream. The stream is reopened with exponential backoff
 // (100 ms → 5 s) whenever it ends or fails, so a handle outlives agent
 // restarts; between the two it keeps serving the last KeySet it had.
+// reportUse tells the agent which version worked, through the client's
+// key-use counts (keyuse.ts), never waiting for it.
 import { EventEmitter } from "node:events";
 import { KeywardError, InvalidKeyError, KeyNotFoundError, PermissionDeniedError, UntrustedSocketError } from "./errors";
 import type { DeletedKey, KeySet } from "./keyset";
 import type { Client } from "./client";
+import { defaultService } from "./fallback";
+import { noteUse } from "./keyuse";
 
 export interface HandleOptions {
   /** How long handle() waits for the first KeySet, in ms (default 10000). */
@@ -65,6 +69,25 @@ export class KeyHandle extends EventEmitter {
   get current(): KeySet {
     if (!this.#current) throw new KeywardError(`handle on ${this.key} has no KeySet yet: await client.handle()`);
     return this.#current;
+  }
+
+  /**
+   * Tells the agent, in the background, that a call made with `version` of
+   * this key succeeded: the evidence that lets a rotation retire the old
+   * key (without it, the rotation waits at PROMOTED and alerts
+   * `no_evidence`). Call it after each successful call you make with a
+   * secret of this handle, naming the version of the secret you used
+   * (`ks.primary.version` of the KeySet you took it from), not the current
+   * primary after the fact: a rotation may have moved it meanwhile.
+   * callWithFallback does this by itself.
+   *
+   * Cheap; never throws, returns nothing to await: the client sends at most
+   * one report per version every USE_REPORT_INTERVAL_MS, carrying the count
+   * of successes since the last one; a failure to report is swallowed.
+   * `service` names the caller (default: the script's file name).
+   */
+  reportUse(version: number, service?: string): void {
+    noteUse(this.client, this.key, version, service ?? defaultService());
   }
 
   /** Stops watching. `current` keeps its last value. */

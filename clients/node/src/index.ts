@@ -1,9 +1,14 @@
 // @keyward/client: the Node.js client of keyward's service socket.
 //
 // Layout:
-// - client.ts   Client: get, watch, reportAuthFailure, handle, callWithFallback
-// - handle.ts   KeyHandle: a KeySet kept current across agent restarts
-// - fallback.ts callWithFallback: primary, report on 401/403, then fallback
+// - client.ts   Client: get, watch, reportAuthFailure, reportKeyUse, handle,
+//               callWithFallback
+// - clientname.ts the x-keyward-client header (node/VERSION) on every call
+// - handle.ts   KeyHandle: a KeySet kept current across agent restarts;
+//               reportUse
+// - fallback.ts callWithFallback: primary, report on 401/403, then fallback;
+//               a success is reported as key use
+// - keyuse.ts   key-use reports: at most one per version every 5 s
 // - keyset.ts   KeySet and KeyVersion (whose secret never prints)
 // - trust.ts    who may own the socket and its directories, checked before
 //               the first call sends anything
@@ -13,6 +18,8 @@
 export { Client, DEFAULT_SOCKET, type ClientOptions } from "./client";
 export { KeyHandle, type HandleOptions } from "./handle";
 export { isAuthRejection, statusOf, type FallbackOptions } from "./fallback";
+export { USE_REPORT_INTERVAL_MS } from "./keyuse";
+export { CLIENT_HEADER, VERSION } from "./clientname";
 export { KeyVersion, type KeySet, type DeletedKey, type RotationState } from "./keyset";
 export {
   KeywardError,

@@ -8,6 +8,7 @@ import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 import type { ProtoGrpcType } from "./generated/keys";
 import type { KeysClient } from "./generated/keyward/v1/Keys";
+import { clientNameInterceptor } from "./clientname";
 
 /**
  * How the loader decodes messages. The generated types in src/generated
@@ -48,5 +49,7 @@ export function keysStub(socketPath: string): KeysClient {
     // KeyHandle's own backoff, instead of grpc's default 1 s → 120 s.
     "grpc.initial_reconnect_backoff_ms": 100,
     "grpc.max_reconnect_backoff_ms": 5000,
+    // Every call names this library to the agent (x-keyward-client).
+    interceptors: [clientNameInterceptor],
   });
 }

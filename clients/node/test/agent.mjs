@@ -2,7 +2,7 @@
 // on a fresh temp dir (from KEYWARD_BIN_DIR, set by scripts/test) and
 // drives it with the real `keyward` CLI. No mocks.
 import { spawn, execFileSync } from "node:child_process";
-import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -33,12 +33,20 @@ function accepts(socket) {
 }
 
 export class Agent {
-  /** A fresh agent in a new temp dir; `t.after` stops it and removes the dir. */
-  static async start(t) {
+  /**
+   * A fresh agent in a new temp dir; `t.after` stops it and removes the dir.
+   * `config(dir)` returns the text of a config file (`--config`), which may
+   * name paths in the dir.
+   */
+  static async start(t, { config } = {}) {
     const dir = mkdtempSync(join(tmpdir(), "keyward-node-"));
     // Traversable, so a test can reach keys.sock as another uid.
     chmodSync(dir, 0o755);
     const agent = new Agent(dir);
+    if (config) {
+      agent.config = join(dir, "keyward.toml");
+      writeFileSync(agent.config, config(dir));
+    }
     t.after(async () => {
       await agent.stop();
       rmSync(dir, { recursive: true, force: true });
@@ -51,13 +59,15 @@ export class Agent {
     this.dir = dir;
     this.socket = join(dir, "keys.sock");
     this.auditFile = join(dir, "audit.jsonl");
+    this.config = undefined;
     this.proc = undefined;
     this.log = "";
   }
 
   /** Starts keywardd on this dir and waits until keys.sock accepts. */
   async spawn() {
-    const proc = spawn(KEYWARDD, ["--dev", this.dir], { stdio: ["ignore", "pipe", "pipe"] });
+    const args = ["--dev", this.dir, ...(this.config ? ["--config", this.config] : [])];
+    const proc = spawn(KEYWARDD, args, { stdio: ["ignore", "pipe", "pipe"] });
     proc.stdout.on("data", (d) => (this.log += d));
     proc.stderr.on("data", (d) => (this.log += d));
     this.proc = proc;

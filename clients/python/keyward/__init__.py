@@ -3,14 +3,20 @@
 Services ask the agent (``keywardd``) for their keys at run time over its
 Unix socket; during a rotation a key has two valid versions, and
 :meth:`Client.call_with_fallback` tries the primary, falls back on 401/403
-and reports the rejection so the operator sees it.
+and reports the rejection so the operator sees it, and reports which
+version worked, the evidence a rotation needs to retire the old key.
 
 Layout:
 
 - :mod:`keyward.client`: :class:`Client`: the connection, ``get``,
-  ``watch``, ``handle``, ``call_with_fallback``, ``report_auth_failure``.
+  ``watch``, ``handle``, ``call_with_fallback``, ``report_auth_failure``,
+  ``report_key_use``.
+- :mod:`keyward.client_name`: the ``x-keyward-client`` header
+  (``python/VERSION``) every request carries.
 - :mod:`keyward.handle`: :class:`KeyHandle`: a key kept current by a
-  background watch that survives agent restarts.
+  background watch that survives agent restarts; ``report_use``.
+- :mod:`keyward.key_use`: at most one key-use report per version every
+  :data:`USE_REPORT_INTERVAL` seconds.
 - :mod:`keyward.keyset`: :class:`KeySet`, :class:`KeyVersion` (its repr never
   shows the secret), :class:`RotationState`.
 - :mod:`keyward.fallback`: what counts as an auth rejection.
@@ -22,14 +28,19 @@ Layout:
 """
 
 from .client import DEFAULT_SOCKET, Client
+from .client_name import CLIENT_HEADER, __version__
 from .errors import AgentUnavailable, InvalidKey, KeyNotFound, KeywardError, PermissionDenied, UntrustedSocket
 from .fallback import default_is_auth_error
 from .handle import KeyHandle
+from .key_use import USE_REPORT_INTERVAL
 from .keyset import KeySet, KeyVersion, RotationState
 
 __all__ = [
     "Client",
+    "CLIENT_HEADER",
     "DEFAULT_SOCKET",
+    "USE_REPORT_INTERVAL",
+    "__version__",
     "KeyHandle",
     "KeySet",
     "KeyVersion",

@@ -2,9 +2,11 @@
 
 One gRPC channel per Client, over the Unix socket, made at the first call
 once :mod:`keyward.trust` has checked who serves the socket (nothing is sent
-before). Every call goes through here so that errors are mapped once
-(:mod:`keyward.errors`) and auth-failure reports are sent without ever
-delaying or failing the caller.
+before), with every request named by the ``x-keyward-client`` header
+(:mod:`keyward.client_name`). Every call goes through here so that errors
+are mapped once (:mod:`keyward.errors`), and auth-failure and key-use
+reports (:mod:`keyward.key_use`) are sent without ever delaying or failing
+the caller.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from typing import Callable, Iterator, TypeVar, cast
 import grpc
 
 from ._proto import keys_pb2, keys_pb2_grpc
+from .client_name import ClientName
 from .errors import KeywardError, from_rpc_error
 from .fallback import AuthErrorPredicate, default_is_auth_error, status_of
 from .handle import KeyHandle
+from .key_use import UseCounts
 from .keyset import KeySet, parse_key
 from .trust import agent_uid_from_env, check_socket
 
@@ -35,7 +39,7 @@ DEFAULT_SOCKET = "/run/keyward/keys.sock"
 
 T = TypeVar("T")
 
-# How long close() waits for auth-failure reports still being sent.
+# How long close() waits for reports still being sent.
 _REPORT_DRAIN_SECONDS = 2.0
 
 _CHANNEL_OPTIONS = [
@@ -81,6 +85,7 @@ class Client:
         self._connect_lock = threading.Lock()
         self._handles: "weakref.WeakSet[KeyHandle]" = weakref.WeakSet()
         self._reports: set[threading.Thread] = set()
+        self._uses = UseCounts()
         self._lock = threading.Lock()
         self._closed = False
 
@@ -96,7 +101,8 @@ class Client:
                 raise KeywardError(f"this keyward client ({self.socket}) is closed")
             if self._stub is None:
                 target = check_socket(self.socket, self.agent_uid, self.timeout)
-                self._channel = grpc.insecure_channel(f"unix:{target}", options=_CHANNEL_OPTIONS)
+                raw = grpc.insecure_channel(f"unix:{target}", options=_CHANNEL_OPTIONS)
+                self._channel = grpc.intercept_channel(raw, ClientName())
                 self._stub = keys_pb2_grpc.KeysStub(self._channel)  # type: ignore[no-untyped-call]
             return self._stub
 
@@ -157,6 +163,21 @@ class Client:
         except grpc.RpcError as e:
             raise from_rpc_error(e, self.socket) from None
 
+    def report_key_use(self, key: str, version: int, service: str, successes: int = 1) -> None:
+        """Tells the agent that ``successes`` calls made by ``service`` with
+        ``version`` of ``key`` succeeded: the evidence a rotation needs
+        before the agent retires the old key. Waits for the agent's answer
+        and raises :class:`~keyward.KeywardError` on failure.
+        ``call_with_fallback`` and :meth:`KeyHandle.report_use` send these by
+        themselves, in the background and at most once per version every
+        :data:`keyward.USE_REPORT_INTERVAL` seconds."""
+        request = keys_pb2.KeyUseReport(key=parse_key(key), version=version, service=service, successes=successes)
+        stub = self._keys()
+        try:
+            stub.ReportKeyUse(request, timeout=self.timeout)
+        except grpc.RpcError as e:
+            raise from_rpc_error(e, self.socket) from None
+
     def call_with_fallback(
         self,
         key: "str | KeyHandle",
@@ -177,6 +198,12 @@ class Client:
         when every version was rejected, re-raises the last exception (or
         returns the last rejected value). Exceptions that are not auth
         rejections propagate at once.
+
+        A success (a returned value that is not a rejection and carries no
+        HTTP status of 400 or more) is reported as key use of the version
+        that worked, in the background and at most once per version every
+        :data:`keyward.USE_REPORT_INTERVAL` seconds: the evidence that lets
+        a rotation retire the old key.
         """
         check = is_auth_error or default_is_auth_error
         who = service if service is not None else _program_name()
@@ -194,6 +221,8 @@ class Client:
                 error = outcome = e
             else:
                 if not _safe_check(check, value):
+                    if _worked(value):
+                        self._note_use(keyset.key, version.version, who)
                     return value
                 error, last, outcome = None, value, value
             then = f"retrying with fallback v{versions[i + 1].version}" if i + 1 < len(versions) else "no fallback left"
@@ -213,11 +242,38 @@ class Client:
                 self.report_auth_failure(key, version, status, service, detail)
             except Exception as e:  # the report must never hurt the caller
                 log.warning("keyward: could not report the auth failure on %s v%d: %s", key, version, e)
+
+        self._in_background(f"keyward-report {key}", send)
+
+    def _note_use(self, key: str, version: int, service: str | None) -> None:
+        """Counts a success with ``version`` of ``key``; sends the key-use
+        report from a daemon thread when one is due (:mod:`keyward.key_use`).
+        ``service`` defaults to the program's name."""
+        successes = self._uses.record(key, version, time.monotonic())
+        if successes is None:
+            return
+        who = service if service is not None else _program_name()
+
+        def send() -> None:
+            try:
+                self.report_key_use(key, version, who, successes)
+            except Exception as e:  # the report must never hurt the caller
+                log.debug("keyward: could not report the use of %s v%d: %s", key, version, e)
+
+        self._in_background(f"keyward-use {key}", send)
+
+    def _in_background(self, name: str, send: Callable[[], None]) -> None:
+        """Runs ``send`` on a daemon thread that close() waits for (2 s at
+        most); nothing once the client is closed."""
+
+        def run() -> None:
+            try:
+                send()
             finally:
                 with self._lock:
                     self._reports.discard(threading.current_thread())
 
-        thread = threading.Thread(target=send, name=f"keyward-report {key}", daemon=True)
+        thread = threading.Thread(target=run, name=name, daemon=True)
         with self._lock:
             if self._closed:
                 return
@@ -228,8 +284,8 @@ class Client:
 
     def close(self) -> None:
         """Closes the handles made from this client and the channel, after
-        giving auth-failure reports still in flight up to 2 s to be sent
-        (so that a short script's report is not lost at exit)."""
+        giving reports still in flight up to 2 s to be sent (so that a short
+        script's report is not lost at exit)."""
         with self._lock:
             if self._closed:
                 return
@@ -259,6 +315,14 @@ def _safe_check(check: AuthErrorPredicate, outcome: object) -> bool:
         return bool(check(outcome))
     except Exception as e:  # a broken predicate must not hide the real outcome
         raise KeywardError(f"is_auth_error raised {type(e).__name__}: {e}") from e
+
+
+def _worked(value: object) -> bool:
+    """Whether a returned value is a success to report as key use: no HTTP
+    status, or one below 400. A 5xx does not show that the key works, and a
+    false report could let a rotation retire the only key that does."""
+    status = status_of(value)
+    return status is None or status < 400
 
 
 def _program_name() -> str:

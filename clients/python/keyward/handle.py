@@ -4,7 +4,9 @@ A handle owns one thread that holds a ``WatchKeys`` stream open and stores
 each KeySet the agent pushes. When the stream breaks (the agent restarts,
 the socket goes away) it reconnects with doubling backoff, capped, and
 meanwhile keeps serving the last KeySet it had: a restart of the agent
-never leaves a running service without a key.
+never leaves a running service without a key. :meth:`KeyHandle.report_use`
+tells the agent which version worked, through the client's key-use counts
+(:mod:`keyward.key_use`), never waiting for it.
 """
 
 from __future__ import annotations
@@ -97,6 +99,25 @@ class KeyHandle:
         """Why the stream is down, while it is; None once it is back."""
         with self._cond:
             return self._last_error
+
+    def report_use(self, version: int, service: str | None = None) -> None:
+        """Tells the agent, in the background, that a call made with
+        ``version`` of this key succeeded: the evidence that lets a rotation
+        retire the old key (without it, the rotation waits at PROMOTED and
+        alerts ``no_evidence``). Call it after each successful call you make
+        with a secret of this handle, naming the version of the secret you
+        used (``ks.primary.version`` of the KeySet you took it from), not
+        the current primary after the fact: a rotation may have moved it
+        meanwhile. :meth:`keyward.Client.call_with_fallback` does this by
+        itself.
+
+        Cheap, and never raises nor waits: the client sends at most one
+        report per version every :data:`keyward.USE_REPORT_INTERVAL`
+        seconds, carrying the count of successes since the last one, from a
+        daemon thread; a failure to report is logged at debug level.
+        ``service`` names the caller in the report (default: the program's
+        name)."""
+        self._client._note_use(self.key, version, service)
 
     def wait_for_generation(self, generation: int, timeout: float) -> KeySet:
         """Blocks until a KeySet of at least ``generation`` has arrived;

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio_stream::{Stream, StreamExt};
 use tonic::service::interceptor::InterceptedService;
@@ -11,6 +11,7 @@ use tonic::transport::Channel;
 use crate::client_name::ClientName;
 use crate::connect;
 use crate::error::{from_status, Error};
+use crate::key_use::UseCounts;
 use crate::keyset::{parse_key, KeySet};
 use crate::proto;
 use crate::proto::keys_client::KeysClient;
@@ -33,6 +34,9 @@ pub struct Client {
     name: ClientName,
     socket: Arc<PathBuf>,
     service: Arc<str>,
+    /// Successes to report per (key, version), shared by every clone and
+    /// handle (see `key_use.rs`).
+    uses: Arc<Mutex<UseCounts>>,
 }
 
 impl Client {
@@ -101,6 +105,7 @@ impl Client {
             name: ClientName::default(),
             socket: Arc::new(socket.to_path_buf()),
             service: default_service().into(),
+            uses: Arc::default(),
         }
     }
 
@@ -110,16 +115,20 @@ impl Client {
         KeysClient::with_interceptor(self.channel.clone(), self.name.clone())
     }
 
-    /// The same connection, reporting auth failures as `service` (by default
-    /// the executable's file name).
+    /// The same connection, reporting auth failures and key use as
+    /// `service` (by default the executable's file name).
     pub fn with_service(mut self, service: impl Into<String>) -> Client {
         self.service = service.into().into();
         self
     }
 
-    /// The service name sent with auth-failure reports.
+    /// The service name sent with auth-failure and key-use reports.
     pub fn service(&self) -> &str {
         &self.service
+    }
+
+    pub(crate) fn uses(&self) -> &Mutex<UseCounts> {
+        &self.uses
     }
 
     /// The same connection, naming the program as `name` to the agent in
@@ -230,6 +239,24 @@ impl Client {
             .report_auth_failure(report)
             .await
             .map_err(|s| self.error(s))?;
+        Ok(())
+    }
+
+    /// Tells the agent that `successes` calls made by `service` with
+    /// `version` of `key` succeeded: the evidence a rotation needs before
+    /// the agent retires the old key. Waits for the agent's answer.
+    /// [`Client::call_with_fallback`] and
+    /// [`KeyHandle::report_use`](crate::KeyHandle::report_use) send these by
+    /// themselves, in the background and at most once per version every
+    /// [`USE_REPORT_INTERVAL`](crate::USE_REPORT_INTERVAL).
+    pub async fn report_key_use(&self, key: &str, version: u64, service: &str, successes: u64) -> Result<(), Error> {
+        let report = proto::KeyUseReport {
+            key: Some(parse_key(key)?),
+            version,
+            service: service.to_string(),
+            successes,
+        };
+        self.keys().report_key_use(report).await.map_err(|s| self.error(s))?;
         Ok(())
     }
 

@@ -6,8 +6,11 @@
 //! that has not learnt the new key yet, or has already revoked the old one,
 //! refuses one of them; trying the other keeps requests working, and the
 //! report lets the agent hold the retire gate, roll back a bad rotation and
-//! raise alerts. The report never delays the call: it is sent from a
-//! separate task, and its failure is only logged (at debug).
+//! raise alerts. A success is reported too (`ReportKeyUse`, at most once
+//! per version every few seconds, see `key_use.rs`): it is the evidence
+//! that lets a rotation retire the old key. No report ever delays the
+//! call: each is sent from a separate task, and its failure is only logged
+//! (at debug).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -82,6 +85,12 @@ impl Client {
     /// one. Returns the first success, or the last error. A refused
     /// fallback is reported too.
     ///
+    /// A success tells the agent which version worked (`ReportKeyUse`, in
+    /// the background, at most once per version every
+    /// [`USE_REPORT_INTERVAL`](crate::USE_REPORT_INTERVAL), with the count of
+    /// successes since the last report): the evidence that lets a rotation
+    /// retire the old key.
+    ///
     /// `f` gets the secret by reference; to move it into the future, clone
     /// it (clones share one wiped buffer) or build the request from it
     /// before the `async` block.
@@ -132,7 +141,10 @@ impl Client {
             KeySource::Handle(h) => h.current(),
         };
         let refused = match f(&keys.primary.secret).await {
-            Ok(v) => return Ok(v),
+            Ok(v) => {
+                self.note_use_here(&keys.key, keys.primary.version);
+                return Ok(v);
+            }
             Err(e) => e,
         };
         let Some(status) = auth_status(&refused) else {
@@ -143,7 +155,10 @@ impl Client {
             return Err(CallError::Service(refused));
         };
         match f(&fallback.secret).await {
-            Ok(v) => Ok(v),
+            Ok(v) => {
+                self.note_use_here(&keys.key, fallback.version);
+                Ok(v)
+            }
             Err(e) => {
                 if let Some(status) = auth_status(&e) {
                     self.report_in_background(&keys.key, fallback.version, status, "fallback");

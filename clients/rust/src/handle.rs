@@ -13,6 +13,9 @@
 //!   same state resent after a reconnect.
 //! - The task holds no handle: when the last clone of a handle is dropped,
 //!   the task ends and its watch stream is closed.
+//! - [`KeyHandle::report_use`] never waits: the report goes through the
+//!   client's key-use counts (`key_use.rs`) and a task on the runtime the
+//!   handle was made on.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +40,10 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 pub struct KeyHandle {
     key: Arc<str>,
     latest: watch::Receiver<Arc<KeySet>>,
+    /// Sends the key-use reports.
+    client: Client,
+    /// Where they are sent from, whichever thread calls `report_use`.
+    runtime: tokio::runtime::Handle,
 }
 
 impl KeyHandle {
@@ -48,6 +55,36 @@ impl KeyHandle {
     /// The latest state of the key.
     pub fn current(&self) -> Arc<KeySet> {
         Arc::clone(&self.latest.borrow())
+    }
+
+    /// Tells the agent, in the background, that a call made with `version`
+    /// of this key succeeded: the evidence that lets a rotation retire the
+    /// old key (without it, the rotation waits at PROMOTED and alerts
+    /// `no_evidence`). Call it after each successful call you make with a
+    /// secret from [`KeyHandle::current`], naming the version of the secret
+    /// you used (`keys.primary.version` or the fallback's), never the
+    /// current primary's after the fact: the state may have changed
+    /// meanwhile. [`Client::call_with_fallback`] does this by itself.
+    ///
+    /// Cheap, and never fails nor waits: the client sends at most one
+    /// report per version every
+    /// [`USE_REPORT_INTERVAL`](crate::USE_REPORT_INTERVAL), carrying the
+    /// count of successes since the last one, from a task; a failure to
+    /// report is logged at debug level.
+    ///
+    /// ```no_run
+    /// # async fn run(client: keyward_client::Client) -> Result<(), keyward_client::Error> {
+    /// let billing = client.handle("prod/billing-api").await?;
+    /// let keys = billing.current();
+    /// let ok = true; // a call to the service with keys.primary.secret
+    /// if ok {
+    ///     billing.report_use(keys.primary.version);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn report_use(&self, version: u64) {
+        self.client.note_use(&self.runtime, &self.key, version);
     }
 
     /// Waits until the key changes (a state this handle has not returned
@@ -120,6 +157,8 @@ impl Client {
         Ok(KeyHandle {
             key: key.into(),
             latest,
+            client: self.clone(),
+            runtime: tokio::runtime::Handle::current(),
         })
     }
 

@@ -34,6 +34,10 @@
 //!   that reconnects when the agent restarts.
 //! - `fallback.rs`: [`Client::call_with_fallback`] and the auth-failure
 //!   report it sends.
+//! - `key_use.rs`: the key-use reports (`ReportKeyUse`) that
+//!   `call_with_fallback` and [`KeyHandle::report_use`] send after a
+//!   success, at most one per version every [`USE_REPORT_INTERVAL`]: the
+//!   evidence a rotation needs to retire the old key.
 //! - `trust.rs`: [`Trust`], who may serve the socket (root, this user, the
 //!   agent's uid), checked on every connection before anything is sent;
 //!   [`channel`] and [`checked_channel`] give the same check to other
@@ -50,6 +54,7 @@ mod connect;
 mod error;
 mod fallback;
 mod handle;
+mod key_use;
 mod keyset;
 mod secret;
 mod trust;
@@ -63,6 +68,7 @@ pub use connect::{channel, checked_channel, socket_path, DEFAULT_SOCKET, SOCKET_
 pub use error::Error;
 pub use fallback::{auth_rejection, CallError, HttpStatus, KeySource};
 pub use handle::{KeyHandle, DEFAULT_FIRST_KEYSET_TIMEOUT};
+pub use key_use::USE_REPORT_INTERVAL;
 pub use keyset::{KeySet, KeyVersion, RotationState};
 pub use secret::Secret;
 pub use trust::{Trust, AGENT_UID_ENV};

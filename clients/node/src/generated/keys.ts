@@ -21,6 +21,8 @@ export interface ProtoGrpcType {
       KeyEvent: MessageTypeDefinition
       KeyRef: MessageTypeDefinition
       KeySet: MessageTypeDefinition
+      KeyUseAck: MessageTypeDefinition
+      KeyUseReport: MessageTypeDefinition
       KeyVersion: MessageTypeDefinition
       /**
        * Keys is served on the service socket (default /run/keyward/keys.sock).

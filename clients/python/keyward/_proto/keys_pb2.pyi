@@ -94,3 +94,19 @@ class AuthFailureReport(_message.Message):
 class AuthFailureAck(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class KeyUseReport(_message.Message):
+    __slots__ = ("key", "version", "service", "successes")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    SUCCESSES_FIELD_NUMBER: _ClassVar[int]
+    key: KeyRef
+    version: int
+    service: str
+    successes: int
+    def __init__(self, key: _Optional[_Union[KeyRef, _Mapping]] = ..., version: _Optional[int] = ..., service: _Optional[str] = ..., successes: _Optional[int] = ...) -> None: ...
+
+class KeyUseAck(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

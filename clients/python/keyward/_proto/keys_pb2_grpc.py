@@ -52,6 +52,11 @@ class KeysStub:
                 request_serializer=keyward_dot_v1_dot_keys__pb2.AuthFailureReport.SerializeToString,
                 response_deserializer=keyward_dot_v1_dot_keys__pb2.AuthFailureAck.FromString,
                 _registered_method=True)
+        self.ReportKeyUse = channel.unary_unary(
+                '/keyward.v1.Keys/ReportKeyUse',
+                request_serializer=keyward_dot_v1_dot_keys__pb2.KeyUseReport.SerializeToString,
+                response_deserializer=keyward_dot_v1_dot_keys__pb2.KeyUseAck.FromString,
+                _registered_method=True)
 
 
 class KeysServicer:
@@ -81,6 +86,15 @@ class KeysServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportKeyUse(self, request, context):
+        """A client tells the agent that calls made with a version succeeded: the
+        evidence a rotation needs before it retires the old key. Send at most
+        one per version every few seconds, off the request path.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KeysServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -98,6 +112,11 @@ def add_KeysServicer_to_server(servicer, server):
                     servicer.ReportAuthFailure,
                     request_deserializer=keyward_dot_v1_dot_keys__pb2.AuthFailureReport.FromString,
                     response_serializer=keyward_dot_v1_dot_keys__pb2.AuthFailureAck.SerializeToString,
+            ),
+            'ReportKeyUse': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportKeyUse,
+                    request_deserializer=keyward_dot_v1_dot_keys__pb2.KeyUseReport.FromString,
+                    response_serializer=keyward_dot_v1_dot_keys__pb2.KeyUseAck.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -184,6 +203,33 @@ class Keys:
             '/keyward.v1.Keys/ReportAuthFailure',
             keyward_dot_v1_dot_keys__pb2.AuthFailureReport.SerializeToString,
             keyward_dot_v1_dot_keys__pb2.AuthFailureAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportKeyUse(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keyward.v1.Keys/ReportKeyUse',
+            keyward_dot_v1_dot_keys__pb2.KeyUseReport.SerializeToString,
+            keyward_dot_v1_dot_keys__pb2.KeyUseAck.FromString,
             options,
             channel_credentials,
             insecure,

@@ -7,6 +7,8 @@ import type { AuthFailureReport as _keyward_v1_AuthFailureReport, AuthFailureRep
 import type { GetKeyRequest as _keyward_v1_GetKeyRequest, GetKeyRequest__Output as _keyward_v1_GetKeyRequest__Output } from '../../keyward/v1/GetKeyRequest';
 import type { KeyEvent as _keyward_v1_KeyEvent, KeyEvent__Output as _keyward_v1_KeyEvent__Output } from '../../keyward/v1/KeyEvent';
 import type { KeySet as _keyward_v1_KeySet, KeySet__Output as _keyward_v1_KeySet__Output } from '../../keyward/v1/KeySet';
+import type { KeyUseAck as _keyward_v1_KeyUseAck, KeyUseAck__Output as _keyward_v1_KeyUseAck__Output } from '../../keyward/v1/KeyUseAck';
+import type { KeyUseReport as _keyward_v1_KeyUseReport, KeyUseReport__Output as _keyward_v1_KeyUseReport__Output } from '../../keyward/v1/KeyUseReport';
 import type { WatchKeysRequest as _keyward_v1_WatchKeysRequest, WatchKeysRequest__Output as _keyward_v1_WatchKeysRequest__Output } from '../../keyward/v1/WatchKeysRequest';
 
 /**
@@ -46,6 +48,25 @@ export interface KeysClient extends grpc.Client {
   reportAuthFailure(argument: _keyward_v1_AuthFailureReport, callback: grpc.requestCallback<_keyward_v1_AuthFailureAck__Output>): grpc.ClientUnaryCall;
   
   /**
+   * A client tells the agent that calls made with a version succeeded: the
+   * evidence a rotation needs before it retires the old key. Send at most
+   * one per version every few seconds, off the request path.
+   */
+  ReportKeyUse(argument: _keyward_v1_KeyUseReport, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_keyward_v1_KeyUseAck__Output>): grpc.ClientUnaryCall;
+  ReportKeyUse(argument: _keyward_v1_KeyUseReport, metadata: grpc.Metadata, callback: grpc.requestCallback<_keyward_v1_KeyUseAck__Output>): grpc.ClientUnaryCall;
+  ReportKeyUse(argument: _keyward_v1_KeyUseReport, options: grpc.CallOptions, callback: grpc.requestCallback<_keyward_v1_KeyUseAck__Output>): grpc.ClientUnaryCall;
+  ReportKeyUse(argument: _keyward_v1_KeyUseReport, callback: grpc.requestCallback<_keyward_v1_KeyUseAck__Output>): grpc.ClientUnaryCall;
+  /**
+   * A client tells the agent that calls made with a version succeeded: the
+   * evidence a rotation needs before it retires the old key. Send at most
+   * one per version every few seconds, off the request path.
+   */
+  reportKeyUse(argument: _keyward_v1_KeyUseReport, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_keyward_v1_KeyUseAck__Output>): grpc.ClientUnaryCall;
+  reportKeyUse(argument: _keyward_v1_KeyUseReport, metadata: grpc.Metadata, callback: grpc.requestCallback<_keyward_v1_KeyUseAck__Output>): grpc.ClientUnaryCall;
+  reportKeyUse(argument: _keyward_v1_KeyUseReport, options: grpc.CallOptions, callback: grpc.requestCallback<_keyward_v1_KeyUseAck__Output>): grpc.ClientUnaryCall;
+  reportKeyUse(argument: _keyward_v1_KeyUseReport, callback: grpc.requestCallback<_keyward_v1_KeyUseAck__Output>): grpc.ClientUnaryCall;
+  
+  /**
    * The full KeySet of each key at once, then after every change.
    */
   WatchKeys(argument: _keyward_v1_WatchKeysRequest, metadata: grpc.Metadata, options?: grpc.CallOptions): grpc.ClientReadableStream<_keyward_v1_KeyEvent__Output>;
@@ -75,6 +96,13 @@ export interface KeysHandlers extends grpc.UntypedServiceImplementation {
   ReportAuthFailure: grpc.handleUnaryCall<_keyward_v1_AuthFailureReport__Output, _keyward_v1_AuthFailureAck>;
   
   /**
+   * A client tells the agent that calls made with a version succeeded: the
+   * evidence a rotation needs before it retires the old key. Send at most
+   * one per version every few seconds, off the request path.
+   */
+  ReportKeyUse: grpc.handleUnaryCall<_keyward_v1_KeyUseReport__Output, _keyward_v1_KeyUseAck>;
+  
+  /**
    * The full KeySet of each key at once, then after every change.
    */
   WatchKeys: grpc.handleServerStreamingCall<_keyward_v1_WatchKeysRequest__Output, _keyward_v1_KeyEvent>;
@@ -84,5 +112,6 @@ export interface KeysHandlers extends grpc.UntypedServiceImplementation {
 export interface KeysDefinition extends grpc.ServiceDefinition {
   GetKey: MethodDefinition<_keyward_v1_GetKeyRequest, _keyward_v1_KeySet, _keyward_v1_GetKeyRequest__Output, _keyward_v1_KeySet__Output>
   ReportAuthFailure: MethodDefinition<_keyward_v1_AuthFailureReport, _keyward_v1_AuthFailureAck, _keyward_v1_AuthFailureReport__Output, _keyward_v1_AuthFailureAck__Output>
+  ReportKeyUse: MethodDefinition<_keyward_v1_KeyUseReport, _keyward_v1_KeyUseAck, _keyward_v1_KeyUseReport__Output, _keyward_v1_KeyUseAck__Output>
   WatchKeys: MethodDefinition<_keyward_v1_WatchKeysRequest, _keyward_v1_KeyEvent, _keyward_v1_WatchKeysRequest__Output, _keyward_v1_KeyEvent__Output>
 }
