@@ -43,6 +43,7 @@ pub mod jobs;
 pub mod refusals;
 pub mod reports;
 pub mod rotate;
+pub mod rotation_status;
 pub mod serve;
 pub mod status;
 pub mod tasks;
@@ -286,18 +287,6 @@ impl Agent {
     /// checks only: a secret leaves the agent through [`Agent::serve`].
     pub fn current(&self, key: &KeyRef) -> Option<Arc<KeySetState>> {
         self.store.get(key)
-    }
-
-    /// A key's metadata for the admin socket, with its next scheduled
-    /// rotation.
-    pub fn key_info(&self, state: &KeySetState) -> crate::proto::KeyInfo {
-        use crate::wire::ToInfo;
-        let mut info = state.to_info();
-        if let Some((at, schedule)) = jobs::next_rotation(self, state) {
-            info.next_rotation = Some(crate::wire::timestamp(at));
-            info.schedule = schedule;
-        }
-        info
     }
 
     /// Every key of `env` (all: `None`), for listings.

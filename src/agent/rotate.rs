@@ -44,7 +44,7 @@ fn hook_failed(agent: &Agent, key: &KeyRef, message: String) -> ApiError {
     ApiError::HookFailed(message)
 }
 
-fn existing(agent: &Agent, key: &KeyRef) -> Result<Arc<KeySetState>, ApiError> {
+pub(super) fn existing(agent: &Agent, key: &KeyRef) -> Result<Arc<KeySetState>, ApiError> {
     agent.store.get(key).ok_or_else(|| {
         ApiError::NotFound(format!(
             "key {key} does not exist: create it with `keyward put {key}` before rotating it"
@@ -385,83 +385,4 @@ pub fn counted<T>(
     };
     agent.metrics().rotation(command.as_str(), result);
     done
-}
-
-/// `GetRotationStatus`.
-pub fn status(agent: &Agent, key: Option<&proto::KeyRef>) -> Result<proto::RotationStatus, ApiError> {
-    let key = agent.key_ref(key)?;
-    let settings = agent.config().rotation_for(&key);
-    let current = existing(agent, &key)?;
-    let facts = GateFacts::of(agent, &current, &settings);
-    let (evidence, fallback_failures) = (&facts.evidence, facts.fallback_failures);
-    let now = SystemTime::now();
-    let gate = facts.gate(settings.grace, false);
-    let (retire_allowed, retire_blocked_reason) = match rotation::apply(&current, Command::Retire, gate, now) {
-        Ok(_) => (true, String::new()),
-        Err(e) => (false, e.to_string()),
-    };
-    let users = agent.uses.users(&key, current.primary.number);
-    let job = agent.jobs.job(&key);
-    let next = super::jobs::next_rotation(agent, &current);
-    Ok(proto::RotationStatus {
-        key: Some(agent.key_info(&current)),
-        users: users.iter().map(ToString::to_string).collect(),
-        evidence_quorum: settings.evidence_quorum,
-        unreported: super::jobs::unreported(agent, &current),
-        validated_after_promotion: agent.jobs.validated(&key, current.primary.number),
-        schedule: next.as_ref().map(|(_, s)| s.clone()).unwrap_or_default(),
-        next_rotation: next.map(|(t, _)| crate::wire::timestamp(t)),
-        job,
-        subscribers: agent
-            .watchers
-            .subscribers(&key)
-            .into_iter()
-            .map(|s| proto::Subscriber {
-                uid: s.uid,
-                pid: s.pid,
-                exe: s.exe.unwrap_or_default(),
-                unit: s.unit.unwrap_or_default(),
-                delivered_generation: s.delivered_generation,
-                kind: s.kind.as_str().to_owned(),
-                reported_use: users.iter().any(|u| u.uid == s.uid),
-            })
-            .collect(),
-        evicted: agent
-            .watchers
-            .recent_evictions(&key)
-            .into_iter()
-            .map(|e| proto::EvictedSubscriber {
-                subscriber: Some(proto::Subscriber {
-                    uid: e.who.uid,
-                    pid: e.who.pid,
-                    exe: e.who.exe.clone().unwrap_or_default(),
-                    unit: e.who.unit.clone().unwrap_or_default(),
-                    delivered_generation: e.delivered_generation,
-                    kind: String::new(),
-                    reported_use: users.iter().any(|u| u.uid == e.who.uid),
-                }),
-                waiting_generation: e.waiting_generation.unwrap_or(0),
-                waited_ms: e.waited.as_millis() as u64,
-                evicted_at: Some(crate::wire::timestamp(e.at)),
-            })
-            .collect(),
-        failures_since_promotion: evidence.failures,
-        fallback_failures_since_promotion: fallback_failures,
-        failure_reporters: gate.reporters,
-        report_quorum: gate.quorum,
-        reporters: evidence.reporters.iter().map(ToString::to_string).collect(),
-        grace_seconds: settings.grace.as_secs(),
-        // Rounded up: 0 only once the grace period is really over.
-        grace_left_seconds: {
-            let left = rotation::grace_left(&current, &gate, now);
-            left.as_secs() + u64::from(left.subsec_nanos() > 0)
-        },
-        retire_allowed,
-        retire_blocked_reason,
-        has_generator: settings.generator.is_some(),
-        has_validator: settings.validator.is_some(),
-        has_revoker: settings.revoker.is_some(),
-        propagation_timeout_seconds: settings.propagation_timeout.as_secs(),
-        failure_threshold: settings.failure_threshold,
-    })
 }

@@ -54,7 +54,7 @@ impl Agent {
         }
         self.alerting.start_sinks(&self.config().alerts);
         // Rotation jobs that were running resume; the schedule starts.
-        jobs::Jobs::start_tasks(self, stop.clone());
+        jobs::start_tasks(self, stop.clone());
         Running {
             agent: self.clone(),
             hot_reload,

@@ -34,7 +34,7 @@ pub struct EnvConfig {
     /// Overrides `[rotation] grace` for this environment's keys.
     pub grace: Option<Duration>,
     /// Overrides `[rotation] every`, `window` and `jitter` for them.
-    pub schedule: super::rotation::ScheduleParts,
+    pub schedule: super::schedule::ScheduleParts,
 }
 
 /// One `[environments.NAME]` as written.
@@ -91,7 +91,7 @@ pub(super) fn environments(
             Some(RawFailureMode::FailOpen) => AuditFailureMode::FailOpen,
         };
         let grace = env.grace.map(|g| duration(src, &g, "grace")).transpose()?;
-        let schedule = super::rotation::ScheduleParts::read(src, env.every, env.window, env.jitter)?;
+        let schedule = super::schedule::ScheduleParts::read(src, env.every, env.window, env.jitter)?;
         out.insert(
             name,
             EnvConfig {

@@ -69,6 +69,7 @@ pub mod limits;
 pub mod metrics;
 pub mod paths;
 pub mod rotation;
+pub mod schedule;
 pub mod size;
 pub mod sockets;
 mod value;
@@ -91,9 +92,10 @@ pub use limits::{Limits, MESSAGE_OVERHEAD_BYTES};
 pub use metrics::MetricsListen;
 pub use paths::{Paths, DEFAULT_AUDIT_FILE, DEFAULT_RUNTIME_DIR, DEFAULT_STATE_DIR};
 pub use rotation::{
-    KeyEntry, KeyRotation, RotationConfig, RotationDefaults, ScheduleParts, DEFAULT_EVIDENCE_QUORUM,
+    KeyEntry, KeyRotation, RotationConfig, RotationDefaults, DEFAULT_EVIDENCE_QUORUM,
     DEFAULT_FAILURE_THRESHOLD, DEFAULT_GRACE, DEFAULT_HOOK_TIMEOUT, DEFAULT_PROPAGATION_TIMEOUT, DEFAULT_REPORT_QUORUM,
 };
+pub use schedule::ScheduleParts;
 pub use sockets::DEFAULT_SERVICE_MODE;
 
 use crate::policy::{Grant, Policy};

@@ -15,7 +15,8 @@ use super::error::{ConfigError, Source};
 use super::hooks::{hook_command, HookCommand, RawArgv};
 use super::value::{duration, list, positive_duration, RawList};
 use crate::policy::KeyPattern;
-use crate::rotation::schedule::{Schedule, Window};
+use super::schedule::ScheduleParts;
+use crate::rotation::schedule::Schedule;
 use crate::secret::KeyRef;
 
 /// Default `rotation.grace`.
@@ -30,64 +31,6 @@ pub const DEFAULT_FAILURE_THRESHOLD: u64 = 3;
 pub const DEFAULT_REPORT_QUORUM: u64 = 2;
 /// Default `rotation.evidence_quorum`.
 pub const DEFAULT_EVIDENCE_QUORUM: u64 = 1;
-
-/// `every`, `window` and `jitter` as set at one level (`[rotation]`, an
-/// environment, a `[[key]]`): each may be left to the level below.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub struct ScheduleParts {
-    /// `every`: `Some(None)` is `every = "off"` (no schedule here, whatever
-    /// the levels below say).
-    pub every: Option<Option<Duration>>,
-    /// `window`.
-    pub window: Option<Window>,
-    /// `jitter`.
-    pub jitter: Option<Duration>,
-}
-
-impl ScheduleParts {
-    /// Reads `every`, `window` and `jitter` of a table.
-    pub(super) fn read(
-        src: &Source<'_>,
-        every: Option<Spanned<String>>,
-        window: Option<Spanned<String>>,
-        jitter: Option<Spanned<String>>,
-    ) -> Result<ScheduleParts, ConfigError> {
-        let every = match every {
-            None => None,
-            Some(v) if v.get_ref() == "off" => Some(None),
-            Some(v) => Some(Some(positive_duration(src, &v, "every")?)),
-        };
-        let window = match window {
-            None => None,
-            Some(v) => Some(Window::parse(v.get_ref()).map_err(|e| {
-                src.invalid(
-                    &v.span(),
-                    format!("{e} (at {}; the times are in the agent's time zone)", src.at(&v.span())),
-                )
-            })?),
-        };
-        Ok(ScheduleParts {
-            every,
-            window,
-            jitter: jitter.map(|v| duration(src, &v, "jitter")).transpose()?,
-        })
-    }
-
-    /// Whether `every` is set to a period here.
-    pub fn schedules(&self) -> bool {
-        matches!(self.every, Some(Some(_)))
-    }
-
-    /// The schedule these levels make, the first listed first.
-    fn resolve(levels: &[&ScheduleParts]) -> Option<Schedule> {
-        let every = levels.iter().find_map(|l| l.every)??;
-        Some(Schedule {
-            every,
-            window: levels.iter().find_map(|l| l.window.clone()),
-            jitter: levels.iter().find_map(|l| l.jitter).unwrap_or_default(),
-        })
-    }
-}
 
 /// The `[rotation]` table: the settings of every key without an override.
 #[derive(Clone, Debug, PartialEq, Eq)]

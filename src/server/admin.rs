@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 use super::peer::caller_of;
 use crate::agent::caller::Caller;
 use crate::agent::error::ApiError;
-use crate::agent::{jobs, rotate, Agent};
+use crate::agent::{jobs, rotate, rotation_status, Agent};
 use crate::audit::{Event, Outcome};
 use crate::proto;
 use crate::rotation::Command;
@@ -97,7 +97,7 @@ impl proto::admin_server::Admin for AdminService {
     ) -> Result<Response<proto::ListKeysResponse>, Status> {
         self.authorize(&request).await?;
         let env = self.agent.env_filter(&request.get_ref().environment)?;
-        let keys = self.agent.list(env).iter().map(|k| self.agent.key_info(k)).collect();
+        let keys = self.agent.list(env).iter().map(|k| rotation_status::key_info(&self.agent, k)).collect();
         Ok(Response::new(proto::ListKeysResponse { keys }))
     }
 
@@ -176,7 +176,7 @@ impl proto::admin_server::Admin for AdminService {
         request: Request<proto::RotationStatusRequest>,
     ) -> Result<Response<proto::RotationStatus>, Status> {
         self.authorize(&request).await?;
-        Ok(Response::new(rotate::status(
+        Ok(Response::new(rotation_status::status(
             &self.agent,
             request.get_ref().key.as_ref(),
         )?))

@@ -125,6 +125,21 @@ async fn every_transition_and_every_refusal() {
         ("sk_v1".into(), Some("sk_v4".into()))
     );
     admin.promote_key(step("api")).await.unwrap();
+    // Not without evidence that the new key works: use reported.
+    let e = admin.retire_key(retire("api", false)).await.unwrap_err();
+    assert!(e.message().contains("nothing shows that the new primary"), "{}", e.message());
+    get(&agent, "api").await;
+    agent
+        .keys()
+        .await
+        .report_key_use(proto::KeyUseReport {
+            key: key("prod", "api"),
+            version: 4,
+            service: "test".into(),
+            successes: 1,
+        })
+        .await
+        .unwrap();
     admin.retire_key(retire("api", false)).await.unwrap();
     let set = get(&agent, "api").await;
     assert_eq!(secrets(&set), ("sk_v4".into(), None));
@@ -191,7 +206,7 @@ async fn restart_in_each_state_keeps_state_and_generation() {
             match what {
                 "stage" => drop(admin.stage_key(stage_req("r", "sk_r2")).await.unwrap()),
                 "promote" => drop(admin.promote_key(step("r")).await.unwrap()),
-                _ => drop(admin.retire_key(retire("r", false)).await.unwrap()),
+                _ => drop(admin.retire_key(retire("r", true)).await.unwrap()),
             }
         }
         let before = get(&agent, "r").await;

@@ -180,7 +180,7 @@ fn by_default_a_full_rotation_restarts_the_child_once_at_promote() {
     step(&agent, &["stage", "prod/api"], Some(V2));
     step(&agent, &["promote", "prod/api"], None);
     wait_file(&log, "the restart at promote", |t| t.lines().count() >= 2);
-    step(&agent, &["retire", "prod/api"], None);
+    step(&agent, &["retire", "--force", "prod/api"], None);
     // Stage and retire change only the fallback: no restart for them, and
     // the child keeps the fallback it got at promote (V1, now retired).
     assert_starts_settle_at(&log, &[format!("{V1} {V1}"), format!("{V2} {V1}")]);
@@ -202,7 +202,7 @@ fn restart_on_any_restarts_the_child_at_each_step() {
     for (n, args, input) in [
         (2, vec!["stage", "prod/api"], Some(V2)),
         (3, vec!["promote", "prod/api"], None),
-        (4, vec!["retire", "prod/api"], None),
+        (4, vec!["retire", "--force", "prod/api"], None),
     ] {
         step(&agent, &args, input);
         wait_file(&log, &format!("the restart after {}", args[0]), |t| {

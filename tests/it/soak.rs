@@ -148,6 +148,9 @@ async fn rss_fds_and_latency_stay_flat_under_load_and_rotations() {
             admin
                 .retire_key(proto::RetireKeyRequest {
                     key: k(),
+                    // No client here reports use: what is measured is the
+                    // agent under rotations, not the evidence gate.
+                    force: true,
                     ..Default::default()
                 })
                 .await

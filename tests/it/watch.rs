@@ -366,7 +366,7 @@ async fn rotation_steps_reach_watchers_in_order_and_are_tracked_as_delivered() {
         .retire_key(proto::RetireKeyRequest {
             key: key("prod", "r"),
             expected_generation: None,
-            force: false,
+            force: true,
         })
         .await
         .unwrap();

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
 
-use super::{audit_job, lock, unix, Slot};
+use super::registry::{audit_job, from_unix, lock, unix, Intent, Slot};
 use crate::agent::error::ApiError;
 use crate::agent::rotate::{self, stage_new, Actor, GateFacts, NewKey};
 use crate::agent::Agent;
@@ -301,9 +301,12 @@ async fn take(agent: &Arc<Agent>, slot: &Slot, action: &Action, state: &KeySetSt
         Action::Wait { .. } | Action::Finish { .. } => return Ok(()),
     };
     let name = command.map_or("stage", Command::as_str);
+    if command == Some(Command::Promote) {
+        note_evictions(agent, slot, state);
+    }
     {
         let mut r = lock(&slot.record);
-        r.intent = Some(super::Intent {
+        r.intent = Some(Intent {
             step: name.to_owned(),
             generation_before: g,
         });
@@ -353,6 +356,34 @@ async fn take(agent: &Arc<Agent>, slot: &Slot, action: &Action, state: &KeySetSt
     drop(r);
     agent.jobs.persist(agent, key);
     result
+}
+
+/// Notes the subscribers the agent evicted while the staged generation
+/// waited for them: propagation went on without them.
+fn note_evictions(agent: &Agent, slot: &Slot, state: &KeySetState) {
+    let evicted: Vec<String> = agent
+        .watchers
+        .recent_evictions(&state.key)
+        .iter()
+        .filter(|e| e.waiting_generation.is_some_and(|g| g >= state.generation))
+        .map(|e| {
+            let mut who = format!("uid {} pid {}", e.who.uid, e.who.pid);
+            if let Some(exe) = &e.who.exe {
+                who.push_str(&format!(" {exe}"));
+            }
+            who
+        })
+        .collect();
+    if evicted.is_empty() {
+        return;
+    }
+    let timeout = agent.config().rotation_for(&state.key).propagation_timeout;
+    lock(&slot.record).note(format!(
+        "{} subscriber(s) evicted: they took nothing within {}, and their watch was ended: {}",
+        evicted.len(),
+        humantime::format_duration(timeout),
+        evicted.join("; ")
+    ));
 }
 
 /// Runs the validator on the promoted primary and records its verdict.
@@ -450,7 +481,7 @@ async fn finish(agent: &Arc<Agent>, slot: &Slot, result: JobResult, message: Str
                     "the {} rotation {}: {message}; the schedule tries again after {}",
                     trigger.as_str(),
                     result.as_str().replace('_', " "),
-                    humantime::format_rfc3339_seconds(super::from_unix(t))
+                    humantime::format_rfc3339_seconds(from_unix(t))
                 ),
                 None => format!(
                     "the {} rotation {}: {message}",

@@ -1,23 +1,21 @@
-//! Scheduled rotation: every second, starts a job for each key whose
-//! primary has served its `every` (plus its jitter), inside its window,
-//! unless a job runs or a failed one's backoff has not passed.
+//! Scheduled rotation: which keys are due, checked every half second: a
+//! key whose primary has served its `every` (plus its jitter), inside its
+//! window, unless a job runs or a failed one's backoff has not passed.
 //!
 //! A key that is mid-rotation by hand (STAGED or PROMOTED without a
 //! scheduled job behind it) is left alone; one left mid-rotation by a
 //! failed scheduled job is resumed by the next attempt.
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use jiff::tz::TimeZone;
-use tokio::sync::watch;
 
 use crate::agent::Agent;
 use crate::keyset::{KeySetState, RotationState};
 use crate::rotation::schedule::{may_start, next_due};
 
 /// How often the schedule is checked.
-const CHECK_EVERY: Duration = Duration::from_millis(500);
+pub const CHECK_EVERY: Duration = Duration::from_millis(500);
 
 /// The agent's time zone: the system's (`TZ`, `/etc/localtime`), or UTC
 /// when it cannot be found.
@@ -36,21 +34,12 @@ pub fn next_rotation(agent: &Agent, state: &KeySetState) -> Option<(SystemTime, 
     Some((at, schedule.to_string()))
 }
 
-/// Checks the schedule until `stop`.
-pub async fn run(agent: Arc<Agent>, mut stop: watch::Receiver<bool>) {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(CHECK_EVERY) => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-        check(&agent).await;
-    }
-}
-
-async fn check(agent: &Arc<Agent>) {
+/// The keys due for a scheduled rotation now, each with why.
+pub fn due(agent: &Agent) -> Vec<(crate::secret::KeyRef, String)> {
     let config = agent.config();
     let tz = time_zone();
     let now = SystemTime::now();
+    let mut out = Vec::new();
     for state in agent.store.list(None) {
         let key = &state.key;
         let settings = config.rotation_for(key);
@@ -75,6 +64,7 @@ async fn check(agent: &Arc<Agent>) {
             state.primary.number,
             humantime::format_rfc3339_seconds(due)
         );
-        super::start_scheduled(agent, key, why).await;
+        out.push((key.clone(), why));
     }
+    out
 }
