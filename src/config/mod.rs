@@ -92,8 +92,8 @@ pub use limits::{Limits, MESSAGE_OVERHEAD_BYTES};
 pub use metrics::MetricsListen;
 pub use paths::{Paths, DEFAULT_AUDIT_FILE, DEFAULT_RUNTIME_DIR, DEFAULT_STATE_DIR};
 pub use rotation::{
-    KeyEntry, KeyRotation, RotationConfig, RotationDefaults, DEFAULT_EVIDENCE_QUORUM,
-    DEFAULT_FAILURE_THRESHOLD, DEFAULT_GRACE, DEFAULT_HOOK_TIMEOUT, DEFAULT_PROPAGATION_TIMEOUT, DEFAULT_REPORT_QUORUM,
+    KeyEntry, KeyRotation, RotationConfig, RotationDefaults, DEFAULT_EVIDENCE_QUORUM, DEFAULT_FAILURE_THRESHOLD,
+    DEFAULT_GRACE, DEFAULT_HOOK_TIMEOUT, DEFAULT_PROPAGATION_TIMEOUT, DEFAULT_REPORT_QUORUM,
 };
 pub use schedule::ScheduleParts;
 pub use sockets::DEFAULT_SERVICE_MODE;

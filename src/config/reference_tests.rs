@@ -83,7 +83,10 @@ fn the_reference_config_loads_and_shows_the_defaults() {
     assert_eq!(c.rotation.keys.len(), 1);
     assert!(c.rotation.keys[0].generator.is_some());
     let schedule = c.rotation_for(&"prod/billing-api".parse().unwrap()).schedule.unwrap();
-    assert_eq!(schedule.to_string(), "every 30days, window Mon-Fri 09:00-12:00, jitter 2h");
+    assert_eq!(
+        schedule.to_string(),
+        "every 30days, window Mon-Fri 09:00-12:00, jitter 2h"
+    );
     assert!(c.schedule_problem(&"prod/billing-api".parse().unwrap()).is_none());
     let kinds: Vec<&str> = c.alerts.sinks.iter().map(|s| s.kind.as_str()).collect();
     assert_eq!(kinds, ["webhook", "slack", "pagerduty", "smtp", "exec", "log"]);

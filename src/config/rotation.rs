@@ -13,9 +13,9 @@ use super::alerts::detect::{DetectOverrides, DetectSettings, RawDetect};
 use super::environments::{key_pattern, EnvConfig};
 use super::error::{ConfigError, Source};
 use super::hooks::{hook_command, HookCommand, RawArgv};
+use super::schedule::ScheduleParts;
 use super::value::{duration, list, positive_duration, RawList};
 use crate::policy::KeyPattern;
-use super::schedule::ScheduleParts;
 use crate::rotation::schedule::Schedule;
 use crate::secret::KeyRef;
 

@@ -97,7 +97,12 @@ impl proto::admin_server::Admin for AdminService {
     ) -> Result<Response<proto::ListKeysResponse>, Status> {
         self.authorize(&request).await?;
         let env = self.agent.env_filter(&request.get_ref().environment)?;
-        let keys = self.agent.list(env).iter().map(|k| rotation_status::key_info(&self.agent, k)).collect();
+        let keys = self
+            .agent
+            .list(env)
+            .iter()
+            .map(|k| rotation_status::key_info(&self.agent, k))
+            .collect();
         Ok(Response::new(proto::ListKeysResponse { keys }))
     }
 

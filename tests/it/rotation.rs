@@ -127,7 +127,11 @@ async fn every_transition_and_every_refusal() {
     admin.promote_key(step("api")).await.unwrap();
     // Not without evidence that the new key works: use reported.
     let e = admin.retire_key(retire("api", false)).await.unwrap_err();
-    assert!(e.message().contains("nothing shows that the new primary"), "{}", e.message());
+    assert!(
+        e.message().contains("nothing shows that the new primary"),
+        "{}",
+        e.message()
+    );
     get(&agent, "api").await;
     agent
         .keys()

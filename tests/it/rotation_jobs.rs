@@ -562,3 +562,56 @@ fn a_damaged_jobs_file_is_named_and_left_alone() {
     );
     assert_eq!(std::fs::read(&file).unwrap(), b"{not json");
 }
+
+/// The one crash the kill points above cannot land on: after a step was
+/// committed to the store, before the job wrote that it was done. The
+/// jobs file is left as such a crash leaves it (the intent to stage from
+/// generation 1, the key already staged at generation 2): the restarted
+/// agent sees the step was taken, adopts the staged key, and goes on
+/// from there, without staging again; an intent to roll back that was
+/// taken ends the job as rolled back instead of promoting again.
+#[tokio::test]
+async fn a_step_committed_just_before_a_crash_is_not_taken_again() {
+    for (step, done_by_hand, generation_before, want) in [
+        ("stage", vec![vec!["stage", KEY]], 1, "ok"),
+        (
+            "rollback",
+            vec![vec!["stage", KEY], vec!["promote", KEY], vec!["rollback", KEY]],
+            3,
+            "rolled_back",
+        ),
+    ] {
+        let hooks_dir = tempfile::tempdir().unwrap();
+        let d = hooks_dir.path();
+        let toml = hooks_config(d, &["generator", "validator"], "grace = \"0s\"", "");
+        let mut agent = TestAgent::start_with_config(&toml);
+        agent.put(KEY, "sk_job_v1");
+        for args in &done_by_hand {
+            let input = (args[0] == "stage").then_some(&b"sk_job_v2"[..]);
+            agent.ok(args, input);
+        }
+        agent.stop();
+        let new_version = if step == "stage" { "null" } else { "2" };
+        let record = format!(
+            r#"{{"version":1,"jobs":[{{"key":"{KEY}","trigger":"manual","until":"retired","new_version":{new_version},"rolled_back":false,"validated":null,"fleet":false,"fleet_timeout_secs":120,"cancel":false,"active":true,"result":null,"message":"","started_by":"uid 0","started_at":1,"updated_at":1,"step":"stage","generation":{generation_before},"intent":{{"step":"{step}","generation_before":{generation_before}}},"failed_attempts":0,"retry_at":null,"log":[]}}]}}"#
+        );
+        std::fs::write(agent.dir.join("rotations.json"), record).unwrap();
+        agent.spawn().expect("restarts");
+        let s = wait_job(&agent, "the job's end", |s| !job(s).active).await;
+        let j = job(&s);
+        assert_eq!(j.result, want, "{step}: {j:#?}");
+        assert!(
+            j.log
+                .iter()
+                .any(|l| l.contains(&format!("the {step} under way when the agent stopped was taken"))),
+            "{j:#?}"
+        );
+        assert_eq!(calls(d, "generator"), 0, "{step}: nothing staged again");
+        let stages = agent
+            .audit_lines()
+            .into_iter()
+            .filter(|r| r["event"] == "stage" && r["outcome"] == "ok")
+            .count();
+        assert_eq!(stages, 1, "{step}");
+    }
+}

@@ -27,7 +27,6 @@ pub const JOBS_FILE: &str = "rotations.json";
 /// Most lines kept in a job's log.
 const LOG_KEPT: usize = 32;
 
-
 /// The step a job is taking, written before it is taken.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Intent {
@@ -465,4 +464,3 @@ pub(super) async fn audit_job(agent: &Agent, caller: Option<&Caller>, key: &KeyR
         })
         .await;
 }
-

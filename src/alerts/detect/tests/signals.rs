@@ -269,7 +269,12 @@ fn conditions_open_when_set_and_resolve_when_cleared() {
         "no evidence that v3 works".to_owned(),
         details,
     );
-    assert!(d.has_condition(&subject, Signal::NoEvidence, Severity::Warning, "no evidence that v3 works"));
+    assert!(d.has_condition(
+        &subject,
+        Signal::NoEvidence,
+        Severity::Warning,
+        "no evidence that v3 works"
+    ));
     let out = d.evaluate_conditions(now(0.0), &s.key, HOUR);
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].signal, Signal::NoEvidence);
