@@ -607,3 +607,21 @@ pub fn load_credential(creds_sock: &Path, unit: &str, id: &str) -> Vec<u8> {
     stream.read_to_end(&mut got).unwrap();
     got
 }
+
+/// GET /metrics from an agent's metrics listener on the Unix socket
+/// `sock`: the body (the status must be 200).
+pub fn scrape(sock: &Path) -> String {
+    let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: keyward\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    body.to_owned()
+}

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::openbao::Bao;
-use common::{key, text, TestAgent, KEYWARD};
+use common::{key, scrape, text, TestAgent, KEYWARD};
 use keyward::proto;
 
 /// How long anything here may take to propagate (the agents poll every
@@ -107,19 +107,6 @@ fn kv_get_raw_version(bao: &Bao, path: &str, version: u64) -> Option<serde_json:
     let v = format!("-version={version}");
     let json = bao.cli_json(&["kv", "get", "-mount=secret", "-format=json", &v, path], None);
     Some(json["data"]["data"].clone()).filter(|d| !d.is_null())
-}
-
-/// GET /metrics over the agent's Unix socket; the body.
-fn scrape(sock: &std::path::Path) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: keyward\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP response");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    body.to_owned()
 }
 
 /// The value of the unlabelled sample `name`, if exposed.

@@ -458,7 +458,12 @@ async fn the_validator_after_promotion_decides() {
 async fn a_schedule_rotates_on_its_own_and_a_closed_window_holds_it() {
     let hooks_dir = tempfile::tempdir().unwrap();
     let d = hooks_dir.path();
-    let toml = hooks_config(d, &["generator", "validator"], "grace = \"0s\"", "every = \"2s\"\n");
+    let metrics = d.join("metrics.sock");
+    let toml = format!(
+        "{}[metrics]\nlisten = \"unix:{}\"\n",
+        hooks_config(d, &["generator", "validator"], "grace = \"0s\"", "every = \"2s\"\n"),
+        metrics.display()
+    );
     let agent = TestAgent::start_with_config(&toml);
     agent.put(KEY, "sk_job_v1");
     let s = wait_job(&agent, "three scheduled rotations", |s| {
@@ -467,6 +472,17 @@ async fn a_schedule_rotates_on_its_own_and_a_closed_window_holds_it() {
     .await;
     assert_eq!(job(&s).trigger, "schedule");
     assert_eq!(job(&s).result, "ok");
+    let text = scrape(&metrics);
+    let ok_jobs = text
+        .lines()
+        .find_map(|l| l.strip_prefix("keyward_rotations_total{result=\"ok\",trigger=\"schedule\"} "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no scheduled ok count: {text}"));
+    assert!(ok_jobs >= 3.0, "{ok_jobs}");
+    assert!(
+        text.contains("keyward_rotation_job_step{environment=\"prod\",key=\"jobs\"}"),
+        "{text}"
+    );
     let list = agent.ok(&["list"], None);
     assert!(list.contains("NEXT ROTATION"), "{list}");
 
