@@ -378,12 +378,7 @@ pub async fn report(agent: &Arc<Agent>, caller: &Caller, r: &proto::AuthFailureR
     let (key, state) = check_report(agent, caller, EVENT, r.key.as_ref(), r.version).await?;
     let reporter = Arc::new(reporter_of(agent, caller).await);
     let class = Classification::of(&state, r.version);
-    let fingerprint = [Some(&state.primary), state.fallback.as_ref()]
-        .into_iter()
-        .flatten()
-        .find(|v| v.number == r.version)
-        .map(|v| v.fingerprint.clone())
-        .unwrap_or_default();
+    let fingerprint = fingerprint_of(&state, r.version);
     let now = Instant::now();
     agent.failures.record(&key, r.version, now, reporter.clone());
     agent.metrics().report(key.env(), key.name(), class.as_str());
@@ -426,6 +421,17 @@ pub async fn report(agent: &Arc<Agent>, caller: &Caller, r: &proto::AuthFailureR
         })
         .await?;
     Ok(())
+}
+
+/// The fingerprint of `version` of `state`, if it serves it (empty if
+/// not: a report on a stale version).
+fn fingerprint_of(state: &KeySetState, version: u64) -> String {
+    [Some(&state.primary), state.fallback.as_ref()]
+        .into_iter()
+        .flatten()
+        .find(|v| v.number == version)
+        .map(|v| v.fingerprint.clone())
+        .unwrap_or_default()
 }
 
 /// Checks a report (`ReportAuthFailure` or `ReportKeyUse`) from `caller`
@@ -488,12 +494,7 @@ pub async fn report_use(agent: &Arc<Agent>, caller: &Caller, r: &proto::KeyUseRe
     if !first {
         return Ok(());
     }
-    let fingerprint = [Some(&state.primary), state.fallback.as_ref()]
-        .into_iter()
-        .flatten()
-        .find(|v| v.number == r.version)
-        .map(|v| v.fingerprint.clone())
-        .unwrap_or_default();
+    let fingerprint = fingerprint_of(&state, r.version);
     tracing::debug!(key = %key, version = r.version, caller = %caller.describe(), "key use reported");
     agent.jobs.wake(&key);
     agent

@@ -136,7 +136,7 @@ impl fmt::Display for Step {
 }
 
 /// What a job remembers between steps (persisted by the agent).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Memory {
     /// What started it.
     pub trigger: Trigger,

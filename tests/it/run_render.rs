@@ -87,33 +87,7 @@ fn the_child_sees_the_keys_and_its_exit_status_comes_through() {
 
 #[test]
 fn the_child_is_restarted_with_the_new_keys_on_rotation() {
-    let agent = TestAgent::start();
-    agent.put("prod/api", V1);
-    let tmp = tempfile::tempdir().unwrap();
-    let log = tmp.path().join("starts");
-    let child = script(
-        tmp.path(),
-        "child.sh",
-        &format!(
-            "echo \"$API_KEY_PRIMARY $API_KEY_FALLBACK\" >> {}\nexec sleep 60",
-            log.display()
-        ),
-    );
-    let mut run = spawn_cli(
-        &agent,
-        &[
-            "run",
-            "--key",
-            "prod/api=API_KEY",
-            "--on-rotate",
-            "restart",
-            "--stop-timeout",
-            "2s",
-            "--",
-            &child,
-        ],
-    );
-    wait_file(&log, "the first start", |t| t.lines().count() == 1);
+    let (agent, _tmp, log, mut run) = run_counting_starts(&["--on-rotate", "restart"]);
     rotate(&agent, "prod/api");
     // The promote restarts it (V2 primary, V1 fallback); the stage does
     // not (see the tests below).

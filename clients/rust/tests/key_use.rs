@@ -2,12 +2,11 @@
 //! the agent which version worked, once per version per interval, and a
 //! report the agent refuses never reaches the caller.
 
-use std::io::{Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use keyward_client::{auth_rejection, Client, HttpStatus};
-use keyward_testkit::{eventually, TestAgent};
+use keyward_testkit::{eventually, scrape, TestAgent};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -165,18 +164,6 @@ fn metrics_config(dir: &Path, extra: &str) -> String {
 /// Accepted `ReportKeyUse` reports, all keys and classes.
 fn key_use_reports(sock: &Path) -> f64 {
     sum(&scrape(sock), "keyward_key_use_reports_total")
-}
-
-/// `GET /metrics` on the agent's metrics socket: the body.
-fn scrape(sock: &Path) -> String {
-    let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: keyward\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP response");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    body.to_owned()
 }
 
 /// The sum of every sample of `name`, whatever its labels.

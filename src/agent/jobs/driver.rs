@@ -43,9 +43,9 @@ pub(super) fn resume(agent: &Agent, slot: &Slot) {
         Some(s) if s.generation > intent.generation_before => {
             match intent.step.as_str() {
                 "stage" if s.state == RotationState::Staged => {
-                    r.new_version = s.fallback.as_ref().map(|f| f.number);
+                    r.memory.new_version = s.fallback.as_ref().map(|f| f.number);
                 }
-                "rollback" => r.rolled_back = true,
+                "rollback" => r.memory.rolled_back = true,
                 _ => {}
             }
             r.generation = s.generation;
@@ -183,7 +183,7 @@ pub(super) async fn drive(agent: Arc<Agent>, slot: Arc<Slot>, mut stop: watch::R
         }
         let stepping = slot.stepping.lock().await;
         let state = agent.store.get(&slot.key);
-        let memory = lock(&slot.record).memory();
+        let memory = lock(&slot.record).memory.clone();
         let seen = match &state {
             Some(s) => observe(&agent, &slot, s, &memory).await,
             None => Observed::default(),
@@ -287,7 +287,11 @@ async fn take(agent: &Arc<Agent>, slot: &Slot, action: &Action, state: &KeySetSt
     let key = &slot.key;
     let label = {
         let r = lock(&slot.record);
-        format!("rotation job ({}, started by {})", r.trigger.as_str(), r.started_by)
+        format!(
+            "rotation job ({}, started by {})",
+            r.memory.trigger.as_str(),
+            r.started_by
+        )
     };
     let actor = Actor::Job(&label);
     let g = state.generation;
@@ -331,9 +335,9 @@ async fn take(agent: &Arc<Agent>, slot: &Slot, action: &Action, state: &KeySetSt
         Ok(done) => {
             let s = &done.state;
             match action {
-                Action::Stage => r.new_version = s.fallback.as_ref().map(|f| f.number),
+                Action::Stage => r.memory.new_version = s.fallback.as_ref().map(|f| f.number),
                 Action::Rollback { why } => {
-                    r.rolled_back = true;
+                    r.memory.rolled_back = true;
                     r.note(format!("rolled back: {why}"));
                 }
                 _ => {}
@@ -407,7 +411,7 @@ async fn validate(agent: &Arc<Agent>, slot: &Slot, state: &KeySetState) -> Resul
     };
     {
         let mut r = lock(&slot.record);
-        r.validated = Some(ok);
+        r.memory.validated = Some(ok);
         r.note(detail.clone());
     }
     agent.jobs.persist(agent, &slot.key);
@@ -449,7 +453,7 @@ async fn finish(agent: &Arc<Agent>, slot: &Slot, result: JobResult, message: Str
         r.step = Step::Done;
         r.intent = None;
         r.message = message.clone();
-        if r.trigger == Trigger::Schedule {
+        if r.memory.trigger == Trigger::Schedule {
             if result == JobResult::Ok {
                 r.failed_attempts = 0;
                 r.retry_at = None;
@@ -461,7 +465,7 @@ async fn finish(agent: &Arc<Agent>, slot: &Slot, result: JobResult, message: Str
             }
         }
         r.note(format!("{}: {message}", result.as_str()));
-        r.trigger
+        r.memory.trigger
     };
     agent.jobs.persist(agent, key);
     {

@@ -91,12 +91,12 @@ async fn run_schedule(agent: Arc<Agent>, mut stop: watch::Receiver<bool>) {
 /// whose backoff it keeps), persists it and spawns its driver.
 fn begin(agent: &Arc<Agent>, key: &KeyRef, mut record: JobRecord) -> Arc<Slot> {
     let slot = {
-        let describe = match record.new_version {
-            None => format!("started by {} ({})", record.started_by, record.trigger.as_str()),
+        let describe = match record.memory.new_version {
+            None => format!("started by {} ({})", record.started_by, record.memory.trigger.as_str()),
             Some(v) => format!(
                 "started by {} ({}), resuming the rotation to v{v} under way",
                 record.started_by,
-                record.trigger.as_str()
+                record.memory.trigger.as_str()
             ),
         };
         record.note(describe);
@@ -174,7 +174,7 @@ pub async fn start(
         }
     }
     let mut record = new_record(&key, Trigger::Manual, until, started_by(Some(caller)), &state);
-    record.fleet = req.fleet;
+    record.memory.fleet = req.fleet;
     if req.fleet_timeout_seconds > 0 {
         record.fleet_timeout_secs = req.fleet_timeout_seconds;
     }
@@ -230,7 +230,7 @@ pub async fn cancel(
         })?;
     {
         let mut r = lock(&slot.record);
-        r.cancel = true;
+        r.memory.cancel = true;
         r.note(format!("cancel asked by {}", caller.describe()));
     }
     agent.jobs.persist(agent, &key);

@@ -41,22 +41,12 @@ pub struct Intent {
 pub struct JobRecord {
     /// ENV/NAME.
     pub key: String,
-    /// What started it.
-    pub trigger: Trigger,
-    /// Where it stops.
-    pub until: Until,
-    /// The version it staged.
-    pub new_version: Option<u64>,
-    /// It rolled back.
-    pub rolled_back: bool,
-    /// The validator's verdict after promotion.
-    pub validated: Option<bool>,
-    /// Wait for the fleet too.
-    pub fleet: bool,
+    /// What the plan reads: trigger, until, the version it staged, whether
+    /// it rolled back, the validator's verdict, fleet, cancel.
+    #[serde(flatten)]
+    pub memory: Memory,
     /// How long it waits for the fleet, in seconds.
     pub fleet_timeout_secs: u64,
-    /// Cancel was asked for.
-    pub cancel: bool,
     /// The agent runs it.
     pub active: bool,
     /// How it ended.
@@ -92,18 +82,6 @@ pub(super) fn from_unix(s: u64) -> SystemTime {
 }
 
 impl JobRecord {
-    pub(super) fn memory(&self) -> Memory {
-        Memory {
-            trigger: self.trigger,
-            until: self.until,
-            new_version: self.new_version,
-            rolled_back: self.rolled_back,
-            validated: self.validated,
-            fleet: self.fleet,
-            cancel: self.cancel,
-        }
-    }
-
     pub(super) fn note(&mut self, line: String) {
         tracing::info!(key = %self.key, "rotation job: {line}");
         self.log.push(format!(
@@ -247,7 +225,7 @@ impl Jobs {
     pub fn validated(&self, key: &KeyRef, version: u64) -> bool {
         self.slot(key).is_some_and(|s| {
             let r = lock(&s.record);
-            r.new_version == Some(version) && r.validated == Some(true)
+            r.memory.new_version == Some(version) && r.memory.validated == Some(true)
         })
     }
 
@@ -263,7 +241,7 @@ impl Jobs {
     pub(super) fn last_was_scheduled(&self, key: &KeyRef) -> bool {
         self.slot(key).is_some_and(|s| {
             let r = lock(&s.record);
-            r.trigger == Trigger::Schedule && r.result != Some(JobResult::Ok)
+            r.memory.trigger == Trigger::Schedule && r.result != Some(JobResult::Ok)
         })
     }
 
@@ -381,7 +359,7 @@ impl Slot {
         let live = lock(&self.live);
         proto::RotationJob {
             key: Some(crate::wire::ToWire::to_proto(&self.key)),
-            trigger: r.trigger.as_str().to_owned(),
+            trigger: r.memory.trigger.as_str().to_owned(),
             step: r.step.as_str().to_owned(),
             next_gate: if r.active {
                 live.next_gate.clone()
@@ -394,12 +372,12 @@ impl Slot {
             message: r.message.clone(),
             started_at: Some(timestamp(from_unix(r.started_at))),
             updated_at: Some(timestamp(from_unix(r.updated_at))),
-            until: match r.until {
+            until: match r.memory.until {
                 Until::Staged => proto::RotationUntil::UntilStaged,
                 Until::Promoted => proto::RotationUntil::UntilPromoted,
                 Until::Retired => proto::RotationUntil::UntilRetired,
             } as i32,
-            new_version: r.new_version.unwrap_or(0),
+            new_version: r.memory.new_version.unwrap_or(0),
             generation: r.generation,
             failed_attempts: r.failed_attempts,
             retry_at: r.retry_at.map(|t| timestamp(from_unix(t))),
@@ -429,14 +407,16 @@ pub(super) fn new_record(
     };
     JobRecord {
         key: key.to_string(),
-        trigger,
-        until,
-        new_version,
-        rolled_back: false,
-        validated: None,
-        fleet: false,
+        memory: Memory {
+            trigger,
+            until,
+            new_version,
+            rolled_back: false,
+            validated: None,
+            fleet: false,
+            cancel: false,
+        },
         fleet_timeout_secs: 120,
-        cancel: false,
         active: true,
         result: None,
         message: String::new(),
