@@ -139,6 +139,9 @@ impl Agent {
         if deleted {
             self.served.forget(key);
             self.uses.forget(key);
+            // A key created again starts without the old one's job
+            // record (a running job ends by itself: its key is gone).
+            self.jobs.forget(key);
         } else {
             let live: Vec<u64> = std::iter::once(state.primary.number)
                 .chain(state.fallback.as_ref().map(|f| f.number))
