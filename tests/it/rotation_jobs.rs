@@ -365,6 +365,16 @@ async fn keyward_run_consumers_alone_never_let_the_old_key_go() {
         .spawn()
         .unwrap();
     wait_job_subscribers(&agent, 1).await;
+    // `keyward rotate` says at the start that this consumer cannot report.
+    let out = agent.cli(&["rotate", KEY, "--until", "staged"], None);
+    let shown = text(&out.stdout);
+    assert!(out.status.success(), "{shown}{}", text(&out.stderr));
+    assert!(
+        shown.contains("warning: 1 subscriber(s) cannot report use of the new key")
+            && shown.contains("(keyward run)")
+            && shown.contains("the rotation stays PROMOTED"),
+        "{shown}"
+    );
     start_job(&agent).await;
     let s = wait_job(&agent, "the evidence gate", |s| job(s).step == "evidence").await;
     assert!(job(&s).active);
