@@ -495,6 +495,11 @@ async fn a_schedule_rotates_on_its_own_and_a_closed_window_holds_it() {
     );
     let list = agent.ok(&["list"], None);
     assert!(list.contains("NEXT ROTATION"), "{list}");
+    let shown = agent.ok(&["status"], None);
+    assert!(
+        shown.contains(&format!("next rotation   {KEY} at")) && shown.contains("(every 2s)"),
+        "{shown}"
+    );
 
     // Tomorrow only: nothing rotates today.
     let tomorrow = ["Tue", "Wed", "Thu", "Fri", "Sat", "Sun", "Mon"]
