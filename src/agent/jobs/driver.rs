@@ -453,16 +453,15 @@ async fn finish(agent: &Arc<Agent>, slot: &Slot, result: JobResult, message: Str
         r.step = Step::Done;
         r.intent = None;
         r.message = message.clone();
-        if r.memory.trigger == Trigger::Schedule {
-            if result == JobResult::Ok {
-                r.failed_attempts = 0;
-                r.retry_at = None;
-            } else {
-                r.failed_attempts += 1;
-                let schedule = agent.config().rotation_for(key).schedule;
-                let wait = schedule.map_or(Duration::from_secs(3600), |s| schedule::backoff(&s, r.failed_attempts));
-                r.retry_at = Some(unix(SystemTime::now() + wait));
-            }
+        if result == JobResult::Ok {
+            // Any successful rotation ends a failed schedule's backoff.
+            r.failed_attempts = 0;
+            r.retry_at = None;
+        } else if r.memory.trigger == Trigger::Schedule {
+            r.failed_attempts += 1;
+            let schedule = agent.config().rotation_for(key).schedule;
+            let wait = schedule.map_or(Duration::from_secs(3600), |s| schedule::backoff(&s, r.failed_attempts));
+            r.retry_at = Some(unix(SystemTime::now() + wait));
         }
         r.note(format!("{}: {message}", result.as_str()));
         r.memory.trigger
