@@ -33,7 +33,7 @@
 //! | variable | default | meaning |
 //! |---|---|---|
 //! | `KEYWARD_DRILL_ROTATIONS` | 10 (scheduled: 5) | full rotations, back to back |
-//! | `KEYWARD_DRILL_EVERY` | `1s` | scheduled drill: the key's `every` |
+//! | `KEYWARD_DRILL_EVERY` | `200ms` | scheduled drill: the key's `every` |
 //! | `KEYWARD_DRILL_WORKERS` | 32 | `call_with_fallback` workers (4 per client) |
 //! | `KEYWARD_DRILL_RUN_CHILDREN` | 2 | `keyward run` children |
 //! | `KEYWARD_DRILL_RUN_SPLAY` | `0s` | their `keyward run --splay` |
