@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """A program that knows nothing of keyward, for the rotation drill's
-`keyward run` children (tests/it/drill_rotation.rs).
+`keyward run` children (tests/it/drill_rotation/).
 
     keyward run --key prod/drill=DRILL_KEY -- python3 run_child.py 127.0.0.1:PORT OUT_FILE DRILL_KEY
 
