@@ -523,6 +523,13 @@ impl TestAgent {
         std::fs::write(self.config.as_ref().expect("a config file"), text).unwrap();
     }
 
+    /// Replaces the config file of an agent started with one in dev mode
+    /// ([`TestAgent::start_with_config`]) with `toml`, as it is;
+    /// [`TestAgent::sighup`] makes the agent load it.
+    pub fn replace_config(&self, toml: &str) {
+        std::fs::write(self.config.as_ref().expect("a config file"), toml).unwrap();
+    }
+
     /// Sends SIGHUP: the agent reloads its config.
     pub fn sighup(&self) {
         nix::sys::signal::kill(

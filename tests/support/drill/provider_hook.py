@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The rotation hooks of the rotation drill (tests/it/drill_rotation.rs).
+"""The rotation hooks of the rotation drill (tests/it/drill_rotation/).
 
     provider_hook.py generate|validate|revoke http://127.0.0.1:PORT
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """A program that knows nothing of keyward, for the rotation drill's
-`keyward run` children (tests/it/drill_rotation.rs).
+`keyward run` children (tests/it/drill_rotation/).
 
     keyward run --key prod/drill=DRILL_KEY -- python3 run_child.py 127.0.0.1:PORT OUT_FILE DRILL_KEY
 
@@ -9,6 +9,8 @@ that is refused (401/403), with $DRILL_KEY_FALLBACK: the fallback pattern an
 unchanged app gets from `keyward run`'s variables. It appends to OUT_FILE
 (O_APPEND, one line each, so the restarted copies share the file):
 
+- when it starts, before its first request: `start` (keyward run starts
+  one copy, then one per restart);
 - at once, for every request that failed with both keys:
   `fail primary=STATUS fallback=STATUS` (a status is "error" when the
   request itself failed);
@@ -41,6 +43,7 @@ def main():
     fallback = os.environ[var + "_FALLBACK"]
     signal.signal(signal.SIGTERM, on_term)
     out = os.open(out_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.write(out, b"start\n")
     conn = None
 
     def call(key):

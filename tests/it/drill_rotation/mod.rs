@@ -7,8 +7,11 @@
 //! through a [`KeyHandle`] that follows rotations, one client fetching the
 //! key on every call), and a few unchanged programs call it through
 //! `keyward run` children, while `keyward rotate` runs full rotations back to
-//! back with the generator, validator and revoker hooks
-//! (`tests/support/drill/provider_hook.py`) talking to the provider.
+//! back (each starts the agent's rotation job and follows it to its end)
+//! with the generator, validator and revoker hooks
+//! (`tests/support/drill/provider_hook.py`) talking to the provider. The
+//! validator also lets each job retire: it accepts the new primary after
+//! its promotion (the workers' client reports no use).
 //!
 //! Invariant proved: with the safe sequence (revocation only at retire,
 //! after promotion), **no request fails**. Then the negligent cases: the
@@ -17,20 +20,28 @@
 //! of the first refused request), and both keys revoked (requests fail, and
 //! the critical `fallback_failing` alert fires).
 //!
+//! The same load under the agent's own schedule, with no CLI in the loop,
+//! is [`schedule`]'s drill.
+//!
 //! Each test prints one line of figures (`drill: …`, `drill-early-revoke:
-//! …`, `drill-both-revoked: …`). The short version runs in the normal suite;
-//! the long one is `scripts/drill-rotation` (1,000 rotations, release
-//! build). Parameters (environment variables, for the main drill):
+//! …`, `drill-both-revoked: …`, `drill-schedule: …`). The short version
+//! runs in the normal suite; the long one is `scripts/drill-rotation`
+//! (1,000 rotations each for the main and the scheduled drill, release
+//! build). Parameters (environment variables, for the main and the
+//! scheduled drill):
 //!
 //! | variable | default | meaning |
 //! |---|---|---|
-//! | `KEYWARD_DRILL_ROTATIONS` | 10 | full rotations, back to back |
+//! | `KEYWARD_DRILL_ROTATIONS` | 10 (scheduled: 5) | full rotations, back to back |
+//! | `KEYWARD_DRILL_EVERY` | `200ms` | scheduled drill: the key's `every` |
 //! | `KEYWARD_DRILL_WORKERS` | 32 | `call_with_fallback` workers (4 per client) |
 //! | `KEYWARD_DRILL_RUN_CHILDREN` | 2 | `keyward run` children |
 //! | `KEYWARD_DRILL_RUN_SPLAY` | `0s` | their `keyward run --splay` |
 //! | `KEYWARD_DRILL_GRACE` | `0s` | the key's grace period |
 //! | `KEYWARD_DRILL_POLL` | `20ms` | `keyward rotate --poll` |
 //! | `KEYWARD_DRILL_VERBOSE` | 0 | 1: print each `keyward rotate` line with its time |
+
+mod schedule;
 
 use crate::common;
 
@@ -79,6 +90,12 @@ fn support(name: &str) -> PathBuf {
 
 /// The agent's config: hooks talking to `provider`, alerts to `alerts`.
 fn config(provider: &Provider, alerts: &Receiver, grace: &str) -> String {
+    scheduled_config(provider, alerts, grace, None)
+}
+
+/// [`config`], with the key rotated by the agent `every` so long when
+/// given.
+fn scheduled_config(provider: &Provider, alerts: &Receiver, grace: &str, every: Option<&str>) -> String {
     let python = python().display().to_string();
     let hook = support("provider_hook.py").display().to_string();
     let url = provider.url();
@@ -101,11 +118,13 @@ keys = ["{KEY}"]
 generator = {generator}
 validator = {validator}
 revoker = {revoker}
+{every}
 "#,
         alerts_url = alerts.url("/alerts"),
         generator = argv("generate"),
         validator = argv("validate"),
         revoker = argv("revoke"),
+        every = every.map(|e| format!("every = \"{e}\"")).unwrap_or_default(),
     )
 }
 
@@ -359,7 +378,7 @@ impl Worker {
 
 /// A `keyward run` child: keyward run, restarting `run_child.py` when the
 /// primary changes (the default `--restart-on primary`: once per rotation,
-/// at the promote), each copy appending its counts to `out`.
+/// at the promote), each copy appending its start and its counts to `out`.
 struct RunChild {
     child: std::process::Child,
     out: PathBuf,
@@ -418,6 +437,25 @@ impl RunChild {
         }
     }
 
+    /// How many copies of the program have started so far.
+    fn starts(&self) -> u64 {
+        let out = std::fs::read_to_string(&self.out).unwrap_or_default();
+        out.lines().filter(|l| *l == "start").count() as u64
+    }
+
+    /// Waits (10 s at most) until `n` copies of the program have started.
+    async fn wait_for_starts(&self, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.starts() < n {
+            assert!(
+                Instant::now() < deadline,
+                "keyward run started its program {} times, not {n}",
+                self.starts()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Stops it, and adds what it and its program's copies counted to
     /// `counts`.
     fn stop(mut self, counts: &mut RunCounts) {
@@ -438,7 +476,11 @@ impl RunChild {
         counts.restarts += restarts.len() as u64;
         counts.last_restart.push(restarts.last().unwrap_or(&"").to_string());
         counts.logs.extend(log);
+        counts.starts.push(self.starts());
         for line in std::fs::read_to_string(&self.out).unwrap_or_default().lines() {
+            if line == "start" {
+                continue;
+            }
             let Some(done) = line.strip_prefix("done ") else {
                 if counts.failures.len() < 20 {
                     counts.failures.push(line.to_owned());
@@ -491,6 +533,9 @@ struct RunCounts {
     restarts: u64,
     /// Each child's last restart (`ENV/NAME generation N (primary …)`).
     last_restart: Vec<String>,
+    /// How many copies of its program each child started (the first, and
+    /// one per restart), as the copies wrote it.
+    starts: Vec<u64>,
     /// The first failure lines.
     failures: Vec<String>,
     /// What keyward run printed.
@@ -632,6 +677,54 @@ async fn rotate(agent: &TestAgent, args: &[&str]) -> std::process::Output {
     .unwrap()
 }
 
+/// The agent's rotation status of the drilled key (`GetRotationStatus`).
+async fn rotation_status(agent: &TestAgent) -> keyward::proto::RotationStatus {
+    let (env, name) = KEY.split_once('/').unwrap();
+    agent
+        .admin()
+        .await
+        .get_rotation_status(keyward::proto::RotationStatusRequest { key: key(env, name) })
+        .await
+        .expect("the rotation status")
+        .into_inner()
+}
+
+/// Waits until every worker and `keyward run` child is under way (20 s at
+/// most) and every watcher of the key is subscribed; returns how many
+/// watchers the agent counts.
+async fn warm_up(agent: &TestAgent, pool: &Workers, provider: &Provider, children: &[RunChild]) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let workers = pool.tasks.len() as u64;
+    let children_going = || {
+        children.is_empty()
+            || (children.iter().all(|c| c.starts() > 0) && provider.accepted() >= pool.tally.requests() + 20)
+    };
+    while pool.tally.requests() < workers * 5 || !children_going() {
+        assert!(Instant::now() < deadline, "the workers did not get going");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // keyward run subscribes beside its program's first requests.
+    wait_for_subscribers(agent, pool.handles.len() + children.len()).await
+}
+
+/// Waits (20 s at most) until the agent counts `n` watchers of the key;
+/// returns how many it counts.
+async fn wait_for_subscribers(agent: &TestAgent, n: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let subscribers = rotation_status(agent).await.subscribers;
+        if subscribers.len() >= n {
+            return subscribers.len();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} watchers of {KEY} expected, the agent counts {}: {subscribers:#?}",
+            subscribers.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i].as_secs_f64() * 1000.0
@@ -660,18 +753,11 @@ async fn no_request_fails_while_rotations_run_back_to_back() {
     let children: Vec<RunChild> = (0..run_children)
         .map(|n| RunChild::start(&agent, &provider, scratch.path(), n, &run_splay))
         .collect();
-    // Warm up: every worker and child under way before the first rotation.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let children_going = || run_children == 0 || provider.accepted() >= pool.tally.requests() + 20;
-    while pool.tally.requests() < workers as u64 * 5 || !children_going() {
-        assert!(Instant::now() < deadline, "the workers did not get going");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let subscribers = warm_up(&agent, &pool, &provider, &children).await;
 
     let started = Instant::now();
     let mut times = Vec::with_capacity(rotations);
     let mut cli_output = Vec::new();
-    let mut subscribers = String::new();
     for i in 0..rotations {
         let t = Instant::now();
         let out = rotate(&agent, &["--poll", &poll]).await;
@@ -679,7 +765,9 @@ async fn no_request_fails_while_rotations_run_back_to_back() {
         cli_output.extend_from_slice(&out.stdout);
         cli_output.extend_from_slice(&out.stderr);
         let stdout = text(&out.stdout);
-        if !out.status.success() || !stdout.contains("done:") {
+        // keyward rotate follows the agent's job and ends with its result:
+        // `ok: …` (exit 0) when the old key is retired.
+        if !out.status.success() || !stdout.lines().any(|l| l.starts_with("ok: ")) {
             pool.stop.store(true, Ordering::SeqCst);
             panic!(
                 "rotation {} of {rotations} failed ({}):\n{stdout}{}",
@@ -687,13 +775,6 @@ async fn no_request_fails_while_rotations_run_back_to_back() {
                 out.status,
                 text(&out.stderr)
             );
-        }
-        if i == 0 {
-            subscribers = stdout
-                .lines()
-                .find_map(|l| l.trim().strip_suffix(" subscriber(s) have the staged key"))
-                .unwrap_or("?")
-                .to_owned();
         }
     }
     let elapsed = started.elapsed();
@@ -773,8 +854,8 @@ async fn no_request_fails_while_rotations_run_back_to_back() {
     assert_eq!(issued.len(), rotations + 1, "one key issued per rotation");
     assert_eq!(
         provider.checks(),
-        rotations as u64,
-        "the validator checked each new key"
+        2 * rotations as u64,
+        "the validator checked each new key twice: when it was staged, and after its promotion (the evidence that lets the job retire)"
     );
     assert_eq!(
         provider.revokes(),
