@@ -446,6 +446,23 @@ fn no_evidence(agent: &Agent, slot: &Slot, state: Option<&KeySetState>, why: Str
 /// Ends the job: recorded, persisted, counted, alerted and audited.
 async fn finish(agent: &Arc<Agent>, slot: &Slot, result: JobResult, message: String) {
     let key = &slot.key;
+    // The end is audited while the job still counts as running, so that
+    // the next job of the key (the schedule starts one once this one is
+    // over) is audited after it.
+    let outcome = match result {
+        JobResult::Ok => Outcome::Ok,
+        JobResult::RolledBack => Outcome::RolledBack,
+        JobResult::Cancelled => Outcome::Cancelled,
+        JobResult::Failed => Outcome::Failed,
+    };
+    audit_job(
+        agent,
+        None,
+        key,
+        outcome,
+        format!("rotation job {}: {message}", result.as_str()),
+    )
+    .await;
     let trigger = {
         let mut r = lock(&slot.record);
         r.active = false;
@@ -498,19 +515,5 @@ async fn finish(agent: &Arc<Agent>, slot: &Slot, result: JobResult, message: Str
         }
         JobResult::Cancelled => {}
     }
-    let outcome = match result {
-        JobResult::Ok => Outcome::Ok,
-        JobResult::RolledBack => Outcome::RolledBack,
-        JobResult::Cancelled => Outcome::Cancelled,
-        JobResult::Failed => Outcome::Failed,
-    };
-    audit_job(
-        agent,
-        None,
-        key,
-        outcome,
-        format!("rotation job {}: {message}", result.as_str()),
-    )
-    .await;
     slot.done.send_replace(true);
 }
