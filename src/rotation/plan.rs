@@ -252,6 +252,9 @@ pub fn step_of(memory: &Memory, state: Option<&KeySetState>, action: &Action) ->
             gate: Gate::Propagation | Gate::Fleet,
             ..
         } if state.is_some_and(|s| s.state == RotationState::Staged) => Step::Propagate,
+        Action::Wait { gate: Gate::Fleet, .. } if state.is_some_and(|s| s.state == RotationState::Steady) => {
+            Step::Retire
+        }
         Action::Promote => Step::Promote,
         Action::Wait {
             gate: Gate::Evidence, ..
@@ -304,10 +307,16 @@ pub fn next(memory: &Memory, state: Option<&KeySetState>, seen: &Observed) -> Ac
     };
     let fallback = state.fallback.as_ref().map(|f| f.number);
     match state.state {
-        RotationState::Steady if state.primary.number == new => finish(
-            JobResult::Ok,
-            format!("v{new} is the primary of {k}; the old key is retired"),
-        ),
+        RotationState::Steady if state.primary.number == new => {
+            // Fleet: done once every live agent serves the retire too.
+            if memory.fleet && !seen.fleet_lagging.is_empty() {
+                return retired_in_fleet(state, seen);
+            }
+            finish(
+                JobResult::Ok,
+                format!("v{new} is the primary of {k}; the old key is retired"),
+            )
+        }
         RotationState::Steady if memory.rolled_back => finish(
             JobResult::RolledBack,
             format!(
@@ -418,6 +427,29 @@ fn propagation(state: &KeySetState, seen: &Observed, fleet: bool) -> Option<Acti
         });
     }
     None
+}
+
+/// After the retire, with `--fleet`: waits for the lagging agents, or says
+/// they still serve the old key as fallback.
+fn retired_in_fleet(state: &KeySetState, seen: &Observed) -> Action {
+    let (k, g) = (&state.key, state.generation);
+    if seen.waited > seen.fleet_limit {
+        return finish(
+            JobResult::Failed,
+            format!(
+                "not every live agent serves generation {g} of {k} after {}: {}; the old key is retired here and in the backend, and the lagging agents serve it as fallback until they sync (`keyward fleet status {k}`)",
+                humantime::format_duration(seen.fleet_limit),
+                seen.fleet_lagging.join("; ")
+            ),
+        );
+    }
+    Action::Wait {
+        gate: Gate::Fleet,
+        why: format!(
+            "fleet agents that do not serve generation {g} (the retire) yet: {}",
+            seen.fleet_lagging.join("; ")
+        ),
+    }
 }
 
 fn promoted(memory: &Memory, state: &KeySetState, seen: &Observed, new: u64) -> Action {
@@ -773,5 +805,24 @@ mod tests {
         };
         assert!(is_wait(&next(&fleet, Some(&staged()), &behind), Gate::Fleet));
         assert!(is_wait(&next(&fleet, Some(&promoted()), &behind), Gate::Fleet));
+        // After the retire too: done once every live agent has it.
+        let retired = apply(
+            &promoted(),
+            Command::Retire,
+            RetireGate {
+                users: 1,
+                ..Default::default()
+            },
+            SystemTime::UNIX_EPOCH,
+        )
+        .unwrap();
+        assert!(is_wait(&next(&fleet, Some(&retired), &behind), Gate::Fleet));
+        assert!(matches!(
+            next(&fleet, Some(&retired), &seen()),
+            Action::Finish {
+                result: JobResult::Ok,
+                ..
+            }
+        ));
     }
 }

@@ -61,7 +61,8 @@ pub(crate) async fn rotate(cli: &Cli, args: &RotateArgs) -> Outcome {
             expected_generation: Some(info.generation),
             expires_at: None,
             fleet: args.fleet,
-            fleet_timeout_seconds: args.fleet_timeout.as_secs(),
+            // Whole seconds on the wire: rounded up, never below what was asked.
+            fleet_timeout_seconds: args.fleet_timeout.as_secs() + u64::from(args.fleet_timeout.subsec_nanos() > 0),
         })
         .await
         .map_err(refused)?
