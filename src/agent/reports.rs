@@ -378,7 +378,6 @@ pub async fn report(agent: &Arc<Agent>, caller: &Caller, r: &proto::AuthFailureR
     let (key, state) = check_report(agent, caller, EVENT, r.key.as_ref(), r.version).await?;
     let reporter = Arc::new(reporter_of(agent, caller).await);
     let class = Classification::of(&state, r.version);
-    let fingerprint = fingerprint_of(&state, r.version);
     let now = Instant::now();
     agent.failures.record(&key, r.version, now, reporter.clone());
     agent.metrics().report(key.env(), key.name(), class.as_str());
@@ -405,19 +404,33 @@ pub async fn report(agent: &Arc<Agent>, caller: &Caller, r: &proto::AuthFailureR
     );
     tracing::debug!(key = %key, version = r.version, class = class.as_str(), status = r.status_code,
         caller = %caller.describe(), "auth failure reported");
+    audit_report(agent, caller, EVENT, &state, class.as_str(), r.version, detail).await
+}
+
+/// The audit record of an accepted report about `version` (`role` to the
+/// key) of `state`.
+async fn audit_report(
+    agent: &Agent,
+    caller: &Caller,
+    event: Event,
+    state: &KeySetState,
+    role: &'static str,
+    version: u64,
+    detail: String,
+) -> Result<(), ApiError> {
     agent
         .audit
         .record(AuditEvent {
             caller: Some(caller.record.clone()),
-            key: Some(key.to_string()),
+            key: Some(state.key.to_string()),
             versions: vec![VersionRecord {
-                role: class.as_str(),
-                version: r.version,
-                fingerprint,
+                role,
+                version,
+                fingerprint: fingerprint_of(state, version),
             }],
             generation_after: Some(state.generation),
             detail: Some(detail),
-            ..AuditEvent::new(EVENT, Outcome::Reported)
+            ..AuditEvent::new(event, Outcome::Reported)
         })
         .await?;
     Ok(())
@@ -494,30 +507,15 @@ pub async fn report_use(agent: &Arc<Agent>, caller: &Caller, r: &proto::KeyUseRe
     if !first {
         return Ok(());
     }
-    let fingerprint = fingerprint_of(&state, r.version);
     tracing::debug!(key = %key, version = r.version, caller = %caller.describe(), "key use reported");
     agent.jobs.wake(&key);
-    agent
-        .audit
-        .record(AuditEvent {
-            caller: Some(caller.record.clone()),
-            key: Some(key.to_string()),
-            versions: vec![VersionRecord {
-                role,
-                version: r.version,
-                fingerprint,
-            }],
-            generation_after: Some(state.generation),
-            detail: Some(format!(
-                "{} successful call(s) with {role} version {} from service {:?}, reporter {reporter}",
-                r.successes.max(1),
-                r.version,
-                bounded(&r.service)
-            )),
-            ..AuditEvent::new(EVENT, Outcome::Reported)
-        })
-        .await?;
-    Ok(())
+    let detail = format!(
+        "{} successful call(s) with {role} version {} from service {:?}, reporter {reporter}",
+        r.successes.max(1),
+        r.version,
+        bounded(&r.service)
+    );
+    audit_report(agent, caller, EVENT, &state, role, r.version, detail).await
 }
 
 #[cfg(test)]

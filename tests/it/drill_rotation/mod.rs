@@ -692,6 +692,46 @@ async fn rotation_status(agent: &TestAgent) -> keyward::proto::RotationStatus {
 /// Waits until every worker and `keyward run` child is under way (20 s at
 /// most) and every watcher of the key is subscribed; returns how many
 /// watchers the agent counts.
+/// What both drills start from: the provider, the alert receiver and its
+/// clock, an agent holding a key the provider issued, and the workers and
+/// `keyward run` children, warmed up (`subscribers`: the key's watchers).
+struct Drill {
+    provider: Arc<Provider>,
+    alerts: Arc<Receiver>,
+    clock: AlertClock,
+    agent: TestAgent,
+    scratch: tempfile::TempDir,
+    pool: Workers,
+    children: Vec<RunChild>,
+    subscribers: usize,
+}
+
+impl Drill {
+    async fn start(grace: &str, workers: usize, run_children: usize, run_splay: &str) -> Drill {
+        let provider = Arc::new(Provider::start());
+        let alerts = Arc::new(Receiver::start());
+        let clock = AlertClock::start(Arc::clone(&alerts));
+        let agent = TestAgent::start_with_config(&config(&provider, &alerts, grace));
+        agent.put(KEY, &provider.issue());
+        let scratch = tempfile::tempdir().unwrap();
+        let pool = Workers::start(&agent, &provider, workers, true).await;
+        let children: Vec<RunChild> = (0..run_children)
+            .map(|n| RunChild::start(&agent, &provider, scratch.path(), n, run_splay))
+            .collect();
+        let subscribers = warm_up(&agent, &pool, &provider, &children).await;
+        Drill {
+            provider,
+            alerts,
+            clock,
+            agent,
+            scratch,
+            pool,
+            children,
+            subscribers,
+        }
+    }
+}
+
 async fn warm_up(agent: &TestAgent, pool: &Workers, provider: &Provider, children: &[RunChild]) -> usize {
     let deadline = Instant::now() + Duration::from_secs(20);
     let workers = pool.tasks.len() as u64;
@@ -742,18 +782,16 @@ async fn no_request_fails_while_rotations_run_back_to_back() {
     let grace: String = param("KEYWARD_DRILL_GRACE", "0s".to_owned());
     let poll: String = param("KEYWARD_DRILL_POLL", "20ms".to_owned());
 
-    let provider = Arc::new(Provider::start());
-    let alerts = Arc::new(Receiver::start());
-    let clock = AlertClock::start(Arc::clone(&alerts));
-    let agent = TestAgent::start_with_config(&config(&provider, &alerts, &grace));
-    agent.put(KEY, &provider.issue());
-    let scratch = tempfile::tempdir().unwrap();
-
-    let pool = Workers::start(&agent, &provider, workers, true).await;
-    let children: Vec<RunChild> = (0..run_children)
-        .map(|n| RunChild::start(&agent, &provider, scratch.path(), n, &run_splay))
-        .collect();
-    let subscribers = warm_up(&agent, &pool, &provider, &children).await;
+    let Drill {
+        provider,
+        alerts: _alerts,
+        clock,
+        agent,
+        scratch: _scratch,
+        pool,
+        children,
+        subscribers,
+    } = Drill::start(&grace, workers, run_children, &run_splay).await;
 
     let started = Instant::now();
     let mut times = Vec::with_capacity(rotations);

@@ -212,18 +212,16 @@ async fn scheduled_rotations_under_load_fail_no_call_and_restart_keyward_run_onc
     let every: String = param("KEYWARD_DRILL_EVERY", "200ms".to_owned());
     assert!(rotations > 0, "KEYWARD_DRILL_ROTATIONS must be at least 1");
 
-    let provider = Arc::new(Provider::start());
-    let alerts = Arc::new(Receiver::start());
-    let clock = AlertClock::start(Arc::clone(&alerts));
-    let agent = TestAgent::start_with_config(&config(&provider, &alerts, &grace));
-    agent.put(KEY, &provider.issue());
-    let scratch = tempfile::tempdir().unwrap();
-
-    let pool = Workers::start(&agent, &provider, workers, true).await;
-    let children: Vec<RunChild> = (0..run_children)
-        .map(|n| RunChild::start(&agent, &provider, scratch.path(), n, &run_splay))
-        .collect();
-    let subscribers = warm_up(&agent, &pool, &provider, &children).await;
+    let Drill {
+        provider,
+        alerts,
+        clock,
+        agent,
+        scratch: _scratch,
+        pool,
+        children,
+        subscribers,
+    } = Drill::start(&grace, workers, run_children, &run_splay).await;
     for child in &children {
         assert_eq!(child.starts(), 1, "keyward run started its program once");
     }
