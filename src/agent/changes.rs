@@ -37,12 +37,7 @@ impl Agent {
                 req.secret.len()
             )));
         }
-        let expires_at = match &req.expires_at {
-            Some(t) => Some(from_timestamp(t).ok_or_else(|| {
-                ApiError::InvalidArgument("expires_at is out of range: give a date between 1970 and 9999".into())
-            })?),
-            None => None,
-        };
+        let expires_at = expiry(&key, req.expires_at.as_ref(), "stored")?;
         let secret = Secret::copy_from(&req.secret);
         drop(req.secret);
 
@@ -165,6 +160,32 @@ fn audited(event: &str, key: &KeyRef, audit: Result<(), AuditError>) -> Result<(
             "the {event} of {key} was applied and is durable, but its audit record could not be written ({e}): fix the audit disk; the agent withholds keys until it can audit"
         ))
     })
+}
+
+/// A new version's expiry, as asked: within range and in the future (a key
+/// put or staged already expired would be served while every provider
+/// refuses it). `what` is what the refusal says was not done ("stored").
+pub fn expiry(
+    key: &KeyRef,
+    asked: Option<&prost_types::Timestamp>,
+    what: &str,
+) -> Result<Option<SystemTime>, ApiError> {
+    let Some(t) = asked else { return Ok(None) };
+    let at = from_timestamp(t).ok_or_else(|| {
+        ApiError::InvalidArgument(format!(
+            "expires_at is out of range: give a date between 1970 and 9999; nothing was {what}"
+        ))
+    })?;
+    let now = SystemTime::now();
+    if at <= now {
+        return Err(ApiError::InvalidArgument(format!(
+            "the expiry given for {key}, {}, is not in the future (it is {} now): give a later time (RFC 3339, e.g. {}), or leave --expires out; nothing was {what}",
+            humantime::format_rfc3339_seconds(at),
+            humantime::format_rfc3339_seconds(now),
+            humantime::format_rfc3339_seconds(now + std::time::Duration::from_secs(90 * 86400)),
+        )));
+    }
+    Ok(Some(at))
 }
 
 /// Compare and swap: `expected` (0 = must not exist) must equal the key's

@@ -27,7 +27,7 @@ use crate::proto;
 use crate::rotation::{self, Command, RetireGate, RotationError};
 use crate::secret::{KeyRef, Secret};
 use crate::wire::FromWire;
-use crate::wire::{from_timestamp, ToInfo};
+use crate::wire::ToInfo;
 
 impl From<RotationError> for ApiError {
     fn from(e: RotationError) -> ApiError {
@@ -131,7 +131,7 @@ pub async fn stage(
         }
     };
     drop(req.secret);
-    let expires_at = req.expires_at.as_ref().and_then(from_timestamp);
+    let expires_at = super::changes::expiry(&key, req.expires_at.as_ref(), "staged")?;
     let done = stage_new(
         agent,
         Actor::Caller(caller),

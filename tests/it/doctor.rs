@@ -151,6 +151,30 @@ fn a_key_expiring_in_two_days_is_a_warning() {
     assert!(fix.contains("keyward rotate staging/soon"), "{fix}");
 }
 
+/// An expired primary is being refused by its provider now: a failure
+/// (exit 1), as its alert is critical, not a warning.
+#[test]
+fn an_expired_primary_fails() {
+    let agent = TestAgent::start();
+    let expires = SystemTime::now() + Duration::from_secs(2);
+    let expires = humantime::format_rfc3339_seconds(expires).to_string();
+    let out = agent.cli(&["put", "staging/gone", "--expires", &expires], Some(b"s3cret-gone"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // Wait for the expiry (RFC 3339 seconds: up to 2 s away).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (code, report) = loop {
+        let (code, report) = doctor(&agent);
+        if report.contains("primary expired at") || std::time::Instant::now() > deadline {
+            break (code, report);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(code, Some(1), "{report}");
+    let (line, fix) = finding(&report, "FAIL", "keys", "staging/gone");
+    assert!(line.contains("primary expired at"), "{line}");
+    assert!(fix.contains("keyward rotate staging/gone"), "{fix}");
+}
+
 #[test]
 fn a_grant_naming_a_missing_uid_or_executable_is_a_warning() {
     let agent = TestAgent::start_with_config(

@@ -705,3 +705,39 @@ async fn ctrl_c_of_rotate_inside_the_generator_leaves_the_job_running() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A version that would be expired already is refused, with the reason,
+/// by put, stage and StartRotation alike, and nothing changes.
+#[tokio::test]
+async fn an_expiry_in_the_past_is_refused_and_changes_nothing() {
+    let agent = TestAgent::start();
+    let past = humantime::format_rfc3339_seconds(std::time::SystemTime::now() - Duration::from_secs(3600)).to_string();
+    let out = agent.cli(&["put", "prod/exp", "--expires", &past], Some(b"sk_exp_1"));
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("is not in the future") && err.contains("nothing was stored"),
+        "{err}"
+    );
+    assert_eq!(agent.fetch("prod", "exp").await.unwrap_err().code(), Code::NotFound);
+    agent.put("prod/exp", "sk_exp_1");
+    let out = agent.cli(&["stage", "prod/exp", "--expires", &past], Some(b"sk_exp_2"));
+    let err = text(&out.stderr);
+    assert!(!out.status.success() && err.contains("nothing was staged"), "{err}");
+    let mut admin = agent.admin().await;
+    let past_ts = Some(keyward::wire::timestamp(
+        std::time::SystemTime::now() - Duration::from_secs(60),
+    ));
+    let e = admin
+        .start_rotation(proto::StartRotationRequest {
+            key: key("prod", "exp"),
+            secret: bytes::Bytes::from_static(b"sk_exp_3"),
+            expires_at: past_ts,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+    let set = get(&agent, "exp").await;
+    assert_eq!((set.generation, set.fallback.is_none()), (1, true));
+}

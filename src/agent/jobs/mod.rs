@@ -152,7 +152,7 @@ pub async fn start(
             }
             let secret = Secret::copy_from(&req.secret);
             drop(req.secret);
-            let expires_at = req.expires_at.as_ref().and_then(crate::wire::from_timestamp);
+            let expires_at = super::changes::expiry(&key, req.expires_at.as_ref(), "staged")?;
             let label = format!("rotation job (manual, started by {})", caller.describe());
             let done = stage_new(
                 agent,

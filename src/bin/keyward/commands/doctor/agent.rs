@@ -109,7 +109,9 @@ pub(super) async fn check_agent(mut admin: AdminClient<Channel>, config: &Config
         if let Some(expires) = primary.expires_at.as_ref().and_then(from_timestamp) {
             let when = humantime::format_rfc3339_seconds(expires);
             match expires.duration_since(now) {
-                Err(_) => out.push(Finding::warn(
+                // Expired: callers are being refused now (the alert is
+                // critical too).
+                Err(_) => out.push(Finding::fail(
                     "keys",
                     format!("{key}: primary expired at {when}"),
                     &rotate,
