@@ -122,3 +122,22 @@ fn put_never_takes_a_secret_from_argv_and_refuses_empty_input() {
     let got = agent.cli(&["get", "--primary", "prod/from-file"], None);
     assert_eq!(text(&got.stdout), "sk_from_file\n\n");
 }
+
+/// `keyward audit verify` with neither a path nor `--dev`, where no system
+/// install is: it says to pass one, not to restore a key from backup.
+#[test]
+fn audit_verify_without_a_path_or_an_install_says_what_to_pass() {
+    if std::path::Path::new("/var/log/keyward/audit.jsonl").exists() {
+        return common::system::skip("a system install's audit log exists on this machine");
+    }
+    let out = Command::new(KEYWARD).args(["audit", "verify"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("there is no audit log at /var/log/keyward/audit.jsonl")
+            && err.contains("keyward audit verify PATH")
+            && err.contains("keyward --dev DIR audit verify")
+            && !err.contains("backup"),
+        "{err}"
+    );
+}

@@ -18,7 +18,14 @@ pub(crate) fn verify(cli: &Cli, file: Option<&Path>, key: Option<&Path>) -> Outc
     let file = match (file, &cli.dev) {
         (Some(f), _) => f.to_path_buf(),
         (None, Some(dir)) => dir.join("audit.jsonl"),
-        (None, None) => DEFAULT_AUDIT_FILE.into(),
+        (None, None) => {
+            if !Path::new(DEFAULT_AUDIT_FILE).exists() {
+                return Err(format!(
+                    "there is no audit log at {DEFAULT_AUDIT_FILE} (no system install here): pass the log's path (`keyward audit verify PATH`), or the dev directory of a dev-mode agent (`keyward --dev DIR audit verify`)"
+                ));
+            }
+            DEFAULT_AUDIT_FILE.into()
+        }
     };
     let key_file = match key {
         Some(k) => k.to_path_buf(),
