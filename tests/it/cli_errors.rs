@@ -141,3 +141,54 @@ fn audit_verify_without_a_path_or_an_install_says_what_to_pass() {
         "{err}"
     );
 }
+
+/// `keywardd --check-config` shows what the config sets up (the file, the
+/// metrics listener, the sinks by name and kind, the schedules, each
+/// [[key]]'s hooks), never a sink's URL or token; the ready banner names
+/// the config file and the metrics listener.
+#[test]
+fn check_config_and_the_banner_show_what_the_config_sets_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keyward.toml");
+    std::fs::write(
+        &file,
+        "[rotation]\nevery = \"30d\"\njitter = \"1h\"\n[environments.dev]\nevery = \"off\"\n[environments.prod]\n\
+         [[key]]\nkeys = [\"prod/billing-api\"]\ngenerator = [\"/usr/local/bin/gen\", \"--env\", \"prod\"]\nwindow = \"Mon-Fri 09:00-16:00\"\n\
+         [metrics]\nlisten = \"127.0.0.1:9464\"\n\
+         [[alerts.sink]]\nkind = \"webhook\"\nname = \"ops\"\nurl = \"https://hooks.example/tok-c0nf1g-5ecret\"\n",
+    )
+    .unwrap();
+    let out = Command::new(KEYWARDD)
+        .arg("--config")
+        .arg(&file)
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    let shown = text(&out.stdout);
+    assert!(out.status.success(), "{shown}{}", text(&out.stderr));
+    for line in [
+        format!("config file: {}", file.display()),
+        "metrics listener: 127.0.0.1:9464".to_owned(),
+        "alert sinks: ops (webhook)".to_owned(),
+        "schedule [rotation]: every 30days, jitter 1h".to_owned(),
+        "schedule [environments.dev]: every off".to_owned(),
+        "[[key]] prod/billing-api".to_owned(),
+        "hooks generator /usr/local/bin/gen --env prod".to_owned(),
+        "schedule window Mon-Fri 09:00-16:00".to_owned(),
+    ] {
+        assert!(shown.contains(&line), "{line}: {shown}");
+    }
+    assert!(!shown.contains("tok-c0nf1g-5ecret"), "a sink's URL is shown: {shown}");
+
+    let agent = TestAgent::start_with_config("[rotation]\ngrace = \"1m\"\n");
+    let config = agent.tmp().join("keyward.toml");
+    let banner = |logs: &str| {
+        logs.contains(&format!("  config file:    {}", config.display())) && logs.contains("  metrics:        off")
+    };
+    // The banner's lines follow "ready", which is what start waits for.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !banner(&agent.logs()) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(banner(&agent.logs()), "{}", agent.logs());
+}

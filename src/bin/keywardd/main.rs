@@ -8,6 +8,7 @@
 mod cli;
 mod log;
 mod memory;
+mod summary;
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::ExitCode;
@@ -62,8 +63,12 @@ fn main() -> ExitCode {
             config.policy.grants.len(),
             config.paths.service_socket.display()
         );
+        for line in summary::lines(&config, &source) {
+            println!("  {line}");
+        }
         return ExitCode::SUCCESS;
     }
+    let (config_file, metrics_listen) = (summary::config_file(&source), summary::metrics(&config));
 
     // systemd's variables are read and removed while the process still has
     // one thread: changing the environment later would race the runtime.
@@ -134,6 +139,8 @@ fn main() -> ExitCode {
             println!("  creds socket:   {}", p.credentials_socket.display());
         }
         println!("  audit log:      {}", p.audit_file.display());
+        println!("  config file:    {config_file}");
+        println!("  metrics:        {metrics_listen}");
         println!(
             "  store:          {} ({} keys)",
             p.store_dir.display(),
