@@ -371,10 +371,5 @@ async fn scheduled_rotations_under_load_fail_no_call_and_restart_keyward_run_onc
             "{signal} alert during a clean scheduled drill: {alerts_seen:#?}"
         );
     }
-    assert_no_provider_key("the agent's logs", agent.logs().as_bytes(), &provider);
-    let audit = std::fs::read(agent.audit_file()).unwrap();
-    assert_no_provider_key("the audit log", &audit, &provider);
-    assert_no_provider_key("keyward run's output", &run.logs, &provider);
-    let verify = agent.cli(&["audit", "verify"], None);
-    assert!(verify.status.success(), "audit chain: {}", text(&verify.stdout));
+    assert_clean_end(&agent, &provider, &[("keyward run's output", &run.logs)]);
 }
