@@ -496,5 +496,23 @@ fn warn_unknown_dirs(dir: &Path, envs: &BTreeSet<String>) {
     }
 }
 
+/// Writes one of the agent's private state files, `dir/name`, as the key
+/// files are written: mode 0600, atomically (a temp file renamed over it)
+/// and durably (file and directory fsynced).
+pub fn write_state_file(dir: &Path, name: &str, contents: &[u8]) -> Result<(), StoreError> {
+    atomic::write_file(dir, name, contents, atomic::Mode::Replace)
+}
+
+/// Reads one of the agent's private state files as the key files are read
+/// (no symlink, owned by the agent's user, not writable by group or
+/// others, at most `max_len` bytes); `None` when it does not exist.
+pub fn read_state_file(path: &Path, max_len: u64) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>, StoreError> {
+    match atomic::read_private(path, max_len) {
+        Ok((_, bytes)) => Ok(Some(bytes)),
+        Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests;

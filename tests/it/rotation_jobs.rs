@@ -586,9 +586,10 @@ fn a_damaged_jobs_file_is_named_and_left_alone() {
     agent.stop();
     let file = agent.dir.join("rotations.json");
     std::fs::write(&file, b"{not json").unwrap();
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let err = agent.spawn().unwrap_err();
     assert!(
-        err.contains("rotations.json") && err.contains("move the file aside"),
+        err.contains("rotations.json") && err.contains("move the file aside") && err.contains("not a jobs file"),
         "{err}"
     );
     assert_eq!(std::fs::read(&file).unwrap(), b"{not json");
@@ -626,7 +627,10 @@ async fn a_step_committed_just_before_a_crash_is_not_taken_again() {
         let record = format!(
             r#"{{"version":1,"jobs":[{{"key":"{KEY}","trigger":"manual","until":"retired","new_version":{new_version},"rolled_back":false,"validated":null,"fleet":false,"fleet_timeout_secs":120,"cancel":false,"active":true,"result":null,"message":"","started_by":"uid 0","started_at":1,"updated_at":1,"step":"stage","generation":{generation_before},"intent":{{"step":"{step}","generation_before":{generation_before}}},"failed_attempts":0,"retry_at":null,"log":[]}}]}}"#
         );
-        std::fs::write(agent.dir.join("rotations.json"), record).unwrap();
+        // As the agent writes it: private to its user.
+        let file = agent.dir.join("rotations.json");
+        std::fs::write(&file, record).unwrap();
+        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
         agent.spawn().expect("restarts");
         let s = wait_job(&agent, "the job's end", |s| !job(s).active).await;
         let j = job(&s);
@@ -645,4 +649,32 @@ async fn a_step_committed_just_before_a_crash_is_not_taken_again() {
             .count();
         assert_eq!(stages, 1, "{step}");
     }
+}
+
+/// The jobs file decides which steps the agent takes after a restart, so
+/// it is read as the key files are: one that another uid owns (here
+/// 65534, as if it had planted it), or that others may write, stops the
+/// agent with the fix to run, and is left as it was.
+#[test]
+fn a_jobs_file_another_uid_could_write_is_refused() {
+    if !nix::unistd::geteuid().is_root() {
+        return common::system::skip("chowns a file to another uid");
+    }
+    let mut agent = TestAgent::start();
+    agent.put(KEY, "sk_job_v1");
+    // A job that ends at once (staged, from a given key) writes the file.
+    let out = agent.cli(&["rotate", KEY, "--stdin", "--until", "staged"], Some(b"sk_job_v2"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    agent.stop();
+    let file = agent.dir.join("rotations.json");
+    let before = std::fs::read(&file).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::os::unix::fs::chown(&file, Some(65534), Some(65534)).unwrap();
+    let err = agent.spawn().unwrap_err();
+    assert!(err.contains("rotations.json") && err.contains("chown"), "{err}");
+    std::os::unix::fs::chown(&file, Some(0), Some(0)).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let err = agent.spawn().unwrap_err();
+    assert!(err.contains("rotations.json") && err.contains("chmod"), "{err}");
+    assert_eq!(std::fs::read(&file).unwrap(), before, "the file was changed");
 }

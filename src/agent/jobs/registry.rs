@@ -3,7 +3,6 @@
 //! See the module above for what a record holds and why.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -19,10 +18,14 @@ use crate::keyset::RotationState;
 use crate::proto;
 use crate::rotation::plan::{Gate, JobResult, Memory, Step, Trigger, Until};
 use crate::secret::KeyRef;
+use crate::store::{read_state_file, write_state_file};
 use crate::wire::timestamp;
 
 /// The job file's name in the state directory.
 pub const JOBS_FILE: &str = "rotations.json";
+
+/// The largest jobs file read: a record per key, each with a bounded log.
+const MAX_JOBS_FILE: u64 = 64 << 20;
 
 /// Most lines kept in a job's log.
 const LOG_KEPT: usize = 32;
@@ -155,8 +158,8 @@ impl Jobs {
             reason,
         };
         let mut slots = BTreeMap::new();
-        match std::fs::read(&file) {
-            Ok(bytes) => {
+        match read_state_file(&file, MAX_JOBS_FILE) {
+            Ok(Some(bytes)) => {
                 let parsed: JobsFile =
                     serde_json::from_slice(&bytes).map_err(|e| err(format!("not a jobs file ({e})")))?;
                 if parsed.version != 1 {
@@ -173,8 +176,8 @@ impl Jobs {
                     slots.insert(key.clone(), Arc::new(Slot::new(key, record)));
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(err(format!("cannot be read ({e})"))),
+            Ok(None) => {}
+            Err(e) => return Err(err(format!("cannot be used ({e})"))),
         }
         Ok(Jobs {
             slots: Mutex::new(slots),
@@ -185,18 +188,14 @@ impl Jobs {
         })
     }
 
-    /// Writes every job to the file: a temporary file, fsynced, renamed
-    /// over it, and the directory fsynced.
-    fn save(&self) -> Result<(), std::io::Error> {
+    /// Writes every job to the file, as the store writes key files
+    /// (0600, atomically, durably).
+    fn save(&self) -> Result<(), String> {
         let _writing = lock(&self.writing);
         let jobs: Vec<JobRecord> = lock(&self.slots).values().map(|s| lock(&s.record).clone()).collect();
-        let bytes = serde_json::to_vec_pretty(&JobsFile { version: 1, jobs })?;
+        let bytes = serde_json::to_vec_pretty(&JobsFile { version: 1, jobs }).map_err(|e| e.to_string())?;
         let dir = self.file.parent().unwrap_or(Path::new("."));
-        let mut tmp = tempfile::Builder::new().prefix(".rotations").tempfile_in(dir)?;
-        tmp.write_all(&bytes)?;
-        tmp.as_file().sync_all()?;
-        tmp.persist(&self.file).map_err(|e| e.error)?;
-        std::fs::File::open(dir)?.sync_all()
+        write_state_file(dir, JOBS_FILE, &bytes).map_err(|e| e.to_string())
     }
 
     pub(super) fn slot(&self, key: &KeyRef) -> Option<Arc<Slot>> {
