@@ -27,6 +27,12 @@ mod redact;
 
 pub use codec::{SmallBufferCodec, CODEC_BUFFER_BYTES};
 
+/// The request metadata a client names itself in: `LANG/VERSION` for a
+/// keyward client library (`rust/…`, `python/…`, `node/…`) or `run/…` for
+/// `keyward run`. A claim the agent only uses to list subscribers (which
+/// of them can report use of a new key), never to grant anything.
+pub const CLIENT_HEADER: &str = "x-keyward-client";
+
 /// The generated code, re-exported at the crate root.
 #[allow(missing_docs, clippy::all)]
 mod generated {

@@ -73,7 +73,7 @@ impl proto::keys_server::Keys for KeysService {
         let kind = ClientKind::from_header(
             request
                 .metadata()
-                .get(crate::watch::CLIENT_HEADER)
+                .get(proto::CLIENT_HEADER)
                 .and_then(|v| v.to_str().ok()),
         );
         let events = super::watch_stream::watch(self.agent.clone(), peer, kind, request.into_inner()).await?;

@@ -74,7 +74,6 @@ use crate::secret::KeyRef;
 mod types;
 pub use types::{
     same_state, ClientKind, CloseConnection, Eviction, Published, Reason, SubscriberInfo, WatchCaps, WatchRefused,
-    CLIENT_HEADER,
 };
 
 /// How many evictions [`Watchers::recent_evictions`] keeps per key.

@@ -95,9 +95,6 @@ pub enum ClientKind {
     Other,
 }
 
-/// The request header that names the client.
-pub const CLIENT_HEADER: &str = "x-keyward-client";
-
 impl ClientKind {
     /// From the header's value, `LANG/VERSION` (`rust/0.1.0`,
     /// `python/0.1.0`, `node/0.1.0`) or `run/VERSION`.

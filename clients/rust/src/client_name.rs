@@ -11,7 +11,7 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 
 /// The gRPC metadata header that names the client program to the agent.
-pub const CLIENT_HEADER: &str = "x-keyward-client";
+pub use keyward_proto::CLIENT_HEADER;
 
 /// What this library sends unless told otherwise: `rust/VERSION`.
 pub(crate) const DEFAULT_CLIENT_NAME: &str = concat!("rust/", env!("CARGO_PKG_VERSION"));
