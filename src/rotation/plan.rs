@@ -205,6 +205,20 @@ pub enum Gate {
     Evidence,
 }
 
+impl Gate {
+    /// What must hold for the job to go on, for the status.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Gate::Propagation => "every live subscriber has the staged generation",
+            Gate::Fleet => "every live fleet agent serves the new generation",
+            Gate::Grace => "the grace period after promotion is over",
+            Gate::Evidence => {
+                "use of the new primary reported by evidence_quorum callers, or the validator accepts it after promotion"
+            }
+        }
+    }
+}
+
 /// The next thing a job does.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {

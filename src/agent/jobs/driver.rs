@@ -62,7 +62,7 @@ pub(super) fn resume(agent: &Agent, slot: &Slot) {
 }
 
 /// A subscriber, for messages: "uid 1001 pid 42 (keyward run, billing.service)".
-pub fn subscriber_text(s: &SubscriberInfo) -> String {
+fn subscriber_text(s: &SubscriberInfo) -> String {
     let mut parts = Vec::new();
     match s.kind {
         ClientKind::Library => parts.push("client library".to_owned()),
@@ -163,17 +163,6 @@ async fn observe(agent: &Agent, slot: &Slot, state: &KeySetState, memory: &Memor
     }
 }
 
-fn gate_text(gate: Gate) -> &'static str {
-    match gate {
-        Gate::Propagation => "every live subscriber has the staged generation",
-        Gate::Fleet => "every live fleet agent serves the new generation",
-        Gate::Grace => "the grace period after promotion is over",
-        Gate::Evidence => {
-            "use of the new primary reported by evidence_quorum callers, or the validator accepts it after promotion"
-        }
-    }
-}
-
 /// Runs the job in `slot` until it ends or `stop` turns true.
 pub(super) async fn drive(agent: Arc<Agent>, slot: Arc<Slot>, mut stop: watch::Receiver<bool>) {
     let mut failed_attempts = 0u32;
@@ -207,7 +196,6 @@ pub(super) async fn drive(agent: Arc<Agent>, slot: Arc<Slot>, mut stop: watch::R
                         live.gate = Some((gate, Instant::now()));
                     }
                     live.waiting = why.clone();
-                    live.next_gate = gate_text(gate).to_owned();
                 }
                 if gate == Gate::Evidence {
                     no_evidence(&agent, &slot, state.as_deref(), why);
@@ -488,7 +476,6 @@ async fn finish(agent: &Arc<Agent>, slot: &Slot, result: JobResult, message: Str
         let mut live = lock(&slot.live);
         live.gate = None;
         live.waiting.clear();
-        live.next_gate.clear();
     }
     agent.metrics().rotation_job(result, trigger);
     agent.alerting.clear_condition(key, Signal::NoEvidence);

@@ -45,7 +45,7 @@ use crate::rotation::plan::{Trigger, Until};
 use crate::secret::{KeyRef, Secret};
 use registry::{audit_job, lock, new_record, started_by, JobRecord, Slot};
 
-pub use driver::{subscriber_text, unreported};
+pub use driver::unreported;
 pub use registry::{Intent, Jobs, JobsFileError, JOBS_FILE};
 pub use schedule::{next_rotation, time_zone};
 

@@ -104,7 +104,6 @@ impl JobRecord {
 pub(super) struct Live {
     pub(super) gate: Option<(Gate, Instant)>,
     pub(super) waiting: String,
-    pub(super) next_gate: String,
 }
 
 /// One key's job.
@@ -360,10 +359,9 @@ impl Slot {
             key: Some(crate::wire::ToWire::to_proto(&self.key)),
             trigger: r.memory.trigger.as_str().to_owned(),
             step: r.step.as_str().to_owned(),
-            next_gate: if r.active {
-                live.next_gate.clone()
-            } else {
-                String::new()
+            next_gate: match (r.active, live.gate) {
+                (true, Some((gate, _))) => gate.describe().to_owned(),
+                _ => String::new(),
             },
             waiting: if r.active { live.waiting.clone() } else { String::new() },
             active: r.active,
