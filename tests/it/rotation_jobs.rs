@@ -294,7 +294,9 @@ async fn without_evidence_the_job_waits_and_alerts_and_one_use_report_retires() 
     let s = wait_job(&agent, "the evidence gate", |s| job(s).step == "evidence").await;
     assert!(job(&s).waiting.contains("no evidence"), "{:#?}", job(&s));
     assert!(
-        job(&s).next_gate.contains("use of the new primary reported by evidence_quorum callers"),
+        job(&s)
+            .next_gate
+            .contains("use of the new primary reported by evidence_quorum callers"),
         "{:#?}",
         job(&s)
     );

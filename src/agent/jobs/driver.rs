@@ -158,7 +158,12 @@ async fn observe(agent: &Agent, slot: &Slot, state: &KeySetState, memory: &Memor
         grace_left: core::grace_left(state, &gate, SystemTime::now()),
         users: agent.uses.users(&state.key, state.primary.number).len() as u64,
         evidence_quorum: settings.evidence_quorum,
-        unreported: unreported(agent, state),
+        // Named only where the evidence gate can be reached.
+        unreported: if state.state == RotationState::Promoted {
+            unreported(agent, state)
+        } else {
+            Vec::new()
+        },
         has_validator: settings.validator.is_some(),
     }
 }
@@ -198,7 +203,7 @@ pub(super) async fn drive(agent: Arc<Agent>, slot: Arc<Slot>, mut stop: watch::R
                     live.waiting = why.clone();
                 }
                 if gate == Gate::Evidence {
-                    no_evidence(&agent, &slot, state.as_deref(), why);
+                    no_evidence(&agent, &slot, state.as_deref(), why, &seen.unreported);
                 } else {
                     agent.alerting.clear_condition(&slot.key, Signal::NoEvidence);
                 }
@@ -416,15 +421,15 @@ async fn validate(agent: &Arc<Agent>, slot: &Slot, state: &KeySetState) -> Resul
 }
 
 /// Raises (or refreshes) the `no_evidence` alert of a job waiting for
-/// evidence.
-fn no_evidence(agent: &Agent, slot: &Slot, state: Option<&KeySetState>, why: String) {
+/// evidence, naming the callers served the key that never reported
+/// (`unreported`, as observed for the plan).
+fn no_evidence(agent: &Agent, slot: &Slot, state: Option<&KeySetState>, why: String, unreported: &[String]) {
     let mut details = BTreeMap::new();
     if let Some(s) = state {
         details.insert("primary".to_owned(), format!("v{}", s.primary.number));
-        let unreported = unreported(agent, s);
-        if !unreported.is_empty() {
-            details.insert("unreported".to_owned(), unreported.join("; "));
-        }
+    }
+    if !unreported.is_empty() {
+        details.insert("unreported".to_owned(), unreported.join("; "));
     }
     agent
         .alerting
