@@ -95,6 +95,7 @@ fn report(name: &str) -> proto::AuthFailureReport {
         status_code: 401,
         service: "bench".into(),
         detail: String::new(),
+        misdirected_to: String::new(),
     }
 }
 

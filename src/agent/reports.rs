@@ -374,6 +374,9 @@ async fn reporter_of(agent: &Agent, caller: &Caller) -> Reporter {
 
 /// Handles one report.
 pub async fn report(agent: &Arc<Agent>, caller: &Caller, r: &proto::AuthFailureReport) -> Result<(), ApiError> {
+    if !r.misdirected_to.is_empty() {
+        return report_misdirected(agent, caller, r).await;
+    }
     const EVENT: Event = Event::AuthFailure;
     let (key, state) = check_report(agent, caller, EVENT, r.key.as_ref(), r.version).await?;
     let reporter = Arc::new(reporter_of(agent, caller).await);
@@ -405,6 +408,27 @@ pub async fn report(agent: &Arc<Agent>, caller: &Caller, r: &proto::AuthFailureR
     tracing::debug!(key = %key, version = r.version, class = class.as_str(), status = r.status_code,
         caller = %caller.describe(), "auth failure reported");
     audit_report(agent, caller, EVENT, &state, class.as_str(), r.version, detail).await
+}
+
+/// Handles a proxy's report that a request carried the placeholder of a
+/// key to a host the key is not bound to (and was refused there): checked
+/// as failure reports are, audited and logged as a warning. It feeds
+/// neither the detectors nor the retire gate: no provider refused the key.
+async fn report_misdirected(agent: &Arc<Agent>, caller: &Caller, r: &proto::AuthFailureReport) -> Result<(), ApiError> {
+    const EVENT: Event = Event::KeyMisdirected;
+    let (key, state) = check_report(agent, caller, EVENT, r.key.as_ref(), r.version).await?;
+    let role = Classification::of(&state, r.version).as_str();
+    let to = bounded(&r.misdirected_to);
+    tracing::warn!(key = %key, version = r.version, to = %to, caller = %caller.describe(),
+        "a placeholder of the key was sent to a host it is not bound to; the proxy refused the request");
+    let detail = format!(
+        "the placeholder of {role} version {} was sent to {to:?}, where the key is not bound; the proxy answered {} and sent nothing; service {:?}: {}",
+        r.version,
+        r.status_code,
+        bounded(&r.service),
+        bounded(&r.detail)
+    );
+    audit_report(agent, caller, EVENT, &state, role, r.version, detail).await
 }
 
 /// The audit record of an accepted report about `version` (`role` to the

@@ -18,6 +18,10 @@ pub enum Event {
     /// A client reported successful use of a version (first report of
     /// each reporter and version).
     KeyUse,
+    /// A proxy refused a request that carried a key's placeholder to a
+    /// host the key is not bound to (reported with `ReportAuthFailure`'s
+    /// `misdirected_to`).
+    KeyMisdirected,
     /// A rotation job started, finished, was cancelled or failed.
     RotationJob,
     /// The validator run on a promoted key by its rotation job.
@@ -64,6 +68,7 @@ impl Event {
             Event::AuthFailure => "auth_failure",
             Event::AuthFailureDropped => "auth_failure_dropped",
             Event::KeyUse => "key_use",
+            Event::KeyMisdirected => "key_misdirected",
             Event::RotationJob => "rotation_job",
             Event::Validate => "validate",
             Event::Admin => "admin",

@@ -90,6 +90,9 @@ pub enum ClientKind {
     Library,
     /// `keyward run`: the program it starts cannot report.
     Run,
+    /// `keyward run --proxy` and `keyward proxy`: the proxy reports the
+    /// use and the refusals of the requests it puts the key into.
+    Proxy,
     /// Anything else (grpcurl, a generated stub of its own).
     #[default]
     Other,
@@ -97,12 +100,13 @@ pub enum ClientKind {
 
 impl ClientKind {
     /// From the header's value, `LANG/VERSION` (`rust/0.1.0`,
-    /// `python/0.1.0`, `node/0.1.0`) or `run/VERSION`.
+    /// `python/0.1.0`, `node/0.1.0`), `run/VERSION` or `proxy/VERSION`.
     pub fn from_header(value: Option<&str>) -> ClientKind {
         let name = value.and_then(|v| v.split('/').next()).unwrap_or("");
         match name {
             "rust" | "python" | "node" => ClientKind::Library,
             "run" => ClientKind::Run,
+            "proxy" => ClientKind::Proxy,
             _ => ClientKind::Other,
         }
     }
@@ -112,6 +116,7 @@ impl ClientKind {
         match self {
             ClientKind::Library => "library",
             ClientKind::Run => "run",
+            ClientKind::Proxy => "proxy",
             ClientKind::Other => "other",
         }
     }

@@ -56,6 +56,7 @@ async fn report(agent: &TestAgent, key: &str, version: u64, service: &str) -> Re
             status_code: 401,
             service: service.to_owned(),
             detail: "GET /v1/charges".to_owned(),
+            misdirected_to: String::new(),
         })
         .await
         .map(|_| ())

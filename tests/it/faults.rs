@@ -773,6 +773,7 @@ async fn clock_jumping_back_keeps_serving_keeps_the_audit_ordered_and_the_retire
         status_code: 401,
         service: "clock-test".into(),
         detail: "the new key is refused".into(),
+        misdirected_to: String::new(),
     })
     .await
     .unwrap();
@@ -945,6 +946,7 @@ async fn reports_from_before_the_clock_went_back_do_not_make_a_spike() {
                 status_code: 401,
                 service: "clock-test".into(),
                 detail: String::new(),
+                misdirected_to: String::new(),
             })
             .await
             .unwrap();

@@ -255,6 +255,7 @@ async fn retire_is_gated_by_grace_and_failures_unless_forced() {
             status_code: 401,
             service: "billing-worker".into(),
             detail: "HTTP 401 from the provider".into(),
+            misdirected_to: String::new(),
         })
         .await
         .unwrap();
@@ -440,6 +441,7 @@ async fn rotate_rolls_back_when_the_new_primary_is_refused_during_grace() {
             status_code: 403,
             service: "crm-sync".into(),
             detail: String::new(),
+            misdirected_to: String::new(),
         })
         .await
         .unwrap();

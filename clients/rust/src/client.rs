@@ -234,6 +234,35 @@ impl Client {
             status_code: status_code.into(),
             service: service.to_string(),
             detail: detail.to_string(),
+            misdirected_to: String::new(),
+        };
+        self.keys()
+            .report_auth_failure(report)
+            .await
+            .map_err(|s| self.error(s))?;
+        Ok(())
+    }
+
+    /// Tells the agent that a request carrying a placeholder of `version`
+    /// of `key` was headed for `sent_to`, a host the key is not bound to,
+    /// and that the proxy refused it with `status_code` without putting the
+    /// key in: keyward's proxy sends these. The agent audits them as
+    /// `key_misdirected`.
+    pub async fn report_misdirected(
+        &self,
+        key: &str,
+        version: u64,
+        sent_to: &str,
+        status_code: u16,
+        detail: &str,
+    ) -> Result<(), Error> {
+        let report = proto::AuthFailureReport {
+            key: Some(parse_key(key)?),
+            version,
+            status_code: status_code.into(),
+            service: self.service.to_string(),
+            detail: detail.to_string(),
+            misdirected_to: sent_to.to_string(),
         };
         self.keys()
             .report_auth_failure(report)

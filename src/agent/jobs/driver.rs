@@ -67,6 +67,7 @@ fn subscriber_text(s: &SubscriberInfo) -> String {
     match s.kind {
         ClientKind::Library => parts.push("client library".to_owned()),
         ClientKind::Run => parts.push("keyward run".to_owned()),
+        ClientKind::Proxy => parts.push("keyward proxy".to_owned()),
         ClientKind::Other => {}
     }
     parts.extend(s.unit.clone());

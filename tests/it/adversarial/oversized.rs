@@ -83,6 +83,7 @@ async fn oversized_requests_are_refused_with_the_limit_and_change_nothing() {
             status_code: 401,
             service: "s".repeat(over_message),
             detail: String::new(),
+            misdirected_to: String::new(),
         })
         .await;
     tally.check(too_large("ReportAuthFailure 2 MiB", ok(r), &transport, "limit"));
@@ -103,6 +104,7 @@ async fn oversized_requests_are_refused_with_the_limit_and_change_nothing() {
             status_code: 401,
             service: hostile.clone(),
             detail: hostile,
+            misdirected_to: String::new(),
         })
         .await;
     tally.check(ok(r).map_err(|s| format!("ReportAuthFailure 800 KiB: {:?} {}", s.code(), s.message())));

@@ -27,6 +27,7 @@ pub(crate) async fn report(cli: &Cli, key: &str, version: u64, status: u32, serv
             status_code: status,
             service: service.to_owned(),
             detail: detail.to_owned(),
+            misdirected_to: String::new(),
         })
         .await
         .map_err(refused)?;
