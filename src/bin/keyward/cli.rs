@@ -153,6 +153,12 @@ pub enum Command {
     /// The template names keys as {{ ENV/NAME }} (the primary) or
     /// {{ ENV/NAME.primary|fallback|version|fingerprint }}.
     Render(RenderArgs),
+    /// Serve keys to programs that take a proxy setting or a base URL but
+    /// are not started by keyward (n8n's HTTP Request node, a systemd
+    /// service): the key-injecting proxy of `keyward run --proxy` as a
+    /// long-running service. Programs send the placeholders it prints; it
+    /// puts the key in for the bound host only.
+    Proxy(ProxyArgs),
     /// Check the install as an operator would before trusting the agent:
     /// config, file permissions, sockets, the audit chain, the clock and
     /// (when the agent answers) its status and keys. Exit 1 if any check
@@ -413,9 +419,75 @@ pub struct RunArgs {
     /// How long the command gets to exit after SIGTERM before SIGKILL.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration)]
     pub stop_timeout: std::time::Duration,
+    /// Give the command placeholders instead of keys, and run a local
+    /// proxy (HTTPS_PROXY) that puts the current key into its HTTPS
+    /// requests to the host each key is bound to: --key
+    /// ENV/NAME=VAR@HOST[:PORT]. Rotation then never restarts the command;
+    /// a refused primary is retried with the fallback, and failures and
+    /// use are reported to the agent. The command never holds a key.
+    #[arg(long, conflicts_with_all = ["on_rotate", "restart_on", "splay"])]
+    pub proxy: bool,
+    #[command(flatten)]
+    pub proxying: ProxyingArgs,
     /// The command and its arguments (after --).
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+/// What `keyward run --proxy` and `keyward proxy` share.
+#[derive(Args, Debug)]
+pub struct ProxyingArgs {
+    /// Trust this CA (PEM) too for the upstream connections, besides the
+    /// system roots (a provider with a private CA).
+    #[arg(long, value_name = "FILE")]
+    pub upstream_ca: Option<PathBuf>,
+    /// Largest request body kept to replay a request with the fallback
+    /// when the provider refuses the primary (401/403); a larger or
+    /// streamed body is passed through once, refusal and all.
+    #[arg(long, value_name = "SIZE", default_value = "1MiB", value_parser = size)]
+    pub replay_limit: u64,
+    /// How long a version the provider refused is skipped (the fallback
+    /// is sent straight away) unless the key changes first.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration)]
+    pub fallback_cooldown: std::time::Duration,
+    /// The service name the agent's alerts and audit show for the
+    /// requests (default: the command's name; `keyward proxy` for the
+    /// service).
+    #[arg(long, value_name = "NAME")]
+    pub service: Option<String>,
+}
+
+/// `keyward proxy`.
+#[derive(Args, Debug)]
+pub struct ProxyArgs {
+    /// Where to listen, on loopback: 127.0.0.1:PORT (or [::1]:PORT).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: std::net::SocketAddr,
+    /// ENV/NAME@HOST[:PORT]: a key and the host it may be sent to (repeat
+    /// for more keys).
+    #[arg(long = "key", value_name = "ENV/NAME@HOST[:PORT]", required = true)]
+    pub keys: Vec<String>,
+    /// PREFIX=https://HOST[:PORT]: requests for http://LISTEN/PREFIX/… go
+    /// to https://HOST/… (base-URL mode, for programs without a proxy
+    /// setting). HOST must be bound by a --key.
+    #[arg(long = "route", value_name = "PREFIX=https://HOST")]
+    pub routes: Vec<String>,
+    /// A uid whose processes may use the proxy (repeat; default: the
+    /// proxy's own uid). Connections from any other uid get 407.
+    #[arg(long = "allow-uid", value_name = "UID")]
+    pub allow_uids: Vec<u32>,
+    /// Write the proxy's CA certificate (PEM) here at each start. Programs
+    /// that use it as an HTTPS proxy must trust it; it is made anew at each
+    /// start. --route needs no CA (the local leg is plain HTTP on
+    /// loopback).
+    #[arg(long, value_name = "FILE")]
+    pub ca_out: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub proxying: ProxyingArgs,
+}
+
+fn size(s: &str) -> Result<u64, String> {
+    keyward::config::size::parse_size(s).map_err(|e| format!("{s:?} is not a size ({e}): write e.g. 1MiB or 65536"))
 }
 
 /// `keyward render`.

@@ -16,6 +16,7 @@
 
 mod cli;
 mod commands;
+mod proxy;
 mod secret_input;
 mod sockets;
 mod text;
@@ -26,13 +27,19 @@ use clap::Parser;
 use cli::{AuditCommand, Cli, Command};
 use commands::steps::Step;
 use commands::{
-    audit, delete, doctor, fleet, get, init, list, put, render, report, rotate, rotation_status, run, status, steps,
-    watch,
+    audit, delete, doctor, fleet, get, init, list, proxied, put, render, report, rotate, rotation_status, run, status,
+    steps, watch,
 };
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    // The proxy serves many connections, with TLS on both sides: it gets a
+    // worker per core. Every other command is one conversation.
+    let proxying = matches!(&cli.command, Command::Proxy(_)) || matches!(&cli.command, Command::Run(a) if a.proxy);
+    let runtime = match proxying {
+        true => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+        false => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+    };
     let result = match runtime {
         Ok(rt) => rt.block_on(dispatch(cli)),
         Err(e) => Err(format!("cannot start the async runtime: {e}")),
@@ -74,7 +81,9 @@ async fn dispatch(cli: Cli) -> Outcome {
         Command::RotationStatus { key, follow, poll } => {
             rotation_status::rotation_status(&cli, key, *follow, *poll).await
         }
+        Command::Run(args) if args.proxy => proxied::run_proxied(&cli, args).await,
         Command::Run(args) => run::run(&cli, args).await,
+        Command::Proxy(args) => proxied::proxy(&cli, args).await,
         Command::Render(args) => render::render(&cli, args).await,
         Command::Doctor { config, json } => doctor::doctor(&cli, config.as_deref(), *json).await,
         Command::Report {

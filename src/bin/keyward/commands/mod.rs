@@ -9,6 +9,7 @@ pub(crate) mod get;
 pub(crate) mod held_keys;
 pub(crate) mod init;
 pub(crate) mod list;
+pub(crate) mod proxied;
 pub(crate) mod put;
 pub(crate) mod render;
 pub(crate) mod report;

@@ -38,7 +38,7 @@ use crate::Outcome;
 const CLIENT_NAME: &str = concat!("run/", env!("CARGO_PKG_VERSION"));
 
 /// `KEY=VAR` of `--key`.
-fn key_var(spec: &str) -> Result<(KeyRef, String), String> {
+pub(crate) fn key_var(spec: &str) -> Result<(KeyRef, String), String> {
     let (key, var) = spec.split_once('=').ok_or_else(|| {
         format!("--key {spec:?}: write it as ENV/NAME=VARIABLE, e.g. prod/billing-api=BILLING_API_KEY")
     })?;
@@ -56,7 +56,7 @@ fn key_var(spec: &str) -> Result<(KeyRef, String), String> {
 }
 
 /// Environment variables and their (secret) values.
-type ChildEnv = Vec<(String, Zeroizing<Vec<u8>>)>;
+pub(crate) type ChildEnv = Vec<(String, Zeroizing<Vec<u8>>)>;
 
 /// The variables a child gets: VAR (the primary), VAR_PRIMARY and
 /// VAR_FALLBACK (the fallback, or the primary when the key has none).
@@ -83,13 +83,13 @@ fn child_env(specs: &[(KeyRef, String)], sets: &[KeySet]) -> Result<ChildEnv, St
 }
 
 /// A running child in its own process group.
-struct Child {
-    child: tokio::process::Child,
-    pid: Pid,
+pub(crate) struct Child {
+    pub(crate) child: tokio::process::Child,
+    pub(crate) pid: Pid,
 }
 
 impl Child {
-    fn start(argv: &[String], env: &ChildEnv) -> Result<Child, String> {
+    pub(crate) fn start(argv: &[String], env: &ChildEnv) -> Result<Child, String> {
         let mut cmd = tokio::process::Command::new(&argv[0]);
         cmd.args(&argv[1..]).process_group(0).kill_on_drop(true);
         for (name, value) in env {
@@ -114,7 +114,7 @@ impl Child {
     }
 }
 
-fn exit_code(status: std::process::ExitStatus) -> ExitCode {
+pub(crate) fn exit_code(status: std::process::ExitStatus) -> ExitCode {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
         (Some(code), _) => ExitCode::from(code as u8),
@@ -140,6 +140,32 @@ fn acts_on(restart_on: RestartOn, given: &Given, change: &Change) -> bool {
     }
 }
 
+/// The signals `keyward run` passes on to its command, as they arrive.
+pub(crate) fn forwarded_signals() -> Result<mpsc::Receiver<Signal>, String> {
+    let kinds = [
+        SignalKind::terminate(),
+        SignalKind::interrupt(),
+        SignalKind::hangup(),
+        SignalKind::quit(),
+        SignalKind::user_defined1(),
+        SignalKind::user_defined2(),
+    ];
+    let (sig_tx, sig_rx) = mpsc::channel::<Signal>(16);
+    for kind in kinds {
+        let mut stream = signal(kind).map_err(|e| format!("cannot handle signals: {e}"))?;
+        let tx = sig_tx.clone();
+        let sig = Signal::try_from(kind.as_raw_value()).map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            while stream.recv().await.is_some() {
+                if tx.send(sig).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    Ok(sig_rx)
+}
+
 /// A random delay in `0..=splay`.
 fn splay_delay(splay: Duration) -> Duration {
     if splay.is_zero() {
@@ -163,27 +189,7 @@ pub(crate) async fn run(cli: &Cli, args: &RunArgs) -> Outcome {
     let mut child = Child::start(&args.command, &env)?;
     drop(env);
 
-    let kinds = [
-        SignalKind::terminate(),
-        SignalKind::interrupt(),
-        SignalKind::hangup(),
-        SignalKind::quit(),
-        SignalKind::user_defined1(),
-        SignalKind::user_defined2(),
-    ];
-    let (sig_tx, mut sig_rx) = mpsc::channel::<Signal>(16);
-    for kind in kinds {
-        let mut stream = signal(kind).map_err(|e| format!("cannot handle signals: {e}"))?;
-        let tx = sig_tx.clone();
-        let sig = Signal::try_from(kind.as_raw_value()).map_err(|e| e.to_string())?;
-        tokio::spawn(async move {
-            while stream.recv().await.is_some() {
-                if tx.send(sig).await.is_err() {
-                    return;
-                }
-            }
-        });
-    }
+    let mut sig_rx = forwarded_signals()?;
 
     loop {
         tokio::select! {
