@@ -116,6 +116,18 @@ impl World {
     }
 }
 
+/// What `keyward run --proxy` printed goes to the suite's leak scan, as
+/// the agents' output does.
+impl Drop for World {
+    fn drop(&mut self) {
+        for file in files_under(self.tmp.path()) {
+            if file.extension().is_some_and(|e| e == "err") {
+                keep_for_leak_scan("agent-output", &std::fs::read(&file).unwrap_or_default());
+            }
+        }
+    }
+}
+
 fn stop(mut child: Child) {
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
@@ -337,6 +349,7 @@ fn python_under_proxy(w: &World, extra: &[&str], code: &str) -> (String, String)
         .stdin(Stdio::null())
         .output()
         .unwrap();
+    keep_for_leak_scan("agent-output", &out.stderr);
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(out.status.success(), "{stdout}\n{stderr}");
     (stdout, stderr)
@@ -552,7 +565,7 @@ fn only_the_processes_it_was_started_for_may_use_the_proxy() {
         .arg(&w.ca)
         .args(["--", "sh", "-c"])
         .arg(format!(
-            "echo \"$HTTPS_PROXY\" > {}; exec sleep 600",
+            "echo \"$HTTPS_PROXY $MY_SERVICE_API_KEY\" > {}; exec sleep 600",
             proxy_file.display()
         ))
         .stderr(Stdio::piped())
@@ -567,6 +580,7 @@ fn only_the_processes_it_was_started_for_may_use_the_proxy() {
         assert!(Instant::now() < deadline, "the child never started");
         std::thread::sleep(Duration::from_millis(20));
     };
+    let (url, placeholder) = url.split_once(' ').unwrap();
     let (creds, addr) = url.strip_prefix("http://").unwrap().split_once('@').unwrap();
     let auth = base64_basic(creds);
     let connect = |with: bool| {
@@ -584,6 +598,18 @@ fn only_the_processes_it_was_started_for_may_use_the_proxy() {
     // that does not resolve fails upstream, not at the door).
     let ok = raw_as(0, addr, &connect(true));
     assert!(!ok.contains(" 407 "), "{ok}");
+    // An absolute-form request (as axios sends through HTTPS_PROXY) from
+    // the run's uid with its credentials gets the key put in.
+    let port = w.provider.port();
+    let absolute = raw_as(
+        0,
+        addr,
+        &format!(
+            "GET https://localhost:{port}/api HTTP/1.1\r\nHost: localhost:{port}\r\nProxy-Authorization: Basic {auth}\r\nAuthorization: Bearer {placeholder}\r\nConnection: close\r\n\r\n"
+        ),
+    );
+    assert!(absolute.contains(" 200 "), "{absolute}");
+    assert_eq!((w.provider.accepted(), w.provider.seen_authorizations()), (1, 0));
     stop_with_stderr(&mut run);
     let mut said = String::new();
     BufReader::new(run.stderr.take().unwrap())
