@@ -97,6 +97,28 @@ impl KeyedCounters {
         count.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Exposes the series `{environment, key, label=value}` at 0 if it was
+    /// never counted, so that a dashboard's rate over it has data from the
+    /// agent's start (a missing series is "No data", not 0). Never folds:
+    /// a key beyond the series limit is left out.
+    pub(crate) fn touch(&self, environment: &str, key: &str, value: &'static str) {
+        if find(&self.read().by_environment, environment, key, value).is_some() {
+            return;
+        }
+        let mut counted = self.series.write().unwrap_or_else(PoisonError::into_inner);
+        if counted.len >= MAX_SERIES || find(&counted.by_environment, environment, key, value).is_some() {
+            return;
+        }
+        let Counted { by_environment, len } = &mut *counted;
+        by_environment
+            .entry(environment.to_owned())
+            .or_default()
+            .entry(key.to_owned())
+            .or_default()
+            .insert(value, AtomicU64::new(0));
+        *len += 1;
+    }
+
     /// The current count of one series (0 if it was never counted).
     #[cfg(test)]
     pub(crate) fn get(&self, environment: &str, key: &str, value: &str) -> u64 {
@@ -159,6 +181,10 @@ mod tests {
         // 3 series before the loop: the last 3 of it were folded.
         assert_eq!(counters.get("", "", "ok"), 3);
         assert_eq!(counters.get("prod", &format!("k{}", MAX_SERIES - 1), "ok"), 0);
+        // A touched series is exposed at 0 and then counts; a counted one
+        // is left as it is.
+        counters.touch("prod", "a", "ok");
+        assert_eq!(counters.get("prod", "a", "ok"), 2);
         // Existing series keep counting past the limit.
         counters.inc("prod", "a", "ok");
         assert_eq!(counters.get("prod", "a", "ok"), 3);

@@ -212,6 +212,10 @@ impl Metrics {
                 let _ = metrics.alerts.get_or_create(&alert_labels(signal, status));
             }
         }
+        // The denials a dashboard shows first, at 0 until one happens.
+        for (socket, event) in [("service", "fetch"), ("admin", "admin")] {
+            let _ = metrics.denials.get_or_create(&DenialLabels { socket, event });
+        }
         for step in ROTATION_STEPS {
             for result in ROTATION_RESULTS {
                 let _ = metrics.rotations.get_or_create(&RotationLabels { step, result });
@@ -354,6 +358,14 @@ impl Metrics {
 
     /// The whole exposition: counters plus the gauges of `snapshot`.
     pub fn render(&self, snapshot: &Snapshot) -> String {
+        // Every key served has its counters from the start, at 0: a
+        // dashboard's rate over a series that does not exist yet shows "No
+        // data" after each restart.
+        for k in &snapshot.keys {
+            self.fetches.touch(&k.environment, &k.key, "ok");
+            self.reports.touch(&k.environment, &k.key, "primary");
+            self.uses.touch(&k.environment, &k.key, "primary");
+        }
         // The snapshot's metrics go through a registry of their own, made
         // for this scrape only, so nothing of an earlier snapshot survives.
         let mut scrape = Registry::default();

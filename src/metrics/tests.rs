@@ -254,7 +254,9 @@ fn counters_show_exactly_what_was_recorded() {
     let denials = "keyward_denials_total";
     assert_eq!(exp.get(denials, &[("socket", "service"), ("event", "get_key")]), 2.0);
     assert_eq!(exp.get(denials, &[("socket", "admin"), ("event", "auth_failure")]), 1.0);
-    assert_eq!(exp.series(denials).len(), 2);
+    // Plus the two exposed at 0 from the start.
+    assert_eq!(exp.series(denials).len(), 4);
+    assert_eq!(exp.get(denials, &[("socket", "service"), ("event", "fetch")]), 0.0);
 
     let reports = "keyward_auth_failure_reports_total";
     assert_eq!(
@@ -308,7 +310,9 @@ fn alert_and_rotation_counters_exist_at_zero_from_the_start() {
     assert!(jobs.iter().all(|s| s.value == 0.0));
     // Families without samples are left out, HELP and TYPE included.
     assert!(!exp.types.contains_key("keyward_fetches_total"));
-    assert!(!exp.types.contains_key("keyward_denials_total"));
+    let denials = exp.series("keyward_denials_total");
+    assert_eq!(denials.len(), 2, "service/fetch and admin/admin, at 0");
+    assert!(denials.iter().all(|s| s.value == 0.0));
     assert!(!exp.types.contains_key("keyward_key_age_seconds"));
     assert_eq!(exp.get("keyward_audit_write_failures_total", &[]), 0.0);
 }

@@ -981,3 +981,111 @@ async fn a_key_a_host_had_before_joining_is_replaced_by_the_fleets_and_its_watch
         .iter()
         .any(|l| l["event"] == "fleet_sync" && l["key"] == "prod/dup" && l["backend_version"] == 1));
 }
+
+/// The metric family a sample line belongs to, as the README names it:
+/// `_bucket`, `_sum` and `_count` belong to their histogram.
+fn family(sample: &str) -> String {
+    let name = sample.split(['{', ' ']).next().unwrap_or("");
+    ["_bucket", "_sum", "_count"]
+        .iter()
+        .find_map(|s| name.strip_suffix(s))
+        .unwrap_or(name)
+        .to_owned()
+}
+
+/// Every `keyward_…` name in `text`.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for (i, _) in text.match_indices("keyward_") {
+        let name: String = text[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+            .collect();
+        names.insert(name.trim_end_matches('_').to_owned());
+    }
+    names
+}
+
+/// Metrics that exist only once their event happened (a label value that
+/// is not known before: the uid whose report was dropped).
+const ONLY_ONCE_IT_HAPPENS: [&str; 1] = ["keyward_auth_failure_reports_dropped_total"];
+
+#[tokio::test]
+async fn the_readme_lists_every_metric_and_the_dashboard_has_data_after_a_restart() {
+    let r = keyward_testkit::receiver::Receiver::start();
+    let sink = format!("\n[[alerts.sink]]\nkind = \"webhook\"\nurl = \"{}\"\n", r.url("/hook"));
+    let mut fleet = Fleet::start(1, |_| sink.clone());
+    let expires = humantime::format_rfc3339_seconds(std::time::SystemTime::now() + Duration::from_secs(86400 * 30));
+    let out = cli(
+        fleet.agent(0),
+        &["put", "prod/billing-api", "--expires", &expires.to_string()],
+        Some(b"sk_metrics_readme_5b1e"),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // A restart: every counter starts again from nothing.
+    fleet.agents[0].stop();
+    fleet.agents[0].spawn().unwrap();
+    until_backend(fleet.agent(0), "in sync after the restart", |b| !b.stale).await;
+    let sock = fleet.agent(0).dir.join("metrics.sock");
+    let start = Instant::now();
+    let metrics = loop {
+        let m = scrape(&sock);
+        if m.contains("keyward_audit_disk_free_bytes ") || start.elapsed() > Duration::from_secs(10) {
+            break m;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let exposed: std::collections::BTreeSet<String> = metrics
+        .lines()
+        .filter(|l| l.starts_with("keyward_"))
+        .map(family)
+        .collect();
+
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme
+        .split("\n## Metrics\n")
+        .nth(1)
+        .unwrap()
+        .split("\n## ")
+        .next()
+        .unwrap();
+    let listed = metric_names(section);
+    let unlisted: Vec<_> = exposed.difference(&listed).collect();
+    assert!(
+        unlisted.is_empty(),
+        "exposed but not in the README's Metrics section: {unlisted:?}"
+    );
+    let missing: Vec<_> = listed
+        .difference(&exposed)
+        .filter(|n| !ONLY_ONCE_IT_HAPPENS.contains(&n.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "in the README but not exposed: {missing:?}\n{metrics}"
+    );
+
+    // Every series a dashboard panel reads exists from the start, at 0 for
+    // the counters of the key just served.
+    let dashboard = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/packaging/grafana/keyward-dashboard.json"
+    ))
+    .unwrap();
+    let used = metric_names(&dashboard);
+    let absent: Vec<_> = used
+        .iter()
+        .map(|n| family(n))
+        .filter(|n| !exposed.contains(n) && !ONLY_ONCE_IT_HAPPENS.contains(&n.as_str()))
+        .collect();
+    assert!(
+        absent.is_empty(),
+        "the dashboard reads metrics not exposed after a restart: {absent:?}"
+    );
+    for series in [
+        "keyward_fetches_total{environment=\"prod\",key=\"billing-api\",outcome=\"ok\"} 0",
+        "keyward_auth_failure_reports_total{environment=\"prod\",key=\"billing-api\",class=\"primary\"} 0",
+        "keyward_key_use_reports_total{environment=\"prod\",key=\"billing-api\",class=\"primary\"} 0",
+    ] {
+        assert!(metrics.contains(series), "{series} missing:\n{metrics}");
+    }
+}

@@ -69,3 +69,36 @@ pub(crate) fn rotation_state(state: keyward_client::RotationState) -> &'static s
 pub(crate) fn time_rfc3339(t: std::time::SystemTime) -> Option<String> {
     rfc3339(Some(&keyward::wire::timestamp(t)))
 }
+
+/// A duration as every command shows one ("2h 5m", "6days 23h", "40s"):
+/// humantime's format, rounded to what a reader needs: whole seconds under
+/// an hour, whole minutes under a day, whole hours beyond.
+pub(crate) fn duration_text(d: std::time::Duration) -> String {
+    let secs = d.as_secs();
+    let unit = match secs {
+        0..3600 => 1,
+        3600..86400 => 60,
+        _ => 3600,
+    };
+    humantime::format_duration(std::time::Duration::from_secs(secs / unit * unit)).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_are_rounded_to_what_a_reader_needs() {
+        let table = [
+            (Duration::from_millis(40_900), "40s"),
+            (Duration::from_secs(3599), "59m 59s"),
+            (Duration::from_secs(2 * 3600 + 5 * 60 + 59), "2h 5m"),
+            (Duration::from_secs(6 * 86400 + 23 * 3600 + 59 * 60), "6days 23h"),
+            (Duration::ZERO, "0s"),
+        ];
+        for (d, want) in table {
+            assert_eq!(duration_text(d), want, "{d:?}");
+        }
+    }
+}

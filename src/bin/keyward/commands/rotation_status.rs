@@ -77,7 +77,7 @@ pub(crate) fn evicted_text(e: &proto::EvictedSubscriber) -> String {
     format!(
         "{}: evicted{at}: took no event for {} while {waiting} waited (it has generation {})",
         subscriber_who(&sub),
-        humantime::format_duration(Duration::from_millis(e.waited_ms)),
+        crate::text::duration_text(Duration::from_millis(e.waited_ms)),
         sub.delivered_generation
     )
 }

@@ -23,7 +23,7 @@ pub(crate) async fn status(cli: &Cli, json: bool) -> Outcome {
         .as_ref()
         .and_then(from_timestamp)
         .and_then(|t| SystemTime::now().duration_since(t).ok())
-        .map(|d| humantime::format_duration(std::time::Duration::from_secs(d.as_secs())).to_string())
+        .map(crate::text::duration_text)
         .unwrap_or_default();
     let opened = |a: &proto::OpenAlert| rfc3339(a.opened_at.as_ref()).unwrap_or_default();
     // Each scheduled key's next rotation.
@@ -111,8 +111,8 @@ pub(crate) async fn status(cli: &Cli, json: bool) -> Outcome {
             );
             let synced = rfc3339(b.last_sync_at.as_ref()).unwrap_or_else(|| "never".into());
             println!(
-                "  last sync       {synced} ({} s ago){}",
-                b.stale_seconds,
+                "  last sync       {synced} ({} ago){}",
+                crate::text::duration_text(std::time::Duration::from_secs(b.stale_seconds)),
                 if b.stale { ": STALE, serving the local copy" } else { "" }
             );
             if !b.last_error.is_empty() {

@@ -118,7 +118,10 @@ pub(super) async fn check_agent(mut admin: AdminClient<Channel>, config: &Config
                 )),
                 Ok(left) if left < EXPIRY_WARNING => out.push(Finding::warn(
                     "keys",
-                    format!("{key}: primary expires at {when} (in {})", whole_minutes(left)),
+                    format!(
+                        "{key}: primary expires at {when} (in {})",
+                        crate::text::duration_text(left)
+                    ),
                     &rotate,
                 )),
                 Ok(_) => {}
@@ -136,8 +139,8 @@ pub(super) async fn check_agent(mut admin: AdminClient<Channel>, config: &Config
                         "keys",
                         format!(
                             "{key}: primary is {} old, older than max_age {}",
-                            whole_minutes(age),
-                            humantime::format_duration(max_age)
+                            crate::text::duration_text(age),
+                            crate::text::duration_text(max_age)
                         ),
                         &rotate,
                     ));
@@ -151,8 +154,4 @@ pub(super) async fn check_agent(mut admin: AdminClient<Channel>, config: &Config
             format!("{} keys, none expiring within 7 days or past max_age", keys.len()),
         ));
     }
-}
-
-fn whole_minutes(d: Duration) -> humantime::FormattedDuration {
-    humantime::format_duration(Duration::from_secs(d.as_secs() / 60 * 60))
 }
