@@ -17,24 +17,27 @@ use keyward::proto;
 const PROPAGATION: Duration = Duration::from_secs(10);
 
 /// A fleet of agents on one OpenBao.
-struct Fleet {
+pub(crate) struct Fleet {
     bao: Bao,
-    agents: Vec<TestAgent>,
+    pub(crate) agents: Vec<TestAgent>,
     token_file: PathBuf,
     recipients: Vec<String>,
+    /// Agent 0's metrics on this TCP port instead of `dir/metrics.sock`
+    /// (for a Prometheus server, which scrapes TCP).
+    pub(crate) metrics_port: Option<u16>,
 }
 
 impl Fleet {
     /// `n` agents named a, b, c…; `extra(i)` is appended to agent i's
     /// `[backend]` table.
-    fn start(n: usize, extra: impl Fn(usize) -> String) -> Fleet {
+    pub(crate) fn start(n: usize, extra: impl Fn(usize) -> String) -> Fleet {
         let mut fleet = Fleet::prepare(n);
         fleet.launch(extra);
         fleet
     }
 
     /// OpenBao and `n` agents with identities, not started.
-    fn prepare(n: usize) -> Fleet {
+    pub(crate) fn prepare(n: usize) -> Fleet {
         let bao = Bao::start();
         let token_file = bao.dir.join("agent.token");
         bao.token_file(&token_file);
@@ -45,10 +48,11 @@ impl Fleet {
             agents,
             token_file,
             recipients,
+            metrics_port: None,
         }
     }
 
-    fn launch(&mut self, extra: impl Fn(usize) -> String) {
+    pub(crate) fn launch(&mut self, extra: impl Fn(usize) -> String) {
         let mut agents = std::mem::take(&mut self.agents);
         for (i, agent) in agents.iter_mut().enumerate() {
             let dir = agent.dir.clone();
@@ -78,16 +82,19 @@ impl Fleet {
         .filter(|(k, _)| !extra.contains(&format!("{k} =")))
         .map(|(k, v)| format!("{k} = \"{v}\"\n"))
         .collect();
+        let listen = match self.metrics_port {
+            Some(port) if i == 0 => format!("127.0.0.1:{port}"),
+            _ => format!("unix:{}/metrics.sock", dir.display()),
+        };
         format!(
-            "lock_memory = false\n[metrics]\nlisten = \"unix:{}/metrics.sock\"\n[rotation]\ngrace = \"1s\"\n[backend]\nkind = \"openbao\"\naddress = {:?}\n{login}recipients = [{}]\nagent_id = \"{}\"\n{timings}{extra}\n",
-            dir.display(),
+            "lock_memory = false\n[metrics]\nlisten = \"{listen}\"\n[rotation]\ngrace = \"1s\"\n[backend]\nkind = \"openbao\"\naddress = {:?}\n{login}recipients = [{}]\nagent_id = \"{}\"\n{timings}{extra}\n",
             self.bao.addr,
             recipients.join(", "),
             agent_name(i),
         )
     }
 
-    fn agent(&self, i: usize) -> &TestAgent {
+    pub(crate) fn agent(&self, i: usize) -> &TestAgent {
         &self.agents[i]
     }
 }
@@ -143,7 +150,7 @@ async fn backend(agent: &TestAgent) -> proto::BackendStatus {
 }
 
 /// Polls until `check` holds for the agent's backend status.
-async fn until_backend(
+pub(crate) async fn until_backend(
     agent: &TestAgent,
     what: &str,
     check: impl Fn(&proto::BackendStatus) -> bool,

@@ -29,6 +29,7 @@ mod hot_reload;
 mod layers;
 mod leak_scan;
 mod metrics_listener;
+mod prometheus;
 mod proxy;
 mod rotation;
 mod rotation_jobs;
