@@ -7,11 +7,16 @@
 //! slow, down or hanging sink costs the fetch path nothing. Over-limit
 //! reports are refused, counted per uid (metrics), and summed up in the log
 //! and the audit every [`DROP_SUMMARY_EVERY`].
+//!
+//! The open alerts outlive the process: they are saved before any
+//! notification is queued, and taken back at start (see
+//! [`super::alert_state`]).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
+use super::alert_state::AlertFile;
 use super::Agent;
 use crate::alerts::detect::{Detectors, Now, Report, Subject};
 use crate::alerts::sinks::Dispatcher;
@@ -45,6 +50,11 @@ pub struct Alerting {
     settings: Mutex<Arc<AlertsConfig>>,
     /// The counters behind the metrics listener.
     pub metrics: Arc<Metrics>,
+    /// Where the open alerts are saved (set by [`Alerting::adopt_saved`]).
+    file: OnceLock<AlertFile>,
+    /// Why the saved alerts could not be taken back, raised as an
+    /// agent-health alert once the sinks run.
+    load_problem: Mutex<Option<String>>,
 }
 
 /// The current time on both clocks, for the detectors.
@@ -70,6 +80,42 @@ impl Alerting {
             dropped: Mutex::new(HashMap::new()),
             settings: Mutex::new(Arc::new(config.clone())),
             metrics,
+            file: OnceLock::new(),
+            load_problem: Mutex::new(None),
+        }
+    }
+
+    /// Takes back the alerts open when the agent last stopped (saved in
+    /// `state_dir`), and saves them there from now on. Call once, before
+    /// the first evaluation: an adopted alert is not sent again as new,
+    /// and what cleared while the agent was down resolves at the first
+    /// tick.
+    pub fn adopt_saved(&self, state_dir: &std::path::Path) {
+        let file = AlertFile::new(state_dir);
+        match file.load() {
+            Ok(None) => {}
+            Ok(Some(saved)) => {
+                let window = lock(&self.settings).detect.window;
+                let (adopted, dropped) = lock(&self.detectors).adopt(saved, now(), window);
+                if adopted > 0 {
+                    tracing::info!(alerts = adopted, path = ?file.path(), "open alerts taken back from before the restart");
+                }
+                for d in dropped {
+                    tracing::warn!(alert = %d, "a saved alert was not taken back");
+                }
+            }
+            Err(problem) => {
+                tracing::warn!("{problem}");
+                *lock(&self.load_problem) = Some(problem);
+            }
+        }
+        let _ = self.file.set(file);
+    }
+
+    /// Saves the open alerts (see [`super::alert_state`]).
+    fn save(&self) {
+        if let Some(file) = self.file.get() {
+            file.save(|| lock(&self.detectors).snapshot(now()));
         }
     }
 
@@ -88,10 +134,16 @@ impl Alerting {
         if let Some(old) = old {
             tokio::spawn(old.close(SINK_DRAIN_GRACE));
         }
+        let problem = lock(&self.load_problem).take();
+        if let Some(problem) = problem {
+            self.health(Subject::Agent("alert_state"), Severity::Warning, problem);
+        }
     }
 
     /// Stops the sinks, giving queued notifications a few seconds.
     pub async fn stop_sinks(&self) {
+        // The last word on when each open signal was active.
+        self.save();
         let old = lock(&self.dispatcher).take();
         if let Some(old) = old {
             old.close(SINK_DRAIN_GRACE).await;
@@ -230,6 +282,12 @@ impl Alerting {
             config.alerts.repeat_interval,
             config.alerts.detect.window,
         );
+        let refresh = alerts.is_empty()
+            && self.file.get().is_some_and(AlertFile::refresh_due)
+            && !lock(&self.detectors).open_alerts().is_empty();
+        if refresh {
+            self.save();
+        }
         self.dispatch(alerts);
         // Buckets that are full again hold nothing worth keeping.
         let burst = f64::from(config.alerts.report_burst);
@@ -250,6 +308,8 @@ impl Alerting {
         if alerts.is_empty() {
             return;
         }
+        // Saved first: a restart must know of every alert a sink was told of.
+        self.save();
         let dispatcher = lock(&self.dispatcher);
         for alert in alerts {
             self.metrics.alert(alert.signal, alert.status);

@@ -23,12 +23,14 @@
 //!   each caller was served.
 //! - [`refusals`]: refusals coalesced in the audit; [`audit_disk`]: its
 //!   free space watched.
-//! - [`alerting`]: detectors, sinks and the periodic tick.
+//! - [`alerting`]: detectors, sinks and the periodic tick;
+//!   [`alert_state`]: the open alerts kept across restarts.
 //! - [`hot_reload`], [`config_reload`]: files changed by other tools, and
 //!   SIGHUP.
 //! - [`watch_evict`]: watches that take nothing do not hold up rotations.
 //! - [`fleet`]: following and publishing to the fleet backend.
 
+pub mod alert_state;
 pub mod alerting;
 pub mod apply;
 pub mod audit_disk;
@@ -217,6 +219,7 @@ impl Agent {
             &config.alerts,
             Arc::new(crate::metrics::Metrics::new()),
         ));
+        alerting.adopt_saved(&p.state_dir);
         audit.observe(Arc::new(alerting::AuditWatch(alerting.clone())));
         Ok(Agent {
             alerting,

@@ -16,6 +16,7 @@ mod activation;
 mod adversarial;
 mod alert_sinks;
 mod alerts;
+mod alerts_restart;
 mod audit_and_crash;
 mod cli_errors;
 mod doctor;

@@ -43,7 +43,9 @@
 //! `finding.rs` what a signal says and the wording they share; and one
 //! file per signal (`spike.rs`, `stale_version.rs`, `rising_rate.rs`,
 //! `fallback_failing.rs`, `expiry_ahead.rs`, `max_age_overdue.rs`,
-//! `agent_health.rs`) says when it is active and what its alert says.
+//! `agent_health.rs`) says when it is active and what its alert says;
+//! `saved.rs` the open alerts as saved across a restart, and their
+//! adoption at start.
 
 mod agent_health;
 mod expiry_ahead;
@@ -51,6 +53,7 @@ mod fallback_failing;
 mod finding;
 mod max_age_overdue;
 mod rising_rate;
+mod saved;
 mod spike;
 mod stale_version;
 mod window;
@@ -66,6 +69,7 @@ use agent_health::Health;
 #[cfg(test)]
 use finding::{human, named};
 use finding::{Finding, KeyView};
+pub use saved::{SavedAlerts, AGENT_PARTS, SAVED_FORMAT};
 use window::KeyReports;
 pub use window::{Classification, Now, Report, MAX_KEPT_REPORTS};
 
