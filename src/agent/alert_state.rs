@@ -24,7 +24,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::alerts::detect::{SavedAlerts, SAVED_FORMAT};
-use crate::store::{read_state_file, write_state_file};
+use crate::store::{read_state_file, remove_state_file_temps, write_state_file};
 
 /// The file's name in the state directory.
 pub const ALERTS_FILE: &str = "alerts.json";
@@ -61,6 +61,7 @@ impl AlertFile {
     /// cannot be used.
     pub fn load(&self) -> Result<Option<SavedAlerts>, String> {
         let path = self.path();
+        remove_state_file_temps(&self.dir, ALERTS_FILE);
         let problem = match read_state_file(&path, MAX_ALERTS_FILE) {
             Ok(None) => return Ok(None),
             Ok(Some(bytes)) => match serde_json::from_slice::<SavedAlerts>(&bytes) {

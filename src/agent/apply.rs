@@ -10,6 +10,10 @@
 //!   the state served now, then the local copy), or already durable where
 //!   it came from (the fleet backend, a key file written by another tool).
 //!   A change that cannot be made durable leaves the old state serving.
+//! - Before it is written, it is noted as in doubt and an `intent` record
+//!   names the generation it will produce (see [`super::intents`]): a
+//!   crash between the write and the change's own record leaves a note
+//!   that the next start turns into that record before serving.
 //! - Then it is audited, with the generation before and after and the
 //!   versions it serves (and the one it dropped), then published to the
 //!   watchers. A change whose record cannot be written still happened: the
@@ -21,6 +25,7 @@ use std::time::Instant;
 
 use super::caller::Caller;
 use super::error::ApiError;
+use super::intents::Intent;
 use super::serve::served_versions;
 use super::Agent;
 use crate::audit::{AuditError, AuditEvent, VersionRecord};
@@ -113,27 +118,42 @@ impl Agent {
             backend_version,
         } = change;
         let started = Instant::now();
-        let (state, deleted) = match after {
-            After::Write(next) => {
-                let committed = match &self.fleet {
-                    None => self.store.commit(*next)?,
-                    Some(fleet) => fleet.commit(self, before.as_deref(), *next).await?,
-                };
-                (committed, false)
-            }
-            After::LocalCopy(next) => (self.store.replace(*next)?, false),
-            After::Loaded(state) => (state, false),
-            After::Delete => {
-                let existing = existing(key, before.as_deref())?;
-                let removed = match &self.fleet {
-                    None => self.store.delete(key)?,
-                    Some(fleet) => fleet.delete(self, existing).await?,
-                };
-                (removed, true)
-            }
-            After::DeleteLocalCopy => {
-                existing(key, before.as_deref())?;
-                (self.store.delete(key)?, true)
+        let note = self
+            .note_intent(key, event, caller, before.as_deref(), &after, detail.as_deref())
+            .await;
+        let written = async {
+            Ok::<_, ApiError>(match after {
+                After::Write(next) => {
+                    let committed = match &self.fleet {
+                        None => self.store.commit(*next)?,
+                        Some(fleet) => fleet.commit(self, before.as_deref(), *next).await?,
+                    };
+                    (committed, false)
+                }
+                After::LocalCopy(next) => (self.store.replace(*next)?, false),
+                After::Loaded(state) => (state, false),
+                After::Delete => {
+                    let existing = existing(key, before.as_deref())?;
+                    let removed = match &self.fleet {
+                        None => self.store.delete(key)?,
+                        Some(fleet) => fleet.delete(self, existing).await?,
+                    };
+                    (removed, true)
+                }
+                After::DeleteLocalCopy => {
+                    existing(key, before.as_deref())?;
+                    (self.store.delete(key)?, true)
+                }
+            })
+        }
+        .await;
+        let (state, deleted) = match written {
+            Ok(w) => w,
+            Err(e) => {
+                if let Some(id) = note {
+                    self.not_written(id, key, event, before.as_deref(), &e).await;
+                }
+                return Err(e);
             }
         };
         if deleted {
@@ -179,6 +199,9 @@ impl Agent {
             coalesced: None,
         };
         let audit = self.audit.record(record).await.map(|_| ());
+        if let (Ok(()), Some(id)) = (&audit, note) {
+            self.intents.done(id);
+        }
         match after {
             None => self.watchers.publish(key, None, reason),
             Some(s) if !before.as_deref().is_some_and(|b| same_state(b, s)) => {
@@ -189,6 +212,70 @@ impl Agent {
         // A rotation job of the key looks again.
         self.jobs.wake(key);
         Ok(Applied { state, deleted, audit })
+    }
+}
+
+impl Agent {
+    /// Notes `after` as in doubt and records its intent (nothing for a
+    /// state the store has loaded already). `None` when it could not be
+    /// noted: the change goes on, as one whose record fails does.
+    async fn note_intent(
+        &self,
+        key: &KeyRef,
+        event: Event,
+        caller: Option<&Caller>,
+        before: Option<&KeySetState>,
+        after: &After,
+        detail: Option<&str>,
+    ) -> Option<u64> {
+        let (generation_after, versions) = match after {
+            After::Write(next) | After::LocalCopy(next) => (Some(next.generation), served_versions(next)),
+            After::Delete | After::DeleteLocalCopy => (None, before.map(served_versions).unwrap_or_default()),
+            After::Loaded(_) => return None,
+        };
+        let generation_before = before.map(|s| s.generation);
+        let intent = Intent {
+            id: 0,
+            key: key.to_string(),
+            event: event.as_str().to_owned(),
+            generation_before,
+            generation_after,
+        };
+        let id = match self.intents.begin(intent) {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::error!(key = %key, error = %e, "cannot note a change before writing it; a crash now would leave it without an audit record: check the state directory");
+                return None;
+            }
+        };
+        let _ = self
+            .audit
+            .record(AuditEvent {
+                caller: caller.map(|c| c.record.clone()),
+                key: Some(key.to_string()),
+                versions,
+                generation_before,
+                generation_after,
+                detail: detail.map(str::to_owned),
+                ..AuditEvent::new(event, Outcome::Intent)
+            })
+            .await;
+        Some(id)
+    }
+
+    /// The change noted as `id` failed before anything was written: its
+    /// intent is closed as `not_applied`.
+    async fn not_written(&self, id: u64, key: &KeyRef, event: Event, before: Option<&KeySetState>, e: &ApiError) {
+        let record = AuditEvent {
+            key: Some(key.to_string()),
+            generation_before: before.map(|s| s.generation),
+            generation_after: before.map(|s| s.generation),
+            detail: Some(format!("not applied: {e}")),
+            ..AuditEvent::new(event, Outcome::NotApplied)
+        };
+        if self.audit.record(record).await.is_ok() {
+            self.intents.done(id);
+        }
     }
 }
 

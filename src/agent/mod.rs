@@ -41,6 +41,7 @@ pub mod connections;
 pub mod error;
 pub mod fleet;
 pub mod hot_reload;
+pub mod intents;
 pub mod jobs;
 pub mod refusals;
 pub mod reports;
@@ -94,6 +95,9 @@ pub enum StartError {
     /// A key's schedule cannot be followed.
     #[error("{0}")]
     Schedule(String),
+    /// The change intents file.
+    #[error("{0}")]
+    Intents(String),
     /// The state directory.
     #[error("cannot create {path}: {source}")]
     StateDir {
@@ -134,6 +138,8 @@ pub struct Agent {
     uses: reports::UseLog,
     /// Each key's rotation job.
     jobs: jobs::Jobs,
+    /// Changes noted before they are written (see [`intents`]).
+    intents: intents::Intents,
     /// Detectors, report limits, sinks and metrics.
     alerting: Arc<alerting::Alerting>,
     /// Refusals coalesced in the audit (`[audit] coalesce_window`).
@@ -208,6 +214,7 @@ impl Agent {
             return Err(StartError::Schedule(problem));
         }
         let jobs = jobs::Jobs::load(&p.state_dir)?;
+        let intents = intents::Intents::load(&p.state_dir).map_err(StartError::Intents)?;
         let audit = Audit::start(AuditOptions {
             path: p.audit_file.clone(),
             key: install_key.audit_key(),
@@ -238,6 +245,7 @@ impl Agent {
             served: reports::ServedLog::default(),
             uses: reports::UseLog::default(),
             jobs,
+            intents,
             config_epoch: tokio::sync::watch::Sender::new(0),
             config_source: None,
             _state_lock: state_lock,

@@ -30,6 +30,9 @@ impl Agent {
     /// mode, waits up to `initial_sync_timeout` for a first sync so that
     /// what the backend holds serves from the start.
     pub async fn start(self: &Arc<Self>, stop: watch::Receiver<bool>) -> Running {
+        // Changes left in doubt by a crash get their records before
+        // anything is served.
+        self.settle_intents().await;
         // Files written into the store by other tools: applied until
         // shutdown. In fleet mode the store directory is only the local
         // copy of what the backend holds: changes come from there instead.

@@ -131,6 +131,11 @@ pub enum Outcome {
     HeadMismatch,
     /// The head file was unreadable or its MAC was wrong.
     HeadInvalid,
+    /// A change about to be written (its `ok` record follows once it is).
+    Intent,
+    /// A change whose intent was recorded but that was never written (the
+    /// agent stopped first), recorded at the next start.
+    NotApplied,
 }
 
 impl Outcome {
@@ -156,6 +161,8 @@ impl Outcome {
             Outcome::MissingTail => "missing_tail",
             Outcome::HeadMismatch => "head_mismatch",
             Outcome::HeadInvalid => "head_invalid",
+            Outcome::Intent => "intent",
+            Outcome::NotApplied => "not_applied",
         }
     }
 }

@@ -503,6 +503,21 @@ pub fn write_state_file(dir: &Path, name: &str, contents: &[u8]) -> Result<(), S
     atomic::write_file(dir, name, contents, atomic::Mode::Replace)
 }
 
+/// Removes the temp files a crash left while writing the state file
+/// `dir/name` (`.NAME.tmp-*`, see [`write_state_file`]): never a committed
+/// state.
+pub fn remove_state_file_temps(dir: &Path, name: &str) {
+    let prefix = format!(".{name}{}", atomic::TEMP_INFIX);
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_str().is_some_and(|n| n.starts_with(&prefix)) {
+            remove_leftover_temp(&entry.path());
+        }
+    }
+}
+
 /// Reads one of the agent's private state files as the key files are read
 /// (no symlink, owned by the agent's user, not writable by group or
 /// others, at most `max_len` bytes); `None` when it does not exist.

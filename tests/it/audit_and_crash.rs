@@ -247,3 +247,78 @@ async fn kill_9_during_puts_loses_no_acknowledged_write() {
     let out = agent.cli(&["audit", "verify"], None);
     assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
 }
+
+/// Changes left in doubt by a crash (noted in `intents.json`, as a kill
+/// between the store write and the change's record leaves them) are
+/// recorded at the next start, before anything is served: the one the
+/// store holds as `ok`, the one it does not as `not_applied`; the log
+/// still verifies, and the note is gone.
+#[tokio::test]
+async fn changes_in_doubt_at_a_crash_are_recorded_at_start() {
+    let mut agent = TestAgent::start();
+    agent.put("prod/held", "sk_doubt_held");
+    agent.put("prod/lost", "sk_doubt_lost");
+    agent.kill9();
+    // As a crash leaves it: `held` at generation 1 was written, `lost`'s
+    // overwrite (1 -> 2) was not.
+    let file = agent.dir.join("intents.json");
+    std::fs::write(
+        &file,
+        r#"{"version":1,"intents":[
+            {"id":7,"key":"prod/held","event":"put","generation_before":null,"generation_after":1},
+            {"id":8,"key":"prod/lost","event":"put","generation_before":1,"generation_after":2}]}"#,
+    )
+    .unwrap();
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    agent.spawn().expect("restarts");
+    // Answered only once the agent serves (after it settled the notes).
+    agent.fetch("prod", "held").await.unwrap();
+    let lines = agent.audit_lines();
+    let start = lines.iter().rposition(|l| l["event"] == "agent_start").unwrap();
+    let settled: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["detail"].as_str().is_some_and(|d| d.starts_with("recorded at start")))
+        .collect();
+    assert_eq!(settled.len(), 2, "{settled:?}\n{}", agent.logs());
+    let held = settled.iter().find(|l| l["key"] == "prod/held").unwrap();
+    assert_eq!(
+        (held["event"].as_str(), held["outcome"].as_str()),
+        (Some("put"), Some("ok"))
+    );
+    assert_eq!(held["generation_after"], 1);
+    let lost = settled.iter().find(|l| l["key"] == "prod/lost").unwrap();
+    assert_eq!(lost["outcome"], "not_applied");
+    assert!(
+        lines.iter().position(|l| std::ptr::eq(l, *lost)).unwrap() < start,
+        "recorded before serving"
+    );
+    assert!(!file.exists(), "the notes are settled");
+    agent.stop();
+    let (ok, report) = verify(&agent, &agent.audit_file());
+    assert!(ok, "{report}");
+}
+
+/// A put is preceded by its `intent` record, naming the generation it
+/// will produce, and leaves no note behind.
+#[tokio::test]
+async fn a_change_is_preceded_by_its_intent_record() {
+    let mut agent = TestAgent::start();
+    agent.put("prod/intended", "sk_intent_1");
+    let lines = agent.audit_lines();
+    let of_key: Vec<(&str, &str, u64)> = lines
+        .iter()
+        .filter(|l| l["key"] == "prod/intended")
+        .map(|l| {
+            (
+                l["event"].as_str().unwrap(),
+                l["outcome"].as_str().unwrap(),
+                l["generation_after"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(of_key, [("put", "intent", 1), ("put", "ok", 1)]);
+    assert!(!agent.dir.join("intents.json").exists());
+    agent.stop();
+    let (ok, report) = verify(&agent, &agent.audit_file());
+    assert!(ok, "{report}");
+}
