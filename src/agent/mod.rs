@@ -28,10 +28,13 @@
 //! - [`hot_reload`], [`config_reload`]: files changed by other tools, and
 //!   SIGHUP.
 //! - [`watch_evict`]: watches that take nothing do not hold up rotations.
+//! - `anchors`: the audit chain head published to `[[audit.anchor]]`, and
+//!   old segments deleted by `[audit] retain`.
 //! - [`fleet`]: following and publishing to the fleet backend.
 
 pub mod alert_state;
 pub mod alerting;
+mod anchors;
 pub mod apply;
 pub mod audit_disk;
 pub mod caller;
@@ -221,6 +224,8 @@ impl Agent {
             durability: config.audit.durability,
             fsync_interval: config.audit.fsync_interval,
             max_batch: config.audit.max_batch,
+            segment_size: config.audit.segment_size,
+            segment_age: config.audit.segment_age,
         })?;
         let alerting = Arc::new(alerting::Alerting::new(
             &config.alerts,

@@ -23,6 +23,7 @@ pub struct Running {
     ticks: JoinHandle<()>,
     refusal_windows: JoinHandle<()>,
     evictions: JoinHandle<()>,
+    audit_upkeep: JoinHandle<()>,
 }
 
 impl Agent {
@@ -64,6 +65,7 @@ impl Agent {
             fleet: fleet_tasks,
             ticks: tokio::spawn(alerting::run_ticks(self.clone(), stop.clone())),
             refusal_windows: tokio::spawn(refusals::run(self.clone(), stop.clone())),
+            audit_upkeep: tokio::spawn(super::anchors::run(self.clone(), stop.clone())),
             evictions: tokio::spawn(watch_evict::run(self.clone(), stop)),
         }
     }
@@ -101,6 +103,7 @@ impl Running {
         }
         let _ = self.ticks.await;
         let _ = self.evictions.await;
+        let _ = self.audit_upkeep.await;
         // A step under way gets a few seconds; one cut short is taken
         // again when the agent starts (see jobs).
         agent.jobs.finish(std::time::Duration::from_secs(5)).await;

@@ -106,7 +106,7 @@ impl Shared {
         let syncer = match opts.durability {
             Durability::Fsync => None,
             Durability::Write => Some(Syncer::start(
-                writer.clone_log().map_err(|e| AuditError::io(&opts.path, e))?,
+                writer.sync_files().expect("the writer keeps sync files in write mode"),
                 writer.seq(),
                 opts,
                 Arc::clone(&status),

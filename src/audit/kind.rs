@@ -56,6 +56,13 @@ pub enum Event {
     AgentStop,
     /// The writer found the log damaged at start and carried on.
     AuditRecovered,
+    /// The last record of a segment: the live file is sealed (renamed).
+    AuditSegmentSealed,
+    /// The first record of a new live file: after a seal, a reopen on
+    /// SIGHUP, or the file shrinking under the agent.
+    AuditSegmentOpened,
+    /// A sealed segment deleted by `[audit] retain`.
+    AuditSegmentDeleted,
 }
 
 impl Event {
@@ -86,6 +93,9 @@ impl Event {
             Event::AgentStart => "agent_start",
             Event::AgentStop => "agent_stop",
             Event::AuditRecovered => "audit_recovered",
+            Event::AuditSegmentSealed => "audit_segment_sealed",
+            Event::AuditSegmentOpened => "audit_segment_opened",
+            Event::AuditSegmentDeleted => "audit_segment_deleted",
         }
     }
 }
@@ -136,6 +146,12 @@ pub enum Outcome {
     /// A change whose intent was recorded but that was never written (the
     /// agent stopped first), recorded at the next start.
     NotApplied,
+    /// The live file was moved away or removed (logrotate `create`), and
+    /// a new one opened on SIGHUP.
+    Reopened,
+    /// The live file shrank under the agent (logrotate `copytruncate`,
+    /// unsupported).
+    Truncated,
 }
 
 impl Outcome {
@@ -163,6 +179,8 @@ impl Outcome {
             Outcome::HeadInvalid => "head_invalid",
             Outcome::Intent => "intent",
             Outcome::NotApplied => "not_applied",
+            Outcome::Reopened => "reopened",
+            Outcome::Truncated => "truncated",
         }
     }
 }

@@ -47,25 +47,47 @@
 //! - No record ever holds secret material: [`AuditEvent`] has no field that
 //!   could carry it.
 //!
+//! # Segments
+//!
+//! The live file is sealed into a segment (renamed
+//! `<log>.<first seq>-<last seq>`, see [`segments`]) once it reaches
+//! `segment_size` or `segment_age`, by the leader at the start of a batch;
+//! the chain simply continues in the new live file, whose first record
+//! (`audit_segment_opened`) names the sealed one. The head file stays
+//! beside the live path and names the last record on disk, whichever
+//! segment holds it. On SIGHUP the leader reopens the path if it names
+//! another file (logrotate `create`); if the live file shrinks under it
+//! (logrotate `copytruncate`, unsupported) it says so in a record and goes
+//! on. [`Audit::enforce_retention`] deletes the oldest sealed segments,
+//! each deletion recorded first. [`verify_set`] checks every file in order,
+//! and against anchors ([`anchor`]) kept outside the host.
+//!
 //! # Layout
 //!
 //! [`line`](mod@line) holds a record's fields and its line codec (the record format
 //! is described there), [`head`] the head file's codec and handle;
 //! `commit.rs` the group commit, `writer.rs` the writer state (opening,
-//! tail recovery, appending), `sync.rs` the background sync of
+//! tail recovery, appending; sealing and reopening in `writer/roll.rs`),
+//! [`segments`] segment names and retention choices, `retention.rs` the
+//! deletion of old segments, [`anchor`] the published chain head and its
+//! check, `sync.rs` the background sync of
 //! [`Durability::Write`], `verify.rs` the offline verifier, and `error.rs`
 //! [`AuditError`]. This file is the facade: [`Audit`] and its options.
 
+pub mod anchor;
 mod commit;
 mod error;
 pub mod head;
 mod kind;
 pub mod line;
+mod retention;
+pub mod segments;
 mod sync;
 mod verify;
 mod writer;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -74,7 +96,8 @@ pub use error::AuditError;
 pub use head::head_path;
 pub use kind::{Event, Outcome};
 pub use line::{AuditEvent, CallerRecord, Coalesced, VersionRecord, DISTINCT_KEYS_COUNTED};
-pub use verify::{verify, ProblemKind, VerifyProblem, VerifyReport};
+pub use retention::Deleted;
+pub use verify::{read_anchors, verify, verify_set, ProblemKind, VerifyOptions, VerifyProblem, VerifyReport};
 
 /// How to open the log.
 #[derive(Clone)]
@@ -89,6 +112,18 @@ pub struct AuditOptions {
     pub fsync_interval: Duration,
     /// Most records, beyond the first, committed together by one write.
     pub max_batch: usize,
+    /// The live file is sealed into a segment at this size...
+    pub segment_size: u64,
+    /// ... or this age (none: size alone).
+    pub segment_age: Option<Duration>,
+}
+
+/// What the writer is told, and tells, outside the records.
+struct Signals {
+    /// SIGHUP: reopen the path if it names another file now.
+    reopen: Arc<AtomicBool>,
+    /// Bumped after each seal.
+    seals: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// The writer's state, for health checks and `keyward status`.
@@ -108,6 +143,9 @@ pub struct AuditStatus {
 pub struct Audit {
     inner: Arc<commit::Shared>,
     observer: Arc<std::sync::OnceLock<Arc<dyn AuditObserver>>>,
+    signals: Arc<Signals>,
+    path: PathBuf,
+    install_id: Arc<str>,
 }
 
 /// Told of every record's outcome (metrics and alerts). Called on the
@@ -139,11 +177,40 @@ impl Audit {
         wrap: impl FnOnce(std::fs::File) -> Box<dyn writer::LogFile>,
     ) -> Result<Audit, AuditError> {
         let status = Arc::new(Mutex::new(AuditStatus::default()));
-        let (writer, head) = writer::open(&opts, wrap, Arc::clone(&status))?;
+        let signals = Signals {
+            reopen: Arc::default(),
+            seals: Arc::new(tokio::sync::watch::Sender::new(0)),
+        };
+        let (writer, head) = writer::open(&opts, wrap, Arc::clone(&status), &signals)?;
         Ok(Audit {
             inner: Arc::new(commit::Shared::start(&opts, writer, head, status)?),
             observer: Arc::default(),
+            signals: Arc::new(signals),
+            install_id: anchor::install_id(&opts.key).into(),
+            path: opts.path,
         })
+    }
+
+    /// The install's public id, as anchors carry it.
+    pub fn install_id(&self) -> &str {
+        &self.install_id
+    }
+
+    /// The live file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// SIGHUP: before the next record, reopen the live file's path if it
+    /// now names another file or none (logrotate `create` moved it away).
+    /// The next record is the first in the new file.
+    pub fn request_reopen(&self) {
+        self.signals.reopen.store(true, Ordering::Relaxed);
+    }
+
+    /// Changes after each seal of a segment.
+    pub fn seals(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.signals.seals.subscribe()
     }
 
     /// Writes `event` and returns its sequence number once it is written
@@ -213,6 +280,8 @@ mod tests {
             durability,
             fsync_interval: Duration::from_millis(20),
             max_batch: 64,
+            segment_size: 64 << 20,
+            segment_age: None,
         }
     }
 

@@ -1,6 +1,11 @@
 //! The background sync of [`super::Durability::Write`]: a thread that, every
 //! `fsync_interval`, fdatasyncs what has been written and only then moves
 //! the head file to it, so a power loss never makes an honest log look cut.
+//!
+//! Files sealed into segments or moved away since the last round
+//! (`SyncFiles::retired`) are synced first, with their directory, so the
+//! head never names a record in the new file while the end of the old one
+//! is still only in the page cache.
 
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
@@ -9,12 +14,14 @@ use tokio::sync::oneshot;
 
 use super::error::AuditError;
 use super::head::HeadFile;
-use super::writer::{report_failure, LogFile};
+use super::writer::{report_failure, SyncFiles};
 use super::{lock, AuditOptions, AuditStatus};
 
 /// The background sync thread of [`super::Durability::Write`]: every
 /// `fsync_interval`, fdatasyncs what has been written (on its own handle
 /// of the log, without any lock held), then moves the head to it.
+/// (`files` is shared with the writer, which swaps the live file in it at
+/// a seal or a reopen.)
 pub(super) struct Syncer {
     /// Dropped or sent to: stop.
     stop: mpsc::Sender<()>,
@@ -25,7 +32,7 @@ pub(super) struct Syncer {
 
 impl Syncer {
     pub(super) fn start(
-        mut log: Box<dyn LogFile>,
+        files: Arc<Mutex<SyncFiles>>,
         synced: u64,
         opts: &AuditOptions,
         status: Arc<Mutex<AuditStatus>>,
@@ -42,7 +49,7 @@ impl Syncer {
             .spawn(move || {
                 let mut synced = synced;
                 while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
-                    synced = sync_once(&mut *log, synced, &status, &head, &path);
+                    synced = sync_once(&files, synced, &status, &head, &path);
                 }
                 let _ = done_tx.send(());
             })
@@ -65,7 +72,7 @@ impl Syncer {
 /// One background sync: if records were written since `synced`, fdatasync
 /// them and move the head; returns the seq now durable.
 fn sync_once(
-    log: &mut dyn LogFile,
+    files: &Mutex<SyncFiles>,
     synced: u64,
     status: &Mutex<AuditStatus>,
     head: &Mutex<HeadFile>,
@@ -77,8 +84,33 @@ fn sync_once(
         let status = lock(status);
         (status.sequence, status.head.clone())
     };
-    if seq == synced {
-        return synced;
+    let (mut retired, log) = {
+        let mut files = lock(files);
+        if seq == synced && files.retired.is_empty() {
+            return synced;
+        }
+        (std::mem::take(&mut files.retired), files.current.try_clone())
+    };
+    let mut log = match log {
+        Ok(log) => log,
+        Err(e) => {
+            report_failure(status, path, "sync", &e, 0);
+            lock(files).retired.append(&mut retired);
+            return synced;
+        }
+    };
+    if !retired.is_empty() {
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        let dir = dir.unwrap_or(std::path::Path::new("."));
+        let old = retired
+            .iter_mut()
+            .try_for_each(|f| f.sync())
+            .and_then(|()| std::fs::File::open(dir)?.sync_all());
+        if let Err(e) = old {
+            report_failure(status, path, "sync", &e, 0);
+            lock(files).retired.append(&mut retired);
+            return synced;
+        }
     }
     match log.sync() {
         Ok(()) => {

@@ -7,7 +7,9 @@
 //! small values per line it cannot place yet (gaps in the seq, runs of
 //! unparseable lines), so a long log is checked in constant memory.
 
+mod continuity;
 mod report;
+mod set;
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -15,12 +17,13 @@ use std::io::{self, BufRead, BufReader, Read};
 use std::path::Path;
 
 use super::error::AuditError;
-use super::head::{decode_head, head_path, Head};
+use super::head::{decode_head, Head};
 use super::line::{
     check_line, torn_detail, CheckedLine, LineError, EVENT_RECOVERED, OUTCOME_HEAD_INVALID, OUTCOME_HEAD_MISMATCH,
     OUTCOME_MISSING_TAIL, OUTCOME_TORN, ZERO_HASH,
 };
 pub use report::{ProblemKind, VerifyProblem, VerifyReport};
+pub use set::{read_anchors, verify_set, VerifyOptions};
 
 /// Longest line the verifier reads whole; a longer one is malformed.
 const MAX_LINE: usize = 16 << 20;
@@ -28,14 +31,25 @@ const MAX_LINE: usize = 16 << 20;
 /// `audit_recovered` record marks them as a torn fragment.
 const MAX_PENDING: usize = 10_000;
 
-/// Checks the log at `path` and its head file (`<path>.head`, if present)
-/// under the install's audit `key`. `Err` only if the log cannot be read;
-/// everything wrong with its content is in the report.
+/// Checks the log at `path`, every sealed segment beside it (in chain
+/// order, before it) and its head file (`<path>.head`, if present) under
+/// the install's audit `key`. `Err` only if a file cannot be read;
+/// everything wrong with their content is in the report.
 pub fn verify(path: &Path, key: &[u8; 32]) -> Result<VerifyReport, AuditError> {
+    verify_set(
+        &VerifyOptions {
+            paths: vec![path.to_path_buf()],
+            ..VerifyOptions::default()
+        },
+        key,
+    )
+}
+
+/// Feeds every line of the file at `path` to `checker`; returns how many
+/// lines it had.
+fn check_file(path: &Path, checker: &mut Checker<'_>) -> Result<usize, AuditError> {
     let io_err = |e| AuditError::io(path, e);
-    let head = read_head(&head_path(path), key);
     let mut reader = BufReader::with_capacity(1 << 16, File::open(path).map_err(io_err)?);
-    let mut checker = Checker::new(key, head);
     let mut buf = Vec::new();
     let mut offset = 0;
     let mut no = 0;
@@ -48,7 +62,7 @@ pub fn verify(path: &Path, key: &[u8; 32]) -> Result<VerifyReport, AuditError> {
         checker.line(no, offset, &buf, &line);
         offset += line.consumed;
     }
-    Ok(checker.finish(no))
+    Ok(no)
 }
 
 /// What the head file holds.
@@ -139,6 +153,8 @@ struct Pending {
 
 struct Checker<'k> {
     key: &'k [u8; 32],
+    /// Where the chain crosses files, and the anchors (`continuity.rs`).
+    files: continuity::Files,
     report: VerifyReport,
     last_seq: u64,
     last_hash: String,
@@ -152,9 +168,10 @@ struct Checker<'k> {
 }
 
 impl<'k> Checker<'k> {
-    fn new(key: &'k [u8; 32], head: HeadState) -> Checker<'k> {
+    fn new(key: &'k [u8; 32], head: HeadState, files: continuity::Files) -> Checker<'k> {
         Checker {
             key,
+            files,
             report: VerifyReport::default(),
             last_seq: 0,
             last_hash: ZERO_HASH.to_owned(),
@@ -250,8 +267,9 @@ impl<'k> Checker<'k> {
                 "the record was edited: its hash does not match its contents".into(),
             );
         }
-        let expected = self.last_seq.saturating_add(1);
-        if seq == expected {
+        if self.crossing(no, &rec) {
+            self.advance(&rec);
+        } else if seq == self.last_seq.saturating_add(1) {
             if rec.prev != self.last_hash {
                 let before = match self.last_seq {
                     0 => "the start of the chain (64 zeros)".to_owned(),
@@ -265,9 +283,9 @@ impl<'k> Checker<'k> {
                 );
             }
             self.advance(&rec);
-        } else if seq > expected {
+        } else if seq > self.last_seq.saturating_add(1) {
             self.gaps.push(Gap {
-                from: expected,
+                from: self.last_seq + 1,
                 to: seq - 1,
                 line: no,
                 seq,
@@ -336,6 +354,7 @@ impl<'k> Checker<'k> {
     }
 
     fn finish(mut self, lines: usize) -> VerifyReport {
+        self.finish_files();
         if !self.pending.is_empty() {
             if self.last_terminated {
                 self.flush_pending();
@@ -405,7 +424,12 @@ impl<'k> Checker<'k> {
                 .push("no record verified: is this the right install key (the agent's install.key)?".into());
         }
         self.report.last_seq = self.last_seq;
-        self.report.problems.sort_by_key(|p| (p.line == 0, p.line));
+        if self.files.multi {
+            // Lines of different files: keep the order found (stable).
+            self.report.problems.sort_by_key(|p| p.line == 0);
+        } else {
+            self.report.problems.sort_by_key(|p| (p.line == 0, p.line));
+        }
         self.report
     }
 }

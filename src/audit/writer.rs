@@ -7,13 +7,25 @@
 //! callers all get an error, and the chain does not advance; if the cut
 //! itself fails, nothing more is written until it succeeds, so a half
 //! record is never followed by new ones.
+//!
+//! Sealing the live file into a segment, reopening it on SIGHUP and noticing
+//! that it shrank are in `roll.rs`: each happens at the start of a batch,
+//! in the leader, and costs a few metadata syscalls (no fsync in
+//! [`Durability::Write`] mode, where the background sync covers the old
+//! file).
+
+mod roll;
+mod tail;
+
+use tail::scan_tail;
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use super::head::{decode_head, head_path, HeadFile, HEAD_LEN};
 use super::kind::{Event, Outcome};
@@ -41,6 +53,10 @@ pub(super) trait LogFile: Send {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
     /// Another handle on the same open file, for the background sync.
     fn try_clone(&self) -> io::Result<Box<dyn LogFile>>;
+    /// Device and inode, to tell whether the path still names this file.
+    fn id(&self) -> io::Result<(u64, u64)> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
 }
 
 impl LogFile for File {
@@ -62,6 +78,11 @@ impl LogFile for File {
     fn try_clone(&self) -> io::Result<Box<dyn LogFile>> {
         Ok(Box::new(File::try_clone(self)?))
     }
+    fn id(&self) -> io::Result<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let m = self.metadata()?;
+        Ok((m.dev(), m.ino()))
+    }
 }
 
 /// Opens the log and its head, recovers the tail, and writes the notices
@@ -73,6 +94,7 @@ pub(super) fn open(
     opts: &AuditOptions,
     wrap: impl FnOnce(File) -> Box<dyn LogFile>,
     status: Arc<Mutex<AuditStatus>>,
+    signals: &super::Signals,
 ) -> Result<(Writer, Arc<Mutex<HeadFile>>), AuditError> {
     let path = opts.path.clone();
     let io_err = |e| AuditError::io(&path, e);
@@ -137,7 +159,28 @@ pub(super) fn open(
     };
     let mut hash = [0; 64];
     hash.copy_from_slice(tail.hash.as_bytes());
+    let segment_first = roll::first_seq(&*log, &opts.key)
+        .map_err(io_err)?
+        .unwrap_or(tail.seq + 1);
+    let sync_files = match opts.durability {
+        Durability::Fsync => None,
+        Durability::Write => Some(Arc::new(Mutex::new(SyncFiles {
+            current: log.try_clone().map_err(io_err)?,
+            retired: Vec::new(),
+        }))),
+    };
     let mut writer = Writer {
+        segments: roll::SegmentState {
+            first: segment_first,
+            started: Instant::now(),
+            size: opts.segment_size,
+            age: opts.segment_age,
+            seal_pending: tail.sealed,
+            retry_after: None,
+        },
+        reopen: Arc::clone(&signals.reopen),
+        seals: Arc::clone(&signals.seals),
+        sync_files,
         log,
         mac: hmac(&opts.key),
         path,
@@ -162,7 +205,7 @@ pub(super) fn open(
 
 /// Opens `path` for reading and writing (appending if `append`), creating
 /// it 0600; refuses a symlink (O_NOFOLLOW) or anything but a regular file.
-fn open_private(path: &Path, append: bool) -> io::Result<File> {
+pub(super) fn open_private(path: &Path, append: bool) -> io::Result<File> {
     let mut o = OpenOptions::new();
     o.read(true).create(true).mode(0o600);
     if append {
@@ -215,113 +258,14 @@ fn read_prefix(file: &File, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 fn notice(outcome: Outcome, detail: String) -> AuditEvent {
+    notice_of(Event::AuditRecovered, outcome, detail)
+}
+
+/// A record about the log itself.
+fn notice_of(event: Event, outcome: Outcome, detail: String) -> AuditEvent {
     AuditEvent {
         detail: Some(detail),
-        ..AuditEvent::new(Event::AuditRecovered, outcome)
-    }
-}
-
-/// Where the chain stands at the end of the log.
-#[derive(Debug, PartialEq, Eq)]
-pub(super) struct Tail {
-    /// Seq and hash of the last record (0 and zeros if none).
-    pub seq: u64,
-    pub hash: String,
-    /// File length.
-    pub len: u64,
-    /// The file does not end in `\n`.
-    pub needs_newline: bool,
-    /// Bytes after the last record that are not records.
-    pub torn: Option<Torn>,
-}
-
-/// A torn fragment: `len` bytes at `offset`, not counting the `\n` that
-/// ends it (there, or to be appended).
-#[derive(Debug, PartialEq, Eq)]
-pub(super) struct Torn {
-    pub offset: u64,
-    pub len: u64,
-}
-
-/// Finds the last record at the end of the log, reading backwards from the
-/// end (64 KiB first, more only if a record is longer).
-///
-/// Lines after the last record that are not JSON are a torn fragment: a
-/// crash cut a write short (possibly twice, so it may span lines). A line
-/// that is a record but fails its MAC stops the agent from starting: it
-/// means a wrong install key or an edited log, and the chain cannot
-/// honestly continue from it.
-pub(super) fn scan_tail(log: &dyn LogFile, key: &[u8; 32]) -> io::Result<Tail> {
-    let len = log.len()?;
-    let mut window = TAIL_WINDOW.min(len);
-    loop {
-        let start = len - window;
-        let mut buf = vec![0; window as usize];
-        log.read_at(&mut buf, start)?;
-        match last_record(&buf, start, key)? {
-            // The last record (or the torn run after it) begins before the
-            // window: look further back.
-            None => window = (window * 2).min(len),
-            Some(last) => {
-                let needs_newline = buf.last().is_some_and(|&b| b != b'\n');
-                let (seq, hash, after) = match last {
-                    Some((rec, line_end)) => (rec.seq, rec.hash, (line_end + 1).min(len)),
-                    None => (0, ZERO_HASH.to_owned(), 0),
-                };
-                // Everything after the last record is torn; its length does
-                // not count the `\n` that ends it (there, or to be added).
-                let torn = (after < len).then(|| Torn {
-                    offset: after,
-                    len: len - after - u64::from(!needs_newline),
-                });
-                return Ok(Tail {
-                    seq,
-                    hash,
-                    len,
-                    needs_newline,
-                    torn,
-                });
-            }
-        }
-    }
-}
-
-/// Walks the lines of `buf` (the log from byte `start` to its end)
-/// backwards to the last valid record. `Ok(None)`: the window is too short;
-/// `Ok(Some(None))`: the log holds no record at all; `Ok(Some(Some((record,
-/// offset one past its last byte))))`.
-#[allow(clippy::type_complexity)]
-fn last_record(buf: &[u8], start: u64, key: &[u8; 32]) -> io::Result<Option<Option<(CheckedLine, u64)>>> {
-    // `end`: one past the current line's last byte.
-    let mut end = match buf.last() {
-        Some(b'\n') => buf.len() - 1,
-        _ => buf.len(),
-    };
-    loop {
-        let line_start = match buf[..end].iter().rposition(|&b| b == b'\n') {
-            Some(i) => i + 1,
-            None if start == 0 => 0,
-            None => return Ok(None),
-        };
-        match check_line(key, &buf[line_start..end]) {
-            Ok(rec) if rec.mac_ok => return Ok(Some(Some((rec, start + end as u64)))),
-            Ok(rec) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!(
-                        "the record at byte offset {} (seq {}) does not verify under this install's audit key: the key changed or the log was edited. Run `keyward audit verify`; to start a new log, move the file and its .head aside",
-                        start + line_start as u64,
-                        rec.seq
-                    ),
-                ));
-            }
-            Err(LineError::NotJson(_) | LineError::BadFields(_)) => {
-                if line_start == 0 {
-                    return Ok(Some(None));
-                }
-                end = line_start - 1;
-            }
-        }
+        ..AuditEvent::new(event, outcome)
     }
 }
 
@@ -348,15 +292,31 @@ pub(super) struct Writer {
     buf: Vec<u8>,
     status: Arc<Mutex<AuditStatus>>,
     head: Arc<Mutex<HeadFile>>,
+    /// The live file as a segment: when it is sealed.
+    segments: roll::SegmentState,
+    /// Set on SIGHUP: check whether the path still names the live file.
+    reopen: Arc<AtomicBool>,
+    /// Bumped after each seal (the anchor and retention tasks wait on it).
+    seals: Arc<tokio::sync::watch::Sender<u64>>,
+    /// With [`Durability::Write`], the files the background sync covers.
+    sync_files: Option<Arc<Mutex<SyncFiles>>>,
+}
+
+/// The files the background sync of [`Durability::Write`] fdatasyncs: the
+/// live one, and those sealed or moved away since its last round (their
+/// last records are not durable yet).
+pub(super) struct SyncFiles {
+    pub(super) current: Box<dyn LogFile>,
+    pub(super) retired: Vec<Box<dyn LogFile>>,
 }
 
 /// Most bytes the batch buffer keeps between batches.
 const KEEP_BUF: usize = 1 << 20;
 
 impl Writer {
-    /// Another handle on the log file, for the background sync.
-    pub(super) fn clone_log(&self) -> io::Result<Box<dyn LogFile>> {
-        self.log.try_clone()
+    /// The files the background sync covers ([`Durability::Write`]).
+    pub(super) fn sync_files(&self) -> Option<Arc<Mutex<SyncFiles>>> {
+        self.sync_files.clone()
     }
 
     /// The seq of the last record written.
@@ -373,13 +333,14 @@ impl Writer {
             self.log.truncate(self.len)?;
             self.cut_back_pending = false;
         }
+        // One time for the batch: its records are committed together.
+        let time = TimeText::new(SystemTime::now());
+        self.before_batch(&time);
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
         if self.needs_newline {
             buf.push(b'\n');
         }
-        // One time for the batch: its records are committed together.
-        let time = TimeText::new(SystemTime::now());
         let (mut seq, mut hash) = (self.seq, self.hash);
         for ev in &self.notices {
             seq += 1;

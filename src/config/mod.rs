@@ -60,6 +60,7 @@
 mod accounts;
 pub mod alerts;
 pub mod audit;
+pub mod audit_anchor;
 pub mod backend;
 pub mod environments;
 mod error;

@@ -168,6 +168,13 @@ pub struct Metrics {
     jobs: Family<JobLabels, Counter>,
     audit_write: Histogram,
     audit_failures: Counter,
+    anchors: Family<AnchorLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AnchorLabels {
+    anchor: String,
+    result: &'static str,
 }
 
 impl Default for Metrics {
@@ -206,6 +213,7 @@ impl Metrics {
             jobs: Family::default(),
             audit_write: Histogram::new(exponential_buckets(0.000_01, 2.0, 18)),
             audit_failures: Counter::default(),
+            anchors: Family::default(),
         };
         for signal in Signal::ALL {
             for status in ALERT_STATUSES {
@@ -285,10 +293,38 @@ impl Metrics {
             "Audit records that could not be written",
             self.audit_failures.clone(),
         );
+        r.register(
+            "keyward_audit_anchor_publications",
+            "Publications of the audit chain head to [[audit.anchor]], by anchor and result (ok, failed)",
+            self.anchors.clone(),
+        );
         r.register_collector(Box::new(self.fetches.clone()));
         r.register_collector(Box::new(self.reports.clone()));
         r.register_collector(Box::new(self.uses.clone()));
         self
+    }
+
+    /// Sets the publication counters of `anchors` at 0 (so dashboards see
+    /// them before the first publication).
+    pub fn anchors_configured<'a>(&self, anchors: impl IntoIterator<Item = &'a str>) {
+        for anchor in anchors {
+            for result in ["ok", "failed"] {
+                let _ = self.anchors.get_or_create(&AnchorLabels {
+                    anchor: anchor.to_owned(),
+                    result,
+                });
+            }
+        }
+    }
+
+    /// Counts a publication of the chain head to `anchor`.
+    pub fn anchor_published(&self, anchor: &str, ok: bool) {
+        self.anchors
+            .get_or_create(&AnchorLabels {
+                anchor: anchor.to_owned(),
+                result: if ok { "ok" } else { "failed" },
+            })
+            .inc();
     }
 
     /// Counts a `GetKey` call. `outcome` is one of [`FETCH_OUTCOMES`];

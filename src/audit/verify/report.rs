@@ -28,11 +28,23 @@ pub enum ProblemKind {
     HeadMismatch,
     /// The head file is unreadable or its MAC is wrong.
     HeadInvalid,
+    /// Records are missing where one file ends and the next begins: a
+    /// segment was removed or replaced.
+    MissingSegment,
+    /// The chain starts past seq 1 and retention does not explain it.
+    MissingPrefix,
+    /// The live file was truncated under the agent (logrotate
+    /// copytruncate) and records were lost.
+    CopyTruncate,
+    /// An anchor names a record the log has with another hash, or lacks.
+    AnchorMismatch,
 }
 
 /// One thing wrong with the log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VerifyProblem {
+    /// The file, when several were checked.
+    pub file: Option<String>,
     /// 1-based line in the log; 0 for a problem with the head file itself.
     pub line: usize,
     /// The seq of the record on that line, if known.
@@ -45,8 +57,12 @@ pub struct VerifyProblem {
 
 impl fmt::Display for VerifyProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(file) = &self.file {
+            write!(f, "{file} ")?;
+        }
         match (self.line, self.seq) {
-            (0, _) => write!(f, "head file: {}", self.message),
+            (0, Some(seq)) => write!(f, "seq {seq}: {}", self.message),
+            (0, None) => write!(f, "head file: {}", self.message),
             (line, Some(seq)) => write!(f, "line {line} (seq {seq}): {}", self.message),
             (line, None) => write!(f, "line {line}: {}", self.message),
         }
@@ -60,6 +76,12 @@ pub struct VerifyReport {
     pub records_checked: u64,
     /// The highest seq in the chain (0: no records).
     pub last_seq: u64,
+    /// The seq the chain starts at (past 1 after retention).
+    pub first_seq: u64,
+    /// The files read, in order.
+    pub files: Vec<std::path::PathBuf>,
+    /// The file problems are being found in (several files only).
+    pub(super) current_file: Option<String>,
     /// Everything wrong, by line (head file problems last); at most 1000.
     pub problems: Vec<VerifyProblem>,
     /// Problems found beyond those in `problems`.
@@ -77,7 +99,9 @@ impl VerifyReport {
 
     pub(super) fn problem(&mut self, line: usize, seq: Option<u64>, kind: ProblemKind, message: String) {
         if self.problems.len() < MAX_PROBLEMS {
+            let file = if line == 0 { None } else { self.current_file.clone() };
             self.problems.push(VerifyProblem {
+                file,
                 line,
                 seq,
                 kind,
@@ -98,6 +122,15 @@ impl fmt::Display for VerifyReport {
                 "audit log OK: {} records, last seq {}",
                 self.records_checked, self.last_seq
             )?;
+            if self.files.len() > 1 {
+                writeln!(
+                    f,
+                    "{} files, seqs {}..{}",
+                    self.files.len(),
+                    self.first_seq,
+                    self.last_seq
+                )?;
+            }
         } else {
             writeln!(
                 f,

@@ -4,6 +4,7 @@
 use super::super::tests::{lines, opts, write_lines, write_log, KEY};
 use super::super::Durability;
 use super::*;
+use crate::audit::head::head_path;
 use crate::audit::{AuditEvent, Event, Outcome};
 
 /// A closed log of five records in a fresh directory.

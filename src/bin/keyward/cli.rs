@@ -328,11 +328,23 @@ pub struct PutArgs {
 #[derive(Subcommand, Debug)]
 pub enum AuditCommand {
     /// Check the hash chain of an audit log: reports the first record that
-    /// was edited, removed, reordered, or a cut-off tail.
+    /// was edited, removed, reordered, a missing segment, or a cut-off
+    /// tail. Every sealed segment beside a path (PATH.<first>-<last>) is
+    /// checked before it; several paths (a file logrotate moved away, then
+    /// the live one) are checked as one chain in the order given.
     Verify {
-        /// The audit log (default: DIR/audit.jsonl with --dev, else
+        /// The audit log's live file, and files moved away before it, oldest
+        /// first (default: DIR/audit.jsonl with --dev, else
         /// /var/log/keyward/audit.jsonl).
-        file: Option<PathBuf>,
+        files: Vec<PathBuf>,
+        /// Anchors as a receiver kept them (JSON lines with seq and hash):
+        /// the log must hold each anchored record with that hash.
+        #[arg(long, value_name = "FILE")]
+        anchors: Option<PathBuf>,
+        /// Records missing before the first file (removed by hand, e.g. by
+        /// logrotate's rotate count) are a note instead of a failure.
+        #[arg(long)]
+        allow_prefix: bool,
         /// The install key that keys the chain (default: install.key beside
         /// the log, else /var/lib/keyward/install.key).
         #[arg(long, value_name = "FILE")]

@@ -69,7 +69,20 @@ async fn dispatch(cli: Cli) -> Outcome {
         } => delete::delete(&cli, key, *yes, *expected_generation).await,
         Command::Status { json } => status::status(&cli, *json).await,
         Command::Fleet(command) => fleet::run(&cli, command).await,
-        Command::Audit(AuditCommand::Verify { file, key }) => audit::verify(&cli, file.as_deref(), key.as_deref()),
+        Command::Audit(AuditCommand::Verify {
+            files,
+            key,
+            anchors,
+            allow_prefix,
+        }) => audit::verify(
+            &cli,
+            audit::VerifyArgs {
+                files,
+                key: key.as_deref(),
+                anchors: anchors.as_deref(),
+                allow_prefix: *allow_prefix,
+            },
+        ),
         Command::Stage(args) => steps::stage(&cli, args).await,
         Command::Promote(step) => steps::step(&cli, step, Step::Promote).await,
         Command::Rollback(step) => steps::step(&cli, step, Step::Rollback).await,

@@ -260,10 +260,13 @@ impl Signals {
     }
 }
 
-/// SIGHUP: reloads the config and logs what changed and what needs a
-/// restart. An invalid config changes nothing.
+/// SIGHUP: reopens the audit log if it was moved away (logrotate `create`;
+/// the config reload's own record is the first in the new file), reloads
+/// the config and logs what changed and what needs a restart. An invalid
+/// config changes nothing.
 async fn reload(agent: &Agent) {
-    tracing::info!("SIGHUP received: reloading the config");
+    tracing::info!("SIGHUP received: reopening the audit log if it was moved, reloading the config");
+    agent.audit().request_reopen();
     match agent.reload_config().await {
         Ok(report) => {
             tracing::info!(applied = ?report.applied, "config reloaded: {}", report.summary());

@@ -426,6 +426,7 @@ fn load_reads_the_file_and_explains_a_missing_one() {
 }
 
 mod alerts;
+mod audit_segments;
 mod backend;
 mod grants;
 mod limits;

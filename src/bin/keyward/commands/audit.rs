@@ -2,7 +2,7 @@
 //!
 //! Exits 3 when the log has a problem (see `main.rs`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use keyward::store::identity::InstallKey;
@@ -14,8 +14,17 @@ use crate::Outcome;
 /// The audit log of a system install.
 const DEFAULT_AUDIT_FILE: &str = "/var/log/keyward/audit.jsonl";
 
-pub(crate) fn verify(cli: &Cli, file: Option<&Path>, key: Option<&Path>) -> Outcome {
-    let file = match (file, &cli.dev) {
+/// What `keyward audit verify` was given.
+pub(crate) struct VerifyArgs<'a> {
+    pub(crate) files: &'a [PathBuf],
+    pub(crate) key: Option<&'a Path>,
+    pub(crate) anchors: Option<&'a Path>,
+    pub(crate) allow_prefix: bool,
+}
+
+pub(crate) fn verify(cli: &Cli, args: VerifyArgs<'_>) -> Outcome {
+    let key = args.key;
+    let file = match (args.files.last(), &cli.dev) {
         (Some(f), _) => f.to_path_buf(),
         (None, Some(dir)) => dir.join("audit.jsonl"),
         (None, None) => {
@@ -39,7 +48,23 @@ pub(crate) fn verify(cli: &Cli, file: Option<&Path>, key: Option<&Path>) -> Outc
         }
     };
     let install_key = InstallKey::load(&key_file).map_err(|e| format!("{e} (pass the install key with --key FILE)"))?;
-    let report = keyward::audit::verify(&file, &install_key.audit_key()).map_err(|e| e.to_string())?;
+    let anchors = match args.anchors {
+        Some(path) => keyward::audit::read_anchors(path)?,
+        None => Vec::new(),
+    };
+    let mut paths = args.files.to_vec();
+    if paths.is_empty() {
+        paths.push(file);
+    }
+    let opts = keyward::audit::VerifyOptions {
+        paths,
+        anchors,
+        allow_prefix: args.allow_prefix,
+    };
+    let report = keyward::audit::verify_set(&opts, &install_key.audit_key()).map_err(|e| e.to_string())?;
+    if let Some(path) = args.anchors {
+        println!("checked against {} anchors from {}", opts.anchors.len(), path.display());
+    }
     println!("{report}");
     Ok(if report.is_ok() {
         ExitCode::SUCCESS

@@ -1,0 +1,257 @@
+//! What the leader checks at the start of each batch, before it encodes
+//! anything: whether the live file shrank under it (logrotate's
+//! `copytruncate`), whether SIGHUP asked to reopen it (logrotate's
+//! `create`), and whether it is due to be sealed into a segment.
+//!
+//! A seal is: the `audit_segment_sealed` record appended to the live file,
+//! a hard link of the live file under its segment name, and the next live
+//! file (opened beforehand as `<log>.new`) renamed over the path. The path
+//! always names a file, and a crash at any step leaves a state the next
+//! start finishes (see [`SegmentState::seal_pending`]). The new file's
+//! first record, `audit_segment_opened`, names the sealed one; its `prev`
+//! is the seal's hash, so the chain simply continues.
+//!
+//! None of this fsyncs in [`Durability::Write`] mode: the old file goes to
+//! the background sync, which syncs it before moving the head past it. So
+//! a roll costs the leader one extra small write, an open, a link and a
+//! rename: far less than a commit's fdatasync.
+
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::{check_line, encode_record, hash_str, lock, notice_of, open_private, Durability, LogFile, Writer};
+use crate::audit::kind::{Event, Outcome};
+use crate::audit::line::TimeText;
+use crate::audit::segments::{opened_detail, sealed_detail, segment_path};
+
+/// After a failed seal, how long the writer keeps the live file before
+/// trying again.
+const ROLL_RETRY: Duration = Duration::from_secs(10);
+
+/// The live file as a segment.
+pub(in crate::audit) struct SegmentState {
+    /// The seq of its first record.
+    pub(in crate::audit) first: u64,
+    /// When it was opened (by this process).
+    pub(in crate::audit) started: Instant,
+    /// Sealed at this many bytes.
+    pub(in crate::audit) size: u64,
+    /// ... or at this age.
+    pub(in crate::audit) age: Option<Duration>,
+    /// The file ends with its seal record but was not renamed yet (a
+    /// crash, or a failed rename): finish the seal without a new record.
+    pub(in crate::audit) seal_pending: bool,
+    /// A failed seal is not tried again before this.
+    pub(in crate::audit) retry_after: Option<Instant>,
+}
+
+/// The seq of the first record in `log`, if it holds one (MACs are checked
+/// by the tail scan and the verifier, not here).
+pub(super) fn first_seq(log: &dyn LogFile, key: &[u8; 32]) -> io::Result<Option<u64>> {
+    let len = log.len()?.min(64 * 1024);
+    let mut buf = vec![0; len as usize];
+    log.read_at(&mut buf, 0)?;
+    Ok(buf
+        .split(|&b| b == b'\n')
+        .find_map(|line| check_line(key, line).ok())
+        .map(|rec| rec.seq))
+}
+
+/// `<log>.new`: where the next live file is created before it is renamed
+/// over the path.
+fn next_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".new");
+    PathBuf::from(s)
+}
+
+impl Writer {
+    /// Runs before each batch is encoded: copytruncate, reopen, seal.
+    /// Failures are logged and never fail the batch: the records go on
+    /// into the file that is open.
+    pub(super) fn before_batch(&mut self, time: &TimeText) {
+        if let Err(e) = self.check_shrunk() {
+            tracing::error!(path = %self.path.display(), error = %e, "cannot stat the audit log");
+        }
+        if self.reopen.swap(false, Ordering::Relaxed) {
+            if let Err(e) = self.reopen_if_moved() {
+                tracing::error!(path = %self.path.display(), error = %e,
+                    "could not reopen the audit log; records go on into the file that is open");
+            }
+        }
+        let s = &self.segments;
+        let due = s.seal_pending
+            || (self.len > 0 && (self.len >= s.size || s.age.is_some_and(|age| s.started.elapsed() >= age)));
+        if !due || s.retry_after.is_some_and(|t| Instant::now() < t) || self.cut_back_pending {
+            return;
+        }
+        if let Err(e) = self.seal(time) {
+            self.segments.retry_after = Some(Instant::now() + ROLL_RETRY);
+            tracing::error!(path = %self.path.display(), error = %e,
+                "could not seal the audit log into a segment; records go on into the live file, and the seal is tried again in 10s");
+        }
+    }
+
+    /// The live file shrank under the agent: someone truncated it (logrotate
+    /// `copytruncate`, which is not supported). Records are appended
+    /// (O_APPEND), so nothing is written at a hole; the file starts afresh
+    /// as a new segment whose first record says what happened.
+    fn check_shrunk(&mut self) -> io::Result<()> {
+        let actual = self.log.len()?;
+        if actual >= self.len {
+            return Ok(());
+        }
+        tracing::error!(path = %self.path.display(), was = self.len, now = actual,
+            "the audit log shrank under the agent (logrotate copytruncate?): that is not supported, records written between the copy and the truncation are lost; use logrotate's `create` mode with a SIGHUP postrotate, or [audit] segment_size");
+        let detail = format!(
+            "the live file shrank from {} to {actual} bytes under the agent, after seq {}: logrotate copytruncate is not supported (records written between its copy and its truncation are lost); use `create` mode with SIGHUP, or [audit] segment_size",
+            self.len, self.seq
+        );
+        self.start_segment(actual)?;
+        self.notices
+            .push(notice_of(Event::AuditSegmentOpened, Outcome::Truncated, detail));
+        Ok(())
+    }
+
+    /// SIGHUP: if the path no longer names the open file (moved away or
+    /// removed, as logrotate's `create` mode does), open the path (creating
+    /// it) and go on there, first with a record naming where the previous
+    /// file ended.
+    fn reopen_if_moved(&mut self) -> io::Result<()> {
+        let open_id = self.log.id()?;
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(m) if (m.dev(), m.ino()) == open_id => {
+                tracing::info!(path = %self.path.display(), "SIGHUP: the audit log was not moved; nothing to reopen");
+                return Ok(());
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let next = open_private(&self.path, true)?;
+        let len = next.metadata()?.len();
+        self.replace_log(Box::new(next))?;
+        self.start_segment(len)?;
+        tracing::info!(path = %self.path.display(), seq = self.seq,
+            "SIGHUP: the audit log was moved away or removed; writing to a new file at its path");
+        self.notices.push(notice_of(
+            Event::AuditSegmentOpened,
+            Outcome::Reopened,
+            format!(
+                "the previous live file was moved away or removed (logrotate create?) and ends at seq {} with hash {}; verify both in order: keyward audit verify OLD-FILE {}",
+                self.seq,
+                hash_str(&self.hash),
+                self.path.display()
+            ),
+        ));
+        Ok(())
+    }
+
+    /// Seals the live file: its seal record, the link under the segment's
+    /// name, the next file renamed over the path.
+    fn seal(&mut self, time: &TimeText) -> io::Result<()> {
+        let pending = self.segments.seal_pending;
+        let (first, last) = (self.segments.first, if pending { self.seq } else { self.seq + 1 });
+        let sealed = segment_path(&self.path, first, last);
+        let next_path = next_path(&self.path);
+        match std::fs::remove_file(&next_path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let next = open_private(&next_path, true)?;
+        if !pending {
+            let mut buf = Vec::new();
+            if self.needs_newline {
+                buf.push(b'\n');
+            }
+            let ev = notice_of(
+                Event::AuditSegmentSealed,
+                Outcome::Ok,
+                sealed_detail(first, last, &sealed),
+            );
+            let hash = encode_record(&mut buf, &self.mac, last, hash_str(&self.hash), &ev, time);
+            if let Err(e) = self.append(&buf) {
+                let _ = std::fs::remove_file(&next_path);
+                return Err(e);
+            }
+            self.len += buf.len() as u64;
+            self.seq = last;
+            self.hash = hash;
+            self.needs_newline = false;
+            if self.durability == Durability::Fsync {
+                lock(&self.head).advance(self.seq, hash_str(&self.hash));
+            }
+            self.segments.seal_pending = true;
+        }
+        match std::fs::hard_link(&self.path, &sealed) {
+            Ok(()) => {}
+            // A seal cut short after the link: the name already is ours.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && same_file(&self.path, &sealed)? => {}
+            Err(e) => return Err(e),
+        }
+        std::fs::rename(&next_path, &self.path)?;
+        if self.durability == Durability::Fsync {
+            // Power-safe mode: the rename and the new file are durable
+            // before any record in it is acknowledged.
+            let dir = self.path.parent().filter(|d| !d.as_os_str().is_empty());
+            std::fs::File::open(dir.unwrap_or(Path::new(".")))?.sync_all()?;
+        }
+        self.segments.seal_pending = false;
+        self.replace_log(Box::new(next))?;
+        self.start_segment(0)?;
+        self.notices.push(notice_of(
+            Event::AuditSegmentOpened,
+            Outcome::Ok,
+            opened_detail(first, last, hash_str(&self.hash), &sealed),
+        ));
+        tracing::info!(segment = %sealed.display(), first, last, "audit log sealed into a segment");
+        self.seals.send_modify(|n| *n += 1);
+        Ok(())
+    }
+
+    /// Makes `next` the live file; the old one goes to the background sync
+    /// (or, in [`Durability::Fsync`] mode, is already synced).
+    fn replace_log(&mut self, next: Box<dyn LogFile>) -> io::Result<()> {
+        let current = match &self.sync_files {
+            Some(_) => Some(next.try_clone()?),
+            None => None,
+        };
+        // The old handle is closed here; the sync thread's own handle on
+        // the same file is what gets synced.
+        drop(std::mem::replace(&mut self.log, next));
+        if let (Some(files), Some(current)) = (&self.sync_files, current) {
+            let mut files = lock(files);
+            let old = std::mem::replace(&mut files.current, current);
+            files.retired.push(old);
+        }
+        Ok(())
+    }
+
+    /// The live file is a new segment of `len` bytes (its next record is
+    /// its first).
+    fn start_segment(&mut self, len: u64) -> io::Result<()> {
+        self.len = len;
+        self.needs_newline = false;
+        if len > 0 {
+            let mut last = [0];
+            self.log.read_at(&mut last, len - 1)?;
+            self.needs_newline = last[0] != b'\n';
+        }
+        self.segments.first = self.seq + 1;
+        self.segments.started = Instant::now();
+        self.segments.retry_after = None;
+        Ok(())
+    }
+}
+
+/// Whether `a` and `b` name the same file.
+fn same_file(a: &Path, b: &Path) -> io::Result<bool> {
+    let (a, b) = (std::fs::metadata(a)?, std::fs::metadata(b)?);
+    Ok((a.dev(), a.ino()) == (b.dev(), b.ino()))
+}
+
+#[cfg(test)]
+mod tests;
