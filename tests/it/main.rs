@@ -18,6 +18,7 @@ mod alert_sinks;
 mod alerts;
 mod alerts_restart;
 mod audit_and_crash;
+mod audit_segments;
 mod cli_errors;
 mod doctor;
 mod drill_crash;

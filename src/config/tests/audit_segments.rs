@@ -43,7 +43,9 @@ fn anchors_parse_and_bad_ones_are_refused_without_quoting_the_url() {
     ))
     .unwrap();
     assert_eq!(c.audit.anchor_interval, Duration::from_secs(900));
-    let [exec, hook] = &c.audit.anchors[..] else { panic!("two anchors") };
+    let [exec, hook] = &c.audit.anchors[..] else {
+        panic!("two anchors")
+    };
     assert_eq!(exec.name, "exec-1");
     assert!(matches!(&exec.kind, AnchorKind::Exec(cmd) if cmd.argv[0] == "/usr/local/bin/keep"));
     assert_eq!((hook.name.as_str(), hook.timeout), ("remote", Duration::from_secs(3)));
@@ -51,12 +53,21 @@ fn anchors_parse_and_bad_ones_are_refused_without_quoting_the_url() {
     assert!(!format!("{:?}", c.audit.anchors).contains("t0ken"));
 
     for (toml, needles) in [
-        ("kind = \"carrier-pigeon\"", &["kind = \"carrier-pigeon\"", "\"exec\" or \"webhook\""][..]),
+        (
+            "kind = \"carrier-pigeon\"",
+            &["kind = \"carrier-pigeon\"", "\"exec\" or \"webhook\""][..],
+        ),
         ("kind = \"exec\"", &["needs `command`"]),
         ("kind = \"exec\"\ncommand = [\"keep\"]", &["not an absolute path"]),
         ("kind = \"webhook\"", &["needs `url`"]),
-        ("kind = \"webhook\"\nurl = \"ftp://t0ken@x\"", &["not an http:// or https:// URL"]),
-        ("kind = \"exec\"\ncommand = [\"/bin/true\"]\nurl = \"https://x\"", &["takes `command`, not `url`"]),
+        (
+            "kind = \"webhook\"\nurl = \"ftp://t0ken@x\"",
+            &["not an http:// or https:// URL"],
+        ),
+        (
+            "kind = \"exec\"\ncommand = [\"/bin/true\"]\nurl = \"https://x\"",
+            &["takes `command`, not `url`"],
+        ),
     ] {
         let e = parse_err(&format!("[[audit.anchor]]\n{toml}\n"));
         assert_has(&e, needles);
