@@ -41,7 +41,8 @@
 //!   writes, the in-memory view the fetch path reads, and the decisions of
 //!   hot reload (`store::reload`).
 //! - [`audit`]: the append-only, hash-chained audit log: leader/follower
-//!   group commit, the head file, and the offline verifier.
+//!   group commit, the head file, segments and retention, anchors, and
+//!   the offline verifier.
 //! - [`watch`]: one latest-value channel per key for `WatchKeys`, and the
 //!   registry of live subscribers with the generation each was sent.
 //! - [`alerts`]: detectors (pure) and sinks; [`metrics`]: the counters and

@@ -13,7 +13,8 @@
 //! One file per section holds its raw (serde) form, its typed form and its
 //! validation: [`paths`] (`state_dir`, `runtime_dir`, `audit_file`),
 //! [`sockets`], [`environments`] (and the key patterns checked against
-//! them), `grants.rs` (`[[grant]]`), [`audit`], [`limits`], [`rotation`]
+//! them), `grants.rs` (`[[grant]]`), [`audit`] (and [`audit_anchor`] for
+//! `[[audit.anchor]]`), [`limits`], [`rotation`]
 //! (`[rotation]` and `[[key]]`), [`hooks`] (hook command lines),
 //! [`alerts`], [`metrics`] and [`backend`]. Below them, `error.rs` words
 //! every error with its file and line, `value.rs` checks the values every
