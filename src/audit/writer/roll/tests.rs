@@ -280,3 +280,23 @@ async fn anchors_catch_a_rewritten_history_and_a_cut_tail() {
     let report = verify_set(&with(&[&opts.path]), &KEY).unwrap();
     assert_eq!(report.problems[0].kind, ProblemKind::CutTail, "{report}");
 }
+
+#[tokio::test]
+async fn a_reopen_uses_the_empty_file_logrotate_created_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = opts(dir.path(), Durability::Fsync);
+    let audit = Audit::start(opts.clone()).unwrap();
+    audit.record(fetch(0)).await.unwrap();
+    let moved = dir.path().join("audit.jsonl-20261207");
+    std::fs::rename(&opts.path, &moved).unwrap();
+    // logrotate `create 0600`: a new empty file at the path.
+    std::fs::write(&opts.path, b"").unwrap();
+    audit.request_reopen();
+    audit.record(fetch(1)).await.unwrap();
+    audit.close().await;
+    let live = lines(&opts.path);
+    assert!(live[0].contains("\"outcome\":\"reopened\""), "{}", live[0]);
+    assert_eq!(lines(&moved).len(), 1);
+    let report = verify_set(&set(&[&moved, &opts.path]), &KEY).unwrap();
+    assert!(report.is_ok(), "{report}");
+}
