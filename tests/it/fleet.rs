@@ -1020,7 +1020,11 @@ const ONLY_ONCE_IT_HAPPENS: [&str; 1] = ["keyward_auth_failure_reports_dropped_t
 #[tokio::test]
 async fn the_readme_lists_every_metric_and_the_dashboard_has_data_after_a_restart() {
     let r = keyward_testkit::receiver::Receiver::start();
-    let sink = format!("\n[[alerts.sink]]\nkind = \"webhook\"\nurl = \"{}\"\n", r.url("/hook"));
+    let sink = format!(
+        "\n[[alerts.sink]]\nkind = \"webhook\"\nurl = \"{}\"\n[[audit.anchor]]\nkind = \"webhook\"\nurl = \"{}\"\n",
+        r.url("/hook"),
+        r.url("/anchor")
+    );
     let mut fleet = Fleet::start(1, |_| sink.clone());
     let expires = humantime::format_rfc3339_seconds(std::time::SystemTime::now() + Duration::from_secs(86400 * 30));
     let out = cli(
