@@ -185,6 +185,29 @@ impl Agent {
     }
 }
 
+impl Agent {
+    /// At start, before serving, after [`Agent::settle_intents`]: one
+    /// `key_loaded` record per key the store holds, naming its generation
+    /// and the versions it will serve. A key file another tool wrote while
+    /// the agent was down, or one hot reload had taken into memory when the
+    /// agent was killed before its `reload` record, is thus on record before
+    /// the first fetch of it.
+    pub async fn record_loaded_keys(&self) {
+        for state in self.store.list(None) {
+            let record = AuditEvent {
+                key: Some(state.key.to_string()),
+                versions: served_versions(&state),
+                generation_after: Some(state.generation),
+                detail: Some("served from the store at start".to_owned()),
+                ..AuditEvent::new(Event::KeyLoaded, Outcome::Ok)
+            };
+            if let Err(e) = self.audit.record(record).await {
+                tracing::error!(key = %state.key, error = %e, "the key's state at start could not be recorded");
+            }
+        }
+    }
+}
+
 /// The change events [`super::Agent::apply`] notes.
 fn event_named(name: &str) -> Event {
     [

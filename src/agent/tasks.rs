@@ -34,6 +34,7 @@ impl Agent {
         // Changes left in doubt by a crash get their records before
         // anything is served.
         self.settle_intents().await;
+        self.record_loaded_keys().await;
         // Files written into the store by other tools: applied until
         // shutdown. In fleet mode the store directory is only the local
         // copy of what the backend holds: changes come from there instead.

@@ -52,6 +52,10 @@ pub enum Event {
     ConfigReload,
     /// The agent started serving.
     AgentStart,
+    /// At start, before serving: the state of one key as the store holds
+    /// it (whatever changed while the agent was down, or in a crash's
+    /// window, is on record before it is served).
+    KeyLoaded,
     /// The agent stopped.
     AgentStop,
     /// The writer found the log damaged at start and carried on.
@@ -91,6 +95,7 @@ impl Event {
             Event::FleetSync => "fleet_sync",
             Event::ConfigReload => "config_reload",
             Event::AgentStart => "agent_start",
+            Event::KeyLoaded => "key_loaded",
             Event::AgentStop => "agent_stop",
             Event::AuditRecovered => "audit_recovered",
             Event::AuditSegmentSealed => "audit_segment_sealed",

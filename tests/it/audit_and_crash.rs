@@ -322,3 +322,48 @@ async fn a_change_is_preceded_by_its_intent_record() {
     let (ok, report) = verify(&agent, &agent.audit_file());
     assert!(ok, "{report}");
 }
+
+/// A key file another tool wrote while the agent was down (here an old
+/// copy put back, as a backup restore does; or one hot reload had taken in
+/// when the agent was killed before its record) is on record, with the
+/// generation and fingerprints served, before its first fetch.
+#[tokio::test]
+async fn a_key_file_written_while_the_agent_was_down_is_on_record_before_it_is_served() {
+    let mut agent = TestAgent::start();
+    agent.put("prod/offline", "sk_offline_before_1f2e");
+    let file = agent.dir.join("store/prod/offline.age");
+    let old = std::fs::read(&file).unwrap();
+    agent.ok(&["put", "--overwrite", "prod/offline"], Some(b"sk_offline_after_9c3d"));
+    agent.stop();
+    std::fs::write(&file, old).unwrap();
+    agent.spawn().unwrap();
+    let served = agent.fetch("prod", "offline").await.unwrap();
+    let primary = served.primary.as_ref().unwrap();
+    assert_eq!(
+        (&primary.secret[..], served.generation),
+        (&b"sk_offline_before_1f2e"[..], 1)
+    );
+    let lines = agent.audit_lines();
+    let fetch = lines
+        .iter()
+        .rposition(|l| l["event"] == "fetch" && l["key"] == "prod/offline")
+        .expect("the fetch's record");
+    let loaded = lines[..fetch]
+        .iter()
+        .rposition(|l| l["event"] == "key_loaded" && l["key"] == "prod/offline")
+        .unwrap_or_else(|| {
+            panic!(
+                "no key_loaded record before the fetch: {:#?}",
+                &lines[fetch.saturating_sub(6)..=fetch]
+            )
+        });
+    let record = &lines[loaded];
+    assert_eq!(record["generation_after"], served.generation, "{record}");
+    assert_eq!(
+        record["versions"][0]["fingerprint"],
+        primary.fingerprint.as_str(),
+        "{record}"
+    );
+    let (ok, report) = verify(&agent, &agent.audit_file());
+    assert!(ok, "{report}");
+}
