@@ -54,14 +54,21 @@ impl World {
         format!("{KEY}={VAR}@localhost:{}", self.provider.port())
     }
 
+    /// `keyward --dev DIR run --proxy --key KEY=VAR@localhost:PORT
+    /// --upstream-ca CA`, to which the rest is added.
+    fn run_proxy(&self) -> Command {
+        let mut cmd = Command::new(KEYWARD);
+        cmd.arg("--dev")
+            .arg(&self.agent.dir)
+            .args(["run", "--proxy", "--key", &self.binding(), "--upstream-ca"])
+            .arg(&self.ca);
+        cmd
+    }
+
     /// `keyward run --proxy` for `command`, its stderr in `run-NAME.err`.
     fn run(&self, name: &str, command: &[&str], extra: &[&str]) -> Child {
         let err = std::fs::File::create(self.tmp.path().join(format!("run-{name}.err"))).unwrap();
-        Command::new(KEYWARD)
-            .arg("--dev")
-            .arg(&self.agent.dir)
-            .args(["run", "--proxy", "--key", &self.binding(), "--upstream-ca"])
-            .arg(&self.ca)
+        self.run_proxy()
             .args(extra)
             .arg("--")
             .args(command)
@@ -113,6 +120,15 @@ impl World {
 
     fn ok(&self, args: &[&str], stdin: Option<&[u8]>) -> String {
         self.agent.ok(args, stdin)
+    }
+
+    /// The agent's audit records of `event`.
+    fn records(&self, event: &str) -> Vec<serde_json::Value> {
+        self.agent
+            .audit_lines()
+            .into_iter()
+            .filter(|l| l["event"] == event)
+            .collect()
     }
 }
 
@@ -322,12 +338,7 @@ fn the_real_key_reaches_neither_the_child_nor_the_logs() {
     assert_no_secret("the audit log", &audit, &[&secret]);
     assert_no_secret("the agent's log", w.agent.logs().as_bytes(), &[&secret]);
     // The use was reported, by the proxy, under the program's name.
-    let uses: Vec<_> = w
-        .agent
-        .audit_lines()
-        .into_iter()
-        .filter(|l| l["event"] == "key_use")
-        .collect();
+    let uses: Vec<_> = w.records("key_use");
     assert!(
         uses.iter()
             .any(|l| l["detail"].as_str().unwrap_or("").contains("\"seed.js\"")),
@@ -338,11 +349,8 @@ fn the_real_key_reaches_neither_the_child_nor_the_logs() {
 /// A Python one-off under `keyward run --proxy`: `code` reads the
 /// placeholder from the environment; its stdout is returned.
 fn python_under_proxy(w: &World, extra: &[&str], code: &str) -> (String, String) {
-    let out = Command::new(KEYWARD)
-        .arg("--dev")
-        .arg(&w.agent.dir)
-        .args(["run", "--proxy", "--key", &w.binding(), "--upstream-ca"])
-        .arg(&w.ca)
+    let out = w
+        .run_proxy()
         .args(extra)
         .args(["--", "python3", "-c", code])
         .env("PROVIDER_URL", w.provider.url())
@@ -390,12 +398,7 @@ for url in ["{plain}/api", "http://localhost:{port}/api"]:
         "the unbound host got the request"
     );
     assert_no_secret("the answers", out.as_bytes(), &[&secret]);
-    let misdirected: Vec<_> = w
-        .agent
-        .audit_lines()
-        .into_iter()
-        .filter(|l| l["event"] == "key_misdirected")
-        .collect();
+    let misdirected: Vec<_> = w.records("key_misdirected");
     assert!(!misdirected.is_empty(), "no key_misdirected record");
     let detail = misdirected[0]["detail"].as_str().unwrap();
     assert!(
@@ -464,11 +467,8 @@ print(r.status, issuer.get("commonName"))
 "#,
         port = other.port()
     );
-    let out = Command::new(KEYWARD)
-        .arg("--dev")
-        .arg(&w.agent.dir)
-        .args(["run", "--proxy", "--key", &w.binding(), "--upstream-ca"])
-        .arg(&w.ca)
+    let out = w
+        .run_proxy()
         .args(["--", "python3", "-c", &code])
         .env("SSL_CERT_FILE", &base)
         .output()
@@ -518,12 +518,7 @@ print(post(10 * 1024 * 1024), post(1000))
         "{}",
         w.provider.posted_bytes()
     );
-    let failures: Vec<_> = w
-        .agent
-        .audit_lines()
-        .into_iter()
-        .filter(|l| l["event"] == "auth_failure")
-        .collect();
+    let failures: Vec<_> = w.records("auth_failure");
     assert!(
         failures
             .iter()
@@ -558,11 +553,8 @@ fn only_the_processes_it_was_started_for_may_use_the_proxy() {
     let w = World::start("");
     // A child that prints its proxy URL and waits.
     let proxy_file = w.tmp.path().join("proxy-url");
-    let mut run = Command::new(KEYWARD)
-        .arg("--dev")
-        .arg(&w.agent.dir)
-        .args(["run", "--proxy", "--key", &w.binding(), "--upstream-ca"])
-        .arg(&w.ca)
+    let mut run = w
+        .run_proxy()
         .args(["--", "sh", "-c"])
         .arg(format!(
             "echo \"$HTTPS_PROXY $MY_SERVICE_API_KEY\" > {}; exec sleep 600",

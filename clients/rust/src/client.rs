@@ -228,19 +228,15 @@ impl Client {
         service: &str,
         detail: &str,
     ) -> Result<(), Error> {
-        let report = proto::AuthFailureReport {
+        self.send_failure_report(proto::AuthFailureReport {
             key: Some(parse_key(key)?),
             version,
             status_code: status_code.into(),
             service: service.to_string(),
             detail: detail.to_string(),
             misdirected_to: String::new(),
-        };
-        self.keys()
-            .report_auth_failure(report)
-            .await
-            .map_err(|s| self.error(s))?;
-        Ok(())
+        })
+        .await
     }
 
     /// Tells the agent that a request carrying a placeholder of `version`
@@ -256,14 +252,18 @@ impl Client {
         status_code: u16,
         detail: &str,
     ) -> Result<(), Error> {
-        let report = proto::AuthFailureReport {
+        self.send_failure_report(proto::AuthFailureReport {
             key: Some(parse_key(key)?),
             version,
             status_code: status_code.into(),
             service: self.service.to_string(),
             detail: detail.to_string(),
             misdirected_to: sent_to.to_string(),
-        };
+        })
+        .await
+    }
+
+    async fn send_failure_report(&self, report: proto::AuthFailureReport) -> Result<(), Error> {
         self.keys()
             .report_auth_failure(report)
             .await
