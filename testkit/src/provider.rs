@@ -123,6 +123,25 @@ pub struct Provider {
     ca_pem: Option<String>,
 }
 
+/// A TLS client configuration trusting the CA in `pem` alone, HTTP/1.1 by
+/// ALPN: what a test or a benchmark calling the provider (or a proxy
+/// presenting its own CA) needs.
+pub fn client_config(pem: &str) -> rustls::ClientConfig {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let crypto = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(crypto)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config
+}
+
 impl Provider {
     /// Starts a provider with no keys, serving plain HTTP.
     pub fn start() -> Provider {
@@ -433,24 +452,13 @@ mod tests {
     use std::net::TcpStream;
 
     use super::*;
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, ServerName};
+    use rustls::pki_types::ServerName;
 
     /// Sends `request` (its head ends in `Connection: close`) to `provider`
     /// over HTTPS, trusting its CA alone; the whole answer, and the ALPN
     /// protocol agreed.
     fn https(provider: &Provider, request: &str) -> (String, Option<Vec<u8>>) {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(provider.ca_pem().as_bytes()) {
-            roots.add(cert.unwrap()).unwrap();
-        }
-        let crypto = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(crypto)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let config = client_config(&provider.ca_pem());
         let name = ServerName::try_from(TLS_NAME).unwrap();
         let connection = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
         let tcp = TcpStream::connect(("127.0.0.1", provider.port())).unwrap();
