@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15keyward/v1/keys.proto\x12\nkeyward.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"+\n\x06KeyRef\x12\x13\n\x0b\x65nvironment\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"0\n\rGetKeyRequest\x12\x1f\n\x03key\x18\x01 \x01(\x0b\x32\x12.keyward.v1.KeyRef\"\xa2\x01\n\nKeyVersion\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x0e\n\x06secret\x18\x02 \x01(\x0c\x12\x13\n\x0b\x66ingerprint\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xba\x01\n\x06KeySet\x12\x1f\n\x03key\x18\x01 \x01(\x0b\x32\x12.keyward.v1.KeyRef\x12\x12\n\ngeneration\x18\x02 \x01(\x04\x12\'\n\x07primary\x18\x03 \x01(\x0b\x32\x16.keyward.v1.KeyVersion\x12(\n\x08\x66\x61llback\x18\x04 \x01(\x0b\x32\x16.keyward.v1.KeyVersion\x12(\n\x05state\x18\x05 \x01(\x0e\x32\x19.keyward.v1.RotationState\"4\n\x10WatchKeysRequest\x12 \n\x04keys\x18\x01 \x03(\x0b\x32\x12.keyward.v1.KeyRef\"?\n\x08KeyEvent\x12#\n\x07key_set\x18\x01 \x01(\x0b\x32\x12.keyward.v1.KeySet\x12\x0e\n\x06reason\x18\x02 \x01(\t\"{\n\x11\x41uthFailureReport\x12\x1f\n\x03key\x18\x01 \x01(\x0b\x32\x12.keyward.v1.KeyRef\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x13\n\x0bstatus_code\x18\x03 \x01(\r\x12\x0f\n\x07service\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\"\x10\n\x0e\x41uthFailureAck\"d\n\x0cKeyUseReport\x12\x1f\n\x03key\x18\x01 \x01(\x0b\x32\x12.keyward.v1.KeyRef\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x0f\n\x07service\x18\x03 \x01(\t\x12\x11\n\tsuccesses\x18\x04 \x01(\x04\"\x0b\n\tKeyUseAck*U\n\rRotationState\x12\x1e\n\x1aROTATION_STATE_UNSPECIFIED\x10\x00\x12\n\n\x06STEADY\x10\x01\x12\n\n\x06STAGED\x10\x02\x12\x0c\n\x08PROMOTED\x10\x03\x32\x93\x02\n\x04Keys\x12\x37\n\x06GetKey\x12\x19.keyward.v1.GetKeyRequest\x1a\x12.keyward.v1.KeySet\x12\x41\n\tWatchKeys\x12\x1c.keyward.v1.WatchKeysRequest\x1a\x14.keyward.v1.KeyEvent0\x01\x12N\n\x11ReportAuthFailure\x12\x1d.keyward.v1.AuthFailureReport\x1a\x1a.keyward.v1.AuthFailureAck\x12?\n\x0cReportKeyUse\x12\x18.keyward.v1.KeyUseReport\x1a\x15.keyward.v1.KeyUseAckb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15keyward/v1/keys.proto\x12\nkeyward.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"+\n\x06KeyRef\x12\x13\n\x0b\x65nvironment\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"0\n\rGetKeyRequest\x12\x1f\n\x03key\x18\x01 \x01(\x0b\x32\x12.keyward.v1.KeyRef\"\xa2\x01\n\nKeyVersion\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x0e\n\x06secret\x18\x02 \x01(\x0c\x12\x13\n\x0b\x66ingerprint\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xba\x01\n\x06KeySet\x12\x1f\n\x03key\x18\x01 \x01(\x0b\x32\x12.keyward.v1.KeyRef\x12\x12\n\ngeneration\x18\x02 \x01(\x04\x12\'\n\x07primary\x18\x03 \x01(\x0b\x32\x16.keyward.v1.KeyVersion\x12(\n\x08\x66\x61llback\x18\x04 \x01(\x0b\x32\x16.keyward.v1.KeyVersion\x12(\n\x05state\x18\x05 \x01(\x0e\x32\x19.keyward.v1.RotationState\"4\n\x10WatchKeysRequest\x12 \n\x04keys\x18\x01 \x03(\x0b\x32\x12.keyward.v1.KeyRef\"?\n\x08KeyEvent\x12#\n\x07key_set\x18\x01 \x01(\x0b\x32\x12.keyward.v1.KeySet\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x93\x01\n\x11\x41uthFailureReport\x12\x1f\n\x03key\x18\x01 \x01(\x0b\x32\x12.keyward.v1.KeyRef\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x13\n\x0bstatus_code\x18\x03 \x01(\r\x12\x0f\n\x07service\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\x12\x16\n\x0emisdirected_to\x18\x06 \x01(\t\"\x10\n\x0e\x41uthFailureAck\"d\n\x0cKeyUseReport\x12\x1f\n\x03key\x18\x01 \x01(\x0b\x32\x12.keyward.v1.KeyRef\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x0f\n\x07service\x18\x03 \x01(\t\x12\x11\n\tsuccesses\x18\x04 \x01(\x04\"\x0b\n\tKeyUseAck*U\n\rRotationState\x12\x1e\n\x1aROTATION_STATE_UNSPECIFIED\x10\x00\x12\n\n\x06STEADY\x10\x01\x12\n\n\x06STAGED\x10\x02\x12\x0c\n\x08PROMOTED\x10\x03\x32\x93\x02\n\x04Keys\x12\x37\n\x06GetKey\x12\x19.keyward.v1.GetKeyRequest\x1a\x12.keyward.v1.KeySet\x12\x41\n\tWatchKeys\x12\x1c.keyward.v1.WatchKeysRequest\x1a\x14.keyward.v1.KeyEvent0\x01\x12N\n\x11ReportAuthFailure\x12\x1d.keyward.v1.AuthFailureReport\x1a\x1a.keyward.v1.AuthFailureAck\x12?\n\x0cReportKeyUse\x12\x18.keyward.v1.KeyUseReport\x1a\x15.keyward.v1.KeyUseAckb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'keyward.v1.keys_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROTATIONSTATE']._serialized_start=896
-  _globals['_ROTATIONSTATE']._serialized_end=981
+  _globals['_ROTATIONSTATE']._serialized_start=921
+  _globals['_ROTATIONSTATE']._serialized_end=1006
   _globals['_KEYREF']._serialized_start=70
   _globals['_KEYREF']._serialized_end=113
   _globals['_GETKEYREQUEST']._serialized_start=115
@@ -46,14 +46,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WATCHKEYSREQUEST']._serialized_end=571
   _globals['_KEYEVENT']._serialized_start=573
   _globals['_KEYEVENT']._serialized_end=636
-  _globals['_AUTHFAILUREREPORT']._serialized_start=638
-  _globals['_AUTHFAILUREREPORT']._serialized_end=761
-  _globals['_AUTHFAILUREACK']._serialized_start=763
-  _globals['_AUTHFAILUREACK']._serialized_end=779
-  _globals['_KEYUSEREPORT']._serialized_start=781
-  _globals['_KEYUSEREPORT']._serialized_end=881
-  _globals['_KEYUSEACK']._serialized_start=883
-  _globals['_KEYUSEACK']._serialized_end=894
-  _globals['_KEYS']._serialized_start=984
-  _globals['_KEYS']._serialized_end=1259
+  _globals['_AUTHFAILUREREPORT']._serialized_start=639
+  _globals['_AUTHFAILUREREPORT']._serialized_end=786
+  _globals['_AUTHFAILUREACK']._serialized_start=788
+  _globals['_AUTHFAILUREACK']._serialized_end=804
+  _globals['_KEYUSEREPORT']._serialized_start=806
+  _globals['_KEYUSEREPORT']._serialized_end=906
+  _globals['_KEYUSEACK']._serialized_start=908
+  _globals['_KEYUSEACK']._serialized_end=919
+  _globals['_KEYS']._serialized_start=1009
+  _globals['_KEYS']._serialized_end=1284
 # @@protoc_insertion_point(module_scope)

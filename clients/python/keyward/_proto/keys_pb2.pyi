@@ -78,18 +78,20 @@ class KeyEvent(_message.Message):
     def __init__(self, key_set: _Optional[_Union[KeySet, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class AuthFailureReport(_message.Message):
-    __slots__ = ("key", "version", "status_code", "service", "detail")
+    __slots__ = ("key", "version", "status_code", "service", "detail", "misdirected_to")
     KEY_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     STATUS_CODE_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
+    MISDIRECTED_TO_FIELD_NUMBER: _ClassVar[int]
     key: KeyRef
     version: int
     status_code: int
     service: str
     detail: str
-    def __init__(self, key: _Optional[_Union[KeyRef, _Mapping]] = ..., version: _Optional[int] = ..., status_code: _Optional[int] = ..., service: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+    misdirected_to: str
+    def __init__(self, key: _Optional[_Union[KeyRef, _Mapping]] = ..., version: _Optional[int] = ..., status_code: _Optional[int] = ..., service: _Optional[str] = ..., detail: _Optional[str] = ..., misdirected_to: _Optional[str] = ...) -> None: ...
 
 class AuthFailureAck(_message.Message):
     __slots__ = ()

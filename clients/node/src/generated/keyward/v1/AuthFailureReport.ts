@@ -9,6 +9,15 @@ export interface AuthFailureReport {
   'statusCode'?: (number);
   'service'?: (string);
   'detail'?: (string);
+  /**
+   * Set by keyward's proxy instead of a provider's refusal: a request
+   * carried this key's placeholder to this host (HOST:PORT, or
+   * "http://HOST:PORT" for plain HTTP), where the key is not bound. The
+   * proxy did not put the key in and refused the request (status_code is
+   * its answer). The agent audits it as key_misdirected; it is not an auth
+   * failure and feeds no detector.
+   */
+  'misdirectedTo'?: (string);
 }
 
 export interface AuthFailureReport__Output {
@@ -17,4 +26,13 @@ export interface AuthFailureReport__Output {
   'statusCode': (number);
   'service': (string);
   'detail': (string);
+  /**
+   * Set by keyward's proxy instead of a provider's refusal: a request
+   * carried this key's placeholder to this host (HOST:PORT, or
+   * "http://HOST:PORT" for plain HTTP), where the key is not bound. The
+   * proxy did not put the key in and refused the request (status_code is
+   * its answer). The agent audits it as key_misdirected; it is not an auth
+   * failure and feeds no detector.
+   */
+  'misdirectedTo': (string);
 }
