@@ -1,6 +1,6 @@
 //! The open alerts kept in `STATE_DIR/alerts.json`, so that a restart or
 //! an upgrade neither opens them again at the sinks nor leaves them open
-//! there for ever (see [`crate::alerts::detect::SavedAlerts`] for how they
+//! there for ever (see [`crate::alerts::detect::saved::SavedAlerts`] for how they
 //! are taken back).
 //!
 //! Invariants:
@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::alerts::detect::{SavedAlerts, SAVED_FORMAT};
+use crate::alerts::detect::saved::{SavedAlerts, SAVED_FORMAT};
 use crate::store::{read_state_file, remove_state_file_temps, write_state_file};
 
 /// The file's name in the state directory.

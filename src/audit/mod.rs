@@ -96,8 +96,9 @@ pub use error::AuditError;
 pub use head::head_path;
 pub use kind::{Event, Outcome};
 pub use line::{AuditEvent, CallerRecord, Coalesced, VersionRecord, DISTINCT_KEYS_COUNTED};
-pub use retention::Deleted;
-pub use verify::{read_anchors, verify, verify_set, ProblemKind, VerifyOptions, VerifyProblem, VerifyReport};
+pub use segments::Deleted;
+pub use verify::set::{read_anchors, verify, verify_set, VerifyOptions};
+pub use verify::{ProblemKind, VerifyProblem, VerifyReport};
 
 /// How to open the log.
 #[derive(Clone)]

@@ -8,24 +8,13 @@
 //! prefix those records explain.
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::SystemTime;
 
 use super::kind::{Event, Outcome};
 use super::line::{check_line, AuditEvent};
-use super::segments::{deleted_detail, expired, last_line, list_segments, Retain};
+use super::segments::{deleted_detail, expired, last_line, list_segments, Deleted, Retain};
 use super::{Audit, AuditError};
-
-/// A segment deleted by retention.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Deleted {
-    /// Where it was.
-    pub path: PathBuf,
-    /// Its seq range.
-    pub first: u64,
-    /// Its last seq.
-    pub last: u64,
-}
 
 impl Audit {
     /// Deletes the sealed segments `retain` no longer keeps, oldest first,

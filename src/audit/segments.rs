@@ -156,6 +156,17 @@ fn file_name(path: &Path) -> String {
         .map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned())
 }
 
+/// A segment deleted by retention.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Deleted {
+    /// Where it was.
+    pub path: PathBuf,
+    /// Its seq range.
+    pub first: u64,
+    /// Its last seq.
+    pub last: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,7 @@
 
 mod continuity;
 mod report;
-mod set;
+pub mod set;
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -23,27 +23,12 @@ use super::line::{
     OUTCOME_MISSING_TAIL, OUTCOME_TORN, ZERO_HASH,
 };
 pub use report::{ProblemKind, VerifyProblem, VerifyReport};
-pub use set::{read_anchors, verify_set, VerifyOptions};
 
 /// Longest line the verifier reads whole; a longer one is malformed.
 const MAX_LINE: usize = 16 << 20;
 /// Unparseable lines held while waiting to see whether an
 /// `audit_recovered` record marks them as a torn fragment.
 const MAX_PENDING: usize = 10_000;
-
-/// Checks the log at `path`, every sealed segment beside it (in chain
-/// order, before it) and its head file (`<path>.head`, if present) under
-/// the install's audit `key`. `Err` only if a file cannot be read;
-/// everything wrong with their content is in the report.
-pub fn verify(path: &Path, key: &[u8; 32]) -> Result<VerifyReport, AuditError> {
-    verify_set(
-        &VerifyOptions {
-            paths: vec![path.to_path_buf()],
-            ..VerifyOptions::default()
-        },
-        key,
-    )
-}
 
 /// Feeds every line of the file at `path` to `checker`; returns how many
 /// lines it had.

@@ -14,9 +14,11 @@
 //! [`Durability::Write`] mode, where the background sync covers the old
 //! file).
 
+mod log_file;
 mod roll;
 mod tail;
 
+pub(super) use log_file::LogFile;
 use tail::scan_tail;
 
 use std::fs::{File, OpenOptions};
@@ -29,61 +31,8 @@ use std::time::{Instant, SystemTime};
 
 use super::head::{decode_head, head_path, HeadFile, HEAD_LEN};
 use super::kind::{Event, Outcome};
-use super::line::{
-    check_line, encode_record, hash_str, hmac, torn_detail, AuditEvent, CheckedLine, HashHex, HmacSha256, LineError,
-    TimeText, ZERO_HASH,
-};
+use super::line::{check_line, encode_record, hash_str, hmac, torn_detail, AuditEvent, HashHex, HmacSha256, TimeText};
 use super::{lock, AuditError, AuditOptions, AuditStatus, Durability};
-
-/// How much of the log's end `open` reads first to find the last record.
-const TAIL_WINDOW: u64 = 64 * 1024;
-
-/// The log file as the writer uses it: appends, syncs, cuts back a failed
-/// batch, and reads its tail. A trait so tests can make writes fail.
-pub(super) trait LogFile: Send {
-    /// Appends all of `buf` (the file is opened with O_APPEND).
-    fn append(&mut self, buf: &[u8]) -> io::Result<()>;
-    /// fdatasync.
-    fn sync(&mut self) -> io::Result<()>;
-    /// Current length.
-    fn len(&self) -> io::Result<u64>;
-    /// ftruncate.
-    fn truncate(&mut self, len: u64) -> io::Result<()>;
-    /// Fills `buf` from `offset`.
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
-    /// Another handle on the same open file, for the background sync.
-    fn try_clone(&self) -> io::Result<Box<dyn LogFile>>;
-    /// Device and inode, to tell whether the path still names this file.
-    fn id(&self) -> io::Result<(u64, u64)> {
-        Err(io::ErrorKind::Unsupported.into())
-    }
-}
-
-impl LogFile for File {
-    fn append(&mut self, buf: &[u8]) -> io::Result<()> {
-        io::Write::write_all(self, buf)
-    }
-    fn sync(&mut self) -> io::Result<()> {
-        self.sync_data()
-    }
-    fn len(&self) -> io::Result<u64> {
-        Ok(self.metadata()?.len())
-    }
-    fn truncate(&mut self, len: u64) -> io::Result<()> {
-        self.set_len(len)
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.read_exact_at(buf, offset)
-    }
-    fn try_clone(&self) -> io::Result<Box<dyn LogFile>> {
-        Ok(Box::new(File::try_clone(self)?))
-    }
-    fn id(&self) -> io::Result<(u64, u64)> {
-        use std::os::unix::fs::MetadataExt;
-        let m = self.metadata()?;
-        Ok((m.dev(), m.ino()))
-    }
-}
 
 /// Opens the log and its head, recovers the tail, and writes the notices
 /// about what it found (and syncs) before any caller's record, so that a

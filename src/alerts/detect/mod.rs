@@ -53,7 +53,7 @@ mod fallback_failing;
 mod finding;
 mod max_age_overdue;
 mod rising_rate;
-mod saved;
+pub mod saved;
 mod spike;
 mod stale_version;
 mod window;
@@ -69,7 +69,6 @@ use agent_health::Health;
 #[cfg(test)]
 use finding::{human, named};
 use finding::{Finding, KeyView};
-pub use saved::{SavedAlerts, AGENT_PARTS, SAVED_FORMAT};
 use window::KeyReports;
 pub use window::{Classification, Now, Report, MAX_KEPT_REPORTS};
 

@@ -70,3 +70,16 @@ pub fn read_anchors(path: &Path) -> Result<Vec<AnchorHead>, String> {
         .map_err(|e| format!("cannot read the anchors file {}: {e}", path.display()))?;
     crate::audit::anchor::parse_anchors(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
+/// Checks the log at `path`, every sealed segment beside it (in chain
+/// order, before it) and its head file (`<path>.head`, if present) under
+/// the install's audit `key`. `Err` only if a file cannot be read;
+/// everything wrong with their content is in the report.
+pub fn verify(path: &Path, key: &[u8; 32]) -> Result<VerifyReport, AuditError> {
+    verify_set(
+        &VerifyOptions {
+            paths: vec![path.to_path_buf()],
+            ..VerifyOptions::default()
+        },
+        key,
+    )
+}

@@ -3,6 +3,7 @@
 
 use super::super::tests::{lines, opts, write_lines, write_log, KEY};
 use super::super::Durability;
+use super::set::verify;
 use super::*;
 use crate::audit::head::head_path;
 use crate::audit::{AuditEvent, Event, Outcome};

@@ -3,7 +3,12 @@
 
 use std::io;
 
-use super::{check_line, CheckedLine, Event, LineError, LogFile, TAIL_WINDOW, ZERO_HASH};
+use super::log_file::LogFile;
+use crate::audit::kind::Event;
+use crate::audit::line::{check_line, CheckedLine, LineError, ZERO_HASH};
+
+/// How much of the log's end `open` reads first to find the last record.
+const TAIL_WINDOW: u64 = 64 * 1024;
 
 /// Where the chain stands at the end of the log.
 #[derive(Debug, PartialEq, Eq)]
