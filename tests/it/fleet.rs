@@ -226,7 +226,7 @@ async fn a_put_on_one_agent_is_served_by_all_and_openbao_holds_only_ciphertext()
     let lines = b.audit_lines();
     let sync = lines
         .iter()
-        .find(|l| l["event"] == "fleet_sync" && l["key"] == "prod/billing-api")
+        .find(|l| l["event"] == "fleet_sync" && l["key"] == "prod/billing-api" && l["outcome"] == "ok")
         .expect("a fleet_sync record");
     assert_eq!(sync["backend_version"], 1, "{sync}");
     let fetch = lines

@@ -706,6 +706,7 @@ fn keyward_proxy_serves_a_base_url_route_to_its_uid_only() {
         .unwrap_or_else(|| panic!("{first}"))
         .to_owned();
     let placeholder = lines
+        .by_ref()
         .map_while(Result::ok)
         .find_map(|l| {
             l.trim()
@@ -713,6 +714,8 @@ fn keyward_proxy_serves_a_base_url_route_to_its_uid_only() {
                 .map(|p| p.split(' ').next().unwrap().to_owned())
         })
         .unwrap();
+    // Keep reading what the proxy says, so that its stdout stays open.
+    let rest = std::thread::spawn(move || lines.map_while(Result::ok).count());
     let get = |uid: u32| {
         raw_as(
             uid,
@@ -720,9 +723,11 @@ fn keyward_proxy_serves_a_base_url_route_to_its_uid_only() {
             &format!("GET /billing/api HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {placeholder}\r\nConnection: close\r\n\r\n"),
         )
     };
-    assert!(get(0).contains(" 200 "), "{}", get(0));
-    assert!(get(65534).contains(" 407 "));
+    let (root, other) = (get(0), get(65534));
+    assert!(root.contains(" 200 "), "{root}");
+    assert!(other.contains(" 407 "), "{other}");
     assert_eq!(w.provider.accepted(), 1);
     assert_eq!(w.provider.seen_authorizations(), 0);
     stop(proxy);
+    rest.join().unwrap();
 }

@@ -265,27 +265,33 @@ pub(crate) async fn proxy(cli: &Cli, args: &ProxyArgs) -> Outcome {
         true,
     );
     let proxy = proxy::start(&client, settings, args.listen, "keyward proxy").await?;
-    println!("keyward proxy: listening on {} for uid {}", proxy.addr, join(&uids));
+    // What it serves, written at once; a reader that went away (a closed
+    // pipe) does not stop the proxy.
+    let mut said = format!("keyward proxy: listening on {} for uid {}\n", proxy.addr, join(&uids));
     for (bound, p) in described.iter().zip(&proxy.placeholders) {
-        println!("  {bound}");
-        println!(
-            "    placeholder {} (primary {}, fallback {})",
+        said += &format!(
+            "  {bound}\n    placeholder {} (primary {}, fallback {})\n",
             p.var, p.primary, p.fallback
         );
     }
     for r in &routes {
-        println!("  route http://{}{}/… → https://{}/…", proxy.addr, r.prefix, r.upstream);
+        said += &format!(
+            "  route http://{}{}/… → https://{}/…\n",
+            proxy.addr, r.prefix, r.upstream
+        );
     }
     if let Some(path) = &args.ca_out {
         std::fs::write(path, &proxy.ca_pem)
             .map_err(|e| format!("--ca-out {}: cannot write it ({e})", path.display()))?;
-        println!(
-            "  the proxy's CA for this start is in {}: programs using it as an HTTPS proxy must trust it",
+        said += &format!(
+            "  the proxy's CA for this start is in {}: programs using it as an HTTPS proxy must trust it\n",
             path.display()
         );
     }
     use std::io::Write;
-    let _ = std::io::stdout().flush();
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(said.as_bytes()).and_then(|()| out.flush());
+    drop(out);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| format!("cannot handle signals: {e}"))?;
     tokio::select! {
