@@ -367,3 +367,37 @@ async fn a_key_file_written_while_the_agent_was_down_is_on_record_before_it_is_s
     let (ok, report) = verify(&agent, &agent.audit_file());
     assert!(ok, "{report}");
 }
+
+/// The intents file decides what the audit log says at start ("recorded
+/// at start: applied"), so one that another uid owns (here 65534, as if it
+/// had planted notes of changes that never happened), or that others may
+/// write, stops the agent with the fix to run, writes no record from it,
+/// and is left as it was.
+#[test]
+fn an_intents_file_another_uid_could_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    if !nix::unistd::geteuid().is_root() {
+        return common::system::skip("chowns a file to another uid");
+    }
+    let mut agent = TestAgent::start();
+    agent.put("prod/held", "sk_intents_planted");
+    agent.stop();
+    let records = agent.audit_lines().len();
+    let file = agent.dir.join("intents.json");
+    let planted = br#"{"version":1,"intents":[{"id":1,"key":"prod/held","event":"delete","generation_before":1,"generation_after":null}]}"#;
+    std::fs::write(&file, planted).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::chown(&file, Some(65534), Some(65534)).unwrap();
+    let err = agent.spawn().unwrap_err();
+    assert!(err.contains("intents.json") && err.contains("chown"), "{err}");
+    std::os::unix::fs::chown(&file, Some(0), Some(0)).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let err = agent.spawn().unwrap_err();
+    assert!(err.contains("intents.json") && err.contains("chmod"), "{err}");
+    assert_eq!(std::fs::read(&file).unwrap(), planted, "the file was changed");
+    assert_eq!(
+        agent.audit_lines().len(),
+        records,
+        "a record was written from the planted notes"
+    );
+}
