@@ -572,6 +572,20 @@ mod tests {
         .unwrap()
     }
 
+    /// Retired, on the evidence of one user of the new key.
+    fn retired() -> KeySetState {
+        apply(
+            &promoted(),
+            Command::Retire,
+            RetireGate {
+                users: 1,
+                ..Default::default()
+            },
+            SystemTime::UNIX_EPOCH,
+        )
+        .unwrap()
+    }
+
     fn memory() -> Memory {
         Memory {
             trigger: Trigger::Manual,
@@ -625,16 +639,7 @@ mod tests {
         assert!(is_wait(&next(&with_new(), Some(&promoted()), &in_grace), Gate::Grace));
         let used = Observed { users: 1, ..seen() };
         assert_eq!(next(&with_new(), Some(&promoted()), &used), Action::Retire);
-        let retired = apply(
-            &promoted(),
-            Command::Retire,
-            RetireGate {
-                users: 1,
-                ..Default::default()
-            },
-            SystemTime::UNIX_EPOCH,
-        )
-        .unwrap();
+        let retired = retired();
         assert!(matches!(
             next(&with_new(), Some(&retired), &seen()),
             Action::Finish {
@@ -820,16 +825,7 @@ mod tests {
         assert!(is_wait(&next(&fleet, Some(&staged()), &behind), Gate::Fleet));
         assert!(is_wait(&next(&fleet, Some(&promoted()), &behind), Gate::Fleet));
         // After the retire too: done once every live agent has it.
-        let retired = apply(
-            &promoted(),
-            Command::Retire,
-            RetireGate {
-                users: 1,
-                ..Default::default()
-            },
-            SystemTime::UNIX_EPOCH,
-        )
-        .unwrap();
+        let retired = retired();
         assert!(is_wait(&next(&fleet, Some(&retired), &behind), Gate::Fleet));
         assert!(matches!(
             next(&fleet, Some(&retired), &seen()),

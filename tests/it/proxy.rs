@@ -65,6 +65,16 @@ impl World {
         cmd
     }
 
+    /// Both seed programs under `keyward run --proxy` (logs `node` and
+    /// `python`), once each made 5 successful calls.
+    fn run_seeds(&self) -> (Child, Child) {
+        let node = self.run("node", &[node(), &fixture("seed.js")], &[]);
+        let python = self.run("python", &["python3", &fixture("seed.py")], &[]);
+        self.wait_ok("node", 5);
+        self.wait_ok("python", 5);
+        (node, python)
+    }
+
     /// `keyward run --proxy` for `command`, its stderr in `run-NAME.err`.
     fn run(&self, name: &str, command: &[&str], extra: &[&str]) -> Child {
         let err = std::fs::File::create(self.tmp.path().join(format!("run-{name}.err"))).unwrap();
@@ -182,12 +192,7 @@ fn rotate(w: &World, new: &str) {
 #[test]
 fn both_seed_programs_go_through_50_rotations_without_a_failed_call_or_a_restart() {
     let w = World::start("[rotation]\ngrace = \"0s\"\n");
-    let js = fixture("seed.js");
-    let py = fixture("seed.py");
-    let node = w.run("node", &[node(), &js], &[]);
-    let python = w.run("python", &["python3", &py], &[]);
-    w.wait_ok("node", 5);
-    w.wait_ok("python", 5);
+    let (node, python) = w.run_seeds();
     let mut old = w.provider.valid_keys();
     for _ in 0..50 {
         let new = w.provider.issue();
@@ -228,12 +233,7 @@ async fn an_early_revocation_is_absorbed_by_the_fallback_and_alerts_naming_the_p
         "[alerts]\nrepeat_interval = \"1h\"\n[[alerts.sink]]\nkind = \"webhook\"\nurl = \"{}\"\n",
         r.url("/hook")
     ));
-    let js = fixture("seed.js");
-    let py = fixture("seed.py");
-    let node = w.run("node", &[node(), &js], &[]);
-    let python = w.run("python", &["python3", &py], &[]);
-    w.wait_ok("node", 5);
-    w.wait_ok("python", 5);
+    let (node, python) = w.run_seeds();
     let old = w.provider.valid_keys();
     w.ok(&["stage", KEY], Some(w.provider.issue().as_bytes()));
     std::thread::sleep(Duration::from_millis(100));
