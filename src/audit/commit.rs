@@ -9,6 +9,13 @@
 //! on a oneshot for its answer. Uncontended, a record is therefore one
 //! `write(2)` on the caller's thread, with no thread wake-up at all.
 //!
+//! With [`Durability::Fsync`] the answer then waits for durability: the
+//! caller tells the sync thread ([`Demand`]) how far it needs the log
+//! synced and awaits the seq it publishes. The leader never syncs, so it
+//! never holds the writer through an fdatasync, and records written during
+//! a sync are all covered by the next one, whatever the runtime is doing
+//! (a busy or single-threaded runtime cannot delay a sync).
+//!
 //! Invariants:
 //!
 //! - At most one leader at a time (`State::leading`); only the leader holds
@@ -29,11 +36,10 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use tokio::runtime::RuntimeFlavor;
 use tokio::sync::{oneshot, Notify};
 
 use super::head::HeadFile;
-use super::sync::Syncer;
+use super::sync::{Cadence, Demand, Syncer};
 use super::writer::Writer;
 use super::{lock, AuditError, AuditEvent, AuditOptions, AuditStatus, Durability};
 
@@ -86,12 +92,14 @@ pub(super) struct Shared {
     pub(super) status: Arc<Mutex<AuditStatus>>,
     head: Arc<Mutex<HeadFile>>,
     path: PathBuf,
-    durability: Durability,
     /// Most records in one write, the first one aside.
     max_batch: usize,
-    /// The background sync thread, until `close` stops it (a tokio mutex:
-    /// a second `close` waits while the first stops the thread).
+    /// The sync thread, until `close` stops it (a tokio mutex: a second
+    /// `close` waits while the first stops the thread).
     syncer: tokio::sync::Mutex<Option<Syncer>>,
+    /// With [`Durability::Fsync`]: what a written record waits on until a
+    /// sync covers it.
+    demand: Option<Arc<Demand>>,
 }
 
 impl Shared {
@@ -103,16 +111,21 @@ impl Shared {
         head: Arc<Mutex<HeadFile>>,
         status: Arc<Mutex<AuditStatus>>,
     ) -> Result<Shared, AuditError> {
-        let syncer = match opts.durability {
-            Durability::Fsync => None,
-            Durability::Write => Some(Syncer::start(
-                writer.sync_files().expect("the writer keeps sync files in write mode"),
-                writer.seq(),
-                opts,
-                Arc::clone(&status),
-                Arc::clone(&head),
-            )?),
+        let (cadence, demand) = match opts.durability {
+            Durability::Fsync => {
+                let demand = Demand::new(writer.seq());
+                (Cadence::OnDemand(Arc::clone(&demand)), Some(demand))
+            }
+            Durability::Write => (Cadence::Every(opts.fsync_interval), None),
         };
+        let syncer = Syncer::start(
+            writer.sync_files(),
+            writer.seq(),
+            cadence,
+            opts,
+            Arc::clone(&status),
+            Arc::clone(&head),
+        )?;
         Ok(Shared {
             state: Mutex::new(State {
                 queue: Vec::new(),
@@ -126,14 +139,23 @@ impl Shared {
             status,
             head,
             path: opts.path.clone(),
-            durability: opts.durability,
             max_batch: opts.max_batch,
-            syncer: tokio::sync::Mutex::new(syncer),
+            syncer: tokio::sync::Mutex::new(Some(syncer)),
+            demand,
         })
     }
 
     /// See [`super::Audit::record`].
     pub(super) async fn record(&self, event: AuditEvent) -> Result<u64, AuditError> {
+        let seq = self.write(event).await?;
+        if let Some(demand) = &self.demand {
+            demand.wait(seq, &self.path).await?;
+        }
+        Ok(seq)
+    }
+
+    /// Writes `event` (group-committed) and returns its seq.
+    async fn write(&self, event: AuditEvent) -> Result<u64, AuditError> {
         let rx = {
             let mut st = lock(&self.state);
             if st.closed {
@@ -168,32 +190,22 @@ impl Shared {
     /// returns that record's answer. Called with `leading` set (by us, or
     /// by the leader that handed us the lead).
     fn lead(&self) -> Result<u64, AuditError> {
-        let io = || {
-            let _guard = PanicGuard(self);
-            let writer = lock(&self.state)
-                .writer
-                .take()
-                .expect("the writer is parked while nobody leads");
-            let mut own = None;
-            if let Some((mut st, writer)) = self.drain(writer, true, &mut own) {
-                st.writer = Some(writer);
-                st.leading = false;
-                let closed = st.closed;
-                drop(st);
-                if closed {
-                    self.released.notify_waiters();
-                }
+        let _guard = PanicGuard(self);
+        let writer = lock(&self.state)
+            .writer
+            .take()
+            .expect("the writer is parked while nobody leads");
+        let mut own = None;
+        if let Some((mut st, writer)) = self.drain(writer, true, &mut own) {
+            st.writer = Some(writer);
+            st.leading = false;
+            let closed = st.closed;
+            drop(st);
+            if closed {
+                self.released.notify_waiters();
             }
-            own.expect("the leader's own record is written before it lets go")
-        };
-        // fdatasync can take milliseconds: move this worker's other tasks
-        // to another thread first. A plain write takes microseconds, which
-        // a worker can afford (and block_in_place would cost a thread
-        // wake-up per batch, the very thing this scheme avoids).
-        match self.durability {
-            Durability::Fsync => blocking(io),
-            Durability::Write => io(),
         }
+        own.expect("the leader's own record is written before it lets go")
     }
 
     /// Writes queued records in batches of at most `max_batch + 1` until
@@ -292,8 +304,11 @@ impl Shared {
                 let mut unused = None;
                 let (again, mut writer) = self.drain(writer, false, &mut unused).expect("unbounded drain");
                 drop(again);
-                writer.sync_and_move_head();
+                let synced = writer.sync_and_move_head();
                 lock(&self.head).sync();
+                if let Some(demand) = &self.demand {
+                    demand.settle(writer.seq(), synced);
+                }
                 st = lock(&self.state);
                 st.writer = Some(writer);
                 st.finished = true;
@@ -337,7 +352,7 @@ impl Drop for Shared {
                 writer.failed("write", &e, queue.len());
             }
         }
-        writer.sync_and_move_head();
+        let _ = writer.sync_and_move_head();
     }
 }
 
@@ -408,12 +423,13 @@ impl Drop for PanicGuard<'_> {
     }
 }
 
-/// Runs `f`, which blocks on the disk: inside `block_in_place` on a
-/// multi-thread runtime (other tasks move to another thread meanwhile),
-/// inline elsewhere (a current-thread runtime, or no runtime).
+/// Runs `f`, which blocks on the disk (close's final sync): inside
+/// `block_in_place` on a multi-thread runtime (other tasks move to another
+/// thread meanwhile), inline elsewhere (a current-thread runtime, or no
+/// runtime).
 fn blocking<R>(f: impl FnOnce() -> R) -> R {
     match tokio::runtime::Handle::try_current() {
-        Ok(rt) if rt.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        Ok(rt) if rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
         _ => f(),
     }
 }

@@ -80,9 +80,8 @@ pub(super) fn decode_head(key: &[u8; 32], bytes: &[u8]) -> Result<Option<Head>, 
     }))
 }
 
-/// The head file, behind its own mutex: moved by the leader after each
-/// batch with [`super::Durability::Fsync`], by the background sync thread with
-/// [`super::Durability::Write`], and by `close`.
+/// The head file, behind its own mutex: moved by the sync thread after
+/// each sync, and by `close`.
 pub(super) struct HeadFile {
     pub(super) file: File,
     pub(super) key: [u8; 32],

@@ -14,14 +14,20 @@
 //! binlog, and it means an uncontended record costs one `write(2)` and no
 //! thread wake-up. See `commit.rs`.
 //!
-//! With [`Durability::Write`] a background thread fdatasyncs every
-//! `fsync_interval` and then moves the head file; with
-//! [`Durability::Fsync`] the leader syncs each batch before answering
-//! (inside `block_in_place` on a multi-thread runtime).
+//! Syncing is never the leader's job: one thread (`sync.rs`) fdatasyncs
+//! the log and then moves the head file. With [`Durability::Write`] it runs
+//! every `fsync_interval`; with [`Durability::Fsync`] a written record
+//! waits until a sync covers it, and the thread starts the next sync as
+//! soon as one ends if records were written meanwhile, so one fdatasync
+//! serves every record written while the one before it ran.
 //!
 //! Invariants this module keeps:
 //!
 //! - One leader writes at a time, and the log grows by whole batches.
+//! - With [`Durability::Fsync`], `record` answers only once the sync thread
+//!   has synced past the record; if that sync fails, every record waiting
+//!   for it gets an error (the fetch fails closed), though the records stay
+//!   in the file, where a later sync may still make them durable.
 //!   Records are chained in the order they are written, which is the order
 //!   they were queued.
 //! - The leader never awaits between taking the writer state and putting it
@@ -70,8 +76,8 @@
 //! tail recovery, appending; sealing and reopening in `writer/roll.rs`),
 //! [`segments`] segment names and retention choices, `retention.rs` the
 //! deletion of old segments, [`anchor`] the published chain head and its
-//! check, `sync.rs` the background sync of
-//! [`Durability::Write`], `verify.rs` the offline verifier, and `error.rs`
+//! check, `sync.rs` the sync thread (on an
+//! interval, or on demand), `verify.rs` the offline verifier, and `error.rs`
 //! [`AuditError`]. This file is the facade: [`Audit`] and its options.
 
 pub mod anchor;

@@ -3,16 +3,18 @@
 //! keeps the head file.
 //!
 //! Invariant: the log only ever grows by whole batches. A batch whose write
-//! or sync fails is cut back off (ftruncate to the length before it), its
+//! fails is cut back off (ftruncate to the length before it), its
 //! callers all get an error, and the chain does not advance; if the cut
 //! itself fails, nothing more is written until it succeeds, so a half
 //! record is never followed by new ones.
 //!
 //! Sealing the live file into a segment, reopening it on SIGHUP and noticing
 //! that it shrank are in `roll.rs`: each happens at the start of a batch,
-//! in the leader, and costs a few metadata syscalls (no fsync in
-//! [`Durability::Write`] mode, where the background sync covers the old
-//! file).
+//! in the leader, and costs a few metadata syscalls (no fsync: the sync
+//! thread covers the old file).
+//!
+//! The writer never syncs on the commit path: the sync thread (`sync.rs`)
+//! does, on its own handle of the live file (`SyncFiles`).
 
 mod log_file;
 mod roll;
@@ -32,7 +34,7 @@ use std::time::{Instant, SystemTime};
 use super::head::{decode_head, head_path, HeadFile, HEAD_LEN};
 use super::kind::{Event, Outcome};
 use super::line::{check_line, encode_record, hash_str, hmac, torn_detail, AuditEvent, HashHex, HmacSha256, TimeText};
-use super::{lock, AuditError, AuditOptions, AuditStatus, Durability};
+use super::{lock, AuditError, AuditOptions, AuditStatus};
 
 /// Opens the log and its head, recovers the tail, and writes the notices
 /// about what it found (and syncs) before any caller's record, so that a
@@ -111,13 +113,10 @@ pub(super) fn open(
     let segment_first = roll::first_seq(&*log, &opts.key)
         .map_err(io_err)?
         .unwrap_or(tail.seq + 1);
-    let sync_files = match opts.durability {
-        Durability::Fsync => None,
-        Durability::Write => Some(Arc::new(Mutex::new(SyncFiles {
-            current: log.try_clone().map_err(io_err)?,
-            retired: Vec::new(),
-        }))),
-    };
+    let sync_files = Arc::new(Mutex::new(SyncFiles {
+        current: log.try_clone().map_err(io_err)?,
+        retired: Vec::new(),
+    }));
     let mut writer = Writer {
         segments: roll::SegmentState {
             first: segment_first,
@@ -133,7 +132,6 @@ pub(super) fn open(
         log,
         mac: hmac(&opts.key),
         path,
-        durability: opts.durability,
         seq: tail.seq,
         hash,
         len: tail.len,
@@ -225,7 +223,6 @@ pub(super) struct Writer {
     /// HMAC-SHA256 keyed with the install's audit key, cloned per record.
     mac: HmacSha256,
     path: PathBuf,
-    durability: Durability,
     /// The chain's tip: seq and hash of the last record written.
     seq: u64,
     hash: HashHex,
@@ -247,8 +244,8 @@ pub(super) struct Writer {
     reopen: Arc<AtomicBool>,
     /// Bumped after each seal (the anchor and retention tasks wait on it).
     seals: Arc<tokio::sync::watch::Sender<u64>>,
-    /// With [`Durability::Write`], the files the background sync covers.
-    sync_files: Option<Arc<Mutex<SyncFiles>>>,
+    /// The files the sync thread covers.
+    sync_files: Arc<Mutex<SyncFiles>>,
 }
 
 /// The files the background sync of [`Durability::Write`] fdatasyncs: the
@@ -263,9 +260,9 @@ pub(super) struct SyncFiles {
 const KEEP_BUF: usize = 1 << 20;
 
 impl Writer {
-    /// The files the background sync covers ([`Durability::Write`]).
-    pub(super) fn sync_files(&self) -> Option<Arc<Mutex<SyncFiles>>> {
-        self.sync_files.clone()
+    /// The files the sync thread covers.
+    pub(super) fn sync_files(&self) -> Arc<Mutex<SyncFiles>> {
+        Arc::clone(&self.sync_files)
     }
 
     /// The seq of the last record written.
@@ -273,8 +270,7 @@ impl Writer {
         self.seq
     }
 
-    /// Appends pending notices and `events` as one write (and, with
-    /// [`Durability::Fsync`], syncs it and moves the head); returns the seq
+    /// Appends pending notices and `events` as one write; returns the seq
     /// of the first of `events`. On failure, cuts the batch back off and
     /// leaves the chain where it was.
     pub(super) fn write_batch<'e>(&mut self, events: impl Iterator<Item = &'e AuditEvent>) -> io::Result<u64> {
@@ -314,9 +310,6 @@ impl Writer {
         self.hash = hash;
         self.needs_newline = false;
         self.notices.clear();
-        if self.durability == Durability::Fsync {
-            lock(&self.head).advance(self.seq, hash_str(&self.hash));
-        }
         let mut status = lock(&self.status);
         status.sequence = self.seq;
         status.head.clear();
@@ -325,16 +318,13 @@ impl Writer {
         Ok(first)
     }
 
-    /// Appends `buf` (and syncs it, with [`Durability::Fsync`]); on failure
+    /// Appends `buf`; on failure
     /// cuts it back off, or remembers that it must be.
     fn append(&mut self, buf: &[u8]) -> io::Result<()> {
         if buf.is_empty() {
             return Ok(());
         }
-        let written = self.log.append(buf).and_then(|()| match self.durability {
-            Durability::Fsync => self.log.sync(),
-            Durability::Write => Ok(()),
-        });
+        let written = self.log.append(buf);
         if written.is_err() && self.log.truncate(self.len).is_err() {
             self.cut_back_pending = true;
         }
@@ -343,14 +333,15 @@ impl Writer {
 
     /// fdatasyncs the log, then moves the head to the now durable tip.
     /// Failures are reported in the status.
-    pub(super) fn sync_and_move_head(&mut self) {
+    pub(super) fn sync_and_move_head(&mut self) -> bool {
         if let Err(e) = self.log.sync() {
             self.failed("sync", &e, 0);
-            return;
+            return false;
         }
         if self.notices.is_empty() {
             lock(&self.head).advance(self.seq, hash_str(&self.hash));
         }
+        true
     }
 
     /// Reports a failed write or sync; `refused`: records answered with an

@@ -19,7 +19,9 @@ pub enum Durability {
     /// write(2) returned: survives an agent crash, not a power loss. A
     /// background fdatasync runs every `fsync_interval`.
     Write,
-    /// fdatasync returned for the batch: survives a power loss.
+    /// An fdatasync that covers the record returned: survives a power
+    /// loss. One sync covers every record written while the one before it
+    /// ran.
     Fsync,
 }
 

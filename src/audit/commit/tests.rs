@@ -340,3 +340,132 @@ async fn close_while_records_are_in_flight_leaves_a_verifying_log() {
         assert_eq!((report.records_checked, report.last_seq), (written, written));
     }
 }
+
+/// What a [`Synced`] log file's syncs saw, shared by its clones (the sync
+/// thread syncs a clone).
+#[derive(Default)]
+struct SyncLog {
+    syncs: AtomicU64,
+    /// The file's length when the last successful sync started: every
+    /// byte before it is on disk.
+    durable_len: AtomicU64,
+    /// Each sync takes this long, as a disk's flush does.
+    delay_ms: AtomicU64,
+    fail: std::sync::atomic::AtomicBool,
+}
+
+/// A log file whose syncs are slow (and can fail), counted and noted.
+struct Synced {
+    file: std::fs::File,
+    log: Arc<SyncLog>,
+}
+
+impl LogFile for Synced {
+    fn append(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.file.append(buf)
+    }
+    fn sync(&mut self) -> std::io::Result<()> {
+        let len = LogFile::len(&self.file)?;
+        std::thread::sleep(Duration::from_millis(self.log.delay_ms.load(Ordering::SeqCst)));
+        if self.log.fail.load(Ordering::SeqCst) {
+            return Err(std::io::Error::from_raw_os_error(libc::EIO));
+        }
+        self.file.sync()?;
+        self.log.syncs.fetch_add(1, Ordering::SeqCst);
+        self.log.durable_len.fetch_max(len, Ordering::SeqCst);
+        Ok(())
+    }
+    fn len(&self) -> std::io::Result<u64> {
+        LogFile::len(&self.file)
+    }
+    fn truncate(&mut self, len: u64) -> std::io::Result<()> {
+        self.file.truncate(len)
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        LogFile::read_at(&self.file, buf, offset)
+    }
+    fn try_clone(&self) -> std::io::Result<Box<dyn LogFile>> {
+        Ok(Box::new(Synced {
+            file: self.file.try_clone()?,
+            log: Arc::clone(&self.log),
+        }))
+    }
+}
+
+fn start_synced(opts: &AuditOptions, delay_ms: u64) -> (Audit, Arc<SyncLog>) {
+    let log = Arc::new(SyncLog::default());
+    log.delay_ms.store(delay_ms, Ordering::SeqCst);
+    let l = Arc::clone(&log);
+    let audit = Audit::start_with(opts.clone(), move |file| Box::new(Synced { file, log: l })).unwrap();
+    (audit, log)
+}
+
+/// How many whole records the first `len` bytes of the log hold.
+fn records_in(path: &std::path::Path, len: u64) -> u64 {
+    let bytes = std::fs::read(path).unwrap();
+    bytes[..len as usize].iter().filter(|b| **b == b'\n').count() as u64
+}
+
+/// Power-safe mode's group commit: a record is answered only once a sync
+/// covers it, and one sync covers every record written while the one
+/// before it ran. On a current-thread runtime, a leader that synced its
+/// own batch would block the only thread, so nobody could queue behind it
+/// and every record would cost its own sync (320 here); with the sync on
+/// its own thread, the 16 callers share them (about 50 here: a sync starts
+/// as soon as the one before ends, often with only the first few callers
+/// back, and the next takes the rest).
+#[tokio::test(flavor = "current_thread")]
+async fn one_sync_serves_every_record_written_while_the_one_before_ran() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = opts(dir.path(), Durability::Fsync);
+    let (audit, syncs) = start_synced(&opts, 5);
+    let path = opts.path.clone();
+    let tasks: Vec<_> = (0..16)
+        .map(|t| {
+            let (audit, syncs, path) = (audit.clone(), Arc::clone(&syncs), path.clone());
+            tokio::spawn(async move {
+                for i in 0..20 {
+                    let seq = audit.record(fetch(t * 100 + i)).await.unwrap();
+                    // Answered only once it is on disk.
+                    let durable = syncs.durable_len.load(Ordering::SeqCst);
+                    assert!(
+                        records_in(&path, durable) >= seq,
+                        "record {seq} answered before a sync covered it"
+                    );
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let n = syncs.syncs.load(Ordering::SeqCst);
+    assert!(n <= 80, "320 records took {n} syncs: callers did not share them");
+    audit.close().await;
+    let report = verify(&opts.path, &KEY).unwrap();
+    assert!(report.is_ok() && report.notes.is_empty(), "{report}");
+    assert_eq!(report.last_seq, 320);
+    // The head names the last record (moved only after a sync).
+    let head = std::fs::read(super::super::head::head_path(&opts.path)).unwrap();
+    assert_eq!(super::super::head::decode_head(&KEY, &head).unwrap().unwrap().seq, 320);
+}
+
+/// A sync that fails refuses the records waiting for it (the fetch fails
+/// closed) and says so in the status; the next record is synced again and
+/// answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_sync_refuses_the_records_it_was_to_cover() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = opts(dir.path(), Durability::Fsync);
+    let (audit, syncs) = start_synced(&opts, 0);
+    assert_eq!(audit.record(fetch(1)).await.unwrap(), 1);
+    syncs.fail.store(true, Ordering::SeqCst);
+    let err = audit.record(fetch(2)).await.unwrap_err();
+    assert!(matches!(err, AuditError::Io { .. }), "{err}");
+    assert!(audit.status().error.unwrap().contains("sync failed"));
+    syncs.fail.store(false, Ordering::SeqCst);
+    assert_eq!(audit.record(fetch(3)).await.unwrap(), 3);
+    audit.close().await;
+    let report = verify(&opts.path, &KEY).unwrap();
+    assert!(report.is_ok(), "{report}");
+}

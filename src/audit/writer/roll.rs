@@ -11,10 +11,11 @@
 //! first record, `audit_segment_opened`, names the sealed one; its `prev`
 //! is the seal's hash, so the chain simply continues.
 //!
-//! None of this fsyncs in [`Durability::Write`] mode: the old file goes to
-//! the background sync, which syncs it before moving the head past it. So
-//! a roll costs the leader one extra small write, an open, a link and a
-//! rename: far less than a commit's fdatasync.
+//! None of this fsyncs: the old file goes to the sync thread, which syncs
+//! it and the directory before the head moves past it (and, in
+//! [`crate::audit::Durability::Fsync`] mode, before any record of the new
+//! file is answered). So a roll costs the leader one extra small write, an
+//! open, a link and a rename: far less than a commit's fdatasync.
 
 use std::io;
 use std::os::unix::fs::MetadataExt;
@@ -22,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::{check_line, encode_record, hash_str, lock, notice_of, open_private, Durability, LogFile, Writer};
+use super::{check_line, encode_record, hash_str, lock, notice_of, open_private, LogFile, Writer};
 use crate::audit::kind::{Event, Outcome};
 use crate::audit::line::TimeText;
 use crate::audit::segments::{opened_detail, sealed_detail, segment_path};
@@ -181,9 +182,6 @@ impl Writer {
             self.seq = last;
             self.hash = hash;
             self.needs_newline = false;
-            if self.durability == Durability::Fsync {
-                lock(&self.head).advance(self.seq, hash_str(&self.hash));
-            }
             self.segments.seal_pending = true;
         }
         match std::fs::hard_link(&self.path, &sealed) {
@@ -193,12 +191,6 @@ impl Writer {
             Err(e) => return Err(e),
         }
         std::fs::rename(&next_path, &self.path)?;
-        if self.durability == Durability::Fsync {
-            // Power-safe mode: the rename and the new file are durable
-            // before any record in it is acknowledged.
-            let dir = self.path.parent().filter(|d| !d.as_os_str().is_empty());
-            std::fs::File::open(dir.unwrap_or(Path::new(".")))?.sync_all()?;
-        }
         self.segments.seal_pending = false;
         self.replace_log(Box::new(next))?;
         self.start_segment(0)?;
@@ -212,21 +204,15 @@ impl Writer {
         Ok(())
     }
 
-    /// Makes `next` the live file; the old one goes to the background sync
-    /// (or, in [`Durability::Fsync`] mode, is already synced).
+    /// Makes `next` the live file; the old one goes to the sync thread.
     fn replace_log(&mut self, next: Box<dyn LogFile>) -> io::Result<()> {
-        let current = match &self.sync_files {
-            Some(_) => Some(next.try_clone()?),
-            None => None,
-        };
+        let current = next.try_clone()?;
         // The old handle is closed here; the sync thread's own handle on
         // the same file is what gets synced.
         drop(std::mem::replace(&mut self.log, next));
-        if let (Some(files), Some(current)) = (&self.sync_files, current) {
-            let mut files = lock(files);
-            let old = std::mem::replace(&mut files.current, current);
-            files.retired.push(old);
-        }
+        let mut files = lock(&self.sync_files);
+        let old = std::mem::replace(&mut files.current, current);
+        files.retired.push(old);
         Ok(())
     }
 

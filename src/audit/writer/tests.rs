@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use super::super::tests::{fetch, lines, opts, write_lines, write_log, KEY};
 use super::super::{verify, Audit, ProblemKind};
 use super::*;
+use crate::audit::Durability;
 
 #[tokio::test]
 async fn chain_continues_across_restart() {
