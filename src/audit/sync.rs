@@ -116,9 +116,10 @@ impl Demand {
     }
 }
 
-/// The sync thread.
+/// The sync thread. Dropped without [`Syncer::stop`] (every handle on the
+/// log dropped without `close`), it still tells the thread to stop.
 pub(super) struct Syncer {
-    demand: Arc<Demand>,
+    demand: StopOnDrop,
     /// Sent as the thread's very last act.
     done: oneshot::Receiver<()>,
     thread: std::thread::JoinHandle<()>,
@@ -167,19 +168,38 @@ impl Syncer {
                 let _ = done_tx.send(());
             })
             .map_err(|e| AuditError::io(&opts.path, e))?;
-        Ok(Syncer { demand, done, thread })
+        Ok(Syncer {
+            demand: StopOnDrop(demand),
+            done,
+            thread,
+        })
     }
 
     /// Stops the thread and waits for it, without blocking the runtime on a
     /// sync in progress.
     pub(super) async fn stop(self) {
-        lock(&self.demand.state).stop = true;
-        self.demand.wake.notify_one();
+        self.demand.stop();
         // Err only if the thread is already gone.
         let _ = self.done.await;
         if self.thread.join().is_err() {
             tracing::error!("the audit sync thread panicked");
         }
+    }
+}
+
+/// Tells the sync thread to stop when dropped (or asked).
+struct StopOnDrop(Arc<Demand>);
+
+impl StopOnDrop {
+    fn stop(&self) {
+        lock(&self.0.state).stop = true;
+        self.0.wake.notify_one();
+    }
+}
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

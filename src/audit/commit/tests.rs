@@ -286,7 +286,14 @@ async fn dropping_every_handle_without_close_syncs_and_moves_the_head() {
     for i in 0..3 {
         audit.record(fetch(i)).await.unwrap();
     }
+    let status = Arc::clone(&audit.inner.status);
     drop(audit);
+    // The sync thread stops too (it held the last other reference).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Arc::strong_count(&status) > 1 {
+        assert!(Instant::now() < deadline, "the sync thread outlived the log");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let head = std::fs::read(super::super::head::head_path(&opts.path)).unwrap();
     let head = super::super::head::decode_head(&KEY, &head).unwrap().unwrap();
     assert_eq!(head.seq, 3);
