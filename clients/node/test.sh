@@ -2,11 +2,14 @@
 # The Node client's tests: install (npm ci), check the committed protos and
 # generated types against the repo's proto/, build, and run the tests
 # against real agents from KEYWARD_BIN_DIR (default: the repo's
-# target/debug). Ends with "client tests: N passed, M failed" and exits
-# non-zero when anything failed.
+# target/debug). npm's cache is the repo's target/npm-cache (CI keeps
+# target/), which the install tests (test/install.test.mjs) use too. Ends
+# with "client tests: N passed, M failed" and exits non-zero when anything
+# failed.
 set -uo pipefail
 cd "$(dirname "$0")"
 export KEYWARD_BIN_DIR="${KEYWARD_BIN_DIR:-$(cd ../.. && pwd)/target/debug}"
+export npm_config_cache="${npm_config_cache:-$(cd ../.. && pwd)/target/npm-cache}"
 
 failed=0
 passed=0
@@ -25,7 +28,9 @@ for bin in keywardd keyward; do
 done
 
 echo "== npm ci"
-if ! npm ci --no-audit --no-fund --loglevel=error; then
+# --ignore-scripts: its prepare script would build here; the build below
+# does, reporting its own failure.
+if ! npm ci --ignore-scripts --prefer-offline --no-audit --no-fund --loglevel=error; then
   failed=1
   report
 fi
