@@ -5,7 +5,8 @@
 //               callWithFallback
 // - clientname.ts the x-keyward-client header (node/VERSION) on every call
 // - handle.ts   KeyHandle: a KeySet kept current across agent restarts;
-//               reportUse
+//               reportUse; typed events; unref'd unless persistent
+// - watchstream.ts a handle's WatchKeys stream on node:http2 (unref-able)
 // - fallback.ts callWithFallback: primary, report on 401/403, then fallback;
 //               a success is reported as key use
 // - keyuse.ts   key-use reports: at most one per version every 5 s
@@ -14,9 +15,10 @@
 //               the first call sends anything
 // - errors.ts   KeywardError and its subclasses; the one gRPC → error mapping
 // - proto.ts    loading the bundled protos and building the stub
+// - internal.ts what a Client shares with its handles (the checked socket)
 // - generated/  types generated from proto/ (npm run gen); do not edit
 export { Client, DEFAULT_SOCKET, type ClientOptions } from "./client";
-export { KeyHandle, type HandleOptions } from "./handle";
+export { KeyHandle, type HandleOptions, type KeyHandleEvents } from "./handle";
 export { isAuthRejection, statusOf, type FallbackOptions } from "./fallback";
 export { USE_REPORT_INTERVAL_MS } from "./keyuse";
 export { CLIENT_HEADER, VERSION } from "./clientname";
