@@ -14,8 +14,9 @@ import type { KeysClient } from "./generated/keyward/v1/Keys";
 import type { KeyRef } from "./generated/keyward/v1/KeyRef";
 import type { KeyEvent__Output } from "./generated/keyward/v1/KeyEvent";
 import { KeyHandle, type HandleOptions } from "./handle";
-import { callWithFallback, type FallbackOptions } from "./fallback";
+import { callWithFallback, cooldownFrom, type FallbackOptions } from "./fallback";
 import { registerInternals } from "./internal";
+import { DEFAULT_FALLBACK_COOLDOWN_MS } from "./sticky";
 
 /** The socket used when neither the option nor KEYWARD_SOCKET is set. */
 export const DEFAULT_SOCKET = "/run/keyward/keys.sock";
@@ -30,6 +31,12 @@ export interface ClientOptions {
    * (default: env KEYWARD_AGENT_UID). See README "Who serves the socket".
    */
   agentUid?: number;
+  /**
+   * How long callWithFallback goes straight to the fallback after the
+   * provider refused the primary, in ms (default 30000; 0: try the primary
+   * first on every call). See README "Sticky fallback".
+   */
+  fallbackCooldownMs?: number;
 }
 
 export class Client {
@@ -37,6 +44,8 @@ export class Client {
   readonly socket: string;
   /** The uid keywardd runs as, trusted besides root and this user. */
   readonly agentUid: number | undefined;
+  /** callWithFallback's default cool-down after a refusal, in ms. */
+  readonly fallbackCooldownMs: number;
   #stub: KeysClient | undefined;
   #real: string | undefined;
   #checking: Promise<string> | undefined;
@@ -50,6 +59,7 @@ export class Client {
     this.socket = path.resolve(opts.socket || process.env.KEYWARD_SOCKET || DEFAULT_SOCKET);
     this.#timeoutMs = opts.timeoutMs ?? 5000;
     this.agentUid = agentUidFrom(opts.agentUid);
+    this.fallbackCooldownMs = cooldownFrom(opts.fallbackCooldownMs, DEFAULT_FALLBACK_COOLDOWN_MS);
     registerInternals(this, { checkedSocket: () => this.#checkedSocket() });
   }
 
@@ -210,8 +220,9 @@ export class Client {
   /**
    * Calls `fn` with the primary secret of `key`; when it is refused (401 or
    * 403), reports that to the agent and calls `fn` again with the fallback.
-   * A success is reported as key use of the version that worked. See
-   * README "callWithFallback".
+   * For `fallbackCooldownMs` after a refusal, calls go straight to the
+   * fallback. A success is reported as key use of the version that
+   * worked. See README "callWithFallback" and "Sticky fallback".
    */
   callWithFallback<T>(
     key: string | KeyHandle,

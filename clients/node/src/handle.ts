@@ -3,7 +3,8 @@
 // (100 ms → 5 s) whenever it ends or fails, so a handle outlives agent
 // restarts; between the two it keeps serving the last KeySet it had.
 // reportUse tells the agent which version worked, through the client's
-// key-use counts (keyuse.ts), never waiting for it.
+// key-use counts (keyuse.ts), never waiting for it. Every pushed KeySet
+// clears the sticky fallback's marks of the key (sticky.ts).
 //
 // Keeping the process alive: until the first KeySet arrives the stream
 // and its retry timer are ref'd (so `await client.handle()` is not cut
@@ -24,6 +25,7 @@ import type { Client } from "./client";
 import { defaultService } from "./fallback";
 import { noteUse } from "./keyuse";
 import { internalsOf } from "./internal";
+import { refusalsOf } from "./sticky";
 import { WatchStream } from "./watchstream";
 
 export interface HandleOptions {
@@ -211,6 +213,7 @@ export class KeyHandle extends EventEmitter {
 
   #apply(ev: KeySet | DeletedKey): void {
     if (ev.deleted) {
+      refusalsOf(this.client).forget(this.key);
       this.emit("deleted", ev);
       return;
     }
@@ -220,6 +223,10 @@ export class KeyHandle extends EventEmitter {
       this.#settle();
       if (!this.#holdsProcess()) this.#stream?.unref();
     } else if (prev.generation !== ev.generation || prev.primary.fingerprint !== ev.primary.fingerprint) {
+      // A pushed KeySet: the versions the provider refused may be back in
+      // favour (rolled back, re-promoted…), so the sticky fallback starts
+      // over for this key.
+      refusalsOf(this.client).forget(this.key);
       this.emit("change", ev, prev);
     }
   }
