@@ -4,11 +4,13 @@
 // another clean copy. Then `require("@keyward/client")` gets a key from a
 // real agent, and the packed types compile. npm uses the registry, with
 // its cache in the repo's target/npm-cache (test.sh sets it), so a second
-// run is fast and needs no network.
+// run is fast and needs no network. The README's example runs as it is
+// written in the project that installed the tarball.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
-import { cpSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { cpSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { createServer } from "node:http";
 import { tmpdir } from "node:os";
 import { basename, join, relative } from "node:path";
 import { promisify } from "node:util";
@@ -102,9 +104,10 @@ test("npm install from a clean copy of the directory, then require() gets a key"
   t.diagnostic(`npm install <clean directory>: ${seconds.toFixed(1)} s`);
 });
 
-test("npm pack from a clean copy, npm install of the tarball: require() gets a key, the types compile", async (t) => {
+test("npm pack from a clean copy, npm install of the tarball: require() gets a key, the types compile, the README's example runs", async (t) => {
   const agent = await Agent.start(t);
   agent.cli(["put", "prod/x"], "from-a-tarball");
+  agent.cli(["put", "prod/billing-api"], "from-a-tarball"); // the README's key
   const clone = cleanCopy(t);
   const out = tempDir(t, "pack");
 
@@ -144,6 +147,24 @@ export async function main(): Promise<number> {
   await run(process.execPath, [tsc, ...args, "--types", "node", "--typeRoots", typeRoots, "main.ts"], { cwd: app }).catch(
     (e) => assert.fail(`the packed types do not compile: ${e.stdout}${e.stderr}`),
   );
+
+  // The README's example, verbatim but for the API's URL, exits by itself
+  // (its handle left open) once the call and its key-use report are done.
+  const api = createServer((req, res) => res.writeHead(req.headers.authorization === "Bearer from-a-tarball" ? 200 : 401).end());
+  await new Promise((r) => api.listen(0, "127.0.0.1", r));
+  t.after(() => new Promise((r) => api.close(r)));
+  const readme = readFileSync(join(PACKAGE, "README.md"), "utf8");
+  const example = /^## Example\n\n```js\n([^]*?)^```$/m.exec(readme)[1];
+  const url = "https://api.example.com/v1/me";
+  assert.ok(example.includes(url), example);
+  writeFileSync(join(app, "example.mjs"), example.replace(url, `http://127.0.0.1:${api.address().port}/v1/me`));
+  const { stdout } = await run(process.execPath, ["example.mjs"], {
+    cwd: app,
+    env: { ...process.env, KEYWARD_SOCKET: agent.socket },
+    timeout: 30_000,
+  });
+  assert.match(stdout.trim(), /^200 [0-9a-f]+$/);
+  assert.ok(!stdout.includes("from-a-tarball"));
 
   t.diagnostic(
     `npm pack <clean directory>: ${packed.seconds.toFixed(1)} s; tarball ${info.filename}: ${kB(statSync(tarball).size)} ` +
