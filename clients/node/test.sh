@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # The Node client's tests: install (npm ci), check the committed protos and
-# generated types against the repo's proto/, build, and run the tests
-# against real agents from KEYWARD_BIN_DIR (default: the repo's
-# target/debug). Ends with "client tests: N passed, M failed" and exits
-# non-zero when anything failed.
+# generated types against the repo's proto/, build, type-check the
+# examples (tsc --strict), and run the tests against real agents from
+# KEYWARD_BIN_DIR (default: the repo's target/debug). npm's cache is the
+# repo's target/npm-cache (CI keeps target/), which the install tests
+# (test/install.test.mjs) use too. Ends with "client tests: N passed, M
+# failed" and exits non-zero when anything failed.
 set -uo pipefail
 cd "$(dirname "$0")"
 export KEYWARD_BIN_DIR="${KEYWARD_BIN_DIR:-$(cd ../.. && pwd)/target/debug}"
+export npm_config_cache="${npm_config_cache:-$(cd ../.. && pwd)/target/npm-cache}"
 
 failed=0
 passed=0
@@ -25,7 +28,9 @@ for bin in keywardd keyward; do
 done
 
 echo "== npm ci"
-if ! npm ci --no-audit --no-fund --loglevel=error; then
+# --ignore-scripts: its prepare script would build here; the build below
+# does, reporting its own failure.
+if ! npm ci --ignore-scripts --prefer-offline --no-audit --no-fund --loglevel=error; then
   failed=1
   report
 fi
@@ -44,6 +49,17 @@ echo "== build"
 if ! npm run --silent build; then
   failed=$((failed + 1))
   report
+fi
+
+echo "== examples (tsc --strict --noEmit)"
+# examples/*.ts against the built package, and test/types/listeners.ts,
+# whose @ts-expect-error lines fail this check if KeyHandle's events lose
+# their types.
+if node node_modules/typescript/bin/tsc --strict --noEmit -p examples; then
+  passed=$((passed + 1))
+else
+  echo "the examples do not type-check"
+  failed=$((failed + 1))
 fi
 
 echo "== node --test"

@@ -9,11 +9,14 @@ import type { ClientReadableStream } from "@grpc/grpc-js";
 import { KeywardError, mapCallError } from "./errors";
 import { agentUidFrom, checkSocket } from "./trust";
 import { keysStub } from "./proto";
-import { fromProto, parseKey, type DeletedKey, type KeySet } from "./keyset";
+import { fromEvent, fromProto, parseKey, type DeletedKey, type KeySet } from "./keyset";
 import type { KeysClient } from "./generated/keyward/v1/Keys";
+import type { KeyRef } from "./generated/keyward/v1/KeyRef";
 import type { KeyEvent__Output } from "./generated/keyward/v1/KeyEvent";
 import { KeyHandle, type HandleOptions } from "./handle";
-import { callWithFallback, type FallbackOptions } from "./fallback";
+import { callWithFallback, cooldownFrom, type FallbackOptions } from "./fallback";
+import { registerInternals } from "./internal";
+import { DEFAULT_FALLBACK_COOLDOWN_MS } from "./sticky";
 
 /** The socket used when neither the option nor KEYWARD_SOCKET is set. */
 export const DEFAULT_SOCKET = "/run/keyward/keys.sock";
@@ -28,6 +31,12 @@ export interface ClientOptions {
    * (default: env KEYWARD_AGENT_UID). See README "Who serves the socket".
    */
   agentUid?: number;
+  /**
+   * How long callWithFallback goes straight to the fallback after the
+   * provider refused the primary, in ms (default 30000; 0: try the primary
+   * first on every call). See README "Sticky fallback".
+   */
+  fallbackCooldownMs?: number;
 }
 
 export class Client {
@@ -35,9 +44,14 @@ export class Client {
   readonly socket: string;
   /** The uid keywardd runs as, trusted besides root and this user. */
   readonly agentUid: number | undefined;
+  /** callWithFallback's default cool-down after a refusal, in ms. */
+  readonly fallbackCooldownMs: number;
   #stub: KeysClient | undefined;
-  #checking: Promise<KeysClient> | undefined;
+  #real: string | undefined;
+  #checking: Promise<string> | undefined;
   #closed = false;
+  /** Unary calls started and not yet settled: close() lets them finish. */
+  #inflight = 0;
   readonly #timeoutMs: number;
   readonly #handles = new Set<KeyHandle>();
 
@@ -45,21 +59,25 @@ export class Client {
     this.socket = path.resolve(opts.socket || process.env.KEYWARD_SOCKET || DEFAULT_SOCKET);
     this.#timeoutMs = opts.timeoutMs ?? 5000;
     this.agentUid = agentUidFrom(opts.agentUid);
+    this.fallbackCooldownMs = cooldownFrom(opts.fallbackCooldownMs, DEFAULT_FALLBACK_COOLDOWN_MS);
+    registerInternals(this, { checkedSocket: () => this.#checkedSocket() });
+  }
+
+  #closedError(): KeywardError {
+    return new KeywardError(`this keyward client (${this.socket}) is closed`);
   }
 
   /**
-   * The stub, on a channel made once the socket passed checkSocket (on the
-   * path it resolved). A failed check rejects this call; the next one
-   * checks again.
+   * The socket's real path, once it passed checkSocket. A failed check
+   * rejects this call; the next one checks again.
    */
-  #keys(): Promise<KeysClient> {
-    if (this.#closed) return Promise.reject(new KeywardError(`this keyward client (${this.socket}) is closed`));
-    if (this.#stub) return Promise.resolve(this.#stub);
+  #checkedSocket(): Promise<string> {
+    if (this.#closed) return Promise.reject(this.#closedError());
+    if (this.#real) return Promise.resolve(this.#real);
     this.#checking ??= checkSocket(this.socket, this.agentUid).then(
       (real) => {
-        if (this.#closed) throw new KeywardError(`this keyward client (${this.socket}) is closed`);
-        this.#stub ??= keysStub(real);
-        return this.#stub;
+        this.#real = real;
+        return real;
       },
       (e) => {
         this.#checking = undefined;
@@ -69,6 +87,32 @@ export class Client {
     return this.#checking;
   }
 
+  /**
+   * The stub, on a channel made on the checked socket's real path. A call
+   * that asked before close() gets it (close() waits for such calls).
+   */
+  #keys(): Promise<KeysClient> {
+    if (this.#closed) return Promise.reject(this.#closedError());
+    if (this.#stub) return Promise.resolve(this.#stub);
+    return this.#checkedSocket().then((real) => {
+      this.#stub ??= keysStub(real);
+      return this.#stub;
+    });
+  }
+
+  /**
+   * Counts `call` in flight until it settles; the last one to settle after
+   * close() closes the channel.
+   */
+  #tracked<T>(call: Promise<T>): Promise<T> {
+    this.#inflight++;
+    const settled = () => {
+      if (--this.#inflight === 0 && this.#closed) this.#stub?.close();
+    };
+    call.then(settled, settled);
+    return call;
+  }
+
   #deadline(): Date {
     return new Date(Date.now() + this.#timeoutMs);
   }
@@ -76,6 +120,10 @@ export class Client {
   /** The current primary and fallback of `key` (ENV/NAME). */
   async get(key: string): Promise<KeySet> {
     const ref = parseKey(key);
+    return this.#tracked(this.#getKey(ref, key));
+  }
+
+  async #getKey(ref: KeyRef, key: string): Promise<KeySet> {
     const stub = await this.#keys();
     return new Promise((resolve, reject) => {
       stub.getKey({ key: ref }, { deadline: this.#deadline() }, (err, ks) => {
@@ -99,7 +147,15 @@ export class Client {
    */
   watch(keys: string[]): AsyncIterableIterator<KeySet | DeletedKey> {
     const refs = keys.map(parseKey);
-    const start = async () => (await this.#keys()).watchKeys({ keys: refs });
+    const start = async () => {
+      const stub = await this.#keys();
+      if (this.#closed) {
+        // Closed while the socket was checked: no stream on a closed client.
+        if (this.#inflight === 0) stub.close();
+        throw this.#closedError();
+      }
+      return stub.watchKeys({ keys: refs });
+    };
     return new WatchIterator(start, this.socket, keys.join(", "));
   }
 
@@ -124,14 +180,18 @@ export class Client {
   /** Tells the agent that `version` of `key` was refused with `statusCode`. */
   async reportAuthFailure(key: string, version: number, statusCode: number, service: string, detail = ""): Promise<void> {
     const ref = parseKey(key);
-    const stub = await this.#keys();
-    return new Promise((resolve, reject) => {
-      stub.reportAuthFailure(
-        { key: ref, version, statusCode, service, detail },
-        { deadline: this.#deadline() },
-        (err) => (err ? reject(mapCallError(err, this.socket, key)) : resolve()),
-      );
-    });
+    return this.#tracked(
+      (async () => {
+        const stub = await this.#keys();
+        return new Promise<void>((resolve, reject) => {
+          stub.reportAuthFailure(
+            { key: ref, version, statusCode, service, detail },
+            { deadline: this.#deadline() },
+            (err) => (err ? reject(mapCallError(err, this.socket, key)) : resolve()),
+          );
+        });
+      })(),
+    );
   }
 
   /**
@@ -143,21 +203,26 @@ export class Client {
    */
   async reportKeyUse(key: string, version: number, service: string, successes = 1): Promise<void> {
     const ref = parseKey(key);
-    const stub = await this.#keys();
-    return new Promise((resolve, reject) => {
-      stub.reportKeyUse(
-        { key: ref, version, service, successes },
-        { deadline: this.#deadline() },
-        (err) => (err ? reject(mapCallError(err, this.socket, key)) : resolve()),
-      );
-    });
+    return this.#tracked(
+      (async () => {
+        const stub = await this.#keys();
+        return new Promise<void>((resolve, reject) => {
+          stub.reportKeyUse(
+            { key: ref, version, service, successes },
+            { deadline: this.#deadline() },
+            (err) => (err ? reject(mapCallError(err, this.socket, key)) : resolve()),
+          );
+        });
+      })(),
+    );
   }
 
   /**
    * Calls `fn` with the primary secret of `key`; when it is refused (401 or
    * 403), reports that to the agent and calls `fn` again with the fallback.
-   * A success is reported as key use of the version that worked. See
-   * README "callWithFallback".
+   * For `fallbackCooldownMs` after a refusal, calls go straight to the
+   * fallback. A success is reported as key use of the version that
+   * worked. See README "callWithFallback" and "Sticky fallback".
    */
   callWithFallback<T>(
     key: string | KeyHandle,
@@ -167,11 +232,16 @@ export class Client {
     return callWithFallback(this, key, fn, opts);
   }
 
-  /** Closes the channel and every handle made by this client. */
+  /**
+   * Closes every handle made by this client, and the channel once the
+   * calls already started have settled (each within its deadline): a
+   * report callWithFallback just sent in the background still reaches the
+   * agent. Any call made after close() rejects.
+   */
   close(): void {
     this.#closed = true;
     for (const h of [...this.#handles]) h.close();
-    this.#stub?.close();
+    if (this.#inflight === 0) this.#stub?.close();
   }
 }
 
@@ -216,13 +286,7 @@ class WatchIterator implements AsyncIterableIterator<KeySet | DeletedKey> {
       throw mapCallError(e, this.#socket, this.#keys);
     }
     if (r.done) return { done: true, value: undefined };
-    const ev = r.value;
-    const proto = ev.keySet;
-    const fallbackKey = this.#keys;
-    const set = proto ? fromProto(proto, fallbackKey, ev.reason) : null;
-    if (set) return { done: false, value: set };
-    const key = proto?.key ? `${proto.key.environment}/${proto.key.name}` : fallbackKey;
-    return { done: false, value: Object.freeze({ key, reason: "deleted", deleted: true }) };
+    return { done: false, value: fromEvent(r.value, this.#keys) };
   }
 
   async return(): Promise<IteratorResult<KeySet | DeletedKey>> {

@@ -3,11 +3,23 @@
 // which version worked (keyuse.ts). Reports are fire and forget: they must
 // never slow down or fail the caller's request, so they are neither
 // awaited nor allowed to throw.
+//
+// Sticky fallback (sticky.ts): a refused version is remembered on the
+// Client for the cool-down; while the KeySet keeps the same versions, calls
+// skip a refused primary and go straight to an unrefused fallback, so a
+// provider that revoked the primary early sees it at most once per
+// cool-down from this client. Refusals of one version are reported at
+// most once per cool-down, with the count of the ones held back.
 import * as path from "node:path";
+import { debuglog } from "node:util";
 import type { Client } from "./client";
 import type { KeyHandle } from "./handle";
 import type { KeySet, KeyVersion } from "./keyset";
 import { noteUse } from "./keyuse";
+import { KeywardError } from "./errors";
+import { MIN_REPORT_INTERVAL_MS, refusalsOf } from "./sticky";
+
+const debug = debuglog("keyward");
 
 export interface FallbackOptions {
   /**
@@ -18,6 +30,20 @@ export interface FallbackOptions {
   isAuthError?: (errOrResult: unknown) => boolean;
   /** Named in auth-failure and key-use reports (default: the script's file name). */
   service?: string;
+  /**
+   * This call's cool-down, in ms (default: the client's
+   * `fallbackCooldownMs`, 30000). 0: try the primary first.
+   */
+  fallbackCooldownMs?: number;
+}
+
+/** `value` as a cool-down in ms (`dflt` when undefined); throws when it is not one. */
+export function cooldownFrom(value: number | undefined, dflt: number): number {
+  if (value === undefined) return dflt;
+  if (typeof value !== "number" || !Number.isFinite(value) || value < 0) {
+    throw new KeywardError(`fallbackCooldownMs ${String(value)} is not a duration: pass milliseconds, 0 or more`);
+  }
+  return value;
 }
 
 /** The HTTP status carried by an error or a response-like value, if any. */
@@ -50,6 +76,17 @@ export function defaultService(): string {
   return process.argv[1] ? path.basename(process.argv[1]) : "node";
 }
 
+/**
+ * The type of an outcome, for a report's detail: never its text (an
+ * error's message may quote a request, headers included) nor its value.
+ */
+function typeName(x: unknown): string {
+  if (x === null) return "null";
+  if (typeof x !== "object" && typeof x !== "function") return typeof x;
+  const name = (x as { constructor?: { name?: unknown } }).constructor?.name;
+  return typeof name === "string" && name !== "" ? name : "Object";
+}
+
 type Outcome<T> = { ok: true; value: T } | { ok: false; error: unknown };
 
 export async function callWithFallback<T>(
@@ -62,8 +99,38 @@ export async function callWithFallback<T>(
   const service = opts.service ?? defaultService();
   const set: KeySet = typeof key === "string" ? await client.get(key) : key.current;
   const reporter = typeof key === "string" ? client : key.client;
+  const cooldown = cooldownFrom(opts.fallbackCooldownMs, reporter.fallbackCooldownMs);
+  const interval = cooldown > 0 ? cooldown : MIN_REPORT_INTERVAL_MS;
+  const refusals = refusalsOf(reporter);
+  refusals.forKeySet(set);
 
-  const versions: KeyVersion[] = [set.primary, ...(set.fallback ? [set.fallback] : [])];
+  const report = (version: number, status: number, detail: string) => {
+    const held = refusals.toReport(set.key, version, performance.now(), interval);
+    if (held === undefined) return;
+    const more = held > 0 ? ` (and ${held} more refusals since the last report)` : "";
+    reporter.reportAuthFailure(set.key, version, status, service, `${detail}${more}`).catch((e: unknown) => {
+      debug("could not report the refusal of %s v%d: %s", set.key, version, e instanceof Error ? e.message : String(e));
+    });
+  };
+
+  // Within the cool-down of a refusal of the primary, and with a fallback
+  // not refused itself: the fallback alone. Otherwise the primary, then
+  // the fallback.
+  const now = performance.now();
+  const fallback = set.fallback;
+  const skipped =
+    cooldown > 0 && fallback && !refusals.marked(set, fallback.version, now, cooldown)
+      ? refusals.marked(set, set.primary.version, now, cooldown)
+      : undefined;
+  const versions: KeyVersion[] = skipped && fallback ? [fallback] : [set.primary, ...(fallback ? [fallback] : [])];
+  if (skipped && fallback) {
+    // Not sent, but still a version the provider refuses: counted as a
+    // refusal (as `keyward proxy` does), so the agent hears of it with
+    // the next report and its alerts stay open.
+    const detail = `${skipped.what}; skipped within the cool-down, fallback v${fallback.version} used`;
+    report(set.primary.version, skipped.status, detail);
+  }
+
   let last: Outcome<T> | undefined;
   for (const [i, v] of versions.entries()) {
     try {
@@ -73,12 +140,22 @@ export async function callWithFallback<T>(
     }
     const subject = last.ok ? last.value : last.error;
     if (!isAuth(subject)) {
-      if (last.ok && worked(last.value)) noteUse(reporter, set.key, v.version, service);
+      if (last.ok && worked(last.value)) {
+        refusals.unmark(set.key, v.version);
+        noteUse(reporter, set.key, v.version, service);
+      }
       break;
     }
-    reporter
-      .reportAuthFailure(set.key, v.version, statusOf(subject) ?? 0, service, `${i === 0 ? "primary" : "fallback"} refused`)
-      .catch(() => {});
+    const status = statusOf(subject) ?? 0;
+    const what = typeName(subject);
+    if (cooldown > 0) refusals.mark(set, v.version, performance.now(), status, what);
+    const next = versions[i + 1];
+    const then = next
+      ? `retrying with fallback v${next.version}`
+      : skipped
+        ? `primary v${set.primary.version} skipped within the cool-down`
+        : "no fallback left";
+    report(v.version, status, `${what}; ${then}`);
   }
   // The first success, or the last attempt as it was: a value (e.g. the
   // fallback's 401 Response) is returned, an error thrown.

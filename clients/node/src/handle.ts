@@ -3,24 +3,80 @@
 // (100 ms → 5 s) whenever it ends or fails, so a handle outlives agent
 // restarts; between the two it keeps serving the last KeySet it had.
 // reportUse tells the agent which version worked, through the client's
-// key-use counts (keyuse.ts), never waiting for it.
+// key-use counts (keyuse.ts), never waiting for it. Every pushed KeySet
+// clears the sticky fallback's marks of the key (sticky.ts).
+//
+// Keeping the process alive: until the first KeySet arrives the stream
+// and its retry timer are ref'd (so `await client.handle()` is not cut
+// short); after that they are unref'd, unless `persistent: true`: a handle
+// follows the key for as long as the program runs, and does not make it
+// run. The stream is watchstream.ts's (grpc-js cannot unref a call).
 import { EventEmitter } from "node:events";
-import { KeywardError, InvalidKeyError, KeyNotFoundError, PermissionDeniedError, UntrustedSocketError } from "./errors";
-import type { DeletedKey, KeySet } from "./keyset";
+import {
+  KeywardError,
+  InvalidKeyError,
+  KeyNotFoundError,
+  PermissionDeniedError,
+  UntrustedSocketError,
+  mapCallError,
+} from "./errors";
+import { fromEvent, parseKey, type DeletedKey, type KeySet } from "./keyset";
 import type { Client } from "./client";
 import { defaultService } from "./fallback";
 import { noteUse } from "./keyuse";
+import { internalsOf } from "./internal";
+import { refusalsOf } from "./sticky";
+import { WatchStream } from "./watchstream";
 
 export interface HandleOptions {
   /** How long handle() waits for the first KeySet, in ms (default 10000). */
   timeoutMs?: number;
+  /**
+   * Whether the handle keeps the process alive (default false, as an
+   * unref'd timer: once the first KeySet has arrived, a program whose only
+   * remaining work is this handle exits). The name and meaning are those
+   * of `fs.watch`'s `persistent` option.
+   */
+  persistent?: boolean;
+}
+
+/** The events of a KeyHandle and their listeners' arguments. */
+export interface KeyHandleEvents {
+  /** A new generation of the key arrived: `next` is now `handle.current`. */
+  change: [next: KeySet, previous: KeySet];
+  /** The key was deleted; `current` keeps the last KeySet until it comes back. */
+  deleted: [event: DeletedKey];
+  /** The stream ended (`err` undefined) or failed; the handle reconnects by itself. */
+  disconnect: [err: KeywardError | undefined];
+  /** close() was called (or the client closed). */
+  close: [];
+}
+
+type Listener<E extends keyof KeyHandleEvents> = (...args: KeyHandleEvents[E]) => void;
+
+// Typed overloads of the EventEmitter methods (merged into the class
+// below): `handle.on("change", (next, prev) => …)` gets KeySets, and an
+// unknown event name or a listener of the wrong type does not compile.
+export interface KeyHandle {
+  on<E extends keyof KeyHandleEvents>(event: E, listener: Listener<E>): this;
+  once<E extends keyof KeyHandleEvents>(event: E, listener: Listener<E>): this;
+  addListener<E extends keyof KeyHandleEvents>(event: E, listener: Listener<E>): this;
+  prependListener<E extends keyof KeyHandleEvents>(event: E, listener: Listener<E>): this;
+  prependOnceListener<E extends keyof KeyHandleEvents>(event: E, listener: Listener<E>): this;
+  off<E extends keyof KeyHandleEvents>(event: E, listener: Listener<E>): this;
+  removeListener<E extends keyof KeyHandleEvents>(event: E, listener: Listener<E>): this;
+  removeAllListeners(event?: keyof KeyHandleEvents): this;
+  emit<E extends keyof KeyHandleEvents>(event: E, ...args: KeyHandleEvents[E]): boolean;
+  listenerCount(event: keyof KeyHandleEvents): number;
+  listeners<E extends keyof KeyHandleEvents>(event: E): Listener<E>[];
+  rawListeners<E extends keyof KeyHandleEvents>(event: E): Listener<E>[];
 }
 
 const MIN_BACKOFF_MS = 100;
 const MAX_BACKOFF_MS = 5000;
 
 /**
- * Events:
+ * Events (KeyHandleEvents, typed):
  * - 'change' (next: KeySet, previous: KeySet): a new generation arrived;
  * - 'deleted' (ev: DeletedKey): the key was deleted; `current` keeps the
  *   last KeySet until the key comes back;
@@ -37,7 +93,8 @@ export class KeyHandle extends EventEmitter {
   readonly ready: Promise<void>;
   #current: KeySet | undefined;
   #closed = false;
-  #stream: AsyncIterator<KeySet | DeletedKey> | undefined;
+  readonly #persistent: boolean;
+  #stream: WatchStream | undefined;
   #wake: (() => void) | undefined;
   #settle!: (err?: Error) => void;
 
@@ -45,6 +102,7 @@ export class KeyHandle extends EventEmitter {
     super();
     this.client = client;
     this.key = key;
+    this.#persistent = opts.persistent ?? false;
     const timeoutMs = opts.timeoutMs ?? 10_000;
     let lastError: Error | undefined;
     this.ready = new Promise<void>((resolve, reject) => {
@@ -90,11 +148,24 @@ export class KeyHandle extends EventEmitter {
     noteUse(this.client, this.key, version, service ?? defaultService());
   }
 
+  /** Whether this handle keeps the process alive (the `persistent` option). */
+  get persistent(): boolean {
+    return this.#persistent;
+  }
+
+  /**
+   * Whether the stream and its retry timer hold the process open: until
+   * the first KeySet (handle() is being awaited), then if persistent.
+   */
+  #holdsProcess(): boolean {
+    return this.#persistent || !this.#current;
+  }
+
   /** Stops watching. `current` keeps its last value. */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    void this.#stream?.return?.();
+    this.#stream?.cancel();
     this.#wake?.();
     this.#settle(new KeywardError(`handle on ${this.key} was closed`, { key: this.key }));
     this.emit("close");
@@ -102,18 +173,27 @@ export class KeyHandle extends EventEmitter {
 
   async #run(noteError: (e: Error) => void): Promise<void> {
     let delay = MIN_BACKOFF_MS;
+    const refs = [parseKey(this.key)];
     while (!this.#closed) {
       let error: KeywardError | undefined;
-      const stream = this.client.watch([this.key]);
-      this.#stream = stream;
       try {
-        for await (const ev of { [Symbol.asyncIterator]: () => stream }) {
-          delay = MIN_BACKOFF_MS;
-          this.#apply(ev);
-        }
+        const socket = await internalsOf(this.client).checkedSocket();
+        if (this.#closed) break;
+        const stream = new WatchStream(
+          socket,
+          refs,
+          (ev) => {
+            delay = MIN_BACKOFF_MS;
+            this.#apply(fromEvent(ev, this.key));
+          },
+          this.#holdsProcess(),
+        );
+        this.#stream = stream;
+        await stream.done;
       } catch (e) {
-        error = e instanceof KeywardError ? e : new KeywardError(String(e), { key: this.key, cause: e });
+        error = mapCallError(e, this.client.socket, this.key);
       }
+      this.#stream = undefined;
       if (this.#closed) break;
       if (error) {
         noteError(error);
@@ -133,6 +213,7 @@ export class KeyHandle extends EventEmitter {
 
   #apply(ev: KeySet | DeletedKey): void {
     if (ev.deleted) {
+      refusalsOf(this.client).forget(this.key);
       this.emit("deleted", ev);
       return;
     }
@@ -140,7 +221,12 @@ export class KeyHandle extends EventEmitter {
     this.#current = ev;
     if (!prev) {
       this.#settle();
+      if (!this.#holdsProcess()) this.#stream?.unref();
     } else if (prev.generation !== ev.generation || prev.primary.fingerprint !== ev.primary.fingerprint) {
+      // A pushed KeySet: the versions the provider refused may be back in
+      // favour (rolled back, re-promoted…), so the sticky fallback starts
+      // over for this key.
+      refusalsOf(this.client).forget(this.key);
       this.emit("change", ev, prev);
     }
   }
@@ -151,6 +237,7 @@ export class KeyHandle extends EventEmitter {
         this.#wake = undefined;
         resolve();
       }, ms);
+      if (!this.#holdsProcess()) t.unref();
       this.#wake = () => {
         clearTimeout(t);
         this.#wake = undefined;

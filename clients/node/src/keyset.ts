@@ -7,6 +7,7 @@ import type { KeySet__Output } from "./generated/keyward/v1/KeySet";
 import type { KeyVersion__Output } from "./generated/keyward/v1/KeyVersion";
 import type { Timestamp__Output } from "./generated/google/protobuf/Timestamp";
 import type { KeyRef } from "./generated/keyward/v1/KeyRef";
+import type { KeyEvent__Output } from "./generated/keyward/v1/KeyEvent";
 import { InvalidKeyError, KeywardError } from "./errors";
 
 /** Where a key stands in its rotation (see README "Rotation"). */
@@ -119,4 +120,17 @@ export function fromProto(ks: KeySet__Output, fallbackKey: string, reason?: stri
     ...(fallback ? { fallback } : {}),
     ...(reason !== undefined ? { reason } : {}),
   });
+}
+
+/**
+ * Converts one WatchKeys event: its KeySet, or a DeletedKey when it has
+ * none (the key was deleted). `fallbackKey` names the key when the event
+ * does not.
+ */
+export function fromEvent(ev: KeyEvent__Output, fallbackKey: string): KeySet | DeletedKey {
+  const proto = ev.keySet;
+  const set = proto ? fromProto(proto, fallbackKey, ev.reason) : null;
+  if (set) return set;
+  const key = proto?.key ? `${proto.key.environment}/${proto.key.name}` : fallbackKey;
+  return Object.freeze({ key, reason: "deleted", deleted: true });
 }

@@ -2,12 +2,14 @@
 // stub for the service socket. The proto is a copy of the repo's
 // proto/keyward/v1/keys.proto (scripts/gen.mjs), so an installed package
 // needs nothing from the repo. The admin protocol is not shipped: this
-// client never talks to the admin socket.
+// client never talks to the admin socket. watchKeysMethod gives the
+// WatchKeys path and (de)serializers to the handles' own HTTP/2 stream
+// (watchstream.ts).
 import * as path from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 import type { ProtoGrpcType } from "./generated/keys";
-import type { KeysClient } from "./generated/keyward/v1/Keys";
+import type { KeysClient, KeysDefinition } from "./generated/keyward/v1/Keys";
 import { clientNameInterceptor } from "./clientname";
 
 /**
@@ -25,22 +27,30 @@ const LOADER_OPTIONS: protoLoader.Options = {
 
 const PROTO_DIR = path.join(__dirname, "..", "proto");
 
-let loaded: ProtoGrpcType | undefined;
+let loaded: { definition: protoLoader.PackageDefinition; grpc: ProtoGrpcType } | undefined;
 
-function keysPackage(): ProtoGrpcType {
+function keysPackage(): { definition: protoLoader.PackageDefinition; grpc: ProtoGrpcType } {
   if (!loaded) {
-    const def = protoLoader.loadSync("keyward/v1/keys.proto", {
+    const definition = protoLoader.loadSync("keyward/v1/keys.proto", {
       ...LOADER_OPTIONS,
       includeDirs: [PROTO_DIR],
     });
-    loaded = grpc.loadPackageDefinition(def) as unknown as ProtoGrpcType;
+    loaded = { definition, grpc: grpc.loadPackageDefinition(definition) as unknown as ProtoGrpcType };
   }
   return loaded;
 }
 
+/**
+ * The WatchKeys method: its path, and the request serializer and response
+ * deserializer, which decode to the same shape (LOADER_OPTIONS) as the stub.
+ */
+export function watchKeysMethod(): KeysDefinition["WatchKeys"] {
+  return (keysPackage().definition["keyward.v1.Keys"] as unknown as KeysDefinition).WatchKeys;
+}
+
 /** A stub for the Keys service on the Unix socket at `socketPath` (absolute). */
 export function keysStub(socketPath: string): KeysClient {
-  const Keys = keysPackage().keyward.v1.Keys;
+  const Keys = keysPackage().grpc.keyward.v1.Keys;
   return new Keys(`unix://${socketPath}`, grpc.credentials.createInsecure(), {
     // grpc-js would send the socket path as the HTTP/2 :authority; the
     // agent's server (hyper) refuses that, so name a plain host.

@@ -4,7 +4,7 @@ import { execFile } from "node:child_process";
 import { createServer } from "node:http";
 import { join } from "node:path";
 import { promisify } from "node:util";
-import { Agent, eventually } from "./agent.mjs";
+import { Agent, eventually, sleep } from "./agent.mjs";
 import { Client, isAuthRejection } from "../dist/index.js";
 
 const EXAMPLE = join(import.meta.dirname, "../../../examples/node/fallback-http.mjs");
@@ -80,15 +80,20 @@ test("callWithFallback with a key name, thrown errors, and a non-auth error", as
   assert.equal(out, "ok");
   assert.deepEqual(used, ["new", "old"]);
 
-  // Both refused: the last error is thrown, and both versions reported.
+  // The fallback refused too: the last error is thrown. The primary, refused
+  // a moment ago, is skipped (sticky fallback, default cool-down 30 s).
+  used.length = 0;
   const both = await client
-    .callWithFallback("prod/x", async () => {
+    .callWithFallback("prod/x", async (secret) => {
+      used.push(secret.toString());
       throw Object.assign(new Error("nope"), { status: 401 });
     })
     .catch((e) => e);
   assert.equal(both.message, "nope");
+  assert.deepEqual(used, ["old"]);
 
-  // Any other error is not an auth rejection: no fallback, no report.
+  // Any other error is not an auth rejection: no fallback, no report. (Both
+  // versions refused within the cool-down: the primary is tried first.)
   let calls = 0;
   await assert.rejects(
     client.callWithFallback("prod/x", async () => {
@@ -99,9 +104,20 @@ test("callWithFallback with a key name, thrown errors, and a non-auth error", as
   );
   assert.equal(calls, 1);
 
-  await eventually(() => authFailures(agent).length === 3, 5000, "three auth_failure records");
-  const roles = authFailures(agent).map((r) => r.versions[0].role);
-  assert.deepEqual(roles.sort(), ["fallback", "primary", "primary"]);
+  // One report per version: the primary's (403), the fallback's (401); the
+  // skipped primary of the second call is counted for the next report.
+  await eventually(() => authFailures(agent).length === 2, 5000, "two auth_failure records");
+  await sleep(300);
+  const records = authFailures(agent);
+  assert.deepEqual(
+    records.map((r) => [r.versions[0].role, r.detail.match(/^status (\d+)/)[1]]),
+    [
+      ["primary", "403"],
+      ["fallback", "401"],
+    ],
+  );
+  assert.match(records[0].detail, /: Error; retrying with fallback v1$/);
+  assert.match(records[1].detail, /: Error; primary v2 skipped within the cool-down$/);
 });
 
 test("isAuthRejection: 401/403 on status, statusCode or response.status", () => {

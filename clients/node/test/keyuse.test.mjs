@@ -74,8 +74,9 @@ test("a success reports the version that worked", async (t) => {
   // The refused primary is an auth failure, never a use.
   assert.deepEqual(keyUses(agent, "prod/x", 1), []);
 
-  // By key name, the primary working: its own report.
-  await client.callWithFallback("prod/x", accepts("old"));
+  // By key name, the primary working: its own report (cool-down 0: the
+  // provider took v1 back at once, no memory of its refusal).
+  await client.callWithFallback("prod/x", accepts("old"), { fallbackCooldownMs: 0 });
   await eventually(() => keyUses(agent, "prod/x", 1).length > 0, 5000, "a key_use record of v1");
   assert.equal(keyUses(agent, "prod/x", 2).length, 1);
 });
