@@ -17,8 +17,8 @@ Layout:
   background watch that survives agent restarts; ``report_use``.
 - :mod:`keyward.key_use`: at most one key-use report per version every
   :data:`USE_REPORT_INTERVAL` seconds.
-- :mod:`keyward.keyset`: :class:`KeySet`, :class:`KeyVersion` (its repr never
-  shows the secret), :class:`RotationState`.
+- :mod:`keyward.keyset`: :class:`KeySet`, :class:`KeyVersion` (``secret``
+  bytes, ``text``; its repr never shows the secret), :class:`RotationState`.
 - :mod:`keyward.fallback`: what counts as an auth rejection.
 - :mod:`keyward.trust`: who may serve the socket (root, this user, the
   agent's uid), checked before the first call sends anything.
@@ -29,7 +29,15 @@ Layout:
 
 from .client import DEFAULT_SOCKET, Client
 from .client_name import CLIENT_HEADER, __version__
-from .errors import AgentUnavailable, InvalidKey, KeyNotFound, KeywardError, PermissionDenied, UntrustedSocket
+from .errors import (
+    AgentUnavailable,
+    InvalidKey,
+    KeyNotFound,
+    KeywardError,
+    PermissionDenied,
+    SecretNotText,
+    UntrustedSocket,
+)
 from .fallback import default_is_auth_error
 from .handle import KeyHandle
 from .key_use import USE_REPORT_INTERVAL
@@ -51,5 +59,6 @@ __all__ = [
     "KeyNotFound",
     "InvalidKey",
     "UntrustedSocket",
+    "SecretNotText",
     "default_is_auth_error",
 ]
