@@ -11,10 +11,17 @@ Layout:
 - :mod:`keyward.client`: :class:`Client`: the connection, ``get``,
   ``watch``, ``handle``, ``call_with_fallback``, ``report_auth_failure``,
   ``report_key_use``.
+- :mod:`keyward.aio`: the same on asyncio (``grpc.aio``).
+- :mod:`keyward.core`: what both clients share: settings, the channel's
+  options, the requests, the memories below; :mod:`keyward.attempt`: one
+  ``call_with_fallback``'s decisions; :mod:`keyward.handle_core`: what both
+  handles share.
+- :mod:`keyward.sticky`: versions the provider refused, skipped for a
+  cool-down; one refusal report per version per interval.
 - :mod:`keyward.client_name`: the ``x-keyward-client`` header
   (``python/VERSION``) every request carries.
 - :mod:`keyward.handle`: :class:`KeyHandle`: a key kept current by a
-  background watch that survives agent restarts; ``report_use``.
+  background thread's watch that survives agent restarts; ``report_use``.
 - :mod:`keyward.key_use`: at most one key-use report per version every
   :data:`USE_REPORT_INTERVAL` seconds.
 - :mod:`keyward.keyset`: :class:`KeySet`, :class:`KeyVersion` (``secret``
@@ -42,6 +49,7 @@ from .fallback import default_is_auth_error
 from .handle import KeyHandle
 from .key_use import USE_REPORT_INTERVAL
 from .keyset import KeySet, KeyVersion, RotationState
+from .sticky import DEFAULT_FALLBACK_COOLDOWN
 
 __all__ = [
     "Client",
@@ -60,5 +68,6 @@ __all__ = [
     "InvalidKey",
     "UntrustedSocket",
     "SecretNotText",
+    "DEFAULT_FALLBACK_COOLDOWN",
     "default_is_auth_error",
 ]
