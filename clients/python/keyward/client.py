@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 import weakref
-from typing import Callable, Iterator, TypeVar, cast
+from typing import Callable, Generator, TypeVar, cast
 
 import grpc
 
@@ -113,7 +113,7 @@ class Client(ClientCore):
         except grpc.RpcError as e:
             raise from_rpc_error(e, self.socket) from None
 
-    def watch(self, keys: list[str]) -> Iterator[KeySet]:
+    def watch(self, keys: list[str]) -> Generator[KeySet, None, None]:
         """Yields the KeySet of each key at once, then each key's KeySet after
         every change. Runs until the stream ends (the agent stops:
         :class:`~keyward.AgentUnavailable`) or the generator is closed, which

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine, TypeVar, cast
+from typing import Any, AsyncGenerator, Awaitable, Callable, Coroutine, TypeVar, cast
 
 import grpc
 import grpc.aio
@@ -100,7 +100,7 @@ class Client(ClientCore):
         except grpc.RpcError as e:
             raise from_rpc_error(e, self.socket) from None
 
-    async def watch(self, keys: list[str]) -> AsyncIterator[KeySet]:
+    async def watch(self, keys: list[str]) -> AsyncGenerator[KeySet, None]:
         """Yields the KeySet of each key at once, then each key's KeySet after
         every change, until the stream ends (the agent stops:
         :class:`~keyward.AgentUnavailable`) or the iterator is closed
