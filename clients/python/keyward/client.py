@@ -13,7 +13,6 @@ in :mod:`keyward.core`.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 import weakref
@@ -41,8 +40,6 @@ from .sticky import DEFAULT_FALLBACK_COOLDOWN
 from .trust import check_socket
 
 __all__ = ["Client", "DEFAULT_SOCKET"]
-
-log = logging.getLogger("keyward")
 
 T = TypeVar("T")
 
@@ -222,31 +219,16 @@ class Client(ClientCore):
 
     # -- in the background ---------------------------------------------------
 
-    def _send_auth_failure_later(self, key: str, version: int, status: int, service: str, detail: str) -> None:
-        def send() -> None:
-            try:
-                self.report_auth_failure(key, version, status, service, detail)
-            except Exception as e:  # the report must never hurt the caller
-                log.warning("keyward: could not report the auth failure on %s v%d: %s", key, version, e)
-
-        self._in_background(f"keyward-report {key}", send)
-
-    def _send_key_use_later(self, key: str, version: int, service: str, successes: int) -> None:
-        def send() -> None:
-            try:
-                self.report_key_use(key, version, service, successes)
-            except Exception as e:  # the report must never hurt the caller
-                log.debug("keyward: could not report the use of %s v%d: %s", key, version, e)
-
-        self._in_background(f"keyward-use {key}", send)
-
-    def _in_background(self, name: str, send: Callable[[], None]) -> None:
+    def _in_background(self, name: str, send: Callable[[], object], failed: Callable[[Exception], None]) -> None:
         """Runs ``send`` on a daemon thread that close() waits for (2 s at
-        most); nothing once the client is closed."""
+        most); nothing once the client is closed. Its error goes to
+        ``failed``, never to the caller."""
 
         def run() -> None:
             try:
                 send()
+            except Exception as e:  # the report must never hurt the caller
+                failed(e)
             finally:
                 with self._lock:
                     self._reports.discard(threading.current_thread())

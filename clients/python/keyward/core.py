@@ -10,9 +10,10 @@ happens here; the subclasses send what it decides, in the background.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 from ._proto import keys_pb2
 from .attempt import FallbackAttempt, program_name
@@ -24,6 +25,8 @@ from .sticky import DEFAULT_FALLBACK_COOLDOWN, RefusedVersions
 from .trust import agent_uid_from_env
 
 __all__ = ["ClientCore", "DEFAULT_SOCKET", "CHANNEL_OPTIONS", "REPORT_DRAIN_SECONDS"]
+
+log = logging.getLogger("keyward")
 
 #: Where the agent listens unless told otherwise.
 DEFAULT_SOCKET = "/run/keyward/keys.sock"
@@ -102,9 +105,36 @@ class ClientCore:
     # Sending, in the background: never delays nor fails the caller.
 
     def _send_auth_failure_later(self, key: str, version: int, status: int, service: str, detail: str) -> None:
-        raise NotImplementedError
+        def failed(e: Exception) -> None:
+            log.warning("keyward: could not report the auth failure on %s v%d: %s", key, version, e)
+
+        def send() -> Any:
+            return self.report_auth_failure(key, version, status, service, detail)
+
+        self._in_background(f"keyward-report {key}", send, failed)
 
     def _send_key_use_later(self, key: str, version: int, service: str, successes: int) -> None:
+        def failed(e: Exception) -> None:
+            log.debug("keyward: could not report the use of %s v%d: %s", key, version, e)
+
+        def send() -> Any:
+            return self.report_key_use(key, version, service, successes)
+
+        self._in_background(f"keyward-use {key}", send, failed)
+
+    # What the subclasses provide: the two reports (a call, or a coroutine),
+    # and a way to run one in the background.
+
+    def report_auth_failure(self, key: str, version: int, status_code: int, service: str, detail: str = "") -> Any:
+        raise NotImplementedError
+
+    def report_key_use(self, key: str, version: int, service: str, successes: int = 1) -> Any:
+        raise NotImplementedError
+
+    def _in_background(self, name: str, send: Callable[[], Any], failed: Callable[[Exception], None]) -> None:
+        """Runs ``send()`` (awaiting what it returns, for the async client)
+        where the caller does not wait; calls ``failed`` with its error,
+        which must never reach the caller."""
         raise NotImplementedError
 
 

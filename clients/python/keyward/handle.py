@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from .core import watch_request
-from .errors import KeywardError, from_rpc_error
+from .errors import KeywardError
 from .handle_core import HandleCore
 from .keyset import KeySet
 
@@ -102,14 +102,10 @@ class KeyHandle(HandleCore):
                         self._received(KeySet.from_proto(event.key_set))
                         self._cond.notify_all()
                 error: KeywardError = KeywardError(f"the agent ended the watch stream of {self.key}")
-            except grpc.RpcError as e:
-                if self._stop.is_set():
+            except Exception as e:
+                if self._stop.is_set():  # close() cancelled the stream
                     return
-                error = from_rpc_error(e, self._client.socket)
-            except KeywardError as e:  # the socket's check (Client._keys)
-                error = e
-            except Exception as e:  # never let the thread die silently
-                error = KeywardError(f"watch of {self.key} failed: {type(e).__name__}: {e}")
+                error = self._stream_error(e)
             with self._cond:
                 self._call = None
                 delay = self._failed(error)

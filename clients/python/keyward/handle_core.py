@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import logging
 
+import grpc
+
 from .core import ClientCore
-from .errors import InvalidKey, KeyNotFound, KeywardError, PermissionDenied, UntrustedSocket
+from .errors import InvalidKey, KeyNotFound, KeywardError, PermissionDenied, UntrustedSocket, from_rpc_error
 from .keyset import KeySet, KeyVersion, parse_key
 
 __all__ = ["HandleCore"]
@@ -99,6 +101,15 @@ class HandleCore:
         self._current = keyset
         self._last_error = None
         self._backoff = self._initial_backoff
+
+    def _stream_error(self, e: Exception) -> KeywardError:
+        """The error a broken stream (or the socket's check) is stored as."""
+        if isinstance(e, grpc.RpcError):
+            return from_rpc_error(e, self._core.socket)
+        if isinstance(e, KeywardError):  # the socket's check, made when connecting
+            return e
+        # Anything else: kept (never let the thread or task die silently).
+        return KeywardError(f"watch of {self.key} failed: {type(e).__name__}: {e}")
 
     def _failed(self, error: KeywardError) -> float | None:
         """The stream ended with ``error``. Returns how long to wait before

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from typing import Any, AsyncGenerator, Awaitable, Callable, Coroutine, TypeVar, cast
+from typing import AsyncGenerator, Awaitable, Callable, TypeVar, cast
 
 import grpc
 import grpc.aio
@@ -188,28 +188,13 @@ class Client(ClientCore):
 
     # -- in the background ---------------------------------------------------
 
-    def _send_auth_failure_later(self, key: str, version: int, status: int, service: str, detail: str) -> None:
-        async def send() -> None:
-            try:
-                await self.report_auth_failure(key, version, status, service, detail)
-            except Exception as e:  # the report must never hurt the caller
-                log.warning("keyward: could not report the auth failure on %s v%d: %s", key, version, e)
-
-        self._in_background(f"keyward-report {key}", send)
-
-    def _send_key_use_later(self, key: str, version: int, service: str, successes: int) -> None:
-        async def send() -> None:
-            try:
-                await self.report_key_use(key, version, service, successes)
-            except Exception as e:  # the report must never hurt the caller
-                log.debug("keyward: could not report the use of %s v%d: %s", key, version, e)
-
-        self._in_background(f"keyward-use {key}", send)
-
-    def _in_background(self, name: str, send: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        """Runs ``send()`` as a task of the client's loop that close() waits
-        for (2 s at most); nothing once the client is closed. Callable from
-        another thread (``handle.report_use`` in a worker thread)."""
+    def _in_background(
+        self, name: str, send: Callable[[], Awaitable[object]], failed: Callable[[Exception], None]
+    ) -> None:
+        """Awaits ``send()`` in a task of the client's loop that close()
+        waits for (2 s at most); nothing once the client is closed. Its
+        error goes to ``failed``, never to the caller. Callable from another
+        thread (``handle.report_use`` in a worker thread)."""
         if self._closed:
             return
         try:
@@ -221,10 +206,16 @@ class Client(ClientCore):
             log.debug("keyward: no event loop to send %s from; dropped", name)
             return
 
+        async def run() -> None:
+            try:
+                await send()
+            except Exception as e:  # the report must never hurt the caller
+                failed(e)
+
         def spawn() -> None:
             if self._closed:
                 return
-            task = loop.create_task(send(), name=name)
+            task = loop.create_task(run(), name=name)
             self._reports.add(task)
             task.add_done_callback(self._reports.discard)
 

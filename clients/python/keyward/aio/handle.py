@@ -12,11 +12,9 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any, Generator
 
-import grpc
-
 from ..client_name import CLIENT_METADATA
 from ..core import watch_request
-from ..errors import KeywardError, from_rpc_error
+from ..errors import KeywardError
 from ..handle_core import HandleCore
 from ..keyset import KeySet
 
@@ -117,12 +115,8 @@ class KeyHandle(HandleCore):
                     self._received(KeySet.from_proto(event.key_set))
                     self._notify()
                 error: KeywardError = KeywardError(f"the agent ended the watch stream of {self.key}")
-            except grpc.RpcError as e:
-                error = from_rpc_error(e, self._client.socket)
-            except KeywardError as e:  # the socket's check (Client._connect)
-                error = e
-            except Exception as e:  # never let the task die silently
-                error = KeywardError(f"watch of {self.key} failed: {type(e).__name__}: {e}")
+            except Exception as e:  # not CancelledError: close() ends the task
+                error = self._stream_error(e)
             finally:
                 if call is not None:
                     call.cancel()
