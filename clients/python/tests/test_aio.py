@@ -257,3 +257,17 @@ def test_a_script_with_a_report_in_flight_reports_and_exits(agent):
     # Reported before the script exited (close() waits for reports).
     record = auth_failures(agent)[0]
     assert record["versions"][0]["version"] == 1 and "PermissionError; retrying with fallback v2" in record["detail"]
+
+
+def test_report_use_from_a_worker_thread_is_sent_by_the_loop(agent):
+    agent.put("prod/x", b"sk_1")
+
+    async def main():
+        async with keyward.aio.Client(agent.socket) as client:
+            async with client.handle("prod/x") as h:
+                # e.g. a blocking HTTP call made in a thread with the handle's key
+                await asyncio.to_thread(h.report_use, 1, "worker-thread")
+
+    run(main())  # close() waited for the report
+    record = eventually(lambda: key_uses(agent, "prod/x", 1), what="a key_use record")[0]
+    assert "worker-thread" in record["detail"]
