@@ -5,57 +5,46 @@ once :mod:`keyward.trust` has checked who serves the socket (nothing is sent
 before), with every request named by the ``x-keyward-client`` header
 (:mod:`keyward.client_name`). Every call goes through here so that errors
 are mapped once (:mod:`keyward.errors`), and auth-failure and key-use
-reports (:mod:`keyward.key_use`) are sent without ever delaying or failing
-the caller.
+reports are sent from daemon threads, never delaying or failing the caller.
+What is not about threads (settings, the sticky fallback's memory, the
+key-use counts, the fallback's decisions) is shared with the asyncio client
+in :mod:`keyward.core`.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import sys
 import threading
 import time
 import weakref
-from typing import Callable, Iterator, TypeVar, cast
+from typing import Callable, Generator, TypeVar, cast
 
 import grpc
 
-from ._proto import keys_pb2, keys_pb2_grpc
+from ._proto import keys_pb2_grpc
 from .client_name import ClientName
+from .core import (
+    CHANNEL_OPTIONS,
+    DEFAULT_SOCKET,
+    REPORT_DRAIN_SECONDS,
+    ClientCore,
+    auth_failure_request,
+    get_request,
+    key_use_request,
+    watch_request,
+)
 from .errors import KeywardError, from_rpc_error
-from .fallback import AuthErrorPredicate, default_is_auth_error, status_of
+from .fallback import AuthErrorPredicate
 from .handle import KeyHandle
-from .key_use import UseCounts
-from .keyset import KeySet, parse_key
-from .trust import agent_uid_from_env, check_socket
+from .keyset import KeySet
+from .sticky import DEFAULT_FALLBACK_COOLDOWN
+from .trust import check_socket
 
 __all__ = ["Client", "DEFAULT_SOCKET"]
 
-log = logging.getLogger("keyward")
-
-#: Where the agent listens unless told otherwise.
-DEFAULT_SOCKET = "/run/keyward/keys.sock"
-
 T = TypeVar("T")
 
-# How long close() waits for reports still being sent.
-_REPORT_DRAIN_SECONDS = 2.0
 
-_CHANNEL_OPTIONS = [
-    # grpc-core sends the socket path as :authority for unix: targets; the
-    # agent's HTTP/2 server (hyper, under tonic) rejects that as an invalid
-    # authority. "localhost" is what every other keyward client sends.
-    ("grpc.default_authority", "localhost"),
-    # After an agent restart, reconnect within seconds rather than grpc's
-    # default backoff, which grows to two minutes.
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 5000),
-]
-
-
-class Client:
+class Client(ClientCore):
     """A connection to the keyward agent's service socket.
 
     ``socket`` is the argument, else ``$KEYWARD_SOCKET``, else
@@ -69,23 +58,27 @@ class Client:
     ``$KEYWARD_AGENT_UID``), and that no other uid can replace it (see
     :mod:`keyward.trust`); otherwise that call raises
     :class:`~keyward.UntrustedSocket`.
+
+    ``fallback_cooldown`` (seconds, default 30): how long
+    :meth:`call_with_fallback` goes straight to the fallback after the
+    provider refused the primary (:mod:`keyward.sticky`); 0 turns that off.
     """
 
-    def __init__(self, socket: str | None = None, *, timeout: float = 10.0, agent_uid: int | None = None) -> None:
-        path = socket or os.environ.get("KEYWARD_SOCKET") or DEFAULT_SOCKET
-        self.socket: str = path if os.path.isabs(path) else os.path.abspath(path)
-        self.timeout = timeout
-        if agent_uid is not None and (isinstance(agent_uid, bool) or not isinstance(agent_uid, int) or agent_uid < 0):
-            raise KeywardError(f"agent_uid={agent_uid!r} is not a uid: pass the number keywardd runs as")
-        #: The uid keywardd runs as, trusted besides root and this user.
-        self.agent_uid: int | None = agent_uid if agent_uid is not None else agent_uid_from_env()
+    def __init__(
+        self,
+        socket: str | None = None,
+        *,
+        timeout: float = 10.0,
+        agent_uid: int | None = None,
+        fallback_cooldown: float = DEFAULT_FALLBACK_COOLDOWN,
+    ) -> None:
+        super().__init__(socket, timeout=timeout, agent_uid=agent_uid, fallback_cooldown=fallback_cooldown)
         # Made by _keys() once the socket is checked.
         self._channel: grpc.Channel | None = None
         self._stub: keys_pb2_grpc.KeysStub | None = None
         self._connect_lock = threading.Lock()
         self._handles: "weakref.WeakSet[KeyHandle]" = weakref.WeakSet()
         self._reports: set[threading.Thread] = set()
-        self._uses = UseCounts()
         self._lock = threading.Lock()
         self._closed = False
 
@@ -101,7 +94,7 @@ class Client:
                 raise KeywardError(f"this keyward client ({self.socket}) is closed")
             if self._stub is None:
                 target = check_socket(self.socket, self.agent_uid, self.timeout)
-                raw = grpc.insecure_channel(f"unix:{target}", options=_CHANNEL_OPTIONS)
+                raw = grpc.insecure_channel(f"unix:{target}", options=CHANNEL_OPTIONS)
                 self._channel = grpc.intercept_channel(raw, ClientName())
                 self._stub = keys_pb2_grpc.KeysStub(self._channel)  # type: ignore[no-untyped-call]
             return self._stub
@@ -110,22 +103,20 @@ class Client:
 
     def get(self, key: str) -> KeySet:
         """The current KeySet of ``key`` (``"ENV/NAME"``)."""
-        request = keys_pb2.GetKeyRequest(key=parse_key(key))
+        request = get_request(key)
         stub = self._keys()
         try:
             return KeySet.from_proto(stub.GetKey(request, timeout=self.timeout))
         except grpc.RpcError as e:
             raise from_rpc_error(e, self.socket) from None
 
-    def watch(self, keys: list[str]) -> Iterator[KeySet]:
+    def watch(self, keys: list[str]) -> Generator[KeySet, None, None]:
         """Yields the KeySet of each key at once, then each key's KeySet after
         every change. Runs until the stream ends (the agent stops:
         :class:`~keyward.AgentUnavailable`) or the generator is closed, which
         cancels the stream. For a key that stays current across agent
         restarts, use :meth:`handle`."""
-        if isinstance(keys, str):
-            keys = [keys]
-        request = keys_pb2.WatchKeysRequest(keys=[parse_key(k) for k in keys])
+        request = watch_request(keys)
         call = self._keys().WatchKeys(request)
         try:
             for event in call:
@@ -145,7 +136,7 @@ class Client:
         self._handles.add(handle)
         return handle
 
-    # -- auth failures -------------------------------------------------------
+    # -- reports -------------------------------------------------------------
 
     def report_auth_failure(
         self, key: str, version: int, status_code: int, service: str, detail: str = ""
@@ -154,9 +145,7 @@ class Client:
         ``status_code``. Waits for the agent's answer and raises
         :class:`~keyward.KeywardError` on failure (``call_with_fallback``
         sends reports in the background instead)."""
-        request = keys_pb2.AuthFailureReport(
-            key=parse_key(key), version=version, status_code=status_code, service=service, detail=detail
-        )
+        request = auth_failure_request(key, version, status_code, service, detail)
         stub = self._keys()
         try:
             stub.ReportAuthFailure(request, timeout=self.timeout)
@@ -171,12 +160,14 @@ class Client:
         ``call_with_fallback`` and :meth:`KeyHandle.report_use` send these by
         themselves, in the background and at most once per version every
         :data:`keyward.USE_REPORT_INTERVAL` seconds."""
-        request = keys_pb2.KeyUseReport(key=parse_key(key), version=version, service=service, successes=successes)
+        request = key_use_request(key, version, service, successes)
         stub = self._keys()
         try:
             stub.ReportKeyUse(request, timeout=self.timeout)
         except grpc.RpcError as e:
             raise from_rpc_error(e, self.socket) from None
+
+    # -- calling an API with the key -----------------------------------------
 
     def call_with_fallback(
         self,
@@ -184,6 +175,8 @@ class Client:
         fn: Callable[[bytes], T],
         is_auth_error: AuthErrorPredicate | None = None,
         service: str | None = None,
+        *,
+        fallback_cooldown: float | None = None,
     ) -> T:
         """Calls ``fn(primary.secret)``; on an auth rejection, reports it and
         calls ``fn(fallback.secret)``.
@@ -192,12 +185,18 @@ class Client:
         :class:`~keyward.KeyHandle` (its current KeySet, no round trip).
         ``is_auth_error`` is told each raised exception or returned value and
         says whether it is an auth rejection (default: status 401/403, see
-        :func:`keyward.fallback.default_is_auth_error`). Each rejection is
+        :func:`keyward.fallback.default_is_auth_error`). Rejections are
         reported to the agent in the background, never delaying the call and
-        never raising. Returns the first result that is not a rejection;
-        when every version was rejected, re-raises the last exception (or
-        returns the last rejected value). Exceptions that are not auth
-        rejections propagate at once.
+        never raising: the first of each version at once, the next ones
+        within the cool-down counted into the next report. Returns the first
+        result that is not a rejection; when every version was rejected,
+        re-raises the last exception (or returns the last rejected value).
+        Exceptions that are not auth rejections propagate at once.
+
+        Sticky fallback: once the provider refused the primary, calls go
+        straight to the fallback for ``fallback_cooldown`` seconds (default:
+        the client's, 30 s; 0 turns it off), until the agent pushes a new
+        KeySet (:mod:`keyward.sticky`).
 
         A success (a returned value that is not a rejection and carries no
         HTTP status of 400 or more) is reported as key use of the version
@@ -205,70 +204,31 @@ class Client:
         :data:`keyward.USE_REPORT_INTERVAL` seconds: the evidence that lets
         a rotation retire the old key.
         """
-        check = is_auth_error or default_is_auth_error
-        who = service if service is not None else _program_name()
         keyset = key.current if isinstance(key, KeyHandle) else self.get(key)
-        versions = [keyset.primary] + ([keyset.fallback] if keyset.fallback is not None else [])
-        last: T | None = None
-        error: Exception | None = None
-        outcome: object
-        for i, version in enumerate(versions):
+        attempt = self._attempt(keyset, is_auth_error, service, fallback_cooldown)
+        for version in attempt.versions:
             try:
                 value = fn(version.secret)
-            except Exception as e:  # noqa: BLE001 - classified here, re-raised if not a rejection
-                if not _safe_check(check, e):
+            except Exception as e:  # classified by the attempt, re-raised if not a rejection
+                if not attempt.rejected(version, e):
                     raise
-                error = outcome = e
-            else:
-                if not _safe_check(check, value):
-                    if _worked(value):
-                        self._note_use(keyset.key, version.version, who)
-                    return value
-                error, last, outcome = None, value, value
-            then = f"retrying with fallback v{versions[i + 1].version}" if i + 1 < len(versions) else "no fallback left"
-            self._report_in_background(keyset.key, version.version, outcome, who, then)
-        if error is not None:
-            raise error
-        return cast(T, last)
+                continue
+            if not attempt.rejected(version, value):
+                return cast(T, attempt.succeeded(version, value))
+        return cast(T, attempt.give_up())
 
-    def _report_in_background(self, key: str, version: int, outcome: object, service: str, then: str) -> None:
-        # The detail names the outcome's type, never its text: an exception
-        # message may quote a request, headers included.
-        status = status_of(outcome) or 0
-        detail = f"{type(outcome).__name__}; {then}"
+    # -- in the background ---------------------------------------------------
 
-        def send() -> None:
-            try:
-                self.report_auth_failure(key, version, status, service, detail)
-            except Exception as e:  # the report must never hurt the caller
-                log.warning("keyward: could not report the auth failure on %s v%d: %s", key, version, e)
-
-        self._in_background(f"keyward-report {key}", send)
-
-    def _note_use(self, key: str, version: int, service: str | None) -> None:
-        """Counts a success with ``version`` of ``key``; sends the key-use
-        report from a daemon thread when one is due (:mod:`keyward.key_use`).
-        ``service`` defaults to the program's name."""
-        successes = self._uses.record(key, version, time.monotonic())
-        if successes is None:
-            return
-        who = service if service is not None else _program_name()
-
-        def send() -> None:
-            try:
-                self.report_key_use(key, version, who, successes)
-            except Exception as e:  # the report must never hurt the caller
-                log.debug("keyward: could not report the use of %s v%d: %s", key, version, e)
-
-        self._in_background(f"keyward-use {key}", send)
-
-    def _in_background(self, name: str, send: Callable[[], None]) -> None:
+    def _in_background(self, name: str, send: Callable[[], object], failed: Callable[[Exception], None]) -> None:
         """Runs ``send`` on a daemon thread that close() waits for (2 s at
-        most); nothing once the client is closed."""
+        most); nothing once the client is closed. Its error goes to
+        ``failed``, never to the caller."""
 
         def run() -> None:
             try:
                 send()
+            except Exception as e:  # the report must never hurt the caller
+                failed(e)
             finally:
                 with self._lock:
                     self._reports.discard(threading.current_thread())
@@ -293,7 +253,7 @@ class Client:
             pending = list(self._reports)
         for handle in list(self._handles):
             handle.close()
-        deadline = time.monotonic() + _REPORT_DRAIN_SECONDS
+        deadline = time.monotonic() + REPORT_DRAIN_SECONDS
         for thread in pending:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
         with self._connect_lock:
@@ -308,22 +268,3 @@ class Client:
 
     def __repr__(self) -> str:
         return f"Client(socket={self.socket!r})"
-
-
-def _safe_check(check: AuthErrorPredicate, outcome: object) -> bool:
-    try:
-        return bool(check(outcome))
-    except Exception as e:  # a broken predicate must not hide the real outcome
-        raise KeywardError(f"is_auth_error raised {type(e).__name__}: {e}") from e
-
-
-def _worked(value: object) -> bool:
-    """Whether a returned value is a success to report as key use: no HTTP
-    status, or one below 400. A 5xx does not show that the key works, and a
-    false report could let a rotation retire the only key that does."""
-    status = status_of(value)
-    return status is None or status < 400
-
-
-def _program_name() -> str:
-    return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"

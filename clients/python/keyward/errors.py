@@ -19,6 +19,7 @@ __all__ = [
     "KeyNotFound",
     "InvalidKey",
     "UntrustedSocket",
+    "SecretNotText",
 ]
 
 
@@ -67,6 +68,12 @@ class UntrustedSocket(KeywardError):
         self.uid = uid
         self.pid = pid
         self.path = path
+
+
+class SecretNotText(KeywardError, ValueError):
+    """A secret read as ``.text`` is not UTF-8. The message names the
+    version, its fingerprint and where the first invalid byte is, never the
+    bytes themselves; ``.secret`` still gives them."""
 
 
 def socket_permission_denied(socket: str, grpc_code: grpc.StatusCode | None = None) -> PermissionDenied:

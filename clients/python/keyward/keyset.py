@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from ._proto import keys_pb2
+from .errors import InvalidKey, SecretNotText
 
 __all__ = ["RotationState", "KeyVersion", "KeySet", "parse_key", "format_key"]
 
@@ -43,7 +44,8 @@ class RotationState(str, enum.Enum):
 class KeyVersion:
     """One numbered value of a key.
 
-    ``secret`` is the raw secret material. It is left out of ``repr`` and
+    ``secret`` is the raw secret material; ``text`` is the same decoded as
+    UTF-8 (most API keys are text). Both are left out of ``repr`` and
     ``str``: use the ``fingerprint`` to log or compare versions.
     """
 
@@ -58,6 +60,23 @@ class KeyVersion:
         return f"KeyVersion(version={self.version}, fingerprint={self.fingerprint!r}{expires})"
 
     __str__ = __repr__
+
+    @property
+    def text(self) -> str:
+        """The secret decoded as UTF-8. Raises
+        :class:`~keyward.SecretNotText` when it is not UTF-8; the error
+        names the version and the offset of the first bad byte, never the
+        bytes (a ``UnicodeDecodeError`` would carry the whole secret)."""
+        try:
+            return self.secret.decode("utf-8")
+        except UnicodeDecodeError as e:
+            at = e.start
+        # Raised outside the except block, so the UnicodeDecodeError (and
+        # the secret in its .object) is not chained to it.
+        raise SecretNotText(
+            f"version {self.version} (fingerprint {self.fingerprint!r}) is not UTF-8 text: invalid byte at "
+            f"offset {at} of {len(self.secret)}; use .secret for the raw bytes"
+        )
 
     @classmethod
     def from_proto(cls, m: keys_pb2.KeyVersion) -> "KeyVersion":
@@ -100,8 +119,6 @@ def _time(ts: Timestamp) -> datetime:
 def parse_key(key: str) -> keys_pb2.KeyRef:
     """``"ENV/NAME"`` to a KeyRef. Only the shape is checked here; the agent
     checks the names themselves (one rule, one place)."""
-    from .errors import InvalidKey
-
     if not isinstance(key, str):
         raise InvalidKey(f"a key is a string ENV/NAME, e.g. prod/billing-api, not {type(key).__name__}")
     env, sep, name = key.partition("/")

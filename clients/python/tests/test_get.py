@@ -2,6 +2,8 @@
 
 from datetime import datetime
 
+import pytest
+
 import keyward
 from keyward import KeySet, RotationState
 
@@ -51,3 +53,21 @@ def test_default_socket_without_env(monkeypatch):
     monkeypatch.delenv("KEYWARD_SOCKET", raising=False)
     with keyward.Client() as c:
         assert c.socket == "/run/keyward/keys.sock"
+
+
+def test_text_is_the_secret_as_utf8_and_says_clearly_when_it_is_not(agent, client):
+    agent.put("prod/t", "sk_\u00e9t\u00e9".encode())
+    agent.put("prod/b", b"sk_\xff\xfeSECRETTAIL")
+
+    assert client.get("prod/t").primary.text == "sk_\u00e9t\u00e9"
+    binary = client.get("prod/b").primary
+    with pytest.raises(keyward.SecretNotText) as e:
+        binary.text
+    assert isinstance(e.value, keyward.KeywardError) and isinstance(e.value, ValueError)
+    msg = str(e.value)
+    assert "version 1" in msg and binary.fingerprint in msg and "offset 3" in msg and ".secret" in msg, msg
+    # Nothing of the secret, in the message or chained to it (a
+    # UnicodeDecodeError carries the whole input).
+    assert "SECRETTAIL" not in msg and "\\xff" not in msg and "sk_" not in msg
+    assert e.value.__cause__ is None and e.value.__context__ is None
+    assert binary.secret == b"sk_\xff\xfeSECRETTAIL"

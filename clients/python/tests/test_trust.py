@@ -6,6 +6,7 @@ replacement). The fake listeners run as uid 2032, which needs root."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import stat
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 import keyward
+import keyward.aio
 
 ATTACKER = 2032
 OTHER = 2037
@@ -166,3 +168,34 @@ def test_a_directory_another_uid_owns_or_others_can_write_is_refused(agent):
     finally:
         os.chown(parent, 0, 0)
         os.chmod(parent, stat.S_IRWXU)
+
+
+@needs_root
+def test_the_async_client_checks_the_socket_the_same_way(shared_tmp):
+    sock = owned_dir(shared_tmp, ATTACKER) / "keys.sock"
+    fake = FakeListener(ATTACKER, sock)
+
+    async def main():
+        client = keyward.aio.Client(str(sock), timeout=3)
+        try:
+            errors = []
+            for attempt in (client.get("prod/x"), client.handle("prod/x", timeout=10).start()):
+                started = time.monotonic()
+                try:
+                    await attempt
+                except Exception as e:  # noqa: BLE001 - the test looks at it
+                    errors.append((e, time.monotonic() - started))
+            return errors
+        finally:
+            await client.close()
+
+    try:
+        (err, _), (handle_err, handle_took) = asyncio.run(main())
+        assert fake.received() == 0, "the fake listener received bytes"
+    finally:
+        fake.stop()
+    assert isinstance(err, keyward.UntrustedSocket), repr(err)
+    assert (err.uid, err.pid) == (ATTACKER, fake.proc.pid)
+    assert "nothing was sent" in str(err)
+    # The handle gives up at once, as the sync one does.
+    assert isinstance(handle_err, keyward.UntrustedSocket) and handle_took < 5, (handle_err, handle_took)
