@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 use super::error::AuditError;
 use super::head::HeadFile;
 use super::writer::{report_failure, SyncFiles};
-use super::{lock, AuditOptions, AuditStatus};
+use super::{lock, AuditOptions, StatusCell};
 
 /// The background sync thread of [`super::Durability::Write`]: every
 /// `fsync_interval`, fdatasyncs what has been written (on its own handle
@@ -35,7 +35,7 @@ impl Syncer {
         files: Arc<Mutex<SyncFiles>>,
         synced: u64,
         opts: &AuditOptions,
-        status: Arc<Mutex<AuditStatus>>,
+        status: Arc<StatusCell>,
         head: Arc<Mutex<HeadFile>>,
     ) -> Result<Syncer, AuditError> {
         let (stop, stopped) = mpsc::channel();
@@ -74,14 +74,14 @@ impl Syncer {
 fn sync_once(
     files: &Mutex<SyncFiles>,
     synced: u64,
-    status: &Mutex<AuditStatus>,
+    status: &StatusCell,
     head: &Mutex<HeadFile>,
     path: &std::path::Path,
 ) -> u64 {
     // Everything up to this seq was written before the sync starts, so the
     // sync covers it.
     let (seq, hash) = {
-        let status = lock(status);
+        let status = status.lock();
         (status.sequence, status.head.clone())
     };
     let (mut retired, log) = {
