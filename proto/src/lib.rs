@@ -14,7 +14,9 @@
 //! # Layout
 //!
 //! - `keyward/v1/keys.proto`, `keyward/v1/admin.proto`: the protocol.
-//! - `build.rs`: compiles them (protox, no system `protoc`).
+//! - `build.rs`: compiles them (protox, no system `protoc`), and encodes
+//!   their descriptors for server reflection
+//!   ([`KEYS_FILE_DESCRIPTOR_SET`], [`ADMIN_FILE_DESCRIPTOR_SET`]).
 //! - `codec.rs`: [`SmallBufferCodec`], the codec of every generated client
 //!   and server: small initial buffers for many idle streams.
 //! - `redact.rs`: the `Debug` of the messages that carry secrets.
@@ -32,6 +34,16 @@ pub use codec::{SmallBufferCodec, CODEC_BUFFER_BYTES};
 /// `keyward run`. A claim the agent only uses to list subscribers (which
 /// of them can report use of a new key), never to grant anything.
 pub const CLIENT_HEADER: &str = "x-keyward-client";
+
+/// The encoded `FileDescriptorSet` of `keyward/v1/keys.proto` and its
+/// imports, comments included: what the service socket's server reflection
+/// describes.
+pub const KEYS_FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/keys.fds"));
+
+/// The encoded `FileDescriptorSet` of `keyward/v1/admin.proto` and its
+/// imports (`keys.proto` among them), comments included: what the admin
+/// socket's server reflection describes.
+pub const ADMIN_FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/admin.fds"));
 
 /// The generated code, re-exported at the crate root.
 #[allow(missing_docs, clippy::all)]
