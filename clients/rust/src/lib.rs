@@ -34,6 +34,10 @@
 //!   that reconnects when the agent restarts.
 //! - `fallback.rs`: [`Client::call_with_fallback`] and the auth-failure
 //!   report it sends.
+//! - `refusals.rs`: what `call_with_fallback` remembers of refused
+//!   versions: the sticky fallback for [`DEFAULT_FALLBACK_COOLDOWN`]
+//!   ([`Client::with_fallback_cooldown`]), and one auth-failure report per
+//!   version per interval, with the count of those held back.
 //! - `key_use.rs`: the key-use reports (`ReportKeyUse`) that
 //!   `call_with_fallback` and [`KeyHandle::report_use`] send after a
 //!   success, at most one per version every [`USE_REPORT_INTERVAL`]: the
@@ -59,6 +63,7 @@ mod handle;
 mod key_use;
 mod keyset;
 mod proto;
+mod refusals;
 mod secret;
 mod trust;
 
@@ -70,5 +75,6 @@ pub use fallback::{auth_rejection, CallError, HttpStatus, KeySource};
 pub use handle::{KeyHandle, DEFAULT_FIRST_KEYSET_TIMEOUT};
 pub use key_use::USE_REPORT_INTERVAL;
 pub use keyset::{KeySet, KeyVersion, RotationState};
+pub use refusals::{DEFAULT_FALLBACK_COOLDOWN, MIN_REPORT_INTERVAL};
 pub use secret::Secret;
 pub use trust::{Trust, AGENT_UID_ENV};
