@@ -65,7 +65,8 @@
 //! - [`server`]: the transport: socket binding, caller identity from peer
 //!   credentials (and the verification of a caller's executable and unit),
 //!   the bounds on streams and calls, the `Keys` and `Admin` gRPC services
-//!   and `creds.sock`, the one mapping from agent errors to statuses, and
+//!   (with the standard health and reflection services beside them) and
+//!   `creds.sock`, the one mapping from agent errors to statuses, and
 //!   [`server::run()`], the one way in.
 //!
 //! The binaries live in `src/bin`: `keywardd` (the agent) and `keyward` (the

@@ -41,7 +41,7 @@ use tokio::sync::{oneshot, Notify};
 use super::head::HeadFile;
 use super::sync::{Cadence, Demand, Syncer};
 use super::writer::Writer;
-use super::{lock, AuditError, AuditEvent, AuditOptions, AuditStatus, Durability};
+use super::{lock, AuditError, AuditEvent, AuditOptions, Durability, StatusCell};
 
 /// Batches a leader writes before it hands the lead on (once its own
 /// record is written and a follower is waiting).
@@ -89,7 +89,7 @@ pub(super) struct Shared {
     /// Woken when a leader lets go after `close` has begun.
     released: Notify,
     /// Seq, head hash and error, for `status()` and the background sync.
-    pub(super) status: Arc<Mutex<AuditStatus>>,
+    pub(super) status: Arc<StatusCell>,
     head: Arc<Mutex<HeadFile>>,
     path: PathBuf,
     /// Most records in one write, the first one aside.
@@ -109,7 +109,7 @@ impl Shared {
         opts: &AuditOptions,
         writer: Writer,
         head: Arc<Mutex<HeadFile>>,
-        status: Arc<Mutex<AuditStatus>>,
+        status: Arc<StatusCell>,
     ) -> Result<Shared, AuditError> {
         let (cadence, demand) = match opts.durability {
             Durability::Fsync => {
@@ -330,7 +330,8 @@ impl Shared {
             std::mem::take(&mut st.queue)
         };
         drop(queue);
-        lock(&self.status).error = Some("the audit writer panicked; restart the agent".into());
+        self.status
+            .update(|s| s.error = Some("the audit writer panicked; restart the agent".into()));
         self.released.notify_waiters();
     }
 }

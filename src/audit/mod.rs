@@ -144,6 +144,40 @@ pub struct AuditStatus {
     pub error: Option<String>,
 }
 
+/// The writer's [`AuditStatus`], and whether it can write, for those who
+/// follow that ([`Audit::writable`]). Every change of the error goes
+/// through [`StatusCell::update`], which tells the followers while it
+/// still holds the status: they never see an order of changes the status
+/// did not go through.
+pub(super) struct StatusCell {
+    status: Mutex<AuditStatus>,
+    writable: tokio::sync::watch::Sender<bool>,
+}
+
+impl StatusCell {
+    fn new() -> StatusCell {
+        StatusCell {
+            status: Mutex::new(AuditStatus::default()),
+            writable: tokio::sync::watch::Sender::new(true),
+        }
+    }
+
+    /// The status, for reading.
+    pub(super) fn lock(&self) -> MutexGuard<'_, AuditStatus> {
+        lock(&self.status)
+    }
+
+    /// Changes the status with `change`; followers of
+    /// [`Audit::writable`] are woken if the error came or went.
+    pub(super) fn update(&self, change: impl FnOnce(&mut AuditStatus)) {
+        let mut status = lock(&self.status);
+        change(&mut status);
+        let writable = status.error.is_none();
+        self.writable
+            .send_if_modified(|w| std::mem::replace(w, writable) != writable);
+    }
+}
+
 /// A handle on the audit log. Cheap to clone; all clones share one queue
 /// and one writer state.
 #[derive(Clone)]
@@ -183,7 +217,7 @@ impl Audit {
         opts: AuditOptions,
         wrap: impl FnOnce(std::fs::File) -> Box<dyn writer::LogFile>,
     ) -> Result<Audit, AuditError> {
-        let status = Arc::new(Mutex::new(AuditStatus::default()));
+        let status = Arc::new(StatusCell::new());
         let signals = Signals {
             reopen: Arc::default(),
             seals: Arc::new(tokio::sync::watch::Sender::new(0)),
@@ -249,7 +283,14 @@ impl Audit {
     /// The last written seq and hash and the current error. Never waits on
     /// I/O.
     pub fn status(&self) -> AuditStatus {
-        lock(&self.inner.status).clone()
+        self.inner.status.lock().clone()
+    }
+
+    /// Whether the log can be written: false from a failed write or sync
+    /// until the next successful write (while [`AuditStatus::error`] is
+    /// set), and changes the moment either happens. Never waits on I/O.
+    pub fn writable(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.inner.status.writable.subscribe()
     }
 
     /// Writes everything queued, fdatasyncs, updates the head file and stops

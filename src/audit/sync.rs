@@ -24,7 +24,7 @@ use tokio::sync::{oneshot, watch};
 use super::error::AuditError;
 use super::head::HeadFile;
 use super::writer::{report_failure, SyncFiles};
-use super::{lock, AuditOptions, AuditStatus};
+use super::{lock, AuditOptions, StatusCell};
 
 /// When the thread syncs.
 pub(super) enum Cadence {
@@ -131,7 +131,7 @@ impl Syncer {
         synced: u64,
         cadence: Cadence,
         opts: &AuditOptions,
-        status: Arc<Mutex<AuditStatus>>,
+        status: Arc<StatusCell>,
         head: Arc<Mutex<HeadFile>>,
     ) -> Result<Syncer, AuditError> {
         let (done_tx, done) = oneshot::channel();
@@ -234,14 +234,14 @@ fn next_round(demand: &Demand, interval: Option<Duration>, done: u64) -> bool {
 fn sync_once(
     files: &Mutex<SyncFiles>,
     synced: u64,
-    status: &Mutex<AuditStatus>,
+    status: &StatusCell,
     head: &Mutex<HeadFile>,
     path: &std::path::Path,
 ) -> Result<u64, u64> {
     // Everything up to this seq was written before the sync starts, so the
     // sync covers it.
     let (seq, hash) = {
-        let status = lock(status);
+        let status = status.lock();
         (status.sequence, status.head.clone())
     };
     let (mut retired, log) = {

@@ -34,7 +34,7 @@ use std::time::{Instant, SystemTime};
 use super::head::{decode_head, head_path, HeadFile, HEAD_LEN};
 use super::kind::{Event, Outcome};
 use super::line::{check_line, encode_record, hash_str, hmac, torn_detail, AuditEvent, HashHex, HmacSha256, TimeText};
-use super::{lock, AuditError, AuditOptions, AuditStatus};
+use super::{lock, AuditError, AuditOptions, AuditStatus, StatusCell};
 
 /// Opens the log and its head, recovers the tail, and writes the notices
 /// about what it found (and syncs) before any caller's record, so that a
@@ -44,7 +44,7 @@ use super::{lock, AuditError, AuditOptions, AuditStatus};
 pub(super) fn open(
     opts: &AuditOptions,
     wrap: impl FnOnce(File) -> Box<dyn LogFile>,
-    status: Arc<Mutex<AuditStatus>>,
+    status: Arc<StatusCell>,
     signals: &super::Signals,
 ) -> Result<(Writer, Arc<Mutex<HeadFile>>), AuditError> {
     let path = opts.path.clone();
@@ -103,11 +103,13 @@ pub(super) fn open(
         path: head_path(&path),
         names,
     }));
-    *lock(&status) = AuditStatus {
-        sequence: tail.seq,
-        head: tail.hash.clone(),
-        error: None,
-    };
+    status.update(|s| {
+        *s = AuditStatus {
+            sequence: tail.seq,
+            head: tail.hash.clone(),
+            error: None,
+        }
+    });
     let mut hash = [0; 64];
     hash.copy_from_slice(tail.hash.as_bytes());
     let segment_first = roll::first_seq(&*log, &opts.key)
@@ -236,7 +238,7 @@ pub(super) struct Writer {
     notices: Vec<AuditEvent>,
     /// The batch being written, reused from one batch to the next.
     buf: Vec<u8>,
-    status: Arc<Mutex<AuditStatus>>,
+    status: Arc<StatusCell>,
     head: Arc<Mutex<HeadFile>>,
     /// The live file as a segment: when it is sealed.
     segments: roll::SegmentState,
@@ -310,11 +312,12 @@ impl Writer {
         self.hash = hash;
         self.needs_newline = false;
         self.notices.clear();
-        let mut status = lock(&self.status);
-        status.sequence = self.seq;
-        status.head.clear();
-        status.head.push_str(hash_str(&self.hash));
-        status.error = None;
+        self.status.update(|status| {
+            status.sequence = self.seq;
+            status.head.clear();
+            status.head.push_str(hash_str(&self.hash));
+            status.error = None;
+        });
         Ok(first)
     }
 
@@ -353,10 +356,10 @@ impl Writer {
 
 /// Logs a failed write or sync and puts it in the status, where it stays
 /// until the next successful write.
-pub(super) fn report_failure(status: &Mutex<AuditStatus>, path: &Path, what: &str, e: &io::Error, refused: usize) {
+pub(super) fn report_failure(status: &StatusCell, path: &Path, what: &str, e: &io::Error, refused: usize) {
     let message = format!("{what} failed: {}", AuditError::io_copy(path, e));
     tracing::error!(error = %message, refused, "audit log {what} failed");
-    lock(status).error = Some(message);
+    status.update(|s| s.error = Some(message));
 }
 
 #[cfg(test)]

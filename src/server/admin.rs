@@ -1,14 +1,14 @@
 //! The `Admin` service on the admin socket: operators change keys here.
 //!
 //! Invariant: only root, the agent's own user or the configured admin group
-//! get past `AdminService::authorize` ([`crate::policy::may_administer`]);
+//! get past [`admit`] ([`crate::policy::may_administer`]);
 //! every request is then one agent operation (see [`crate::agent`]).
 
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::peer::caller_of;
+use super::peer::{caller_of, Peer};
 use crate::agent::caller::Caller;
 use crate::agent::error::ApiError;
 use crate::agent::{jobs, rotate, rotation_status, Agent};
@@ -28,29 +28,36 @@ impl AdminService {
     }
 
     /// Refuses callers that are not root, the agent's user or in the admin
-    /// group. The socket's mode already keeps them out; this is the second
-    /// lock on the door (e.g. a socket passed in by a service manager).
+    /// group (see [`admit`]).
     async fn authorize<T>(&self, req: &Request<T>) -> Result<Arc<Caller>, ApiError> {
-        let peer = caller_of(req).map_err(|s| ApiError::PermissionDenied(s.message().to_owned()))?;
-        if let Some(limit) = &peer.over_limit {
-            return Err(ApiError::ResourceExhausted(limit.clone()));
-        }
-        let caller = peer.caller.clone();
-        let me = nix::unistd::geteuid().as_raw();
-        let admin_group = self.agent.config().admin_group;
-        if crate::policy::may_administer(&caller.principal(), me, admin_group) {
-            return Ok(caller);
-        }
-        let msg = format!(
-            "{} may not use the admin socket: run the command as root (or as a member of the configured admin_group)",
-            caller.describe()
-        );
-        let denied = ApiError::PermissionDenied(msg);
-        Err(self
-            .agent
-            .refuse(Event::Admin, &caller, None, Outcome::Denied, denied)
-            .await)
+        admit(&self.agent, caller_of(req)).await
     }
+}
+
+/// The caller of `peer` if it may use the admin socket: root, the agent's
+/// user or a member of the admin group. Anyone else is refused with
+/// `PERMISSION_DENIED`, and the refusal is audited (coalesced). The
+/// socket's mode already keeps them out; this is the second lock on the
+/// door (e.g. a socket passed in by a service manager). Every service on
+/// the admin socket goes through it: `Admin` here, health and reflection
+/// in [`super::tooling`].
+pub(super) async fn admit(agent: &Agent, peer: Result<Arc<Peer>, Status>) -> Result<Arc<Caller>, ApiError> {
+    let peer = peer.map_err(|s| ApiError::PermissionDenied(s.message().to_owned()))?;
+    if let Some(limit) = &peer.over_limit {
+        return Err(ApiError::ResourceExhausted(limit.clone()));
+    }
+    let caller = peer.caller.clone();
+    let me = nix::unistd::geteuid().as_raw();
+    let admin_group = agent.config().admin_group;
+    if crate::policy::may_administer(&caller.principal(), me, admin_group) {
+        return Ok(caller);
+    }
+    let msg = format!(
+        "{} may not use the admin socket: run the command as root (or as a member of the configured admin_group)",
+        caller.describe()
+    );
+    let denied = ApiError::PermissionDenied(msg);
+    Err(agent.refuse(Event::Admin, &caller, None, Outcome::Denied, denied).await)
 }
 
 impl AdminService {

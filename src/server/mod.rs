@@ -12,6 +12,8 @@
 //! - [`keys`], [`watch_stream`]: the service socket (`GetKey`,
 //!   `WatchKeys`, `ReportAuthFailure`).
 //! - [`admin`]: the admin socket (changes and rotation).
+//! - [`tooling`]: `grpc.health.v1.Health` and server reflection on both
+//!   sockets, for grpc_health_probe and grpcurl.
 //! - [`creds`]: `creds.sock`, keys for systemd's `LoadCredential=`.
 //! - [`error`]: the one mapping from the agent's errors to gRPC statuses.
 //! - [`run`](mod@run): [`run()`], the one way in.
@@ -33,6 +35,7 @@ pub mod listeners;
 pub mod peer;
 pub mod run;
 pub mod streams;
+pub mod tooling;
 pub mod watch_stream;
 
 pub use listeners::{bind_listeners, bind_listeners_with, Listeners};

@@ -13,7 +13,7 @@ use crate::proto;
 
 use super::listeners::Listeners;
 use super::peer::{self, PeerStream};
-use super::{admin, creds, keys, streams};
+use super::{admin, creds, keys, streams, tooling};
 
 /// Serves both sockets (and the metrics listener, if any) until `shutdown`
 /// resolves, then drains.
@@ -41,6 +41,15 @@ pub async fn run(listeners: Listeners, agent: Arc<Agent>, shutdown: impl Future<
         .max_decoding_message_size(limits.max_message_bytes)
         .max_encoding_message_size(limits.max_message_bytes);
 
+    // Health follows the audit log from the start; reflection describes
+    // each socket's own protos.
+    let health = tooling::Health::new(*agent.audit().writable().borrow()).await;
+    let health_task = tokio::spawn(tooling::follow_audit(
+        health.clone(),
+        agent.audit().writable(),
+        stop_rx.clone(),
+    ));
+
     let service_incoming = incoming(tokio::net::UnixListener::from_std(listeners.service)?, agent.clone());
     let admin_incoming = incoming(tokio::net::UnixListener::from_std(listeners.admin)?, agent.clone());
     let credentials_task = match listeners.credentials {
@@ -64,16 +73,14 @@ pub async fn run(listeners: Listeners, agent: Arc<Agent>, shutdown: impl Future<
             .initial_stream_window_size(streams::RECEIVE_WINDOW_BYTES)
             .layer(streams::CallsLayer::new(&limits))
     };
-    let mut service_task = tokio::spawn(
-        builder()
-            .add_service(keys)
-            .serve_with_incoming_shutdown(service_incoming, stopped(stop_rx.clone())),
-    );
-    let mut admin_task = tokio::spawn(
-        builder()
-            .add_service(admin)
-            .serve_with_incoming_shutdown(admin_incoming, stopped(stop_rx)),
-    );
+    let max_message = limits.max_message_bytes;
+    let service_router = builder().add_service(keys);
+    let service_router = tooling::add(service_router, tooling::Socket::Service, &health, &agent, max_message)?;
+    let admin_router = builder().add_service(admin);
+    let admin_router = tooling::add(admin_router, tooling::Socket::Admin, &health, &agent, max_message)?;
+    let mut service_task =
+        tokio::spawn(service_router.serve_with_incoming_shutdown(service_incoming, stopped(stop_rx.clone())));
+    let mut admin_task = tokio::spawn(admin_router.serve_with_incoming_shutdown(admin_incoming, stopped(stop_rx)));
 
     running.started().await;
 
@@ -89,6 +96,9 @@ pub async fn run(listeners: Listeners, agent: Arc<Agent>, shutdown: impl Future<
     tracing::info!("shutting down: no new connections; draining in-flight calls");
     let _ = stop_tx.send(true);
     agent.close_watches();
+    // NOT_SERVING, and the health Watch streams end: the drain below does
+    // not wait on them.
+    let _ = health_task.await;
     let grace = agent.config().shutdown_grace;
     let drained = tokio::time::timeout(grace, async {
         let _ = (&mut service_task).await;

@@ -192,6 +192,43 @@ impl Drop for Cleanup {
     }
 }
 
+/// A file made immutable (`chattr +i`) for as long as this lives: every
+/// write(2) and ftruncate(2) on it fails with EPERM, also through a
+/// descriptor opened before, as on a file system that went read-only
+/// under the program writing it. The flag is cleared again on drop,
+/// whatever happens to the test.
+pub struct Immutable(PathBuf);
+
+impl Immutable {
+    /// `chattr +i path`; fails the test, saying why, where the file system
+    /// has no immutable flag.
+    pub fn set(path: &Path) -> Immutable {
+        let out = chattr("+i", path);
+        assert!(
+            out.status.success(),
+            "chattr +i {} failed ({}): this test needs root and a file system with the immutable flag (ext4, xfs, btrfs, tmpfs from Linux 6.0) under TMPDIR",
+            path.display(),
+            text(&out.stderr).trim()
+        );
+        Immutable(path.to_owned())
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = chattr("-i", &self.0);
+    }
+}
+
+fn chattr(flag: &str, path: &Path) -> std::process::Output {
+    Command::new("chattr")
+        .arg(flag)
+        .arg(path)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run chattr (e2fsprogs): {e}"))
+}
+
 /// Says why a test that needs root or a kernel feature did not run (the
 /// test then returns): a skip is printed with its reason, never a silent
 /// pass. scripts/test and CI run as root on a kernel that has them all.

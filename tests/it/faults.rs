@@ -42,6 +42,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use common::receiver::{Received, Receiver};
+use common::system::Immutable;
 use common::*;
 use keyward::proto;
 use serde_json::Value;
@@ -274,30 +275,6 @@ async fn audit_file_that_cannot_grow_withholds_keys_alerts_and_recovers_without_
     println!("fault audit-file-size-limit: {figures}");
     assert_no_secret("agent log", agent.logs().as_bytes(), &["sk_fault_fsize"]);
     assert!(agent.stop().success());
-}
-
-/// Clears the immutable flag again, whatever happens to the test.
-struct Immutable(PathBuf);
-
-impl Immutable {
-    /// `chattr +i path`; fails the test, saying why, where the file system
-    /// has no immutable flag.
-    fn set(path: &Path) -> Immutable {
-        let out = tool("chattr", &["+i", path.to_str().unwrap()]);
-        assert!(
-            out.status.success(),
-            "chattr +i {} failed ({}): this test needs root and a file system with the immutable flag (ext4, xfs, btrfs, tmpfs from Linux 6.0) under TMPDIR",
-            path.display(),
-            text(&out.stderr).trim()
-        );
-        Immutable(path.to_owned())
-    }
-}
-
-impl Drop for Immutable {
-    fn drop(&mut self) {
-        let _ = tool("chattr", &["-i", self.0.to_str().unwrap()]);
-    }
 }
 
 /// "Unwritable" for a running agent: it opened its log once, at start, and

@@ -38,5 +38,6 @@ mod rotation_jobs;
 mod run_render;
 mod security;
 mod soak;
+mod tooling;
 mod trust;
 mod watch;

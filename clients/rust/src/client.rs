@@ -15,6 +15,7 @@ use crate::key_use::UseCounts;
 use crate::keyset::{parse_key, KeySet};
 use crate::proto;
 use crate::proto::keys_client::KeysClient;
+use crate::refusals::{Refusals, DEFAULT_FALLBACK_COOLDOWN};
 use crate::trust::Trust;
 
 /// A boxed stream of key states, as [`Client::watch`] returns.
@@ -37,6 +38,11 @@ pub struct Client {
     /// Successes to report per (key, version), shared by every clone and
     /// handle (see `key_use.rs`).
     uses: Arc<Mutex<UseCounts>>,
+    /// Versions a provider refused, shared by every clone and handle (see
+    /// `refusals.rs`).
+    refusals: Arc<Mutex<Refusals>>,
+    /// How long `call_with_fallback` skips a refused version (this clone's).
+    fallback_cooldown: std::time::Duration,
 }
 
 impl Client {
@@ -106,6 +112,8 @@ impl Client {
             socket: Arc::new(socket.to_path_buf()),
             service: default_service().into(),
             uses: Arc::default(),
+            refusals: Arc::default(),
+            fallback_cooldown: DEFAULT_FALLBACK_COOLDOWN,
         }
     }
 
@@ -129,6 +137,40 @@ impl Client {
 
     pub(crate) fn uses(&self) -> &Mutex<UseCounts> {
         &self.uses
+    }
+
+    pub(crate) fn refusals(&self) -> std::sync::MutexGuard<'_, Refusals> {
+        self.refusals.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The same connection, whose
+    /// [`call_with_fallback`](Client::call_with_fallback) skips a version
+    /// the provider refused for `cooldown` (default
+    /// [`DEFAULT_FALLBACK_COOLDOWN`](crate::DEFAULT_FALLBACK_COOLDOWN), 30
+    /// s) and goes straight to the fallback; zero turns that off (the
+    /// primary first on every call). The memory of refused versions is
+    /// shared by the client's clones and handles, so for one call only:
+    /// `client.clone().with_fallback_cooldown(d).call_with_fallback(…)`.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), keyward_client::Error> {
+    /// use std::time::Duration;
+    /// let client = keyward_client::Client::connect()
+    ///     .await?
+    ///     .with_fallback_cooldown(Duration::from_secs(10));
+    /// assert_eq!(client.fallback_cooldown(), Duration::from_secs(10));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn with_fallback_cooldown(mut self, cooldown: std::time::Duration) -> Client {
+        self.fallback_cooldown = cooldown;
+        self
+    }
+
+    /// How long [`call_with_fallback`](Client::call_with_fallback) skips a
+    /// refused version (see [`Client::with_fallback_cooldown`]).
+    pub fn fallback_cooldown(&self) -> std::time::Duration {
+        self.fallback_cooldown
     }
 
     /// The same connection, naming the program as `name` to the agent in
@@ -300,6 +342,7 @@ impl std::fmt::Debug for Client {
             .field("socket", &self.socket)
             .field("service", &self.service)
             .field("client_name", &self.client_name())
+            .field("fallback_cooldown", &self.fallback_cooldown)
             .finish()
     }
 }

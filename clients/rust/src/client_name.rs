@@ -10,8 +10,9 @@
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 
-/// The gRPC metadata header that names the client program to the agent.
-pub use keyward_proto::CLIENT_HEADER;
+/// The gRPC metadata header that names the client program to the agent
+/// (the agent reads it as `keyward_proto::CLIENT_HEADER`: the same name).
+pub const CLIENT_HEADER: &str = "x-keyward-client";
 
 /// What this library sends unless told otherwise: `rust/VERSION`.
 pub(crate) const DEFAULT_CLIENT_NAME: &str = concat!("rust/", env!("CARGO_PKG_VERSION"));

@@ -16,6 +16,9 @@
 //! - [`KeyHandle::report_use`] never waits: the report goes through the
 //!   client's key-use counts (`key_use.rs`) and a task on the runtime the
 //!   handle was made on.
+//! - A new state forgets the client's marks of refused versions of the key
+//!   (`refusals.rs`) as it arrives: `call_with_fallback` tries its primary
+//!   first again.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -196,13 +199,15 @@ async fn follow(client: Client, key: String, mut stream: KeySetStream, tx: watch
             match item {
                 Some(Ok(state)) => {
                     backoff.reset();
-                    tx.send_if_modified(|current| {
-                        if current.same_state(&state) {
-                            return false;
-                        }
-                        *current = Arc::new(state);
-                        true
-                    });
+                    // This task is the only sender: nothing changes the
+                    // state between the look and the send.
+                    if !tx.borrow().same_state(&state) {
+                        // A new state: the versions a provider refused in
+                        // the old one are tried again (see `refusals.rs`),
+                        // by every call that sees it.
+                        client.refusals().forget(&key);
+                        tx.send_replace(Arc::new(state));
+                    }
                 }
                 // The key was deleted; the stream goes on.
                 Some(Err(Error::NotFound(m))) => tracing::warn!(%key, "{m}; keeping its last state"),

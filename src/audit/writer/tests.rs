@@ -231,6 +231,34 @@ async fn a_failed_write_is_refused_cut_back_and_retried() {
     }
 }
 
+/// What the agent's health service follows: `writable()` turns false
+/// with the failed write, before its caller has its error back, and true
+/// with the next good write; a follower is woken each time.
+#[tokio::test]
+async fn writable_follows_a_failed_write_and_the_next_good_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = opts(dir.path(), Durability::Fsync);
+    let (audit, fail_append, _) = start_flaky(&opts);
+    let mut writable = audit.writable();
+    assert!(*writable.borrow_and_update());
+    audit.record(fetch(1)).await.unwrap();
+    assert!(!writable.has_changed().unwrap(), "a good write changes nothing");
+
+    fail_append.store(true, Ordering::SeqCst);
+    audit.record(fetch(2)).await.unwrap_err();
+    assert!(writable.has_changed().unwrap());
+    assert!(!*writable.borrow_and_update());
+    audit.record(fetch(3)).await.unwrap_err();
+    assert!(!writable.has_changed().unwrap(), "still failing: no news");
+
+    fail_append.store(false, Ordering::SeqCst);
+    audit.record(fetch(4)).await.unwrap();
+    assert!(writable.has_changed().unwrap());
+    assert!(*writable.borrow_and_update());
+    assert_eq!(audit.status().error, None);
+    audit.close().await;
+}
+
 #[tokio::test]
 async fn nothing_is_written_after_a_half_record_until_it_is_cut_back() {
     let dir = tempfile::tempdir().unwrap();

@@ -196,7 +196,10 @@ enum Source {
 }
 
 /// The `call_with_fallback` workers: `workers` tasks, 4 per client; with
-/// more than one client, the last one fetches the key on every call.
+/// more than one client, the last one fetches the key on every call. Their
+/// clients keep the default fallback cool-down (a refused version is
+/// skipped for 30 s, and reported once per cool-down) unless `cooldown`
+/// says otherwise.
 struct Workers {
     stop: Arc<AtomicBool>,
     tally: Arc<Tally>,
@@ -205,7 +208,13 @@ struct Workers {
 }
 
 impl Workers {
-    async fn start(agent: &TestAgent, provider: &Arc<Provider>, workers: usize, fetching_client: bool) -> Workers {
+    async fn start(
+        agent: &TestAgent,
+        provider: &Arc<Provider>,
+        workers: usize,
+        fetching_client: bool,
+        cooldown: Option<Duration>,
+    ) -> Workers {
         let stop = Arc::new(AtomicBool::new(false));
         let tally = Arc::new(Tally::default());
         let http = http_client();
@@ -215,10 +224,13 @@ impl Workers {
         let mut tasks = Vec::new();
         let mut handles = Vec::new();
         for c in 0..clients {
-            let client = Client::connect_to(agent.keys_sock())
+            let mut client = Client::connect_to(agent.keys_sock())
                 .await
                 .expect("connect the Rust client")
                 .with_service(format!("drill-{c}"));
+            if let Some(cooldown) = cooldown {
+                client = client.with_fallback_cooldown(cooldown);
+            }
             let source = if fetching_client && clients > 1 && c == clients - 1 {
                 Source::Fetch
             } else {
@@ -714,7 +726,7 @@ impl Drill {
         let agent = TestAgent::start_with_config(&config(&provider, &alerts, grace));
         agent.put(KEY, &provider.issue());
         let scratch = tempfile::tempdir().unwrap();
-        let pool = Workers::start(&agent, &provider, workers, true).await;
+        let pool = Workers::start(&agent, &provider, workers, true, None).await;
         let children: Vec<RunChild> = (0..run_children)
             .map(|n| RunChild::start(&agent, &provider, scratch.path(), n, run_splay))
             .collect();
@@ -951,12 +963,18 @@ fn assert_clean_end(agent: &TestAgent, provider: &Provider, outputs: &[(&str, &[
 }
 
 /// Sets up a key mid-rotation (STAGED: the old key primary, the provider's
-/// new key as fallback) with `workers` handle workers calling the provider.
+/// new key as fallback) with `workers` handle workers calling the provider
+/// (their clients' fallback cool-down: `cooldown`, else the default).
 /// Returns the old and the new key.
-async fn staged_under_load(agent: &TestAgent, provider: &Arc<Provider>, workers: usize) -> (Workers, String, String) {
+async fn staged_under_load(
+    agent: &TestAgent,
+    provider: &Arc<Provider>,
+    workers: usize,
+    cooldown: Option<Duration>,
+) -> (Workers, String, String) {
     let old = provider.issue();
     agent.put(KEY, &old);
-    let pool = Workers::start(agent, provider, workers, false).await;
+    let pool = Workers::start(agent, provider, workers, false, cooldown).await;
     let out = rotate(agent, &["--until", "staged", "--poll", "20ms"]).await;
     assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
     let staged = Client::connect_to(agent.keys_sock())
@@ -991,7 +1009,13 @@ async fn early_revocation_keeps_requests_on_the_fallback_and_alerts_within_a_sec
     let clock = AlertClock::start(Arc::clone(&alerts));
     let agent = TestAgent::start_with_config(&config(&provider, &alerts, "0s"));
     let workers = 8;
-    let (pool, old, _new) = staged_under_load(&agent, &provider, workers).await;
+    // The spike detector counts reports (spike_threshold, 5 in a window);
+    // with the default cool-down each of the drill's 2 clients reports the
+    // revoked primary once per 30 s and then skips it, too few for it.
+    // This drill times the agent's path from a stream of refused requests
+    // to the alert: its clients keep trying the primary (cool-down zero:
+    // every refusal counted, a report per 200 ms per client).
+    let (pool, old, _new) = staged_under_load(&agent, &provider, workers, Some(Duration::ZERO)).await;
 
     let before = pool.tally.requests();
     provider.revoke(&old);
@@ -1050,7 +1074,7 @@ async fn both_keys_revoked_fails_requests_and_raises_fallback_failing() {
     let clock = AlertClock::start(Arc::clone(&alerts));
     let agent = TestAgent::start_with_config(&config(&provider, &alerts, "0s"));
     let workers = 8;
-    let (pool, old, new) = staged_under_load(&agent, &provider, workers).await;
+    let (pool, old, new) = staged_under_load(&agent, &provider, workers, None).await;
 
     provider.revoke(&new);
     provider.revoke(&old);

@@ -14,3 +14,4 @@ mod identity;
 mod reports;
 mod sockets;
 mod streams;
+mod tooling;
