@@ -750,3 +750,48 @@ retries = 0
     assert!(logs.contains(&format!("localhost:{}", https.port)), "{logs}");
     assert_no_secret("agent log", logs.as_bytes(), &["tls-token-321", SECRET_V1]);
 }
+
+/// Every sticky fallback (the three clients and `keyward proxy`) has the
+/// same default cool-down, and it is short enough that one caller alone,
+/// reporting once per cool-down, reaches the default `spike_threshold`
+/// within the default `window` (reports at 0, c, 2c, …: the threshold's
+/// report comes at (threshold − 1) × c). A longer default would silence
+/// `spike` for an early revocation seen by a few callers.
+#[test]
+fn the_default_fallback_cooldown_lets_one_caller_raise_spike() {
+    let detect = keyward::config::alerts::DetectSettings::default();
+    let rust = keyward_client::DEFAULT_FALLBACK_COOLDOWN;
+    assert!(
+        rust * (detect.spike_threshold as u32 - 1) < detect.window,
+        "{rust:?} x {} reports do not fit in the {:?} window",
+        detect.spike_threshold - 1,
+        detect.window
+    );
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let read = |p: &str| std::fs::read_to_string(repo.join(p)).unwrap();
+    let secs = rust.as_secs_f64();
+    let python = read("clients/python/keyward/sticky.py");
+    assert!(
+        python.contains(&format!("\nDEFAULT_FALLBACK_COOLDOWN = {secs:.1}\n")),
+        "the Python client's default cool-down is not {secs} s"
+    );
+    let node = read("clients/node/src/sticky.ts");
+    let ms = rust.as_millis();
+    assert!(
+        node.contains(&format!(
+            "DEFAULT_FALLBACK_COOLDOWN_MS = {}_{:03};",
+            ms / 1000,
+            ms % 1000
+        )),
+        "the Node client's default cool-down is not {ms} ms"
+    );
+    let help = Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .args(["proxy", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    assert!(
+        help.contains(&format!("[default: {}s]", rust.as_secs())),
+        "keyward proxy's --fallback-cooldown default is not {secs} s:\n{help}"
+    );
+}

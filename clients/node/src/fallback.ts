@@ -32,7 +32,7 @@ export interface FallbackOptions {
   service?: string;
   /**
    * This call's cool-down, in ms (default: the client's
-   * `fallbackCooldownMs`, 30000). 0: try the primary first.
+   * `fallbackCooldownMs`, 10000). 0: try the primary first.
    */
   fallbackCooldownMs?: number;
 }

@@ -20,7 +20,7 @@ import type { Client } from "./client";
 import type { KeySet } from "./keyset";
 
 /** callWithFallback's cool-down when neither the client nor the call sets one. */
-export const DEFAULT_FALLBACK_COOLDOWN_MS = 30_000;
+export const DEFAULT_FALLBACK_COOLDOWN_MS = 10_000;
 
 /**
  * With the cool-down 0 (no memory), refusals of one version are still

@@ -115,7 +115,7 @@ test("after the cool-down the primary is tried once more; the refusals held back
 
 test("a pushed KeySet clears the mark at once", async (t) => {
   const agent = await promotedAgent(t);
-  const client = new Client({ socket: agent.socket }); // the default cool-down, 30 s
+  const client = new Client({ socket: agent.socket }); // the default cool-down, 10 s
   t.after(() => client.close());
   assert.equal(client.fallbackCooldownMs, DEFAULT_FALLBACK_COOLDOWN_MS);
   const handle = await client.handle("prod/x");

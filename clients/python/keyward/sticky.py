@@ -42,7 +42,7 @@ __all__ = ["DEFAULT_FALLBACK_COOLDOWN", "MAX_REMEMBERED", "RefusedVersions"]
 
 #: Seconds a refused version is skipped for, unless the Client or the call
 #: says otherwise (``fallback_cooldown=``).
-DEFAULT_FALLBACK_COOLDOWN = 30.0
+DEFAULT_FALLBACK_COOLDOWN = 10.0
 
 #: Marks (and report records) kept at most per Client; the oldest go first.
 MAX_REMEMBERED = 1024

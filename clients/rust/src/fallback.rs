@@ -92,7 +92,7 @@ impl Client {
     /// fallback is reported too.
     ///
     /// A refused version is remembered for the client's
-    /// [fallback cool-down](Client::with_fallback_cooldown) (30 s unless
+    /// [fallback cool-down](Client::with_fallback_cooldown) (10 s unless
     /// set; shared by its clones and handles): while it lasts, and while
     /// the key's state is the one it was refused in, calls go straight to
     /// the fallback, and the primary only if the fallback is refused too.

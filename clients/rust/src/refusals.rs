@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 
 /// How long a refused version is skipped for, unless the client or the
 /// call says otherwise ([`Client::with_fallback_cooldown`](crate::Client::with_fallback_cooldown)).
-pub const DEFAULT_FALLBACK_COOLDOWN: Duration = Duration::from_secs(30);
+pub const DEFAULT_FALLBACK_COOLDOWN: Duration = Duration::from_secs(10);
 
 /// With a cool-down of zero (no memory), the shortest time between two
 /// auth-failure reports of one version (`keyward proxy`'s).

@@ -460,7 +460,7 @@ pub struct ProxyingArgs {
     pub replay_limit: u64,
     /// How long a version the provider refused is skipped (the fallback
     /// is sent straight away) unless the key changes first.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration)]
     pub fallback_cooldown: std::time::Duration,
     /// The service name the agent's alerts and audit show for the
     /// requests (default: the command's name; `keyward proxy` for the
