@@ -49,7 +49,7 @@ from .fallback import default_is_auth_error
 from .handle import KeyHandle
 from .key_use import USE_REPORT_INTERVAL
 from .keyset import KeySet, KeyVersion, RotationState
-from .sticky import DEFAULT_FALLBACK_COOLDOWN
+from .sticky import DEFAULT_FALLBACK_COOLDOWN, MIN_REPORT_INTERVAL
 
 __all__ = [
     "Client",
@@ -69,5 +69,6 @@ __all__ = [
     "UntrustedSocket",
     "SecretNotText",
     "DEFAULT_FALLBACK_COOLDOWN",
+    "MIN_REPORT_INTERVAL",
     "default_is_auth_error",
 ]

@@ -26,8 +26,10 @@ Invariants (:class:`RefusedVersions`):
 - Bounded (:data:`MAX_REMEMBERED` marks and as many report records, the
   oldest dropped first) and safe to share between threads and asyncio
   tasks: plain bookkeeping under a lock, never waiting on anything.
-- A cool-down of 0 disables all of it: primary first on every call, every
-  refusal reported (the client has no other minimum interval).
+- A cool-down of 0 disables the memory: primary first on every call; the
+  refusals of one version are then reported at most every
+  :data:`MIN_REPORT_INTERVAL` seconds (``keyward proxy``'s, and the Rust and
+  Node clients'), the held-back ones counted into the next report.
 """
 
 from __future__ import annotations
@@ -38,11 +40,15 @@ from typing import TypeVar
 
 from .keyset import KeySet, KeyVersion
 
-__all__ = ["DEFAULT_FALLBACK_COOLDOWN", "MAX_REMEMBERED", "RefusedVersions"]
+__all__ = ["DEFAULT_FALLBACK_COOLDOWN", "MAX_REMEMBERED", "MIN_REPORT_INTERVAL", "RefusedVersions"]
 
 #: Seconds a refused version is skipped for, unless the Client or the call
 #: says otherwise (``fallback_cooldown=``).
 DEFAULT_FALLBACK_COOLDOWN = 10.0
+
+#: With a cool-down of 0, the shortest time between two auth-failure reports
+#: of one version, in seconds.
+MIN_REPORT_INTERVAL = 0.2
 
 #: Marks (and report records) kept at most per Client; the oldest go first.
 MAX_REMEMBERED = 1024
@@ -102,7 +108,8 @@ class RefusedVersions:
                 self._marks[ident] = _Mark(now, versions_of(keyset))
                 _trim(self._marks)
             report = self._reports.get(ident)
-            if report is not None and now - report[0] < max(cooldown, 0.0):
+            interval = cooldown if cooldown > 0 else MIN_REPORT_INTERVAL
+            if report is not None and now - report[0] < interval:
                 report[1] += 1
                 return None
             held = int(report[1]) if report is not None else 0

@@ -18,7 +18,7 @@ from test_fallback import auth_failures
 
 import keyward
 import keyward.aio
-from keyward.sticky import MAX_REMEMBERED, RefusedVersions
+from keyward.sticky import MAX_REMEMBERED, MIN_REPORT_INTERVAL, RefusedVersions
 
 
 class Refused(Exception):
@@ -226,10 +226,20 @@ def test_every_call_tries_the_primary_first_when_the_cooldown_is_0(agent, caller
     agent.stage("prod/x", b"sk_new")
     provider = FakeProvider(b"sk_new")
     c = caller(fallback_cooldown=0)
-    calls(c, c.handle("prod/x"), provider, 10)
+    h = c.handle("prod/x")
+    started = time.monotonic()
+    calls(c, h, provider, 10)
     assert provider.seen == [b"sk_old", b"sk_new"] * 10
-    # Every refusal reported, as without the memory.
-    assert len(settle(agent, 10)) == 10
+    # Refusals reported at most every MIN_REPORT_INTERVAL, none lost: the
+    # calls held back are counted into the next report.
+    assert time.monotonic() - started < MIN_REPORT_INTERVAL, "the calls took longer than the report interval"
+    first = settle(agent, 1)
+    assert len(first) == 1, first
+    time.sleep(MIN_REPORT_INTERVAL)
+    calls(c, h, provider, 1)
+    later = settle(agent, 2)
+    assert len(later) == 2, later
+    assert "(and 9 more refusals since the last report)" in later[-1]["detail"], later[-1]["detail"]
 
 
 def test_one_report_per_version_per_interval_naming_the_count(agent, caller):
@@ -332,8 +342,9 @@ def test_the_memory_orders_marks_forgets_and_stays_bounded():
     # A KeySet of other versions forgets the key's marks.
     assert roles(m.order(keyset(1, 3), 30, 41.0)) == ["p1", "f3"]
     assert m.marked("prod/x") == []
-    # Cool-down 0: no marks, every refusal reported.
-    assert m.refused(ks, 1, 0, 42.0) == 0 and m.refused(ks, 1, 0, 42.0) == 0
+    # Cool-down 0: no marks; reports at most every MIN_REPORT_INTERVAL.
+    assert m.refused(ks, 1, 0, 42.0) == 0 and m.refused(ks, 1, 0, 42.0) is None
+    assert m.refused(ks, 1, 0, 42.0 + MIN_REPORT_INTERVAL) == 1
     assert m.marked("prod/x") == []
     # Bounded.
     for n in range(MAX_REMEMBERED + 10):
