@@ -114,25 +114,22 @@ export async function callWithFallback<T>(
   };
 
   // Within the cool-down of a refusal of the primary, and with a fallback
-  // not refused itself: the fallback alone. Otherwise the primary, then
-  // the fallback.
+  // not refused itself: the fallback first, and the primary only if the
+  // fallback is refused too (as the Rust and Python clients do). Otherwise
+  // the primary, then the fallback.
   const now = performance.now();
   const fallback = set.fallback;
   const skipped =
     cooldown > 0 && fallback && !refusals.marked(set, fallback.version, now, cooldown)
       ? refusals.marked(set, set.primary.version, now, cooldown)
       : undefined;
-  const versions: KeyVersion[] = skipped && fallback ? [fallback] : [set.primary, ...(fallback ? [fallback] : [])];
-  if (skipped && fallback) {
-    // Not sent, but still a version the provider refuses: counted as a
-    // refusal (as `keyward proxy` does), so the agent hears of it with
-    // the next report and its alerts stay open.
-    const detail = `${skipped.what}; skipped within the cool-down, fallback v${fallback.version} used`;
-    report(set.primary.version, skipped.status, detail);
-  }
+  const versions: KeyVersion[] =
+    skipped && fallback ? [fallback, set.primary] : [set.primary, ...(fallback ? [fallback] : [])];
 
   let last: Outcome<T> | undefined;
+  let triedPrimary = false;
   for (const [i, v] of versions.entries()) {
+    if (v === set.primary) triedPrimary = true;
     try {
       last = { ok: true, value: await fn(v.secret) };
     } catch (error) {
@@ -151,11 +148,15 @@ export async function callWithFallback<T>(
     if (cooldown > 0) refusals.mark(set, v.version, performance.now(), status, what);
     const next = versions[i + 1];
     const then = next
-      ? `retrying with fallback v${next.version}`
-      : skipped
-        ? `primary v${set.primary.version} skipped within the cool-down`
-        : "no fallback left";
+      ? `retrying with ${next === set.primary ? "primary" : "fallback"} v${next.version}`
+      : "no fallback left";
     report(v.version, status, `${what}; ${then}`);
+  }
+  if (skipped && !triedPrimary) {
+    // Not sent, but still a version the provider refuses: counted as a
+    // refusal (as `keyward proxy` does), so the agent hears of it with
+    // the next report and its alerts stay open.
+    report(set.primary.version, skipped.status, `${skipped.what}; skipped within the cool-down, fallback v${fallback!.version} used`);
   }
   // The first success, or the last attempt as it was: a value (e.g. the
   // fallback's 401 Response) is returned, an error thrown.

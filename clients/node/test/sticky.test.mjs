@@ -198,3 +198,23 @@ test("Refusals: marks follow the KeySet, reports one per interval, memory bounde
   for (let i = 0; i < 3000; i++) r.mark(ks(i + 1, undefined), i, i, 401, "Response");
   assert.ok(r.size <= 1024, `${r.size}`);
 });
+
+test("a call whose fallback is refused while the primary is skipped tries the primary too", async (t) => {
+  const agent = await promotedAgent(t);
+  const client = new Client({ socket: agent.socket, fallbackCooldownMs: 5000 });
+  t.after(() => client.close());
+  let refuseOld = false;
+  const seen = [];
+  const fn = async (secret) => {
+    const s = secret.toString();
+    seen.push(s);
+    return { status: s === "new" || refuseOld ? 401 : 200 };
+  };
+  // The primary ("new") is refused: marked; the fallback answers.
+  assert.equal((await client.callWithFallback("prod/x", fn)).status, 200);
+  // Within the cool-down the fallback goes first; refused now, the
+  // skipped primary is tried as well, and the last refusal is returned.
+  refuseOld = true;
+  assert.equal((await client.callWithFallback("prod/x", fn)).status, 401);
+  assert.deepEqual(seen, ["new", "old", "old", "new"]);
+});
