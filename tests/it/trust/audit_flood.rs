@@ -374,11 +374,13 @@ async fn low_free_space_on_the_audit_disk_raises_an_alert_that_resolves() {
     ] {
         assert!(alert.summary.contains(&part), "{part:?} not in {}", alert.summary);
     }
-    assert!(
-        agent.logs().contains("alert firing: agent/audit_disk"),
-        "{}",
-        agent.logs()
-    );
+    // The log sink's line follows the status (the sinks' dispatch is its
+    // own task).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !agent.logs().contains("alert firing: agent/audit_disk") {
+        assert!(Instant::now() < deadline, "{}", agent.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // It fires before the disk is full: fetches are still served.
     let set = agent.fetch("prod", "billing-api").await.unwrap();
     assert_eq!(&set.primary.unwrap().secret[..], SECRET.as_bytes());
@@ -394,11 +396,12 @@ async fn low_free_space_on_the_audit_disk_raises_an_alert_that_resolves() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(
-        agent.logs().contains("alert resolved: resolved: agent/audit_disk"),
-        "{}",
-        agent.logs()
-    );
+    // Likewise for the resolution.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !agent.logs().contains("alert resolved: resolved: agent/audit_disk") {
+        assert!(Instant::now() < deadline, "{}", agent.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 // ---------------------------------------------------------------------------
