@@ -103,3 +103,12 @@ export class Agent {
       .map((l) => JSON.parse(l));
   }
 }
+
+/** Mid-rotation: "new" (v2) promoted to primary, "old" (v1) the fallback. */
+export async function promotedAgent(t) {
+  const agent = await Agent.start(t);
+  agent.cli(["put", "prod/x"], "old");
+  agent.cli(["stage", "prod/x"], "new");
+  agent.cli(["promote", "prod/x"]);
+  return agent;
+}

@@ -4,7 +4,7 @@ import { execFile } from "node:child_process";
 import { createServer } from "node:http";
 import { join } from "node:path";
 import { promisify } from "node:util";
-import { Agent, eventually, sleep } from "./agent.mjs";
+import { eventually, promotedAgent, sleep } from "./agent.mjs";
 import { Client, isAuthRejection } from "../dist/index.js";
 
 const EXAMPLE = join(import.meta.dirname, "../../../examples/node/fallback-http.mjs");
@@ -24,15 +24,6 @@ async function api(t, good) {
   await new Promise((r) => server.listen(0, "127.0.0.1", r));
   t.after(() => new Promise((r) => server.close(r)));
   return { url: `http://127.0.0.1:${server.address().port}/v1/me`, seen };
-}
-
-/** Mid-rotation: "new" promoted to primary; the API still knows only "old". */
-async function promotedAgent(t) {
-  const agent = await Agent.start(t);
-  agent.cli(["put", "prod/x"], "old");
-  agent.cli(["stage", "prod/x"], "new");
-  agent.cli(["promote", "prod/x"]);
-  return agent;
 }
 
 function authFailures(agent) {

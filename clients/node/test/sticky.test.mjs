@@ -6,20 +6,11 @@
 // primary's secret (401) and accepts the fallback's.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { Agent, eventually, sleep } from "./agent.mjs";
+import { eventually, promotedAgent, sleep } from "./agent.mjs";
 import { Client, DEFAULT_FALLBACK_COOLDOWN_MS, KeywardError } from "../dist/index.js";
 import { Refusals } from "../dist/sticky.js";
 
 const CALLS = 50;
-
-/** Mid-rotation: "new" (v2) promoted to primary, "old" (v1) the fallback. */
-async function promotedAgent(t) {
-  const agent = await Agent.start(t);
-  agent.cli(["put", "prod/x"], "old");
-  agent.cli(["stage", "prod/x"], "new");
-  agent.cli(["promote", "prod/x"]);
-  return agent;
-}
 
 /** A provider that revoked the primary ("new") early: 401 to it, 200 to "old". */
 function provider() {

@@ -49,6 +49,21 @@ async fn sixteen_tasks_of_500_records_get_distinct_seqs_and_verify() {
     }
 }
 
+/// The `LogFile` methods a test wrapper passes straight to its `file`.
+macro_rules! delegate_to_file {
+    () => {
+        fn len(&self) -> std::io::Result<u64> {
+            LogFile::len(&self.file)
+        }
+        fn truncate(&mut self, len: u64) -> std::io::Result<()> {
+            self.file.truncate(len)
+        }
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+            LogFile::read_at(&self.file, buf, offset)
+        }
+    };
+}
+
 /// A log file whose appends can be held at a gate, so that a test can
 /// keep a leader busy while others queue behind it.
 struct Gated {
@@ -114,15 +129,7 @@ impl LogFile for Gated {
     fn sync(&mut self) -> std::io::Result<()> {
         self.file.sync()
     }
-    fn len(&self) -> std::io::Result<u64> {
-        LogFile::len(&self.file)
-    }
-    fn truncate(&mut self, len: u64) -> std::io::Result<()> {
-        self.file.truncate(len)
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        LogFile::read_at(&self.file, buf, offset)
-    }
+    delegate_to_file!();
     fn try_clone(&self) -> std::io::Result<Box<dyn LogFile>> {
         LogFile::try_clone(&self.file)
     }
@@ -382,15 +389,7 @@ impl LogFile for Synced {
         self.log.durable_len.fetch_max(len, Ordering::SeqCst);
         Ok(())
     }
-    fn len(&self) -> std::io::Result<u64> {
-        LogFile::len(&self.file)
-    }
-    fn truncate(&mut self, len: u64) -> std::io::Result<()> {
-        self.file.truncate(len)
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        LogFile::read_at(&self.file, buf, offset)
-    }
+    delegate_to_file!();
     fn try_clone(&self) -> std::io::Result<Box<dyn LogFile>> {
         Ok(Box::new(Synced {
             file: self.file.try_clone()?,
