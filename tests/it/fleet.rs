@@ -1158,6 +1158,13 @@ async fn https_with_the_configured_ca_file_works_and_without_it_is_refused() {
     agent.put("prod/tls", "sk_over_tls_5150");
     assert_eq!(primary(&agent.fetch("prod", "tls").await.unwrap()), b"sk_over_tls_5150");
     until_backend(&agent, "in sync over https", |b| !b.stale && b.last_error.is_empty()).await;
+    // Not in a member list (it has none): `keyward doctor` says so, and
+    // checks its signing key as it checks the identity.
+    let config_file = agent.dir.parent().unwrap().join("keyward.toml");
+    let out = cli(&agent, &["doctor", "--config", config_file.to_str().unwrap()], None);
+    let report = text(&out.stdout);
+    assert!(report.contains("not in its own [[backend.member]] list"), "{report}");
+    assert!(report.contains("signing.key: 0600"), "{report}");
 
     // Without the CA the server's certificate is not trusted: stale, and
     // the error says why.
