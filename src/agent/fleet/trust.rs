@@ -61,7 +61,15 @@ impl Fleet {
         version: u64,
         why: &str,
     ) {
-        let first = self.health().refused_seen.insert((path.to_owned(), version));
+        let first = {
+            let mut h = self.health();
+            if h.refused_seen.len() >= 4096 {
+                // Bounded whatever is written: at worst a refusal is
+                // reported again.
+                h.refused_seen.clear();
+            }
+            h.refused_seen.insert((path.to_owned(), version))
+        };
         if !first {
             return;
         }
