@@ -1379,3 +1379,68 @@ async fn the_readme_lists_every_metric_and_the_dashboard_has_data_after_a_restar
         assert!(metrics.contains(series), "{series} missing:\n{metrics}");
     }
 }
+
+/// A `[backend]` pointing at nothing (nothing listens on port 1): the agent
+/// starts, waits its 1 s initial sync and serves its local copy.
+fn unreachable_backend(agent: &TestAgent) -> String {
+    format!(
+        "[backend]\nkind = \"openbao\"\naddress = \"http://127.0.0.1:1\"\ntoken_file = \"/nonexistent/token\"\nagent_id = \"solo\"\nrequest_timeout = \"1s\"\ninitial_sync_timeout = \"1s\"\n{}",
+        agent.member_entry("solo")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_system_install_without_a_signing_key_says_to_run_init_and_dev_mode_creates_one() {
+    // A system install from before signing keys: keywardd refuses to
+    // start in fleet mode and says what to run.
+    let mut agent = TestAgent::prepare_system_shared("", "");
+    let key_file = agent.dir.join("signing.key");
+    let entry = unreachable_backend(&agent);
+    agent.rewrite_config(&entry);
+    std::fs::remove_file(&key_file).unwrap();
+    let err = agent.spawn_with(agent.system_command()).unwrap_err();
+    assert!(err.contains("signing.key") && err.contains("keyward init"), "{err}");
+    // `keyward init` adds it (and keeps the identity): the agent starts.
+    let recipient = agent.recipient().to_string();
+    let out = common::run_cli(
+        Command::new(common::bins::keyward())
+            .args(["init", "--state-dir"])
+            .arg(&agent.dir),
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("fleet signing key: ed25519:"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(agent.recipient().to_string(), recipient, "the identity is kept");
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key_file).unwrap().permissions()) & 0o777,
+        0o600
+    );
+    agent.rewrite_config(&unreachable_backend(&agent));
+    agent
+        .spawn_with(agent.system_command())
+        .expect("starts with its signing key");
+    agent.stop();
+
+    // Dev mode creates a missing one at start, 0600.
+    let mut dev = TestAgent::prepare();
+    std::fs::remove_file(dev.dir.join("signing.key")).unwrap();
+    let config = format!("lock_memory = false\n{}", {
+        // The entry names the key created at start: not known yet, so the
+        // agent is not listed; it starts all the same.
+        "[backend]\nkind = \"openbao\"\naddress = \"http://127.0.0.1:1\"\ntoken_file = \"/nonexistent/token\"\nagent_id = \"solo\"\nrequest_timeout = \"1s\"\ninitial_sync_timeout = \"1s\"\n"
+    });
+    dev.launch(&config);
+    let mode = std::fs::metadata(dev.dir.join("signing.key")).unwrap().permissions();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
+    let b = backend(&dev).await;
+    assert_eq!(b.signing_key, dev.signing_key());
+    assert!(!b.listed);
+    // The secret seed is never in the log.
+    let seed = std::fs::read_to_string(dev.dir.join("signing.key")).unwrap();
+    let seed = seed.lines().last().unwrap();
+    assert!(!dev.logs().contains(seed));
+}
