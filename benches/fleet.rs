@@ -132,18 +132,27 @@ impl Fleet {
         bao.token_file(&token_file);
         let names = ["a", "b", "c"];
         let dirs: Vec<PathBuf> = names.iter().map(|n| tmp.path().join(n).join("state")).collect();
-        let recipients: Vec<String> = dirs.iter().map(|d| init_identity(d)).collect();
-        let recipients: Vec<String> = recipients.iter().map(|r| format!("{r:?}")).collect();
+        // Every agent is a member of the fleet: each record is signed by
+        // its writer and encrypted to every member.
+        let members: String = names
+            .iter()
+            .zip(&dirs)
+            .map(|(name, d)| {
+                let (recipient, signing_key) = init_identity(d);
+                format!(
+                    "[[backend.member]]\nname = {name:?}\nrecipient = {recipient:?}\nsigning_key = {signing_key:?}\n"
+                )
+            })
+            .collect();
         let poll = poll_interval.map_or(String::new(), |p| format!("poll_interval = \"{p}\"\n"));
         let mut agents = Vec::new();
         for (name, dir) in names.iter().zip(&dirs) {
             let config = dir.parent().unwrap().join("keyward.toml");
             // grace 0s: the bench retires each rotation at once.
             let toml = format!(
-                "[rotation]\ngrace = \"0s\"\n[backend]\nkind = \"openbao\"\naddress = {:?}\ntoken_file = {:?}\nrecipients = [{}]\nagent_id = \"{name}\"\n{poll}",
+                "[rotation]\ngrace = \"0s\"\n[backend]\nkind = \"openbao\"\naddress = {:?}\ntoken_file = {:?}\nagent_id = \"{name}\"\n{poll}{members}",
                 bao.addr,
                 token_file.display().to_string(),
-                recipients.join(", "),
             );
             std::fs::write(&config, toml).unwrap();
             agents.push(FleetAgent {
@@ -211,7 +220,8 @@ impl Fleet {
 }
 
 /// `keyward init` in `dir`; the new identity's age recipient.
-fn init_identity(dir: &Path) -> String {
+/// `keyward init` in `dir`: the agent's (age recipient, public signing key).
+fn init_identity(dir: &Path) -> (String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_keyward"))
         .args(["init", "--state-dir"])
         .arg(dir)
@@ -223,13 +233,16 @@ fn init_identity(dir: &Path) -> String {
         "keyward init: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    std::fs::read_to_string(dir.join("identity.txt"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("# public key: "))
-        .expect("the identity names its public key")
-        .trim()
-        .to_owned()
+    let public = |file: &str| {
+        std::fs::read_to_string(dir.join(file))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("# public key: "))
+            .expect("the file names its public key")
+            .trim()
+            .to_owned()
+    };
+    (public("identity.txt"), public("signing.key"))
 }
 
 /// The release `keywardd` in dev mode in `dir` with `config`; its output

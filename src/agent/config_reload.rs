@@ -9,6 +9,7 @@
 //! all) is swapped in as a whole, and the config epoch is bumped so that
 //! every live `WatchKeys` stream re-checks its caller's access.
 
+use crate::config::backend::BackendConfig;
 use std::path::PathBuf;
 
 use crate::audit::AuditEvent;
@@ -115,7 +116,33 @@ pub fn merge(old: &Config, mut new: Config) -> (Config, ReloadReport) {
     keep!(extra_recipients, "extra_recipients");
     keep!(dev_mode, "dev mode");
     keep!(metrics_listen, "[metrics] listen");
-    keep!(backend, "[backend]");
+    // The fleet's members (and the extra recipients) are live: a member
+    // removed is no longer trusted from this reload on. The rest of
+    // [backend] (where OpenBao is, how to log in) applies at start.
+    match (&old.backend, &mut new.backend) {
+        (BackendConfig::OpenBao(o), BackendConfig::OpenBao(n)) => {
+            let (members, recipients) = (n.members.clone(), n.recipients.clone());
+            let mut rest = (**n).clone();
+            rest.members = o.members.clone();
+            rest.recipients = o.recipients.clone();
+            if rest != **o {
+                report
+                    .needs_restart
+                    .push("[backend] (all but member and recipients)".to_owned());
+            }
+            if members != o.members || recipients != o.recipients {
+                report.applied.push(format!(
+                    "[backend] member ({} members, was {}) and recipients",
+                    members.len(),
+                    o.members.len()
+                ));
+            }
+            **n = (**o).clone();
+            n.members = members;
+            n.recipients = recipients;
+        }
+        _ => keep!(backend, "[backend]"),
+    }
     if new.alerts.agent_host != old.alerts.agent_host {
         report.needs_restart.push("[alerts] agent_host".to_owned());
         new.alerts.agent_host = old.alerts.agent_host.clone();
@@ -152,6 +179,7 @@ pub fn merge(old: &Config, mut new: Config) -> (Config, ReloadReport) {
     rest.shutdown_grace = old.shutdown_grace;
     rest.environments = old.environments.clone();
     rest.alerts = old.alerts.clone();
+    rest.backend = old.backend.clone();
     if format!("{rest:?}") != format!("{old:?}") {
         report.applied.push("other settings (rotation, hooks)".to_owned());
     }
@@ -193,6 +221,9 @@ pub(super) async fn reload(agent: &Agent) -> Result<ReloadReport, ReloadError> {
         tracing::warn!("{w}");
     }
     agent.replace_config(next);
+    if let Some(fleet) = agent.fleet() {
+        fleet.trust_changed(agent);
+    }
     let _ = agent.audit.record(record(Outcome::Ok, report.summary())).await;
     Ok(report)
 }
@@ -246,6 +277,38 @@ mod tests {
             "{}",
             report.summary()
         );
+    }
+
+    #[test]
+    fn fleet_members_are_live_and_the_rest_of_backend_is_start_only() {
+        let member = |name: &str, seed: u8| {
+            let key = crate::config::backend::format_signing_key(
+                &ed25519_dalek::SigningKey::from_bytes(&[seed; 32]).verifying_key(),
+            );
+            format!("[[backend.member]]\nname = {name:?}\nrecipient = \"age15rsdur5qqy7q5ks8ca47aegza8r5qtnymaqxd90yp758z4ulfsqq76tn2d\"\nsigning_key = {key:?}\n")
+        };
+        let backend = |address: &str, members: &str| {
+            parse(&format!(
+                "[backend]\nkind = \"openbao\"\naddress = {address:?}\ntoken_file = \"/t\"\n{members}"
+            ))
+        };
+        let old = backend("http://127.0.0.1:8200", &(member("a", 1) + &member("b", 2)));
+        // A member removed: applied at once.
+        let (next, report) = merge(&old, backend("http://127.0.0.1:8200", &member("a", 1)));
+        let BackendConfig::OpenBao(b) = &next.backend else {
+            panic!()
+        };
+        assert_eq!(b.members.len(), 1);
+        assert_eq!(report.applied, ["[backend] member (1 members, was 2) and recipients"]);
+        assert!(report.needs_restart.is_empty(), "{report:?}");
+        // The address is start-only: kept, while the members still apply.
+        let (next, report) = merge(&old, backend("http://127.0.0.1:9999", &member("b", 2)));
+        let BackendConfig::OpenBao(b) = &next.backend else {
+            panic!()
+        };
+        assert_eq!(b.address, "http://127.0.0.1:8200");
+        assert_eq!(b.members[0].name, "b");
+        assert_eq!(report.needs_restart, ["[backend] (all but member and recipients)"]);
     }
 
     #[test]

@@ -71,7 +71,7 @@ use crate::keyset::KeySetState;
 use crate::proto;
 use crate::secret::{Fingerprinter, KeyRef};
 use crate::sockets::{self, BindError};
-use crate::store::identity::{AgentIdentity, InstallKey};
+use crate::store::identity::{AgentIdentity, InstallKey, SigningKey};
 use crate::store::{Store, StoreError, StoreOptions};
 use crate::wire::FromWire;
 use caller::Caller;
@@ -196,12 +196,22 @@ impl Agent {
         let recipient = identity.recipient();
         let fleet = match &config.backend {
             crate::config::backend::BackendConfig::Local => None,
-            crate::config::backend::BackendConfig::OpenBao(cfg) => Some(Arc::new(crate::agent::fleet::Fleet::new(
-                cfg,
-                recipient.clone(),
-                &config.extra_recipients,
-                &p.state_dir,
-            )?)),
+            crate::config::backend::BackendConfig::OpenBao(cfg) => {
+                // Created with the identity by `keyward init` (and here in
+                // dev mode). A system install from before fleet signing has
+                // none: the agent refuses to start and says to run `keyward
+                // init`, rather than make a key nobody listed (its writes
+                // would be refused by every other member until its entry is
+                // pasted everywhere: the operator has to act either way).
+                let signer = if config.dev_mode {
+                    SigningKey::load_or_create(&p.signing_key_file)?
+                } else {
+                    SigningKey::load(&p.signing_key_file)?
+                };
+                let fleet = crate::agent::fleet::Fleet::new(cfg, recipient.clone(), signer, &p.state_dir)?;
+                fleet.check_listed(&cfg.members);
+                Some(Arc::new(fleet))
+            }
         };
         let (store, problems) = Store::open(StoreOptions {
             dir: p.store_dir.clone(),

@@ -60,7 +60,7 @@ impl Agent {
                 })
                 .collect(),
             backend: Some(match &a.fleet {
-                Some(fleet) => fleet.status(),
+                Some(fleet) => fleet.status(&crate::agent::fleet::Fleet::members(a)),
                 None => proto::BackendStatus {
                     kind: config.backend.kind().to_owned(),
                     ..Default::default()

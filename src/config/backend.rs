@@ -54,9 +54,14 @@ pub struct OpenBaoConfig {
     pub ca_file: Option<PathBuf>,
     /// How the agent logs in.
     pub auth: OpenBaoAuth,
-    /// Every agent of the fleet (`age1…`): each record is encrypted to all
-    /// of them (and to this agent and `extra_recipients`).
+    /// Age recipients (`age1…`) each record is also encrypted to, beyond
+    /// the members' (kept from before `[[backend.member]]`: readers that
+    /// are not members; their writes are refused).
     pub recipients: Vec<String>,
+    /// The fleet's members (`[[backend.member]]`): only records signed by
+    /// one of them are applied, and every record is encrypted to each
+    /// one's recipient. Live: a reload swaps it in.
+    pub members: Vec<Member>,
     /// This agent's name in the fleet (its status path).
     pub agent_id: String,
     /// How often the change marker is polled.
@@ -73,6 +78,47 @@ pub struct OpenBaoConfig {
     /// How long the agent waits at start for a first sync before it serves
     /// its local copy anyway.
     pub initial_sync_timeout: Duration,
+}
+
+/// One `[[backend.member]]`: an agent of the fleet, as `keyward fleet
+/// member` prints it on that agent's host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// Its `agent_id` (its status path's last element).
+    pub name: String,
+    /// Its age recipient (`age1…`).
+    pub recipient: String,
+    /// Its public signing key (`ed25519:BASE64`).
+    pub signing_key: ed25519_dalek::VerifyingKey,
+}
+
+/// The text form of a public signing key: `ed25519:` and the standard
+/// base64 of its 32 bytes.
+pub fn format_signing_key(key: &ed25519_dalek::VerifyingKey) -> String {
+    use base64::Engine;
+    format!(
+        "ed25519:{}",
+        base64::engine::general_purpose::STANDARD.encode(key.as_bytes())
+    )
+}
+
+/// Parses [`format_signing_key`]'s form; refuses a weak (small-order) key.
+pub fn parse_signing_key(text: &str) -> Result<ed25519_dalek::VerifyingKey, String> {
+    use base64::Engine;
+    let b64 = text
+        .trim()
+        .strip_prefix("ed25519:")
+        .ok_or("it does not start with \"ed25519:\"")?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|e| format!("its base64 is not valid ({e})"))?;
+    let bytes: [u8; 32] = bytes.try_into().map_err(|_| "it is not 32 bytes".to_owned())?;
+    let key =
+        ed25519_dalek::VerifyingKey::from_bytes(&bytes).map_err(|_| "it is not a valid Ed25519 point".to_owned())?;
+    if key.is_weak() {
+        return Err("it is a weak (small-order) key".to_owned());
+    }
+    Ok(key)
 }
 
 /// How the agent logs in to OpenBao.
@@ -103,6 +149,7 @@ pub(super) struct RawBackend {
     token_file: Option<Spanned<PathBuf>>,
     approle: Option<Spanned<RawAppRole>>,
     recipients: Option<Vec<Spanned<String>>>,
+    member: Option<Vec<Spanned<RawMember>>>,
     agent_id: Option<Spanned<String>>,
     poll_interval: Option<Spanned<String>>,
     resync_interval: Option<Spanned<String>>,
@@ -110,6 +157,14 @@ pub(super) struct RawBackend {
     stale_after: Option<Spanned<String>>,
     request_timeout: Option<Spanned<String>>,
     initial_sync_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMember {
+    name: String,
+    recipient: String,
+    signing_key: String,
 }
 
 #[derive(Deserialize)]
@@ -146,6 +201,7 @@ impl RawBackend {
                     self.token_file.is_some(),
                     self.approle.is_some(),
                     self.recipients.is_some(),
+                    self.member.is_some(),
                 ];
                 if extra.iter().any(|b| *b) {
                     return Err(bad(
@@ -232,6 +288,44 @@ impl RawBackend {
                 recipients.push(text.to_owned());
             }
         }
+        let mut members: Vec<Member> = Vec::new();
+        for m in self.member.unwrap_or_default() {
+            let span = m.span();
+            let m = m.into_inner();
+            let at = |what: String| {
+                bad(
+                    span.clone(),
+                    format!(
+                        "[[backend.member]] {:?}: {what}; paste the entry `keyward fleet member` prints on that host",
+                        m.name
+                    ),
+                )
+            };
+            if !valid_agent_id(&m.name) {
+                return Err(at(
+                    "name is not 1 to 128 letters, digits, '.', '_' or '-' (it is that agent's agent_id)".to_owned(),
+                ));
+            }
+            let recipient = m.recipient.trim().to_owned();
+            if let Err(e) = recipient.parse::<age::x25519::Recipient>() {
+                return Err(at(format!("recipient is not an age X25519 public key ({e})")));
+            }
+            let signing_key =
+                parse_signing_key(&m.signing_key).map_err(|e| at(format!("signing_key {:?}: {e}", m.signing_key)))?;
+            if members.iter().any(|x| x.name == m.name) {
+                return Err(at("is listed twice".to_owned()));
+            }
+            if members.iter().any(|x| x.signing_key == signing_key) {
+                return Err(at(
+                    "has the signing_key of another member: each agent has its own".to_owned()
+                ));
+            }
+            members.push(Member {
+                name: m.name,
+                recipient,
+                signing_key,
+            });
+        }
         let agent_id = match self.agent_id {
             Some(v) => {
                 let id = v.get_ref();
@@ -283,6 +377,7 @@ impl RawBackend {
             ca_file,
             auth,
             recipients,
+            members,
             agent_id,
             poll_interval,
             resync_interval,

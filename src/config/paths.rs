@@ -26,6 +26,8 @@ pub struct Paths {
     pub identity_file: PathBuf,
     /// `state_dir/install.key`: the per-install fingerprint salt and audit key.
     pub install_key_file: PathBuf,
+    /// `state_dir/signing.key`: the agent's fleet signing key (Ed25519).
+    pub signing_key_file: PathBuf,
     /// `state_dir/keywardd.lock`: held while an agent runs.
     pub lock_file: PathBuf,
     /// `runtime_dir/keys.sock`: the service socket.
@@ -47,6 +49,7 @@ impl Paths {
             store_dir: state_dir.join("store"),
             identity_file: state_dir.join("identity.txt"),
             install_key_file: state_dir.join("install.key"),
+            signing_key_file: state_dir.join("signing.key"),
             lock_file: state_dir.join("keywardd.lock"),
             service_socket: runtime_dir.join("keys.sock"),
             admin_socket: runtime_dir.join("admin.sock"),

@@ -1,8 +1,9 @@
 //! The agent's long-lived secrets: its age identity (which decrypts every key
-//! file) and the install key (from which the fingerprint salt and the audit
-//! chain key are derived).
+//! file), the install key (from which the fingerprint salt and the audit
+//! chain key are derived) and its fleet signing key (Ed25519: every record
+//! it writes to a fleet backend is signed with it).
 //!
-//! Invariant: both live in private files (0600, owned by the agent's user,
+//! Invariant: all three live in private files (0600, owned by the agent's user,
 //! never symlinks) checked on every load, are created atomically so a crash
 //! never leaves a half-written identity, and are held only in zeroizing
 //! memory with no `Debug` that could print them.
@@ -238,6 +239,113 @@ impl fmt::Debug for InstallKey {
     }
 }
 
+/// The agent's Ed25519 signing key: it signs every record this agent
+/// writes to a fleet backend (`[backend] kind = "openbao"`), and the other
+/// members verify with its public half, listed in their `[[backend.member]]`.
+///
+/// Its file (`<state_dir>/signing.key`) holds `#` comment lines (when it was
+/// created, its public key) and the 32-byte secret seed as 64 hex digits.
+/// It is kept as the identity is (0600, owner checked, no symlink, atomic
+/// creation) and never leaves the host: only signatures and the public key
+/// do. `Debug` shows only the public key; the secret is zeroized on drop
+/// (ed25519-dalek's `zeroize` feature).
+pub struct SigningKey {
+    key: ed25519_dalek::SigningKey,
+}
+
+impl SigningKey {
+    /// Loads the signing key at `path`, which must exist and pass
+    /// [`check_private`].
+    pub fn load(path: &Path) -> Result<SigningKey, StoreError> {
+        let (_, bytes) = atomic::read_private(path, MAX_SECRET_FILE).map_err(|e| {
+            explain_missing(
+                e,
+                "run `keyward init` (it keeps the existing identity and install key and adds the signing key), then `keyward fleet member` and add the entry it prints to every agent's [[backend.member]]",
+            )
+        })?;
+        let invalid = |why: &str| {
+            StoreError::Invalid(format!(
+                "{} is not a keyward signing key: {why}; move it aside and run `keyward init` for a new one (then replace this agent's [[backend.member]] entry on every host)",
+                path.display()
+            ))
+        };
+        let text = std::str::from_utf8(&bytes).map_err(|_| invalid("it is not UTF-8 text"))?;
+        let mut found = None;
+        for line in text.lines().map(str::trim) {
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            if found.is_some() {
+                return Err(invalid("it holds more than one key line"));
+            }
+            let mut seed = Zeroizing::new([0u8; 32]);
+            if line.len() != 64 || hex::decode_to_slice(line, &mut seed[..]).is_err() {
+                return Err(invalid("its key line is not 64 hex digits"));
+            }
+            found = Some(ed25519_dalek::SigningKey::from_bytes(&seed));
+        }
+        let key = found.ok_or_else(|| invalid("it has no key line"))?;
+        Ok(SigningKey { key })
+    }
+
+    /// Loads the signing key at `path`, or creates a new random one there
+    /// (atomically, mode 0600, parent created 0700 if missing).
+    pub fn load_or_create(path: &Path) -> Result<SigningKey, StoreError> {
+        load_or_create(path, SigningKey::load, || {
+            let key = SigningKey::generate();
+            let public = key.public_key();
+            let created = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+            let mut text = Zeroizing::new(vec![0u8; 0]);
+            text.reserve_exact(64 + created.len() + public.len() + 65);
+            text.extend_from_slice(b"# created: ");
+            text.extend_from_slice(created.as_bytes());
+            text.extend_from_slice(b"\n# public key: ");
+            text.extend_from_slice(public.as_bytes());
+            text.push(b'\n');
+            let mut digits = Zeroizing::new([0u8; 64]);
+            hex::encode_to_slice(key.key.as_bytes(), &mut digits[..]).expect("64 hex digits for 32 bytes");
+            text.extend_from_slice(&digits[..]);
+            text.push(b'\n');
+            tracing::info!(path = %path.display(), public_key = %public, "created a new fleet signing key");
+            (key, text)
+        })
+    }
+
+    /// A fresh random key, kept only in memory (for tests and tools).
+    pub fn generate() -> SigningKey {
+        let mut seed = Zeroizing::new([0u8; 32]);
+        rand::rngs::OsRng.fill_bytes(&mut seed[..]);
+        SigningKey {
+            key: ed25519_dalek::SigningKey::from_bytes(&seed),
+        }
+    }
+
+    /// The public key as `[[backend.member]] signing_key` writes it
+    /// (`ed25519:` and the base64 of its 32 bytes).
+    pub fn public_key(&self) -> String {
+        crate::config::backend::format_signing_key(&self.key.verifying_key())
+    }
+
+    /// The public key.
+    pub fn verifying_key(&self) -> ed25519_dalek::VerifyingKey {
+        self.key.verifying_key()
+    }
+
+    /// The Ed25519 signature of `message`.
+    pub fn sign(&self, message: &[u8]) -> [u8; 64] {
+        use ed25519_dalek::Signer;
+        self.key.sign(message).to_bytes()
+    }
+}
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("public_key", &self.public_key())
+            .finish_non_exhaustive()
+    }
+}
+
 /// Loads `path` if anything is there (so a symlink or a bad file is refused,
 /// not replaced); otherwise creates it from `create` without clobbering a
 /// file another process wrote meanwhile.
@@ -379,6 +487,38 @@ mod tests {
         w.finish().unwrap();
         assert_eq!(&id.decrypt(&out).unwrap()[..], b"hello");
         assert!(AgentIdentity::generate().decrypt(&out).is_err());
+    }
+
+    #[test]
+    fn signing_key_create_load_and_refusals() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("signing.key");
+        let a = SigningKey::load_or_create(&path).unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.contains(&format!("# public key: {}", a.public_key())), "{text}");
+        let b = SigningKey::load(&path).unwrap();
+        assert_eq!(a.public_key(), b.public_key());
+        assert_eq!(a.sign(b"m"), b.sign(b"m"));
+        assert_eq!(SigningKey::load_or_create(&path).unwrap().public_key(), a.public_key());
+        // Debug shows the public key only: never the seed.
+        let seed_hex = text.lines().last().unwrap().to_owned();
+        let dbg = format!("{a:?}");
+        assert!(dbg.contains(&a.public_key()) && !dbg.contains(&seed_hex), "{dbg}");
+        // Loose mode refused, as the identity.
+        fs::set_permissions(&path, Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(SigningKey::load(&path), Err(StoreError::Permissions { .. })));
+        // A missing file says what to run.
+        let missing = SigningKey::load(&d.path().join("none")).unwrap_err().to_string();
+        assert!(
+            missing.contains("keyward init") && missing.contains("fleet member"),
+            "{missing}"
+        );
+        // Garbage is refused.
+        let bad = d.path().join("bad.key");
+        fs::write(&bad, "nothex\n").unwrap();
+        fs::set_permissions(&bad, Permissions::from_mode(0o600)).unwrap();
+        assert!(matches!(SigningKey::load(&bad), Err(StoreError::Invalid(_))));
     }
 
     #[test]

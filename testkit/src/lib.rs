@@ -565,6 +565,28 @@ impl TestAgent {
     }
 }
 
+impl TestAgent {
+    /// The agent's public fleet signing key (`ed25519:…`), from the public
+    /// key line of its `signing.key` (made by `keyward init`).
+    pub fn signing_key(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.join("signing.key")).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("# public key: "))
+            .expect("signing key has a public key line")
+            .trim()
+            .to_owned()
+    }
+
+    /// This agent's `[[backend.member]]` entry, named `name`.
+    pub fn member_entry(&self, name: &str) -> String {
+        format!(
+            "[[backend.member]]\nname = {name:?}\nrecipient = \"{}\"\nsigning_key = {:?}\n",
+            self.recipient(),
+            self.signing_key()
+        )
+    }
+}
+
 /// `plaintext` encrypted to `recipient`, as `age -r` writes it.
 pub fn encrypt_to(recipient: &age::x25519::Recipient, plaintext: &[u8]) -> Vec<u8> {
     let enc = age::Encryptor::with_recipients(std::iter::once(recipient as &dyn age::Recipient)).unwrap();

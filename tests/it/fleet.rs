@@ -21,7 +21,9 @@ pub(crate) struct Fleet {
     bao: Bao,
     pub(crate) agents: Vec<TestAgent>,
     token_file: PathBuf,
-    recipients: Vec<String>,
+    /// The `[[backend.member]]` entries every agent's config lists (all the
+    /// agents', unless a test trims them).
+    members: Vec<String>,
     /// Agent 0's metrics on this TCP port instead of `dir/metrics.sock`
     /// (for a Prometheus server, which scrapes TCP).
     pub(crate) metrics_port: Option<u16>,
@@ -42,12 +44,16 @@ impl Fleet {
         let token_file = bao.dir.join("agent.token");
         bao.token_file(&token_file);
         let agents: Vec<TestAgent> = (0..n).map(|_| TestAgent::prepare()).collect();
-        let recipients: Vec<String> = agents.iter().map(|a| a.recipient().to_string()).collect();
+        let members: Vec<String> = agents
+            .iter()
+            .enumerate()
+            .map(|(i, a)| a.member_entry(&agent_name(i)))
+            .collect();
         Fleet {
             bao,
             agents,
             token_file,
-            recipients,
+            members,
             metrics_port: None,
         }
     }
@@ -64,7 +70,6 @@ impl Fleet {
     /// Agent i's config: the metrics endpoint on `dir/metrics.sock`, a 1 s
     /// grace, and `[backend]` with test timings and `extra`.
     fn config(&self, i: usize, dir: &std::path::Path, extra: &str) -> String {
-        let recipients: Vec<String> = self.recipients.iter().map(|r| format!("{r:?}")).collect();
         let login = if extra.contains("approle") {
             String::new()
         } else {
@@ -87,10 +92,10 @@ impl Fleet {
             _ => format!("unix:{}/metrics.sock", dir.display()),
         };
         format!(
-            "lock_memory = false\n[metrics]\nlisten = \"{listen}\"\n[rotation]\ngrace = \"1s\"\n[backend]\nkind = \"openbao\"\naddress = {:?}\n{login}recipients = [{}]\nagent_id = \"{}\"\n{timings}{extra}\n",
+            "lock_memory = false\n[metrics]\nlisten = \"{listen}\"\n[rotation]\ngrace = \"1s\"\n[backend]\nkind = \"openbao\"\naddress = {:?}\n{login}agent_id = \"{}\"\n{timings}{extra}\n{}",
             self.bao.addr,
-            recipients.join(", "),
             agent_name(i),
+            self.members.concat(),
         )
     }
 
@@ -688,12 +693,260 @@ async fn a_record_copied_or_replayed_in_openbao_is_refused_and_the_last_good_sta
         problems.contains("prod/one") && problems.contains("replay"),
         "{problems}"
     );
+    // The signature (over the path and version) is what refuses them now,
+    // before anything is decrypted.
+    assert_eq!(
+        problems.matches("signature by member \"a\" does not verify").count(),
+        2,
+        "{problems}"
+    );
     for i in 0..2 {
         let set = fleet.agent(i).fetch("prod", "one").await.unwrap();
         assert_eq!(primary(&set), b"sk_one_v2_aa03");
         let set = fleet.agent(i).fetch("prod", "two").await.unwrap();
         assert_eq!(primary(&set), b"sk_two_v1_bb02");
     }
+}
+
+/// A token with the README's agent policy only (what a stolen token from
+/// any one host gives), written to `path`.
+fn readme_policy_token(bao: &Bao, path: &std::path::Path) -> String {
+    let policy = r#"
+path "secret/data/keyward/*"     { capabilities = ["create", "read", "update", "delete", "list"] }
+path "secret/metadata/keyward/*" { capabilities = ["create", "read", "update", "delete", "list"] }
+"#;
+    bao.cli_ok(&["policy", "write", "keyward-readme-agent", "-"], Some(policy));
+    let token = bao.cli_json(
+        &[
+            "token",
+            "create",
+            "-format=json",
+            "-policy=keyward-readme-agent",
+            "-ttl=1h",
+        ],
+        None,
+    )["auth"]["client_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    common::openbao::write_private(path, &token);
+    token
+}
+
+/// Writes `data` as the next version of `secret/<path>` with `token`, as
+/// an attacker holding it would (the raw API: no mount lookup needed).
+fn kv_put_with(bao: &Bao, token: &str, path: &str, data: &serde_json::Value) {
+    let body = serde_json::json!({ "data": data }).to_string();
+    let out = bao.cli(
+        &["write", &format!("secret/data/{path}"), "-"],
+        Some(&body),
+        Some(token),
+    );
+    assert!(out.status.success(), "bao write {path}: {}", text(&out.stderr));
+}
+
+/// SIGHUP, then waits for the agent's successful `config_reload` audit
+/// record (the first after the ones already there); returns it.
+async fn reload_config(agent: &TestAgent) -> serde_json::Value {
+    let is_reload = |l: &serde_json::Value| l["event"] == "config_reload" && l["outcome"] == "ok";
+    let before = agent.audit_lines().iter().filter(|l| is_reload(l)).count();
+    signal(agent, nix::sys::signal::Signal::SIGHUP);
+    let start = Instant::now();
+    loop {
+        if let Some(l) = agent.audit_lines().into_iter().filter(|l| is_reload(l)).nth(before) {
+            return l;
+        }
+        assert!(start.elapsed() < PROPAGATION, "no reload: {}", agent.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls until `check` holds for the agent's open alerts.
+async fn until_alert(agent: &TestAgent, what: &str, check: impl Fn(&proto::OpenAlert) -> bool) -> proto::OpenAlert {
+    let start = Instant::now();
+    loop {
+        let open = agent.status().await.open_alerts;
+        if let Some(a) = open.iter().find(|a| check(a)) {
+            return a.clone();
+        }
+        assert!(start.elapsed() < PROPAGATION, "{what}: no such alert: {open:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_markers_and_statuses_not_signed_by_a_member_are_refused_reported_and_the_last_good_state_serves() {
+    // a and b are the fleet. m is an attacker's own keyward agent on the
+    // same prefix, with a token holding only the README's agent policy: it
+    // lists a and b (so it reads and follows their records) and itself,
+    // and encrypts to everyone's recipient. a and b do not list it as a
+    // member; they still encrypt to its recipient (`[backend] recipients`,
+    // e.g. a reader that is not a member), so that m can read and
+    // overwrite an existing key: the strongest position short of a
+    // member's own signing key.
+    let mut m = TestAgent::prepare();
+    let m_recipient = m.recipient().to_string();
+    let fleet = Fleet::start(2, |_| format!("recipients = [{m_recipient:?}]\n"));
+    fleet.agent(0).put("prod/pay", "sk_pay_good_v1_1a1a");
+    fleet.agent(0).put("prod/other", "sk_other_good_v1_2b2b");
+    until_served(fleet.agent(1), "pay", "sk_pay_good_v1_1a1a").await;
+    until_served(fleet.agent(1), "other", "sk_other_good_v1_2b2b").await;
+
+    let stolen = fleet.bao.dir.join("stolen.token");
+    let token = readme_policy_token(&fleet.bao, &stolen);
+    let m_config = format!(
+        "lock_memory = false\n[backend]\nkind = \"openbao\"\naddress = {:?}\ntoken_file = {:?}\nagent_id = \"m\"\npoll_interval = \"200ms\"\nstatus_ttl = \"6s\"\nstale_after = \"2s\"\nrequest_timeout = \"1s\"\ninitial_sync_timeout = \"3s\"\n{}{}",
+        fleet.bao.addr,
+        stolen.display().to_string(),
+        fleet.members.concat(),
+        m.member_entry("m"),
+    );
+    m.launch(&m_config);
+    until_served(&m, "pay", "sk_pay_good_v1_1a1a").await;
+
+    // 1. A key record encrypted to every recipient, written with the
+    // agent policy, signed by m (not a member of a's and b's fleet).
+    let out = cli(&m, &["put", "--overwrite", "prod/pay"], Some(b"sk_pay_FORGED_6666"));
+    assert!(out.status.success(), "m's write reaches OpenBao: {}", text(&out.stderr));
+    // 2. An unsigned deletion marker for prod/other, written by hand.
+    let marker = serde_json::json!({"format": "keyward-fleet-v1", "deleted": true, "generation": 2});
+    kv_put_with(&fleet.bao, &token, "keyward/keys/prod/other", &marker);
+    // 3. Statuses: m publishes its own (signed by m); a's copied to
+    // agents/zz (signed by a, but for a's path).
+    let a_status = fleet.bao.kv_get_raw("keyward/agents/a").unwrap();
+    kv_put_with(&fleet.bao, &token, "keyward/agents/zz", &a_status);
+    kv_put_with(&fleet.bao, &token, "keyward/changes", &serde_json::json!({"poke": 1}));
+
+    // Refused and reported on b (`keyward status`, published to `fleet
+    // status`), while the last good state serves.
+    let b = until_backend(fleet.agent(1), "b refuses both", |b| b.problems.len() == 2).await;
+    let problems = b.problems.join("\n");
+    assert!(
+        problems.contains("prod/pay")
+            && problems.contains("signed by \"m\", which is not in this agent's [[backend.member]] list"),
+        "{problems}"
+    );
+    assert!(
+        problems.contains("prod/other") && problems.contains("not signed"),
+        "{problems}"
+    );
+    for i in 0..2 {
+        let set = fleet.agent(i).fetch("prod", "pay").await.unwrap();
+        assert_eq!(primary(&set), b"sk_pay_good_v1_1a1a", "the forged key is not served");
+        let set = fleet
+            .agent(i)
+            .fetch("prod", "other")
+            .await
+            .expect("nothing was deleted");
+        assert_eq!(primary(&set), b"sk_other_good_v1_2b2b");
+    }
+    // Still refused a while later (nothing applied it meanwhile).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        primary(&fleet.agent(1).fetch("prod", "pay").await.unwrap()),
+        b"sk_pay_good_v1_1a1a"
+    );
+
+    // `keyward fleet status`: only a and b count (m is listed nowhere as
+    // a member, zz is a copy of a's status); the refusals are listed; b's
+    // problems show.
+    let listing = until_fleet_status(fleet.agent(0), &[], |l| {
+        l.contains("REFUSED") && l.contains("agents/m") && l.contains("agents/zz") && l.contains("PROBLEM prod/pay")
+    })
+    .await;
+    assert!(
+        listing.contains("agents/m") && listing.contains("agents/zz"),
+        "{listing}"
+    );
+    assert!(listing.contains("PROBLEM prod/pay"), "{listing}");
+    let out = cli(fleet.agent(0), &["fleet", "status", "--json"], None);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids: Vec<&str> = json["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["agent_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["a", "b"], "only members' own statuses count: {json}");
+    let refused = json["refused"].to_string();
+    assert!(refused.contains("only member \\\"zz\\\" writes here"), "{refused}");
+
+    // An audit record of each refusal on b, and an alert.
+    let lines = fleet.agent(1).audit_lines();
+    let rejected: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["event"] == "fleet_sync" && l["outcome"] == "rejected")
+        .collect();
+    for key in ["prod/pay", "prod/other"] {
+        assert!(
+            rejected.iter().any(|l| l["key"] == key),
+            "{key} not audited: {rejected:?}"
+        );
+    }
+    assert!(
+        rejected
+            .iter()
+            .any(|l| l["detail"].as_str().unwrap_or("").contains("keyward/changes")),
+        "the change marker m bumped is refused too: {rejected:?}"
+    );
+    until_alert(fleet.agent(1), "b alerts", |a| {
+        a.signal == "agent_health" && a.dedup_key.contains("agent/fleet")
+    })
+    .await;
+    let out = cli(fleet.agent(1), &["audit", "verify"], None);
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    // The secrets never reach a log or a problem line.
+    assert!(!fleet.agent(1).logs().contains("sk_pay_FORGED_6666"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_members_new_writes_are_refused_after_reload_and_its_old_records_still_serve() {
+    let fleet = Fleet::start(3, |_| String::new());
+    fleet.agent(2).put("prod/from-c", "sk_from_c_v1_3c3c");
+    until_served(fleet.agent(0), "from-c", "sk_from_c_v1_3c3c").await;
+
+    // c is removed from a's member list; a reloads.
+    let config = fleet.agent(0).dir.parent().unwrap().join("keyward.toml");
+    let text_before = std::fs::read_to_string(&config).unwrap();
+    let without_c = text_before.replace(&fleet.members[2], "");
+    assert_ne!(without_c, text_before);
+    std::fs::write(&config, &without_c).unwrap();
+    let reload = reload_config(fleet.agent(0)).await;
+    assert!(
+        reload["detail"].as_str().unwrap().contains("member (2 members, was 3)"),
+        "{reload}"
+    );
+
+    // c's new writes: b (which still lists c) applies them; a refuses them.
+    let out = cli(
+        fleet.agent(2),
+        &["put", "--overwrite", "prod/from-c"],
+        Some(b"sk_from_c_v2_4d4d"),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    fleet.agent(2).put("prod/new-from-c", "sk_new_from_c_5e5e");
+    until_served(fleet.agent(1), "from-c", "sk_from_c_v2_4d4d").await;
+    until_served(fleet.agent(1), "new-from-c", "sk_new_from_c_5e5e").await;
+    let b = until_backend(fleet.agent(0), "a refuses c's writes", |b| b.problems.len() == 2).await;
+    assert!(
+        b.problems
+            .iter()
+            .all(|p| p.contains("signed by \"c\", which is not in")),
+        "{b:?}"
+    );
+    // What c signed before its removal still serves on a.
+    let set = fleet.agent(0).fetch("prod", "from-c").await.unwrap();
+    assert_eq!(primary(&set), b"sk_from_c_v1_3c3c");
+    assert!(fleet.agent(0).fetch("prod", "new-from-c").await.is_err());
+
+    // Until replaced by a member: b overwrites it, a applies that.
+    let out = cli(
+        fleet.agent(1),
+        &["put", "--overwrite", "prod/from-c"],
+        Some(b"sk_from_b_v3_6f6f"),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    until_served(fleet.agent(0), "from-c", "sk_from_b_v3_6f6f").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -769,15 +1022,15 @@ async fn a_delete_reaches_every_agent_and_a_new_key_continues_its_generation() {
 async fn an_agent_joins_the_fleet_once_the_records_are_resealed_to_it() {
     // a and b know only each other; c is set up with all three.
     let mut fleet = Fleet::prepare(3);
-    let all = fleet.recipients.clone();
-    fleet.recipients.truncate(2);
+    let all = fleet.members.clone();
+    fleet.members.truncate(2);
     let mut agents = std::mem::take(&mut fleet.agents);
     for (i, agent) in agents.iter_mut().enumerate().take(2) {
         let dir = agent.dir.clone();
         agent.launch(&fleet.config(i, &dir, ""));
     }
     agents[0].put("prod/crm", "sk_join_v1_1234");
-    fleet.recipients = all;
+    fleet.members = all;
     let dir = agents[2].dir.clone();
     agents[2].launch(&fleet.config(2, &dir, ""));
     let b = until_backend(&agents[2], "c cannot decrypt", |b| !b.problems.is_empty()).await;
@@ -789,19 +1042,38 @@ async fn an_agent_joins_the_fleet_once_the_records_are_resealed_to_it() {
         agents[2].fetch("prod", "crm").await.is_err(),
         "nothing served that c cannot read"
     );
-    // `keyward fleet status` shows c's problem to the operator on a.
-    let listing = until_fleet_status(&agents[0], &[], |l| l.contains("PROBLEM prod/crm")).await;
-    assert!(listing.contains("PROBLEM prod/crm"), "{listing}");
+    // On a, c is not a member yet: `keyward fleet status` refuses its
+    // status (it does not count as live) and says so.
+    let listing = until_fleet_status(&agents[0], &[], |l| l.contains("REFUSED") && l.contains("agents/c")).await;
+    assert!(
+        listing.contains("agents/c") && listing.contains("signed by \"c\", which is not in"),
+        "{listing}"
+    );
+    assert!(!listing.contains("c (vm)"), "{listing}");
 
-    // a learns c's recipient (a restart: [backend] is read at start) and
-    // reseals: c serves the key; the generation did not change.
-    agents[0].stop();
+    // `keyward fleet member` on c prints the entry the others paste (the
+    // one its own config lists), and `keyward fleet join` the steps.
+    let out = cli(&agents[2], &["fleet", "member"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), fleet.members[2]);
+    let out = cli(&agents[2], &["fleet", "join"], None);
+    let steps = text(&out.stdout);
+    for step in ["keyward init", "keyward fleet member", "reload", "keyward fleet reseal"] {
+        assert!(steps.contains(step), "{steps}");
+    }
+
+    // a learns c's entry (a reload: the member list is live): c counts,
+    // with its problem shown to the operator on a.
     std::fs::write(
         agents[0].dir.parent().unwrap().join("keyward.toml"),
         fleet.config(0, &agents[0].dir.clone(), ""),
     )
     .unwrap();
-    agents[0].spawn().unwrap();
+    reload_config(&agents[0]).await;
+    let listing = until_fleet_status(&agents[0], &[], |l| l.contains("PROBLEM prod/crm")).await;
+    assert!(listing.contains("PROBLEM prod/crm"), "{listing}");
+
+    // a reseals: c serves the key; the generation did not change.
     let out = cli(&agents[0], &["fleet", "reseal"], None);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
@@ -886,6 +1158,13 @@ async fn https_with_the_configured_ca_file_works_and_without_it_is_refused() {
     agent.put("prod/tls", "sk_over_tls_5150");
     assert_eq!(primary(&agent.fetch("prod", "tls").await.unwrap()), b"sk_over_tls_5150");
     until_backend(&agent, "in sync over https", |b| !b.stale && b.last_error.is_empty()).await;
+    // Not in a member list (it has none): `keyward doctor` says so, and
+    // checks its signing key as it checks the identity.
+    let config_file = agent.dir.parent().unwrap().join("keyward.toml");
+    let out = cli(&agent, &["doctor", "--config", config_file.to_str().unwrap()], None);
+    let report = text(&out.stdout);
+    assert!(report.contains("not in its own [[backend.member]] list"), "{report}");
+    assert!(report.contains("signing.key: 0600"), "{report}");
 
     // Without the CA the server's certificate is not trusted: stale, and
     // the error says why.
@@ -1099,4 +1378,69 @@ async fn the_readme_lists_every_metric_and_the_dashboard_has_data_after_a_restar
     ] {
         assert!(metrics.contains(series), "{series} missing:\n{metrics}");
     }
+}
+
+/// A `[backend]` pointing at nothing (nothing listens on port 1): the agent
+/// starts, waits its 1 s initial sync and serves its local copy.
+fn unreachable_backend(agent: &TestAgent) -> String {
+    format!(
+        "[backend]\nkind = \"openbao\"\naddress = \"http://127.0.0.1:1\"\ntoken_file = \"/nonexistent/token\"\nagent_id = \"solo\"\nrequest_timeout = \"1s\"\ninitial_sync_timeout = \"1s\"\n{}",
+        agent.member_entry("solo")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_system_install_without_a_signing_key_says_to_run_init_and_dev_mode_creates_one() {
+    // A system install from before signing keys: keywardd refuses to
+    // start in fleet mode and says what to run.
+    let mut agent = TestAgent::prepare_system_shared("", "");
+    let key_file = agent.dir.join("signing.key");
+    let entry = unreachable_backend(&agent);
+    agent.rewrite_config(&entry);
+    std::fs::remove_file(&key_file).unwrap();
+    let err = agent.spawn_with(agent.system_command()).unwrap_err();
+    assert!(err.contains("signing.key") && err.contains("keyward init"), "{err}");
+    // `keyward init` adds it (and keeps the identity): the agent starts.
+    let recipient = agent.recipient().to_string();
+    let out = common::run_cli(
+        Command::new(common::bins::keyward())
+            .args(["init", "--state-dir"])
+            .arg(&agent.dir),
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("fleet signing key: ed25519:"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(agent.recipient().to_string(), recipient, "the identity is kept");
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key_file).unwrap().permissions()) & 0o777,
+        0o600
+    );
+    agent.rewrite_config(&unreachable_backend(&agent));
+    agent
+        .spawn_with(agent.system_command())
+        .expect("starts with its signing key");
+    agent.stop();
+
+    // Dev mode creates a missing one at start, 0600.
+    let mut dev = TestAgent::prepare();
+    std::fs::remove_file(dev.dir.join("signing.key")).unwrap();
+    let config = format!("lock_memory = false\n{}", {
+        // The entry names the key created at start: not known yet, so the
+        // agent is not listed; it starts all the same.
+        "[backend]\nkind = \"openbao\"\naddress = \"http://127.0.0.1:1\"\ntoken_file = \"/nonexistent/token\"\nagent_id = \"solo\"\nrequest_timeout = \"1s\"\ninitial_sync_timeout = \"1s\"\n"
+    });
+    dev.launch(&config);
+    let mode = std::fs::metadata(dev.dir.join("signing.key")).unwrap().permissions();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
+    let b = backend(&dev).await;
+    assert_eq!(b.signing_key, dev.signing_key());
+    assert!(!b.listed);
+    // The secret seed is never in the log.
+    let seed = std::fs::read_to_string(dev.dir.join("signing.key")).unwrap();
+    let seed = seed.lines().last().unwrap();
+    assert!(!dev.logs().contains(seed));
 }

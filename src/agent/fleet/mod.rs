@@ -5,11 +5,17 @@
 //!
 //! | path | what |
 //! |---|---|
-//! | `keys/<env>/<name>` | a key's record: `{"format": "keyward-fleet-v1", "record": "<age armor>"}`, or a deletion marker `{"format": …, "deleted": true, "generation": G}` |
+//! | `keys/<env>/<name>` | a key's record: `{"format": "keyward-fleet-v1", "record": "<age armor>", "signer", "signature"}`, or a deletion marker `{"format": …, "deleted": true, "generation": G, "signer", "signature"}` |
 //! | `changes` | bumped after every write: followers poll its version |
 //! | `agents/<agent_id>` | what each agent serves, republished every third of its TTL; KV's `delete_version_after` expires it |
 //!
 //! Invariants:
+//! - Every value an agent writes is signed by its signing key over its
+//!   canonical bytes, which bind the path and KV version ([`sign`]); an
+//!   agent applies a key record or deletion marker, and counts a status,
+//!   only when a member of its `[[backend.member]]` list signed it (a
+//!   status: the member its path names). Anything else is refused and
+//!   reported (status, audit, alert) while the last good state serves.
 //! - OpenBao only ever holds ciphertext: a record is the agent's own key
 //!   record (secrets included) age-encrypted to every agent of the fleet
 //!   ([`crate::store::Store::seal_armored`]); it names its key and its own
@@ -26,22 +32,22 @@
 //!   decodes, names its key and version, and is newer; anything else is
 //!   reported as a problem (status, log) while the last good state serves.
 
+pub mod sign;
 mod status;
 pub mod sync;
+mod trust;
 mod write;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use age::x25519;
-
-use crate::config::backend::{OpenBaoAuth, OpenBaoConfig};
+use crate::config::backend::{Member, OpenBaoAuth, OpenBaoConfig};
 use crate::openbao::{KvAuth, KvClient, KvOptions};
 use crate::proto;
 use crate::secret::KeyRef;
+use crate::store::identity::SigningKey;
 
 /// The `format` of every value keyward writes.
 pub const FORMAT: &str = "keyward-fleet-v1";
@@ -59,11 +65,10 @@ pub enum FleetError {
 pub struct Fleet {
     cfg: OpenBaoConfig,
     kv: KvClient,
-    /// The fleet's recipients from the config, without this agent and the
-    /// extra recipients (the store seals to those itself).
-    recipients: Vec<x25519::Recipient>,
     /// This agent's own recipient (published in its status).
     recipient: String,
+    /// This agent's signing key: every value it writes is signed with it.
+    signer: SigningKey,
     hostname: String,
     /// `<state_dir>/fleet-sync`: when the last sync succeeded, kept across
     /// restarts so staleness counts from there.
@@ -100,6 +105,9 @@ struct Health {
     publish_due: bool,
     /// The status path's `delete_version_after` (its TTL) is set.
     status_metadata_set: bool,
+    /// Values refused as not signed by a member (path and version): each
+    /// is audited and alerted once.
+    refused_seen: std::collections::BTreeSet<(String, u64)>,
 }
 
 impl Health {
@@ -124,7 +132,7 @@ impl Fleet {
     pub fn new(
         cfg: &OpenBaoConfig,
         recipient: String,
-        extra_recipients: &[String],
+        signer: SigningKey,
         state_dir: &std::path::Path,
     ) -> Result<Fleet, FleetError> {
         let auth = match &cfg.auth {
@@ -148,27 +156,13 @@ impl Fleet {
             timeout: cfg.request_timeout,
         })
         .map_err(|e| FleetError::Setup(e.to_string()))?;
-        // The store seals to this agent and the extra recipients already:
-        // only the others are added.
-        let recipients = cfg
-            .recipients
-            .iter()
-            .filter(|r| **r != recipient && !extra_recipients.contains(r))
-            .map(|r| x25519::Recipient::from_str(r).map_err(|e| FleetError::Setup(format!("recipient {r:?}: {e}"))))
-            .collect::<Result<Vec<_>, _>>()?;
-        if !cfg.recipients.contains(&recipient) {
-            tracing::warn!(
-                recipient = %recipient,
-                "this agent's recipient is not in [backend] recipients: records the other agents write will not be readable here; add it to every agent's config"
-            );
-        }
         let sync_file = state_dir.join("fleet-sync");
         let last_ok = read_sync_file(&sync_file);
         Ok(Fleet {
             cfg: cfg.clone(),
             kv,
-            recipients,
             recipient,
+            signer,
             hostname: nix::unistd::gethostname()
                 .ok()
                 .and_then(|h| h.into_string().ok())
@@ -184,9 +178,56 @@ impl Fleet {
         })
     }
 
-    /// The settings.
+    /// The settings (as at start; the members are read from the agent's
+    /// current config, see [`Fleet::members`]).
     pub fn config(&self) -> &OpenBaoConfig {
         &self.cfg
+    }
+
+    /// The entry `keyward fleet member` prints for this agent.
+    pub fn public_key(&self) -> String {
+        self.signer.public_key()
+    }
+
+    /// Whether `members` lists this agent as it is (name, recipient and
+    /// signing key); warns when not: the others refuse its writes then.
+    pub fn check_listed(&self, members: &[Member]) -> bool {
+        let listed = self.is_listed(members);
+        if !listed {
+            tracing::warn!(
+                agent_id = %self.cfg.agent_id,
+                recipient = %self.recipient,
+                signing_key = %self.signer.public_key(),
+                "this agent is not in its own [[backend.member]] list as it is (name, recipient, signing key): the other agents refuse what it writes; run `keyward fleet member` and add its entry to every agent's config"
+            );
+        }
+        listed
+    }
+
+    fn is_listed(&self, members: &[Member]) -> bool {
+        let me = self.signer.verifying_key();
+        members
+            .iter()
+            .any(|m| m.name == self.cfg.agent_id && m.recipient == self.recipient && m.signing_key == me)
+    }
+
+    /// Signs `value` (an object) as `kind` at `path`, version `version`.
+    fn sign(
+        &self,
+        value: &mut serde_json::Value,
+        kind: sign::Kind,
+        path: &str,
+        key: &str,
+        version: u64,
+        body: &[&[u8]],
+    ) {
+        let message = sign::canonical(kind, &self.full_path(path), key, version, body);
+        sign::attach(value, &self.cfg.agent_id, &self.signer.sign(&message));
+    }
+
+    /// `<mount>/<path>`: what a signature binds.
+    fn full_path(&self, path: &str) -> String {
+        format!("{}/{path}", self.cfg.mount)
     }
 
     fn health(&self) -> MutexGuard<'_, Health> {
@@ -226,8 +267,9 @@ impl Fleet {
         h.last_ok_mono.is_some() && h.last_error.is_none() && !self.over_stale_after(h.stale_for(SystemTime::now()))
     }
 
-    /// For `GetStatus`.
-    pub fn status(&self) -> proto::BackendStatus {
+    /// For `GetStatus`; `members` from the agent's current config.
+    pub fn status(&self, members: &[Member]) -> proto::BackendStatus {
+        let listed = self.is_listed(members);
         let h = self.health();
         let stale_for = h.stale_for(SystemTime::now());
         proto::BackendStatus {
@@ -241,6 +283,9 @@ impl Fleet {
             stale: self.over_stale_after(stale_for),
             last_error: h.last_error.clone().unwrap_or_default(),
             problems: h.problem_lines(),
+            signing_key: self.signer.public_key(),
+            recipient: self.recipient.clone(),
+            listed,
         }
     }
 
@@ -335,6 +380,29 @@ enum BackendRecord<'a> {
 }
 
 impl BackendRecord<'_> {
+    /// The canonical bytes a member signed for this value at `path`
+    /// (`<mount>/…`), version `version` (`None` for a foreign value).
+    fn signed_message(&self, path: &str, key: &KeyRef, version: u64) -> Option<Vec<u8>> {
+        let key = key.to_string();
+        match self {
+            BackendRecord::Sealed(armor) => Some(sign::canonical(
+                sign::Kind::Key,
+                path,
+                &key,
+                version,
+                &[armor.as_bytes()],
+            )),
+            BackendRecord::Deleted { generation } => Some(sign::canonical(
+                sign::Kind::Deleted,
+                path,
+                &key,
+                version,
+                &[generation.to_string().as_bytes()],
+            )),
+            BackendRecord::Foreign(_) => None,
+        }
+    }
+
     fn parse(data: &serde_json::Value) -> BackendRecord<'_> {
         let format = data.get("format").and_then(|f| f.as_str());
         if format != Some(FORMAT) {

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::{unix_ms, Fleet, FORMAT};
+use super::{sign, unix_ms, Fleet, FORMAT};
 use crate::agent::error::ApiError;
 use crate::agent::Agent;
 use crate::openbao::KvError;
@@ -96,17 +96,24 @@ impl Fleet {
             keys,
         };
         let path = self.status_path();
-        let value = serde_json::to_value(&report).map_err(|e| KvError::BadResponse {
+        // Stored as its JSON text, so what was signed is exactly what is
+        // read back (no canonical JSON needed).
+        let text = serde_json::to_string(&report).map_err(|e| KvError::BadResponse {
             path: path.clone(),
             reason: e.to_string(),
         })?;
+        let make = |version: u64| {
+            let mut value = serde_json::json!({ "format": FORMAT, "report": text });
+            self.sign(&mut value, sign::Kind::Status, &path, "", version, &[text.as_bytes()]);
+            value
+        };
         if !self.health().status_metadata_set {
             self.kv
                 .write_metadata(&path, Some(self.cfg.status_ttl), Some(4))
                 .await?;
             self.health().status_metadata_set = true;
         }
-        self.write_latest(&path, &value).await?;
+        self.write_latest(&path, make).await?;
         Ok(())
     }
 
@@ -119,10 +126,14 @@ impl Fleet {
         }
     }
 
-    /// Every agent's published status (expired ones included, marked not
-    /// live), sorted by id.
-    async fn reports(&self) -> Result<Vec<AgentReport>, KvError> {
+    /// Every agent's published status signed by the member its path names
+    /// (expired ones included, marked not live), sorted by id; and one line
+    /// per status refused (unsigned, not by that member, copied from
+    /// another path or version), each also audited and alerted once.
+    async fn reports(&self, agent: &Agent) -> Result<(Vec<AgentReport>, Vec<String>), KvError> {
+        let members = Fleet::members(agent);
         let mut out = Vec::new();
+        let mut refused = Vec::new();
         for name in self.kv.list(&self.agents_path()).await? {
             if name.ends_with('/') {
                 continue;
@@ -131,19 +142,58 @@ impl Fleet {
             let Some(entry) = self.kv.read(&path).await? else {
                 continue; // expired: KV deleted its only live version
             };
-            match serde_json::from_value::<AgentReport>(entry.data) {
-                Ok(r) if r.format == FORMAT => out.push(r),
-                _ => tracing::warn!(path, "ignoring an agent status that is not keyward's"),
+            match self.check_report(&entry.data, &path, &name, entry.version, &members) {
+                Ok(r) => out.push(r),
+                Err(why) => {
+                    self.report_refused(agent, &path, None, entry.version, &why).await;
+                    refused.push(format!("{}/{path} version {}: {why}", self.cfg.mount, entry.version));
+                }
             }
         }
         out.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
-        Ok(out)
+        Ok((out, refused))
+    }
+
+    /// The report at `agents/<name>` (KV version `version`), if member
+    /// `name` signed it for that path and version.
+    fn check_report(
+        &self,
+        data: &serde_json::Value,
+        path: &str,
+        name: &str,
+        version: u64,
+        members: &[crate::config::backend::Member],
+    ) -> Result<AgentReport, String> {
+        let text = match (
+            data.get("format").and_then(|f| f.as_str()),
+            data.get("report").and_then(|r| r.as_str()),
+        ) {
+            (Some(FORMAT), Some(text)) => text,
+            _ => return Err("it is not a signed keyward status".to_owned()),
+        };
+        let message = sign::canonical(
+            sign::Kind::Status,
+            &self.full_path(path),
+            "",
+            version,
+            &[text.as_bytes()],
+        );
+        sign::verify(data, &message, members, Some(name))?;
+        let report: AgentReport =
+            serde_json::from_str(text).map_err(|e| format!("its signed report does not decode ({e})"))?;
+        if report.agent_id != name || report.format != FORMAT {
+            return Err(format!(
+                "its signed report names agent {:?}, not {name:?}",
+                report.agent_id
+            ));
+        }
+        Ok(report)
     }
 
     /// `GetFleetStatus`.
     pub async fn fleet_status(&self, agent: &Agent, key: Option<&KeyRef>) -> Result<proto::FleetStatus, ApiError> {
-        let reports = self
-            .reports()
+        let (reports, refused) = self
+            .reports(agent)
             .await
             .map_err(|e| ApiError::Unavailable(format!("cannot read the fleet's status from OpenBao: {e}")))?;
         let now = SystemTime::now();
@@ -184,6 +234,7 @@ impl Fleet {
             agents,
             backend_version,
             generation,
+            refused,
         })
     }
 }

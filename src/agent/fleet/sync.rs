@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
 
-use super::{BackendRecord, Fleet};
+use super::{sign, BackendRecord, Fleet};
 use crate::agent::apply::{After, Change};
 use crate::agent::Agent;
 use crate::alerts::detect::Subject;
@@ -136,10 +136,41 @@ impl Fleet {
         if !full && seen == Some(marker) {
             return Ok(marker);
         }
+        if seen != Some(marker) && marker > 0 {
+            self.check_marker(agent, marker).await;
+        }
         for env in agent.store.environments().map(str::to_owned).collect::<Vec<_>>() {
             self.sync_env(agent, &env).await?;
         }
         Ok(marker)
+    }
+
+    /// Checks the change marker's signature; one not signed by a member is
+    /// reported (it only ever makes the agents compare every key, which
+    /// they then do anyway: each record is checked on its own).
+    async fn check_marker(&self, agent: &Agent, marker: u64) {
+        let path = self.changes_path();
+        let Ok(Some(entry)) = self.kv.read_version(&path, marker).await else {
+            return;
+        };
+        let data = &entry.data;
+        let key = data.get("key").and_then(|k| k.as_str()).unwrap_or_default();
+        let version = data
+            .get("version")
+            .and_then(|v| v.as_u64())
+            .unwrap_or_default()
+            .to_string();
+        let writer = data.get("agent").and_then(|a| a.as_str()).unwrap_or_default();
+        let message = sign::canonical(
+            sign::Kind::Changes,
+            &self.full_path(&path),
+            key,
+            entry.version,
+            &[version.as_bytes(), writer.as_bytes()],
+        );
+        if let Err(why) = sign::verify(data, &message, &Fleet::members(agent), None) {
+            self.report_refused(agent, &path, None, entry.version, &why).await;
+        }
     }
 
     /// Compares every key of `env`. An error that concerns one key is that
@@ -243,6 +274,19 @@ impl Fleet {
             self.set_problem(key, Some(why));
             false
         };
+        // Nothing is looked at further unless a member signed it for this
+        // path and version.
+        let record = BackendRecord::parse(&entry.data);
+        let path = self.key_path(key);
+        if let Some(message) = record.signed_message(&self.full_path(&path), key, entry.version) {
+            if let Err(why) = sign::verify(&entry.data, &message, &Fleet::members(agent), None) {
+                self.report_refused(agent, &path, Some(key), entry.version, &why).await;
+                return refuse(format!(
+                    "OpenBao's record version {} is refused: {why}; the last good state keeps serving",
+                    entry.version
+                ));
+            }
+        }
         if local.is_none() {
             // Never over a key file this agent could not load: it may be the
             // only copy of a secret.
@@ -250,7 +294,7 @@ impl Fleet {
                 return refuse(e.to_string());
             }
         }
-        let sealed = match BackendRecord::parse(&entry.data) {
+        let sealed = match record {
             BackendRecord::Sealed(sealed) => sealed,
             BackendRecord::Deleted { .. } => {
                 self.set_problem(key, None);

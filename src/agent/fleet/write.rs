@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use super::{BackendRecord, Fleet, FORMAT};
+use super::{sign, BackendRecord, Fleet, FORMAT};
 use crate::agent::error::ApiError;
 use crate::agent::Agent;
 use crate::keyset::KeySetState;
@@ -34,11 +34,21 @@ impl Fleet {
         next.backend_version = Some(cas + 1);
         let plaintext =
             record::encode_bound(&next).map_err(|e| ApiError::InvalidArgument(format!("cannot store {key}: {e}")))?;
-        let sealed = agent.store.seal_armored(&plaintext, &self.recipients)?;
+        let recipients = self
+            .recipients(agent)
+            .map_err(|e| ApiError::Unavailable(format!("cannot seal {key} to the fleet: {e}")))?;
+        let sealed = agent.store.seal_armored(&plaintext, &recipients)?;
         drop(plaintext);
-        let written = self
-            .write_cas(&key, &path, &json!({ "format": FORMAT, "record": sealed }), cas)
-            .await?;
+        let mut value = json!({ "format": FORMAT, "record": sealed });
+        self.sign(
+            &mut value,
+            sign::Kind::Key,
+            &path,
+            &key.to_string(),
+            cas + 1,
+            &[sealed.as_bytes()],
+        );
+        let written = self.write_cas(&key, &path, &value, cas).await?;
         let committed = agent.store.replace(next).map_err(|e| {
             ApiError::Unavailable(format!(
                 "the change of {key} is in OpenBao (record version {written}) but this agent's local copy could not be written ({e}): the other agents serve it; fix the store directory, then restart this agent"
@@ -54,7 +64,16 @@ impl Fleet {
         let key = existing.key.clone();
         let path = self.key_path(&key);
         let (cas, _) = self.base_version(agent, &key, &path, Some(existing)).await?;
-        let marker = json!({ "format": FORMAT, "deleted": true, "generation": existing.generation + 1 });
+        let generation = existing.generation + 1;
+        let mut marker = json!({ "format": FORMAT, "deleted": true, "generation": generation });
+        self.sign(
+            &mut marker,
+            sign::Kind::Deleted,
+            &path,
+            &key.to_string(),
+            cas + 1,
+            &[generation.to_string().as_bytes()],
+        );
         let written = self.write_cas(&key, &path, &marker, cas).await?;
         let removed = agent.store.delete(&key).map_err(|e| {
             ApiError::Unavailable(format!(
@@ -127,8 +146,18 @@ impl Fleet {
             .read_version(path, version)
             .await
             .map_err(|e| self.write_error(key, e))?;
-        match entry.as_ref().map(|e| BackendRecord::parse(&e.data)) {
-            Some(BackendRecord::Deleted { generation }) => Ok((version, Some(generation))),
+        let record = entry.as_ref().map(|e| BackendRecord::parse(&e.data));
+        let signed = |record: &BackendRecord<'_>| {
+            let entry = entry.as_ref().expect("a record was read");
+            record
+                .signed_message(&self.full_path(path), key, version)
+                .is_some_and(|m| sign::verify(&entry.data, &m, &Fleet::members(agent), None).is_ok())
+        };
+        match record {
+            // A member's marker: the new key continues its generation. One
+            // nobody listed signed is written over, its generation ignored.
+            Some(ref r @ BackendRecord::Deleted { generation }) if signed(r) => Ok((version, Some(generation))),
+            Some(BackendRecord::Deleted { .. }) => Ok((version, Some(0))),
             // The current version was deleted with `bao kv delete`: it is
             // gone, and a write on top of it is a fresh start.
             None => Ok((version, Some(0))),
@@ -173,9 +202,21 @@ impl Fleet {
     /// After a write: bumps the change marker (best effort: the others'
     /// periodic full comparison catches a lost bump) and republishes.
     async fn changed(&self, key: &KeyRef, version: u64) {
-        let marker =
-            json!({ "format": FORMAT, "key": key.to_string(), "version": version, "agent": self.cfg.agent_id });
-        if let Err(e) = self.write_latest(&self.changes_path(), &marker).await {
+        let path = self.changes_path();
+        let make = |next: u64| {
+            let mut marker =
+                json!({ "format": FORMAT, "key": key.to_string(), "version": version, "agent": self.cfg.agent_id });
+            self.sign(
+                &mut marker,
+                sign::Kind::Changes,
+                &path,
+                &key.to_string(),
+                next,
+                &[version.to_string().as_bytes(), self.cfg.agent_id.as_bytes()],
+            );
+            marker
+        };
+        if let Err(e) = self.write_latest(&path, make).await {
             tracing::warn!(key = %key, error = %e, "wrote the change but could not bump the change marker; other agents see it at their next full comparison");
         }
         self.health().publish_due = true;
@@ -185,12 +226,16 @@ impl Fleet {
     /// Writes a new version of a path where the last writer simply wins
     /// (the change marker, this agent's status), still with check-and-set
     /// against the version just read: so a mount with `cas_required = true`
-    /// accepts it too.
-    pub(super) async fn write_latest(&self, path: &str, data: &serde_json::Value) -> Result<u64, KvError> {
+    /// accepts it too. `make(version)` is the value, signed as that version.
+    pub(super) async fn write_latest(
+        &self,
+        path: &str,
+        make: impl Fn(u64) -> serde_json::Value,
+    ) -> Result<u64, KvError> {
         let mut tries = 0;
         loop {
             let current = self.kv.metadata(path).await?.map_or(0, |m| m.current_version);
-            match self.kv.write(path, data, Some(current)).await {
+            match self.kv.write(path, &make(current + 1), Some(current)).await {
                 Err(KvError::CasMismatch { .. }) if tries < 3 => tries += 1,
                 other => return other,
             }

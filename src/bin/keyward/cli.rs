@@ -293,8 +293,14 @@ pub enum FleetCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Write every key's record again, encrypted to the current [backend]
-    /// recipients: run it after adding an agent to the fleet.
+    /// Print this agent's [[backend.member]] entry (its agent_id, age
+    /// recipient and public signing key), to paste into every agent's
+    /// config.
+    Member,
+    /// How to add an agent to the fleet (or remove one), step by step.
+    Join,
+    /// Write every key's record again, encrypted to the current members
+    /// and signed by this agent: run it after adding or removing a member.
     Reseal {
         /// Only this environment.
         #[arg(long, value_name = "ENV")]

@@ -108,3 +108,74 @@ fn backend_mistakes_are_explained() {
         );
     }
 }
+
+/// A valid `ed25519:` public key (the base point's encoding is not weak).
+fn signing_key(seed: u8) -> String {
+    crate::config::backend::format_signing_key(&ed25519_dalek::SigningKey::from_bytes(&[seed; 32]).verifying_key())
+}
+
+#[test]
+fn members_are_parsed_and_their_mistakes_explained() {
+    let base = "[backend]\nkind = \"openbao\"\naddress = \"http://127.0.0.1:8200\"\ntoken_file = \"/t\"\n";
+    let member = |name: &str, key: &str| {
+        format!("[[backend.member]]\nname = {name:?}\nrecipient = {RECIPIENT:?}\nsigning_key = {key:?}\n")
+    };
+    let c = parse(&format!(
+        "{base}{}{}",
+        member("web-1", &signing_key(1)),
+        member("web-2", &signing_key(2))
+    ))
+    .unwrap();
+    let crate::config::backend::BackendConfig::OpenBao(b) = c.backend else {
+        panic!("openbao")
+    };
+    assert_eq!(b.members.len(), 2);
+    assert_eq!(b.members[1].name, "web-2");
+    assert_eq!(
+        crate::config::backend::format_signing_key(&b.members[0].signing_key),
+        signing_key(1)
+    );
+    // A small-order point (the identity) is refused as weak.
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    let weak = format!(
+        "ed25519:{}",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, identity)
+    );
+    let cases = [
+        (format!("{base}{}", member("web 1", &signing_key(1))), "name is not"),
+        (
+            format!("{base}{}", member("a", "ssh-ed25519 AAAA")),
+            "does not start with \"ed25519:\"",
+        ),
+        (format!("{base}{}", member("a", "ed25519:AAAA")), "not 32 bytes"),
+        (format!("{base}{}", member("a", &weak)), "weak"),
+        (
+            format!("{base}{}{}", member("a", &signing_key(1)), member("a", &signing_key(2))),
+            "is listed twice",
+        ),
+        (
+            format!("{base}{}{}", member("a", &signing_key(1)), member("b", &signing_key(1))),
+            "has the signing_key of another member",
+        ),
+        (
+            format!(
+                "{base}[[backend.member]]\nname = \"a\"\nrecipient = \"age1nope\"\nsigning_key = {:?}\n",
+                signing_key(1)
+            ),
+            "recipient is not an age X25519 public key",
+        ),
+        (
+            format!("[backend]\nkind = \"local\"\n{}", member("a", &signing_key(1))),
+            "takes no OpenBao settings",
+        ),
+    ];
+    for (text, want) in cases {
+        let err = parse_err(&text);
+        assert!(err.contains(want), "{text}\n=> {err}");
+        assert!(
+            err.contains("keyward fleet member") || want.contains("OpenBao"),
+            "{err}"
+        );
+    }
+}

@@ -87,6 +87,9 @@ pub(crate) async fn doctor(cli: &Cli, config_file: Option<&Path>, json: bool) ->
     };
     check_grants(&config, &mut out);
     let loaded = files::check_identity(&config.paths, owner, &mut out);
+    if matches!(config.backend, keyward::config::backend::BackendConfig::OpenBao(_)) {
+        files::check_signing_key(&config.paths, owner, &mut out);
+    }
     files::check_store(&config, owner, &loaded, &mut out);
     // The admin socket every other command talks to when told
     // (`--admin-socket`, `KEYWARD_ADMIN_SOCKET`); otherwise the config's,

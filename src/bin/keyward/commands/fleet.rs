@@ -18,7 +18,53 @@ pub(crate) async fn run(cli: &Cli, command: &FleetCommand) -> Outcome {
     match command {
         FleetCommand::Status { key, json } => status(cli, key.as_deref(), *json).await,
         FleetCommand::Reseal { env } => reseal(cli, env.as_deref()).await,
+        FleetCommand::Member => member(cli).await,
+        FleetCommand::Join => {
+            print!("{JOIN}");
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+/// `keyward fleet join`: the steps.
+const JOIN: &str = "\
+Adding an agent to the fleet:
+  1. On the new host: `keyward init` (creates its identity and its signing key),
+     then configure [backend] kind = \"openbao\" with its agent_id and start keywardd.
+  2. On the new host: `keyward fleet member` prints its [[backend.member]] entry.
+  3. Paste that entry into the config of every agent of the fleet (the new one too).
+  4. Reload every agent (`systemctl reload keywardd`, or SIGHUP): the member list
+     is live; from then on they apply what the new agent signs.
+  5. On any agent: `keyward fleet reseal` re-encrypts every record to the members,
+     so the new agent can read them; `keyward fleet status` shows it live, and its
+     problems cleared.
+Removing an agent: delete its entry from every config and reload. What it signs
+from then on is refused; records it signed before stay served where they were
+applied until replaced: run `keyward fleet reseal` on a remaining member (it
+re-signs every record and stops encrypting to the removed one), then rotate the
+keys it could read.
+";
+
+async fn member(cli: &Cli) -> Outcome {
+    let mut admin = admin(cli).await?;
+    let status = admin
+        .get_status(proto::GetStatusRequest {})
+        .await
+        .map_err(refused)?
+        .into_inner();
+    let Some(b) = status.backend.filter(|b| b.kind == "openbao") else {
+        return Err(
+            "this agent is not in fleet mode ([backend] kind = \"openbao\"): it has no member entry".to_owned(),
+        );
+    };
+    println!("[[backend.member]]");
+    println!("name = {:?}", b.agent_id);
+    println!("recipient = {:?}", b.recipient);
+    println!("signing_key = {:?}", b.signing_key);
+    if !b.listed {
+        eprintln!("(this agent is not yet in its own [[backend.member]] list: paste the entry above into every agent's config, this one's too, and reload them)");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn fetch(admin: &mut AdminClient<Channel>, key: Option<&proto::KeyRef>) -> Result<proto::FleetStatus, String> {
@@ -68,7 +114,7 @@ async fn status(cli: &Cli, key: Option<&str>, json: bool) -> Outcome {
     if json {
         let now = SystemTime::now();
         let agents: Vec<serde_json::Value> = s.agents.iter().map(|a| agent_json(a, now)).collect();
-        println!("{}", serde_json::json!({ "agents": agents }));
+        println!("{}", serde_json::json!({ "agents": agents, "refused": s.refused }));
         return Ok(ExitCode::SUCCESS);
     }
     if s.agents.is_empty() {
@@ -100,6 +146,9 @@ async fn status(cli: &Cli, key: Option<&str>, json: bool) -> Outcome {
         for p in &a.problems {
             println!("  PROBLEM {p}");
         }
+    }
+    for r in &s.refused {
+        println!("REFUSED {r}");
     }
     Ok(ExitCode::SUCCESS)
 }

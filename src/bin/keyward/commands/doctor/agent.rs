@@ -73,6 +73,16 @@ pub(super) async fn check_agent(mut admin: AdminClient<Channel>, config: &Config
                 ),
             ));
         }
+        if !b.listed {
+            out.push(Finding::warn(
+                "backend",
+                format!(
+                    "this agent ({}) is not in its own [[backend.member]] list as it is: the other agents refuse what it writes",
+                    b.agent_id
+                ),
+                "run `keyward fleet member` and paste its entry into every agent's config (this one's too), then reload them",
+            ));
+        }
         for p in &b.problems {
             out.push(Finding::warn(
                 "backend",

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use keyward::config::{Config, Paths};
 use keyward::secret::{Fingerprinter, KeyRef};
-use keyward::store::identity::{AgentIdentity, InstallKey};
+use keyward::store::identity::{AgentIdentity, InstallKey, SigningKey};
 use keyward::store::record;
 use nix::unistd::{Gid, Group, Uid, User};
 
@@ -136,6 +136,19 @@ pub(super) fn check_identity(paths: &Paths, owner: u32, out: &mut Vec<Finding>) 
         None
     };
     Loaded { identity, install_key }
+}
+
+/// Fleet mode: the signing key file, checked as the identity's is.
+pub(super) fn check_signing_key(paths: &Paths, owner: u32, out: &mut Vec<Finding>) {
+    let create = "run `keyward init` (it adds the signing key and changes nothing else), then `keyward fleet member` and paste its entry into every agent's config";
+    if private_file("signing key", &paths.signing_key_file, owner, create, out) {
+        loaded(
+            "signing key",
+            SigningKey::load(&paths.signing_key_file),
+            "move it aside and run `keyward init`, then replace this agent's [[backend.member]] entry on every host",
+            out,
+        );
+    }
 }
 
 /// The store directory, each environment's directory and each key file.
