@@ -232,7 +232,12 @@ async fn watch_flood(sender: h2::client::SendRequest<Bytes>, tally: Arc<Tally>, 
 
 /// `pending` and `slow`: for `seconds`, as many calls as the connection
 /// takes, each never completing its request (`slow`: after most of a
-/// 1 MiB message); each answer is tallied when it comes.
+/// 1 MiB message); each answer is tallied when it comes. A connection
+/// whose calls have been refused REFUSALS_PER_CONNECTION times stops, as
+/// in the watch flood: the connections over the uid's limit would
+/// otherwise spin through refusals (30,000 in 5 s in one run) and starve
+/// the allowed ones of the attacker's CPU before they reach the stream
+/// limit.
 async fn churn(
     sender: h2::client::SendRequest<Bytes>,
     tally: Arc<Tally>,
@@ -241,7 +246,8 @@ async fn churn(
     held: Arc<Mutex<Vec<h2::SendStream<Bytes>>>>,
 ) {
     let mut sender = sender;
-    while Instant::now() < until {
+    let refused = Arc::new(AtomicU64::new(0));
+    while Instant::now() < until && refused.load(Ordering::SeqCst) < REFUSALS_PER_CONNECTION {
         // Let the connections' own tasks send and receive.
         tokio::task::yield_now().await;
         // The same handle each time: it waits while the connection's
@@ -258,13 +264,16 @@ async fn churn(
         }
         held.lock().unwrap().push(body);
         tally.unanswered.fetch_add(1, Ordering::SeqCst);
-        let tally = tally.clone();
+        let (tally, refused) = (tally.clone(), refused.clone());
         tokio::spawn(async move {
             let answer = response.await;
             tally.unanswered.fetch_sub(1, Ordering::SeqCst);
             match answer {
                 Ok(r) => match grpc_status(r.headers()) {
-                    Some((code, message)) => tally.refusal(code, message),
+                    Some((code, message)) => {
+                        refused.fetch_add(1, Ordering::SeqCst);
+                        tally.refusal(code, message)
+                    }
                     None => {
                         // Answered with a stream: read to its status.
                         let (_, mut body) = r.into_parts();
