@@ -508,6 +508,15 @@ mod tests {
         // Loose mode refused, as the identity.
         fs::set_permissions(&path, Permissions::from_mode(0o644)).unwrap();
         assert!(matches!(SigningKey::load(&path), Err(StoreError::Permissions { .. })));
+        // A key file another uid owns (it could have written its own seed,
+        // and sign as this agent) is refused, naming the chown (as root:
+        // only root can give a file away).
+        fs::set_permissions(&path, Permissions::from_mode(0o600)).unwrap();
+        if nix::unistd::chown(&path, Some(nix::unistd::Uid::from_raw(65534)), None).is_ok() {
+            let err = SigningKey::load(&path).unwrap_err();
+            assert!(matches!(err, StoreError::Permissions { .. }), "{err}");
+            assert!(err.to_string().contains("chown"), "{err}");
+        }
         // A missing file says what to run.
         let missing = SigningKey::load(&d.path().join("none")).unwrap_err().to_string();
         assert!(
