@@ -319,13 +319,18 @@ impl ServedLog {
     /// served the current primary (and at least 1), so that the only
     /// consumer of a key still counts alone.
     pub fn quorum(&self, state: &KeySetState, configured: u64) -> u64 {
+        configured.min(self.served_reporters(state)).max(1)
+    }
+
+    /// How many uids that may report were served the current primary of
+    /// `state`.
+    pub fn served_reporters(&self, state: &KeySetState) -> u64 {
         let map = self.served.lock().unwrap_or_else(PoisonError::into_inner);
-        let reporters = map.get(&state.key).map_or(0, |uids| {
+        map.get(&state.key).map_or(0, |uids| {
             uids.values()
                 .filter(|s| s.may_report && s.versions.contains(&state.primary.number))
                 .count() as u64
-        });
-        configured.min(reporters).max(1)
+        })
     }
 }
 
@@ -385,6 +390,9 @@ pub async fn report(agent: &Arc<Agent>, caller: &Caller, r: &proto::AuthFailureR
     agent.failures.record(&key, r.version, now, reporter.clone());
     agent.metrics().report(key.env(), key.name(), class.as_str());
     agent.jobs.wake(&key);
+    if let Some(fleet) = agent.fleet() {
+        fleet.evidence_changed(&state);
+    }
     agent.alerting.on_report(
         &agent.config(),
         &state,
@@ -533,6 +541,9 @@ pub async fn report_use(agent: &Arc<Agent>, caller: &Caller, r: &proto::KeyUseRe
     }
     tracing::debug!(key = %key, version = r.version, caller = %caller.describe(), "key use reported");
     agent.jobs.wake(&key);
+    if let Some(fleet) = agent.fleet() {
+        fleet.evidence_changed(&state);
+    }
     let detail = format!(
         "{} successful call(s) with {role} version {} from service {:?}, reporter {reporter}",
         r.successes.max(1),

@@ -204,6 +204,8 @@ pub async fn stage_new(
 
 /// What the retire gate of a key is checked against: the failures reported
 /// since its promotion and by whom, the quorum, and when it was promoted.
+/// In a fleet, [`GateFacts::gather`] adds what the other live members
+/// published of the same primary.
 pub(super) struct GateFacts {
     pub(super) evidence: Evidence,
     pub(super) fallback_failures: u64,
@@ -213,6 +215,10 @@ pub(super) struct GateFacts {
     pub(super) users: u64,
     pub(super) evidence_quorum: u64,
     pub(super) validated: bool,
+    /// Distinct reporters of failures on the other members.
+    pub(super) peer_reporters: u64,
+    /// Uids that may report and were served the primary, here.
+    pub(super) served_reporters: u64,
 }
 
 impl GateFacts {
@@ -227,14 +233,72 @@ impl GateFacts {
             users: agent.uses.users(&current.key, current.primary.number).len() as u64,
             evidence_quorum: settings.evidence_quorum,
             validated: agent.jobs.validated(&current.key, current.primary.number),
+            peer_reporters: 0,
+            served_reporters: agent.served.served_reporters(current),
         }
+    }
+
+    /// [`GateFacts::of`], and in a fleet with a promoted primary, the
+    /// evidence the other live members published for it: failures, their
+    /// reporters, users and the callers served it count across the fleet.
+    /// When the fleet's status cannot be read, the local evidence alone
+    /// (`Err` says why, for the wait's text).
+    pub(super) async fn gather(
+        agent: &Agent,
+        current: &KeySetState,
+        settings: &KeyRotation,
+    ) -> (GateFacts, Result<(), String>) {
+        let mut facts = GateFacts::of(agent, current, settings);
+        let Some(fleet) = agent.fleet() else {
+            return (facts, Ok(()));
+        };
+        if current.state != crate::keyset::RotationState::Promoted {
+            return (facts, Ok(()));
+        }
+        match fleet.peer_evidence(agent, current).await {
+            Ok(peers) => {
+                facts.add_peers(&peers, settings);
+                (facts, Ok(()))
+            }
+            Err(e) => (facts, Err(e)),
+        }
+    }
+
+    /// Adds the other members' evidence.
+    pub(super) fn add_peers(&mut self, peers: &super::fleet::PeerEvidence, settings: &KeyRotation) {
+        if peers.from.is_empty() {
+            return;
+        }
+        self.evidence.failures += peers.failures;
+        self.fallback_failures += peers.fallback_failures;
+        self.peer_reporters += peers.reporters;
+        self.users += peers.users;
+        self.served_reporters += peers.served_reporters;
+        self.quorum = settings.report_quorum.min(self.served_reporters).max(1);
+        if peers.reporters > 0 {
+            let here = if self.evidence.reporters.is_empty() {
+                String::new()
+            } else {
+                format!("{}; ", self.evidence.names())
+            };
+            self.reported_by = format!(
+                "{here}{} reporter(s) on other agents ({})",
+                peers.reporters,
+                peers.reporting_agents().join(", ")
+            );
+        }
+    }
+
+    /// Distinct failure reporters, here and on the other members.
+    pub(super) fn reporters(&self) -> u64 {
+        self.evidence.reporters.len() as u64 + self.peer_reporters
     }
 
     pub(super) fn gate(&self, grace: std::time::Duration, force: bool) -> RetireGate<'_> {
         RetireGate {
             grace,
             failures_since_promotion: self.evidence.failures,
-            reporters: self.evidence.reporters.len() as u64,
+            reporters: self.reporters(),
             quorum: self.quorum,
             reported_by: &self.reported_by,
             force,
@@ -275,7 +339,12 @@ pub async fn step(
     let current = existing(agent, key)?;
     check_generation(key, Some(&current), expected_generation)?;
     let now = SystemTime::now();
-    let facts = GateFacts::of(agent, &current, &settings);
+    let (facts, peers) = GateFacts::gather(agent, &current, &settings).await;
+    if let (Command::Retire, false, Err(why)) = (command, force, &peers) {
+        return Err(ApiError::Unavailable(format!(
+            "cannot retire the old key of {key}: the evidence the fleet's other agents published cannot be read ({why}), and the retire gate counts theirs too; nothing was done: retry when OpenBao answers"
+        )));
+    }
     let gate = facts.gate(settings.grace, force);
     // Dry run first: a refused command must not run the revoker.
     let next = rotation::apply(&current, command, gate, now)?;

@@ -78,6 +78,11 @@ pub struct OpenBaoConfig {
     /// How long the agent waits at start for a first sync before it serves
     /// its local copy anyway.
     pub initial_sync_timeout: Duration,
+    /// How long a rotation lease (one rotator per key) lasts without being
+    /// renewed: the holder renews it every third of this while its job
+    /// runs; after it, another member may take over a rotation left under
+    /// way.
+    pub rotation_lease: Duration,
 }
 
 /// One `[[backend.member]]`: an agent of the fleet, as `keyward fleet
@@ -157,6 +162,7 @@ pub(super) struct RawBackend {
     stale_after: Option<Spanned<String>>,
     request_timeout: Option<Spanned<String>>,
     initial_sync_timeout: Option<Spanned<String>>,
+    rotation_lease: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -187,6 +193,9 @@ pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(30);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default `initial_sync_timeout`.
 pub const DEFAULT_INITIAL_SYNC_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default `rotation_lease`: a rotation left by a dead agent is taken over
+/// within about a minute; clocks of the fleet must agree well within it.
+pub const DEFAULT_ROTATION_LEASE: Duration = Duration::from_secs(60);
 
 impl RawBackend {
     pub(super) fn validate(self, src: &Source<'_>) -> Result<BackendConfig, ConfigError> {
@@ -363,6 +372,13 @@ impl RawBackend {
             "[backend] initial_sync_timeout",
             DEFAULT_INITIAL_SYNC_TIMEOUT,
         )?;
+        let rotation_lease = dur(self.rotation_lease, "[backend] rotation_lease", DEFAULT_ROTATION_LEASE)?;
+        if rotation_lease < Duration::from_secs(3) {
+            return Err(src.invalid(
+                &kind_span,
+                format!("[backend] rotation_lease = {rotation_lease:?} is shorter than 3s: the holder renews it every third of it and a renewal is one OpenBao request; use at least \"3s\""),
+            ));
+        }
         if status_ttl < Duration::from_secs(2) {
             return Err(src.invalid(
                 &kind_span,
@@ -385,6 +401,7 @@ impl RawBackend {
             stale_after,
             request_timeout,
             initial_sync_timeout,
+            rotation_lease,
         })))
     }
 }

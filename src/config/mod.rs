@@ -420,20 +420,6 @@ impl RawConfig {
             None => BackendConfig::Local,
             Some(raw) => raw.validate(src)?,
         };
-        let scheduled = defaults.schedule.schedules()
-            || environments.values().any(|e| e.schedule.schedules())
-            || key_entries.iter().any(|e| e.schedule.schedules());
-        if scheduled && !matches!(backend, BackendConfig::Local) {
-            let start = src.text.find("every").unwrap_or(0);
-            return Err(src.invalid(
-                &(start..start),
-                format!(
-                    "every (a rotation schedule) at {} is set with [backend] kind = \"openbao\": in a fleet every agent would rotate the same keys on its own; rotate fleet keys with `keyward rotate --fleet KEY` from one host, and remove every",
-                    src.at(&(start..start))
-                ),
-            ));
-        }
-
         Ok(Config {
             paths,
             service_socket_group: sockets.service_group,

@@ -14,11 +14,15 @@ use keyward::proto;
 
 /// How long anything here may take to propagate (the agents poll every
 /// 200 ms).
-const PROPAGATION: Duration = Duration::from_secs(10);
+pub(crate) const PROPAGATION: Duration = Duration::from_secs(10);
+
+/// What [`Fleet::tail`] appends to agent i's config, given i and its
+/// directory.
+pub(crate) type Tail = dyn Fn(usize, &std::path::Path) -> String;
 
 /// A fleet of agents on one OpenBao.
 pub(crate) struct Fleet {
-    bao: Bao,
+    pub(crate) bao: Bao,
     pub(crate) agents: Vec<TestAgent>,
     token_file: PathBuf,
     /// The `[[backend.member]]` entries every agent's config lists (all the
@@ -27,6 +31,9 @@ pub(crate) struct Fleet {
     /// Agent 0's metrics on this TCP port instead of `dir/metrics.sock`
     /// (for a Prometheus server, which scrapes TCP).
     pub(crate) metrics_port: Option<u16>,
+    /// Appended to agent i's config after the member list (its own tables,
+    /// e.g. `[[key]]`), given i and the agent's directory.
+    pub(crate) tail: Box<Tail>,
 }
 
 impl Fleet {
@@ -55,6 +62,7 @@ impl Fleet {
             token_file,
             members,
             metrics_port: None,
+            tail: Box::new(|_, _| String::new()),
         }
     }
 
@@ -92,10 +100,11 @@ impl Fleet {
             _ => format!("unix:{}/metrics.sock", dir.display()),
         };
         format!(
-            "lock_memory = false\n[metrics]\nlisten = \"{listen}\"\n[rotation]\ngrace = \"1s\"\n[backend]\nkind = \"openbao\"\naddress = {:?}\n{login}agent_id = \"{}\"\n{timings}{extra}\n{}",
+            "lock_memory = false\n[metrics]\nlisten = \"{listen}\"\n[rotation]\ngrace = \"1s\"\n[backend]\nkind = \"openbao\"\naddress = {:?}\n{login}agent_id = \"{}\"\n{timings}{extra}\n{}{}",
             self.bao.addr,
             agent_name(i),
             self.members.concat(),
+            (self.tail)(i, dir),
         )
     }
 
@@ -104,7 +113,7 @@ impl Fleet {
     }
 }
 
-fn agent_name(i: usize) -> String {
+pub(crate) fn agent_name(i: usize) -> String {
     ((b'a' + i as u8) as char).to_string()
 }
 
@@ -128,12 +137,12 @@ fn sample(text: &str, name: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
-fn primary(set: &proto::KeySet) -> Vec<u8> {
+pub(crate) fn primary(set: &proto::KeySet) -> Vec<u8> {
     set.primary.as_ref().unwrap().secret.to_vec()
 }
 
 /// Polls `agent` until `prod/NAME`'s primary is `secret`; the time it took.
-async fn until_served(agent: &TestAgent, name: &str, secret: &str) -> Duration {
+pub(crate) async fn until_served(agent: &TestAgent, name: &str, secret: &str) -> Duration {
     let start = Instant::now();
     loop {
         if let Ok(set) = agent.fetch("prod", name).await {
@@ -192,11 +201,11 @@ async fn until_fleet_status(agent: &TestAgent, args: &[&str], check: impl Fn(&st
     }
 }
 
-fn cli(agent: &TestAgent, args: &[&str], stdin: Option<&[u8]>) -> std::process::Output {
+pub(crate) fn cli(agent: &TestAgent, args: &[&str], stdin: Option<&[u8]>) -> std::process::Output {
     agent.cli(args, stdin)
 }
 
-fn state_of(agent: &TestAgent, name: &str) -> (String, u64) {
+pub(crate) fn state_of(agent: &TestAgent, name: &str) -> (String, u64) {
     let out = cli(agent, &["list", "--json"], None);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -305,7 +314,10 @@ async fn a_put_on_one_agent_is_served_by_all_and_openbao_holds_only_ciphertext()
 }
 
 /// A watcher on `agent` for prod/NAME: its events as they come.
-async fn watcher(agent: &TestAgent, name: &str) -> tokio::sync::mpsc::UnboundedReceiver<(Instant, proto::KeySet)> {
+pub(crate) async fn watcher(
+    agent: &TestAgent,
+    name: &str,
+) -> tokio::sync::mpsc::UnboundedReceiver<(Instant, proto::KeySet)> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let mut stream = agent
         .keys()
@@ -392,7 +404,7 @@ async fn report_use_once_promoted(agent: &TestAgent, name: &str) {
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
 
-fn signal(agent: &TestAgent, sig: nix::sys::signal::Signal) {
+pub(crate) fn signal(agent: &TestAgent, sig: nix::sys::signal::Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent.pid() as i32), sig).unwrap();
 }
 
@@ -710,7 +722,7 @@ async fn a_record_copied_or_replayed_in_openbao_is_refused_and_the_last_good_sta
 
 /// A token with the README's agent policy only (what a stolen token from
 /// any one host gives), written to `path`.
-fn readme_policy_token(bao: &Bao, path: &std::path::Path) -> String {
+pub(crate) fn readme_policy_token(bao: &Bao, path: &std::path::Path) -> String {
     let policy = r#"
 path "secret/data/keyward/*"     { capabilities = ["create", "read", "update", "delete", "list"] }
 path "secret/metadata/keyward/*" { capabilities = ["create", "read", "update", "delete", "list"] }
@@ -735,7 +747,7 @@ path "secret/metadata/keyward/*" { capabilities = ["create", "read", "update", "
 
 /// Writes `data` as the next version of `secret/<path>` with `token`, as
 /// an attacker holding it would (the raw API: no mount lookup needed).
-fn kv_put_with(bao: &Bao, token: &str, path: &str, data: &serde_json::Value) {
+pub(crate) fn kv_put_with(bao: &Bao, token: &str, path: &str, data: &serde_json::Value) {
     let body = serde_json::json!({ "data": data }).to_string();
     let out = bao.cli(
         &["write", &format!("secret/data/{path}"), "-"],
@@ -762,7 +774,11 @@ async fn reload_config(agent: &TestAgent) -> serde_json::Value {
 }
 
 /// Polls until `check` holds for the agent's open alerts.
-async fn until_alert(agent: &TestAgent, what: &str, check: impl Fn(&proto::OpenAlert) -> bool) -> proto::OpenAlert {
+pub(crate) async fn until_alert(
+    agent: &TestAgent,
+    what: &str,
+    check: impl Fn(&proto::OpenAlert) -> bool,
+) -> proto::OpenAlert {
     let start = Instant::now();
     loop {
         let open = agent.status().await.open_alerts;

@@ -27,6 +27,7 @@ mod faults;
 mod fetch;
 mod fleet;
 mod fleet_kv;
+mod fleet_rotation;
 mod hot_reload;
 mod layers;
 mod leak_scan;

@@ -19,7 +19,7 @@ const KEY: &str = "prod/jobs";
 /// exists and `release-NAME` does not, it touches `at-NAME` and waits for
 /// `release-NAME` (60 s at most). The generator prints a fresh key; the
 /// validator refuses the key when `refuse-validator` exists.
-fn hook(dir: &Path) -> PathBuf {
+pub(crate) fn hook(dir: &Path) -> PathBuf {
     let path = dir.join("hook.sh");
     let script = format!(
         r#"#!/bin/sh

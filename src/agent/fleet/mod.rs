@@ -32,8 +32,10 @@
 //!   decodes, names its key and version, and is newer; anything else is
 //!   reported as a problem (status, log) while the last good state serves.
 
+pub mod lease;
 pub mod sign;
 mod status;
+pub use status::PeerEvidence;
 pub mod sync;
 mod trust;
 mod write;
@@ -76,6 +78,8 @@ pub struct Fleet {
     health: Mutex<Health>,
     /// Wakes the follower at once (after a write, a CAS conflict).
     poke: tokio::sync::Notify,
+    /// The members' statuses as last read for a rotation job, and when.
+    reports_cache: tokio::sync::Mutex<Option<(Instant, std::sync::Arc<Vec<status::AgentReport>>)>>,
 }
 
 /// What the follower knows.
@@ -175,6 +179,7 @@ impl Fleet {
                 ..Health::default()
             }),
             poke: tokio::sync::Notify::new(),
+            reports_cache: tokio::sync::Mutex::new(None),
         })
     }
 

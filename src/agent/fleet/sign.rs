@@ -6,8 +6,8 @@
 //!
 //! ```text
 //! "keyward-fleet-signature-v1" 0x00          domain separation
-//! field(kind)                               "key", "deleted", "changes" or "status"
-//! field(path)                               "<mount>/<prefix>/keys/<env>/<name>", …/changes, …/agents/<id>
+//! field(kind)                               "key", "deleted", "changes", "status" or "lease"
+//! field(path)                               "<mount>/<prefix>/keys/<env>/<name>", …/changes, …/agents/<id>, …/leases/<env>/<name>
 //! field(key)                                "<env>/<name>"; empty for a status
 //! u64 big-endian                            the KV version the value is written as
 //! u32 big-endian count, then field(part)…   the kind's body parts (below)
@@ -22,6 +22,7 @@
 //! | `deleted` | the marker's generation, in decimal |
 //! | `changes` | the changed key's record version in decimal, the writing agent's id |
 //! | `status` | the status report's JSON text, as stored in `report` |
+//! | `lease` | the rotation lease's JSON text, as stored in `lease` |
 //!
 //! The value stored holds `signer` (the member's name) and `signature`
 //! (standard base64 of the 64 signature bytes) beside its own fields.
@@ -48,6 +49,8 @@ pub enum Kind {
     Changes,
     /// An agent's status (`agents/<id>`).
     Status,
+    /// A rotation lease (`leases/<env>/<name>`).
+    Lease,
 }
 
 impl Kind {
@@ -57,6 +60,7 @@ impl Kind {
             Kind::Deleted => "deleted",
             Kind::Changes => "changes",
             Kind::Status => "status",
+            Kind::Lease => "lease",
         }
     }
 }

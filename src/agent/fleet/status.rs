@@ -3,13 +3,15 @@
 //! (the TTL) and by its own `updated_at` + `ttl_seconds`.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
 use super::{sign, unix_ms, Fleet, FORMAT};
 use crate::agent::error::ApiError;
 use crate::agent::Agent;
+use crate::keyset::{KeySetState, RotationState};
 use crate::openbao::KvError;
 use crate::proto;
 use crate::secret::KeyRef;
@@ -24,6 +26,57 @@ pub(super) struct ServedKey {
     pub backend_version: u64,
     /// steady, staged or promoted.
     pub state: String,
+    /// While promoted: what was reported to this agent about the primary,
+    /// for the retire gate of the member rotating it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<KeyEvidence>,
+}
+
+/// What callers reported to one agent about a promoted primary since its
+/// promotion (counts only: no caller is named outside its host).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub(super) struct KeyEvidence {
+    /// The primary's version number.
+    pub version: u64,
+    /// Auth failures reported against it.
+    pub failures: u64,
+    /// Distinct reporters of those.
+    pub reporters: u64,
+    /// Auth failures reported against the fallback.
+    pub fallback_failures: u64,
+    /// Distinct callers that reported using it successfully.
+    pub users: u64,
+    /// Uids that may report and were served it.
+    pub served_reporters: u64,
+}
+
+/// The evidence the fleet's other live members published for one promoted
+/// primary, summed.
+#[derive(Clone, Debug, Default)]
+pub struct PeerEvidence {
+    /// Auth failures against the primary.
+    pub failures: u64,
+    /// Their distinct reporters (distinct per agent).
+    pub reporters: u64,
+    /// Auth failures against the fallback.
+    pub fallback_failures: u64,
+    /// Callers that reported using the primary.
+    pub users: u64,
+    /// Uids that may report and were served it.
+    pub served_reporters: u64,
+    /// The members counted, and how many failure reporters each had.
+    pub from: Vec<(String, u64)>,
+}
+
+impl PeerEvidence {
+    /// The members with failure reporters.
+    pub fn reporting_agents(&self) -> Vec<String> {
+        self.from
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(id, n)| format!("{id}: {n}"))
+            .collect()
+    }
 }
 
 /// What an agent publishes.
@@ -75,6 +128,7 @@ impl Fleet {
                         generation: s.generation,
                         backend_version: s.backend_version?,
                         state: s.state.as_str().to_owned(),
+                        evidence: (s.state == RotationState::Promoted).then(|| local_evidence(agent, s)),
                     },
                 ))
             })
@@ -115,6 +169,98 @@ impl Fleet {
         }
         self.write_latest(&path, make).await?;
         Ok(())
+    }
+
+    /// A caller reported a failure or a use of `state`'s key: while it is
+    /// promoted, this agent's status (which carries the evidence) is
+    /// republished at the next poll.
+    pub fn evidence_changed(&self, state: &KeySetState) {
+        if state.state == RotationState::Promoted {
+            self.health().publish_due = true;
+        }
+    }
+
+    /// The evidence the other live members published for the promoted
+    /// primary of `state`; `Err` says why it cannot be read.
+    pub async fn peer_evidence(&self, agent: &Agent, state: &KeySetState) -> Result<PeerEvidence, String> {
+        let reports = self
+            .recent_reports(agent)
+            .await
+            .map_err(|e| format!("cannot read the fleet's status from OpenBao: {e}"))?;
+        Ok(self.sum_evidence(&reports, state))
+    }
+
+    fn sum_evidence(&self, reports: &[AgentReport], state: &KeySetState) -> PeerEvidence {
+        let now = SystemTime::now();
+        let key = state.key.to_string();
+        let mut out = PeerEvidence::default();
+        for r in reports
+            .iter()
+            .filter(|r| r.live(now) && r.agent_id != self.cfg.agent_id)
+        {
+            let Some(e) = r
+                .keys
+                .get(&key)
+                .and_then(|k| k.evidence.as_ref())
+                .filter(|e| e.version == state.primary.number)
+            else {
+                continue;
+            };
+            out.failures += e.failures;
+            out.reporters += e.reporters;
+            out.fallback_failures += e.fallback_failures;
+            out.users += e.users;
+            out.served_reporters += e.served_reporters;
+            out.from.push((r.agent_id.clone(), e.reporters));
+        }
+        out
+    }
+
+    /// For a rotation job of `state`: the live members that do not serve
+    /// its generation yet (named, with what they serve), and the evidence
+    /// the others published (when promoted).
+    pub async fn key_view(&self, agent: &Agent, state: &KeySetState) -> Result<(Vec<String>, PeerEvidence), String> {
+        let reports = self
+            .recent_reports(agent)
+            .await
+            .map_err(|e| format!("the fleet status cannot be read: {e}"))?;
+        let now = SystemTime::now();
+        let key = state.key.to_string();
+        let live: Vec<&AgentReport> = reports.iter().filter(|r| r.live(now)).collect();
+        let mut lagging = Vec::new();
+        if live.is_empty() {
+            lagging.push("no live agent has published its status".to_owned());
+        }
+        for r in live {
+            match r.keys.get(&key).map(|k| k.generation) {
+                Some(g) if g >= state.generation => {}
+                Some(g) => lagging.push(format!("{} (serves generation {g})", r.agent_id)),
+                None => lagging.push(format!("{} (does not serve the key)", r.agent_id)),
+            }
+        }
+        let evidence = if state.state == RotationState::Promoted {
+            self.sum_evidence(&reports, state)
+        } else {
+            PeerEvidence::default()
+        };
+        Ok((lagging, evidence))
+    }
+
+    /// The members' statuses, read at most once per poll interval (and at
+    /// most once a second) however many jobs look: a job waiting at a gate
+    /// looks four times a second, and each read is one request per member.
+    async fn recent_reports(&self, agent: &Agent) -> Result<Arc<Vec<AgentReport>>, KvError> {
+        let fresh_for = self.cfg.poll_interval.max(Duration::from_secs(1));
+        let mut cache = self.reports_cache.lock().await;
+        if let Some((at, reports)) = cache.as_ref() {
+            if at.elapsed() < fresh_for {
+                return Ok(reports.clone());
+            }
+        }
+        let (reports, _) = self.reports(agent).await?;
+        let reports = Arc::new(reports);
+        *cache = Some((Instant::now(), reports.clone()));
+        Ok(reports)
     }
 
     /// On shutdown: removes this agent's status, so a fleet rotation stops
@@ -244,5 +390,18 @@ fn state_proto(s: &str) -> proto::RotationState {
         "staged" => proto::RotationState::Staged,
         "promoted" => proto::RotationState::Promoted,
         _ => proto::RotationState::Steady,
+    }
+}
+
+/// What was reported to this agent about the promoted primary of `state`.
+fn local_evidence(agent: &Agent, state: &KeySetState) -> KeyEvidence {
+    let (evidence, fallback_failures) = agent.failures.since_promotion(state);
+    KeyEvidence {
+        version: state.primary.number,
+        failures: evidence.failures,
+        reporters: evidence.reporters.len() as u64,
+        fallback_failures,
+        users: agent.uses.users(&state.key, state.primary.number).len() as u64,
+        served_reporters: agent.served.served_reporters(state),
     }
 }

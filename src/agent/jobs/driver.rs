@@ -9,6 +9,7 @@ use tokio::sync::watch;
 
 use super::registry::{audit_job, from_unix, lock, unix, Intent, Slot};
 use crate::agent::error::ApiError;
+use crate::agent::fleet::lease::{Claim, LeaseCheck, LeaseKeeper, LeaseLost};
 use crate::agent::rotate::{self, stage_new, Actor, GateFacts, NewKey};
 use crate::agent::Agent;
 use crate::alerts::{Severity, Signal};
@@ -120,28 +121,29 @@ async fn observe(agent: &Agent, slot: &Slot, state: &KeySetState, memory: &Memor
     } else {
         Vec::new()
     };
+    // Fleet mode: the members that lag (for `--fleet` and scheduled jobs),
+    // and while promoted the evidence reported to the others.
     let mut fleet_lagging = Vec::new();
-    if memory.fleet {
-        if let Some(fleet) = agent.fleet() {
-            match fleet.fleet_status(agent, Some(&state.key)).await {
-                Ok(status) => {
-                    let live: Vec<&crate::proto::FleetAgent> = status.agents.iter().filter(|a| a.live).collect();
-                    if live.is_empty() {
-                        fleet_lagging.push("no live agent has published its status".to_owned());
+    let mut peers_unknown = None;
+    let mut facts = GateFacts::of(agent, state, &settings);
+    if let Some(fleet) = agent.fleet() {
+        if memory.fleet || state.state == RotationState::Promoted {
+            match fleet.key_view(agent, state).await {
+                Ok((lagging, peers)) => {
+                    if memory.fleet {
+                        fleet_lagging = lagging;
                     }
-                    for a in live {
-                        match a.keys.first().map(|k| k.generation) {
-                            Some(g) if g >= state.generation => {}
-                            Some(g) => fleet_lagging.push(format!("{} (serves generation {g})", a.agent_id)),
-                            None => fleet_lagging.push(format!("{} (does not serve the key)", a.agent_id)),
-                        }
-                    }
+                    facts.add_peers(&peers, &settings);
                 }
-                Err(e) => fleet_lagging.push(format!("the fleet status cannot be read: {e}")),
+                Err(e) => {
+                    if memory.fleet {
+                        fleet_lagging.push(e.clone());
+                    }
+                    peers_unknown = Some(e);
+                }
             }
         }
     }
-    let facts = GateFacts::of(agent, state, &settings);
     let gate = facts.gate(settings.grace, false);
     let waited = lock(&slot.live)
         .gate
@@ -153,28 +155,108 @@ async fn observe(agent: &Agent, slot: &Slot, state: &KeySetState, memory: &Memor
         propagation_limit: settings.propagation_timeout + EVICTION_MARGIN,
         fleet_limit: Duration::from_secs(lock(&slot.record).fleet_timeout_secs),
         failures: facts.evidence.failures,
-        reporters: facts.evidence.reporters.len() as u64,
+        reporters: facts.reporters(),
         quorum: facts.quorum,
         failure_threshold: settings.failure_threshold,
         grace_left: core::grace_left(state, &gate, SystemTime::now()),
-        users: agent.uses.users(&state.key, state.primary.number).len() as u64,
+        // Use reported to other members counts only when it can be read.
+        users: if peers_unknown.is_some() { 0 } else { facts.users },
         evidence_quorum: settings.evidence_quorum,
         // Named only where the evidence gate can be reached.
-        unreported: if state.state == RotationState::Promoted {
-            unreported(agent, state)
-        } else {
-            Vec::new()
+        unreported: match (&peers_unknown, state.state) {
+            (Some(e), _) => vec![format!("(the other agents' reports are not known: {e})")],
+            (None, RotationState::Promoted) => unreported(agent, state),
+            _ => Vec::new(),
         },
         has_validator: settings.validator.is_some(),
     }
 }
 
-/// Runs the job in `slot` until it ends or `stop` turns true.
+/// Runs the job in `slot` until it ends or `stop` turns true; in fleet
+/// mode, holding the key's rotation lease throughout.
 pub(super) async fn drive(agent: Arc<Agent>, slot: Arc<Slot>, mut stop: watch::Receiver<bool>) {
+    let keeper = match agent.fleet() {
+        None => None,
+        Some(fleet) => match take_lease(&agent, fleet, &slot, &mut stop).await {
+            Some(keeper) => Some(keeper),
+            // Stopped, or ended because another member holds the lease.
+            None => return,
+        },
+    };
+    let finished = steps(&agent, &slot, &mut stop, keeper.as_ref()).await;
+    if let Some(keeper) = keeper {
+        if finished {
+            keeper.release().await;
+        } else {
+            keeper.leave().await;
+        }
+    }
+}
+
+/// The lease the job was begun with, or taken now (after a restart, or for
+/// a job resumed from another member's). Waits while OpenBao cannot be
+/// asked; ends the job when another member holds the lease. `None`: the
+/// job is not to run here.
+async fn take_lease(
+    agent: &Arc<Agent>,
+    fleet: &Arc<crate::agent::fleet::Fleet>,
+    slot: &Slot,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<LeaseKeeper> {
+    if let Some(held) = lock(&slot.lease).take() {
+        return Some(LeaseKeeper::start(agent.clone(), fleet.clone(), held));
+    }
+    let (trigger, until) = {
+        let r = lock(&slot.record);
+        (r.memory.trigger, r.memory.until)
+    };
+    let mut pause = Duration::from_secs(1);
+    loop {
+        if *stop.borrow() {
+            return None;
+        }
+        match fleet.claim_lease(agent, &slot.key, trigger, until).await {
+            Ok(Claim::Taken(held)) => return Some(LeaseKeeper::start(agent.clone(), fleet.clone(), held)),
+            Ok(Claim::Busy { holder, expires }) => {
+                finish(
+                    agent,
+                    slot,
+                    JobResult::Failed,
+                    format!(
+                        "agent {holder} holds the rotation lease of {} (until {}) and runs its rotation: this agent's job stops; see `keyward rotation-status {}` on {holder}",
+                        slot.key,
+                        humantime::format_rfc3339_seconds(expires),
+                        slot.key
+                    ),
+                )
+                .await;
+                return None;
+            }
+            Err(e) => {
+                lock(&slot.live).waiting = format!("waiting to take the rotation lease: {e}");
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = stop.changed() => {}
+                }
+                pause = (pause * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+/// The job's steps; true when it finished (false: the agent stops).
+async fn steps(
+    agent: &Arc<Agent>,
+    slot: &Arc<Slot>,
+    stop: &mut watch::Receiver<bool>,
+    keeper: Option<&LeaseKeeper>,
+) -> bool {
+    let agent = agent.clone();
+    let slot = slot.clone();
     let mut failed_attempts = 0u32;
     loop {
         if *stop.borrow() {
-            return;
+            return false;
         }
         let stepping = slot.stepping.lock().await;
         let state = agent.store.get(&slot.key);
@@ -217,7 +299,7 @@ pub(super) async fn drive(agent: Arc<Agent>, slot: Arc<Slot>, mut stop: watch::R
             }
             Action::Finish { result, message } => {
                 finish(&agent, &slot, result, message).await;
-                return;
+                return true;
             }
             action => {
                 {
@@ -227,13 +309,29 @@ pub(super) async fn drive(agent: Arc<Agent>, slot: Arc<Slot>, mut stop: watch::R
                 }
                 agent.alerting.clear_condition(&slot.key, Signal::NoEvidence);
                 let Some(state) = state else { continue };
-                let taken = take(&agent, &slot, &action, &state).await;
+                let taken = match keeper.map_or(LeaseCheck::Held, LeaseKeeper::check) {
+                    LeaseCheck::Held => take(&agent, &slot, &action, &state).await,
+                    LeaseCheck::Unrenewed(why) => Err(Retry(why)),
+                    LeaseCheck::Lost(lost) => Err(Stop(
+                        JobResult::Failed,
+                        match lost {
+                            LeaseLost::TakenBy(holder) => format!(
+                                "agent {holder} took the rotation lease of {} over (this agent's had expired): it runs the rotation now; see `keyward rotation-status {}` there",
+                                slot.key, slot.key
+                            ),
+                            LeaseLost::Gone => format!(
+                                "the rotation lease of {} was released or removed by someone else: this job stops; check `keyward rotation-status {}` on the fleet's agents",
+                                slot.key, slot.key
+                            ),
+                        },
+                    )),
+                };
                 drop(stepping);
                 match taken {
                     Ok(()) => failed_attempts = 0,
                     Err(Stop(result, message)) => {
                         finish(&agent, &slot, result, message).await;
-                        return;
+                        return true;
                     }
                     Err(Retry(message)) => {
                         failed_attempts += 1;
@@ -245,7 +343,7 @@ pub(super) async fn drive(agent: Arc<Agent>, slot: Arc<Slot>, mut stop: watch::R
                                 format!("gave up after {STEP_ATTEMPTS} attempts: {message}"),
                             )
                             .await;
-                            return;
+                            return true;
                         }
                         lock(&slot.live).waiting = format!("retrying: {message}");
                         let pause = Duration::from_millis(250 << failed_attempts.min(7));

@@ -29,8 +29,9 @@ mod driver;
 mod registry;
 mod schedule;
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
 
@@ -38,6 +39,8 @@ use super::caller::Caller;
 use super::error::ApiError;
 use super::rotate::{stage_new, Actor, NewKey};
 use super::Agent;
+use crate::agent::fleet::lease::{Claim, HeldLease};
+use crate::agent::fleet::Fleet;
 use crate::audit::Outcome;
 use crate::keyset::RotationState;
 use crate::proto;
@@ -76,6 +79,7 @@ fn spawn(agent: &Arc<Agent>, slot: Arc<Slot>) {
 /// Starts the jobs of the keys whose schedule is due, every
 /// [`schedule::CHECK_EVERY`], until `stop`.
 async fn run_schedule(agent: Arc<Agent>, mut stop: watch::Receiver<bool>) {
+    let mut looked = HashMap::new();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(schedule::CHECK_EVERY) => {}
@@ -84,12 +88,74 @@ async fn run_schedule(agent: Arc<Agent>, mut stop: watch::Receiver<bool>) {
         for (key, why) in schedule::due(&agent) {
             start_scheduled(&agent, &key, why).await;
         }
+        if let Some(fleet) = agent.fleet() {
+            take_over_abandoned(&agent, fleet, &mut looked).await;
+        }
+    }
+}
+
+/// Fleet mode: resumes the rotations left under way by a member that
+/// stopped renewing its lease (killed, its host gone), from the key's
+/// state. Only keys mid-rotation without a job here are looked at, each at
+/// most every quarter of the lease term, so a steady fleet reads nothing.
+async fn take_over_abandoned(agent: &Arc<Agent>, fleet: &Arc<Fleet>, looked: &mut HashMap<KeyRef, Instant>) {
+    let every = (fleet.config().rotation_lease / 4).max(Duration::from_secs(1));
+    let candidates: Vec<_> = agent
+        .store
+        .list(None)
+        .into_iter()
+        .filter(|s| s.state != RotationState::Steady && !agent.jobs.active(&s.key))
+        .collect();
+    looked.retain(|k, _| candidates.iter().any(|s| s.key == *k));
+    for state in candidates {
+        let key = &state.key;
+        if looked.get(key).is_some_and(|t| t.elapsed() < every) {
+            continue;
+        }
+        looked.insert(key.clone(), Instant::now());
+        let lease = match fleet.read_lease(agent, key).await {
+            Ok(view) => view.lease,
+            Err(e) => {
+                tracing::debug!(key = %key, error = %e, "cannot read the rotation lease");
+                continue;
+            }
+        };
+        let Some(lease) = lease.filter(|l| l.abandoned(SystemTime::now())) else {
+            continue;
+        };
+        let held = match fleet.claim_lease(agent, key, lease.trigger, lease.until).await {
+            Ok(Claim::Taken(held)) => held,
+            Ok(Claim::Busy { .. }) | Err(_) => continue,
+        };
+        let by = format!(
+            "{} ({} rotation resumed: its lease expired at {})",
+            fleet.config().agent_id,
+            lease.holder,
+            humantime::format_rfc3339_seconds(lease.expires())
+        );
+        let mut record = new_record(key, lease.trigger, lease.until, by.clone(), &state);
+        record.memory.fleet = true;
+        tracing::warn!(key = %key, holder = %lease.holder, "taking over a rotation whose holder stopped renewing its lease");
+        audit_job(
+            agent,
+            None,
+            key,
+            Outcome::Started,
+            format!(
+                "rotation job started (takeover, until {:?}): agent {} stopped renewing the rotation lease mid-rotation; resuming at {}",
+                lease.until,
+                lease.holder,
+                state.state.as_str()
+            ),
+        )
+        .await;
+        begin(agent, key, record, Some(held));
     }
 }
 
 /// Starts a job in `record` for `key` (replacing its last, finished one,
 /// whose backoff it keeps), persists it and spawns its driver.
-fn begin(agent: &Arc<Agent>, key: &KeyRef, mut record: JobRecord) -> Arc<Slot> {
+fn begin(agent: &Arc<Agent>, key: &KeyRef, mut record: JobRecord, lease: Option<HeldLease>) -> Arc<Slot> {
     let slot = {
         let describe = match record.memory.new_version {
             None => format!("started by {} ({})", record.started_by, record.memory.trigger.as_str()),
@@ -101,6 +167,7 @@ fn begin(agent: &Arc<Agent>, key: &KeyRef, mut record: JobRecord) -> Arc<Slot> {
         };
         record.note(describe);
         let slot = Arc::new(Slot::new(key.clone(), record));
+        *lock(&slot.lease) = lease;
         agent.jobs.insert(slot.clone());
         slot
     };
@@ -135,42 +202,53 @@ pub async fn start(
     };
     let settings = agent.config().rotation_for(&key);
     let mut state = state;
-    if state.state == RotationState::Steady {
-        if req.secret.is_empty() && settings.generator.is_none() {
-            return Err(ApiError::FailedPrecondition(format!(
-                "{key} has no generator hook configured: pass the new key (keyward rotate {key} --stdin or --file), or configure a generator"
+    if state.state == RotationState::Steady && req.secret.is_empty() && settings.generator.is_none() {
+        return Err(ApiError::FailedPrecondition(format!(
+            "{key} has no generator hook configured: pass the new key (keyward rotate {key} --stdin or --file), or configure a generator"
+        )));
+    }
+    // A given key is staged now: it cannot wait in the job file.
+    let given = if state.state == RotationState::Steady && !req.secret.is_empty() {
+        let limit = agent.config().limits.max_secret_bytes;
+        if req.secret.len() > limit {
+            return Err(ApiError::InvalidArgument(format!(
+                "the new secret for {key} is {} bytes; the limit is {limit} bytes (limits.max_secret_bytes): nothing was staged",
+                req.secret.len()
             )));
         }
-        if !req.secret.is_empty() {
-            // A given key is staged now: it cannot wait in the job file.
-            let limit = agent.config().limits.max_secret_bytes;
-            if req.secret.len() > limit {
-                return Err(ApiError::InvalidArgument(format!(
-                    "the new secret for {key} is {} bytes; the limit is {limit} bytes (limits.max_secret_bytes): nothing was staged",
-                    req.secret.len()
-                )));
+        let secret = Secret::copy_from(&req.secret);
+        drop(req.secret);
+        let expires_at = super::changes::expiry(&key, req.expires_at.as_ref(), "staged")?;
+        Some((secret, expires_at))
+    } else {
+        None
+    };
+    // Fleet mode: one rotator per key, before anything is staged.
+    let lease = claim(agent, &key, Trigger::Manual, until).await?;
+    if let Some((secret, expires_at)) = given {
+        let label = format!("rotation job (manual, started by {})", caller.describe());
+        let done = stage_new(
+            agent,
+            Actor::Job(&label),
+            &key,
+            NewKey::Given(secret),
+            false,
+            Some(state.generation),
+            expires_at,
+        )
+        .await;
+        let done = super::rotate::counted(
+            agent,
+            crate::rotation::Command::Stage,
+            Some(&crate::wire::ToWire::to_proto(&key)),
+            done,
+        );
+        match done {
+            Ok(done) => state = done.state,
+            Err(e) => {
+                release(agent, lease).await;
+                return Err(e);
             }
-            let secret = Secret::copy_from(&req.secret);
-            drop(req.secret);
-            let expires_at = super::changes::expiry(&key, req.expires_at.as_ref(), "staged")?;
-            let label = format!("rotation job (manual, started by {})", caller.describe());
-            let done = stage_new(
-                agent,
-                Actor::Job(&label),
-                &key,
-                NewKey::Given(secret),
-                false,
-                Some(state.generation),
-                expires_at,
-            )
-            .await;
-            let done = super::rotate::counted(
-                agent,
-                crate::rotation::Command::Stage,
-                Some(&crate::wire::ToWire::to_proto(&key)),
-                done,
-            )?;
-            state = done.state;
         }
     }
     let mut record = new_record(&key, Trigger::Manual, until, started_by(Some(caller)), &state);
@@ -190,7 +268,7 @@ pub async fn start(
         ),
     )
     .await;
-    let slot = begin(agent, &key, record);
+    let slot = begin(agent, &key, record, lease);
     Ok(slot.to_proto())
 }
 
@@ -200,7 +278,24 @@ async fn start_scheduled(agent: &Arc<Agent>, key: &KeyRef, why: String) {
     if agent.jobs.active(key) {
         return;
     }
-    let record = new_record(key, Trigger::Schedule, Until::Retired, started_by(None), &state);
+    let lease = match agent.fleet() {
+        None => None,
+        Some(fleet) => match fleet.claim_lease(agent, key, Trigger::Schedule, Until::Retired).await {
+            Ok(Claim::Taken(held)) => Some(held),
+            Ok(Claim::Busy { holder, .. }) => {
+                tracing::debug!(key = %key, holder, "a scheduled rotation is due, but another member holds the key's rotation lease");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(key = %key, error = %e, "a scheduled rotation is due, but the rotation lease cannot be taken; trying again");
+                return;
+            }
+        },
+    };
+    let mut record = new_record(key, Trigger::Schedule, Until::Retired, started_by(None), &state);
+    // In a fleet, a scheduled rotation waits for every live agent at each
+    // step, as `keyward rotate --fleet` does.
+    record.memory.fleet = agent.fleet().is_some();
     audit_job(
         agent,
         None,
@@ -209,7 +304,36 @@ async fn start_scheduled(agent: &Arc<Agent>, key: &KeyRef, why: String) {
         format!("rotation job started (schedule): {why}"),
     )
     .await;
-    begin(agent, key, record);
+    begin(agent, key, record, lease);
+}
+
+/// Fleet mode: takes the rotation lease of `key` for a job started by
+/// `trigger` (`None` outside fleet mode); refuses, naming the holder, when
+/// another member holds it.
+async fn claim(
+    agent: &Arc<Agent>,
+    key: &KeyRef,
+    trigger: Trigger,
+    until: Until,
+) -> Result<Option<HeldLease>, ApiError> {
+    let Some(fleet) = agent.fleet() else { return Ok(None) };
+    match fleet.claim_lease(agent, key, trigger, until).await {
+        Ok(Claim::Taken(held)) => Ok(Some(held)),
+        Ok(Claim::Busy { holder, expires }) => Err(ApiError::FailedPrecondition(format!(
+            "agent {holder} is rotating {key}: it holds the key's rotation lease (until {}, renewed while its job runs); nothing was done. Follow it there with `keyward rotation-status {key}`, or wait for it to end; if that agent stopped, a member takes the rotation over once the lease expires",
+            humantime::format_rfc3339_seconds(expires)
+        ))),
+        Err(e) => Err(ApiError::Unavailable(format!(
+            "cannot take the rotation lease of {key} in OpenBao ({e}): nothing was done; in a fleet a rotation needs OpenBao, retry when it is back"
+        ))),
+    }
+}
+
+/// Gives back a lease taken for a job that did not begin.
+async fn release(agent: &Arc<Agent>, lease: Option<HeldLease>) {
+    if let (Some(fleet), Some(held)) = (agent.fleet(), lease) {
+        fleet.release_lease(held).await;
+    }
 }
 
 /// `CancelRotation`: asks the job to stop, waits for the step under way.

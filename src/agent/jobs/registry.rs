@@ -117,6 +117,9 @@ pub struct Slot {
     pub(super) stepping: tokio::sync::Mutex<()>,
     /// Turns true when the job ends.
     pub(super) done: watch::Sender<bool>,
+    /// Fleet mode: the rotation lease taken before the job began (its
+    /// driver takes it over and keeps it renewed).
+    pub(super) lease: Mutex<Option<crate::agent::fleet::lease::HeldLease>>,
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -349,6 +352,7 @@ impl Slot {
             wake: Notify::new(),
             stepping: tokio::sync::Mutex::new(()),
             done: watch::Sender::new(!active),
+            lease: Mutex::new(None),
         }
     }
 

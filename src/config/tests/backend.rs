@@ -21,6 +21,7 @@ fn backend_defaults_to_local_and_openbao_takes_its_settings() {
     assert_eq!(b.agent_id, "web-1");
     assert_eq!(b.poll_interval, Duration::from_millis(250));
     assert_eq!(b.status_ttl, crate::config::backend::DEFAULT_STATUS_TTL);
+    assert_eq!(b.rotation_lease, crate::config::backend::DEFAULT_ROTATION_LEASE);
     assert_eq!(
         b.auth,
         crate::config::backend::OpenBaoAuth::TokenFile("/etc/keyward/bao.token".into())
@@ -85,6 +86,10 @@ fn backend_mistakes_are_explained() {
         (
             &format!("{base}token_file = \"/t\"\nstatus_ttl = \"1s\"\n"),
             "shorter than 2s",
+        ),
+        (
+            &format!("{base}token_file = \"/t\"\nrotation_lease = \"2s\"\n"),
+            "rotation_lease = 2s is shorter than 3s",
         ),
         (
             &format!("{base}token_file = \"/t\"\npoll_interval = \"soon\"\n"),

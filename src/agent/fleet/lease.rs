@@ -1,0 +1,422 @@
+//! Rotation leases: in a fleet, one agent at a time runs a key's rotation.
+//!
+//! A lease is a signed value at `leases/<env>/<name>`: its holder (a member's
+//! agent id), when it expires, and what the rotation was started for (its
+//! trigger and `until`, so that a member taking it over carries on the same
+//! rotation). It is taken with KV v2 check-and-set against the version read,
+//! so of two agents taking it at once one wins; the holder renews it every
+//! third of `[backend] rotation_lease` while its job runs and marks it
+//! released when the job ends.
+//!
+//! Invariants:
+//! - A job takes no step that changes the key unless it holds a lease it
+//!   renewed within the lease's term ([`LeaseKeeper::check`]); a holder
+//!   that cannot renew (OpenBao down) stops stepping before its lease can
+//!   have expired, so a member taking over never steps beside it.
+//! - A lease not signed by the member it names as holder is treated as
+//!   absent (and reported): a stolen agent token alone cannot block a
+//!   rotation or pose as a holder.
+//! - The key's state in the backend stays the truth: a member taking over
+//!   resumes from it, and every step is still a check-and-set on the key's
+//!   record, so a lease race can at worst fail a step, never double one.
+//! - Expiry is wall-clock time across hosts: the fleet's clocks must agree
+//!   well within `rotation_lease` (NTP does).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::{sign, unix_ms, Fleet, FORMAT};
+use crate::agent::Agent;
+use crate::openbao::KvError;
+use crate::rotation::plan::{Trigger, Until};
+use crate::secret::KeyRef;
+
+/// A lease as stored (signed) in the backend.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Lease {
+    /// Always [`FORMAT`].
+    pub format: String,
+    /// `ENV/NAME`.
+    pub key: String,
+    /// The holding member's agent id.
+    pub holder: String,
+    /// When it was taken (unix ms).
+    pub acquired_at_ms: u64,
+    /// When it ends unless renewed (unix ms).
+    pub expires_at_ms: u64,
+    /// What started the rotation.
+    pub trigger: Trigger,
+    /// Where it stops.
+    pub until: Until,
+    /// The job ended: anyone may take it.
+    pub released: bool,
+}
+
+impl Lease {
+    /// When it expires.
+    pub fn expires(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(self.expires_at_ms)
+    }
+
+    /// Held by someone as of `now`.
+    pub fn live(&self, now: SystemTime) -> bool {
+        !self.released && self.expires() > now
+    }
+
+    /// Held once and never released, but expired: its holder stopped
+    /// renewing it mid-rotation.
+    pub fn abandoned(&self, now: SystemTime) -> bool {
+        !self.released && self.expires() <= now
+    }
+}
+
+/// The lease path's current KV version (0: none) and the lease there, when
+/// a member signed it.
+pub struct LeaseView {
+    /// The path's current KV version (0: never written).
+    pub version: u64,
+    /// The lease, when a member signed it as its holder.
+    pub lease: Option<Lease>,
+}
+
+/// The outcome of [`Fleet::claim_lease`].
+pub enum Claim {
+    /// This agent holds it now.
+    Taken(HeldLease),
+    /// Another member holds it.
+    Busy {
+        /// Its agent id.
+        holder: String,
+        /// Until when (it renews it while its job runs).
+        expires: SystemTime,
+    },
+}
+
+/// A lease this agent holds: the KV version it wrote it as.
+#[derive(Debug)]
+pub struct HeldLease {
+    key: KeyRef,
+    version: u64,
+    lease: Lease,
+    /// When it was last written, on the monotonic clock.
+    written: Instant,
+}
+
+impl HeldLease {
+    /// What it says.
+    pub fn lease(&self) -> &Lease {
+        &self.lease
+    }
+}
+
+/// Why a lease is not held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseLost {
+    /// Another member holds it now.
+    TakenBy(String),
+    /// It was released or removed by someone else.
+    Gone,
+}
+
+impl Fleet {
+    /// `leases/<env>/<name>` under the prefix.
+    fn lease_path(&self, key: &KeyRef) -> String {
+        format!("{}/leases/{}/{}", self.cfg.prefix, key.env(), key.name())
+    }
+
+    /// The lease of `key` as the backend has it. A value no member signed
+    /// as its holder is reported and read as no lease.
+    pub async fn read_lease(&self, agent: &Agent, key: &KeyRef) -> Result<LeaseView, KvError> {
+        let path = self.lease_path(key);
+        let Some(entry) = self.kv.read(&path).await? else {
+            let version = self.kv.metadata(&path).await?.map_or(0, |m| m.current_version);
+            return Ok(LeaseView { version, lease: None });
+        };
+        match self.check_lease(&entry.data, &path, key, entry.version, agent) {
+            Ok(lease) => Ok(LeaseView {
+                version: entry.version,
+                lease: Some(lease),
+            }),
+            Err(why) => {
+                self.report_refused(agent, &path, Some(key), entry.version, &why).await;
+                Ok(LeaseView {
+                    version: entry.version,
+                    lease: None,
+                })
+            }
+        }
+    }
+
+    /// The lease in `data` (version `version` of `path`), if the member it
+    /// names as holder signed it for that path and version.
+    fn check_lease(
+        &self,
+        data: &serde_json::Value,
+        path: &str,
+        key: &KeyRef,
+        version: u64,
+        agent: &Agent,
+    ) -> Result<Lease, String> {
+        let text = match (
+            data.get("format").and_then(|f| f.as_str()),
+            data.get("lease").and_then(|r| r.as_str()),
+        ) {
+            (Some(FORMAT), Some(text)) => text,
+            _ => return Err("it is not a signed keyward rotation lease".to_owned()),
+        };
+        let lease: Lease = serde_json::from_str(text).map_err(|e| format!("its lease does not decode ({e})"))?;
+        let message = sign::canonical(
+            sign::Kind::Lease,
+            &self.full_path(path),
+            &key.to_string(),
+            version,
+            &[text.as_bytes()],
+        );
+        sign::verify(data, &message, &Fleet::members(agent), Some(&lease.holder))?;
+        if lease.key != key.to_string() || lease.format != FORMAT {
+            return Err(format!("its signed lease names key {:?}", lease.key));
+        }
+        Ok(lease)
+    }
+
+    /// Writes `lease` as version `cas + 1` of the lease path (check-and-set
+    /// against `cas`). A refusal that is this very write, applied before
+    /// the connection broke and sent again, counts as done.
+    async fn write_lease(&self, key: &KeyRef, lease: &Lease, cas: u64) -> Result<u64, KvError> {
+        let path = self.lease_path(key);
+        let text = serde_json::to_string(lease).map_err(|e| KvError::BadResponse {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        let mut value = serde_json::json!({ "format": FORMAT, "lease": text });
+        self.sign(
+            &mut value,
+            sign::Kind::Lease,
+            &path,
+            &key.to_string(),
+            cas + 1,
+            &[text.as_bytes()],
+        );
+        match self.kv.write(&path, &value, Some(cas)).await {
+            Ok(v) => Ok(v),
+            Err(KvError::CasMismatch { .. })
+                if self
+                    .kv
+                    .read_version(&path, cas + 1)
+                    .await
+                    .is_ok_and(|e| e.is_some_and(|e| e.data == value)) =>
+            {
+                Ok(cas + 1)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Takes the lease of `key` for a rotation started by `trigger` until
+    /// `until`, unless another member holds it (live). A lease this agent
+    /// holds already (after its restart) is taken again.
+    pub async fn claim_lease(
+        &self,
+        agent: &Agent,
+        key: &KeyRef,
+        trigger: Trigger,
+        until: Until,
+    ) -> Result<Claim, KvError> {
+        let mut tries = 0;
+        loop {
+            let view = self.read_lease(agent, key).await?;
+            let now = SystemTime::now();
+            if let Some(l) = view
+                .lease
+                .as_ref()
+                .filter(|l| l.live(now) && l.holder != self.cfg.agent_id)
+            {
+                return Ok(Claim::Busy {
+                    holder: l.holder.clone(),
+                    expires: l.expires(),
+                });
+            }
+            let lease = Lease {
+                format: FORMAT.to_owned(),
+                key: key.to_string(),
+                holder: self.cfg.agent_id.clone(),
+                acquired_at_ms: unix_ms(now),
+                expires_at_ms: unix_ms(now + self.cfg.rotation_lease),
+                trigger,
+                until,
+                released: false,
+            };
+            let written = Instant::now();
+            match self.write_lease(key, &lease, view.version).await {
+                Ok(version) => {
+                    tracing::info!(key = %key, version, "took the rotation lease");
+                    return Ok(Claim::Taken(HeldLease {
+                        key: key.clone(),
+                        version,
+                        lease,
+                        written,
+                    }));
+                }
+                // Someone wrote it between the read and the write: read
+                // again (and find who holds it).
+                Err(KvError::CasMismatch { .. }) if tries < 3 => tries += 1,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Extends `held` by a lease term; `Err(Ok(lost))` when another member
+    /// took it or it was removed, `Err(Err(e))` when OpenBao could not be
+    /// asked (the lease may still be held: try again).
+    async fn renew_lease(&self, agent: &Agent, held: &mut HeldLease) -> Result<(), Result<LeaseLost, KvError>> {
+        let now = SystemTime::now();
+        let mut lease = held.lease.clone();
+        lease.expires_at_ms = unix_ms(now + self.cfg.rotation_lease);
+        let written = Instant::now();
+        match self.write_lease(&held.key, &lease, held.version).await {
+            Ok(version) => {
+                held.version = version;
+                held.lease = lease;
+                held.written = written;
+                Ok(())
+            }
+            Err(KvError::CasMismatch { .. }) => {
+                let view = self.read_lease(agent, &held.key).await.map_err(Err)?;
+                Err(Ok(match view.lease {
+                    Some(l) if l.holder != self.cfg.agent_id && !l.released => LeaseLost::TakenBy(l.holder),
+                    _ => LeaseLost::Gone,
+                }))
+            }
+            Err(e) => Err(Err(e)),
+        }
+    }
+
+    /// Marks `held` released (best effort: otherwise it expires).
+    pub async fn release_lease(&self, held: HeldLease) {
+        let mut lease = held.lease.clone();
+        lease.released = true;
+        lease.expires_at_ms = unix_ms(SystemTime::now());
+        match self.write_lease(&held.key, &lease, held.version).await {
+            Ok(_) => tracing::info!(key = %held.key, "released the rotation lease"),
+            Err(e) => tracing::warn!(key = %held.key, error = %e,
+                "cannot release the rotation lease; it expires by itself, after which another member may resume the rotation"),
+        }
+    }
+}
+
+/// Whether a job may take a step now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeaseCheck {
+    /// Held, renewed within its term.
+    Held,
+    /// Not renewed lately (OpenBao unreachable): wait, it may come back.
+    Unrenewed(String),
+    /// Lost for good: the job must stop.
+    Lost(LeaseLost),
+}
+
+/// Keeps a held lease renewed while a job runs.
+pub struct LeaseKeeper {
+    state: watch::Receiver<Keeper>,
+    stop: watch::Sender<Option<bool>>,
+    task: tokio::task::JoinHandle<()>,
+    term: Duration,
+}
+
+#[derive(Clone, Debug)]
+struct Keeper {
+    /// When the lease was last written (monotonic).
+    written: Instant,
+    lost: Option<LeaseLost>,
+    error: Option<String>,
+}
+
+impl LeaseKeeper {
+    /// Renews `held` every third of its term until [`LeaseKeeper::release`]
+    /// or [`LeaseKeeper::leave`].
+    pub fn start(agent: Arc<Agent>, fleet: Arc<Fleet>, mut held: HeldLease) -> LeaseKeeper {
+        let term = fleet.cfg.rotation_lease;
+        let (state_tx, state) = watch::channel(Keeper {
+            written: held.written,
+            lost: None,
+            error: None,
+        });
+        // None: running; Some(true): release; Some(false): leave it held.
+        let (stop, mut stop_rx) = watch::channel(None::<bool>);
+        let task = tokio::spawn(async move {
+            let mut pause = term / 3;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = stop_rx.changed() => {}
+                }
+                let asked = *stop_rx.borrow();
+                if let Some(release) = asked {
+                    if release {
+                        fleet.release_lease(held).await;
+                    }
+                    return;
+                }
+                match fleet.renew_lease(&agent, &mut held).await {
+                    Ok(()) => {
+                        pause = term / 3;
+                        state_tx.send_modify(|s| {
+                            s.written = held.written;
+                            s.error = None;
+                        });
+                    }
+                    Err(Ok(lost)) => {
+                        tracing::error!(key = %held.key, lost = ?lost, "lost the rotation lease; this agent's job stops");
+                        state_tx.send_modify(|s| s.lost = Some(lost));
+                        return;
+                    }
+                    Err(Err(e)) => {
+                        tracing::warn!(key = %held.key, error = %e, "cannot renew the rotation lease; trying again");
+                        pause = Duration::from_secs(1).min(term / 3);
+                        state_tx.send_modify(|s| s.error = Some(e.to_string()));
+                    }
+                }
+            }
+        });
+        LeaseKeeper {
+            state,
+            stop,
+            task,
+            term,
+        }
+    }
+
+    /// Whether the job may take a step: held, and renewed recently enough
+    /// that it cannot expire during the step's first write (a margin of a
+    /// third of the term).
+    pub fn check(&self) -> LeaseCheck {
+        let s = self.state.borrow();
+        if let Some(lost) = &s.lost {
+            return LeaseCheck::Lost(lost.clone());
+        }
+        if s.written.elapsed() > self.term * 2 / 3 {
+            return LeaseCheck::Unrenewed(format!(
+                "the rotation lease was not renewed for {}s ({}): no step is taken until it is",
+                s.written.elapsed().as_secs(),
+                s.error.as_deref().unwrap_or("renewal under way")
+            ));
+        }
+        LeaseCheck::Held
+    }
+
+    /// The job ended: releases the lease.
+    pub async fn release(self) {
+        let _ = self.stop.send(Some(true));
+        let _ = self.task.await;
+    }
+
+    /// The agent stops with the job still running: the lease stays held
+    /// (this agent takes it again when it starts; others after it expires).
+    pub async fn leave(self) {
+        let _ = self.stop.send(Some(false));
+        let _ = self.task.await;
+    }
+}

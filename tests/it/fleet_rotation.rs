@@ -1,0 +1,424 @@
+//! Rotation in a fleet against a real OpenBao: one rotator per key (the
+//! rotation lease), a rotation taken over when its agent dies, and a
+//! retire gate that counts what was reported to every member.
+
+use crate::common;
+use crate::fleet::{cli, kv_put_with, primary, readme_policy_token, state_of, watcher, Fleet};
+use crate::rotation_jobs::hook;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{key, text, TestAgent};
+use keyward::proto;
+
+/// A `[[key]]` entry for prod/NAME with the test hook (see
+/// [`hook`]) as generator (and validator, when `validator`) and `extra`.
+fn key_entry(dir: &Path, name: &str, validator: bool, extra: &str) -> String {
+    let h = hook(dir);
+    let validator = if validator {
+        format!("validator = [\"{}\", \"validator\"]\n", h.display())
+    } else {
+        String::new()
+    };
+    format!(
+        "[[key]]\nkeys = [\"prod/{name}\"]\ngenerator = [\"{}\", \"generator\"]\n{validator}{extra}",
+        h.display()
+    )
+}
+
+/// `StartRotation` of prod/NAME on `agent` (with a generator: nothing
+/// given), waiting for every live agent at each step when `fleet`.
+async fn start(agent: &TestAgent, name: &str, fleet: bool) -> Result<proto::RotationJob, tonic::Status> {
+    agent
+        .admin()
+        .await
+        .start_rotation(proto::StartRotationRequest {
+            key: key("prod", name),
+            fleet,
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// The last (or running) rotation job of prod/NAME on `agent`.
+async fn job(agent: &TestAgent, name: &str) -> Option<proto::RotationJob> {
+    agent
+        .admin()
+        .await
+        .get_rotation_status(proto::RotationStatusRequest { key: key("prod", name) })
+        .await
+        .expect("rotation status")
+        .into_inner()
+        .job
+}
+
+/// Waits until the job of prod/NAME on `agent` ended; returns it.
+async fn until_job_ends(agent: &TestAgent, name: &str) -> proto::RotationJob {
+    let start = Instant::now();
+    loop {
+        let j = job(agent, name).await;
+        if let Some(j) = j.as_ref().filter(|j| !j.active) {
+            return j.clone();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the job of prod/{name} did not end: {j:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// How many times the hook `name` ran in `dir`.
+fn calls(dir: &Path, name: &str) -> usize {
+    std::fs::read_to_string(dir.join("calls"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| *l == name)
+        .count()
+}
+
+/// Polls until `check` holds, or fails after `limit` saying `what`.
+async fn until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until every agent in `agents` has prod/NAME steady at a
+/// generation of at least `generation`, serving one same primary; returns
+/// it.
+async fn until_steady_everywhere(agents: &[&TestAgent], name: &str, generation: u64) -> Vec<u8> {
+    let start = Instant::now();
+    loop {
+        let states: Vec<Option<(String, u64)>> = agents.iter().map(|a| try_state(a, name)).collect();
+        if states
+            .iter()
+            .all(|s| s.as_ref().is_some_and(|(s, g)| s == "steady" && *g >= generation))
+        {
+            let mut primaries = Vec::new();
+            for a in agents {
+                primaries.push(primary(&a.fetch("prod", name).await.unwrap()));
+            }
+            if primaries.windows(2).all(|w| w[0] == w[1]) {
+                return primaries.remove(0);
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(40),
+            "prod/{name} not steady at generation {generation} on every agent: {states:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// prod/NAME's state and generation on `agent` (`None`: not there yet).
+fn try_state(agent: &TestAgent, name: &str) -> Option<(String, u64)> {
+    let out = cli(agent, &["list", "--json"], None);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let keys = list.as_array().cloned().or_else(|| list["keys"].as_array().cloned())?;
+    let k = keys
+        .iter()
+        .find(|k| k["key"].as_str() == Some(&format!("prod/{name}")) || k["name"].as_str() == Some(name))?;
+    Some((k["state"].as_str()?.to_owned(), k["generation"].as_u64()?))
+}
+
+/// The agent's audit records of rotation jobs of prod/NAME started.
+fn jobs_started(agent: &TestAgent, name: &str) -> Vec<String> {
+    agent
+        .audit_lines()
+        .iter()
+        .filter(|l| {
+            l["event"] == "rotation_job"
+                && l["outcome"] == "started"
+                && l["key"].as_str() == Some(&format!("prod/{name}"))
+        })
+        .map(|l| l["detail"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// Three agents, one key scheduled every 6 s on each (no jitter, so all
+/// three are due at once). Every agent's generator is held, so an agent
+/// that starts the rotation stays inside its generator: after all three
+/// have been due for seconds, exactly one entered it, because the lease
+/// let one agent run it. A manual rotation on another agent is refused
+/// naming the holder. Released, the one rotation completes and all three
+/// serve its new key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_fleet_rotation_runs_on_exactly_one_agent_and_every_agent_serves_its_key() {
+    let mut fleet = Fleet::prepare(3);
+    fleet.tail = Box::new(|_, dir| {
+        std::fs::write(dir.join("hold-generator"), "").unwrap();
+        key_entry(dir, "sched", true, "every = \"6s\"\njitter = \"0s\"\n")
+    });
+    fleet.launch(|_| "rotation_lease = \"4s\"\n".to_owned());
+    let agents: Vec<&TestAgent> = (0..3).map(|i| fleet.agent(i)).collect();
+    agents[0].put("prod/sched", "sk_sched_original_0001");
+    let (_, created) = state_of(agents[0], "sched");
+    until_steady_everywhere(&agents, "sched", created).await;
+
+    // Due on all three at about the same moment.
+    until("an agent enters the generator", Duration::from_secs(30), || {
+        agents.iter().any(|a| a.dir.join("at-generator").exists())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let inside: Vec<usize> = (0..3)
+        .filter(|i| agents[*i].dir.join("at-generator").exists())
+        .collect();
+    assert_eq!(inside.len(), 1, "agents inside the generator: {inside:?}");
+    let holder = inside[0];
+    let holder_name = crate::fleet::agent_name(holder);
+    for i in (0..3).filter(|i| *i != holder) {
+        assert_eq!(calls(&agents[i].dir, "generator"), 0, "agent {i} ran its generator");
+        assert!(
+            jobs_started(agents[i], "sched").is_empty(),
+            "agent {i} started a job: {:?}",
+            jobs_started(agents[i], "sched")
+        );
+    }
+
+    // A second agent trying the same key is told who holds it.
+    let other = agents[(holder + 1) % 3];
+    let refused = start(other, "sched", false)
+        .await
+        .expect_err("a second rotation was started");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains(&format!("agent {holder_name} is rotating prod/sched"))
+            && refused.message().contains("lease"),
+        "{refused:?}"
+    );
+
+    // Released: the one rotation runs through on the holder.
+    std::fs::write(agents[holder].dir.join("release-generator"), "").unwrap();
+    let new = until_steady_everywhere(&agents, "sched", created + 3).await;
+    assert_ne!(new, b"sk_sched_original_0001");
+    assert!(new.starts_with(b"sk_job_"), "{}", String::from_utf8_lossy(&new));
+    let generators: Vec<usize> = (0..3).map(|i| calls(&agents[i].dir, "generator")).collect();
+    assert_eq!(
+        generators.iter().sum::<usize>(),
+        1,
+        "generator calls per agent: {generators:?}"
+    );
+    assert_eq!(generators[holder], 1);
+    let ended = until_job_ends(agents[holder], "sched").await;
+    assert_eq!(
+        (ended.trigger.as_str(), ended.result.as_str()),
+        ("schedule", "ok"),
+        "{ended:?}"
+    );
+}
+
+/// A rotation whose agent is killed -9 after promoting (inside its
+/// revoker, just before the retire) is finished by another member once the lease expires: it
+/// resumes from the promoted state, validates, revokes (the revoker is
+/// idempotent by contract) and retires. Watchers on the
+/// survivors never see the generation go back; the killed agent, started
+/// again, serves the retired state and its own job ends without acting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_whose_agent_dies_is_taken_over_after_the_lease_expires() {
+    let mut fleet = Fleet::prepare(3);
+    fleet.tail = Box::new(|i, dir| {
+        if i == 0 {
+            std::fs::write(dir.join("hold-revoker"), "").unwrap();
+        }
+        let revoker = format!("revoker = [\"{}\", \"revoker\"]\n", hook(dir).display());
+        key_entry(dir, "takeover", true, &revoker)
+    });
+    fleet.launch(|_| "rotation_lease = \"3s\"\n".to_owned());
+    fleet.agent(0).put("prod/takeover", "sk_takeover_original_01");
+    let (_, created) = state_of(fleet.agent(0), "takeover");
+    {
+        let all: Vec<&TestAgent> = (0..3).map(|i| fleet.agent(i)).collect();
+        until_steady_everywhere(&all, "takeover", created).await;
+    }
+    let mut watchers = [
+        watcher(fleet.agent(1), "takeover").await,
+        watcher(fleet.agent(2), "takeover").await,
+    ];
+    let started = start(fleet.agent(0), "takeover", true).await.expect("start rotation");
+    assert!(started.active, "{started:?}");
+    let a_dir = fleet.agent(0).dir.clone();
+    // The revoker runs after the validation, before the retire.
+    until(
+        "agent a promotes and enters its revoker",
+        Duration::from_secs(30),
+        || a_dir.join("at-revoker").exists(),
+    )
+    .await;
+    let (state, promoted) = state_of(fleet.agent(0), "takeover");
+    assert_eq!(state, "promoted");
+    fleet.agents[0].kill9();
+    let killed_at = Instant::now();
+
+    let survivors: Vec<&TestAgent> = (1..3).map(|i| fleet.agent(i)).collect();
+    let new = until_steady_everywhere(&survivors, "takeover", promoted + 1).await;
+    let took = killed_at.elapsed();
+    assert!(new.starts_with(b"sk_job_"), "{}", String::from_utf8_lossy(&new));
+    // Not before the 3 s lease ran out.
+    assert!(took >= Duration::from_secs(2), "taken over after {took:?}");
+    let takers: Vec<usize> = (1..3)
+        .filter(|i| {
+            jobs_started(fleet.agent(*i), "takeover")
+                .iter()
+                .any(|d| d.contains("takeover") && d.contains("agent a stopped renewing"))
+        })
+        .collect();
+    assert_eq!(takers.len(), 1, "agents that took over: {takers:?}");
+    let taker = fleet.agent(takers[0]);
+    assert_eq!(calls(&taker.dir, "validator"), 1, "the taker validated the new key");
+    assert_eq!(calls(&taker.dir, "revoker"), 1, "the taker revoked the old key");
+    assert_eq!(calls(&taker.dir, "generator"), 0, "the taker generated nothing");
+    let ended = until_job_ends(taker, "takeover").await;
+    assert_eq!(ended.result, "ok", "{ended:?}");
+
+    // The generation only ever went up on the survivors' watchers.
+    for (i, rx) in watchers.iter_mut().enumerate() {
+        let mut last = 0;
+        while let Ok((_, set)) = rx.try_recv() {
+            assert!(
+                set.generation >= last,
+                "agent {}: generation {} after {last}",
+                i + 1,
+                set.generation
+            );
+            last = set.generation;
+        }
+        assert!(last > promoted, "agent {} watcher last saw generation {last}", i + 1);
+    }
+
+    // The killed agent comes back: it serves the retired key, and its own
+    // job (resumed from its job file) ends without another rotation.
+    fleet.agents[0].spawn().unwrap();
+    let all: Vec<&TestAgent> = (0..3).map(|i| fleet.agent(i)).collect();
+    let served = until_steady_everywhere(&all, "takeover", promoted + 1).await;
+    assert_eq!(served, new);
+    let ended = until_job_ends(fleet.agent(0), "takeover").await;
+    assert_ne!(ended.result, "rolled_back", "{ended:?}");
+    let (_, generation) = state_of(fleet.agent(0), "takeover");
+    assert_eq!(generation, promoted + 1, "no further change after a came back");
+    assert_eq!(calls(&a_dir, "generator"), 1);
+}
+
+/// The retire gate counts the evidence reported to every member: the
+/// caller that uses the new key reports to agent b only, and agent a's job
+/// retires on it. Auth failures reported to b only roll a's next rotation
+/// back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retire_gate_counts_use_and_failures_reported_to_other_members() {
+    let mut fleet = Fleet::prepare(2);
+    fleet.tail = Box::new(|_, dir| key_entry(dir, "gate", false, "failure_threshold = 2\ngrace = \"5s\"\n"));
+    fleet.launch(|_| String::new());
+    let (a, b) = (fleet.agent(0), fleet.agent(1));
+    a.put("prod/gate", "sk_gate_original_0001");
+    let (_, created) = state_of(a, "gate");
+    until_steady_everywhere(&[a, b], "gate", created).await;
+
+    // Rotation 1: use reported to b only.
+    start(a, "gate", true).await.expect("start rotation");
+    until("b serves the promoted key", Duration::from_secs(30), || {
+        try_state(b, "gate").is_some_and(|s| s.0 == "promoted")
+    })
+    .await;
+    let set = b.fetch("prod", "gate").await.unwrap();
+    let version = set.primary.as_ref().unwrap().version.to_string();
+    let out = cli(
+        b,
+        &[
+            "report",
+            "prod/gate",
+            "--version",
+            &version,
+            "--service",
+            "billing",
+            "--used",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // a has no use reported to it, no validator: only b's report can open
+    // its evidence gate.
+    let retired = until_steady_everywhere(&[a, b], "gate", created + 3).await;
+    assert_eq!(retired, primary(&set));
+    let ended = until_job_ends(a, "gate").await;
+    assert_eq!(ended.result, "ok", "{ended:?}");
+
+    // Rotation 2: failures reported to b only roll it back on a.
+    let (_, before) = state_of(a, "gate");
+    start(a, "gate", true).await.expect("start rotation");
+    until("b serves the promoted key", Duration::from_secs(30), || {
+        try_state(b, "gate").is_some_and(|s| s.0 == "promoted")
+    })
+    .await;
+    let set = b.fetch("prod", "gate").await.unwrap();
+    let version = set.primary.as_ref().unwrap().version.to_string();
+    for _ in 0..2 {
+        let out = cli(
+            b,
+            &[
+                "report",
+                "prod/gate",
+                "--version",
+                &version,
+                "--service",
+                "billing",
+                "--status",
+                "401",
+            ],
+            None,
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let ended = until_job_ends(a, "gate").await;
+    assert_eq!(ended.result, "rolled_back", "{ended:?}");
+    let (state, generation) = state_of(a, "gate");
+    assert!(generation > before, "{state} {generation}");
+    assert_eq!(
+        primary(&a.fetch("prod", "gate").await.unwrap()),
+        retired,
+        "the old primary serves again"
+    );
+}
+
+/// A lease written with a stolen agent-policy token (not signed by a
+/// member) does not hold anyone's rotation: it is refused, reported, and
+/// the rotation runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_no_member_signed_blocks_nothing_and_is_reported() {
+    let mut fleet = Fleet::prepare(2);
+    fleet.tail = Box::new(|_, dir| key_entry(dir, "forged", true, "grace = \"0s\"\n"));
+    fleet.launch(|_| String::new());
+    let (a, b) = (fleet.agent(0), fleet.agent(1));
+    a.put("prod/forged", "sk_forged_original_01");
+    let (_, created) = state_of(a, "forged");
+    until_steady_everywhere(&[a, b], "forged", created).await;
+
+    let token = readme_policy_token(&fleet.bao, &fleet.bao.dir.join("stolen.token"));
+    let far = 4_102_444_800_000u64; // 2100-01-01
+    let lease = serde_json::json!({
+        "format": "keyward-fleet-v1", "key": "prod/forged", "holder": "b",
+        "acquired_at_ms": 0, "expires_at_ms": far, "trigger": "manual", "until": "retired", "released": false,
+    });
+    kv_put_with(
+        &fleet.bao,
+        &token,
+        "keyward/leases/prod/forged",
+        &serde_json::json!({ "format": "keyward-fleet-v1", "lease": lease.to_string(), "signer": "b",
+            "signature": "AAAA" }),
+    );
+    let started = start(a, "forged", false).await;
+    assert!(started.is_ok(), "the forged lease held the rotation: {started:?}");
+    until_steady_everywhere(&[a, b], "forged", created + 3).await;
+    let refused = a.audit_lines().into_iter().find(|l| {
+        l["event"] == "fleet_sync"
+            && l["outcome"] == "rejected"
+            && l["detail"].as_str().is_some_and(|d| d.contains("leases/prod/forged"))
+    });
+    assert!(refused.is_some(), "the forged lease was not reported: {}", a.logs());
+}
