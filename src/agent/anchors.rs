@@ -1,6 +1,7 @@
 //! The audit log's upkeep beside the records: publishing the chain head to
-//! the `[[audit.anchor]]`s every `anchor_interval` and after each seal, and
-//! deleting the segments `[audit] retain` no longer keeps.
+//! the `[[audit.anchor]]`s (and in fleet mode to the backend, see
+//! [`crate::agent::fleet::anchors`]) every `anchor_interval` and after each
+//! seal, and deleting the segments `[audit] retain` no longer keeps.
 //!
 //! Invariant: none of this is on a fetch's path. It runs in its own task;
 //! a slow or failing anchor only delays the next publication, is logged and
@@ -25,8 +26,18 @@ const RETENTION_CHECK: Duration = Duration::from_secs(60);
 pub(super) async fn run(agent: Arc<Agent>, mut stop: watch::Receiver<bool>) {
     let settings: AuditSettings = agent.config().audit.clone();
     let metrics = agent.alerting.metrics.clone();
-    metrics.anchors_configured(settings.anchors.iter().map(|a| a.name.as_str()));
     let mut anchors: Vec<Anchor> = settings.anchors.iter().cloned().map(Anchor::new).collect();
+    let mut backend = agent
+        .fleet()
+        .cloned()
+        .map(|fleet| BackendAnchor { fleet, published: None });
+    metrics.anchors_configured(
+        settings
+            .anchors
+            .iter()
+            .map(|a| a.name.as_str())
+            .chain(backend.as_ref().map(|_| BACKEND)),
+    );
     let mut seals = agent.audit.seals();
     let mut publish_tick = tokio::time::interval(settings.anchor_interval);
     publish_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -54,7 +65,7 @@ pub(super) async fn run(agent: Arc<Agent>, mut stop: watch::Receiver<bool>) {
         if sealed {
             retain(&agent, &settings).await;
         }
-        publish(&agent, &mut anchors, &metrics).await;
+        publish(&agent, &mut anchors, backend.as_mut(), &metrics).await;
     }
 }
 
@@ -67,7 +78,12 @@ async fn retain(agent: &Agent, settings: &AuditSettings) {
 }
 
 /// Publishes the chain head to every anchor that has not seen it yet.
-async fn publish(agent: &Agent, anchors: &mut [Anchor], metrics: &crate::metrics::Metrics) {
+async fn publish(
+    agent: &Agent,
+    anchors: &mut [Anchor],
+    backend: Option<&mut BackendAnchor>,
+    metrics: &crate::metrics::Metrics,
+) {
     let status = agent.audit.status();
     if status.sequence == 0 {
         return;
@@ -97,6 +113,34 @@ async fn publish(agent: &Agent, anchors: &mut [Anchor], metrics: &crate::metrics
             }
         }
     }
+    if let Some(backend) = backend.filter(|b| b.published != Some(head.seq)) {
+        match backend.fleet.publish_anchor(&head).await {
+            Ok(()) => {
+                backend.published = Some(head.seq);
+                metrics.anchor_published(BACKEND, true);
+                tracing::debug!(
+                    anchor = BACKEND,
+                    seq = head.seq,
+                    "audit chain head anchored in the fleet backend"
+                );
+            }
+            Err(e) => {
+                metrics.anchor_published(BACKEND, false);
+                tracing::error!(anchor = BACKEND, seq = head.seq, error = %e,
+                    "could not publish the audit chain head to the fleet backend; trying again at the next anchor_interval");
+            }
+        }
+    }
+}
+
+/// The metric label of the fleet backend's anchors (a name
+/// `[[audit.anchor]]` may not take).
+const BACKEND: &str = crate::config::audit_anchor::BACKEND_ANCHOR;
+
+/// In fleet mode: the backend, an anchor of every agent.
+struct BackendAnchor {
+    fleet: Arc<crate::agent::fleet::Fleet>,
+    published: Option<u64>,
 }
 
 /// One anchor and what it last accepted.

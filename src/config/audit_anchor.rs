@@ -17,6 +17,10 @@ use super::error::{ConfigError, Source};
 use super::hooks::HookCommand;
 use super::value::positive_duration;
 
+/// The name of the fleet backend's anchors (in metrics and logs): no
+/// `[[audit.anchor]]` may take it.
+pub const BACKEND_ANCHOR: &str = "backend";
+
 /// Default `timeout` of an anchor.
 pub const DEFAULT_ANCHOR_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -120,6 +124,11 @@ fn anchor(src: &Source<'_>, index: usize, raw: RawAnchor) -> Result<AnchorConfig
             )))
         }
     };
+    if raw.name.as_deref() == Some(BACKEND_ANCHOR) {
+        return Err(invalid(format!(
+            "name = {BACKEND_ANCHOR:?} is kept for the fleet backend's anchors (fleet mode publishes there itself): choose another name"
+        )));
+    }
     let name = raw
         .name
         .unwrap_or_else(|| format!("{}-{}", raw.kind.get_ref(), index + 1));

@@ -24,7 +24,7 @@ pub(crate) type Tail = dyn Fn(usize, &std::path::Path) -> String;
 pub(crate) struct Fleet {
     pub(crate) bao: Bao,
     pub(crate) agents: Vec<TestAgent>,
-    token_file: PathBuf,
+    pub(crate) token_file: PathBuf,
     /// The `[[backend.member]]` entries every agent's config lists (all the
     /// agents', unless a test trims them).
     members: Vec<String>,
@@ -721,12 +721,16 @@ async fn a_record_copied_or_replayed_in_openbao_is_refused_and_the_last_good_sta
 }
 
 /// A token with the README's agent policy only (what a stolen token from
-/// any one host gives), written to `path`.
+/// any one host gives), written to `path`. The policy is read from the
+/// README itself (its one `hcl` block), so the tests hold it to what it
+/// says.
 pub(crate) fn readme_policy_token(bao: &Bao, path: &std::path::Path) -> String {
-    let policy = r#"
-path "secret/data/keyward/*"     { capabilities = ["create", "read", "update", "delete", "list"] }
-path "secret/metadata/keyward/*" { capabilities = ["create", "read", "update", "delete", "list"] }
-"#;
+    let readme = include_str!("../../README.md");
+    let policy = readme
+        .split_once("```hcl\n")
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .expect("the README gives the agents' policy in an hcl block")
+        .0;
     bao.cli_ok(&["policy", "write", "keyward-readme-agent", "-"], Some(policy));
     let token = bao.cli_json(
         &[

@@ -26,6 +26,7 @@ mod drill_rotation;
 mod faults;
 mod fetch;
 mod fleet;
+mod fleet_anchors;
 mod fleet_kv;
 mod fleet_rotation;
 mod hot_reload;

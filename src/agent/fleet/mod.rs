@@ -8,6 +8,7 @@
 //! | `keys/<env>/<name>` | a key's record: `{"format": "keyward-fleet-v1", "record": "<age armor>", "signer", "signature"}`, or a deletion marker `{"format": …, "deleted": true, "generation": G, "signer", "signature"}` |
 //! | `changes` | bumped after every write: followers poll its version |
 //! | `agents/<agent_id>` | what each agent serves, republished every third of its TTL; KV's `delete_version_after` expires it |
+//! | `anchors/<agent_id>/<install_id>/<seq>` | the agent's audit chain head, once per anchor (created, never overwritten: see [`anchors`]) |
 //!
 //! Invariants:
 //! - Every value an agent writes is signed by its signing key over its
@@ -32,6 +33,7 @@
 //!   decodes, names its key and version, and is newer; anything else is
 //!   reported as a problem (status, log) while the last good state serves.
 
+pub mod anchors;
 pub mod lease;
 pub mod sign;
 mod status;
@@ -139,27 +141,7 @@ impl Fleet {
         signer: SigningKey,
         state_dir: &std::path::Path,
     ) -> Result<Fleet, FleetError> {
-        let auth = match &cfg.auth {
-            OpenBaoAuth::TokenFile(p) => KvAuth::TokenFile(p.clone()),
-            OpenBaoAuth::AppRole {
-                mount,
-                role_id_file,
-                secret_id_file,
-            } => KvAuth::AppRole {
-                mount: mount.clone(),
-                role_id_file: role_id_file.clone(),
-                secret_id_file: secret_id_file.clone(),
-            },
-        };
-        let kv = KvClient::new(KvOptions {
-            address: cfg.address.clone(),
-            mount: cfg.mount.clone(),
-            namespace: cfg.namespace.clone(),
-            ca_file: cfg.ca_file.clone(),
-            auth,
-            timeout: cfg.request_timeout,
-        })
-        .map_err(|e| FleetError::Setup(e.to_string()))?;
+        let kv = kv_client(cfg)?;
         let sync_file = state_dir.join("fleet-sync");
         let last_ok = read_sync_file(&sync_file);
         Ok(Fleet {
@@ -372,6 +354,32 @@ impl Fleet {
             }
         }
     }
+}
+
+/// The KV client of `cfg` (no network I/O yet): the agent's, and the one
+/// `keyward audit verify --fleet` logs in with.
+pub fn kv_client(cfg: &OpenBaoConfig) -> Result<KvClient, FleetError> {
+    let auth = match &cfg.auth {
+        OpenBaoAuth::TokenFile(p) => KvAuth::TokenFile(p.clone()),
+        OpenBaoAuth::AppRole {
+            mount,
+            role_id_file,
+            secret_id_file,
+        } => KvAuth::AppRole {
+            mount: mount.clone(),
+            role_id_file: role_id_file.clone(),
+            secret_id_file: secret_id_file.clone(),
+        },
+    };
+    KvClient::new(KvOptions {
+        address: cfg.address.clone(),
+        mount: cfg.mount.clone(),
+        namespace: cfg.namespace.clone(),
+        ca_file: cfg.ca_file.clone(),
+        auth,
+        timeout: cfg.request_timeout,
+    })
+    .map_err(|e| FleetError::Setup(e.to_string()))
 }
 
 /// The value at a key's path, as keyward reads it.

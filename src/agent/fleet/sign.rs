@@ -6,9 +6,10 @@
 //!
 //! ```text
 //! "keyward-fleet-signature-v1" 0x00          domain separation
-//! field(kind)                               "key", "deleted", "changes", "status" or "lease"
-//! field(path)                               "<mount>/<prefix>/keys/<env>/<name>", …/changes, …/agents/<id>, …/leases/<env>/<name>
-//! field(key)                                "<env>/<name>"; empty for a status
+//! field(kind)                               "key", "deleted", "changes", "status", "anchor" or "lease"
+//! field(path)                               "<mount>/<prefix>/keys/<env>/<name>", …/changes, …/agents/<id>,
+//!                                           …/anchors/<id>/<install id>/<seq>, …/leases/<env>/<name>
+//! field(key)                                "<env>/<name>"; empty for a status and an anchor
 //! u64 big-endian                            the KV version the value is written as
 //! u32 big-endian count, then field(part)…   the kind's body parts (below)
 //! ```
@@ -22,6 +23,7 @@
 //! | `deleted` | the marker's generation, in decimal |
 //! | `changes` | the changed key's record version in decimal, the writing agent's id |
 //! | `status` | the status report's JSON text, as stored in `report` |
+//! | `anchor` | the audit chain head's JSON text, as stored in `anchor` |
 //! | `lease` | the rotation lease's JSON text, as stored in `lease` |
 //!
 //! The value stored holds `signer` (the member's name) and `signature`
@@ -49,6 +51,8 @@ pub enum Kind {
     Changes,
     /// An agent's status (`agents/<id>`).
     Status,
+    /// An agent's audit chain head (`anchors/<id>/<install id>/<seq>`).
+    Anchor,
     /// A rotation lease (`leases/<env>/<name>`).
     Lease,
 }
@@ -60,6 +64,7 @@ impl Kind {
             Kind::Deleted => "deleted",
             Kind::Changes => "changes",
             Kind::Status => "status",
+            Kind::Anchor => "anchor",
             Kind::Lease => "lease",
         }
     }

@@ -347,6 +347,21 @@ pub enum AuditCommand {
         /// the log must hold each anchored record with that hash.
         #[arg(long, value_name = "FILE")]
         anchors: Option<PathBuf>,
+        /// Also check the log against the anchors its agent published to the
+        /// fleet backend (OpenBao), logging in as the agent does (the
+        /// config's [backend]): only anchors signed by that agent's member
+        /// key are trusted; anything else there is reported. Exit 1 if the
+        /// backend cannot be read.
+        #[arg(long)]
+        fleet: bool,
+        /// With --fleet: the agent whose anchors to read (default: the
+        /// config's agent_id), to check a log copied from another host.
+        #[arg(long, value_name = "ID", requires = "fleet")]
+        agent_id: Option<String>,
+        /// With --fleet: the config file (default /etc/keyward/keyward.toml;
+        /// with --dev, applied on top of dev mode).
+        #[arg(long, value_name = "FILE", requires = "fleet")]
+        config: Option<PathBuf>,
         /// Records missing before the first file (removed by hand, e.g. by
         /// logrotate's rotate count) are a note instead of a failure.
         #[arg(long)]

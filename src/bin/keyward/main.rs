@@ -2,7 +2,8 @@
 //!
 //! Exit codes: 0 on success, 1 when the agent refused or failed the request
 //! (the message says why), 2 for bad usage (clap), 3 when `audit verify`
-//! finds a problem.
+//! finds a problem (1 when it cannot check: e.g. `--fleet` and the backend
+//! cannot be read).
 //!
 //! # Layout
 //!
@@ -73,16 +74,26 @@ async fn dispatch(cli: Cli) -> Outcome {
             files,
             key,
             anchors,
+            fleet,
+            agent_id,
+            config,
             allow_prefix,
-        }) => audit::verify(
-            &cli,
-            audit::VerifyArgs {
-                files,
-                key: key.as_deref(),
-                anchors: anchors.as_deref(),
-                allow_prefix: *allow_prefix,
-            },
-        ),
+        }) => {
+            audit::verify(
+                &cli,
+                audit::VerifyArgs {
+                    files,
+                    key: key.as_deref(),
+                    anchors: anchors.as_deref(),
+                    fleet: fleet.then_some(audit::FleetArgs {
+                        agent_id: agent_id.as_deref(),
+                        config: config.as_deref(),
+                    }),
+                    allow_prefix: *allow_prefix,
+                },
+            )
+            .await
+        }
         Command::Stage(args) => steps::stage(&cli, args).await,
         Command::Promote(step) => steps::step(&cli, step, Step::Promote).await,
         Command::Rollback(step) => steps::step(&cli, step, Step::Rollback).await,

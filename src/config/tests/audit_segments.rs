@@ -68,6 +68,10 @@ fn anchors_parse_and_bad_ones_are_refused_without_quoting_the_url() {
             "kind = \"exec\"\ncommand = [\"/bin/true\"]\nurl = \"https://x\"",
             &["takes `command`, not `url`"],
         ),
+        (
+            "kind = \"exec\"\nname = \"backend\"\ncommand = [\"/bin/true\"]",
+            &["name = \"backend\" is kept for the fleet backend's anchors"],
+        ),
     ] {
         let e = parse_err(&format!("[[audit.anchor]]\n{toml}\n"));
         assert_has(&e, needles);
