@@ -154,7 +154,7 @@ async fn a_scheduled_fleet_rotation_runs_on_exactly_one_agent_and_every_agent_se
         std::fs::write(dir.join("hold-generator"), "").unwrap();
         key_entry(dir, "sched", true, "every = \"6s\"\njitter = \"0s\"\n")
     });
-    fleet.launch(|_| "rotation_lease = \"4s\"\n".to_owned());
+    fleet.launch(|_| "rotation_lease = \"6s\"\nrequest_timeout = \"2s\"\n".to_owned());
     let agents: Vec<&TestAgent> = (0..3).map(|i| fleet.agent(i)).collect();
     agents[0].put("prod/sched", "sk_sched_original_0001");
     let (_, created) = state_of(agents[0], "sched");
@@ -235,7 +235,9 @@ async fn a_scheduled_rotation_whose_agent_dies_is_taken_over_after_the_lease_exp
             &format!("{revoker}every = \"20s\"\njitter = \"0s\"\n"),
         )
     });
-    fleet.launch(|_| "rotation_lease = \"3s\"\n".to_owned());
+    // A lease of 5 s, renewed every 5/3 s: a loaded machine does not let
+    // it lapse (a lapse lets a second member in, by design).
+    fleet.launch(|_| "rotation_lease = \"5s\"\nrequest_timeout = \"2s\"\n".to_owned());
     fleet.agent(0).put("prod/takeover", "sk_takeover_original_01");
     let (_, created) = state_of(fleet.agent(0), "takeover");
     {
@@ -257,10 +259,14 @@ async fn a_scheduled_rotation_whose_agent_dies_is_taken_over_after_the_lease_exp
     assert_eq!(inside.len(), 1, "agents inside the revoker: {inside:?}");
     let dead = inside[0];
     let generators: Vec<usize> = dirs.iter().map(|d| calls(d, "generator")).collect();
+    let mut jobs = Vec::new();
+    for i in 0..3 {
+        jobs.push(job(fleet.agent(i), "takeover").await);
+    }
     assert_eq!(
         generators.iter().sum::<usize>(),
         1,
-        "generator calls per agent: {generators:?}"
+        "generator calls per agent: {generators:?}; jobs: {jobs:?}"
     );
     let (state, promoted) = state_of(fleet.agent(dead), "takeover");
     assert_eq!(state, "promoted");
@@ -268,7 +274,7 @@ async fn a_scheduled_rotation_whose_agent_dies_is_taken_over_after_the_lease_exp
     fleet.agents[dead].kill9();
     let killed_at = Instant::now();
 
-    // Another member takes it over once the 3 s lease expired, and reaches
+    // Another member takes it over once the 5 s lease expired, and reaches
     // the revoker in turn.
     let survivors: Vec<usize> = (0..3).filter(|i| *i != dead).collect();
     until("a survivor takes the rotation over", Duration::from_secs(20), || {
@@ -277,7 +283,7 @@ async fn a_scheduled_rotation_whose_agent_dies_is_taken_over_after_the_lease_exp
     .await;
     let took = killed_at.elapsed();
     assert!(
-        took >= Duration::from_secs(2),
+        took >= Duration::from_secs(3),
         "taken over after {took:?}, before the lease expired"
     );
     let takers: Vec<usize> = survivors

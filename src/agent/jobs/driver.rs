@@ -244,6 +244,19 @@ async fn take_lease(
     }
 }
 
+/// How a job that lost its lease ends.
+fn lost_lease(key: &crate::secret::KeyRef, lost: LeaseLost) -> (JobResult, String) {
+    let message = match lost {
+        LeaseLost::TakenBy(holder) => format!(
+            "agent {holder} took the rotation lease of {key} over (this agent's had expired): it runs the rotation now; see `keyward rotation-status {key}` there"
+        ),
+        LeaseLost::Gone => format!(
+            "the rotation lease of {key} was released or removed by someone else: this job stops; check `keyward rotation-status {key}` on the fleet's agents"
+        ),
+    };
+    (JobResult::Failed, message)
+}
+
 /// The job's steps; true when it finished (false: the agent stops).
 async fn steps(
     agent: &Arc<Agent>,
@@ -257,6 +270,11 @@ async fn steps(
     loop {
         if *stop.borrow() {
             return false;
+        }
+        if let Some(LeaseCheck::Lost(lost)) = keeper.map(LeaseKeeper::check) {
+            let (result, message) = lost_lease(&slot.key, lost);
+            finish(&agent, &slot, result, message).await;
+            return true;
         }
         let stepping = slot.stepping.lock().await;
         let state = agent.store.get(&slot.key);
@@ -312,19 +330,10 @@ async fn steps(
                 let taken = match keeper.map_or(LeaseCheck::Held, LeaseKeeper::check) {
                     LeaseCheck::Held => take(&agent, &slot, &action, &state).await,
                     LeaseCheck::Unrenewed(why) => Err(Retry(why)),
-                    LeaseCheck::Lost(lost) => Err(Stop(
-                        JobResult::Failed,
-                        match lost {
-                            LeaseLost::TakenBy(holder) => format!(
-                                "agent {holder} took the rotation lease of {} over (this agent's had expired): it runs the rotation now; see `keyward rotation-status {}` there",
-                                slot.key, slot.key
-                            ),
-                            LeaseLost::Gone => format!(
-                                "the rotation lease of {} was released or removed by someone else: this job stops; check `keyward rotation-status {}` on the fleet's agents",
-                                slot.key, slot.key
-                            ),
-                        },
-                    )),
+                    LeaseCheck::Lost(lost) => {
+                        let (result, message) = lost_lease(&slot.key, lost);
+                        Err(Stop(result, message))
+                    }
                 };
                 drop(stepping);
                 match taken {

@@ -52,6 +52,10 @@ pub use driver::unreported;
 pub use registry::{Intent, Jobs, JobsFileError, JOBS_FILE};
 pub use schedule::{next_rotation, time_zone};
 
+/// A key mid-rotation with no lease held is looked at again after this
+/// many lease terms (sooner when its generation moves).
+const IDLE_LEASE_CHECK: u32 = 5;
+
 /// How long `CancelRotation` waits for the step under way.
 const CANCEL_WAIT: Duration = Duration::from_secs(120);
 
@@ -96,10 +100,13 @@ async fn run_schedule(agent: Arc<Agent>, mut stop: watch::Receiver<bool>) {
 
 /// Fleet mode: resumes the rotations left under way by a member that
 /// stopped renewing its lease (killed, its host gone), from the key's
-/// state. Only keys mid-rotation without a job here are looked at, each at
-/// most every quarter of the lease term, so a steady fleet reads nothing.
-async fn take_over_abandoned(agent: &Arc<Agent>, fleet: &Arc<Fleet>, looked: &mut HashMap<KeyRef, Instant>) {
-    let every = (fleet.config().rotation_lease / 4).max(Duration::from_secs(1));
+/// state. Only keys mid-rotation without a job here are looked at: a key
+/// whose lease is held, again when that lease would expire; one without a
+/// held lease (staged by hand, or its job ended), again when its
+/// generation moves or after [`IDLE_LEASE_CHECK`] lease terms. So a fleet
+/// reads nothing for this while steady, and little while a key waits.
+async fn take_over_abandoned(agent: &Arc<Agent>, fleet: &Arc<Fleet>, looked: &mut HashMap<KeyRef, (u64, Instant)>) {
+    let term = fleet.config().rotation_lease;
     let candidates: Vec<_> = agent
         .store
         .list(None)
@@ -109,18 +116,33 @@ async fn take_over_abandoned(agent: &Arc<Agent>, fleet: &Arc<Fleet>, looked: &mu
     looked.retain(|k, _| candidates.iter().any(|s| s.key == *k));
     for state in candidates {
         let key = &state.key;
-        if looked.get(key).is_some_and(|t| t.elapsed() < every) {
+        if looked
+            .get(key)
+            .is_some_and(|(generation, next)| *generation == state.generation && Instant::now() < *next)
+        {
             continue;
         }
-        looked.insert(key.clone(), Instant::now());
         let lease = match fleet.read_lease(agent, key).await {
             Ok(view) => view.lease,
             Err(e) => {
                 tracing::debug!(key = %key, error = %e, "cannot read the rotation lease");
+                looked.insert(key.clone(), (state.generation, Instant::now() + term / 4));
                 continue;
             }
         };
-        let Some(lease) = lease.filter(|l| l.abandoned(SystemTime::now())) else {
+        let now = SystemTime::now();
+        let next = match &lease {
+            // Held: look again just after it would expire.
+            Some(l) if l.live(now) => l.expires().duration_since(now).unwrap_or_default() + Duration::from_secs(1),
+            Some(l) if l.abandoned(now) => Duration::ZERO,
+            // No lease held: a job that takes one moves the generation.
+            _ => term * IDLE_LEASE_CHECK,
+        };
+        looked.insert(
+            key.clone(),
+            (state.generation, Instant::now() + next.max(Duration::from_secs(1))),
+        );
+        let Some(lease) = lease.filter(|l| l.abandoned(now)) else {
             continue;
         };
         let held = match fleet.claim_lease(agent, key, lease.trigger, lease.until).await {
