@@ -163,6 +163,7 @@ pub async fn stage_new(
     check_generation(key, Some(&before), expected_generation)?;
     // Refuse early (before running any hook) when the state forbids it.
     rotation::may_stage(&before, replace)?;
+    not_rotated_elsewhere(agent, &actor, key).await?;
     let (secret, origin) = match new {
         NewKey::Generate => {
             let Some(generator) = &settings.generator else {
@@ -200,6 +201,30 @@ pub async fn stage_new(
     }
     let next = rotation::stage(&current, version, replace, now)?;
     commit(agent, &serial, actor, Command::Stage, current, next, notes.join("; ")).await
+}
+
+/// Fleet mode: refuses a rotation step by hand (`keyward stage`,
+/// `promote`, `retire`…) while another member holds the key's rotation
+/// lease: its job runs the rotation. A job's own steps are checked against
+/// its lease by its driver; an unreadable lease does not hold a step (the
+/// step's own write needs OpenBao and says so).
+async fn not_rotated_elsewhere(agent: &Agent, actor: &Actor<'_>, key: &KeyRef) -> Result<(), ApiError> {
+    let (Some(fleet), Actor::Caller(_)) = (agent.fleet(), actor) else {
+        return Ok(());
+    };
+    let Ok(view) = fleet.read_lease(agent, key).await else {
+        return Ok(());
+    };
+    match view.lease {
+        Some(l) if l.live(SystemTime::now()) && l.holder != fleet.config().agent_id => {
+            Err(ApiError::FailedPrecondition(format!(
+                "agent {} is rotating {key}: it holds the key's rotation lease (until {}); nothing was done. Follow or cancel its job there (`keyward rotation-status {key}`, `keyward rotate --cancel {key}`); if that agent stopped, a member takes the rotation over once the lease expires",
+                l.holder,
+                humantime::format_rfc3339_seconds(l.expires())
+            )))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// What the retire gate of a key is checked against: the failures reported
@@ -335,6 +360,7 @@ pub async fn step(
     force: bool,
 ) -> Result<Committed, ApiError> {
     let settings = agent.config().rotation_for(key);
+    not_rotated_elsewhere(agent, &actor, key).await?;
     let serial = agent.lock_changes().await;
     let current = existing(agent, key)?;
     check_generation(key, Some(&current), expected_generation)?;

@@ -144,8 +144,8 @@ fn jobs_started(agent: &TestAgent, name: &str) -> Vec<String> {
 /// three are due at once). Every agent's generator is held, so an agent
 /// that starts the rotation stays inside its generator: after all three
 /// have been due for seconds, exactly one entered it, because the lease
-/// let one agent run it. A manual rotation on another agent is refused
-/// naming the holder. Released, the one rotation completes and all three
+/// let one agent run it. A manual rotation, or a step by hand, on another
+/// agent is refused naming the holder. Released, the one rotation completes and all three
 /// serve its new key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scheduled_fleet_rotation_runs_on_exactly_one_agent_and_every_agent_serves_its_key() {
@@ -193,6 +193,15 @@ async fn a_scheduled_fleet_rotation_runs_on_exactly_one_agent_and_every_agent_se
             .contains(&format!("agent {holder_name} is rotating prod/sched"))
             && refused.message().contains("lease"),
         "{refused:?}"
+    );
+
+    // So is a rotation step by hand there (it would race the holder's job).
+    let out = cli(other, &["stage", "--raw", "prod/sched"], Some(b"sk_sched_by_hand_0002"));
+    assert!(!out.status.success(), "a step by hand was taken: {}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains(&format!("agent {holder_name} is rotating prod/sched")),
+        "{}",
+        text(&out.stderr)
     );
 
     // Released: the one rotation runs through on the holder.
