@@ -285,10 +285,17 @@ impl Fleet {
             }
             Err(KvError::CasMismatch { .. }) => {
                 let view = self.read_lease(agent, &held.key).await.map_err(Err)?;
-                Err(Ok(match view.lease {
-                    Some(l) if l.holder != self.cfg.agent_id && !l.released => LeaseLost::TakenBy(l.holder),
-                    _ => LeaseLost::Gone,
-                }))
+                match view.lease {
+                    // An earlier renewal of ours that OpenBao applied though
+                    // its answer was lost: carry on from that version.
+                    Some(l) if l.holder == self.cfg.agent_id && !l.released && l.acquired_at_ms == held.lease.acquired_at_ms => {
+                        held.version = view.version;
+                        held.lease = l;
+                        Ok(())
+                    }
+                    Some(l) if l.holder != self.cfg.agent_id && !l.released => Err(Ok(LeaseLost::TakenBy(l.holder))),
+                    _ => Err(Ok(LeaseLost::Gone)),
+                }
             }
             Err(e) => Err(Err(e)),
         }
