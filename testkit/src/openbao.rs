@@ -75,6 +75,8 @@ pub struct Bao {
     port: u16,
     cluster_port: u16,
     unseal_key: String,
+    /// Appended to the server's config file (e.g. a `telemetry` stanza).
+    extra_config: String,
     child: Option<Child>,
     _tmp: tempfile::TempDir,
 }
@@ -90,6 +92,12 @@ impl Bao {
     /// Starts, initializes and unseals a server, with KV v2 at `secret/`
     /// and AppRole at `auth/approle/`.
     pub fn start() -> Bao {
+        Bao::start_with_config("")
+    }
+
+    /// [`Bao::start`] with `extra` appended to the server's config file
+    /// (HCL), e.g. a `telemetry` stanza for `/v1/sys/metrics`.
+    pub fn start_with_config(extra: &str) -> Bao {
         let tmp = tempfile::tempdir().expect("temp dir for OpenBao");
         let dir = tmp.path().to_owned();
         std::fs::create_dir(dir.join("data")).unwrap();
@@ -100,6 +108,7 @@ impl Bao {
             port: 0,
             cluster_port: 0,
             unseal_key: String::new(),
+            extra_config: extra.to_owned(),
             child: None,
             _tmp: tmp,
         };
@@ -145,10 +154,12 @@ listener "tcp" {{
 api_addr = "http://127.0.0.1:{port}"
 cluster_addr = "https://127.0.0.1:{cluster}"
 ui = false
+{extra}
 "#,
             data = self.dir.join("data").display(),
             port = self.port,
             cluster = self.cluster_port,
+            extra = self.extra_config,
         );
         std::fs::write(self.dir.join("bao.hcl"), config).unwrap();
     }
