@@ -212,10 +212,10 @@ async fn not_rotated_elsewhere(agent: &Agent, actor: &Actor<'_>, key: &KeyRef) -
     let (Some(fleet), Actor::Caller(_)) = (agent.fleet(), actor) else {
         return Ok(());
     };
-    let Ok(view) = fleet.read_lease(agent, key).await else {
+    let Ok(lease) = fleet.lease_of(agent, key).await else {
         return Ok(());
     };
-    match view.lease {
+    match lease {
         Some(l) if l.live(SystemTime::now()) && l.holder != fleet.config().agent_id => {
             Err(ApiError::FailedPrecondition(format!(
                 "agent {} is rotating {key}: it holds the key's rotation lease (until {}); nothing was done. Follow or cancel its job there (`keyward rotation-status {key}`, `keyward rotate --cancel {key}`); if that agent stopped, a member takes the rotation over once the lease expires",

@@ -129,7 +129,9 @@ impl AgentIdentity {
     /// Decrypts an age file encrypted to this identity into a zeroizing
     /// buffer.
     pub fn decrypt(&self, ciphertext: &[u8]) -> Result<Zeroizing<Vec<u8>>, age::DecryptError> {
-        let decryptor = age::Decryptor::new(ciphertext)?;
+        // Buffered: the header is parsed once, not again after each small
+        // read (which made a record sealed to N members cost O(N²) to open).
+        let decryptor = age::Decryptor::new_buffered(ciphertext)?;
         let mut reader = decryptor.decrypt(std::iter::once(&self.identity as &dyn age::Identity))?;
         // The plaintext is shorter than the ciphertext: one buffer suffices.
         Ok(atomic::read_to_end_zeroizing(&mut reader, ciphertext.len())?)

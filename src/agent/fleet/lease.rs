@@ -73,13 +73,11 @@ impl Lease {
     }
 }
 
-/// The lease path's current KV version (0: none) and the lease there, when
-/// a member signed it.
-pub struct LeaseView {
-    /// The path's current KV version (0: never written).
-    pub version: u64,
-    /// The lease, when a member signed it as its holder.
-    pub lease: Option<Lease>,
+/// The lease path's current KV version (0: none, or not asked for) and the
+/// lease there, when a member signed it.
+struct LeaseView {
+    version: u64,
+    lease: Option<Lease>,
 }
 
 /// The outcome of [`Fleet::claim_lease`].
@@ -127,12 +125,22 @@ impl Fleet {
         format!("{}/leases/{}/{}", self.cfg.prefix, key.env(), key.name())
     }
 
-    /// The lease of `key` as the backend has it. A value no member signed
-    /// as its holder is reported and read as no lease.
-    pub async fn read_lease(&self, agent: &Agent, key: &KeyRef) -> Result<LeaseView, KvError> {
+    /// The lease of `key` as the backend has it (one request). A value no
+    /// member signed as its holder is reported and read as no lease.
+    pub async fn lease_of(&self, agent: &Agent, key: &KeyRef) -> Result<Option<Lease>, KvError> {
+        Ok(self.read_lease(agent, key, false).await?.lease)
+    }
+
+    /// [`Fleet::lease_of`], with the path's current version when `exact`
+    /// (a second request when the latest version holds no value: the
+    /// version a check-and-set write must name).
+    async fn read_lease(&self, agent: &Agent, key: &KeyRef, exact: bool) -> Result<LeaseView, KvError> {
         let path = self.lease_path(key);
         let Some(entry) = self.kv.read(&path).await? else {
-            let version = self.kv.metadata(&path).await?.map_or(0, |m| m.current_version);
+            let version = match exact {
+                true => self.kv.metadata(&path).await?.map_or(0, |m| m.current_version),
+                false => 0,
+            };
             return Ok(LeaseView { version, lease: None });
         };
         match self.check_lease(&entry.data, &path, key, entry.version, agent) {
@@ -227,7 +235,7 @@ impl Fleet {
     ) -> Result<Claim, KvError> {
         let mut tries = 0;
         loop {
-            let view = self.read_lease(agent, key).await?;
+            let view = self.read_lease(agent, key, true).await?;
             let now = SystemTime::now();
             if let Some(l) = view
                 .lease
@@ -284,11 +292,15 @@ impl Fleet {
                 Ok(())
             }
             Err(KvError::CasMismatch { .. }) => {
-                let view = self.read_lease(agent, &held.key).await.map_err(Err)?;
+                let view = self.read_lease(agent, &held.key, true).await.map_err(Err)?;
                 match view.lease {
                     // An earlier renewal of ours that OpenBao applied though
                     // its answer was lost: carry on from that version.
-                    Some(l) if l.holder == self.cfg.agent_id && !l.released && l.acquired_at_ms == held.lease.acquired_at_ms => {
+                    Some(l)
+                        if l.holder == self.cfg.agent_id
+                            && !l.released
+                            && l.acquired_at_ms == held.lease.acquired_at_ms =>
+                    {
                         held.version = view.version;
                         held.lease = l;
                         Ok(())

@@ -122,8 +122,8 @@ async fn take_over_abandoned(agent: &Arc<Agent>, fleet: &Arc<Fleet>, looked: &mu
         {
             continue;
         }
-        let lease = match fleet.read_lease(agent, key).await {
-            Ok(view) => view.lease,
+        let lease = match fleet.lease_of(agent, key).await {
+            Ok(lease) => lease,
             Err(e) => {
                 tracing::debug!(key = %key, error = %e, "cannot read the rotation lease");
                 looked.insert(key.clone(), (state.generation, Instant::now() + term / 4));
