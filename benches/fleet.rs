@@ -26,7 +26,7 @@
 //! 4. Propagation again, on a fresh fleet with `poll_interval = "200ms"`
 //!    (1-3 run with the default, 500 ms).
 
-use keyward_testkit::bench as support;
+use keyward_testkit::bench::{self as support, bao_version, init_identity, percentile};
 use keyward_testkit::openbao;
 
 use std::path::{Path, PathBuf};
@@ -219,32 +219,6 @@ impl Fleet {
     }
 }
 
-/// `keyward init` in `dir`; the new identity's age recipient.
-/// `keyward init` in `dir`: the agent's (age recipient, public signing key).
-fn init_identity(dir: &Path) -> (String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_keyward"))
-        .args(["init", "--state-dir"])
-        .arg(dir)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run keyward init");
-    assert!(
-        out.status.success(),
-        "keyward init: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let public = |file: &str| {
-        std::fs::read_to_string(dir.join(file))
-            .unwrap()
-            .lines()
-            .find_map(|l| l.strip_prefix("# public key: "))
-            .expect("the file names its public key")
-            .trim()
-            .to_owned()
-    };
-    (public("identity.txt"), public("signing.key"))
-}
-
 /// The release `keywardd` in dev mode in `dir` with `config`; its output
 /// goes to keywardd.log next to `dir` (an agent cut off from OpenBao warns
 /// at every poll).
@@ -274,14 +248,6 @@ fn key() -> proto::KeyRef {
     }
 }
 
-fn bao_version() -> String {
-    let out = Command::new(openbao::bao_binary()).arg("version").output();
-    out.ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| "bao version unknown".to_owned())
-}
-
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -304,12 +270,6 @@ impl Round {
     fn pct(&self, q: f64) -> Option<f64> {
         (!self.samples.is_empty()).then(|| percentile(&self.samples, q))
     }
-}
-
-/// Nearest-rank percentile of sorted `xs`.
-fn percentile(xs: &[f64], q: f64) -> f64 {
-    let rank = ((q * xs.len() as f64).ceil() as usize).clamp(1, xs.len());
-    xs[rank - 1]
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {

@@ -48,7 +48,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use keyward::proto::{self, admin_client::AdminClient, keys_client::KeysClient};
-use keyward_testkit::openbao::{self, Bao};
+use keyward_testkit::bench::{bao_version, init_identity, percentile};
+use keyward_testkit::openbao::Bao;
 use rand::Rng;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tonic::transport::Channel;
@@ -497,31 +498,6 @@ fn audit_kinds(path: &Path) -> BTreeMap<String, u64> {
     kinds
 }
 
-/// `keyward init` in `dir`: the agent's (age recipient, public signing key).
-fn init_identity(dir: &Path) -> (String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_keyward"))
-        .args(["init", "--state-dir"])
-        .arg(dir)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run keyward init");
-    assert!(
-        out.status.success(),
-        "keyward init: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let public = |file: &str| {
-        std::fs::read_to_string(dir.join(file))
-            .unwrap()
-            .lines()
-            .find_map(|l| l.strip_prefix("# public key: "))
-            .expect("the file names its public key")
-            .trim()
-            .to_owned()
-    };
-    (public("identity.txt"), public("signing.key"))
-}
-
 /// The release `keywardd` in dev mode in `dir` with `config`, its output in
 /// keywardd.log next to `dir`; SIGTERM from the kernel if the bench dies.
 fn spawn_agent(dir: &Path, config: &Path) -> Child {
@@ -700,12 +676,6 @@ fn spread(xs: &[f64]) -> (f64, f64, f64) {
     let mut v = xs.to_vec();
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     (v[0], percentile(&v, 0.5), v[v.len() - 1])
-}
-
-/// Nearest-rank percentile of sorted `xs`.
-fn percentile(xs: &[f64], q: f64) -> f64 {
-    let rank = ((q * xs.len() as f64).ceil() as usize).clamp(1, xs.len());
-    xs[rank - 1]
 }
 
 // -------------------------------------------------------------------- memory
@@ -1059,14 +1029,6 @@ fn summary(n: usize, results: &[Result4]) {
 }
 
 // --------------------------------------------------------------------- misc
-
-fn bao_version() -> String {
-    let out = Command::new(openbao::bao_binary()).arg("version").output();
-    out.ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| "bao version unknown".to_owned())
-}
 
 /// "load average: 1m 5m 15m" as uptime prints it.
 fn uptime() -> String {

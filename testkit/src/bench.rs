@@ -1,5 +1,6 @@
 //! What the benchmarks share: a child process stopped on drop, waiting for
-//! a socket to come up, and GetKey throughput over several connections.
+//! a socket to come up, GetKey throughput over several connections, a
+//! fleet member's identity, percentiles and the OpenBao version.
 
 use std::path::Path;
 use std::process::Child;
@@ -82,4 +83,46 @@ pub async fn throughput(sock: &Path, key: proto::KeyRef, conns: usize, dur: Dura
         t.await.unwrap();
     }
     n as f64 / elapsed
+}
+
+/// `keyward init` in `dir`: the agent's (age recipient, public signing key).
+pub fn init_identity(dir: &Path) -> (String, String) {
+    let out = std::process::Command::new(crate::bins::keyward())
+        .args(["init", "--state-dir"])
+        .arg(dir)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run keyward init");
+    assert!(
+        out.status.success(),
+        "keyward init: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let public = |file: &str| {
+        std::fs::read_to_string(dir.join(file))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("# public key: "))
+            .expect("the file names its public key")
+            .trim()
+            .to_owned()
+    };
+    (public("identity.txt"), public("signing.key"))
+}
+
+/// Nearest-rank percentile of sorted `xs`.
+pub fn percentile(xs: &[f64], q: f64) -> f64 {
+    let rank = ((q * xs.len() as f64).ceil() as usize).clamp(1, xs.len());
+    xs[rank - 1]
+}
+
+/// `bao version`'s line, for a benchmark's header.
+pub fn bao_version() -> String {
+    let out = std::process::Command::new(crate::openbao::bao_binary())
+        .arg("version")
+        .output();
+    out.ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "bao version unknown".to_owned())
 }

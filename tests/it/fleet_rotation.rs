@@ -4,7 +4,7 @@
 
 use crate::common;
 use crate::fleet::{cli, kv_put_with, primary, readme_policy_token, state_of, watcher, Fleet};
-use crate::rotation_jobs::hook;
+use crate::rotation_jobs::{calls, hook};
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -70,13 +70,17 @@ async fn until_job_ends(agent: &TestAgent, name: &str) -> proto::RotationJob {
     }
 }
 
-/// How many times the hook `name` ran in `dir`.
-fn calls(dir: &Path, name: &str) -> usize {
-    std::fs::read_to_string(dir.join("calls"))
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| *l == name)
-        .count()
+/// Two agents with prod/NAME's `[[key]]` entry (see [`key_entry`]), the
+/// key put on the first and steady on both; the fleet and its generation.
+async fn two_agents(name: &'static str, validator: bool, extra: &'static str) -> (Fleet, u64) {
+    let mut fleet = Fleet::prepare(2);
+    fleet.tail = Box::new(move |_, dir| key_entry(dir, name, validator, extra));
+    fleet.launch(|_| String::new());
+    let (a, b) = (fleet.agent(0), fleet.agent(1));
+    a.put(&format!("prod/{name}"), &format!("sk_{name}_original_0001"));
+    let (_, created) = state_of(a, name);
+    until_steady_everywhere(&[a, b], name, created).await;
+    (fleet, created)
 }
 
 /// Polls until `check` holds, or fails after `limit` saying `what`.
@@ -360,13 +364,8 @@ async fn a_scheduled_rotation_whose_agent_dies_is_taken_over_after_the_lease_exp
 /// back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_retire_gate_counts_use_and_failures_reported_to_other_members() {
-    let mut fleet = Fleet::prepare(2);
-    fleet.tail = Box::new(|_, dir| key_entry(dir, "gate", false, "failure_threshold = 2\ngrace = \"5s\"\n"));
-    fleet.launch(|_| String::new());
+    let (fleet, created) = two_agents("gate", false, "failure_threshold = 2\ngrace = \"5s\"\n").await;
     let (a, b) = (fleet.agent(0), fleet.agent(1));
-    a.put("prod/gate", "sk_gate_original_0001");
-    let (_, created) = state_of(a, "gate");
-    until_steady_everywhere(&[a, b], "gate", created).await;
 
     // Rotation 1: use reported to b only.
     start(a, "gate", true).await.expect("start rotation");
@@ -439,13 +438,8 @@ async fn the_retire_gate_counts_use_and_failures_reported_to_other_members() {
 /// the rotation runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_no_member_signed_blocks_nothing_and_is_reported() {
-    let mut fleet = Fleet::prepare(2);
-    fleet.tail = Box::new(|_, dir| key_entry(dir, "forged", true, "grace = \"0s\"\n"));
-    fleet.launch(|_| String::new());
+    let (fleet, created) = two_agents("forged", true, "grace = \"0s\"\n").await;
     let (a, b) = (fleet.agent(0), fleet.agent(1));
-    a.put("prod/forged", "sk_forged_original_01");
-    let (_, created) = state_of(a, "forged");
-    until_steady_everywhere(&[a, b], "forged", created).await;
 
     let token = readme_policy_token(&fleet.bao, &fleet.bao.dir.join("stolen.token"));
     let far = 4_102_444_800_000u64; // 2100-01-01

@@ -52,7 +52,7 @@ fn hooks_config(dir: &Path, hooks: &[&str], rotation: &str, extra: &str) -> Stri
     format!("[rotation]\n{rotation}\n[[key]]\nkeys = [\"{KEY}\"]\n{lines}{extra}\n")
 }
 
-fn calls(dir: &Path, name: &str) -> usize {
+pub(crate) fn calls(dir: &Path, name: &str) -> usize {
     std::fs::read_to_string(dir.join("calls"))
         .unwrap_or_default()
         .lines()
