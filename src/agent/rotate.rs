@@ -290,7 +290,7 @@ impl GateFacts {
     }
 
     /// Adds the other members' evidence.
-    pub(super) fn add_peers(&mut self, peers: &super::fleet::PeerEvidence, settings: &KeyRotation) {
+    pub(super) fn add_peers(&mut self, peers: &super::fleet::status::PeerEvidence, settings: &KeyRotation) {
         if peers.from.is_empty() {
             return;
         }

@@ -36,8 +36,7 @@
 pub mod anchors;
 pub mod lease;
 pub mod sign;
-mod status;
-pub use status::PeerEvidence;
+pub mod status;
 pub mod sync;
 mod trust;
 mod write;
