@@ -358,6 +358,25 @@ async fn a_scheduled_rotation_whose_agent_dies_is_taken_over_after_the_lease_exp
     assert!(generation > promoted, "generation {generation} on the restarted agent");
 }
 
+/// Starts a fleet rotation of prod/gate on `a`; once `b` serves it
+/// promoted, what `b` serves.
+async fn rotate_to_promoted(a: &TestAgent, b: &TestAgent) -> proto::KeySet {
+    start(a, "gate", true).await.expect("start rotation");
+    until("b serves the promoted key", Duration::from_secs(30), || {
+        try_state(b, "gate").is_some_and(|s| s.0 == "promoted")
+    })
+    .await;
+    b.fetch("prod", "gate").await.unwrap()
+}
+
+/// `keyward report prod/gate` of `set`'s primary to `agent`, with `args`.
+fn report_to(agent: &TestAgent, set: &proto::KeySet, args: &[&str]) {
+    let version = set.primary.as_ref().unwrap().version.to_string();
+    let base = ["report", "prod/gate", "--version", &version, "--service", "billing"];
+    let out = cli(agent, &[&base[..], args].concat(), None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
 /// The retire gate counts the evidence reported to every member: the
 /// caller that uses the new key reports to agent b only, and agent a's job
 /// retires on it. Auth failures reported to b only roll a's next rotation
@@ -368,27 +387,8 @@ async fn the_retire_gate_counts_use_and_failures_reported_to_other_members() {
     let (a, b) = (fleet.agent(0), fleet.agent(1));
 
     // Rotation 1: use reported to b only.
-    start(a, "gate", true).await.expect("start rotation");
-    until("b serves the promoted key", Duration::from_secs(30), || {
-        try_state(b, "gate").is_some_and(|s| s.0 == "promoted")
-    })
-    .await;
-    let set = b.fetch("prod", "gate").await.unwrap();
-    let version = set.primary.as_ref().unwrap().version.to_string();
-    let out = cli(
-        b,
-        &[
-            "report",
-            "prod/gate",
-            "--version",
-            &version,
-            "--service",
-            "billing",
-            "--used",
-        ],
-        None,
-    );
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    let set = rotate_to_promoted(a, b).await;
+    report_to(b, &set, &["--used"]);
     // a has no use reported to it, no validator: only b's report can open
     // its evidence gate.
     let retired = until_steady_everywhere(&[a, b], "gate", created + 3).await;
@@ -398,29 +398,9 @@ async fn the_retire_gate_counts_use_and_failures_reported_to_other_members() {
 
     // Rotation 2: failures reported to b only roll it back on a.
     let (_, before) = state_of(a, "gate");
-    start(a, "gate", true).await.expect("start rotation");
-    until("b serves the promoted key", Duration::from_secs(30), || {
-        try_state(b, "gate").is_some_and(|s| s.0 == "promoted")
-    })
-    .await;
-    let set = b.fetch("prod", "gate").await.unwrap();
-    let version = set.primary.as_ref().unwrap().version.to_string();
+    let set = rotate_to_promoted(a, b).await;
     for _ in 0..2 {
-        let out = cli(
-            b,
-            &[
-                "report",
-                "prod/gate",
-                "--version",
-                &version,
-                "--service",
-                "billing",
-                "--status",
-                "401",
-            ],
-            None,
-        );
-        assert!(out.status.success(), "{}", text(&out.stderr));
+        report_to(b, &set, &["--status", "401"]);
     }
     let ended = until_job_ends(a, "gate").await;
     assert_eq!(ended.result, "rolled_back", "{ended:?}");
