@@ -208,6 +208,14 @@ async fn a_scheduled_fleet_rotation_runs_on_exactly_one_agent_and_every_agent_se
         text(&out.stderr)
     );
 
+    // Who holds it is shown on every agent.
+    let shown = text(&cli(other, &["fleet", "status", "prod/sched"], None).stdout);
+    assert!(
+        shown.contains(&format!("rotation lease: held by {holder_name} until "))
+            && shown.contains("(schedule rotation under way)"),
+        "{shown}"
+    );
+
     // Released: the one rotation runs through on the holder.
     std::fs::write(agents[holder].dir.join("release-generator"), "").unwrap();
     let new = until_steady_everywhere(&agents, "sched", created + 3).await;
@@ -225,6 +233,18 @@ async fn a_scheduled_fleet_rotation_runs_on_exactly_one_agent_and_every_agent_se
         (ended.trigger.as_str(), ended.result.as_str()),
         ("schedule", "ok"),
         "{ended:?}"
+    );
+    let shown = text(&cli(other, &["fleet", "status", "prod/sched", "--json"], None).stdout);
+    let status: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    let lease = &status["lease"];
+    assert_eq!(
+        (&lease["holder"], &lease["released"], &lease["live"]),
+        (
+            &serde_json::json!(holder_name),
+            &serde_json::json!(true),
+            &serde_json::json!(false)
+        ),
+        "{shown}"
     );
 }
 

@@ -376,11 +376,26 @@ impl Fleet {
             Some(s) => (s.backend_version.unwrap_or(0), s.generation),
             None => (0, 0),
         };
+        let lease = match key {
+            None => None,
+            Some(k) => self
+                .lease_of(agent, k)
+                .await
+                .map_err(|e| ApiError::Unavailable(format!("cannot read the rotation lease of {k} from OpenBao: {e}")))?
+                .map(|l| proto::RotationLease {
+                    live: l.live(now),
+                    holder: l.holder.clone(),
+                    expires_at: Some(crate::wire::timestamp(l.expires())),
+                    released: l.released,
+                    trigger: l.trigger.as_str().to_owned(),
+                }),
+        };
         Ok(proto::FleetStatus {
             agents,
             backend_version,
             generation,
             refused,
+            lease,
         })
     }
 }

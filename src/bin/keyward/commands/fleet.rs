@@ -10,7 +10,7 @@ use tonic::transport::Channel;
 
 use crate::cli::{Cli, FleetCommand};
 use crate::sockets::admin;
-use crate::text::{key_arg, key_name, refused, rfc3339, state_name};
+use crate::text::{key_arg, key_name, refused, rfc3339, state_name, time_text};
 use crate::Outcome;
 use keyward::wire::ToWire;
 
@@ -114,8 +114,36 @@ async fn status(cli: &Cli, key: Option<&str>, json: bool) -> Outcome {
     if json {
         let now = SystemTime::now();
         let agents: Vec<serde_json::Value> = s.agents.iter().map(|a| agent_json(a, now)).collect();
-        println!("{}", serde_json::json!({ "agents": agents, "refused": s.refused }));
+        let lease = s.lease.as_ref().map(|l| {
+            serde_json::json!({
+                "holder": l.holder, "live": l.live, "released": l.released,
+                "expires_at": rfc3339(l.expires_at.as_ref()), "trigger": l.trigger,
+            })
+        });
+        println!(
+            "{}",
+            serde_json::json!({ "agents": agents, "refused": s.refused, "lease": lease })
+        );
         return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(l) = &s.lease {
+        let state = if l.live {
+            format!(
+                "held by {} until {} ({} rotation under way)",
+                l.holder,
+                time_text(l.expires_at.as_ref()),
+                l.trigger
+            )
+        } else if l.released {
+            format!("free (last held by {}, released)", l.holder)
+        } else {
+            format!(
+                "free (held by {} until {}, not released: a member takes an unfinished rotation over)",
+                l.holder,
+                time_text(l.expires_at.as_ref())
+            )
+        };
+        println!("rotation lease: {state}");
     }
     if s.agents.is_empty() {
         println!("no agent has published its status (each does within a few seconds of starting)");
