@@ -464,3 +464,52 @@ async fn a_lease_no_member_signed_blocks_nothing_and_is_reported() {
     });
     assert!(refused.is_some(), "the forged lease was not reported: {}", a.logs());
 }
+
+/// A holder that cannot renew its lease (OpenBao hung) takes no step once
+/// two thirds of the term passed since its last renewal: after the grace
+/// period its validator and revoker do not run while OpenBao is hung, and
+/// its job says why. The lease expires meanwhile, so when OpenBao answers
+/// again either the holder renews it first and finishes, or the other
+/// member takes the rotation over and the holder's job stops: either way
+/// the rotation finishes once, the revoker run once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_that_cannot_renew_its_lease_takes_no_step_until_it_can() {
+    let mut fleet = Fleet::prepare(2);
+    fleet.tail = Box::new(|_, dir| {
+        let revoker = format!("revoker = [\"{}\", \"revoker\"]\ngrace = \"4s\"\n", hook(dir).display());
+        key_entry(dir, "renew", true, &revoker)
+    });
+    fleet.launch(|_| "rotation_lease = \"3s\"\n".to_owned());
+    let a = fleet.agent(0);
+    a.put("prod/renew", "sk_renew_original_0001");
+    let (_, created) = state_of(a, "renew");
+    until_steady_everywhere(&[a, fleet.agent(1)], "renew", created).await;
+
+    start(a, "renew", false).await.expect("start rotation");
+    until("a promotes", Duration::from_secs(30), || {
+        try_state(a, "renew").is_some_and(|s| s.0 == "promoted")
+    })
+    .await;
+    let (_, promoted) = state_of(a, "renew");
+    // The validator ran once, on the staged key.
+    let validated = calls(&a.dir, "validator");
+    fleet.bao.pause();
+    // The grace (4 s) ends while OpenBao is hung: the next steps would be
+    // the validator and the revoker, which need no OpenBao themselves.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let waiting = job(a, "renew").await.map(|j| j.waiting).unwrap_or_default();
+    let (validator, revoker) = (calls(&a.dir, "validator"), calls(&a.dir, "revoker"));
+    fleet.bao.resume();
+    assert_eq!(validator, validated, "the validator ran without a renewed lease");
+    assert_eq!(revoker, 0, "the revoker ran without a renewed lease");
+    assert!(waiting.contains("rotation lease was not renewed"), "{waiting}");
+
+    until_steady_everywhere(&[a, fleet.agent(1)], "renew", promoted + 1).await;
+    let ended = until_job_ends(a, "renew").await;
+    assert!(
+        ended.result == "ok" || (ended.result == "failed" && ended.message.contains("agent b took the rotation lease")),
+        "{ended:?}"
+    );
+    let revoked = calls(&a.dir, "revoker") + calls(&fleet.agent(1).dir, "revoker");
+    assert_eq!(revoked, 1, "the revoker ran {revoked} times");
+}
