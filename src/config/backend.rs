@@ -407,8 +407,9 @@ impl RawBackend {
 }
 
 /// 1 to 128 of `[A-Za-z0-9._-]`, one path segment as
-/// [`check_path`] accepts it (so no "." and no "..").
-fn valid_agent_id(id: &str) -> bool {
+/// [`check_path`] accepts it (so no "." and no ".."): an `agent_id`, and a
+/// member's name.
+pub fn valid_agent_id(id: &str) -> bool {
     id.len() <= 128 && !id.contains('/') && check_path("agent_id", id).is_ok()
 }
 

@@ -213,16 +213,9 @@ pub async fn read_anchors(cfg: &OpenBaoConfig, agent_id: &str, install_id: &str)
 
 #[cfg(test)]
 mod tests {
+    use super::sign::test_member as member;
     use super::*;
     use crate::store::identity::SigningKey;
-
-    fn member(name: &str, key: &SigningKey) -> Member {
-        Member {
-            name: name.to_owned(),
-            recipient: "age1".to_owned(),
-            signing_key: key.verifying_key(),
-        }
-    }
 
     fn signed(key: &SigningKey, signer: &str, full: &str, version: u64, head: &AnchorHead) -> serde_json::Value {
         let text = serde_json::to_string(head).unwrap();

@@ -135,18 +135,21 @@ pub fn verify(value: &Value, message: &[u8], members: &[Member], required: Optio
     Ok(signer.to_owned())
 }
 
+/// A member named `name` with `key`'s public half (tests of signed values).
+#[cfg(test)]
+pub(super) fn test_member(name: &str, key: &crate::store::identity::SigningKey) -> Member {
+    Member {
+        name: name.to_owned(),
+        recipient: "age1".to_owned(),
+        signing_key: key.verifying_key(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_member as member;
     use super::*;
     use crate::store::identity::SigningKey;
-
-    fn member(name: &str, key: &SigningKey) -> Member {
-        Member {
-            name: name.to_owned(),
-            recipient: "age1".to_owned(),
-            signing_key: key.verifying_key(),
-        }
-    }
 
     #[test]
     fn canonical_bytes_are_pinned() {

@@ -155,7 +155,7 @@ async fn take_over_abandoned(agent: &Arc<Agent>, fleet: &Arc<Fleet>, looked: &mu
             lease.holder,
             humantime::format_rfc3339_seconds(lease.expires())
         );
-        let mut record = new_record(key, lease.trigger, lease.until, by.clone(), &state);
+        let mut record = new_record(key, lease.trigger, lease.until, by, &state);
         record.memory.fleet = true;
         tracing::warn!(key = %key, holder = %lease.holder, "taking over a rotation whose holder stopped renewing its lease");
         audit_job(
@@ -300,19 +300,17 @@ async fn start_scheduled(agent: &Arc<Agent>, key: &KeyRef, why: String) {
     if agent.jobs.active(key) {
         return;
     }
-    let lease = match agent.fleet() {
-        None => None,
-        Some(fleet) => match fleet.claim_lease(agent, key, Trigger::Schedule, Until::Retired).await {
-            Ok(Claim::Taken(held)) => Some(held),
-            Ok(Claim::Busy { holder, .. }) => {
-                tracing::debug!(key = %key, holder, "a scheduled rotation is due, but another member holds the key's rotation lease");
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(key = %key, error = %e, "a scheduled rotation is due, but the rotation lease cannot be taken; trying again");
-                return;
-            }
-        },
+    let lease = match claim(agent, key, Trigger::Schedule, Until::Retired).await {
+        Ok(lease) => lease,
+        // Another member holds it: its job rotates the key.
+        Err(ApiError::FailedPrecondition(why)) => {
+            tracing::debug!(key = %key, reason = %why, "a scheduled rotation is due, but not here");
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(key = %key, error = %e, "a scheduled rotation is due, but the rotation lease cannot be taken; trying again");
+            return;
+        }
     };
     let mut record = new_record(key, Trigger::Schedule, Until::Retired, started_by(None), &state);
     // In a fleet, a scheduled rotation waits for every live agent at each

@@ -118,14 +118,7 @@ fn fleet_config(cli: &Cli, args: &FleetArgs<'_>) -> Result<(OpenBaoConfig, Strin
         );
     };
     let agent_id = args.agent_id.map_or_else(|| cfg.agent_id.clone(), str::to_owned);
-    let valid = !agent_id.is_empty()
-        && agent_id.len() <= 128
-        && agent_id != "."
-        && agent_id != ".."
-        && agent_id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if !valid {
+    if !keyward::config::backend::valid_agent_id(&agent_id) {
         return Err(format!(
             "--agent-id {agent_id:?} is not an agent id (1 to 128 letters, digits, '.', '_' or '-')"
         ));
