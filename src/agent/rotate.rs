@@ -365,12 +365,19 @@ pub async fn step(
     let current = existing(agent, key)?;
     check_generation(key, Some(&current), expected_generation)?;
     let now = SystemTime::now();
-    let (facts, peers) = GateFacts::gather(agent, &current, &settings).await;
-    if let (Command::Retire, false, Err(why)) = (command, force, &peers) {
-        return Err(ApiError::Unavailable(format!(
-            "cannot retire the old key of {key}: the evidence the fleet's other agents published cannot be read ({why}), and the retire gate counts theirs too; nothing was done: retry when OpenBao answers"
-        )));
-    }
+    // Only the retire gate weighs evidence: the other members' is read
+    // (from OpenBao, under the change lock) for a retire alone.
+    let facts = if command == Command::Retire {
+        let (facts, peers) = GateFacts::gather(agent, &current, &settings).await;
+        if let (false, Err(why)) = (force, &peers) {
+            return Err(ApiError::Unavailable(format!(
+                "cannot retire the old key of {key}: the evidence the fleet's other agents published cannot be read ({why}), and the retire gate counts theirs too; nothing was done: retry when OpenBao answers"
+            )));
+        }
+        facts
+    } else {
+        GateFacts::of(agent, &current, &settings)
+    };
     let gate = facts.gate(settings.grace, force);
     // Dry run first: a refused command must not run the revoker.
     let next = rotation::apply(&current, command, gate, now)?;
