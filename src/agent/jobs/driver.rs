@@ -285,10 +285,27 @@ async fn steps(
         };
         let action = plan::next(&memory, state.as_deref(), &seen);
         let step = plan::step_of(&memory, state.as_deref(), &action);
+        // The step and what it waits for change together (under both locks,
+        // in the order `Slot::to_proto` takes them), so a status never shows
+        // a new step with the last step's wait.
         let moved = {
             let mut r = lock(&slot.record);
+            let mut live = lock(&slot.live);
             let moved = r.step != step;
             r.step = step;
+            match &action {
+                Action::Wait { gate, why } => {
+                    if live.gate.map(|(g, _)| g) != Some(*gate) {
+                        live.gate = Some((*gate, Instant::now()));
+                    }
+                    live.waiting = why.clone();
+                }
+                Action::Finish { .. } => {}
+                _ => {
+                    live.gate = None;
+                    live.waiting.clear();
+                }
+            }
             moved
         };
         if moved {
@@ -296,13 +313,6 @@ async fn steps(
         }
         match action {
             Action::Wait { gate, why } => {
-                {
-                    let mut live = lock(&slot.live);
-                    if live.gate.map(|(g, _)| g) != Some(gate) {
-                        live.gate = Some((gate, Instant::now()));
-                    }
-                    live.waiting = why.clone();
-                }
                 if gate == Gate::Evidence {
                     no_evidence(&agent, &slot, state.as_deref(), why, &seen.unreported);
                 } else {
@@ -320,11 +330,6 @@ async fn steps(
                 return true;
             }
             action => {
-                {
-                    let mut live = lock(&slot.live);
-                    live.gate = None;
-                    live.waiting.clear();
-                }
                 agent.alerting.clear_condition(&slot.key, Signal::NoEvidence);
                 let Some(state) = state else { continue };
                 let taken = match keeper.map_or(LeaseCheck::Held, LeaseKeeper::check) {
