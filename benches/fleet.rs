@@ -26,7 +26,7 @@
 //! 4. Propagation again, on a fresh fleet with `poll_interval = "200ms"`
 //!    (1-3 run with the default, 500 ms).
 
-use keyward_testkit::bench::{self as support, bao_version, init_identity, percentile};
+use keyward_testkit::bench::{self as support, bao_version, init_member, percentile};
 use keyward_testkit::openbao;
 
 use std::path::{Path, PathBuf};
@@ -134,16 +134,7 @@ impl Fleet {
         let dirs: Vec<PathBuf> = names.iter().map(|n| tmp.path().join(n).join("state")).collect();
         // Every agent is a member of the fleet: each record is signed by
         // its writer and encrypted to every member.
-        let members: String = names
-            .iter()
-            .zip(&dirs)
-            .map(|(name, d)| {
-                let (recipient, signing_key) = init_identity(d);
-                format!(
-                    "[[backend.member]]\nname = {name:?}\nrecipient = {recipient:?}\nsigning_key = {signing_key:?}\n"
-                )
-            })
-            .collect();
+        let members: String = names.iter().zip(&dirs).map(|(name, d)| init_member(d, name)).collect();
         let poll = poll_interval.map_or(String::new(), |p| format!("poll_interval = \"{p}\"\n"));
         let mut agents = Vec::new();
         for (name, dir) in names.iter().zip(&dirs) {

@@ -48,7 +48,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use keyward::proto::{self, admin_client::AdminClient, keys_client::KeysClient};
-use keyward_testkit::bench::{bao_version, init_identity, percentile};
+use keyward_testkit::bench::{bao_version, init_member, percentile};
 use keyward_testkit::openbao::Bao;
 use rand::Rng;
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -262,16 +262,7 @@ impl Fleet {
         bao.token_file(&token_file);
         let names: Vec<String> = (0..members).map(|i| format!("agent-{i:03}")).collect();
         let dirs: Vec<PathBuf> = names.iter().map(|name| tmp.path().join(name).join("state")).collect();
-        let member_entries: String = names
-            .iter()
-            .zip(&dirs)
-            .map(|(name, d)| {
-                let (recipient, signing_key) = init_identity(d);
-                format!(
-                    "[[backend.member]]\nname = {name:?}\nrecipient = {recipient:?}\nsigning_key = {signing_key:?}\n"
-                )
-            })
-            .collect();
+        let member_entries: String = names.iter().zip(&dirs).map(|(name, d)| init_member(d, name)).collect();
         let poll = poll_interval.map_or(String::new(), |p| format!("poll_interval = \"{p}\"\n"));
         let mut agents = Agents(Vec::new());
         for (name, dir) in names.iter().zip(&dirs).take(n) {

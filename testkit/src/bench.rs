@@ -85,8 +85,9 @@ pub async fn throughput(sock: &Path, key: proto::KeyRef, conns: usize, dur: Dura
     n as f64 / elapsed
 }
 
-/// `keyward init` in `dir`: the agent's (age recipient, public signing key).
-pub fn init_identity(dir: &Path) -> (String, String) {
+/// `keyward init` in `dir`, for an agent named `name`: its
+/// `[[backend.member]]` entry, as `keyward fleet member` prints it.
+pub fn init_member(dir: &Path, name: &str) -> String {
     let out = std::process::Command::new(crate::bins::keyward())
         .args(["init", "--state-dir"])
         .arg(dir)
@@ -107,7 +108,11 @@ pub fn init_identity(dir: &Path) -> (String, String) {
             .trim()
             .to_owned()
     };
-    (public("identity.txt"), public("signing.key"))
+    format!(
+        "[[backend.member]]\nname = {name:?}\nrecipient = {:?}\nsigning_key = {:?}\n",
+        public("identity.txt"),
+        public("signing.key")
+    )
 }
 
 /// Nearest-rank percentile of sorted `xs`.
