@@ -26,7 +26,7 @@
 //! 4. Propagation again, on a fresh fleet with `poll_interval = "200ms"`
 //!    (1-3 run with the default, 500 ms).
 
-use keyward_testkit::bench::{self as support, bao_version, init_member, percentile};
+use keyward_testkit::bench::{self as support, bao_version, init_member, percentile, Events};
 use keyward_testkit::openbao;
 
 use std::path::{Path, PathBuf};
@@ -37,7 +37,6 @@ use keyward::proto::{self, admin_client::AdminClient, keys_client::KeysClient};
 use openbao::Bao;
 use rand::Rng;
 use support::{wait_for_socket, Proc};
-use tokio::sync::mpsc::UnboundedReceiver;
 use tonic::transport::Channel;
 
 const SECRET: &[u8] = b"sk_live_benchmark_0123456789abcdef0123456789";
@@ -182,21 +181,8 @@ impl Fleet {
 
     /// Polls agent `i` until it serves `secret` as the primary.
     async fn until_served(&self, i: usize, secret: &[u8]) {
-        let start = Instant::now();
-        let mut c = self.keys(i).await;
-        loop {
-            if let Ok(r) = c.get_key(proto::GetKeyRequest { key: Some(key()) }).await {
-                if r.into_inner().primary.is_some_and(|p| p.secret == secret) {
-                    return;
-                }
-            }
-            assert!(
-                start.elapsed() < EVENT_TIMEOUT,
-                "agent {i} does not serve the key; its log:\n{}",
-                self.log(i)
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        let sock = self.agents[i].dir.join("keys.sock");
+        support::until_served(&sock, key(), secret, EVENT_TIMEOUT, || self.log(i)).await;
     }
 
     fn log(&self, i: usize) -> String {
@@ -477,45 +463,18 @@ async fn openbao_down(fleet: &mut Fleet, plan: &Plan) -> Down {
 
 // -------------------------------------------------------------- propagation
 
-/// One watcher's events: when each arrived, its generation and primary.
-type Events = UnboundedReceiver<(Instant, u64, Vec<u8>)>;
-
 /// A WatchKeys stream on agent `i`, read by a task that stamps each event
 /// as it arrives.
 async fn watcher(fleet: &Fleet, i: usize) -> Events {
-    let mut stream = fleet
-        .keys(i)
+    support::watch_events(&fleet.agents[i].dir.join("keys.sock"), key())
         .await
-        .watch_keys(proto::WatchKeysRequest { keys: vec![key()] })
-        .await
-        .unwrap()
-        .into_inner();
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok(Some(event)) = stream.message().await {
-            let at = Instant::now();
-            let set = event.key_set.unwrap_or_default();
-            let primary = set.primary.map(|p| p.secret.to_vec()).unwrap_or_default();
-            if tx.send((at, set.generation, primary)).is_err() {
-                break;
-            }
-        }
-    });
-    rx
+        .0
 }
 
 /// Drains `rx` until an event of at least `generation`; when it arrived
 /// and its primary.
 async fn until_generation(rx: &mut Events, generation: u64) -> (Instant, Vec<u8>) {
-    loop {
-        let (at, g, primary) = tokio::time::timeout(EVENT_TIMEOUT, rx.recv())
-            .await
-            .unwrap_or_else(|_| panic!("no event of generation {generation} within {EVENT_TIMEOUT:?}"))
-            .expect("the watch stream is open");
-        if g >= generation {
-            return (at, primary);
-        }
-    }
+    support::until_generation(rx, "a watcher", generation, EVENT_TIMEOUT).await
 }
 
 /// Per promote: the PromoteKey call, and promote → each agent's watcher.

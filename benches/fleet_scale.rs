@@ -47,11 +47,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use keyward::proto::{self, admin_client::AdminClient, keys_client::KeysClient};
-use keyward_testkit::bench::{bao_version, init_member, percentile};
+use keyward::proto::{self, admin_client::AdminClient};
+use keyward_testkit::bench::{self, bao_version, init_member, percentile, Events};
 use keyward_testkit::openbao::Bao;
 use rand::Rng;
-use tokio::sync::mpsc::UnboundedReceiver;
 use tonic::transport::Channel;
 
 const SECRET: &[u8] = b"sk_live_scale_bench_0123456789abcdef0123456789";
@@ -363,27 +362,10 @@ impl Fleet {
         AdminClient::new(keyward_client::channel(&self.dirs[i].join("admin.sock")).await.unwrap())
     }
 
-    async fn keys(&self, i: usize) -> KeysClient<Channel> {
-        KeysClient::new(keyward_client::channel(&self.dirs[i].join("keys.sock")).await.unwrap())
-    }
-
     /// Polls agent `i` until it serves `secret` as the primary.
     async fn until_served(&self, i: usize, secret: &[u8]) {
-        let start = Instant::now();
-        let mut c = self.keys(i).await;
-        loop {
-            if let Ok(r) = c.get_key(proto::GetKeyRequest { key: Some(key()) }).await {
-                if r.into_inner().primary.is_some_and(|p| p.secret == secret) {
-                    return;
-                }
-            }
-            assert!(
-                start.elapsed() < EVENT_TIMEOUT,
-                "agent {i} does not serve the key; its log:\n{}",
-                self.log(i)
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        let sock = self.dirs[i].join("keys.sock");
+        bench::until_served(&sock, key(), secret, EVENT_TIMEOUT, || self.log(i)).await;
     }
 
     fn log(&self, i: usize) -> String {
@@ -741,44 +723,15 @@ fn mean(xs: &[f64]) -> f64 {
 
 // --------------------------------------------------------------- propagation
 
-/// One watcher's events: when each arrived, its generation and primary.
-type Events = UnboundedReceiver<(Instant, u64, Vec<u8>)>;
-
 /// A WatchKeys stream on agent `i`, read by a task that stamps each event.
 async fn watcher(fleet: &Fleet, i: usize) -> (Events, tokio::task::JoinHandle<()>) {
-    let mut stream = fleet
-        .keys(i)
-        .await
-        .watch_keys(proto::WatchKeysRequest { keys: vec![key()] })
-        .await
-        .unwrap()
-        .into_inner();
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let task = tokio::spawn(async move {
-        while let Ok(Some(event)) = stream.message().await {
-            let at = Instant::now();
-            let set = event.key_set.unwrap_or_default();
-            let primary = set.primary.map(|p| p.secret.to_vec()).unwrap_or_default();
-            if tx.send((at, set.generation, primary)).is_err() {
-                break;
-            }
-        }
-    });
-    (rx, task)
+    bench::watch_events(&fleet.dirs[i].join("keys.sock"), key()).await
 }
 
 /// Drains `rx` until an event of at least `generation`; when it arrived
 /// and its primary.
 async fn until_generation(rx: &mut Events, i: usize, generation: u64) -> (Instant, Vec<u8>) {
-    loop {
-        let (at, g, primary) = tokio::time::timeout(EVENT_TIMEOUT, rx.recv())
-            .await
-            .unwrap_or_else(|_| panic!("agent {i}: no event of generation {generation} within {EVENT_TIMEOUT:?}"))
-            .expect("the watch stream is open");
-        if g >= generation {
-            return (at, primary);
-        }
-    }
+    bench::until_generation(rx, &format!("agent {i}"), generation, EVENT_TIMEOUT).await
 }
 
 /// Per rotation: the PromoteKey call and promote → each agent's watcher, ms.

@@ -131,3 +131,65 @@ pub fn bao_version() -> String {
         .filter(|v| !v.is_empty())
         .unwrap_or_else(|| "bao version unknown".to_owned())
 }
+
+/// A key's watch events as they arrive: when, its generation, its primary.
+pub type Events = tokio::sync::mpsc::UnboundedReceiver<(Instant, u64, Vec<u8>)>;
+
+/// Watches `key` on the agent at `sock`: its events, and the task reading
+/// the stream (abort it to close the stream).
+pub async fn watch_events(sock: &Path, key: proto::KeyRef) -> (Events, tokio::task::JoinHandle<()>) {
+    let mut stream = client(sock)
+        .await
+        .watch_keys(proto::WatchKeysRequest { keys: vec![key] })
+        .await
+        .unwrap()
+        .into_inner();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        while let Ok(Some(event)) = stream.message().await {
+            let at = Instant::now();
+            let set = event.key_set.unwrap_or_default();
+            let primary = set.primary.map(|p| p.secret.to_vec()).unwrap_or_default();
+            if tx.send((at, set.generation, primary)).is_err() {
+                break;
+            }
+        }
+    });
+    (rx, task)
+}
+
+/// Drains `rx` (of `who`) until an event of at least `generation`, within
+/// `limit` of each other; when it arrived and its primary.
+pub async fn until_generation(rx: &mut Events, who: &str, generation: u64, limit: Duration) -> (Instant, Vec<u8>) {
+    loop {
+        let (at, g, primary) = tokio::time::timeout(limit, rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{who}: no event of generation {generation} within {limit:?}"))
+            .expect("the watch stream is open");
+        if g >= generation {
+            return (at, primary);
+        }
+    }
+}
+
+/// Polls the agent at `sock` until it serves `secret` as `key`'s primary
+/// (within `limit`; else panics with `log()`, its log).
+pub async fn until_served(sock: &Path, key: proto::KeyRef, secret: &[u8], limit: Duration, log: impl Fn() -> String) {
+    let start = Instant::now();
+    let mut c = client(sock).await;
+    loop {
+        let request = proto::GetKeyRequest { key: Some(key.clone()) };
+        if let Ok(r) = c.get_key(request).await {
+            if r.into_inner().primary.is_some_and(|p| p.secret == secret) {
+                return;
+            }
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{} does not serve the key; its log:\n{}",
+            sock.display(),
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
