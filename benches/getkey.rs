@@ -10,12 +10,23 @@
 //! else. Both are measured by the same client code: latency with one client
 //! over one connection, then throughput with 16 concurrent connections. The
 //! rounds alternate between the two servers so that machine noise hits both.
+//!
+//! With `--fsync` it also measures, at 16 connections, reference servers
+//! that do nothing but answer once a record of the call is on disk, in
+//! several storage layouts (`getkey/group_sync.rs`): what any power-safe
+//! server pays on this disk, beside what keywardd pays.
+
+#[path = "getkey/group_sync.rs"]
+mod group_sync;
 
 use keyward_testkit::bench as support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use group_sync::{GroupSync, Layout};
 use support::{client, throughput, wait_for_socket, Proc};
 
 use keyward::proto;
@@ -25,7 +36,16 @@ const SECRET: &[u8] = b"sk_live_benchmark_0123456789abcdef0123456789";
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--noop-server") {
-        return noop_server(PathBuf::from(&args[i + 1]));
+        let sync = args.iter().position(|a| a == "--sync-log").map(|j| {
+            let layout = match args.get(j + 2).map(String::as_str) {
+                Some("prezeroed") => Layout::Prezeroed,
+                Some("direct") => Layout::Direct { threads: 1 },
+                Some("direct2") => Layout::Direct { threads: 2 },
+                _ => Layout::Append,
+            };
+            (PathBuf::from(&args[j + 1]), layout)
+        });
+        return noop_server(PathBuf::from(&args[i + 1]), sync);
     }
     if let Some(i) = args.iter().position(|a| a == "--connect-probe") {
         return connect_probe(PathBuf::from(&args[i + 1]), args[i + 2].parse().unwrap());
@@ -194,6 +214,32 @@ async fn bench(quick: bool, fsync: bool) {
             .expect("start no-op server"),
     );
     wait_for_socket(&noop_sock);
+    // With --fsync, the references for the power-safe mode: the no-op
+    // server answering once a record of the call is on disk, in each
+    // layout of `group_sync`.
+    let refs: Vec<(&str, Proc, PathBuf)> = match fsync {
+        false => Vec::new(),
+        true => [
+            ("ref-append", "append"),
+            ("ref-zeroed", "prezeroed"),
+            ("ref-direct", "direct"),
+            ("ref-direct2", "direct2"),
+        ]
+        .into_iter()
+        .map(|(name, layout)| {
+            let sock = tmp.path().join(format!("{name}.sock"));
+            let mut cmd = Command::new(std::env::current_exe().unwrap());
+            cmd.arg("--noop-server")
+                .arg(&sock)
+                .arg("--sync-log")
+                .arg(dir.join(format!("{name}.log")))
+                .arg(layout);
+            let server = Proc(cmd.spawn().expect("start a reference server"));
+            wait_for_socket(&sock);
+            (name, server, sock)
+        })
+        .collect(),
+    };
 
     let admin_channel = keyward_client::channel(&dir.join("admin.sock")).await.unwrap();
     proto::admin_client::AdminClient::new(admin_channel)
@@ -249,11 +295,17 @@ async fn bench(quick: bool, fsync: bool) {
     // The power-safe mode's targets are at 16 connections, against one
     // fdatasync on the audit log's own disk, measured in this run; the
     // default mode's p50 there is what the sync's wait adds to.
-    let before = fdatasync_cost(&dir, 300);
-    let floor16 = latency_at(&noop_sock, 16, Duration::from_secs(secs)).await;
-    let real16 = latency_at(&agent_sock, 16, Duration::from_secs(secs)).await;
-    let after = fdatasync_cost(&dir, 300);
-    if !fsync {
+    if fsync {
+        let servers: Vec<Server> = std::iter::once(Server::new("no-op", &noop_sock, noop.0.id()))
+            .chain(refs.iter().map(|(name, p, sock)| Server::new(name, sock, p.0.id())))
+            .chain([Server::new("keywardd", &agent_sock, agent.0.id())])
+            .collect();
+        power_safe(&servers, rounds, Duration::from_secs(secs), &dir).await;
+    } else {
+        let before = fdatasync_cost(&dir, 300);
+        let floor16 = latency_at(&noop_sock, 16, Duration::from_secs(secs)).await;
+        let real16 = latency_at(&agent_sock, 16, Duration::from_secs(secs)).await;
+        let after = fdatasync_cost(&dir, 300);
         println!(
             "\nat 16 connections: p50 floor {:.1} µs, keywardd {:.1} µs ({:.2}x); one fdatasync on this disk: {:.0} µs",
             floor16.p50,
@@ -262,30 +314,114 @@ async fn bench(quick: bool, fsync: bool) {
             (before + after) / 2.0
         );
     }
-    if fsync {
-        let sync = (before + after) / 2.0;
-        println!("\npower-safe audit (durability = \"fsync\") at 16 connections:");
-        println!("  one fdatasync of a 256-byte append on the audit log's disk: p50 {before:.0} µs before, {after:.0} µs after (mean {sync:.0} µs)");
-        println!(
-            "  p50 at 16 connections: floor {:.1} µs, keywardd {:.1} µs; target <= floor + 1.5 fdatasync = {:.1} µs: {}",
-            floor16.p50,
-            real16.p50,
-            floor16.p50 + 1.5 * sync,
-            if real16.p50 <= floor16.p50 + 1.5 * sync { "met" } else { "missed" }
-        );
-        println!(
-            "  throughput {:.2}x the floor (target >= 0.5x); 16 callers each waiting for their own record to be synced can make at most 16 per fdatasync: {:.0} calls/s here, which is {:.2}x the floor; measured {:.0} calls/s = {:.0}% of that bound",
-            rt / ft,
-            16e6 / sync,
-            16e6 / sync / ft,
-            rt,
-            100.0 * rt / (16e6 / sync)
-        );
-    }
     let audit = std::fs::read_to_string(dir.join("audit.jsonl")).unwrap_or_default();
-    println!("  audit records written by keywardd: {}", audit.lines().count());
+    let records = audit.lines().count();
+    println!(
+        "  audit records written by keywardd: {records}, {} bytes each on average",
+        audit.len() / records.max(1)
+    );
+    drop(refs);
     drop(noop);
     drop(agent);
+}
+
+/// A server measured at 16 connections.
+struct Server<'a> {
+    name: &'a str,
+    sock: &'a Path,
+    pid: u32,
+}
+
+impl<'a> Server<'a> {
+    fn new(name: &'a str, sock: &'a Path, pid: u32) -> Server<'a> {
+        Server { name, sock, pid }
+    }
+}
+
+/// One server's figures at 16 connections in one round.
+#[derive(Clone, Copy)]
+struct At16 {
+    p50: f64,
+    p99: f64,
+    per_sec: f64,
+    /// The server process's CPU time (user + system) per call, µs.
+    cpu: f64,
+}
+
+/// The power-safe mode's targets at 16 connections: the floor, the two
+/// reference servers and keywardd in alternating rounds, against the cost
+/// of one fdatasync on the same disk measured before and after.
+async fn power_safe(servers: &[Server<'_>], rounds: usize, dur: Duration, dir: &Path) {
+    let before = fdatasync_cost(dir, 300);
+    println!(
+        "\npower-safe audit (durability = \"fsync\"), 16 connections, {rounds} alternating rounds of {} s:",
+        dur.as_secs()
+    );
+    println!("  ref-append: the no-op server answering once a 450-byte record is fdatasynced (group commit, one sync thread), appended to a file");
+    println!("  ref-zeroed: the same, written in place into a file zeroed beforehand (its size never changes)");
+    println!("  ref-direct: the same records gathered in memory, each group written by the sync thread with O_DIRECT|O_DSYNC into a zeroed file");
+    println!("  ref-direct2: ref-direct with two sync threads, so a group can start while another is written (answered in order)\n");
+    println!(
+        "{:<12} {:>6} {:>10} {:>10} {:>10} {:>14}",
+        "server", "round", "p50 µs", "p99 µs", "calls/s", "CPU µs/call"
+    );
+    let mut all = vec![Vec::new(); servers.len()];
+    for round in 1..=rounds {
+        for (server, out) in servers.iter().zip(&mut all) {
+            let cpu = cpu_micros(server.pid);
+            let lat = latency_at(server.sock, 16, dur).await;
+            let cpu = (cpu_micros(server.pid) - cpu) / lat.calls as f64;
+            let m = At16 {
+                p50: lat.p50,
+                p99: lat.p99,
+                per_sec: lat.calls as f64 / dur.as_secs_f64(),
+                cpu,
+            };
+            println!(
+                "{:<12} {round:>6} {:>10.1} {:>10.1} {:>10.0} {:>14.1}",
+                server.name, m.p50, m.p99, m.per_sec, m.cpu
+            );
+            out.push(m);
+        }
+    }
+    let after = fdatasync_cost(dir, 300);
+    let sync = (before + after) / 2.0;
+    let median = |v: &[At16], f: fn(&At16) -> f64| {
+        let mut xs: Vec<f64> = v.iter().map(f).collect();
+        xs.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        xs[xs.len() / 2]
+    };
+    let floor_p50 = median(&all[0], |m| m.p50);
+    let floor_tput = median(&all[0], |m| m.per_sec);
+    let p50_target = floor_p50 + 1.5 * sync;
+    println!("\n  one fdatasync of a 256-byte append on this disk: p50 {before:.0} µs before, {after:.0} µs after (mean {sync:.0} µs)");
+    println!("  floor (median of rounds): p50 {floor_p50:.1} µs, {floor_tput:.0} calls/s");
+    println!("  targets: p50 <= floor + 1.5 fdatasync = {p50_target:.1} µs; throughput >= 0.5x the floor");
+    for (server, v) in servers.iter().zip(&all).skip(1) {
+        let (p50, tput) = (median(v, |m| m.p50), median(v, |m| m.per_sec));
+        let met = |ok: bool| if ok { "met" } else { "missed" };
+        println!(
+            "  {:<11} p50 {p50:.1} µs ({}), throughput {:.2}x the floor ({}), CPU {:.1} µs per call",
+            server.name,
+            met(p50 <= p50_target),
+            tput / floor_tput,
+            met(tput >= 0.5 * floor_tput),
+            median(v, |m| m.cpu)
+        );
+    }
+}
+
+/// The user + system CPU time `pid` has used, µs.
+fn cpu_micros(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The fields after the command name, which ends with the last ')'.
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    let per_sec = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100);
+    ticks * 1e6 / per_sec as f64
 }
 
 fn num_cpus() -> usize {
@@ -303,6 +439,8 @@ struct Latency {
     p50: f64,
     p99: f64,
     mean: f64,
+    /// Calls measured.
+    calls: usize,
 }
 
 /// The p50 of one 256-byte append plus fdatasync in `dir`, µs.
@@ -356,6 +494,7 @@ async fn latency_at(sock: &Path, conns: usize, dur: Duration) -> Latency {
         p50: samples[samples.len() / 2],
         p99: samples[samples.len() * 99 / 100],
         mean: samples.iter().sum::<f64>() / samples.len() as f64,
+        calls: samples.len(),
     }
 }
 
@@ -377,11 +516,13 @@ async fn latency(sock: &Path, calls: usize) -> Latency {
         p50: samples[samples.len() / 2],
         p99: samples[samples.len() * 99 / 100],
         mean: samples.iter().sum::<f64>() / samples.len() as f64,
+        calls: samples.len(),
     }
 }
 
-/// The floor: a Keys server whose GetKey returns a constant KeySet.
-struct Noop(proto::KeySet);
+/// The floor: a Keys server whose GetKey returns a constant KeySet (with
+/// a [`GroupSync`], once a record of the call is on disk).
+struct Noop(proto::KeySet, Option<Arc<GroupSync>>);
 
 #[tonic::async_trait]
 impl proto::keys_server::Keys for Noop {
@@ -389,6 +530,9 @@ impl proto::keys_server::Keys for Noop {
         &self,
         _: tonic::Request<proto::GetKeyRequest>,
     ) -> Result<tonic::Response<proto::KeySet>, tonic::Status> {
+        if let Some(sync) = &self.1 {
+            sync.record().await;
+        }
         Ok(tonic::Response::new(self.0.clone()))
     }
     type WatchKeysStream = tokio_stream::Empty<Result<proto::KeyEvent, tonic::Status>>;
@@ -413,11 +557,12 @@ impl proto::keys_server::Keys for Noop {
     }
 }
 
-fn noop_server(sock: PathBuf) {
+fn noop_server(sock: PathBuf, sync: Option<(PathBuf, Layout)>) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
+    let sync = sync.map(|(path, layout)| GroupSync::start(&path, layout));
     rt.block_on(async move {
         let listener = tokio::net::UnixListener::bind(&sock).unwrap();
         let set = proto::KeySet {
@@ -434,7 +579,10 @@ fn noop_server(sock: PathBuf) {
             state: proto::RotationState::Steady as i32,
         };
         tonic::transport::Server::builder()
-            .add_service(proto::keys_server::KeysServer::new(Noop(set)))
+            .add_service(proto::keys_server::KeysServer::new(Noop(
+                set, // Before the socket is bound: up means ready.
+                sync,
+            )))
             .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener))
             .await
             .unwrap();
