@@ -35,7 +35,6 @@ use std::time::{Duration, Instant};
 
 use keyward::proto::{self, admin_client::AdminClient, keys_client::KeysClient};
 use openbao::Bao;
-use rand::Rng;
 use support::{wait_for_socket, Proc};
 use tonic::transport::Channel;
 
@@ -501,74 +500,23 @@ async fn propagation(fleet: &Fleet, step: u32, promotes: usize, poll: Duration) 
         agent: [Vec::new(), Vec::new(), Vec::new()],
         last: Vec::new(),
     };
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(
         "{:>4} {:>10} {:>10} {:>10} {:>10} {:>10}",
         "#", "call ms", "a ms", "b ms", "c ms", "last ms"
     );
     for n in 1..=promotes {
         let secret = format!("sk_live_fleet_bench_{n:03}_0123456789abcdef0123");
-        let staged = admin
-            .stage_key(proto::StageKeyRequest {
-                key: Some(key()),
-                secret: bytes::Bytes::from(secret.clone()),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let staged_gen = staged.key.unwrap().generation;
-        for rx in watchers.iter_mut() {
-            until_generation(rx, staged_gen).await;
+        let r = support::timed_promote(&mut admin, key(), &secret, &mut watchers, poll, EVENT_TIMEOUT).await;
+        for (i, &t) in r.seen.iter().enumerate() {
+            out.agent[i].push(t);
         }
-        // Land the promote at a random point of the followers' poll cycle.
-        let phase = rand::thread_rng().gen_range(0..poll.as_micros() as u64);
-        tokio::time::sleep(Duration::from_micros(phase)).await;
-
-        let t0 = Instant::now();
-        let promoted = admin
-            .promote_key(proto::RotationRequest {
-                key: Some(key()),
-                expected_generation: Some(staged_gen),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let call = t0.elapsed();
-        let promoted_gen = promoted.key.unwrap().generation;
-        let mut times = [0.0; 3];
-        for (i, rx) in watchers.iter_mut().enumerate() {
-            let (at, primary) = until_generation(rx, promoted_gen).await;
-            assert_eq!(primary, secret.as_bytes(), "agent {i} got the promoted key");
-            times[i] = ms(at - t0);
-            out.agent[i].push(times[i]);
-        }
-        let last = times.iter().cloned().fold(0.0, f64::max);
-        out.call.push(ms(call));
+        let last = r.seen.iter().cloned().fold(0.0, f64::max);
+        out.call.push(r.call);
         out.last.push(last);
         println!(
             "{n:>4} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>10.1}",
-            ms(call),
-            times[0],
-            times[1],
-            times[2],
-            last
+            r.call, r.seen[0], r.seen[1], r.seen[2], last
         );
-
-        // Back to steady: retire the old key, seen by every watcher.
-        let retired = admin
-            .retire_key(proto::RetireKeyRequest {
-                key: Some(key()),
-                expected_generation: Some(promoted_gen),
-                force: true,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let retired_gen = retired.key.unwrap().generation;
-        for rx in watchers.iter_mut() {
-            until_generation(rx, retired_gen).await;
-        }
     }
     out
 }

@@ -50,7 +50,6 @@ use std::time::{Duration, Instant};
 use keyward::proto::{self, admin_client::AdminClient};
 use keyward_testkit::bench::{self, bao_version, init_member, percentile, Events};
 use keyward_testkit::openbao::Bao;
-use rand::Rng;
 use tonic::transport::Channel;
 
 const SECRET: &[u8] = b"sk_live_scale_bench_0123456789abcdef0123456789";
@@ -783,73 +782,25 @@ async fn propagation(fleet: &Fleet, rotations: usize, poll: Duration) -> Propaga
     let before = count(&samples(&fleet.bao_metrics().await));
     let (agents0, bao0) = (agents_cpu(), cpu_seconds(fleet.bao.pid()));
     let started = Instant::now();
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(
         "{:>4} {:>10} {:>10} {:>10} {:>10} {:>10}",
         "#", "call ms", "min ms", "p50 ms", "p90 ms", "last ms"
     );
     for n in 1..=rotations {
         let secret = format!("sk_live_scale_bench_{n:03}_0123456789abcdef0123");
-        let staged = admin
-            .stage_key(proto::StageKeyRequest {
-                key: Some(key()),
-                secret: bytes::Bytes::from(secret.clone()),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let staged_gen = staged.key.unwrap().generation;
-        for (i, rx) in watchers.iter_mut().enumerate() {
-            until_generation(rx, i, staged_gen).await;
-        }
-        // Land the promote at a random point of the followers' poll cycles.
-        let phase = rand::thread_rng().gen_range(0..poll.as_micros() as u64);
-        tokio::time::sleep(Duration::from_micros(phase)).await;
-
-        let t0 = Instant::now();
-        let promoted = admin
-            .promote_key(proto::RotationRequest {
-                key: Some(key()),
-                expected_generation: Some(staged_gen),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let call = ms(t0.elapsed());
-        let promoted_gen = promoted.key.unwrap().generation;
-        let mut times = Vec::with_capacity(fleet.n());
-        for (i, rx) in watchers.iter_mut().enumerate() {
-            let (at, primary) = until_generation(rx, i, promoted_gen).await;
-            assert_eq!(primary, secret.as_bytes(), "agent {i} got the promoted key");
-            times.push(ms(at - t0));
-        }
-        let mut sorted = times.clone();
+        let r = bench::timed_promote(&mut admin, key(), &secret, &mut watchers, poll, EVENT_TIMEOUT).await;
+        let mut sorted = r.seen.clone();
         sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
         println!(
-            "{n:>4} {call:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>10.1}",
+            "{n:>4} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>10.1}",
+            r.call,
             sorted[0],
             percentile(&sorted, 0.5),
             percentile(&sorted, 0.9),
             sorted[sorted.len() - 1]
         );
-        out.call.push(call);
-        out.times.push(times);
-
-        // Back to steady: retire the old key, seen by every watcher.
-        let retired = admin
-            .retire_key(proto::RetireKeyRequest {
-                key: Some(key()),
-                expected_generation: Some(promoted_gen),
-                force: true,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let retired_gen = retired.key.unwrap().generation;
-        for (i, rx) in watchers.iter_mut().enumerate() {
-            until_generation(rx, i, retired_gen).await;
-        }
+        out.call.push(r.call);
+        out.times.push(r.seen);
     }
     out.seconds = started.elapsed().as_secs_f64();
     out.agent_cpu = agents_cpu() - agents0;

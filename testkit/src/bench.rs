@@ -1,6 +1,7 @@
 //! What the benchmarks share: a child process stopped on drop, waiting for
 //! a socket to come up, GetKey throughput over several connections, a
-//! fleet member's identity, percentiles and the OpenBao version.
+//! fleet member's identity, percentiles, the OpenBao version, and a timed
+//! rotation seen through watch streams.
 
 use std::path::Path;
 use std::process::Child;
@@ -8,7 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use keyward::proto::{self, keys_client::KeysClient};
+use keyward::proto::{self, admin_client::AdminClient, keys_client::KeysClient};
+use rand::Rng;
 use tonic::transport::Channel;
 
 /// A process that gets SIGTERM and is reaped when dropped.
@@ -170,6 +172,79 @@ pub async fn until_generation(rx: &mut Events, who: &str, generation: u64, limit
             return (at, primary);
         }
     }
+}
+
+/// One rotation as the fleet benchmarks time it.
+pub struct TimedPromote {
+    /// The PromoteKey call, ms.
+    pub call: f64,
+    /// Promote → each watcher's event of the promoted key, ms.
+    pub seen: Vec<f64>,
+}
+
+/// Rotates `key` through `admin` and times it: stages `secret`, waits until
+/// every watcher saw it, waits a random point of a `poll` cycle (so the
+/// promote lands anywhere in the followers' polls), promotes, and waits
+/// until every watcher saw the promoted key, checked to be `secret`; then
+/// retires the old key by force and waits until every watcher saw that, so
+/// the next rotation starts from steady.
+pub async fn timed_promote(
+    admin: &mut AdminClient<Channel>,
+    key: proto::KeyRef,
+    secret: &str,
+    watchers: &mut [Events],
+    poll: Duration,
+    limit: Duration,
+) -> TimedPromote {
+    let staged = admin
+        .stage_key(proto::StageKeyRequest {
+            key: Some(key.clone()),
+            secret: bytes::Bytes::from(secret.to_owned()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let staged_gen = staged.key.unwrap().generation;
+    for (i, rx) in watchers.iter_mut().enumerate() {
+        until_generation(rx, &format!("agent {i}"), staged_gen, limit).await;
+    }
+    let phase = rand::thread_rng().gen_range(0..poll.as_micros().max(1) as u64);
+    tokio::time::sleep(Duration::from_micros(phase)).await;
+
+    let t0 = Instant::now();
+    let promoted = admin
+        .promote_key(proto::RotationRequest {
+            key: Some(key.clone()),
+            expected_generation: Some(staged_gen),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let call = ms(t0.elapsed());
+    let promoted_gen = promoted.key.unwrap().generation;
+    let mut seen = Vec::with_capacity(watchers.len());
+    for (i, rx) in watchers.iter_mut().enumerate() {
+        let (at, primary) = until_generation(rx, &format!("agent {i}"), promoted_gen, limit).await;
+        assert_eq!(primary, secret.as_bytes(), "agent {i} got the promoted key");
+        seen.push(ms(at - t0));
+    }
+
+    let retired = admin
+        .retire_key(proto::RetireKeyRequest {
+            key: Some(key),
+            expected_generation: Some(promoted_gen),
+            force: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let retired_gen = retired.key.unwrap().generation;
+    for (i, rx) in watchers.iter_mut().enumerate() {
+        until_generation(rx, &format!("agent {i}"), retired_gen, limit).await;
+    }
+    TimedPromote { call, seen }
 }
 
 /// Polls the agent at `sock` until it serves `secret` as `key`'s primary
