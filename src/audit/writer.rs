@@ -283,6 +283,13 @@ impl Writer {
         // One time for the batch: its records are committed together.
         let time = TimeText::new(SystemTime::now());
         self.before_batch(&time);
+        if self.cut_back_pending {
+            // A seal record was cut short and could not be cut back off:
+            // nothing goes after it until it is (at the next batch).
+            return Err(io::Error::other(
+                "a segment seal record was cut short and could not be removed yet; the next record tries again",
+            ));
+        }
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
         if self.needs_newline {

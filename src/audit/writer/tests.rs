@@ -1,6 +1,6 @@
 //! Writer tests: restart, torn tails, failed writes and the head file, against real logs in a temp dir.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use super::super::tests::{fetch, lines, opts, write_lines, write_log, KEY};
@@ -151,13 +151,36 @@ async fn start_refuses_a_symlink_and_a_wrong_key() {
 /// full disk: a failing append writes half the buffer first.
 struct Flaky {
     file: File,
-    fail_append: Arc<AtomicBool>,
-    fail_truncate: Arc<AtomicBool>,
+    fail_append: Arc<Fail>,
+    fail_truncate: Arc<Fail>,
+}
+
+/// How many of the next calls fail ([`Fail::ALWAYS`]: every one).
+#[derive(Default)]
+struct Fail(AtomicUsize);
+
+impl Fail {
+    const ALWAYS: usize = usize::MAX;
+
+    fn set(&self, calls: usize) {
+        self.0.store(calls, Ordering::SeqCst);
+    }
+
+    /// Whether this call fails.
+    fn now(&self) -> bool {
+        self.0
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| match n {
+                0 => None,
+                Fail::ALWAYS => Some(Fail::ALWAYS),
+                n => Some(n - 1),
+            })
+            .is_ok()
+    }
 }
 
 impl LogFile for Flaky {
     fn append(&mut self, buf: &[u8]) -> io::Result<()> {
-        if self.fail_append.load(Ordering::SeqCst) {
+        if self.fail_append.now() {
             self.file.append(&buf[..buf.len() / 2])?;
             return Err(io::Error::from_raw_os_error(libc::ENOSPC));
         }
@@ -170,7 +193,7 @@ impl LogFile for Flaky {
         LogFile::len(&self.file)
     }
     fn truncate(&mut self, len: u64) -> io::Result<()> {
-        if self.fail_truncate.load(Ordering::SeqCst) {
+        if self.fail_truncate.now() {
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
         self.file.truncate(len)
@@ -183,9 +206,9 @@ impl LogFile for Flaky {
     }
 }
 
-fn start_flaky(opts: &AuditOptions) -> (Audit, Arc<AtomicBool>, Arc<AtomicBool>) {
-    let fail_append = Arc::new(AtomicBool::new(false));
-    let fail_truncate = Arc::new(AtomicBool::new(false));
+fn start_flaky(opts: &AuditOptions) -> (Audit, Arc<Fail>, Arc<Fail>) {
+    let fail_append = Arc::new(Fail::default());
+    let fail_truncate = Arc::new(Fail::default());
     let (a, t) = (Arc::clone(&fail_append), Arc::clone(&fail_truncate));
     let audit = Audit::start_with(opts.clone(), move |file| {
         Box::new(Flaky {
@@ -207,7 +230,7 @@ async fn a_failed_write_is_refused_cut_back_and_retried() {
         assert_eq!(audit.record(fetch(1)).await.unwrap(), 1);
         let len = std::fs::metadata(&opts.path).unwrap().len();
 
-        fail_append.store(true, Ordering::SeqCst);
+        fail_append.set(Fail::ALWAYS);
         let err = audit.record(fetch(2)).await.unwrap_err();
         match &err {
             AuditError::Io { source, .. } => {
@@ -221,7 +244,7 @@ async fn a_failed_write_is_refused_cut_back_and_retried() {
         // The half-written record was cut back off.
         assert_eq!(std::fs::metadata(&opts.path).unwrap().len(), len);
 
-        fail_append.store(false, Ordering::SeqCst);
+        fail_append.set(0);
         assert_eq!(audit.record(fetch(3)).await.unwrap(), 2);
         assert_eq!(audit.status().error, None);
         audit.close().await;
@@ -244,14 +267,14 @@ async fn writable_follows_a_failed_write_and_the_next_good_one() {
     audit.record(fetch(1)).await.unwrap();
     assert!(!writable.has_changed().unwrap(), "a good write changes nothing");
 
-    fail_append.store(true, Ordering::SeqCst);
+    fail_append.set(Fail::ALWAYS);
     audit.record(fetch(2)).await.unwrap_err();
     assert!(writable.has_changed().unwrap());
     assert!(!*writable.borrow_and_update());
     audit.record(fetch(3)).await.unwrap_err();
     assert!(!writable.has_changed().unwrap(), "still failing: no news");
 
-    fail_append.store(false, Ordering::SeqCst);
+    fail_append.set(0);
     audit.record(fetch(4)).await.unwrap();
     assert!(writable.has_changed().unwrap());
     assert!(*writable.borrow_and_update());
@@ -267,22 +290,71 @@ async fn nothing_is_written_after_a_half_record_until_it_is_cut_back() {
     audit.record(fetch(1)).await.unwrap();
     let len = std::fs::metadata(&opts.path).unwrap().len();
 
-    fail_append.store(true, Ordering::SeqCst);
-    fail_truncate.store(true, Ordering::SeqCst);
+    fail_append.set(Fail::ALWAYS);
+    fail_truncate.set(Fail::ALWAYS);
     audit.record(fetch(2)).await.unwrap_err();
     let dirty = std::fs::metadata(&opts.path).unwrap().len();
     assert!(dirty > len);
     // Writes work again, but the half record cannot be cut back yet.
-    fail_append.store(false, Ordering::SeqCst);
+    fail_append.set(0);
     audit.record(fetch(3)).await.unwrap_err();
     assert_eq!(std::fs::metadata(&opts.path).unwrap().len(), dirty);
     assert!(audit.status().error.is_some());
 
-    fail_truncate.store(false, Ordering::SeqCst);
+    fail_truncate.set(0);
     assert_eq!(audit.record(fetch(4)).await.unwrap(), 2);
     audit.close().await;
     let report = verify(&opts.path, &KEY).unwrap();
     assert!(report.is_ok() && report.notes.is_empty(), "{report}");
+}
+
+#[tokio::test]
+async fn nothing_is_written_after_a_half_seal_record_until_it_is_cut_back() {
+    for durability in [Durability::Fsync, Durability::Write] {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = AuditOptions {
+            segment_size: 1024,
+            ..opts(dir.path(), durability)
+        };
+        let (audit, fail_append, fail_truncate) = start_flaky(&opts);
+        let mut answered = Vec::new();
+        while std::fs::metadata(&opts.path).unwrap().len() < 1024 {
+            answered.push(audit.record(fetch(answered.len() as u64)).await.unwrap());
+        }
+        // The next batch seals the file first: its seal record is cut short
+        // (disk full) and cannot be cut back off (EIO), so the batch must
+        // not go after it.
+        fail_append.set(1);
+        fail_truncate.set(1);
+        audit.record(fetch(100)).await.unwrap_err();
+        assert!(audit.status().error.is_some());
+        // The next batch cuts the half record off, seals, and goes on.
+        answered.push(audit.record(fetch(101)).await.unwrap());
+        answered.push(audit.record(fetch(102)).await.unwrap());
+        audit.close().await;
+
+        let report = verify(&opts.path, &KEY).unwrap();
+        assert!(report.is_ok(), "{durability:?}: {report}");
+        let mut seqs = Vec::new();
+        for file in std::fs::read_dir(dir.path()).unwrap() {
+            let path = file.unwrap().path();
+            if path.file_name().unwrap().to_str().unwrap().starts_with("audit.jsonl")
+                && !path.ends_with("audit.jsonl.head")
+            {
+                for line in lines(&path) {
+                    if let Ok(rec) = check_line(&KEY, line.as_bytes()) {
+                        seqs.push(rec.seq);
+                    }
+                }
+            }
+        }
+        for seq in answered {
+            assert!(
+                seqs.contains(&seq),
+                "{durability:?}: record {seq} was answered but is not in the log"
+            );
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
