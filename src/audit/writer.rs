@@ -52,7 +52,20 @@ pub(super) fn open(
     let log = wrap(open_private(&path, true).map_err(io_err)?);
     let head_file = open_private(&head_path(&path), false).map_err(io_err)?;
 
-    let tail = scan_tail(&*log, &opts.key).map_err(io_err)?;
+    let mut tail = scan_tail(&*log, &opts.key).map_err(io_err)?;
+    // An empty live file beside sealed segments: a crash between a seal's
+    // rename and the first record of the new file. The chain goes on from
+    // the seal, as it would have.
+    let continued = match tail.len {
+        0 => roll::newest_seal(&path, &opts.key).map_err(io_err)?,
+        _ => None,
+    };
+    if let Some((_, seal)) = &continued {
+        tracing::warn!(path = %path.display(), seq = seal.seq,
+            "the live audit file is empty after a seal (a crash before its first record); continuing the chain from the sealed segment");
+        tail.seq = seal.seq;
+        tail.hash = seal.hash.clone();
+    }
     let mut notices = Vec::new();
     if let Some(torn) = &tail.torn {
         tracing::warn!(path = %path.display(), offset = torn.offset, len = torn.len,
@@ -88,6 +101,13 @@ pub(super) fn open(
     for n in &notices[usize::from(tail.torn.is_some())..] {
         tracing::error!(path = %path.display(), detail = n.detail.as_deref().unwrap_or(""),
             "the audit log's head file does not match the log");
+    }
+    if let Some((segment, seal)) = continued {
+        // The new file's first record, as the seal would have written it.
+        notices.insert(
+            0,
+            roll::opened_notice(segment.first, seal.seq, &seal.hash, &segment.path),
+        );
     }
 
     // While notices are pending, the head stays as found (it is evidence)

@@ -18,15 +18,17 @@
 //! open, a link and a rename: far less than a commit's fdatasync.
 
 use std::io;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use super::tail::{scan_tail, Tail};
 use super::{check_line, encode_record, hash_str, lock, notice_of, open_private, LogFile, Writer};
 use crate::audit::kind::{Event, Outcome};
+use crate::audit::line::AuditEvent;
 use crate::audit::line::TimeText;
-use crate::audit::segments::{opened_detail, sealed_detail, segment_path};
+use crate::audit::segments::{list_segments, opened_detail, sealed_detail, segment_path, Segment};
 
 /// After a failed seal, how long the writer keeps the live file before
 /// trying again.
@@ -194,11 +196,8 @@ impl Writer {
         self.segments.seal_pending = false;
         self.replace_log(Box::new(next))?;
         self.start_segment(0)?;
-        self.notices.push(notice_of(
-            Event::AuditSegmentOpened,
-            Outcome::Ok,
-            opened_detail(first, last, hash_str(&self.hash), &sealed),
-        ));
+        self.notices
+            .push(opened_notice(first, last, hash_str(&self.hash), &sealed));
         tracing::info!(segment = %sealed.display(), first, last, "audit log sealed into a segment");
         self.seals.send_modify(|n| *n += 1);
         Ok(())
@@ -231,6 +230,30 @@ impl Writer {
         self.segments.retry_after = None;
         Ok(())
     }
+}
+
+/// The first record of the file after a seal: where the chain's seqs
+/// `first..=last` went.
+pub(super) fn opened_notice(first: u64, last: u64, hash: &str, sealed: &Path) -> AuditEvent {
+    notice_of(
+        Event::AuditSegmentOpened,
+        Outcome::Ok,
+        opened_detail(first, last, hash, sealed),
+    )
+}
+
+/// The newest sealed segment of the live file `path`, and its last record,
+/// if that record is its seal (its MAC checked, like the live file's tail).
+pub(super) fn newest_seal(path: &Path, key: &[u8; 32]) -> io::Result<Option<(Segment, Tail)>> {
+    let Some(segment) = list_segments(path)?.pop() else {
+        return Ok(None);
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&segment.path)?;
+    let tail = scan_tail(&file, key)?;
+    Ok(tail.sealed.then_some((segment, tail)))
 }
 
 /// Whether `a` and `b` name the same file.

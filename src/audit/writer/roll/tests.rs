@@ -234,6 +234,30 @@ async fn a_seal_cut_short_by_a_crash_is_finished_at_start() {
 }
 
 #[tokio::test]
+async fn a_crash_between_the_rename_and_the_first_record_of_the_new_file_continues_the_chain() {
+    for durability in [Durability::Fsync, Durability::Write] {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = small(dir.path(), durability);
+        write_log(&opts, 40).await;
+        // The state a crash leaves right after a seal's rename: the path
+        // names the new, still empty file, and the head names at most the
+        // seal.
+        let last = list_segments(&opts.path).unwrap().last().unwrap().clone();
+        std::fs::write(&opts.path, "").unwrap();
+        std::fs::remove_file(head_path(&opts.path)).unwrap();
+
+        let audit = Audit::start(opts.clone()).unwrap();
+        audit.record(fetch(99)).await.unwrap();
+        audit.close().await;
+        let live = lines(&opts.path);
+        assert!(live[0].contains("\"event\":\"audit_segment_opened\""), "{}", live[0]);
+        assert!(live[0].contains(&format!("\"seq\":{}", last.last + 1)), "{}", live[0]);
+        let report = verify(&opts.path, &KEY).unwrap();
+        assert!(report.is_ok(), "{durability:?}: {report}");
+    }
+}
+
+#[tokio::test]
 async fn anchors_catch_a_rewritten_history_and_a_cut_tail() {
     let dir = tempfile::tempdir().unwrap();
     let opts = opts(dir.path(), Durability::Fsync);
