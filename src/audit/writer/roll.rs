@@ -88,7 +88,11 @@ impl Writer {
         let s = &self.segments;
         let due = s.seal_pending
             || (self.len > 0 && (self.len >= s.size || s.age.is_some_and(|age| s.started.elapsed() >= age)));
-        if !due || s.retry_after.is_some_and(|t| Instant::now() < t) || self.cut_back_pending {
+        // Records about this file (a torn fragment found at start, say) go
+        // in it before it is sealed; a seal cut short before its rename has
+        // its record already.
+        let notices_first = !s.seal_pending && !self.notices.is_empty();
+        if !due || notices_first || s.retry_after.is_some_and(|t| Instant::now() < t) || self.cut_back_pending {
             return;
         }
         if let Err(e) = self.seal(time) {

@@ -258,6 +258,26 @@ async fn a_crash_between_the_rename_and_the_first_record_of_the_new_file_continu
 }
 
 #[tokio::test]
+async fn a_torn_tail_found_at_start_is_marked_in_its_own_file_before_a_due_seal() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = opts(dir.path(), Durability::Fsync);
+    write_log(&big, 40).await;
+    // A crash cut a write short, and the file is past the segment size the
+    // agent starts with.
+    let mut torn = std::fs::read(&big.path).unwrap();
+    torn.extend_from_slice(b"{\"time\":");
+    std::fs::write(&big.path, torn).unwrap();
+
+    let opts = small(dir.path(), Durability::Fsync);
+    let audit = Audit::start(opts.clone()).unwrap();
+    audit.record(fetch(99)).await.unwrap();
+    audit.close().await;
+    assert!(!list_segments(&opts.path).unwrap().is_empty(), "the file was sealed");
+    let report = verify(&opts.path, &KEY).unwrap();
+    assert!(report.is_ok(), "{report}");
+}
+
+#[tokio::test]
 async fn anchors_catch_a_rewritten_history_and_a_cut_tail() {
     let dir = tempfile::tempdir().unwrap();
     let opts = opts(dir.path(), Durability::Fsync);
