@@ -244,33 +244,23 @@ fn sync_once(
         let status = status.lock();
         (status.sequence, status.head.clone())
     };
-    let (mut retired, log) = {
-        let mut files = lock(files);
+    let log = {
+        let files = lock(files);
         if seq == synced && files.retired.is_empty() {
             return Ok(synced);
         }
-        (std::mem::take(&mut files.retired), files.current.try_clone())
+        files.current.try_clone()
     };
     let mut log = match log {
         Ok(log) => log,
         Err(e) => {
             report_failure(status, path, "sync", &e, 0);
-            lock(files).retired.append(&mut retired);
             return Err(seq);
         }
     };
-    if !retired.is_empty() {
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-        let dir = dir.unwrap_or(std::path::Path::new("."));
-        let old = retired
-            .iter_mut()
-            .try_for_each(|f| f.sync())
-            .and_then(|()| std::fs::File::open(dir)?.sync_all());
-        if let Err(e) = old {
-            report_failure(status, path, "sync", &e, 0);
-            lock(files).retired.append(&mut retired);
-            return Err(seq);
-        }
+    if let Err(e) = SyncFiles::sync_retired(files, path) {
+        report_failure(status, path, "sync", &e, 0);
+        return Err(seq);
     }
     match log.sync() {
         Ok(()) => {

@@ -278,6 +278,28 @@ pub(super) struct SyncFiles {
     pub(super) retired: Vec<Box<dyn LogFile>>,
 }
 
+impl SyncFiles {
+    /// fdatasyncs the files sealed or moved away since the last round, then
+    /// their directory (for the seal's link and rename). On failure they
+    /// stay, to be synced by the next round.
+    pub(super) fn sync_retired(files: &Mutex<SyncFiles>, path: &Path) -> io::Result<()> {
+        let mut retired = std::mem::take(&mut lock(files).retired);
+        if retired.is_empty() {
+            return Ok(());
+        }
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        let dir = dir.unwrap_or(Path::new("."));
+        let synced = retired
+            .iter_mut()
+            .try_for_each(|f| f.sync())
+            .and_then(|()| File::open(dir)?.sync_all());
+        if synced.is_err() {
+            lock(files).retired.append(&mut retired);
+        }
+        synced
+    }
+}
+
 /// Most bytes the batch buffer keeps between batches.
 const KEEP_BUF: usize = 1 << 20;
 
@@ -364,6 +386,13 @@ impl Writer {
     /// fdatasyncs the log, then moves the head to the now durable tip.
     /// Failures are reported in the status.
     pub(super) fn sync_and_move_head(&mut self) -> bool {
+        // Files sealed or moved away since the sync thread's last round
+        // first: the head must not name a record past their ends before
+        // those are on disk.
+        if let Err(e) = SyncFiles::sync_retired(&self.sync_files, &self.path) {
+            self.failed("sync", &e, 0);
+            return false;
+        }
         if let Err(e) = self.log.sync() {
             self.failed("sync", &e, 0);
             return false;

@@ -406,6 +406,34 @@ fn start_synced(opts: &AuditOptions, delay_ms: u64) -> (Audit, Arc<SyncLog>) {
     (audit, log)
 }
 
+/// A file sealed since the sync thread's last round is synced, with its
+/// directory, before close moves the head past it: with a long
+/// `fsync_interval` the thread never ran, and close used to sync only the
+/// new live file, leaving the sealed file's last records and its seal only
+/// in the page cache while the head named records after them.
+#[tokio::test]
+async fn close_syncs_a_file_sealed_since_the_last_round_before_moving_the_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = AuditOptions {
+        fsync_interval: Duration::from_secs(3600),
+        segment_size: 1024,
+        ..opts(dir.path(), Durability::Write)
+    };
+    let (audit, log) = start_synced(&opts, 0);
+    let mut i = 0;
+    while crate::audit::segments::list_segments(&opts.path).unwrap().is_empty() {
+        audit.record(fetch(i)).await.unwrap();
+        i += 1;
+    }
+    audit.close().await;
+    let sealed = &crate::audit::segments::list_segments(&opts.path).unwrap()[0].path;
+    assert_eq!(
+        log.durable_len.load(Ordering::SeqCst),
+        std::fs::metadata(sealed).unwrap().len(),
+        "the sealed file was synced through its seal record"
+    );
+}
+
 /// How many whole records the first `len` bytes of the log hold.
 fn records_in(path: &std::path::Path, len: u64) -> u64 {
     let bytes = std::fs::read(path).unwrap();
