@@ -513,3 +513,48 @@ async fn a_holder_that_cannot_renew_its_lease_takes_no_step_until_it_can() {
     let revoked = calls(&a.dir, "revoker") + calls(&fleet.agent(1).dir, "revoker");
     assert_eq!(revoked, 1, "the revoker ran {revoked} times");
 }
+
+/// Review: two `StartRotation` calls for one key on one agent at the same
+/// moment (an operator's retry, two scripts) start one job, and the
+/// generator runs once: the other call follows that job or is refused. Fleet mode claims the lease (a
+/// request to OpenBao) between "no job runs" and the job's start, and a
+/// lease the agent holds itself is taken again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_simultaneous_starts_on_one_agent_run_one_job() {
+    let mut fleet = Fleet::prepare(2);
+    fleet.tail = Box::new(|_, dir| {
+        std::fs::write(dir.join("hold-generator"), "").unwrap();
+        key_entry(dir, "twice", false, "")
+    });
+    fleet.launch(|_| String::new());
+    let (a, b) = (fleet.agent(0), fleet.agent(1));
+    a.put("prod/twice", "sk_twice_original_0001");
+    let (_, created) = state_of(a, "twice");
+    until_steady_everywhere(&[a, b], "twice", created).await;
+
+    let (one, two) = tokio::join!(start(a, "twice", false), start(a, "twice", false));
+    // Each either starts the job, follows it, or is told another start of
+    // the key is under way (ABORTED, nothing done).
+    for r in [&one, &two] {
+        if let Err(e) = r {
+            assert!(
+                e.code() == tonic::Code::Aborted && e.message().contains("is being started by another request"),
+                "{e:?}"
+            );
+        }
+    }
+    assert!(one.is_ok() || two.is_ok(), "{one:?} / {two:?}");
+    until("a enters its generator", Duration::from_secs(20), || {
+        a.dir.join("at-generator").exists()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let generators = calls(&a.dir, "generator");
+    let started = jobs_started(a, "twice");
+    std::fs::write(a.dir.join("release-generator"), "").unwrap();
+    assert_eq!(
+        (generators, started.len()),
+        (1, 1),
+        "generator runs and jobs started for one key: {started:?}; the two answers: {one:?} / {two:?}"
+    );
+}

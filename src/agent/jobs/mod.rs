@@ -145,6 +145,13 @@ async fn take_over_abandoned(agent: &Arc<Agent>, fleet: &Arc<Fleet>, looked: &mu
         let Some(lease) = lease.filter(|l| l.abandoned(now)) else {
             continue;
         };
+        // A start by hand may have begun meanwhile.
+        let Some(_starting) = agent.jobs.starting(key) else {
+            continue;
+        };
+        if agent.jobs.active(key) {
+            continue;
+        }
         let held = match fleet.claim_lease(agent, key, lease.trigger, lease.until).await {
             Ok(Claim::Taken(held)) => held,
             Ok(Claim::Busy { .. }) | Err(_) => continue,
@@ -208,6 +215,13 @@ pub async fn start(
     let Some(state) = agent.store.get(&key) else {
         return Err(ApiError::NotFound(format!(
             "key {key} does not exist: create it with `keyward put {key}` before rotating it"
+        )));
+    };
+    // One start of a key at a time: a second one meanwhile would begin a
+    // second job (and in a fleet take this agent's own lease again).
+    let Some(_starting) = agent.jobs.starting(&key) else {
+        return Err(ApiError::Aborted(format!(
+            "a rotation job of {key} is being started by another request: nothing was done; follow it with `keyward rotation-status {key}`"
         )));
     };
     if let Some(slot) = agent.jobs.slot(&key) {
@@ -297,6 +311,9 @@ pub async fn start(
 /// Starts a scheduled job for `key` (the schedule found it due).
 async fn start_scheduled(agent: &Arc<Agent>, key: &KeyRef, why: String) {
     let Some(state) = agent.store.get(key) else { return };
+    let Some(_starting) = agent.jobs.starting(key) else {
+        return;
+    };
     if agent.jobs.active(key) {
         return;
     }

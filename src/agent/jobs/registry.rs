@@ -2,7 +2,7 @@
 //! (running, or the last one) in memory and in `STATE_DIR/rotations.json`.
 //! See the module above for what a record holds and why.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -135,6 +135,22 @@ pub struct Jobs {
     /// Set when the agent starts its tasks: drivers stop with the agent.
     stop: Mutex<Option<watch::Receiver<bool>>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Keys whose job is being started: between "no job runs" and the
+    /// job's begin there are awaits (the fleet lease, a given key's stage,
+    /// the audit), and a second start meanwhile would begin a second job.
+    starting: Mutex<HashSet<KeyRef>>,
+}
+
+/// A key reserved by [`Jobs::starting`] until dropped.
+pub(super) struct Starting<'a> {
+    jobs: &'a Jobs,
+    key: KeyRef,
+}
+
+impl Drop for Starting<'_> {
+    fn drop(&mut self) {
+        lock(&self.jobs.starting).remove(&self.key);
+    }
 }
 
 /// Why the job file could not be used.
@@ -187,6 +203,7 @@ impl Jobs {
             writing: Mutex::new(()),
             stop: Mutex::new(None),
             tasks: Mutex::new(Vec::new()),
+            starting: Mutex::new(HashSet::new()),
         })
     }
 
@@ -202,6 +219,15 @@ impl Jobs {
 
     pub(super) fn slot(&self, key: &KeyRef) -> Option<Arc<Slot>> {
         lock(&self.slots).get(key).cloned()
+    }
+
+    /// Reserves `key` while a job of it is being started; `None` when
+    /// another start of it is under way.
+    pub(super) fn starting(&self, key: &KeyRef) -> Option<Starting<'_>> {
+        lock(&self.starting).insert(key.clone()).then(|| Starting {
+            jobs: self,
+            key: key.clone(),
+        })
     }
 
     /// Whether `key` has a running job.
