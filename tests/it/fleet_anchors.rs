@@ -38,10 +38,30 @@ fn verify_fleet(agent: &TestAgent, args: &[&str]) -> (i32, String) {
 
 /// A fleet of `n` agents whose token holds only the README's agent
 /// policy, publishing anchors every second.
-fn anchored_fleet(n: usize) -> Fleet {
+async fn anchored_fleet(n: usize) -> Fleet {
     let mut fleet = Fleet::prepare(n);
     readme_policy_token(&fleet.bao, &fleet.token_file.clone());
     fleet.launch(|_| "[audit]\nanchor_interval = \"1s\"\n".to_owned());
+    // What the policy leaves the agents is enough for their statuses: each
+    // sets its status's expiry in the path's metadata.
+    for i in 0..n {
+        let path = format!("secret/keyward/agents/{}", crate::fleet::agent_name(i));
+        let ttl = common::eventually(Duration::from_secs(15), || {
+            let meta = fleet
+                .bao
+                .cli_json(&["kv", "metadata", "get", "-format=json", &path], None);
+            meta["data"]["delete_version_after"]
+                .as_str()
+                .filter(|t| *t != "0s")
+                .map(str::to_owned)
+        })
+        .await;
+        assert!(
+            ttl.is_some(),
+            "agent {i} set no expiry on its status: {}",
+            fleet.agent(i).logs()
+        );
+    }
     fleet
 }
 
@@ -86,7 +106,7 @@ async fn fetch_some(agent: &TestAgent, n: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_fleet_passes_on_an_agents_log_and_catches_it_rewritten() {
-    let mut fleet = anchored_fleet(2);
+    let mut fleet = anchored_fleet(2).await;
     fleet.agent(0).put("prod/anchored", "sk_anchored_v1_4d4d");
     fetch_some(fleet.agent(0), 5).await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -171,7 +191,7 @@ async fn verify_fleet_passes_on_an_agents_log_and_catches_it_rewritten() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anchors_not_signed_by_the_member_their_path_names_are_refused_and_published_ones_cannot_be_removed() {
-    let fleet = anchored_fleet(2);
+    let fleet = anchored_fleet(2).await;
     fleet.agent(0).put("prod/anchored", "sk_anchored_v1_5e5e");
     fetch_some(fleet.agent(0), 20).await;
     let (dir, names) = until_anchors(&fleet, "a", 1).await;

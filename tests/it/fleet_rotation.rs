@@ -514,6 +514,144 @@ async fn a_holder_that_cannot_renew_its_lease_takes_no_step_until_it_can() {
     assert_eq!(revoked, 1, "the revoker ran {revoked} times");
 }
 
+/// `bao ARGS` with `token`, asserting success; its stdout.
+fn bao_with(fleet: &Fleet, token: &str, args: &[&str]) -> String {
+    let out = fleet.bao.cli(args, None, Some(token));
+    assert!(out.status.success(), "bao {args:?}: {}", text(&out.stderr));
+    text(&out.stdout).to_string()
+}
+
+/// The attacker: a holder of the agents' OpenBao token (the README's
+/// policy). The operator cancels a rotation while its key is PROMOTED: the
+/// job ends, the lease is released, the old key stays as fallback. A lease
+/// version the holder signed while its job ran would verify again if it
+/// could be written back at the version it was signed for (it names its
+/// path and version): deleting the path's metadata starts its versions
+/// again at 1, and it would then read as expired and not released, that is
+/// abandoned, and the other member would finish the cancelled rotation
+/// (validate, retire, run the revoker). The policy refuses every way to
+/// rewind or remove the lease's history, and the copy written back as the
+/// next version does not verify: no member resumes the rotation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_lease_does_not_make_a_member_resume_a_cancelled_rotation() {
+    let mut fleet = Fleet::prepare(2);
+    fleet.tail = Box::new(|i, dir| {
+        // a waits long in its grace (cancelled there); b would retire at once.
+        let grace = if i == 0 { "600s" } else { "0s" };
+        let revoker = format!(
+            "revoker = [\"{}\", \"revoker\"]\ngrace = \"{grace}\"\n",
+            hook(dir).display()
+        );
+        key_entry(dir, "replay", true, &revoker)
+    });
+    fleet.launch(|_| "rotation_lease = \"5s\"\n".to_owned());
+    let (a, b) = (fleet.agent(0), fleet.agent(1));
+    a.put("prod/replay", "sk_replay_original_0001");
+    let (_, created) = state_of(a, "replay");
+    until_steady_everywhere(&[a, b], "replay", created).await;
+    let token = readme_policy_token(&fleet.bao, &fleet.bao.dir.join("stolen.token"));
+    let path = "keyward/leases/prod/replay";
+
+    start(a, "replay", false).await.expect("start rotation");
+    until("a and b serve it promoted", Duration::from_secs(30), || {
+        try_state(a, "replay").is_some_and(|s| s.0 == "promoted")
+            && try_state(b, "replay").is_some_and(|s| s.0 == "promoted")
+    })
+    .await;
+    // The attacker keeps a copy of the lease as a's job renews it.
+    let meta: serde_json::Value = serde_json::from_str(&bao_with(
+        &fleet,
+        &token,
+        &["kv", "metadata", "get", "-mount=secret", "-format=json", path],
+    ))
+    .unwrap();
+    let version = meta["data"]["current_version"].as_u64().unwrap();
+    let got: serde_json::Value = serde_json::from_str(&bao_with(
+        &fleet,
+        &token,
+        &[
+            "kv",
+            "get",
+            "-mount=secret",
+            "-format=json",
+            &format!("-version={version}"),
+            path,
+        ],
+    ))
+    .unwrap();
+    let captured = got["data"]["data"].clone();
+    let lease: serde_json::Value = serde_json::from_str(captured["lease"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        (&lease["holder"], &lease["released"]),
+        (&serde_json::json!("a"), &serde_json::json!(false))
+    );
+
+    // The operator cancels: the job ends, the lease is released.
+    a.admin()
+        .await
+        .cancel_rotation(proto::CancelRotationRequest {
+            key: key("prod", "replay"),
+        })
+        .await
+        .expect("cancel");
+    let ended = until_job_ends(a, "replay").await;
+    assert_eq!(ended.result, "cancelled", "{ended:?}");
+    let released = fleet.bao.kv_get_raw(path).unwrap();
+    let l: serde_json::Value = serde_json::from_str(released["lease"].as_str().unwrap()).unwrap();
+    assert_eq!(l["released"], serde_json::json!(true), "{l}");
+
+    // Every way to rewind the path's versions, or to remove or expire the
+    // released lease, is refused.
+    for attempt in [
+        vec!["kv", "metadata", "delete", "-mount=secret", path],
+        vec!["kv", "metadata", "put", "-mount=secret", "-max-versions=1", path],
+        vec![
+            "kv",
+            "metadata",
+            "put",
+            "-mount=secret",
+            "-delete-version-after=1s",
+            path,
+        ],
+        vec!["kv", "delete", "-mount=secret", path],
+        vec![
+            "kv",
+            "destroy",
+            "-mount=secret",
+            &format!("-versions={}", version + 1),
+            path,
+        ],
+    ] {
+        let out = fleet.bao.cli(&attempt, None, Some(&token));
+        assert!(
+            !out.status.success(),
+            "bao {attempt:?} was allowed with the README policy"
+        );
+        assert!(
+            text(&out.stderr).contains("permission denied"),
+            "bao {attempt:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    // The copy written back lands at the next version, not its own.
+    kv_put_with(&fleet.bao, &token, path, &captured);
+
+    // Five lease terms (b's scan looks again at a key whose lease it saw
+    // released after that long) and more.
+    let start_wait = Instant::now();
+    while start_wait.elapsed() < Duration::from_secs(32) {
+        let took = jobs_started(b, "replay");
+        assert!(
+            took.is_empty() && calls(&b.dir, "revoker") == 0,
+            "b resumed the cancelled rotation from a replayed lease: jobs {took:?}, revoker calls {}, b's state {:?}",
+            calls(&b.dir, "revoker"),
+            try_state(b, "replay")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(try_state(b, "replay").map(|s| s.0), Some("promoted".to_owned()));
+}
+
 /// Review: two `StartRotation` calls for one key on one agent at the same
 /// moment (an operator's retry, two scripts) start one job, and the
 /// generator runs once: the other call follows that job or is refused. Fleet mode claims the lease (a
