@@ -55,7 +55,25 @@ pub struct Lease {
     pub released: bool,
 }
 
+/// Past the last millisecond of year 9999: no lease runs that long, and
+/// times past it cannot be written as RFC 3339.
+const LATEST_MS: u64 = 253_402_300_800_000;
+
 impl Lease {
+    /// A lease's signed text, decoded; its times must be in order and
+    /// before year 10000 (a signing member's value is still input: its
+    /// times end up in messages and comparisons).
+    fn decode(text: &str) -> Result<Lease, String> {
+        let lease: Lease = serde_json::from_str(text).map_err(|e| format!("its lease does not decode ({e})"))?;
+        if lease.expires_at_ms >= LATEST_MS || lease.acquired_at_ms > lease.expires_at_ms {
+            return Err(format!(
+                "its lease's times are out of range (acquired at {} ms, expires at {} ms since 1970)",
+                lease.acquired_at_ms, lease.expires_at_ms
+            ));
+        }
+        Ok(lease)
+    }
+
     /// When it expires.
     pub fn expires(&self) -> SystemTime {
         UNIX_EPOCH + Duration::from_millis(self.expires_at_ms)
@@ -175,7 +193,7 @@ impl Fleet {
             (Some(FORMAT), Some(text)) => text,
             _ => return Err("it is not a signed keyward rotation lease".to_owned()),
         };
-        let lease: Lease = serde_json::from_str(text).map_err(|e| format!("its lease does not decode ({e})"))?;
+        let lease = Lease::decode(text)?;
         let message = sign::canonical(
             sign::Kind::Lease,
             &self.full_path(path),
@@ -437,5 +455,38 @@ impl LeaseKeeper {
     pub async fn leave(self) {
         let _ = self.stop.send(Some(false));
         let _ = self.task.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(acquired_at_ms: u64, expires_at_ms: u64) -> String {
+        serde_json::json!({
+            "format": FORMAT,
+            "key": "prod/x",
+            "holder": "a",
+            "acquired_at_ms": acquired_at_ms,
+            "expires_at_ms": expires_at_ms,
+            "trigger": "manual",
+            "until": "retired",
+            "released": false,
+        })
+        .to_string()
+    }
+
+    /// A lease's times reach messages ("holds it until …"): one past year
+    /// 9999 made the formatting panic, in the job driver's task too.
+    #[test]
+    fn a_lease_whose_times_are_out_of_range_is_refused() {
+        let now = unix_ms(SystemTime::now());
+        let lease = Lease::decode(&text(now, now + 60_000)).unwrap();
+        assert!(lease.live(SystemTime::now()));
+        humantime::format_rfc3339_seconds(lease.expires()).to_string();
+        for (acquired, expires) in [(now, LATEST_MS), (now, u64::MAX), (now + 1, now)] {
+            let err = Lease::decode(&text(acquired, expires)).unwrap_err();
+            assert!(err.contains("out of range"), "{err}");
+        }
     }
 }
