@@ -84,13 +84,14 @@ async fn publish(
     backend: Option<&mut BackendAnchor>,
     metrics: &crate::metrics::Metrics,
 ) {
-    let status = agent.audit.status();
-    if status.sequence == 0 {
+    // Only a record on disk: one a power loss could still take back would
+    // make an honest log look rewritten against its anchor.
+    let Some((seq, hash)) = agent.audit.durable_head().filter(|(seq, _)| *seq > 0) else {
         return;
-    }
+    };
     let head = AnchorHead {
-        seq: status.sequence,
-        hash: status.head,
+        seq,
+        hash,
         time: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
         install_id: agent.audit.install_id().to_owned(),
     };

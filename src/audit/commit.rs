@@ -145,6 +145,11 @@ impl Shared {
         })
     }
 
+    /// See [`super::Audit::durable_head`].
+    pub(super) fn durable_head(&self) -> Option<(u64, String)> {
+        lock(&self.head).durable.clone()
+    }
+
     /// See [`super::Audit::record`].
     pub(super) async fn record(&self, event: AuditEvent) -> Result<u64, AuditError> {
         let seq = self.write(event).await?;

@@ -90,6 +90,9 @@ pub(super) struct HeadFile {
     /// forward (a background sync that started before a newer one ended
     /// must not move it back).
     pub(super) names: Option<u64>,
+    /// The last record known to be on disk (seq and hash): what the file
+    /// names, or named when it was found valid at start.
+    pub(super) durable: Option<(u64, String)>,
 }
 
 impl HeadFile {
@@ -106,7 +109,10 @@ impl HeadFile {
             hash: hash.to_owned(),
         };
         match self.file.write_all_at(&encode_head(&self.key, &head), 0) {
-            Ok(()) => self.names = Some(seq),
+            Ok(()) => {
+                self.names = Some(seq);
+                self.durable = Some((seq, hash.to_owned()));
+            }
             Err(e) => tracing::error!(path = %self.path.display(), error = %e, "could not update the audit head file"),
         }
     }

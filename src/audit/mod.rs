@@ -280,6 +280,14 @@ impl Audit {
         let _ = self.observer.set(observer);
     }
 
+    /// The last record known to be on disk, as the head file names it
+    /// (seq and hash): what may be anchored outside the host. The status's
+    /// `sequence` can be past it by up to `fsync_interval` of records,
+    /// which a power loss would take back.
+    pub fn durable_head(&self) -> Option<(u64, String)> {
+        self.inner.durable_head()
+    }
+
     /// The last written seq and hash and the current error. Never waits on
     /// I/O.
     pub fn status(&self) -> AuditStatus {

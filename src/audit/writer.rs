@@ -112,16 +112,17 @@ pub(super) fn open(
 
     // While notices are pending, the head stays as found (it is evidence)
     // until a seq past the tail, i.e. past the notices, is durable.
-    let names = match found {
-        _ if !notices.is_empty() => Some(tail.seq),
-        Ok(Some(head)) => Some(head.seq),
-        Ok(None) | Err(_) => None,
+    let (names, durable) = match found {
+        _ if !notices.is_empty() => (Some(tail.seq), None),
+        Ok(Some(head)) => (Some(head.seq), Some((head.seq, head.hash))),
+        Ok(None) | Err(_) => (None, None),
     };
     let head = Arc::new(Mutex::new(HeadFile {
         file: head_file,
         key: opts.key,
         path: head_path(&path),
         names,
+        durable,
     }));
     status.update(|s| {
         *s = AuditStatus {
