@@ -25,7 +25,7 @@ use tail::scan_tail;
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -49,6 +49,7 @@ pub(super) fn open(
 ) -> Result<(Writer, Arc<Mutex<HeadFile>>), AuditError> {
     let path = opts.path.clone();
     let io_err = |e| AuditError::io(&path, e);
+    check_dir(&path).map_err(io_err)?;
     let log = wrap(open_private(&path, true).map_err(io_err)?);
     let head_file = open_private(&head_path(&path), false).map_err(io_err)?;
 
@@ -203,7 +204,33 @@ pub(super) fn open_private(path: &Path, append: bool) -> io::Result<File> {
     if !meta.is_file() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("{} is not a regular file", path.display()),
+            format!(
+                "{} is not a regular file: move it away, and the agent creates the file",
+                path.display()
+            ),
+        ));
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} belongs to uid {}, who could edit or cut the audit log: run `chown {me} {}` if it is the agent's, or move it away",
+                path.display(),
+                meta.uid(),
+                path.display()
+            ),
+        ));
+    }
+    if meta.permissions().mode() & 0o022 != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is writable by its group or others (mode {:o}), who could edit or cut the audit log: run `chmod go-w {}`",
+                path.display(),
+                meta.permissions().mode() & 0o777,
+                path.display()
+            ),
         ));
     }
     if meta.permissions().mode() & 0o077 != 0 {
@@ -211,6 +238,32 @@ pub(super) fn open_private(path: &Path, append: bool) -> io::Result<File> {
             "audit file is readable by others; chmod 600 it");
     }
     Ok(file)
+}
+
+/// The log's directory: only the agent's user (or root) may add, replace
+/// or remove files in it, where the live file, its head, its segments and
+/// the next live file (`.new`) are created and renamed.
+fn check_dir(path: &Path) -> io::Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    let dir = dir.unwrap_or(Path::new("."));
+    let meta = std::fs::metadata(dir)?;
+    let me = nix::unistd::geteuid().as_raw();
+    let problem = if meta.uid() != me && meta.uid() != 0 {
+        format!("belongs to uid {}", meta.uid())
+    } else if meta.mode() & 0o022 != 0 {
+        format!("is writable by its group or others (mode {:o})", meta.mode() & 0o7777)
+    } else {
+        return Ok(());
+    };
+    Err(io::Error::new(
+        io::ErrorKind::PermissionDenied,
+        format!(
+            "the audit log's directory {} {problem}: another user could replace, cut or remove the log and its segments there; run `chown {me} {} && chmod go-w {}`, or set audit_file in a directory only the agent's user can write",
+            dir.display(),
+            dir.display(),
+            dir.display()
+        ),
+    ))
 }
 
 /// Reads up to `buf.len()` bytes from the start of `file`.

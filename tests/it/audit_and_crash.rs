@@ -368,6 +368,39 @@ async fn a_key_file_written_while_the_agent_was_down_is_on_record_before_it_is_s
     assert!(ok, "{report}");
 }
 
+/// The audit log itself, or its head, owned by another uid (here 65534,
+/// who could then cut or edit the records the agent appends) or writable
+/// by others stops the agent with the fix to run, and the log is left as
+/// it was. Before, the agent only warned and went on writing into it.
+#[test]
+fn an_audit_log_another_uid_could_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    if !nix::unistd::geteuid().is_root() {
+        return common::system::skip("chowns a file to another uid");
+    }
+    let mut agent = TestAgent::start();
+    agent.put("prod/held", "sk_audit_planted");
+    agent.stop();
+    for name in ["audit.jsonl", "audit.jsonl.head"] {
+        let file = agent.dir.join(name);
+        let before = std::fs::read(&file).unwrap();
+        std::os::unix::fs::chown(&file, Some(65534), Some(65534)).unwrap();
+        let err = agent.spawn().unwrap_err();
+        assert!(
+            err.contains(name) && err.contains("uid 65534") && err.contains("chown"),
+            "{err}"
+        );
+        std::os::unix::fs::chown(&file, Some(0), Some(0)).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let err = agent.spawn().unwrap_err();
+        assert!(err.contains(name) && err.contains("chmod go-w"), "{err}");
+        assert_eq!(std::fs::read(&file).unwrap(), before, "{name} was changed");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    agent.spawn().expect("starts once both are the agent's alone");
+    assert!(agent.stop().success());
+}
+
 /// The intents file decides what the audit log says at start ("recorded
 /// at start: applied"), so one that another uid owns (here 65534, as if it
 /// had planted notes of changes that never happened), or that others may

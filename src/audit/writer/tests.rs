@@ -308,6 +308,28 @@ async fn nothing_is_written_after_a_half_record_until_it_is_cut_back() {
     assert!(report.is_ok() && report.notes.is_empty(), "{report}");
 }
 
+/// In a directory others may write, another user could rename the live
+/// file away, plant the next one (`audit.jsonl.new`) or remove segments:
+/// the log does not start there, and says what to run.
+#[test]
+fn a_log_in_a_directory_others_can_write_does_not_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let opts = opts(&shared, Durability::Write);
+    let err = Audit::start(opts.clone()).err().expect("refused").to_string();
+    assert!(
+        err.contains("writable by its group or others") && err.contains("chmod go-w"),
+        "{err}"
+    );
+    assert!(!opts.path.exists(), "nothing was created there");
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let audit = Audit::start(opts).unwrap();
+    drop(audit);
+}
+
 #[tokio::test]
 async fn nothing_is_written_after_a_half_seal_record_until_it_is_cut_back() {
     for durability in [Durability::Fsync, Durability::Write] {
