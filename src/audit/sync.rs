@@ -99,7 +99,9 @@ impl Demand {
         } else {
             Err(AuditError::io(
                 path,
-                std::io::Error::other("fdatasync of the audit log failed; the record may not be on disk"),
+                std::io::Error::other(
+            "fdatasync of the audit log failed, so the record may not be on disk: `keyward status` shows the error (check the disk); the next record tries again",
+        ),
             ))
         }
     }

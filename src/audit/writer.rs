@@ -81,12 +81,12 @@ pub(super) fn open(
         Ok(Some(head)) if head.seq > tail.seq => notices.push(notice(
             Outcome::MissingTail,
             format!(
-                "the head file says the log reached seq {} but it ends at seq {}: records {}..{} are missing from the end (if the log was rotated on purpose, move {} with it)",
+                "the head file says the log reached seq {} but it ends at seq {}: records {}..{} are missing from the end (if the log was moved away while the agent was stopped, they are in the moved file: check both in order with `keyward audit verify MOVED-FILE {}`; otherwise they were cut off)",
                 head.seq,
                 tail.seq,
                 tail.seq + 1,
                 head.seq,
-                head_path(&path).display()
+                path.display()
             ),
         )),
         Ok(Some(head)) if head.seq == tail.seq && head.hash != tail.hash => notices.push(notice(

@@ -194,9 +194,32 @@ impl Writer {
             Ok(()) => {}
             // A seal cut short after the link: the name already is ours.
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists && same_file(&self.path, &sealed)? => {}
-            Err(e) => return Err(e),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!(
+                        "{} exists and is not this log's segment: move it away",
+                        sealed.display()
+                    ),
+                ))
+            }
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("cannot link the live file as {}: {e}", sealed.display()),
+                ))
+            }
         }
-        std::fs::rename(&next_path, &self.path)?;
+        std::fs::rename(&next_path, &self.path).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot rename {} over {}: {e}",
+                    next_path.display(),
+                    self.path.display()
+                ),
+            )
+        })?;
         self.segments.seal_pending = false;
         self.replace_log(Box::new(next))?;
         self.start_segment(0)?;
