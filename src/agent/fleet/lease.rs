@@ -367,6 +367,9 @@ pub struct LeaseKeeper {
 struct Keeper {
     /// When the lease was last written (monotonic).
     written: Instant,
+    /// When it ends, on the wall clock other members judge it by (the
+    /// monotonic clock stops while the host is suspended; theirs does not).
+    expires: SystemTime,
     lost: Option<LeaseLost>,
     error: Option<String>,
 }
@@ -378,6 +381,7 @@ impl LeaseKeeper {
         let term = fleet.cfg.rotation_lease;
         let (state_tx, state) = watch::channel(Keeper {
             written: held.written,
+            expires: held.lease.expires(),
             lost: None,
             error: None,
         });
@@ -402,6 +406,7 @@ impl LeaseKeeper {
                         pause = term / 3;
                         state_tx.send_modify(|s| {
                             s.written = held.written;
+                            s.expires = held.lease.expires();
                             s.error = None;
                         });
                     }
@@ -434,10 +439,12 @@ impl LeaseKeeper {
         if let Some(lost) = &s.lost {
             return LeaseCheck::Lost(lost.clone());
         }
-        if s.written.elapsed() > self.term * 2 / 3 {
+        let left = s.expires.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
+        if unrenewed(s.written.elapsed(), left, self.term) {
             return LeaseCheck::Unrenewed(format!(
-                "the rotation lease was not renewed for {}s ({}): no step is taken until it is",
+                "the rotation lease was not renewed for {}s and ends in {}s by the wall clock ({}): no step is taken until it is",
                 s.written.elapsed().as_secs(),
+                left.as_secs(),
                 s.error.as_deref().unwrap_or("renewal under way")
             ));
         }
@@ -458,9 +465,30 @@ impl LeaseKeeper {
     }
 }
 
+/// A step must wait: the lease was written more than two thirds of its
+/// `term` ago (`since_write`, monotonic), or it ends within a third of it
+/// (`left`, by the wall clock): a host suspended past its lease sees the
+/// first clock stand still while the second, which the other members
+/// judge expiry by, went on.
+fn unrenewed(since_write: Duration, left: Duration, term: Duration) -> bool {
+    since_write > term * 2 / 3 || left < term / 3
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_step_waits_when_either_clock_says_the_lease_is_nearly_over() {
+        let term = Duration::from_secs(60);
+        let s = Duration::from_secs;
+        assert!(!unrenewed(s(1), s(59), term));
+        assert!(!unrenewed(s(39), s(21), term));
+        assert!(unrenewed(s(41), s(19), term));
+        // Suspended for 50 s: the monotonic clock did not move.
+        assert!(unrenewed(s(1), s(9), term));
+        assert!(unrenewed(s(1), Duration::ZERO, term));
+    }
 
     fn text(acquired_at_ms: u64, expires_at_ms: u64) -> String {
         serde_json::json!({
