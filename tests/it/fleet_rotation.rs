@@ -514,6 +514,89 @@ async fn a_holder_that_cannot_renew_its_lease_takes_no_step_until_it_can() {
     assert_eq!(revoked, 1, "the revoker ran {revoked} times");
 }
 
+/// A rotation cancelled while OpenBao is down: the holder cannot release
+/// its lease at once, and an unreleased lease that expires reads as
+/// abandoned, so the other member would resume the cancelled rotation and
+/// retire the old key. The holder tries again until OpenBao takes the
+/// release: once OpenBao is back (before the lease would have expired), the
+/// lease is released and nobody resumes the rotation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_rotation_whose_lease_release_failed_is_released_later_and_not_resumed() {
+    let mut fleet = Fleet::prepare(2);
+    fleet.tail = Box::new(|i, dir| {
+        // a waits long in its grace (cancelled there); b would retire at once.
+        let grace = if i == 0 { "600s" } else { "0s" };
+        let revoker = format!(
+            "revoker = [\"{}\", \"revoker\"]\ngrace = \"{grace}\"\n",
+            hook(dir).display()
+        );
+        key_entry(dir, "release", true, &revoker)
+    });
+    fleet.launch(|_| "rotation_lease = \"15s\"\n".to_owned());
+    fleet.agent(0).put("prod/release", "sk_release_original_0001");
+    let (_, created) = state_of(fleet.agent(0), "release");
+    until_steady_everywhere(&[fleet.agent(0), fleet.agent(1)], "release", created).await;
+    start(fleet.agent(0), "release", false).await.expect("start rotation");
+    until("a and b serve it promoted", Duration::from_secs(30), || {
+        try_state(fleet.agent(0), "release").is_some_and(|s| s.0 == "promoted")
+            && try_state(fleet.agent(1), "release").is_some_and(|s| s.0 == "promoted")
+    })
+    .await;
+
+    fleet.bao.stop();
+    fleet
+        .agent(0)
+        .admin()
+        .await
+        .cancel_rotation(proto::CancelRotationRequest {
+            key: key("prod", "release"),
+        })
+        .await
+        .expect("cancel");
+    let ended = until_job_ends(fleet.agent(0), "release").await;
+    assert_eq!(ended.result, "cancelled", "{ended:?}");
+    let refused = common::eventually(Duration::from_secs(5), || {
+        fleet
+            .agent(0)
+            .logs()
+            .contains("cannot release the rotation lease")
+            .then_some(())
+    })
+    .await;
+    assert!(
+        refused.is_some(),
+        "the release did not fail while OpenBao was down: {}",
+        fleet.agent(0).logs()
+    );
+    fleet.bao.restart();
+
+    let path = "keyward/leases/prod/release";
+    let released = common::eventually(Duration::from_secs(8), || {
+        let raw = fleet.bao.kv_get_raw(path)?;
+        let lease: serde_json::Value = serde_json::from_str(raw["lease"].as_str()?).ok()?;
+        (lease["released"] == serde_json::json!(true)).then_some(lease)
+    })
+    .await;
+    let (a, b) = (fleet.agent(0), fleet.agent(1));
+    assert!(
+        released.is_some(),
+        "the lease was not released once OpenBao answered: {}",
+        a.logs()
+    );
+    // Past the term the unreleased lease would have had, and b's look at it.
+    let waited = Instant::now();
+    while waited.elapsed() < Duration::from_secs(20) {
+        let took = jobs_started(b, "release");
+        assert!(
+            took.is_empty() && calls(&b.dir, "revoker") == 0,
+            "b resumed the cancelled rotation: jobs {took:?}, revoker calls {}",
+            calls(&b.dir, "revoker")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(try_state(b, "release").map(|s| s.0), Some("promoted".to_owned()));
+}
+
 /// `bao ARGS` with `token`, asserting success; its stdout.
 fn bao_with(fleet: &Fleet, token: &str, args: &[&str]) -> String {
     let out = fleet.bao.cli(args, None, Some(token));

@@ -331,18 +331,59 @@ impl Fleet {
         }
     }
 
-    /// Marks `held` released (best effort: otherwise it expires).
-    pub async fn release_lease(&self, held: HeldLease) {
+    /// Marks `held` released. When OpenBao does not take it, tries again
+    /// each [`RELEASE_RETRY`] in the background until it does, or until the
+    /// lease expired anyway: an unreleased lease that expires reads as
+    /// abandoned, and another member would resume a rotation this agent
+    /// ended (cancelled, or rolled back with the refused key staged).
+    pub async fn release_lease(self: &Arc<Self>, held: HeldLease) {
+        if self.try_release(&held, true).await {
+            return;
+        }
+        let fleet = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(RELEASE_RETRY).await;
+                if fleet.try_release(&held, false).await {
+                    return;
+                }
+                if SystemTime::now() >= held.lease.expires() {
+                    tracing::error!(key = %held.key,
+                        "could not release the rotation lease before it expired: another member may resume the rotation this agent ended; check `keyward rotation-status` on the members");
+                    return;
+                }
+            }
+        });
+    }
+
+    /// One try at releasing `held`: true once it is released, or no longer
+    /// this agent's to release. A failure is logged on the `first` try.
+    async fn try_release(&self, held: &HeldLease, first: bool) -> bool {
         let mut lease = held.lease.clone();
         lease.released = true;
         lease.expires_at_ms = unix_ms(SystemTime::now());
         match self.write_lease(&held.key, &lease, held.version).await {
-            Ok(_) => tracing::info!(key = %held.key, "released the rotation lease"),
-            Err(e) => tracing::warn!(key = %held.key, error = %e,
-                "cannot release the rotation lease; it expires by itself, after which another member may resume the rotation"),
+            Ok(_) => {
+                tracing::info!(key = %held.key, "released the rotation lease");
+                true
+            }
+            Err(KvError::CasMismatch { .. }) => {
+                tracing::warn!(key = %held.key, "the rotation lease was written by someone else since this agent's last renewal: nothing to release");
+                true
+            }
+            Err(e) => {
+                if first {
+                    tracing::warn!(key = %held.key, error = %e,
+                        "cannot release the rotation lease yet; trying again every second until it expires");
+                }
+                false
+            }
         }
     }
 }
+
+/// How often a release OpenBao did not take is tried again.
+const RELEASE_RETRY: Duration = Duration::from_secs(1);
 
 /// Whether a job may take a step now.
 #[derive(Clone, Debug, PartialEq, Eq)]
