@@ -100,6 +100,8 @@ pub(super) struct Shared {
     /// With [`Durability::Fsync`]: what a written record waits on until a
     /// sync covers it.
     demand: Option<Arc<Demand>>,
+    /// How far the log is durable, in both modes ([`Shared::wait_durable`]).
+    durable: Arc<Demand>,
 }
 
 impl Shared {
@@ -111,12 +113,10 @@ impl Shared {
         head: Arc<Mutex<HeadFile>>,
         status: Arc<StatusCell>,
     ) -> Result<Shared, AuditError> {
+        let durable = Demand::new(writer.seq());
         let (cadence, demand) = match opts.durability {
-            Durability::Fsync => {
-                let demand = Demand::new(writer.seq());
-                (Cadence::OnDemand(Arc::clone(&demand)), Some(demand))
-            }
-            Durability::Write => (Cadence::Every(opts.fsync_interval), None),
+            Durability::Fsync => (Cadence::OnDemand(Arc::clone(&durable)), Some(Arc::clone(&durable))),
+            Durability::Write => (Cadence::Every(opts.fsync_interval, Arc::clone(&durable)), None),
         };
         let syncer = Syncer::start(
             writer.sync_files(),
@@ -142,7 +142,15 @@ impl Shared {
             max_batch: opts.max_batch,
             syncer: tokio::sync::Mutex::new(Some(syncer)),
             demand,
+            durable,
         })
+    }
+
+    /// Waits until record `seq` (written) is on disk: at once in
+    /// [`Durability::Fsync`] mode, after a sync started now in
+    /// [`Durability::Write`] mode.
+    pub(super) async fn wait_durable(&self, seq: u64) -> Result<(), AuditError> {
+        self.durable.wait(seq, &self.path).await
     }
 
     /// See [`super::Audit::durable_head`].
@@ -311,9 +319,7 @@ impl Shared {
                 drop(again);
                 let synced = writer.sync_and_move_head();
                 lock(&self.head).sync();
-                if let Some(demand) = &self.demand {
-                    demand.settle(writer.seq(), synced);
-                }
+                self.durable.settle(writer.seq(), synced);
                 st = lock(&self.state);
                 st.writer = Some(writer);
                 st.finished = true;

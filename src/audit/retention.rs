@@ -1,8 +1,8 @@
 //! `[audit] retain`: deleting the oldest sealed segments.
 //!
 //! Invariant: a segment is deleted only after the record of its deletion
-//! (`audit_segment_deleted`, naming its seq range and last hash) is
-//! written. A crash between the two leaves a record of a deletion that did
+//! (`audit_segment_deleted`, naming its seq range and last hash) is on
+//! disk (synced, in either durability mode). A crash between the two leaves a record of a deletion that did
 //! not happen (the segment is deleted again next time), never a missing
 //! segment without its record; `keyward audit verify` accepts exactly the
 //! prefix those records explain.
@@ -44,11 +44,15 @@ impl Audit {
                 Err(e) => return Err(io_err(std::io::Error::other(e))),
             };
             let detail = deleted_detail(seg.first, seg.last, &hash, &seg.path, retain);
-            self.record(AuditEvent {
-                detail: Some(detail.clone()),
-                ..AuditEvent::new(Event::AuditSegmentDeleted, Outcome::Ok)
-            })
-            .await?;
+            let seq = self
+                .record(AuditEvent {
+                    detail: Some(detail.clone()),
+                    ..AuditEvent::new(Event::AuditSegmentDeleted, Outcome::Ok)
+                })
+                .await?;
+            // On disk before the segment goes: a power loss must not keep
+            // the deletion and lose its record.
+            self.inner.wait_durable(seq).await?;
             let path = seg.path.clone();
             match tokio::task::spawn_blocking(move || std::fs::remove_file(&path)).await {
                 Ok(Ok(())) => {

@@ -28,8 +28,9 @@ use super::{lock, AuditOptions, StatusCell};
 
 /// When the thread syncs.
 pub(super) enum Cadence {
-    /// Every interval ([`super::Durability::Write`]).
-    Every(Duration),
+    /// Every interval ([`super::Durability::Write`]), and at once when a
+    /// caller waits for a record to be durable ([`Demand::wait`]).
+    Every(Duration, Arc<Demand>),
     /// When a record waits for it ([`super::Durability::Fsync`]).
     OnDemand(Arc<Demand>),
 }
@@ -138,7 +139,7 @@ impl Syncer {
     ) -> Result<Syncer, AuditError> {
         let (done_tx, done) = oneshot::channel();
         let (interval, demand) = match cadence {
-            Cadence::Every(interval) => (Some(interval), Demand::new(synced)),
+            Cadence::Every(interval, demand) => (Some(interval), demand),
             Cadence::OnDemand(demand) => (None, demand),
         };
         let path = opts.path.clone();
@@ -211,12 +212,15 @@ fn next_round(demand: &Demand, interval: Option<Duration>, done: u64) -> bool {
     let mut st = lock(&demand.state);
     match interval {
         Some(interval) => {
-            if !st.stop {
+            if !st.stop && st.seq <= done {
+                // Woken early by a caller waiting for a record.
+                st.idle = true;
                 st = demand
                     .wake
                     .wait_timeout(st, interval)
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .0;
+                st.idle = false;
             }
         }
         None => {

@@ -138,6 +138,42 @@ async fn retention_deletes_the_oldest_records_it_and_verify_accepts_the_prefix()
     assert_eq!(report.problems[0].kind, ProblemKind::MissingPrefix, "{report}");
 }
 
+/// With `durability = "write"` a record is on disk only at the next sync,
+/// up to `fsync_interval` later (here an hour): a segment deleted before
+/// then could outlive its deletion record in a power loss, and verify would
+/// report the missing prefix as tampering. Each record is on disk (the head
+/// names it) before its segment goes.
+#[tokio::test]
+async fn retention_deletes_a_segment_only_once_its_deletion_record_is_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = AuditOptions {
+        fsync_interval: std::time::Duration::from_secs(3600),
+        ..small(dir.path(), Durability::Write)
+    };
+    let audit = Audit::start(opts.clone()).unwrap();
+    for i in 0..60 {
+        audit.record(fetch(i)).await.unwrap();
+    }
+    let deleted = audit.enforce_retention(Retain::Count(1)).await.unwrap();
+    assert!(!deleted.is_empty());
+    let last_deletion = all_lines(&opts.path)
+        .iter()
+        .filter(|l| l.contains("\"event\":\"audit_segment_deleted\""))
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .max()
+        .unwrap();
+    let (on_disk, _) = audit.durable_head().expect("a record is on disk");
+    assert!(
+        on_disk >= last_deletion,
+        "deleted with record {last_deletion} not on disk (the head names {on_disk})"
+    );
+    audit.close().await;
+}
+
 #[tokio::test]
 async fn a_reopen_after_mv_continues_the_chain_in_a_new_file() {
     let dir = tempfile::tempdir().unwrap();
