@@ -514,6 +514,50 @@ async fn a_holder_that_cannot_renew_its_lease_takes_no_step_until_it_can() {
     assert_eq!(revoked, 1, "the revoker ran {revoked} times");
 }
 
+/// Two agents with key `prod/NAME` and a `lease` term, rotating it on a
+/// until both serve it promoted: a then waits in a long grace (to be
+/// cancelled there), and b would retire at once if it took the rotation.
+async fn promoted_on_a_and_b(name: &'static str, lease: &str) -> Fleet {
+    let mut fleet = Fleet::prepare(2);
+    fleet.tail = Box::new(move |i, dir| {
+        let grace = if i == 0 { "600s" } else { "0s" };
+        let revoker = format!(
+            "revoker = [\"{}\", \"revoker\"]\ngrace = \"{grace}\"\n",
+            hook(dir).display()
+        );
+        key_entry(dir, name, true, &revoker)
+    });
+    let lease = format!("rotation_lease = \"{lease}\"\n");
+    fleet.launch(|_| lease.clone());
+    let (a, b) = (fleet.agent(0), fleet.agent(1));
+    a.put(&format!("prod/{name}"), &format!("sk_{name}_original_0001"));
+    let (_, created) = state_of(a, name);
+    until_steady_everywhere(&[a, b], name, created).await;
+    start(a, name, false).await.expect("start rotation");
+    until("a and b serve it promoted", Duration::from_secs(30), || {
+        try_state(a, name).is_some_and(|s| s.0 == "promoted") && try_state(b, name).is_some_and(|s| s.0 == "promoted")
+    })
+    .await;
+    fleet
+}
+
+/// For `secs`, `b` starts no job of `name` and runs no revoker; then it
+/// still serves it promoted.
+async fn never_resumed_by(b: &TestAgent, name: &str, secs: u64) {
+    let waited = Instant::now();
+    while waited.elapsed() < Duration::from_secs(secs) {
+        let took = jobs_started(b, name);
+        assert!(
+            took.is_empty() && calls(&b.dir, "revoker") == 0,
+            "b resumed the cancelled rotation: jobs {took:?}, revoker calls {}, b's state {:?}",
+            calls(&b.dir, "revoker"),
+            try_state(b, name)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(try_state(b, name).map(|s| s.0), Some("promoted".to_owned()));
+}
+
 /// A rotation cancelled while OpenBao is down: the holder cannot release
 /// its lease at once, and an unreleased lease that expires reads as
 /// abandoned, so the other member would resume the cancelled rotation and
@@ -522,26 +566,7 @@ async fn a_holder_that_cannot_renew_its_lease_takes_no_step_until_it_can() {
 /// lease is released and nobody resumes the rotation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_rotation_whose_lease_release_failed_is_released_later_and_not_resumed() {
-    let mut fleet = Fleet::prepare(2);
-    fleet.tail = Box::new(|i, dir| {
-        // a waits long in its grace (cancelled there); b would retire at once.
-        let grace = if i == 0 { "600s" } else { "0s" };
-        let revoker = format!(
-            "revoker = [\"{}\", \"revoker\"]\ngrace = \"{grace}\"\n",
-            hook(dir).display()
-        );
-        key_entry(dir, "release", true, &revoker)
-    });
-    fleet.launch(|_| "rotation_lease = \"15s\"\n".to_owned());
-    fleet.agent(0).put("prod/release", "sk_release_original_0001");
-    let (_, created) = state_of(fleet.agent(0), "release");
-    until_steady_everywhere(&[fleet.agent(0), fleet.agent(1)], "release", created).await;
-    start(fleet.agent(0), "release", false).await.expect("start rotation");
-    until("a and b serve it promoted", Duration::from_secs(30), || {
-        try_state(fleet.agent(0), "release").is_some_and(|s| s.0 == "promoted")
-            && try_state(fleet.agent(1), "release").is_some_and(|s| s.0 == "promoted")
-    })
-    .await;
+    let mut fleet = promoted_on_a_and_b("release", "15s").await;
 
     fleet.bao.stop();
     fleet
@@ -584,17 +609,7 @@ async fn a_cancelled_rotation_whose_lease_release_failed_is_released_later_and_n
         a.logs()
     );
     // Past the term the unreleased lease would have had, and b's look at it.
-    let waited = Instant::now();
-    while waited.elapsed() < Duration::from_secs(20) {
-        let took = jobs_started(b, "release");
-        assert!(
-            took.is_empty() && calls(&b.dir, "revoker") == 0,
-            "b resumed the cancelled rotation: jobs {took:?}, revoker calls {}",
-            calls(&b.dir, "revoker")
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert_eq!(try_state(b, "release").map(|s| s.0), Some("promoted".to_owned()));
+    never_resumed_by(b, "release", 20).await;
 }
 
 /// `bao ARGS` with `token`, asserting success; its stdout.
@@ -617,30 +632,10 @@ fn bao_with(fleet: &Fleet, token: &str, args: &[&str]) -> String {
 /// next version does not verify: no member resumes the rotation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replayed_lease_does_not_make_a_member_resume_a_cancelled_rotation() {
-    let mut fleet = Fleet::prepare(2);
-    fleet.tail = Box::new(|i, dir| {
-        // a waits long in its grace (cancelled there); b would retire at once.
-        let grace = if i == 0 { "600s" } else { "0s" };
-        let revoker = format!(
-            "revoker = [\"{}\", \"revoker\"]\ngrace = \"{grace}\"\n",
-            hook(dir).display()
-        );
-        key_entry(dir, "replay", true, &revoker)
-    });
-    fleet.launch(|_| "rotation_lease = \"5s\"\n".to_owned());
+    let fleet = promoted_on_a_and_b("replay", "5s").await;
     let (a, b) = (fleet.agent(0), fleet.agent(1));
-    a.put("prod/replay", "sk_replay_original_0001");
-    let (_, created) = state_of(a, "replay");
-    until_steady_everywhere(&[a, b], "replay", created).await;
     let token = readme_policy_token(&fleet.bao, &fleet.bao.dir.join("stolen.token"));
     let path = "keyward/leases/prod/replay";
-
-    start(a, "replay", false).await.expect("start rotation");
-    until("a and b serve it promoted", Duration::from_secs(30), || {
-        try_state(a, "replay").is_some_and(|s| s.0 == "promoted")
-            && try_state(b, "replay").is_some_and(|s| s.0 == "promoted")
-    })
-    .await;
     // The attacker keeps a copy of the lease as a's job renews it.
     let meta: serde_json::Value = serde_json::from_str(&bao_with(
         &fleet,
@@ -721,18 +716,7 @@ async fn a_replayed_lease_does_not_make_a_member_resume_a_cancelled_rotation() {
 
     // Five lease terms (b's scan looks again at a key whose lease it saw
     // released after that long) and more.
-    let start_wait = Instant::now();
-    while start_wait.elapsed() < Duration::from_secs(32) {
-        let took = jobs_started(b, "replay");
-        assert!(
-            took.is_empty() && calls(&b.dir, "revoker") == 0,
-            "b resumed the cancelled rotation from a replayed lease: jobs {took:?}, revoker calls {}, b's state {:?}",
-            calls(&b.dir, "revoker"),
-            try_state(b, "replay")
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert_eq!(try_state(b, "replay").map(|s| s.0), Some("promoted".to_owned()));
+    never_resumed_by(b, "replay", 32).await;
 }
 
 /// Review: two `StartRotation` calls for one key on one agent at the same
