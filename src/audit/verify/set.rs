@@ -1,7 +1,8 @@
 //! Which files `verify` reads, in which order: each path given, after the
 //! sealed segments beside it (`<path>.<first>-<last>`), so that the live
 //! file's path alone verifies every retained segment; several paths (a file
-//! logrotate moved away, then the live one) are read in the order given.
+//! logrotate moved away, then the live one) are read with their segments
+//! in chain order, by the seq each file starts at.
 
 use std::fs::File;
 use std::io::Read;
@@ -29,14 +30,22 @@ pub struct VerifyOptions {
 /// Checks every file `opts` names as one chain. `Err` only if a file
 /// cannot be read.
 pub fn verify_set(opts: &VerifyOptions, key: &[u8; 32]) -> Result<VerifyReport, AuditError> {
-    let mut files = Vec::new();
+    // Each file with the seq its chain starts at: a segment's from its
+    // name, a given file's from its first record (one with none keeps its
+    // place after the file before it).
+    let mut keyed: Vec<(u64, PathBuf)> = Vec::new();
     for path in &opts.paths {
         let segments = list_segments(path).unwrap_or_default();
-        files.extend(segments.into_iter().map(|s| s.path));
-        if path.exists() || files.is_empty() {
-            files.push(path.clone());
+        keyed.extend(segments.into_iter().map(|s| (s.first, s.path)));
+        if path.exists() || keyed.is_empty() {
+            let before = keyed.last().map_or(0, |(seq, _)| *seq);
+            keyed.push((first_seq(path).unwrap_or(before), path.clone()));
         }
     }
+    // Chain order: a file logrotate moved away comes between the segments
+    // sealed before it and those sealed after the reopen.
+    keyed.sort_by_key(|(seq, _)| *seq);
+    let mut files: Vec<PathBuf> = keyed.into_iter().map(|(_, path)| path).collect();
     files.dedup();
     let last = opts.paths.last().cloned().unwrap_or_default();
     let head = read_head(&head_path(&last), key);
@@ -55,6 +64,16 @@ pub fn verify_set(opts: &VerifyOptions, key: &[u8; 32]) -> Result<VerifyReport, 
     let mut report = checker.finish(lines);
     report.files = files;
     Ok(report)
+}
+
+/// The seq of the first record in the file at `path` (from its first 64
+/// KiB; MACs are checked when the file is read in order).
+fn first_seq(path: &Path) -> Option<u64> {
+    let mut head = Vec::new();
+    File::open(path).ok()?.take(64 << 10).read_to_end(&mut head).ok()?;
+    head.split(|&b| b == b'\n')
+        .find_map(|line| crate::audit::line::check_line(&[0; 32], line).ok())
+        .map(|rec| rec.seq)
 }
 
 fn display_name(path: &Path) -> String {

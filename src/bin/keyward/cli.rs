@@ -336,8 +336,9 @@ pub enum AuditCommand {
     /// Check the hash chain of an audit log: reports the first record that
     /// was edited, removed, reordered, a missing segment, or a cut-off
     /// tail. Every sealed segment beside a path (PATH.<first>-<last>) is
-    /// checked before it; several paths (a file logrotate moved away, then
-    /// the live one) are checked as one chain in the order given.
+    /// checked with it; several paths (a file logrotate moved away, and the
+    /// live one) are checked as one chain, in chain order (by the seq each
+    /// file starts at).
     Verify {
         /// The audit log's live file, and files moved away before it, oldest
         /// first (default: DIR/audit.jsonl with --dev, else

@@ -242,6 +242,45 @@ async fn copytruncate_is_detected_and_reported_as_such() {
     assert_eq!(report.problems[0].kind, ProblemKind::CopyTruncate, "{report}");
 }
 
+/// logrotate's `create` mode beside the agent's own segments: segments
+/// sealed before the move, the moved file, and segments sealed after the
+/// reopen. `verify MOVED LIVE` reads them all in chain order, not every
+/// segment of the live path after the moved file.
+#[tokio::test]
+async fn a_file_moved_away_between_segments_verifies_in_chain_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = small(dir.path(), Durability::Write);
+    let audit = Audit::start(opts.clone()).unwrap();
+    let mut i = 0;
+    while list_segments(&opts.path).unwrap().is_empty() {
+        audit.record(fetch(i)).await.unwrap();
+        i += 1;
+    }
+    audit.record(fetch(i)).await.unwrap();
+    let moved = dir.path().join("audit.jsonl.1");
+    std::fs::rename(&opts.path, &moved).unwrap();
+    audit.request_reopen();
+    let sealed_before = list_segments(&opts.path).unwrap().len();
+    while list_segments(&opts.path).unwrap().len() == sealed_before {
+        i += 1;
+        audit.record(fetch(i)).await.unwrap();
+    }
+    audit.close().await;
+
+    let report = verify_set(&set(&[&moved, &opts.path]), &KEY).unwrap();
+    assert!(report.is_ok(), "{report}");
+    let names: Vec<String> = report
+        .files
+        .iter()
+        .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names.iter().position(|n| n == "audit.jsonl.1"),
+        Some(sealed_before),
+        "{names:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_seal_cut_short_by_a_crash_is_finished_at_start() {
     let dir = tempfile::tempdir().unwrap();
