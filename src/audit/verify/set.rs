@@ -62,6 +62,12 @@ pub fn verify_set(opts: &VerifyOptions, key: &[u8; 32]) -> Result<VerifyReport, 
         lines = check_file(file, &mut checker)?;
     }
     let mut report = checker.finish(lines);
+    for path in opts.paths.iter().filter(|p| !p.exists() && !files.contains(p)) {
+        report.notes.push(format!(
+            "{} does not exist: only the segments sealed beside it were checked (records written after the last of them are not)",
+            path.display()
+        ));
+    }
     report.files = files;
     Ok(report)
 }

@@ -282,6 +282,18 @@ async fn a_file_moved_away_between_segments_verifies_in_chain_order() {
 }
 
 #[tokio::test]
+async fn a_missing_live_file_beside_its_segments_is_noted() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = small(dir.path(), Durability::Write);
+    write_log(&opts, 40).await;
+    std::fs::remove_file(&opts.path).unwrap();
+    std::fs::remove_file(head_path(&opts.path)).unwrap();
+    let report = verify(&opts.path, &KEY).unwrap();
+    assert!(report.is_ok(), "{report}");
+    assert!(report.notes.iter().any(|n| n.contains("does not exist")), "{report}");
+}
+
+#[tokio::test]
 async fn a_seal_cut_short_by_a_crash_is_finished_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let opts = small(dir.path(), Durability::Fsync);
