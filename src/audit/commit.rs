@@ -39,7 +39,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::sync::{oneshot, Notify};
 
 use super::head::HeadFile;
-use super::sync::{Cadence, Demand, Syncer};
+use super::sync::{Demand, Syncer};
 use super::writer::Writer;
 use super::{lock, AuditError, AuditEvent, AuditOptions, Durability, StatusCell};
 
@@ -97,11 +97,12 @@ pub(super) struct Shared {
     /// The sync thread, until `close` stops it (a tokio mutex: a second
     /// `close` waits while the first stops the thread).
     syncer: tokio::sync::Mutex<Option<Syncer>>,
-    /// With [`Durability::Fsync`]: what a written record waits on until a
-    /// sync covers it.
-    demand: Option<Arc<Demand>>,
-    /// How far the log is durable, in both modes ([`Shared::wait_durable`]).
+    /// How far the log is durable: what a record waits on until a sync
+    /// covers it (every record with [`Durability::Fsync`]; one a caller
+    /// asks for, [`Shared::wait_durable`], in either mode).
     durable: Arc<Demand>,
+    /// [`Durability::Fsync`]: every record waits.
+    power_safe: bool,
 }
 
 impl Shared {
@@ -114,14 +115,14 @@ impl Shared {
         status: Arc<StatusCell>,
     ) -> Result<Shared, AuditError> {
         let durable = Demand::new(writer.seq());
-        let (cadence, demand) = match opts.durability {
-            Durability::Fsync => (Cadence::OnDemand(Arc::clone(&durable)), Some(Arc::clone(&durable))),
-            Durability::Write => (Cadence::Every(opts.fsync_interval, Arc::clone(&durable)), None),
-        };
+        let power_safe = opts.durability == Durability::Fsync;
+        // Write mode also syncs every interval; fsync mode only on demand.
+        let interval = (!power_safe).then_some(opts.fsync_interval);
         let syncer = Syncer::start(
             writer.sync_files(),
             writer.seq(),
-            cadence,
+            interval,
+            Arc::clone(&durable),
             opts,
             Arc::clone(&status),
             Arc::clone(&head),
@@ -141,8 +142,8 @@ impl Shared {
             path: opts.path.clone(),
             max_batch: opts.max_batch,
             syncer: tokio::sync::Mutex::new(Some(syncer)),
-            demand,
             durable,
+            power_safe,
         })
     }
 
@@ -161,8 +162,8 @@ impl Shared {
     /// See [`super::Audit::record`].
     pub(super) async fn record(&self, event: AuditEvent) -> Result<u64, AuditError> {
         let seq = self.write(event).await?;
-        if let Some(demand) = &self.demand {
-            demand.wait(seq, &self.path).await?;
+        if self.power_safe {
+            self.durable.wait(seq, &self.path).await?;
         }
         Ok(seq)
     }

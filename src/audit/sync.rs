@@ -26,15 +26,6 @@ use super::head::HeadFile;
 use super::writer::{report_failure, SyncFiles};
 use super::{lock, AuditOptions, StatusCell};
 
-/// When the thread syncs.
-pub(super) enum Cadence {
-    /// Every interval ([`super::Durability::Write`]), and at once when a
-    /// caller waits for a record to be durable ([`Demand::wait`]).
-    Every(Duration, Arc<Demand>),
-    /// When a record waits for it ([`super::Durability::Fsync`]).
-    OnDemand(Arc<Demand>),
-}
-
 /// How far the log is durable, as the sync thread publishes it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(super) struct Durable {
@@ -45,8 +36,9 @@ pub(super) struct Durable {
     pub(super) failed_through: u64,
 }
 
-/// What records waiting to be durable and the sync thread share
-/// ([`Cadence::OnDemand`]).
+/// What callers waiting for a record to be durable and the sync thread
+/// share: every record in [`super::Durability::Fsync`] mode, a deletion's
+/// record before retention removes its segment in either mode.
 pub(super) struct Demand {
     state: Mutex<Wanted>,
     wake: Condvar,
@@ -60,6 +52,9 @@ struct Wanted {
     idle: bool,
     stop: bool,
 }
+
+/// What a record whose sync failed is answered with.
+const SYNC_FAILED: &str = "fdatasync of the audit log failed, so the record may not be on disk: `keyward status` shows the error (check the disk); the next record tries again";
 
 impl Demand {
     pub(super) fn new(synced: u64) -> Arc<Demand> {
@@ -98,12 +93,7 @@ impl Demand {
         if durable.synced >= seq {
             Ok(())
         } else {
-            Err(AuditError::io(
-                path,
-                std::io::Error::other(
-            "fdatasync of the audit log failed, so the record may not be on disk: `keyward status` shows the error (check the disk); the next record tries again",
-        ),
-            ))
+            Err(AuditError::io(path, std::io::Error::other(SYNC_FAILED)))
         }
     }
 }
@@ -132,16 +122,13 @@ impl Syncer {
     pub(super) fn start(
         files: Arc<Mutex<SyncFiles>>,
         synced: u64,
-        cadence: Cadence,
+        interval: Option<Duration>,
+        demand: Arc<Demand>,
         opts: &AuditOptions,
         status: Arc<StatusCell>,
         head: Arc<Mutex<HeadFile>>,
     ) -> Result<Syncer, AuditError> {
         let (done_tx, done) = oneshot::channel();
-        let (interval, demand) = match cadence {
-            Cadence::Every(interval, demand) => (Some(interval), demand),
-            Cadence::OnDemand(demand) => (None, demand),
-        };
         let path = opts.path.clone();
         let shared = Arc::clone(&demand);
         let thread = std::thread::Builder::new()
