@@ -387,6 +387,17 @@ mod tests {
             .collect()
     }
 
+    /// Every line of every segment of the live file `live`, then its own.
+    pub(super) fn all_lines(live: &Path) -> Vec<String> {
+        let mut files: Vec<std::path::PathBuf> = super::segments::list_segments(live)
+            .unwrap()
+            .into_iter()
+            .map(|s| s.path)
+            .collect();
+        files.push(live.to_path_buf());
+        files.iter().flat_map(|f| lines(f)).collect()
+    }
+
     /// Replaces the log with `lines`, each ended by `\n`.
     pub(super) fn write_lines(path: &Path, lines: &[String]) {
         let text: String = lines.iter().map(|l| format!("{l}\n")).collect();

@@ -139,6 +139,20 @@ pub(super) fn parse_deleted(detail: &str) -> Option<(u64, u64, String)> {
     Some((first.parse().ok()?, last.parse().ok()?, hash.to_owned()))
 }
 
+/// How much of a log file's start [`first_record_seq`] is given: a first
+/// record is far shorter.
+pub(super) const FIRST_WINDOW: u64 = 64 * 1024;
+
+/// The seq of the first record among the lines of `start`, a log file's
+/// first bytes (its MAC is checked when the file is read in order, not
+/// here).
+pub(super) fn first_record_seq(start: &[u8]) -> Option<u64> {
+    start
+        .split(|&b| b == b'\n')
+        .find_map(|line| super::line::check_line(&[0; 32], line).ok())
+        .map(|rec| rec.seq)
+}
+
 /// The last non-empty line of `file` (within its last 1 MiB).
 pub(super) fn last_line(file: &std::fs::File) -> std::io::Result<Vec<u8>> {
     use std::os::unix::fs::FileExt;

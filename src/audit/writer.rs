@@ -33,7 +33,7 @@ use std::time::{Instant, SystemTime};
 
 use super::head::{decode_head, head_path, HeadFile, HEAD_LEN};
 use super::kind::{Event, Outcome};
-use super::line::{check_line, encode_record, hash_str, hmac, torn_detail, AuditEvent, HashHex, HmacSha256, TimeText};
+use super::line::{encode_record, hash_str, hmac, torn_detail, AuditEvent, HashHex, HmacSha256, TimeText};
 use super::{lock, AuditError, AuditOptions, AuditStatus, StatusCell};
 
 /// Opens the log and its head, recovers the tail, and writes the notices
@@ -134,9 +134,7 @@ pub(super) fn open(
     });
     let mut hash = [0; 64];
     hash.copy_from_slice(tail.hash.as_bytes());
-    let segment_first = roll::first_seq(&*log, &opts.key)
-        .map_err(io_err)?
-        .unwrap_or(tail.seq + 1);
+    let segment_first = roll::first_seq(&*log).map_err(io_err)?.unwrap_or(tail.seq + 1);
     let sync_files = Arc::new(Mutex::new(SyncFiles {
         current: log.try_clone().map_err(io_err)?,
         retired: Vec::new(),

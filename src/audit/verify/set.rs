@@ -13,7 +13,7 @@ use super::{check_file, read_head, Checker, VerifyReport};
 use crate::audit::anchor::{install_id, AnchorCheck, AnchorHead};
 use crate::audit::error::AuditError;
 use crate::audit::head::head_path;
-use crate::audit::segments::list_segments;
+use crate::audit::segments::{first_record_seq, list_segments, FIRST_WINDOW};
 
 /// What [`verify_set`] checks.
 #[derive(Clone, Debug, Default)]
@@ -72,14 +72,11 @@ pub fn verify_set(opts: &VerifyOptions, key: &[u8; 32]) -> Result<VerifyReport, 
     Ok(report)
 }
 
-/// The seq of the first record in the file at `path` (from its first 64
-/// KiB; MACs are checked when the file is read in order).
+/// The seq of the first record in the file at `path`.
 fn first_seq(path: &Path) -> Option<u64> {
-    let mut head = Vec::new();
-    File::open(path).ok()?.take(64 << 10).read_to_end(&mut head).ok()?;
-    head.split(|&b| b == b'\n')
-        .find_map(|line| crate::audit::line::check_line(&[0; 32], line).ok())
-        .map(|rec| rec.seq)
+    let mut start = Vec::new();
+    File::open(path).ok()?.take(FIRST_WINDOW).read_to_end(&mut start).ok()?;
+    first_record_seq(&start)
 }
 
 fn display_name(path: &Path) -> String {

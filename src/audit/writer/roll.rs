@@ -24,11 +24,13 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::tail::{scan_tail, Tail};
-use super::{check_line, encode_record, hash_str, lock, notice_of, open_private, LogFile, Writer};
+use super::{encode_record, hash_str, lock, notice_of, open_private, LogFile, Writer};
 use crate::audit::kind::{Event, Outcome};
 use crate::audit::line::AuditEvent;
 use crate::audit::line::TimeText;
-use crate::audit::segments::{list_segments, opened_detail, sealed_detail, segment_path, Segment};
+use crate::audit::segments::{
+    first_record_seq, list_segments, opened_detail, sealed_detail, segment_path, Segment, FIRST_WINDOW,
+};
 
 /// After a failed seal, how long the writer keeps the live file before
 /// trying again.
@@ -53,14 +55,11 @@ pub(in crate::audit) struct SegmentState {
 
 /// The seq of the first record in `log`, if it holds one (MACs are checked
 /// by the tail scan and the verifier, not here).
-pub(super) fn first_seq(log: &dyn LogFile, key: &[u8; 32]) -> io::Result<Option<u64>> {
-    let len = log.len()?.min(64 * 1024);
+pub(super) fn first_seq(log: &dyn LogFile) -> io::Result<Option<u64>> {
+    let len = log.len()?.min(FIRST_WINDOW);
     let mut buf = vec![0; len as usize];
     log.read_at(&mut buf, 0)?;
-    Ok(buf
-        .split(|&b| b == b'\n')
-        .find_map(|line| check_line(key, line).ok())
-        .map(|rec| rec.seq))
+    Ok(first_record_seq(&buf))
 }
 
 /// `<log>.new`: where the next live file is created before it is renamed

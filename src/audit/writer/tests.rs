@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use super::super::tests::{fetch, lines, opts, write_lines, write_log, KEY};
+use super::super::tests::{all_lines, fetch, lines, opts, write_lines, write_log, KEY};
 use super::super::{verify, Audit, ProblemKind};
 use super::*;
 use crate::audit::Durability;
@@ -357,19 +357,14 @@ async fn nothing_is_written_after_a_half_seal_record_until_it_is_cut_back() {
 
         let report = verify(&opts.path, &KEY).unwrap();
         assert!(report.is_ok(), "{durability:?}: {report}");
-        let mut seqs = Vec::new();
-        for file in std::fs::read_dir(dir.path()).unwrap() {
-            let path = file.unwrap().path();
-            if path.file_name().unwrap().to_str().unwrap().starts_with("audit.jsonl")
-                && !path.ends_with("audit.jsonl.head")
-            {
-                for line in lines(&path) {
-                    if let Ok(rec) = check_line(&KEY, line.as_bytes()) {
-                        seqs.push(rec.seq);
-                    }
-                }
-            }
-        }
+        let seqs: Vec<u64> = all_lines(&opts.path)
+            .iter()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
         for seq in answered {
             assert!(
                 seqs.contains(&seq),

@@ -2,12 +2,12 @@
 //! records, a middle one removed, retention, a reopen after `mv`,
 //! copytruncate, a seal cut short by a crash, and anchors.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::audit::anchor::AnchorHead;
 use crate::audit::head_path;
 use crate::audit::segments::{list_segments, Retain};
-use crate::audit::tests::{fetch, lines, opts, write_log, KEY};
+use crate::audit::tests::{all_lines, fetch, lines, opts, write_log, KEY};
 use crate::audit::{verify, verify_set, Audit, AuditOptions, Durability, ProblemKind, VerifyOptions};
 
 /// Options with a tiny segment size.
@@ -23,13 +23,6 @@ fn set(paths: &[&Path]) -> VerifyOptions {
         paths: paths.iter().map(|p| p.to_path_buf()).collect(),
         ..VerifyOptions::default()
     }
-}
-
-/// Every line of every segment, then the live file.
-fn all_lines(live: &Path) -> Vec<String> {
-    let mut files: Vec<PathBuf> = list_segments(live).unwrap().into_iter().map(|s| s.path).collect();
-    files.push(live.to_path_buf());
-    files.iter().flat_map(|f| lines(f)).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
