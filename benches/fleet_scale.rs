@@ -48,7 +48,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use keyward::proto::{self, admin_client::AdminClient};
-use keyward_testkit::bench::{self, bao_version, init_member, percentile, Events};
+use keyward_testkit::bench::{self, bao_version, cpu_seconds, init_member, percentile, Events};
 use keyward_testkit::openbao::Bao;
 use tonic::transport::Channel;
 
@@ -502,29 +502,6 @@ fn key() -> proto::KeyRef {
 }
 
 // --------------------------------------------------------- the steady window
-
-/// Cumulative utime + stime of `pid`, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The fields after the command name (in parentheses): state is the
-    // 3rd field, utime the 14th, stime the 15th.
-    let rest: Vec<&str> = stat
-        .rsplit_once(") ")
-        .map(|(_, r)| r.split_whitespace().collect())
-        .unwrap_or_default();
-    let field = |n: usize| rest.get(n - 3).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    (field(14) + field(15)) as f64 / clock_ticks()
-}
-
-fn clock_ticks() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
-        t as f64
-    } else {
-        100.0
-    }
-}
 
 /// One Prometheus sample per line, `name{labels}` → value (comments
 /// skipped).

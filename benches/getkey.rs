@@ -348,7 +348,7 @@ struct At16 {
     cpu: f64,
 }
 
-/// The power-safe mode's targets at 16 connections: the floor, the two
+/// The power-safe mode's targets at 16 connections: the floor, the
 /// reference servers and keywardd in alternating rounds, against the cost
 /// of one fdatasync on the same disk measured before and after.
 async fn power_safe(servers: &[Server<'_>], rounds: usize, dur: Duration, dir: &Path) {
@@ -368,9 +368,9 @@ async fn power_safe(servers: &[Server<'_>], rounds: usize, dur: Duration, dir: &
     let mut all = vec![Vec::new(); servers.len()];
     for round in 1..=rounds {
         for (server, out) in servers.iter().zip(&mut all) {
-            let cpu = cpu_micros(server.pid);
+            let cpu = support::cpu_seconds(server.pid);
             let lat = latency_at(server.sock, 16, dur).await;
-            let cpu = (cpu_micros(server.pid) - cpu) / lat.calls as f64;
+            let cpu = (support::cpu_seconds(server.pid) - cpu) * 1e6 / lat.calls as f64;
             let m = At16 {
                 p50: lat.p50,
                 p99: lat.p99,
@@ -389,7 +389,7 @@ async fn power_safe(servers: &[Server<'_>], rounds: usize, dur: Duration, dir: &
     let median = |v: &[At16], f: fn(&At16) -> f64| {
         let mut xs: Vec<f64> = v.iter().map(f).collect();
         xs.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        xs[xs.len() / 2]
+        support::percentile(&xs, 0.5)
     };
     let floor_p50 = median(&all[0], |m| m.p50);
     let floor_tput = median(&all[0], |m| m.per_sec);
@@ -409,19 +409,6 @@ async fn power_safe(servers: &[Server<'_>], rounds: usize, dur: Duration, dir: &
             median(v, |m| m.cpu)
         );
     }
-}
-
-/// The user + system CPU time `pid` has used, µs.
-fn cpu_micros(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // The fields after the command name, which ends with the last ')'.
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-    let per_sec = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100);
-    ticks * 1e6 / per_sec as f64
 }
 
 fn num_cpus() -> usize {

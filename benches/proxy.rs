@@ -25,7 +25,7 @@
 //! `KEYWARD_BENCH_PROXY_WARMUP` [500], `KEYWARD_BENCH_PROXY_CONNS` [16],
 //! `KEYWARD_BENCH_PROXY_SECS` [5].
 
-use keyward_testkit::bench::{start_agent, Proc};
+use keyward_testkit::bench::{cpu_seconds, start_agent, Proc};
 use keyward_testkit::param;
 use keyward_testkit::provider::Provider;
 
@@ -331,18 +331,6 @@ async fn latency(route: &Route, plan: &Plan, failures: &Failures) -> Latency {
 struct Pids {
     proxy: u32,
     agent: u32,
-}
-
-/// CPU time used so far by `pid` (all its threads), in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the command name, which is in parentheses and may
-    // hold spaces: utime and stime are the 12th and 13th.
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let fields: Vec<&str> = rest.split(' ').collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    // USER_HZ is 100 on Linux whatever the kernel's tick rate.
-    ticks as f64 / 100.0
 }
 
 /// Context switches so far of every thread of `pid`, voluntary or not.

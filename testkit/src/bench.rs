@@ -1,7 +1,7 @@
 //! What the benchmarks share: a child process stopped on drop, waiting for
 //! a socket to come up, GetKey throughput over several connections, a
-//! fleet member's identity, percentiles, the OpenBao version, and a timed
-//! rotation seen through watch streams.
+//! fleet member's identity, percentiles, a process's CPU time, the OpenBao
+//! version, and a timed rotation seen through watch streams.
 
 use std::path::Path;
 use std::process::Child;
@@ -121,6 +121,24 @@ pub fn init_member(dir: &Path, name: &str) -> String {
 pub fn percentile(xs: &[f64], q: f64) -> f64 {
     let rank = ((q * xs.len() as f64).ceil() as usize).clamp(1, xs.len());
     xs[rank - 1]
+}
+
+/// CPU time used so far by `pid` (user and system, all its threads), in
+/// seconds; 0 once it is gone.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name (in parentheses, and it may hold
+    // spaces): state is the 3rd field, utime the 14th, stime the 15th.
+    let rest: Vec<&str> = stat
+        .rsplit_once(") ")
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    let field = |n: usize| rest.get(n - 3).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = match nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK) {
+        Ok(Some(t)) if t > 0 => t as f64,
+        _ => 100.0,
+    };
+    (field(14) + field(15)) as f64 / ticks
 }
 
 /// `bao version`'s line, for a benchmark's header.
