@@ -6,7 +6,7 @@ use std::path::Path;
 
 use crate::audit::anchor::AnchorHead;
 use crate::audit::head_path;
-use crate::audit::segments::{list_segments, Retain};
+use crate::audit::segments::{list_segments, Retain, Segment};
 use crate::audit::tests::{all_lines, fetch, lines, opts, write_log, KEY};
 use crate::audit::{verify, verify_set, Audit, AuditOptions, Durability, ProblemKind, VerifyOptions};
 
@@ -301,16 +301,23 @@ async fn a_seal_cut_short_by_a_crash_is_finished_at_start() {
     // did the head's claim to them.
     std::fs::remove_file(head_path(&opts.path)).unwrap();
 
+    continues_after_the_seal(&opts, &last).await;
+    let after = list_segments(&opts.path).unwrap();
+    assert_eq!(after.len(), segments.len(), "no second name for the same file");
+}
+
+/// Starts the log at `opts` again and records once: the live file begins
+/// with the record that opens it after the `sealed` segment, next in the
+/// chain, and the whole log verifies.
+async fn continues_after_the_seal(opts: &AuditOptions, sealed: &Segment) {
     let audit = Audit::start(opts.clone()).unwrap();
     audit.record(fetch(99)).await.unwrap();
     audit.close().await;
-    let after = list_segments(&opts.path).unwrap();
-    assert_eq!(after.len(), segments.len(), "no second name for the same file");
     let live = lines(&opts.path);
     assert!(live[0].contains("\"event\":\"audit_segment_opened\""), "{}", live[0]);
-    assert!(live[0].contains(&format!("\"seq\":{}", last.last + 1)), "{}", live[0]);
+    assert!(live[0].contains(&format!("\"seq\":{}", sealed.last + 1)), "{}", live[0]);
     let report = verify(&opts.path, &KEY).unwrap();
-    assert!(report.is_ok(), "{report}");
+    assert!(report.is_ok(), "{:?}: {report}", opts.durability);
 }
 
 #[tokio::test]
@@ -326,14 +333,7 @@ async fn a_crash_between_the_rename_and_the_first_record_of_the_new_file_continu
         std::fs::write(&opts.path, "").unwrap();
         std::fs::remove_file(head_path(&opts.path)).unwrap();
 
-        let audit = Audit::start(opts.clone()).unwrap();
-        audit.record(fetch(99)).await.unwrap();
-        audit.close().await;
-        let live = lines(&opts.path);
-        assert!(live[0].contains("\"event\":\"audit_segment_opened\""), "{}", live[0]);
-        assert!(live[0].contains(&format!("\"seq\":{}", last.last + 1)), "{}", live[0]);
-        let report = verify(&opts.path, &KEY).unwrap();
-        assert!(report.is_ok(), "{durability:?}: {report}");
+        continues_after_the_seal(&opts, &last).await;
     }
 }
 
