@@ -162,6 +162,25 @@ impl Receiver {
         received.clone()
     }
 
+    /// Waits without blocking the caller's runtime until what was received
+    /// satisfies `pred`, and returns it; fails the test, naming `what` and
+    /// showing each request's path and body, after `limit`.
+    pub async fn wait_until(&self, what: &str, limit: Duration, pred: impl Fn(&[Received]) -> bool) -> Vec<Received> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let got = self.received();
+            if pred(&got) {
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {limit:?} waiting for {what}; received: {:#?}",
+                got.iter().map(|g| (&g.path, &g.body)).collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// [`Receiver::wait_for`] for async tests: waits without blocking the
     /// caller's runtime.
     pub async fn wait_for_async(&self, n: usize, timeout: Duration) -> Vec<Received> {

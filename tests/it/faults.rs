@@ -89,19 +89,12 @@ fn webhook_with(got: &[Received], signal: &str, status: &str) -> Option<Value> {
 /// Waits (at most `limit`) until `r` got a `signal` notification with
 /// `status`; returns it and when it was seen.
 async fn wait_alert(r: &Receiver, signal: &str, status: &str, limit: Duration) -> (Value, Instant) {
-    let deadline = Instant::now() + limit;
-    loop {
-        let got = r.received();
-        if let Some(b) = webhook_with(&got, signal, status) {
-            return (b, Instant::now());
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no {signal} {status} alert within {limit:?}; received: {:#?}",
-            got.iter().map(|g| &g.body).collect::<Vec<_>>()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let what = format!("a {signal} {status} alert");
+    let got = r
+        .wait_until(&what, limit, |got| webhook_with(got, signal, status).is_some())
+        .await;
+    let seen = Instant::now();
+    (webhook_with(&got, signal, status).expect("waited for"), seen)
 }
 
 fn primary(set: &proto::KeySet) -> String {

@@ -415,23 +415,17 @@ async fn wait_job_subscribers(agent: &TestAgent, n: usize) {
 }
 
 async fn wait_for_webhook(r: &Receiver, signal: &str, status: &str) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let got: Vec<Received> = r.received();
-        if let Some(b) = got
-            .iter()
+    let find = |got: &[Received]| {
+        got.iter()
             .map(|g| &g.body)
             .find(|b| b["signal"] == signal && b["status"] == status)
-        {
-            return b.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no {signal} {status} webhook: {:#?}",
-            got.iter().map(|g| &g.body).collect::<Vec<_>>()
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+            .cloned()
+    };
+    let what = format!("a {signal} {status} webhook");
+    let got = r
+        .wait_until(&what, Duration::from_secs(20), |got| find(got).is_some())
+        .await;
+    find(&got).expect("waited for")
 }
 
 /// With a validator, it runs again after the promotion and its verdict
