@@ -92,6 +92,10 @@ pub struct RetireGate<'a> {
     /// stretches it; `None` (promoted before the process started) falls
     /// back to the stored wall-clock `promoted_at`.
     pub promoted_ago: Option<Duration>,
+    /// Fleet mode: why what other members' callers reported cannot all be
+    /// counted yet (a member that has counted for less than the grace, or
+    /// whose status went missing), one text per member; empty when it can.
+    pub members_incomplete: &'a [String],
 }
 
 /// Why a command was refused.
@@ -296,6 +300,13 @@ fn check_gate(state: &KeySetState, gate: RetireGate<'_>, now: SystemTime) -> Res
             "the grace period after promotion has {} left (grace {})",
             humantime::format_duration(Duration::from_secs(left.as_secs().max(1))),
             humantime::format_duration(gate.grace)
+        )));
+    }
+    if !gate.members_incomplete.is_empty() {
+        return Err(closed(format!(
+            "not every fleet agent's reports about the new primary v{} can be counted yet: {}. Retire once they can, or with `--force` to retire without them",
+            state.primary.number,
+            gate.members_incomplete.join("; ")
         )));
     }
     if !has_evidence(&gate) {
@@ -557,6 +568,32 @@ mod tests {
         // A quorum of 0 means 1: failures from anyone hold it.
         let any = RetireGate { quorum: 0, ..one };
         assert!(apply(&p, Command::Retire, any, promoted_at + Duration::from_secs(600)).is_err());
+    }
+
+    /// Fleet mode: a member whose callers' reports cannot all be counted
+    /// holds the retire (named), after the grace and before the evidence;
+    /// force opens it, and without such members the gate is as before.
+    #[test]
+    fn retire_waits_for_members_whose_reports_are_incomplete() {
+        let p = promoted();
+        let incomplete = ["agent host-b has counted them for 3s of the 30s grace".to_owned()];
+        let gate = RetireGate {
+            members_incomplete: &incomplete,
+            ..used()
+        };
+        let e = apply(&p, Command::Retire, gate, SystemTime::now()).unwrap_err();
+        assert!(
+            e.to_string().contains("host-b has counted them for 3s") && e.to_string().contains("--force"),
+            "{e}"
+        );
+        apply(
+            &p,
+            Command::Retire,
+            RetireGate { force: true, ..gate },
+            SystemTime::now(),
+        )
+        .unwrap();
+        apply(&p, Command::Retire, used(), SystemTime::now()).unwrap();
     }
 
     /// Retire without evidence is refused however long ago the promotion

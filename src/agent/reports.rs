@@ -107,10 +107,21 @@ type Reports = VecDeque<(Instant, Arc<Reporter>)>;
 /// jump back (NTP, a resumed VM) a failure reported after the promotion
 /// would carry an earlier wall time than the promotion's and be missed, and
 /// the retire gate would open on a new key that is being refused.
-#[derive(Default)]
 pub struct FailureLog {
     times: Mutex<HashMap<(KeyRef, u64), Reports>>,
     promotions: Mutex<HashMap<(KeyRef, u64), Instant>>,
+    /// When this log (this process) began counting.
+    created: Instant,
+}
+
+impl Default for FailureLog {
+    fn default() -> FailureLog {
+        FailureLog {
+            times: Mutex::default(),
+            promotions: Mutex::default(),
+            created: Instant::now(),
+        }
+    }
 }
 
 impl FailureLog {
@@ -141,6 +152,14 @@ impl FailureLog {
             .unwrap_or_else(PoisonError::into_inner)
             .get(&(state.key.clone(), state.primary.number))
             .map(Instant::elapsed)
+    }
+
+    /// How long this log has counted the reports against the current
+    /// primary of `state`: since this process saw its promotion, or since
+    /// the process started when that was later (the reports made to an
+    /// earlier process are gone).
+    pub fn counting_for(&self, state: &KeySetState) -> std::time::Duration {
+        self.promoted_ago(state).unwrap_or_else(|| self.created.elapsed())
     }
 
     /// Reports against `version` of `key` at or after `since` (all of them

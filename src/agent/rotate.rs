@@ -244,6 +244,8 @@ pub(super) struct GateFacts {
     pub(super) peer_reporters: u64,
     /// Uids that may report and were served the primary, here.
     pub(super) served_reporters: u64,
+    /// Fleet mode: the members whose reports cannot all be counted yet.
+    pub(super) members_incomplete: Vec<String>,
 }
 
 impl GateFacts {
@@ -260,6 +262,7 @@ impl GateFacts {
             validated: agent.jobs.validated(&current.key, current.primary.number),
             peer_reporters: 0,
             served_reporters: agent.served.served_reporters(current),
+            members_incomplete: Vec::new(),
         }
     }
 
@@ -289,8 +292,12 @@ impl GateFacts {
         }
     }
 
-    /// Adds the other members' evidence.
+    /// Adds the other members' evidence, and notes the members whose
+    /// callers' reports cannot all be counted yet: one that has counted
+    /// for less than the grace (it started after the promotion), or whose
+    /// status went missing after it published evidence.
     pub(super) fn add_peers(&mut self, peers: &super::fleet::status::PeerEvidence, settings: &KeyRotation) {
+        self.members_incomplete = peers.incomplete(settings.grace);
         if peers.from.is_empty() {
             return;
         }
@@ -331,6 +338,7 @@ impl GateFacts {
             users: self.users,
             evidence_quorum: self.evidence_quorum,
             validated: self.validated,
+            members_incomplete: &self.members_incomplete,
         }
     }
 }

@@ -190,6 +190,9 @@ pub struct Observed {
     pub unreported: Vec<String>,
     /// A validator is configured.
     pub has_validator: bool,
+    /// Fleet mode: the members whose callers' reports cannot all be
+    /// counted yet, and why (see [`super::RetireGate::members_incomplete`]).
+    pub members_incomplete: Vec<String>,
 }
 
 /// Why a job waits.
@@ -203,6 +206,9 @@ pub enum Gate {
     Grace,
     /// For evidence that the new primary works.
     Evidence,
+    /// For every fleet agent's reports about the new primary to be
+    /// complete.
+    Members,
 }
 
 impl Gate {
@@ -214,6 +220,9 @@ impl Gate {
             Gate::Grace => "the grace period after promotion is over",
             Gate::Evidence => {
                 "use of the new primary reported by evidence_quorum callers, or the validator accepts it after promotion"
+            }
+            Gate::Members => {
+                "every fleet agent that counts reports about the new primary has counted them for the whole grace period"
             }
         }
     }
@@ -506,6 +515,15 @@ fn promoted(memory: &Memory, state: &KeySetState, seen: &Observed, new: u64) -> 
             ),
         };
     }
+    if !seen.members_incomplete.is_empty() {
+        return Action::Wait {
+            gate: Gate::Members,
+            why: format!(
+                "what callers reported to other fleet agents cannot all be counted yet: {}. Both keys stay valid; the job waits (and rolls back if failures arrive), or `keyward retire --force {k}`",
+                seen.members_incomplete.join("; ")
+            ),
+        };
+    }
     if seen.has_validator && memory.validated.is_none() {
         return Action::Validate;
     }
@@ -646,6 +664,41 @@ mod tests {
                 result: JobResult::Ok,
                 ..
             }
+        ));
+    }
+
+    /// A fleet member whose reports cannot all be counted holds the
+    /// retire once the grace is over, with evidence in hand; failures
+    /// still roll back meanwhile.
+    #[test]
+    fn an_incomplete_member_holds_the_retire_but_not_a_rollback() {
+        let behind = Observed {
+            users: 1,
+            members_incomplete: vec!["agent host-b published reports about it and its status is now missing".into()],
+            ..seen()
+        };
+        let a = next(&with_new(), Some(&promoted()), &behind);
+        let Action::Wait {
+            gate: Gate::Members,
+            why,
+        } = a
+        else {
+            panic!("{a:?}")
+        };
+        assert!(why.contains("host-b") && why.contains("retire --force"), "{why}");
+        let in_grace = Observed {
+            grace_left: Duration::from_secs(5),
+            ..behind.clone()
+        };
+        assert!(is_wait(&next(&with_new(), Some(&promoted()), &in_grace), Gate::Grace));
+        let failing = Observed {
+            failures: 3,
+            reporters: 1,
+            ..behind
+        };
+        assert!(matches!(
+            next(&with_new(), Some(&promoted()), &failing),
+            Action::Rollback { .. }
         ));
     }
 

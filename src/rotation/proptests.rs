@@ -176,6 +176,8 @@ fn run(state: &KeySetState, op: Op, now: u64, grace: u64) -> Option<Result<KeySe
         users: 1,
         evidence_quorum: 1,
         validated: false,
+        // The fleet's members are tested on their own too.
+        members_incomplete: &[],
     };
     let next = state.max_version() + 1;
     Some(match op {

@@ -54,6 +54,11 @@ async fn job(agent: &TestAgent, name: &str) -> Option<proto::RotationJob> {
         .job
 }
 
+/// What the job of prod/NAME on `agent` waits for ("" when none).
+async fn waiting(agent: &TestAgent, name: &str) -> String {
+    job(agent, name).await.map(|j| j.waiting).unwrap_or_default()
+}
+
 /// Waits until the job of prod/NAME on `agent` ended; returns it.
 async fn until_job_ends(agent: &TestAgent, name: &str) -> proto::RotationJob {
     let start = Instant::now();
@@ -431,6 +436,57 @@ async fn the_retire_gate_counts_use_and_failures_reported_to_other_members() {
         retired,
         "the old primary serves again"
     );
+}
+
+/// A member restarted during a rotation has lost what its callers reported
+/// to it before (reports are kept in memory). The rotating member's retire
+/// gate waits while that member's status is missing, then until it has
+/// counted reports for the whole grace again; failures reported to it
+/// meanwhile roll the rotation back. (The gate used to count it as
+/// reporting nothing, and retired once its own grace was over.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_restarted_during_the_grace_holds_the_retire_until_it_has_counted_again() {
+    // With a validator, a's evidence gate opens once its grace is over.
+    let (mut fleet, _) = two_agents("gate", true, "failure_threshold = 2\ngrace = \"6s\"\n").await;
+    let (_, before) = state_of(fleet.agent(0), "gate");
+    rotate_to_promoted(fleet.agent(0), fleet.agent(1)).await;
+    let promoted = Instant::now();
+    // b publishes its evidence (at its next poll) and a reads it (its
+    // cache is kept a second), then b stops and withdraws its status.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    fleet.agents[1].stop();
+
+    // a's grace (6 s) is over: it waits for b instead of retiring.
+    tokio::time::sleep((promoted + Duration::from_secs(8)).saturating_duration_since(Instant::now())).await;
+    let (state, _) = state_of(fleet.agent(0), "gate");
+    assert_eq!(state, "promoted", "a retired while b's status was missing");
+    let w = waiting(fleet.agent(0), "gate").await;
+    assert!(w.contains("agent b published reports") && w.contains("missing"), "{w}");
+
+    // b is back: it has counted reports for less than the grace.
+    fleet.agents[1].spawn().expect("b restarts");
+    let b = fleet.agent(1);
+    let set = b.fetch("prod", "gate").await.unwrap();
+    let start = Instant::now();
+    loop {
+        let w = waiting(fleet.agent(0), "gate").await;
+        if w.contains("agent b has counted them for") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "a does not wait for b to count: {w}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Its callers' failures, reported again, roll the rotation back.
+    for _ in 0..2 {
+        report_to(b, &set, &["--status", "401"]);
+    }
+    let ended = until_job_ends(fleet.agent(0), "gate").await;
+    assert_eq!(ended.result, "rolled_back", "{ended:?}");
+    let (_, generation) = state_of(fleet.agent(0), "gate");
+    assert!(generation > before);
 }
 
 /// A lease written with a stolen agent-policy token (not signed by a

@@ -41,7 +41,7 @@ pub mod sync;
 mod trust;
 mod write;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -81,6 +81,10 @@ pub struct Fleet {
     poke: tokio::sync::Notify,
     /// The members' statuses as last read for a rotation job, and when.
     reports_cache: tokio::sync::Mutex<Option<(Instant, std::sync::Arc<Vec<status::AgentReport>>)>>,
+    /// Per key, the promoted version whose evidence was last summed, and
+    /// the members seen publishing evidence for it: one of them whose
+    /// status goes missing holds the retire gate.
+    evidence_seen: Mutex<BTreeMap<String, (u64, BTreeSet<String>)>>,
 }
 
 /// What the follower knows.
@@ -161,6 +165,7 @@ impl Fleet {
             }),
             poke: tokio::sync::Notify::new(),
             reports_cache: tokio::sync::Mutex::new(None),
+            evidence_seen: Mutex::default(),
         })
     }
 

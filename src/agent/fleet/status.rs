@@ -3,7 +3,7 @@
 //! (the TTL) and by its own `updated_at` + `ttl_seconds`.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -48,6 +48,12 @@ pub(super) struct KeyEvidence {
     pub users: u64,
     /// Uids that may report and were served it.
     pub served_reporters: u64,
+    /// How long this agent had counted those reports when it published
+    /// (ms): since it saw the promotion, or since it started when that was
+    /// later (what was reported to an earlier process is gone). Absent in
+    /// statuses of agents that predate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counted_ms: Option<u64>,
 }
 
 /// The evidence the fleet's other live members published for one promoted
@@ -66,9 +72,36 @@ pub struct PeerEvidence {
     pub served_reporters: u64,
     /// The members counted, and how many failure reporters each had.
     pub from: Vec<(String, u64)>,
+    /// The members counted that say how long they have counted, and how
+    /// long that is as of now.
+    pub counted: Vec<(String, Duration)>,
+    /// Members seen publishing evidence for this primary whose status is
+    /// now missing or expired: what their callers reported is not known.
+    pub missing: Vec<String>,
 }
 
 impl PeerEvidence {
+    /// The members whose callers' reports cannot all be counted yet, one
+    /// text each: those that have counted for less than `grace` (they
+    /// started after the promotion: what was reported to them before is
+    /// gone), and those whose status went missing after they published
+    /// evidence.
+    pub fn incomplete(&self, grace: Duration) -> Vec<String> {
+        let short = self.counted.iter().filter(|(_, c)| *c < grace).map(|(id, counted)| {
+            format!(
+                "agent {id} has counted them for {} of the {} grace (it started after the promotion, and what was reported to it before is gone)",
+                humantime::format_duration(Duration::from_secs(counted.as_secs())),
+                humantime::format_duration(grace)
+            )
+        });
+        let missing = self.missing.iter().map(|id| {
+            format!(
+                "agent {id} published reports about it and its status is now missing (stopped, restarting, or unable to reach OpenBao)"
+            )
+        });
+        short.chain(missing).collect()
+    }
+
     /// The members with failure reporters.
     pub fn reporting_agents(&self) -> Vec<String> {
         self.from
@@ -105,11 +138,16 @@ pub(super) struct AgentReport {
 }
 
 impl AgentReport {
-    /// Published within its TTL (as of `now`).
+    /// Published within its TTL (as of `now`). A status dated ahead of
+    /// `now` (its member's clock is ahead) is live only while it is ahead
+    /// by less than its TTL, not for as long as it is ahead.
     pub fn live(&self, now: SystemTime) -> bool {
         let updated = UNIX_EPOCH + Duration::from_millis(self.updated_at_ms);
-        now.duration_since(updated)
-            .map_or(true, |age| age <= Duration::from_secs(self.ttl_seconds))
+        let ttl = Duration::from_secs(self.ttl_seconds);
+        match now.duration_since(updated) {
+            Ok(age) => age <= ttl,
+            Err(ahead) => ahead.duration() <= ttl,
+        }
     }
 }
 
@@ -194,10 +232,11 @@ impl Fleet {
         let now = SystemTime::now();
         let key = state.key.to_string();
         let mut out = PeerEvidence::default();
-        for r in reports
+        let live: Vec<&AgentReport> = reports
             .iter()
             .filter(|r| r.live(now) && r.agent_id != self.cfg.agent_id)
-        {
+            .collect();
+        for r in &live {
             let Some(e) = r
                 .keys
                 .get(&key)
@@ -212,7 +251,25 @@ impl Fleet {
             out.users += e.users;
             out.served_reporters += e.served_reporters;
             out.from.push((r.agent_id.clone(), e.reporters));
+            if let Some(counted) = e.counted_ms {
+                let published = UNIX_EPOCH + Duration::from_millis(r.updated_at_ms);
+                let since = now.duration_since(published).unwrap_or_default();
+                out.counted
+                    .push((r.agent_id.clone(), Duration::from_millis(counted) + since));
+            }
         }
+        let mut seen = self.evidence_seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let (version, members) = seen.entry(key).or_default();
+        if *version != state.primary.number {
+            *version = state.primary.number;
+            members.clear();
+        }
+        members.extend(out.from.iter().map(|(id, _)| id.clone()));
+        out.missing = members
+            .iter()
+            .filter(|id| !live.iter().any(|r| r.agent_id == **id))
+            .cloned()
+            .collect();
         out
     }
 
@@ -418,5 +475,81 @@ fn local_evidence(agent: &Agent, state: &KeySetState) -> KeyEvidence {
         fallback_failures,
         users: agent.uses.users(&state.key, state.primary.number).len() as u64,
         served_reporters: agent.served.served_reporters(state),
+        counted_ms: Some(u64::try_from(agent.failures.counting_for(state).as_millis()).unwrap_or(u64::MAX)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A member counting for less than the grace, and one whose status went
+    /// missing, are named; one that counted the whole grace is not.
+    #[test]
+    fn members_short_of_the_grace_or_missing_are_incomplete() {
+        let peers = PeerEvidence {
+            counted: vec![
+                ("host-b".into(), Duration::from_millis(3400)),
+                ("host-c".into(), Duration::from_secs(30)),
+            ],
+            missing: vec!["host-d".into()],
+            ..PeerEvidence::default()
+        };
+        let texts = peers.incomplete(Duration::from_secs(30));
+        assert_eq!(texts.len(), 2, "{texts:?}");
+        assert!(
+            texts[0].starts_with("agent host-b has counted them for 3s of the 30s grace"),
+            "{texts:?}"
+        );
+        assert!(
+            texts[1].starts_with("agent host-d published reports") && texts[1].contains("missing"),
+            "{texts:?}"
+        );
+        assert!(peers
+            .incomplete(Duration::from_secs(3))
+            .iter()
+            .all(|t| !t.contains("host-b")));
+    }
+
+    /// A status is live within its TTL of now, on either side: one dated
+    /// an hour ahead (its member's clock, or its signer) is not.
+    #[test]
+    fn a_status_dated_ahead_is_live_only_within_its_ttl() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let at = |t: SystemTime| AgentReport {
+            format: FORMAT.to_owned(),
+            agent_id: "b".into(),
+            hostname: "host-b".into(),
+            recipient: String::new(),
+            pid: 1,
+            updated_at_ms: unix_ms(t),
+            ttl_seconds: 30,
+            stale: false,
+            problems: Vec::new(),
+            keys: BTreeMap::new(),
+        };
+        assert!(at(now - Duration::from_secs(29)).live(now));
+        assert!(!at(now - Duration::from_secs(31)).live(now));
+        assert!(at(now + Duration::from_secs(29)).live(now));
+        assert!(!at(now + Duration::from_secs(3600)).live(now));
+    }
+
+    /// An agent's status says how long it has counted, and one from an
+    /// agent that predates the field still decodes (counted as the whole
+    /// time).
+    #[test]
+    fn evidence_says_how_long_it_was_counted() {
+        let e = KeyEvidence {
+            version: 2,
+            counted_ms: Some(1500),
+            ..KeyEvidence::default()
+        };
+        let text = serde_json::to_string(&e).unwrap();
+        assert!(text.contains("\"counted_ms\":1500"), "{text}");
+        let old: KeyEvidence = serde_json::from_str(
+            r#"{"version":2,"failures":0,"reporters":0,"fallback_failures":0,"users":1,"served_reporters":1}"#,
+        )
+        .unwrap();
+        assert_eq!(old.counted_ms, None);
     }
 }

@@ -169,6 +169,7 @@ async fn observe(agent: &Agent, slot: &Slot, state: &KeySetState, memory: &Memor
             _ => Vec::new(),
         },
         has_validator: settings.validator.is_some(),
+        members_incomplete: facts.members_incomplete.clone(),
     }
 }
 
