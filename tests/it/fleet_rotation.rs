@@ -570,6 +570,66 @@ async fn a_holder_that_cannot_renew_its_lease_takes_no_step_until_it_can() {
     assert_eq!(revoked, 1, "the revoker ran {revoked} times");
 }
 
+/// A job that had not staged its key when its agent was killed (inside the
+/// generator), resumed after a restart once another member rotated the key
+/// meanwhile, ends saying so: it does not run the generator again and
+/// rotate the key a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_resumed_after_another_member_rotated_the_key_does_not_rotate_it_again() {
+    let mut fleet = Fleet::prepare(2);
+    fleet.tail = Box::new(|_, dir| key_entry(dir, "twice", true, "grace = \"0s\"\n"));
+    fleet.launch(|_| "rotation_lease = \"3s\"\n".to_owned());
+    let (a_dir, b_dir) = (fleet.agent(0).dir.clone(), fleet.agent(1).dir.clone());
+    fleet.agent(0).put("prod/twice", "sk_twice_original_0001");
+    let (_, created) = state_of(fleet.agent(0), "twice");
+    until_steady_everywhere(&[fleet.agent(0), fleet.agent(1)], "twice", created).await;
+
+    // a's job takes the lease and is killed inside its generator.
+    std::fs::write(a_dir.join("hold-generator"), "").unwrap();
+    start(fleet.agent(0), "twice", false)
+        .await
+        .expect("start rotation on a");
+    until("a enters its generator", Duration::from_secs(20), || {
+        a_dir.join("at-generator").exists()
+    })
+    .await;
+    fleet.agents[0].kill9();
+    std::fs::remove_file(a_dir.join("hold-generator")).unwrap();
+
+    // Once a's lease expired, b rotates the key to the end.
+    let b = fleet.agent(1);
+    let start_b = Instant::now();
+    loop {
+        match start(b, "twice", false).await {
+            Ok(_) => break,
+            Err(e) => assert!(
+                start_b.elapsed() < Duration::from_secs(15),
+                "b cannot start once a's lease expired: {e:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let ended = until_job_ends(b, "twice").await;
+    assert_eq!(ended.result, "ok", "{ended:?}");
+    let (_, rotated) = state_of(b, "twice");
+
+    // a restarts: its job ends naming b, and nothing more happens.
+    fleet.agents[0].spawn().expect("a restarts");
+    let (a, b) = (fleet.agent(0), fleet.agent(1));
+    let ended = until_job_ends(a, "twice").await;
+    assert_eq!(ended.result, "failed", "{ended:?}");
+    assert!(
+        ended.message.contains("agent b took the rotation lease")
+            && ended.message.contains("does not rotate the key again"),
+        "{ended:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(calls(&a_dir, "generator"), 1, "a ran its generator again");
+    assert_eq!(calls(&b_dir, "generator"), 1);
+    until_steady_everywhere(&[a, b], "twice", rotated).await;
+    assert_eq!(state_of(a, "twice").1, rotated, "the key was rotated again");
+}
+
 /// Two agents with key `prod/NAME` and a `lease` term, rotating it on a
 /// until both serve it promoted: a then waits in a long grace (to be
 /// cancelled there), and b would retire at once if it took the rotation.

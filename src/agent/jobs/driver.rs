@@ -207,17 +207,37 @@ async fn take_lease(
     if let Some(held) = lock(&slot.lease).take() {
         return Some(LeaseKeeper::start(agent.clone(), fleet.clone(), held));
     }
-    let (trigger, until) = {
+    // A job that had not staged its key yet would stage one: it must not
+    // when another member rotated the key since the job began. (One that
+    // had staged follows the key's state: the rotation it began, finished
+    // by a member that took it over, ends it.)
+    let (trigger, until, began) = {
         let r = lock(&slot.record);
-        (r.memory.trigger, r.memory.until)
+        let began = r.memory.new_version.is_none().then(|| from_unix(r.started_at));
+        (r.memory.trigger, r.memory.until, began)
     };
     let mut pause = Duration::from_secs(1);
     loop {
         if *stop.borrow() {
             return None;
         }
-        match fleet.claim_lease(agent, &slot.key, trigger, until).await {
+        match fleet.claim_lease(agent, &slot.key, trigger, until, began).await {
             Ok(Claim::Taken(held)) => return Some(LeaseKeeper::start(agent.clone(), fleet.clone(), held)),
+            Ok(Claim::RanElsewhere { holder, acquired }) => {
+                finish(
+                    agent,
+                    slot,
+                    JobResult::Failed,
+                    format!(
+                        "agent {holder} took the rotation lease of {} at {} while this agent was stopped, and ran a rotation to its end: this job does not rotate the key again; see `keyward rotation-status {}` on {holder}",
+                        slot.key,
+                        humantime::format_rfc3339_seconds(acquired),
+                        slot.key
+                    ),
+                )
+                .await;
+                return None;
+            }
             Ok(Claim::Busy { holder, expires }) => {
                 finish(
                     agent,
