@@ -218,10 +218,11 @@ pub async fn start(
         )));
     };
     // One start of a key at a time: a second one meanwhile would begin a
-    // second job (and in a fleet take this agent's own lease again).
-    let Some(_starting) = agent.jobs.starting(&key) else {
+    // second job (and in a fleet take this agent's own lease again). This
+    // one waits for it, then follows the job it began, if any.
+    let Some(_starting) = agent.jobs.wait_to_start(&key).await else {
         return Err(ApiError::Aborted(format!(
-            "a rotation job of {key} is being started by another request: nothing was done; follow it with `keyward rotation-status {key}`"
+            "a rotation job of {key} is still being started by another request: nothing was done; follow it with `keyward rotation-status {key}`"
         )));
     };
     if let Some(slot) = agent.jobs.slot(&key) {

@@ -2,7 +2,7 @@
 //! (running, or the last one) in memory and in `STATE_DIR/rotations.json`.
 //! See the module above for what a record holds and why.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -135,23 +135,19 @@ pub struct Jobs {
     /// Set when the agent starts its tasks: drivers stop with the agent.
     stop: Mutex<Option<watch::Receiver<bool>>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
-    /// Keys whose job is being started: between "no job runs" and the
+    /// One start of a key's job at a time: between "no job runs" and the
     /// job's begin there are awaits (the fleet lease, a given key's stage,
     /// the audit), and a second start meanwhile would begin a second job.
-    starting: Mutex<HashSet<KeyRef>>,
+    starting: Mutex<HashMap<KeyRef, Arc<tokio::sync::Mutex<()>>>>,
 }
 
-/// A key reserved by [`Jobs::starting`] until dropped.
-pub(super) struct Starting<'a> {
-    jobs: &'a Jobs,
-    key: KeyRef,
-}
+/// A key reserved by [`Jobs::starting`] or [`Jobs::wait_to_start`] until
+/// dropped.
+pub(super) type Starting = tokio::sync::OwnedMutexGuard<()>;
 
-impl Drop for Starting<'_> {
-    fn drop(&mut self) {
-        lock(&self.jobs.starting).remove(&self.key);
-    }
-}
+/// How long a start by hand waits for another start of the same key (the
+/// schedule's, say, asking OpenBao for the lease) before it gives up.
+const START_WAIT: Duration = Duration::from_secs(10);
 
 /// Why the job file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -203,7 +199,7 @@ impl Jobs {
             writing: Mutex::new(()),
             stop: Mutex::new(None),
             tasks: Mutex::new(Vec::new()),
-            starting: Mutex::new(HashSet::new()),
+            starting: Mutex::new(HashMap::new()),
         })
     }
 
@@ -221,13 +217,23 @@ impl Jobs {
         lock(&self.slots).get(key).cloned()
     }
 
+    fn start_lock(&self, key: &KeyRef) -> Arc<tokio::sync::Mutex<()>> {
+        Arc::clone(lock(&self.starting).entry(key.clone()).or_default())
+    }
+
     /// Reserves `key` while a job of it is being started; `None` when
-    /// another start of it is under way.
-    pub(super) fn starting(&self, key: &KeyRef) -> Option<Starting<'_>> {
-        lock(&self.starting).insert(key.clone()).then(|| Starting {
-            jobs: self,
-            key: key.clone(),
-        })
+    /// another start of it is under way (for the schedule and takeovers,
+    /// which look again later).
+    pub(super) fn starting(&self, key: &KeyRef) -> Option<Starting> {
+        self.start_lock(key).try_lock_owned().ok()
+    }
+
+    /// [`Jobs::starting`] for a start by hand: waits for another start of
+    /// `key` under way to end ([`START_WAIT`] at most, then `None`).
+    pub(super) async fn wait_to_start(&self, key: &KeyRef) -> Option<Starting> {
+        tokio::time::timeout(START_WAIT, self.start_lock(key).lock_owned())
+            .await
+            .ok()
     }
 
     /// Whether `key` has a running job.
