@@ -376,7 +376,7 @@ impl Writer {
         }
         // One time for the batch: its records are committed together.
         let time = TimeText::new(SystemTime::now());
-        self.before_batch(&time);
+        self.before_batch(&time)?;
         if self.cut_back_pending {
             // A seal record was cut short and could not be cut back off:
             // nothing goes after it until it is (at the next batch).

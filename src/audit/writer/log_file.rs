@@ -1,9 +1,10 @@
 //! The log file as the writer sees it ([`LogFile`]), so that tests can make
-//! its writes fail.
+//! its writes, and the link and rename of a seal, fail.
 
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
+use std::path::Path;
 
 /// The log file as the writer uses it: appends, syncs, cuts back a failed
 /// batch, and reads its tail. A trait so tests can make writes fail.
@@ -23,6 +24,16 @@ pub(in crate::audit) trait LogFile: Send {
     /// Device and inode, to tell whether the path still names this file.
     fn id(&self) -> io::Result<(u64, u64)> {
         Err(io::ErrorKind::Unsupported.into())
+    }
+    /// Gives this file, named `path`, the other name `name` (a hard link):
+    /// a segment's name at its seal.
+    fn link_as(&self, path: &Path, name: &Path) -> io::Result<()> {
+        std::fs::hard_link(path, name)
+    }
+    /// Renames `next` over `path`, this file's name: the next live file
+    /// takes its place at a seal.
+    fn replace_with(&self, next: &Path, path: &Path) -> io::Result<()> {
+        std::fs::rename(next, path)
     }
 }
 

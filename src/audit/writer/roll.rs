@@ -72,9 +72,10 @@ fn next_path(path: &Path) -> PathBuf {
 
 impl Writer {
     /// Runs before each batch is encoded: copytruncate, reopen, seal.
-    /// Failures are logged and never fail the batch: the records go on
-    /// into the file that is open.
-    pub(super) fn before_batch(&mut self, time: &TimeText) {
+    /// Failures are logged and do not fail the batch (the records go on
+    /// into the file that is open), but one: a seal whose record is written
+    /// and which cannot be finished (`Err`): nothing may follow the record.
+    pub(super) fn before_batch(&mut self, time: &TimeText) -> io::Result<()> {
         if let Err(e) = self.check_shrunk() {
             tracing::error!(path = %self.path.display(), error = %e, "cannot stat the audit log");
         }
@@ -91,13 +92,61 @@ impl Writer {
         // in it before it is sealed; a seal cut short before its rename has
         // its record already.
         let notices_first = !s.seal_pending && !self.notices.is_empty();
-        if !due || notices_first || s.retry_after.is_some_and(|t| Instant::now() < t) || self.cut_back_pending {
-            return;
+        // A seal whose record is written is tried again at every batch.
+        let later = !s.seal_pending && s.retry_after.is_some_and(|t| Instant::now() < t);
+        if !due || notices_first || later || self.cut_back_pending {
+            return Ok(());
         }
-        if let Err(e) = self.seal(time) {
-            self.segments.retry_after = Some(Instant::now() + ROLL_RETRY);
-            tracing::error!(path = %self.path.display(), error = %e,
-                "could not seal the audit log into a segment; records go on into the live file, and the seal is tried again in 10s");
+        match self.seal(time) {
+            Ok(()) => Ok(()),
+            // The file ends with its seal record: a record after it would
+            // be in the sealed segment, and the next try would link the
+            // file under a second segment name.
+            Err(e) if self.segments.seal_pending => {
+                tracing::error!(path = %self.path.display(), error = %e,
+                    "could not finish sealing the audit log into a segment; nothing is written after its seal record until it is, and the next record tries again");
+                Err(io::Error::new(
+                    e.kind(),
+                    format!("the audit log ends with a segment's seal record, and the seal cannot be finished ({e}); nothing is written after it until it is: the next record tries again"),
+                ))
+            }
+            Err(e) => {
+                self.segments.retry_after = Some(Instant::now() + ROLL_RETRY);
+                tracing::error!(path = %self.path.display(), error = %e,
+                    "could not seal the audit log into a segment; records go on into the live file, and the seal is tried again in 10s");
+                Ok(())
+            }
+        }
+    }
+
+    /// Before a seal record is written: whether the link and the rename
+    /// that follow it can be done. A file at the segment's name that is not
+    /// this one, or a live file that is append-only or immutable (`chattr`:
+    /// neither linked nor renamed over), would leave the file ending with a
+    /// seal it cannot finish; found here, the file goes on unsealed.
+    fn check_can_seal(&self, sealed: &Path) -> io::Result<()> {
+        match std::fs::symlink_metadata(sealed) {
+            Ok(_) if !same_file(&self.path, sealed)? => return Err(foreign_segment(sealed)),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&self.path)?;
+        let flags = rustix::fs::ioctl_getflags(&file);
+        match flags {
+            Ok(f) if f.intersects(rustix::fs::IFlags::APPEND | rustix::fs::IFlags::IMMUTABLE) => Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "{} is append-only or immutable (chattr +a or +i), so it can be neither linked under a segment name nor renamed over: remove the attribute (`chattr -a -i {}`) to have it sealed",
+                    self.path.display(),
+                    self.path.display()
+                ),
+            )),
+            // A file system without inode flags has neither attribute.
+            Ok(_) | Err(_) => Ok(()),
         }
     }
 
@@ -163,6 +212,9 @@ impl Writer {
         let (first, last) = (self.segments.first, if pending { self.seq } else { self.seq + 1 });
         let sealed = segment_path(&self.path, first, last);
         let next_path = next_path(&self.path);
+        if !pending {
+            self.check_can_seal(&sealed)?;
+        }
         match std::fs::remove_file(&next_path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
             _ => {}
@@ -189,19 +241,11 @@ impl Writer {
             self.needs_newline = false;
             self.segments.seal_pending = true;
         }
-        match std::fs::hard_link(&self.path, &sealed) {
+        match self.log.link_as(&self.path, &sealed) {
             Ok(()) => {}
             // A seal cut short after the link: the name already is ours.
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists && same_file(&self.path, &sealed)? => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                return Err(io::Error::new(
-                    e.kind(),
-                    format!(
-                        "{} exists and is not this log's segment: move it away",
-                        sealed.display()
-                    ),
-                ))
-            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(foreign_segment(&sealed)),
             Err(e) => {
                 return Err(io::Error::new(
                     e.kind(),
@@ -209,7 +253,7 @@ impl Writer {
                 ))
             }
         }
-        std::fs::rename(&next_path, &self.path).map_err(|e| {
+        self.log.replace_with(&next_path, &self.path).map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!(
@@ -280,6 +324,17 @@ pub(super) fn newest_seal(path: &Path, key: &[u8; 32]) -> io::Result<Option<(Seg
         .open(&segment.path)?;
     let tail = scan_tail(&file, key)?;
     Ok(tail.sealed.then_some((segment, tail)))
+}
+
+/// A file at a segment's name that is not the live file.
+fn foreign_segment(sealed: &Path) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        format!(
+            "{} exists and is not this log's segment: move it away",
+            sealed.display()
+        ),
+    )
 }
 
 /// Whether `a` and `b` name the same file.

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use super::super::tests::{all_lines, fetch, lines, opts, write_lines, write_log, KEY};
 use super::super::{verify, Audit, ProblemKind};
 use super::*;
+use crate::audit::segments::list_segments;
 use crate::audit::Durability;
 
 #[tokio::test]
@@ -148,11 +149,20 @@ async fn start_refuses_a_symlink_and_a_wrong_key() {
 }
 
 /// A log file whose writes (and cut-backs) can be made to fail, as on a
-/// full disk: a failing append writes half the buffer first.
+/// full disk: a failing append writes half the buffer first. So can the
+/// link and the rename of its seal.
 struct Flaky {
     file: File,
-    fail_append: Arc<Fail>,
-    fail_truncate: Arc<Fail>,
+    faults: Arc<Faults>,
+}
+
+/// What a [`Flaky`] file fails.
+#[derive(Default)]
+struct Faults {
+    append: Fail,
+    truncate: Fail,
+    link: Fail,
+    rename: Fail,
 }
 
 /// How many of the next calls fail ([`Fail::ALWAYS`]: every one).
@@ -180,7 +190,7 @@ impl Fail {
 
 impl LogFile for Flaky {
     fn append(&mut self, buf: &[u8]) -> io::Result<()> {
-        if self.fail_append.now() {
+        if self.faults.append.now() {
             self.file.append(&buf[..buf.len() / 2])?;
             return Err(io::Error::from_raw_os_error(libc::ENOSPC));
         }
@@ -193,7 +203,7 @@ impl LogFile for Flaky {
         LogFile::len(&self.file)
     }
     fn truncate(&mut self, len: u64) -> io::Result<()> {
-        if self.fail_truncate.now() {
+        if self.faults.truncate.now() {
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
         self.file.truncate(len)
@@ -204,21 +214,31 @@ impl LogFile for Flaky {
     fn try_clone(&self) -> io::Result<Box<dyn LogFile>> {
         LogFile::try_clone(&self.file)
     }
+    fn link_as(&self, path: &Path, name: &Path) -> io::Result<()> {
+        if self.faults.link.now() {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        self.file.link_as(path, name)
+    }
+    fn replace_with(&self, next: &Path, path: &Path) -> io::Result<()> {
+        if self.faults.rename.now() {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        self.file.replace_with(next, path)
+    }
 }
 
-fn start_flaky(opts: &AuditOptions) -> (Audit, Arc<Fail>, Arc<Fail>) {
-    let fail_append = Arc::new(Fail::default());
-    let fail_truncate = Arc::new(Fail::default());
-    let (a, t) = (Arc::clone(&fail_append), Arc::clone(&fail_truncate));
+fn start_flaky(opts: &AuditOptions) -> (Audit, Arc<Faults>) {
+    let faults = Arc::new(Faults::default());
+    let shared = Arc::clone(&faults);
     let audit = Audit::start_with(opts.clone(), move |file| {
         Box::new(Flaky {
             file,
-            fail_append: a,
-            fail_truncate: t,
+            faults: Arc::clone(&shared),
         })
     })
     .unwrap();
-    (audit, fail_append, fail_truncate)
+    (audit, faults)
 }
 
 #[tokio::test]
@@ -226,7 +246,8 @@ async fn a_failed_write_is_refused_cut_back_and_retried() {
     for durability in [Durability::Fsync, Durability::Write] {
         let dir = tempfile::tempdir().unwrap();
         let opts = opts(dir.path(), durability);
-        let (audit, fail_append, _) = start_flaky(&opts);
+        let (audit, faults) = start_flaky(&opts);
+        let fail_append = &faults.append;
         assert_eq!(audit.record(fetch(1)).await.unwrap(), 1);
         let len = std::fs::metadata(&opts.path).unwrap().len();
 
@@ -261,7 +282,8 @@ async fn a_failed_write_is_refused_cut_back_and_retried() {
 async fn writable_follows_a_failed_write_and_the_next_good_one() {
     let dir = tempfile::tempdir().unwrap();
     let opts = opts(dir.path(), Durability::Fsync);
-    let (audit, fail_append, _) = start_flaky(&opts);
+    let (audit, faults) = start_flaky(&opts);
+    let fail_append = &faults.append;
     let mut writable = audit.writable();
     assert!(*writable.borrow_and_update());
     audit.record(fetch(1)).await.unwrap();
@@ -286,7 +308,8 @@ async fn writable_follows_a_failed_write_and_the_next_good_one() {
 async fn nothing_is_written_after_a_half_record_until_it_is_cut_back() {
     let dir = tempfile::tempdir().unwrap();
     let opts = opts(dir.path(), Durability::Fsync);
-    let (audit, fail_append, fail_truncate) = start_flaky(&opts);
+    let (audit, faults) = start_flaky(&opts);
+    let (fail_append, fail_truncate) = (&faults.append, &faults.truncate);
     audit.record(fetch(1)).await.unwrap();
     let len = std::fs::metadata(&opts.path).unwrap().len();
 
@@ -338,7 +361,8 @@ async fn nothing_is_written_after_a_half_seal_record_until_it_is_cut_back() {
             segment_size: 1024,
             ..opts(dir.path(), durability)
         };
-        let (audit, fail_append, fail_truncate) = start_flaky(&opts);
+        let (audit, faults) = start_flaky(&opts);
+        let (fail_append, fail_truncate) = (&faults.append, &faults.truncate);
         let mut answered = Vec::new();
         while std::fs::metadata(&opts.path).unwrap().len() < 1024 {
             answered.push(audit.record(fetch(answered.len() as u64)).await.unwrap());
@@ -371,6 +395,76 @@ async fn nothing_is_written_after_a_half_seal_record_until_it_is_cut_back() {
                 "{durability:?}: record {seq} was answered but is not in the log"
             );
         }
+    }
+}
+
+/// A seal whose record is written but whose link, or rename, then fails:
+/// nothing is written after the seal record (the batch is refused), the
+/// next batch finishes the seal, every segment ends with its seal record,
+/// each file has one segment name, and the log verifies.
+#[tokio::test]
+async fn a_seal_that_cannot_be_finished_is_finished_before_anything_follows_its_record() {
+    for (step, durability) in [("link", Durability::Fsync), ("rename", Durability::Write)] {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = AuditOptions {
+            segment_size: 1024,
+            ..opts(dir.path(), durability)
+        };
+        let (audit, faults) = start_flaky(&opts);
+        let mut answered = Vec::new();
+        while std::fs::metadata(&opts.path).unwrap().len() < 1024 {
+            answered.push(audit.record(fetch(answered.len() as u64)).await.unwrap());
+        }
+        if step == "link" {
+            faults.link.set(1);
+        } else {
+            faults.rename.set(1);
+        }
+        let refused = audit.record(fetch(100)).await.unwrap_err().to_string();
+        assert!(
+            refused.contains("seal record") && refused.contains("Input/output error"),
+            "{step}: {refused}"
+        );
+        assert!(audit.status().error.is_some(), "{step}");
+        let live = lines(&opts.path);
+        assert!(
+            live.last().unwrap().contains("\"event\":\"audit_segment_sealed\""),
+            "{step}: nothing after the seal record"
+        );
+        for i in 101..110 {
+            answered.push(audit.record(fetch(i)).await.unwrap());
+        }
+        audit.close().await;
+
+        let segments = list_segments(&opts.path).unwrap();
+        assert!(segments.len() >= 2, "{step}: {segments:?}");
+        for pair in segments.windows(2) {
+            assert_eq!(
+                pair[0].last + 1,
+                pair[1].first,
+                "{step}: one name per file: {segments:?}"
+            );
+        }
+        for seg in &segments {
+            let sealed = lines(&seg.path);
+            let last = sealed.last().unwrap();
+            assert!(last.contains("\"event\":\"audit_segment_sealed\""), "{step}: {last}");
+            assert!(last.contains(&format!("\"seq\":{}", seg.last)), "{step}: {last}");
+        }
+        let report = verify(&opts.path, &KEY).unwrap();
+        assert!(report.is_ok(), "{step}: {report}");
+        let seqs: Vec<u64> = all_lines(&opts.path)
+            .iter()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        assert!(
+            answered.iter().all(|s| seqs.contains(s)),
+            "{step}: an answered record is missing"
+        );
     }
 }
 

@@ -306,6 +306,75 @@ async fn a_seal_cut_short_by_a_crash_is_finished_at_start() {
     assert_eq!(after.len(), segments.len(), "no second name for the same file");
 }
 
+/// What would stop a seal after its record is written (a file at the
+/// segment's name that is not this log's, or an append-only live file,
+/// which can be neither linked nor renamed over) is found before the
+/// record: the file goes on unsealed, with no seal record in it, and is
+/// sealed once that is set right (here at the next start).
+#[tokio::test]
+async fn a_seal_that_could_not_be_finished_is_not_begun() {
+    for case in ["foreign file", "append-only"] {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = small(dir.path(), Durability::Fsync);
+        let audit = Audit::start(opts.clone()).unwrap();
+        let mut n = 0;
+        while std::fs::metadata(&opts.path).unwrap().len() < opts.segment_size {
+            audit.record(fetch(n)).await.unwrap();
+            n += 1;
+        }
+        // The next batch would seal seqs 1..=seq+1 (its seal record).
+        let name = crate::audit::segments::segment_path(&opts.path, 1, audit.status().sequence + 1);
+        let flag = |op: &str| {
+            let ok = std::process::Command::new("chattr")
+                .args([op, opts.path.to_str().unwrap()])
+                .status()
+                .unwrap();
+            assert!(ok.success(), "chattr {op}");
+        };
+        if case == "foreign file" {
+            std::fs::write(&name, "not a segment\n").unwrap();
+        } else {
+            flag("+a");
+        }
+        for i in 0..5 {
+            audit.record(fetch(100 + i)).await.unwrap();
+        }
+        audit.close().await;
+        let live = lines(&opts.path);
+        assert!(
+            !live.iter().any(|l| l.contains("\"event\":\"audit_segment_sealed\"")),
+            "{case}: the live file has a seal record it could not finish"
+        );
+        if case == "foreign file" {
+            assert_eq!(std::fs::read_to_string(&name).unwrap(), "not a segment\n");
+            std::fs::remove_file(&name).unwrap();
+        } else {
+            flag("-a");
+        }
+
+        let audit = Audit::start(opts.clone()).unwrap();
+        audit.record(fetch(200)).await.unwrap();
+        audit.close().await;
+        let segments = list_segments(&opts.path).unwrap();
+        assert_eq!(segments.len(), 1, "{case}: {segments:?}");
+        let sealed = lines(&segments[0].path);
+        assert!(
+            sealed.last().unwrap().contains("\"event\":\"audit_segment_sealed\""),
+            "{case}"
+        );
+        assert_eq!(
+            sealed
+                .iter()
+                .filter(|l| l.contains("\"event\":\"audit_segment_sealed\""))
+                .count(),
+            1,
+            "{case}"
+        );
+        let report = verify(&opts.path, &KEY).unwrap();
+        assert!(report.is_ok(), "{case}: {report}");
+    }
+}
+
 /// Starts the log at `opts` again and records once: the live file begins
 /// with the record that opens it after the `sealed` segment, next in the
 /// chain, and the whole log verifies.
