@@ -634,6 +634,28 @@ mod tests {
         }
     }
 
+    /// What `a`, a wait at `want`, says; panics otherwise.
+    fn wait_text(a: Action, want: Gate) -> String {
+        match a {
+            Action::Wait { gate, why } if gate == want => why,
+            other => panic!("not a wait at {want:?}: {other:?}"),
+        }
+    }
+
+    /// With `seen` and 3 failures from a reporter on top, a promoted key's
+    /// job rolls back.
+    fn rolls_back_on_failures(seen: Observed) {
+        let failing = Observed {
+            failures: 3,
+            reporters: 1,
+            ..seen
+        };
+        assert!(matches!(
+            next(&with_new(), Some(&promoted()), &failing),
+            Action::Rollback { .. }
+        ));
+    }
+
     fn is_wait(a: &Action, want: Gate) -> bool {
         matches!(a, Action::Wait { gate, .. } if *gate == want)
     }
@@ -678,28 +700,14 @@ mod tests {
             ..seen()
         };
         let a = next(&with_new(), Some(&promoted()), &behind);
-        let Action::Wait {
-            gate: Gate::Members,
-            why,
-        } = a
-        else {
-            panic!("{a:?}")
-        };
+        let why = wait_text(a, Gate::Members);
         assert!(why.contains("host-b") && why.contains("retire --force"), "{why}");
         let in_grace = Observed {
             grace_left: Duration::from_secs(5),
             ..behind.clone()
         };
         assert!(is_wait(&next(&with_new(), Some(&promoted()), &in_grace), Gate::Grace));
-        let failing = Observed {
-            failures: 3,
-            reporters: 1,
-            ..behind
-        };
-        assert!(matches!(
-            next(&with_new(), Some(&promoted()), &failing),
-            Action::Rollback { .. }
-        ));
+        rolls_back_on_failures(behind);
     }
 
     /// The case that retired on silence: nobody reports, no validator.
@@ -710,13 +718,7 @@ mod tests {
             ..seen()
         };
         let a = next(&with_new(), Some(&promoted()), &quiet);
-        let Action::Wait {
-            gate: Gate::Evidence,
-            why,
-        } = a
-        else {
-            panic!("{a:?}")
-        };
+        let why = wait_text(a, Gate::Evidence);
         assert!(
             why.contains("uid 1001 (a.service)") && why.contains("Both keys stay valid"),
             "{why}"
@@ -729,15 +731,7 @@ mod tests {
         };
         assert!(is_wait(&next(&with_new(), Some(&promoted()), &one), Gate::Evidence));
         // Failures while waiting roll back.
-        let failing = Observed {
-            failures: 3,
-            reporters: 1,
-            ..quiet
-        };
-        assert!(matches!(
-            next(&with_new(), Some(&promoted()), &failing),
-            Action::Rollback { .. }
-        ));
+        rolls_back_on_failures(quiet);
     }
 
     #[test]

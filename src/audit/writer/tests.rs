@@ -363,10 +363,7 @@ async fn nothing_is_written_after_a_half_seal_record_until_it_is_cut_back() {
         };
         let (audit, faults) = start_flaky(&opts);
         let (fail_append, fail_truncate) = (&faults.append, &faults.truncate);
-        let mut answered = Vec::new();
-        while std::fs::metadata(&opts.path).unwrap().len() < 1024 {
-            answered.push(audit.record(fetch(answered.len() as u64)).await.unwrap());
-        }
+        let mut answered = fill_to_a_seal(&audit, &opts).await;
         // The next batch seals the file first: its seal record is cut short
         // (disk full) and cannot be cut back off (EIO), so the batch must
         // not go after it.
@@ -379,22 +376,37 @@ async fn nothing_is_written_after_a_half_seal_record_until_it_is_cut_back() {
         answered.push(audit.record(fetch(102)).await.unwrap());
         audit.close().await;
 
-        let report = verify(&opts.path, &KEY).unwrap();
-        assert!(report.is_ok(), "{durability:?}: {report}");
-        let seqs: Vec<u64> = all_lines(&opts.path)
-            .iter()
-            .map(|l| {
-                serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
-                    .as_u64()
-                    .unwrap()
-            })
-            .collect();
-        for seq in answered {
-            assert!(
-                seqs.contains(&seq),
-                "{durability:?}: record {seq} was answered but is not in the log"
-            );
-        }
+        verifies_with(&opts, &answered, &format!("{durability:?}"));
+    }
+}
+
+/// Records until the live file at `opts` is due for a seal (the next
+/// batch seals it); their seqs.
+async fn fill_to_a_seal(audit: &Audit, opts: &AuditOptions) -> Vec<u64> {
+    let mut answered = Vec::new();
+    while std::fs::metadata(&opts.path).unwrap().len() < opts.segment_size {
+        answered.push(audit.record(fetch(answered.len() as u64)).await.unwrap());
+    }
+    answered
+}
+
+/// The log at `opts` verifies, and holds every record in `answered`.
+fn verifies_with(opts: &AuditOptions, answered: &[u64], what: &str) {
+    let report = verify(&opts.path, &KEY).unwrap();
+    assert!(report.is_ok(), "{what}: {report}");
+    let seqs: Vec<u64> = all_lines(&opts.path)
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    for seq in answered {
+        assert!(
+            seqs.contains(seq),
+            "{what}: record {seq} was answered but is not in the log"
+        );
     }
 }
 
@@ -411,10 +423,7 @@ async fn a_seal_that_cannot_be_finished_is_finished_before_anything_follows_its_
             ..opts(dir.path(), durability)
         };
         let (audit, faults) = start_flaky(&opts);
-        let mut answered = Vec::new();
-        while std::fs::metadata(&opts.path).unwrap().len() < 1024 {
-            answered.push(audit.record(fetch(answered.len() as u64)).await.unwrap());
-        }
+        let mut answered = fill_to_a_seal(&audit, &opts).await;
         if step == "link" {
             faults.link.set(1);
         } else {
@@ -451,20 +460,7 @@ async fn a_seal_that_cannot_be_finished_is_finished_before_anything_follows_its_
             assert!(last.contains("\"event\":\"audit_segment_sealed\""), "{step}: {last}");
             assert!(last.contains(&format!("\"seq\":{}", seg.last)), "{step}: {last}");
         }
-        let report = verify(&opts.path, &KEY).unwrap();
-        assert!(report.is_ok(), "{step}: {report}");
-        let seqs: Vec<u64> = all_lines(&opts.path)
-            .iter()
-            .map(|l| {
-                serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
-                    .as_u64()
-                    .unwrap()
-            })
-            .collect();
-        assert!(
-            answered.iter().all(|s| seqs.contains(s)),
-            "{step}: an answered record is missing"
-        );
+        verifies_with(&opts, &answered, step);
     }
 }
 
