@@ -294,8 +294,9 @@ impl GateFacts {
 
     /// Adds the other members' evidence, and notes the members whose
     /// callers' reports cannot all be counted yet: one that has counted
-    /// for less than the grace (it started after the promotion), or whose
-    /// status went missing after it published evidence.
+    /// for less than the grace (since it applied the promotion, or since it
+    /// started when that was later), or whose status went missing after it
+    /// published evidence.
     pub(super) fn add_peers(&mut self, peers: &super::fleet::status::PeerEvidence, settings: &KeyRotation) {
         self.members_incomplete = peers.incomplete(settings.grace);
         if peers.from.is_empty() {

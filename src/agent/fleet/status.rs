@@ -82,14 +82,15 @@ pub struct PeerEvidence {
 
 impl PeerEvidence {
     /// The members whose callers' reports cannot all be counted yet, one
-    /// text each: those that have counted for less than `grace` (they
-    /// started after the promotion: what was reported to them before is
-    /// gone), and those whose status went missing after they published
-    /// evidence.
+    /// text each: those that have counted for less than `grace` (each
+    /// counts from when it applied the promotion, a little after the
+    /// promoting member, or from its start when that was later: what was
+    /// reported to it before is gone), and those whose status went missing
+    /// after they published evidence.
     pub fn incomplete(&self, grace: Duration) -> Vec<String> {
         let short = self.counted.iter().filter(|(_, c)| *c < grace).map(|(id, counted)| {
             format!(
-                "agent {id} has counted them for {} of the {} grace (it started after the promotion, and what was reported to it before is gone)",
+                "agent {id} has counted them for {} of the {} grace (since it applied the promotion, or since it started if that was later: what was reported to it before is gone)",
                 humantime::format_duration(Duration::from_secs(counted.as_secs())),
                 humantime::format_duration(grace)
             )
