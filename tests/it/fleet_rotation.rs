@@ -496,6 +496,56 @@ async fn a_member_restarted_during_the_grace_holds_the_retire_until_it_has_count
     assert!(generation > before);
 }
 
+/// A retire reads the other members' statuses at the moment it is taken,
+/// not the copy a look a moment before cached: a failure reported to b
+/// and published since closes a's gate. (a polls every 5 s here, so that
+/// copy is kept 5 s; it used to be what the retire weighed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retire_weighs_the_members_statuses_as_they_are_then() {
+    let mut fleet = Fleet::prepare(2);
+    fleet.tail = Box::new(|_, dir| key_entry(dir, "gate", false, "grace = \"0s\"\nreport_quorum = 1\n"));
+    fleet.launch(|i| {
+        if i == 0 {
+            "poll_interval = \"5s\"\nstale_after = \"30s\"\n".to_owned()
+        } else {
+            String::new()
+        }
+    });
+    let (a, b) = (fleet.agent(0), fleet.agent(1));
+    a.put("prod/gate", "sk_gate_original_0001");
+    let (_, created) = state_of(a, "gate");
+    until_steady_everywhere(&[a, b], "gate", created).await;
+    for step in [&["stage", "--raw", "prod/gate"][..], &["promote", "prod/gate"]] {
+        let out = cli(a, step, Some(b"sk_gate_promoted_0002"));
+        assert!(out.status.success(), "{step:?}: {}", text(&out.stderr));
+    }
+    until("b serves it promoted", Duration::from_secs(20), || {
+        try_state(b, "gate").is_some_and(|s| s.0 == "promoted")
+    })
+    .await;
+    let on_b = b.fetch("prod", "gate").await.unwrap();
+    let on_a = a.fetch("prod", "gate").await.unwrap();
+
+    // A first retire reads the members' statuses: no evidence yet.
+    let out = cli(a, &["retire", "prod/gate"], None);
+    assert!(!out.status.success(), "retired without evidence");
+    assert!(
+        text(&out.stderr).contains("nothing shows that the new primary"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A failure reported to b (b publishes it at its next poll), then use
+    // reported to a: the evidence is there, and so is the failure.
+    report_to(b, &on_b, &["--status", "401"]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    report_to(a, &on_a, &["--used"]);
+    let out = cli(a, &["retire", "prod/gate"], None);
+    assert!(!out.status.success(), "retired over a failure reported to b");
+    let said = text(&out.stderr);
+    assert!(said.contains("1 auth failure(s)") && said.contains("b: 1"), "{said}");
+    assert_eq!(state_of(a, "gate").0, "promoted");
+}
+
 /// A lease written with a stolen agent-policy token (not signed by a
 /// member) does not hold anyone's rotation: it is refused, reported, and
 /// the rotation runs.

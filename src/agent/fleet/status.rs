@@ -220,10 +220,13 @@ impl Fleet {
     }
 
     /// The evidence the other live members published for the promoted
-    /// primary of `state`; `Err` says why it cannot be read.
+    /// primary of `state`, read now (for the retire's check under the
+    /// change lock: the statuses a job's plan read may be a poll old, and
+    /// a failure published since would be missed); `Err` says why it
+    /// cannot be read.
     pub async fn peer_evidence(&self, agent: &Agent, state: &KeySetState) -> Result<PeerEvidence, String> {
         let reports = self
-            .recent_reports(agent)
+            .recent_reports(agent, true)
             .await
             .map_err(|e| format!("cannot read the fleet's status from OpenBao: {e}"))?;
         Ok(self.sum_evidence(&reports, state))
@@ -279,7 +282,7 @@ impl Fleet {
     /// the others published (when promoted).
     pub async fn key_view(&self, agent: &Agent, state: &KeySetState) -> Result<(Vec<String>, PeerEvidence), String> {
         let reports = self
-            .recent_reports(agent)
+            .recent_reports(agent, false)
             .await
             .map_err(|e| format!("the fleet status cannot be read: {e}"))?;
         let now = SystemTime::now();
@@ -307,10 +310,11 @@ impl Fleet {
     /// The members' statuses, read at most once per poll interval (and at
     /// most once a second) however many jobs look: a job waiting at a gate
     /// looks four times a second, and each read is one request per member.
-    async fn recent_reports(&self, agent: &Agent) -> Result<Arc<Vec<AgentReport>>, KvError> {
+    /// `now`: read them now whatever the cache holds (a retire's check).
+    async fn recent_reports(&self, agent: &Agent, now: bool) -> Result<Arc<Vec<AgentReport>>, KvError> {
         let fresh_for = self.cfg.poll_interval.max(Duration::from_secs(1));
         let mut cache = self.reports_cache.lock().await;
-        if let Some((at, reports)) = cache.as_ref() {
+        if let Some((at, reports)) = cache.as_ref().filter(|_| !now) {
             if at.elapsed() < fresh_for {
                 return Ok(reports.clone());
             }
