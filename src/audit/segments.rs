@@ -55,14 +55,20 @@ pub fn parse_segment_name(live_name: &str, name: &str) -> Option<(u64, u64)> {
     (first <= last).then_some((first, last))
 }
 
+/// The directory of the live file `live` (`.` for a bare file name): where
+/// its head, its segments and the next live file are.
+pub(super) fn log_dir(live: &Path) -> &Path {
+    match live.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
 /// The sealed segments of the live file `live`, in chain order (by first
 /// seq). A directory that cannot be read gives an error; entries that
 /// vanish while listed are skipped.
 pub fn list_segments(live: &Path) -> std::io::Result<Vec<Segment>> {
-    let dir = match live.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
+    let dir = log_dir(live);
     let Some(live_name) = live.file_name().and_then(|n| n.to_str()) else {
         return Ok(Vec::new());
     };

@@ -34,6 +34,7 @@ use std::time::{Instant, SystemTime};
 use super::head::{decode_head, head_path, HeadFile, HEAD_LEN};
 use super::kind::{Event, Outcome};
 use super::line::{encode_record, hash_str, hmac, torn_detail, AuditEvent, HashHex, HmacSha256, TimeText};
+use super::segments::log_dir;
 use super::{lock, AuditError, AuditOptions, AuditStatus, StatusCell};
 
 /// Opens the log and its head, recovers the tail, and writes the notices
@@ -242,8 +243,7 @@ pub(super) fn open_private(path: &Path, append: bool) -> io::Result<File> {
 /// or remove files in it, where the live file, its head, its segments and
 /// the next live file (`.new`) are created and renamed.
 fn check_dir(path: &Path) -> io::Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-    let dir = dir.unwrap_or(Path::new("."));
+    let dir = log_dir(path);
     let meta = std::fs::metadata(dir)?;
     let me = nix::unistd::geteuid().as_raw();
     let problem = if meta.uid() != me && meta.uid() != 0 {
@@ -339,8 +339,7 @@ impl SyncFiles {
         if retired.is_empty() {
             return Ok(());
         }
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-        let dir = dir.unwrap_or(Path::new("."));
+        let dir = log_dir(path);
         let synced = retired
             .iter_mut()
             .try_for_each(|f| f.sync())

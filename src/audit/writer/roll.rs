@@ -131,11 +131,7 @@ impl Writer {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&self.path)?;
-        let flags = rustix::fs::ioctl_getflags(&file);
+        let flags = rustix::fs::ioctl_getflags(&open_read(&self.path)?);
         match flags {
             Ok(f) if f.intersects(rustix::fs::IFlags::APPEND | rustix::fs::IFlags::IMMUTABLE) => Err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
@@ -318,12 +314,16 @@ pub(super) fn newest_seal(path: &Path, key: &[u8; 32]) -> io::Result<Option<(Seg
     let Some(segment) = list_segments(path)?.pop() else {
         return Ok(None);
     };
-    let file = std::fs::OpenOptions::new()
+    let tail = scan_tail(&open_read(&segment.path)?, key)?;
+    Ok(tail.sealed.then_some((segment, tail)))
+}
+
+/// Opens `path` to read, not following a symlink.
+fn open_read(path: &Path) -> io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&segment.path)?;
-    let tail = scan_tail(&file, key)?;
-    Ok(tail.sealed.then_some((segment, tail)))
+        .open(path)
 }
 
 /// A file at a segment's name that is not the live file.
