@@ -398,6 +398,23 @@ mod tests {
         files.iter().flat_map(|f| lines(f)).collect()
     }
 
+    /// Records until the live file at `opts` is due for a seal (the next
+    /// batch seals it); their seqs.
+    pub(super) async fn fill_to_a_seal(audit: &Audit, opts: &AuditOptions) -> Vec<u64> {
+        let mut answered = Vec::new();
+        while std::fs::metadata(&opts.path).unwrap().len() < opts.segment_size {
+            answered.push(audit.record(fetch(answered.len() as u64)).await.unwrap());
+        }
+        answered
+    }
+
+    /// Ends the log at `path` with the start of a record a crash cut short.
+    pub(super) fn tear(path: &Path) {
+        let mut torn = std::fs::read(path).unwrap();
+        torn.extend_from_slice(b"{\"time\":");
+        std::fs::write(path, torn).unwrap();
+    }
+
     /// Replaces the log with `lines`, each ended by `\n`.
     pub(super) fn write_lines(path: &Path, lines: &[String]) {
         let text: String = lines.iter().map(|l| format!("{l}\n")).collect();

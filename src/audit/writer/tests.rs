@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use super::super::tests::{all_lines, fetch, lines, opts, write_lines, write_log, KEY};
+use super::super::tests::{all_lines, fetch, fill_to_a_seal, lines, opts, tear, write_lines, write_log, KEY};
 use super::super::{verify, Audit, ProblemKind};
 use super::*;
 use crate::audit::segments::list_segments;
@@ -84,9 +84,7 @@ async fn verify_notes_an_unmarked_torn_tail_after_a_crash() {
     let dir = tempfile::tempdir().unwrap();
     let opts = opts(dir.path(), Durability::Fsync);
     write_log(&opts, 2).await;
-    let mut torn = std::fs::read(&opts.path).unwrap();
-    torn.extend_from_slice(b"{\"time\":");
-    std::fs::write(&opts.path, &torn).unwrap();
+    tear(&opts.path);
     let report = verify(&opts.path, &KEY).unwrap();
     assert!(report.is_ok(), "{report}");
     assert!(report.notes[0].contains("will mark it"), "{report}");
@@ -378,16 +376,6 @@ async fn nothing_is_written_after_a_half_seal_record_until_it_is_cut_back() {
 
         verifies_with(&opts, &answered, &format!("{durability:?}"));
     }
-}
-
-/// Records until the live file at `opts` is due for a seal (the next
-/// batch seals it); their seqs.
-async fn fill_to_a_seal(audit: &Audit, opts: &AuditOptions) -> Vec<u64> {
-    let mut answered = Vec::new();
-    while std::fs::metadata(&opts.path).unwrap().len() < opts.segment_size {
-        answered.push(audit.record(fetch(answered.len() as u64)).await.unwrap());
-    }
-    answered
 }
 
 /// The log at `opts` verifies, and holds every record in `answered`.
