@@ -74,6 +74,17 @@ impl Lease {
         Ok(lease)
     }
 
+    /// When it was taken.
+    pub fn acquired(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(self.acquired_at_ms)
+    }
+
+    /// A member other than `me` took it at or after `since` and released
+    /// it: that member ran a rotation of the key to its end since then.
+    pub fn ran_elsewhere_since(&self, me: &str, since: SystemTime) -> bool {
+        self.released && self.holder != me && self.acquired() >= since
+    }
+
     /// When it expires.
     pub fn expires(&self) -> SystemTime {
         UNIX_EPOCH + Duration::from_millis(self.expires_at_ms)
@@ -108,16 +119,6 @@ pub enum Claim {
         holder: String,
         /// Until when (it renews it while its job runs).
         expires: SystemTime,
-    },
-    /// Another member took the lease after the job asking for it began,
-    /// and ran its rotation to the end (it released the lease): this
-    /// agent's job was resumed after a restart, and its rotation was done
-    /// meanwhile.
-    RanElsewhere {
-        /// That member's agent id.
-        holder: String,
-        /// When it took the lease.
-        acquired: SystemTime,
     },
 }
 
@@ -253,31 +254,18 @@ impl Fleet {
 
     /// Takes the lease of `key` for a rotation started by `trigger` until
     /// `until`, unless another member holds it (live). A lease this agent
-    /// holds already (after its restart) is taken again. For a job resumed
-    /// after a restart (`resumed_from`: when it began), a lease another
-    /// member took since then and released is [`Claim::RanElsewhere`]: the
-    /// key was rotated meanwhile, and the job is not to rotate it again.
+    /// holds already (after its restart) is taken again.
     pub async fn claim_lease(
         &self,
         agent: &Agent,
         key: &KeyRef,
         trigger: Trigger,
         until: Until,
-        resumed_from: Option<SystemTime>,
     ) -> Result<Claim, KvError> {
         let mut tries = 0;
         loop {
             let view = self.read_lease(agent, key, true).await?;
             let now = SystemTime::now();
-            let acquired = |l: &Lease| UNIX_EPOCH + Duration::from_millis(l.acquired_at_ms);
-            if let (Some(l), Some(began)) = (view.lease.as_ref(), resumed_from) {
-                if l.released && l.holder != self.cfg.agent_id && acquired(l) >= began {
-                    return Ok(Claim::RanElsewhere {
-                        holder: l.holder.clone(),
-                        acquired: acquired(l),
-                    });
-                }
-            }
             if let Some(l) = view
                 .lease
                 .as_ref()

@@ -221,23 +221,32 @@ async fn take_lease(
         if *stop.borrow() {
             return None;
         }
-        match fleet.claim_lease(agent, &slot.key, trigger, until, began).await {
+        let claimed = match began {
+            Some(began) => match fleet.lease_of(agent, &slot.key).await {
+                Ok(Some(l)) if l.ran_elsewhere_since(&fleet.config().agent_id, began) => {
+                    finish(
+                        agent,
+                        slot,
+                        JobResult::Failed,
+                        format!(
+                            "agent {} took the rotation lease of {} at {} while this agent was stopped, and ran a rotation to its end: this job does not rotate the key again; see `keyward rotation-status {}` on {}",
+                            l.holder,
+                            slot.key,
+                            humantime::format_rfc3339_seconds(l.acquired()),
+                            slot.key,
+                            l.holder
+                        ),
+                    )
+                    .await;
+                    return None;
+                }
+                Ok(_) => fleet.claim_lease(agent, &slot.key, trigger, until).await,
+                Err(e) => Err(e),
+            },
+            None => fleet.claim_lease(agent, &slot.key, trigger, until).await,
+        };
+        match claimed {
             Ok(Claim::Taken(held)) => return Some(LeaseKeeper::start(agent.clone(), fleet.clone(), held)),
-            Ok(Claim::RanElsewhere { holder, acquired }) => {
-                finish(
-                    agent,
-                    slot,
-                    JobResult::Failed,
-                    format!(
-                        "agent {holder} took the rotation lease of {} at {} while this agent was stopped, and ran a rotation to its end: this job does not rotate the key again; see `keyward rotation-status {}` on {holder}",
-                        slot.key,
-                        humantime::format_rfc3339_seconds(acquired),
-                        slot.key
-                    ),
-                )
-                .await;
-                return None;
-            }
             Ok(Claim::Busy { holder, expires }) => {
                 finish(
                     agent,

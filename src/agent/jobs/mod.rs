@@ -152,9 +152,9 @@ async fn take_over_abandoned(agent: &Arc<Agent>, fleet: &Arc<Fleet>, looked: &mu
         if agent.jobs.active(key) {
             continue;
         }
-        let held = match fleet.claim_lease(agent, key, lease.trigger, lease.until, None).await {
+        let held = match fleet.claim_lease(agent, key, lease.trigger, lease.until).await {
             Ok(Claim::Taken(held)) => held,
-            Ok(Claim::Busy { .. } | Claim::RanElsewhere { .. }) | Err(_) => continue,
+            Ok(Claim::Busy { .. }) | Err(_) => continue,
         };
         let by = format!(
             "{} ({} rotation resumed: its lease expired at {})",
@@ -355,12 +355,8 @@ async fn claim(
     until: Until,
 ) -> Result<Option<HeldLease>, ApiError> {
     let Some(fleet) = agent.fleet() else { return Ok(None) };
-    match fleet.claim_lease(agent, key, trigger, until, None).await {
+    match fleet.claim_lease(agent, key, trigger, until).await {
         Ok(Claim::Taken(held)) => Ok(Some(held)),
-        // Only a resumed job is told this (it passes when it began).
-        Ok(Claim::RanElsewhere { holder, .. }) => Err(ApiError::FailedPrecondition(format!(
-            "agent {holder} rotated {key} meanwhile: nothing was done; see `keyward rotation-status {key}` there"
-        ))),
         Ok(Claim::Busy { holder, expires }) => Err(ApiError::FailedPrecondition(format!(
             "agent {holder} is rotating {key}: it holds the key's rotation lease (until {}, renewed while its job runs); nothing was done. Follow it there with `keyward rotation-status {key}`, or wait for it to end; if that agent stopped, a member takes the rotation over once the lease expires",
             humantime::format_rfc3339_seconds(expires)
