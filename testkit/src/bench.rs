@@ -224,9 +224,7 @@ pub async fn timed_promote(
         .unwrap()
         .into_inner();
     let staged_gen = staged.key.unwrap().generation;
-    for (i, rx) in watchers.iter_mut().enumerate() {
-        until_generation(rx, &format!("agent {i}"), staged_gen, limit).await;
-    }
+    until_everywhere(watchers, staged_gen, limit).await;
     let phase = rand::thread_rng().gen_range(0..poll.as_micros().max(1) as u64);
     tokio::time::sleep(Duration::from_micros(phase)).await;
 
@@ -243,8 +241,11 @@ pub async fn timed_promote(
     let call = ms(t0.elapsed());
     let promoted_gen = promoted.key.unwrap().generation;
     let mut seen = Vec::with_capacity(watchers.len());
-    for (i, rx) in watchers.iter_mut().enumerate() {
-        let (at, primary) = until_generation(rx, &format!("agent {i}"), promoted_gen, limit).await;
+    for (i, (at, primary)) in until_everywhere(watchers, promoted_gen, limit)
+        .await
+        .into_iter()
+        .enumerate()
+    {
         assert_eq!(primary, secret.as_bytes(), "agent {i} got the promoted key");
         seen.push(ms(at - t0));
     }
@@ -259,10 +260,18 @@ pub async fn timed_promote(
         .unwrap()
         .into_inner();
     let retired_gen = retired.key.unwrap().generation;
-    for (i, rx) in watchers.iter_mut().enumerate() {
-        until_generation(rx, &format!("agent {i}"), retired_gen, limit).await;
-    }
+    until_everywhere(watchers, retired_gen, limit).await;
     TimedPromote { call, seen }
+}
+
+/// Waits until every watcher (agent `i` for the `i`-th) saw `generation`;
+/// when each did, and the primary it was sent.
+async fn until_everywhere(watchers: &mut [Events], generation: u64, limit: Duration) -> Vec<(Instant, Vec<u8>)> {
+    let mut seen = Vec::with_capacity(watchers.len());
+    for (i, rx) in watchers.iter_mut().enumerate() {
+        seen.push(until_generation(rx, &format!("agent {i}"), generation, limit).await);
+    }
+    seen
 }
 
 /// Polls the agent at `sock` until it serves `secret` as `key`'s primary
